@@ -1,0 +1,26 @@
+# Contexis runtime. `make serve` and `make test` each build .venv from setup.cfg when it is missing.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ADDR ?= :8000
+PROJECT ?= examples/quickstart
+
+.PHONY: install serve test lint
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25'
+	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+serve: install
+	$(BIN)/ctx serve --addr $(ADDR) --root $(PROJECT)
+
+lint: install
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest

@@ -1,0 +1,29 @@
+"""The chat blueprint: `POST /api/v1/chat`, the route frontends call."""
+
+from __future__ import annotations
+
+from flask import Blueprint, g, jsonify, request
+
+from app.errors import BadRequest
+from app.runtime import get_runtime
+from app.validation import parse_chat_request
+
+bp = Blueprint("chat", __name__, url_prefix="/api/v1")
+
+
+@bp.post("/chat")
+def chat():
+    """Render the context's prompt for the request and, when configured, ask the model."""
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        raise BadRequest("the body must be a JSON object", code="invalid_json")
+    chat_request = parse_chat_request(body)
+    runtime = get_runtime()
+    g.log_fields.update(
+        tenant=chat_request.tenant_id or None,
+        context=chat_request.context,
+        component=chat_request.component,
+        model=runtime.provider.model_id if runtime.provider else None,
+    )
+    answer = runtime.answer(chat_request)
+    return jsonify(rendered=answer.rendered, model=answer.model, request_id=g.request_id)

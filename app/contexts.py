@@ -1,0 +1,200 @@
+"""Contexts: the YAML files that give an agent its persona, guardrails and tools.
+
+A context lives at `contexts/<Name>/<name>.ctx`; a tenant's copy at
+`contexts/tenants/<tenant>/<Name>.ctx` wins. `extends` and `include` pull other
+files in (maps deep-merged, the including file wins). Parsed contexts are cached
+and re-read only when one of their files changes on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from app.errors import ContextInvalid, NotFound
+
+MAX_DEPTH = 5
+
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+CONTEXT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "version": {"type": ["string", "number"]},
+        "description": {"type": "string"},
+        "extends": {"type": "string", "minLength": 1},
+        "include": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "role": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"persona": {"type": "string"}, "capabilities": _STRINGS, "limitations": _STRINGS},
+        },
+        "tools": {"type": "array", "items": {"type": ["object", "string"]}},
+        "guardrails": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "tone": {"type": "string"},
+                "format": {"type": "string"},
+                "max_tokens": {"type": "integer", "minimum": 1, "maximum": 32768},
+                "temperature": {"type": "number", "exclusiveMinimum": 0, "maximum": 2},
+                "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            },
+        },
+        "memory": {"type": "object"},
+        "testing": {"type": "object"},
+    },
+}
+_file_validator = Draft202012Validator(CONTEXT_SCHEMA)
+_resolved_validator = Draft202012Validator({"type": "object", "required": ["name"]})
+
+Signature = tuple[tuple[str, int, int], ...]
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge maps recursively; `override` wins, lists and scalars are replaced whole."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class ContextStore:
+    """Finds, merges, validates and caches the contexts of one project root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.contexts_dir = self.root / "contexts"
+        self._cache: dict[Path, tuple[Signature, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def path_for(self, name: str, tenant_id: str = "") -> Path:
+        """The file that defines `name` for `tenant_id` (the tenant's copy wins when present)."""
+        if tenant_id:
+            tenant_file = self.contexts_dir / "tenants" / tenant_id / f"{name}.ctx"
+            if tenant_file.is_file():
+                return tenant_file
+        return self.contexts_dir / name / f"{name.lower()}.ctx"
+
+    def resolve(self, name: str, tenant_id: str = "") -> dict[str, Any]:
+        """The merged, validated context; `NotFound` when it does not exist."""
+        path = self.path_for(name, tenant_id)
+        if not path.is_file():
+            raise NotFound(f"context {name!r} not found", code="context_not_found")
+        return self.load(path)
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """Load one context file with everything it extends or includes, from cache when unchanged."""
+        path = path.resolve()
+        cached = self._cache.get(path)
+        if cached and _unchanged(cached[0]):
+            return cached[1]
+        files: list[Path] = []
+        context = self._load_file(path, stack=(), files=files)
+        errors = list(_resolved_validator.iter_errors(context))
+        if errors:
+            raise ContextInvalid(f"{self._rel(path)}: name: required field is missing")
+        with self._lock:
+            self._cache[path] = (_signature(files), context)
+        return context
+
+    def iter_files(self) -> Iterator[Path]:
+        """Every context file of the project: shared ones and tenant overrides."""
+        if not self.contexts_dir.is_dir():
+            return
+        for directory in sorted(self.contexts_dir.iterdir()):
+            if directory.is_dir() and directory.name != "tenants":
+                yield from sorted(directory.glob("*.ctx"))
+        yield from sorted(self.contexts_dir.glob("tenants/*/*.ctx"))
+
+    def problems(self) -> list[str]:
+        """`file: field: problem` for each invalid context (empty when the project is sound)."""
+        if not self.contexts_dir.is_dir():
+            return [f"{self.contexts_dir}: project has no contexts directory"]
+        found: list[str] = []
+        for path in self.iter_files():
+            try:
+                self.load(path)
+            except ContextInvalid as exc:
+                found.append(exc.message)
+        return found
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    def _load_file(self, path: Path, stack: tuple[Path, ...], files: list[Path]) -> dict[str, Any]:
+        rel = self._rel(path)
+        if path in stack:
+            chain = " -> ".join(self._rel(p) for p in (*stack, path))
+            raise ContextInvalid(f"{rel}: extends/include: cycle {chain}")
+        if len(stack) > MAX_DEPTH:
+            raise ContextInvalid(f"{rel}: extends/include: nested deeper than {MAX_DEPTH} levels")
+        raw = self._read(path)
+        files.append(path)
+        errors = sorted(_file_validator.iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path])
+        if errors:
+            raise ContextInvalid("; ".join(f"{rel}: {_field(e)}: {e.message}" for e in errors))
+        merged: dict[str, Any] = {}
+        parents = ([raw["extends"]] if "extends" in raw else []) + raw.get("include", [])
+        for reference in parents:
+            parent = self._reference(path, reference)
+            merged = deep_merge(merged, self._load_file(parent, (*stack, path), files))
+        own = {k: v for k, v in raw.items() if k not in ("extends", "include")}
+        return deep_merge(merged, own)
+
+    def _reference(self, path: Path, reference: str) -> Path:
+        target = (path.parent / reference).resolve()
+        if not target.is_relative_to(self.root):
+            raise ContextInvalid(f"{self._rel(path)}: extends/include: {reference!r} is outside the project root")
+        if not target.is_file():
+            raise ContextInvalid(f"{self._rel(path)}: extends/include: {reference!r} not found")
+        return target
+
+    def _read(self, path: Path) -> dict[str, Any]:
+        rel = self._rel(path)
+        if not path.resolve().is_relative_to(self.root):
+            raise ContextInvalid(f"{rel}: file is outside the project root")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark else "document"
+            raise ContextInvalid(f"{rel}: {where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ContextInvalid(f"{rel}: cannot be read ({exc.__class__.__name__})") from None
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ContextInvalid(f"{rel}: document: must be a mapping, not {type(data).__name__}")
+        return data
+
+
+def _field(error) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    return path or "document"
+
+
+def _signature(files: list[Path]) -> Signature:
+    stats = [(str(p), os.stat(p)) for p in files]
+    return tuple((name, st.st_mtime_ns, st.st_size) for name, st in stats)
+
+
+def _unchanged(signature: Signature) -> bool:
+    try:
+        return all((st := os.stat(name)).st_mtime_ns == mtime and st.st_size == size for name, mtime, size in signature)
+    except OSError:
+        return False

@@ -1,0 +1,152 @@
+"""Metrics, traces and logs: what operators see of the runtime.
+
+Each app owns a `RuntimeMetrics` with its own registry, so the HTTP metrics of
+prometheus-flask-exporter and the `cmp_*` series are served together from
+`/metrics` (and tests can build many apps without colliding registrations).
+In gunicorn's multiprocess mode the exporter reads every worker's files instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+from opentelemetry import trace
+from opentelemetry.instrumentation.flask import FlaskInstrumentor
+from opentelemetry.instrumentation.requests import RequestsInstrumentor
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_flask_exporter import PrometheusMetrics
+
+from app.config import Settings
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_setup_lock = threading.Lock()
+_tracing_ready = False
+
+# Inference takes seconds, not milliseconds: buckets reach well past the default 10 s.
+_INFERENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+
+
+class RuntimeMetrics:
+    """The runtime's own Prometheus series, in a registry owned by one app."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.hf_latency = Histogram(
+            "cmp_hf_inference_latency_seconds",
+            "Latency of Hugging Face inference calls, retries included.",
+            ["model"],
+            buckets=_INFERENCE_BUCKETS,
+            registry=self.registry,
+        )
+        self.hf_errors = Counter(
+            "cmp_hf_inference_errors_total",
+            "Failed Hugging Face inference calls by upstream status or failure kind.",
+            ["code"],
+            registry=self.registry,
+        )
+        self.prompt_render = Histogram(
+            "cmp_prompt_render_duration_seconds",
+            "Time to render a prompt template.",
+            ["component"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=self.registry,
+        )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, so log pipelines need no parsing rules."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str) -> None:
+    """Send every log record to stderr as JSON (once per process)."""
+    root = logging.getLogger()
+    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        JsonFormatter.converter = time.gmtime
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def configure_tracing(settings: Settings) -> None:
+    """Install the process's tracer provider and the requests instrumentation, once.
+
+    Nothing is exported unless `OTEL_TRACES_EXPORTER` asks for it; a provider
+    installed earlier (by a test or an operator's wrapper) is left in place.
+    """
+    global _tracing_ready
+    with _setup_lock:
+        if _tracing_ready:
+            return
+        _tracing_ready = True
+        RequestsInstrumentor().instrument()
+        if settings.traces_exporter in ("", "none"):
+            return
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+        if settings.traces_exporter == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter()
+        elif settings.traces_exporter == "console":
+            exporter = ConsoleSpanExporter()
+        else:
+            logging.getLogger(__name__).warning(
+                "unknown OTEL_TRACES_EXPORTER, traces are not exported",
+                extra={"fields": {"exporter": settings.traces_exporter}},
+            )
+            return
+        provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+
+
+def init_observability(app: Flask, settings: Settings, metrics: RuntimeMetrics) -> None:
+    """Wire metrics, tracing and the per-request JSON log line into `app`."""
+    configure_tracing(settings)
+    FlaskInstrumentor().instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    PrometheusMetrics(app, registry=metrics.registry, group_by="url_rule")
+    access = logging.getLogger("contexis.access")
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.log_fields = {"tenant": None, "context": None, "component": None, "model": None}
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        request_id = g.get("request_id") or uuid.uuid4().hex
+        response.headers["X-Request-ID"] = request_id
+        fields = {
+            "request_id": request_id,
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+            **g.get("log_fields", {}),
+        }
+        access.info("request", extra={"fields": fields})
+        return response

@@ -1,0 +1,173 @@
+"""The `ctx` command line: serve the runtime, test the model, render prompts, check contexts.
+
+It reads the same `Settings` as `wsgi.py`; `--root` overrides `CMP_PROJECT_ROOT`.
+The app's modules are imported inside the commands, so `serve` can prepare the
+environment (Prometheus multiprocess mode) before they load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from app.config import Settings, SettingsError
+
+DEFAULT_GUNICORN_CONFIG = Path(__file__).resolve().parent / "deploy" / "gunicorn.conf.py"
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """`:8000` → all interfaces; `127.0.0.1:9000` and `[::1]:9000` as written."""
+    host, _, port = addr.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"invalid address {addr!r}: expected [HOST]:PORT")
+    return host or "0.0.0.0", int(port)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"ctx: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """gunicorn with gthread workers, in-process; `--dev` runs Flask's reloader instead."""
+    host, port = args.addr
+    if args.dev:
+        from app import create_app
+
+        create_app(settings).run(host=host.strip("[]"), port=port, debug=True, use_reloader=True)
+        return 0
+
+    from gunicorn.app.base import Application
+
+    config_file = Path(os.environ.get("CMP_GUNICORN_CONFIG") or DEFAULT_GUNICORN_CONFIG)
+    overrides = {"bind": [f"{host}:{port}"], "workers": args.workers, "threads": args.threads}
+
+    class Server(Application):
+        def init(self, parser, opts, args):  # gunicorn's hook for its own argv, unused here
+            return None
+
+        def load_config(self) -> None:
+            # Precedence, as with the gunicorn command: config file < GUNICORN_CMD_ARGS < flags.
+            if config_file.is_file():
+                self.load_config_from_file(str(config_file))
+            env_args = self.cfg.parser().parse_args(self.cfg.get_cmd_args_from_env())
+            for key, value in vars(env_args).items():
+                if value is not None and key in self.cfg.settings and key != "config":
+                    self.cfg.set(key, value)
+            for key, value in overrides.items():
+                if value is not None:
+                    self.cfg.set(key, value)
+
+        def load(self):
+            from app import create_app
+
+            return create_app(settings.replace(threads=self.cfg.threads))
+
+    Server().run()
+    return 0
+
+
+def cmd_hf_test_model(args: argparse.Namespace, settings: Settings) -> int:
+    """Send one prompt to the configured model and print its text."""
+    if not settings.hf_enabled:
+        return _fail(f"set {' and '.join(settings.hf_missing)} to test the model", 2)
+    from app.huggingface import GenerationParams, HFError, HuggingFaceClient
+
+    client = HuggingFaceClient(settings, pool_size=1)
+    try:
+        text = client.generate(args.prompt, GenerationParams(max_new_tokens=args.max_new_tokens))
+    except HFError as exc:
+        return _fail(f"{exc.code}: {exc.message}", 1)
+    finally:
+        client.close()
+    print(text)
+    return 0
+
+
+def cmd_prompt_render(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the prompt the chat route would send, without calling the model."""
+    from app.errors import ContexisError
+    from app.runtime import Runtime
+    from app.validation import parse_chat_request
+
+    try:
+        data = json.loads(args.data)
+    except ValueError as exc:
+        return _fail(f"--data is not valid JSON: {exc}", 2)
+    body = {"context": args.context, "component": args.component or args.context, "tenant_id": args.tenant}
+    body["data"] = data
+    if args.prompt_file:
+        body["prompt_file"] = args.prompt_file
+    try:
+        _, rendered = Runtime(settings).render(parse_chat_request(body))
+    except ContexisError as exc:
+        return _fail(f"{exc.code}: {exc.message}", 1)
+    print(rendered)
+    return 0
+
+
+def cmd_context_validate(args: argparse.Namespace, settings: Settings) -> int:
+    """Check every context of the project; one `file: field: problem` line per fault."""
+    from app.contexts import ContextStore
+
+    store = ContextStore(settings.project_root)
+    problems = store.problems()
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{sum(1 for _ in store.iter_files())} contexts valid in {store.root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", type=Path, help="project root (default: CMP_PROJECT_ROOT or the current directory)")
+
+    parser = argparse.ArgumentParser(prog="ctx", description="Contexis runtime")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", parents=[common], help="serve the HTTP API with gunicorn")
+    serve.add_argument("--addr", type=parse_addr, default=parse_addr(":8000"), help="[HOST]:PORT (default :8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: WEB_CONCURRENCY or the config)")
+    serve.add_argument("--threads", type=int, help="threads per worker (default: GUNICORN_THREADS or the config)")
+    serve.add_argument("--dev", action="store_true", help="Flask's development server with the reloader")
+    serve.set_defaults(handler=cmd_serve)
+
+    hf = commands.add_parser("hf", help="Hugging Face utilities").add_subparsers(dest="hf_command", required=True)
+    test_model = hf.add_parser("test-model", parents=[common], help="send a prompt to HF_MODEL_ID and print the text")
+    test_model.add_argument("prompt")
+    test_model.add_argument("--max-new-tokens", type=int, default=128)
+    test_model.set_defaults(handler=cmd_hf_test_model)
+
+    prompt = commands.add_parser("prompt", help="prompt templates").add_subparsers(dest="prompt_command", required=True)
+    render = prompt.add_parser("render", parents=[common], help="print a rendered prompt")
+    render.add_argument("--context", required=True)
+    render.add_argument("--component")
+    render.add_argument("--tenant", default="")
+    render.add_argument("--prompt-file")
+    render.add_argument("--data", default="{}", help="JSON object of template variables")
+    render.set_defaults(handler=cmd_prompt_render)
+
+    context = commands.add_parser("context", help="contexts").add_subparsers(dest="context_command", required=True)
+    validate = context.add_parser("validate", parents=[common], help="validate every context of the project")
+    validate.set_defaults(handler=cmd_context_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        return _fail(str(exc), 2)
+    if args.root:
+        settings = settings.replace(project_root=args.root)
+    return args.handler(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
