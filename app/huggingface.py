@@ -19,7 +19,8 @@ import requests
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError, ResponseError
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ResponseError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
 from app.config import Settings
@@ -27,6 +28,19 @@ from app.errors import ContexisError
 from app.observability import RuntimeMetrics
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+KNOWN_ERROR_CODES = (
+    "401",
+    "403",
+    "404",
+    "429",
+    "500",
+    "502",
+    "503",
+    "504",
+    "timeout",
+    "connection_error",
+    "invalid_response",
+)
 _tracer = trace.get_tracer(__name__)
 # When the current inference call must give up; read by the retry policy of whichever thread runs it.
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar("hf_deadline")
@@ -149,6 +163,11 @@ class HuggingFaceClient:
         self.metrics = metrics
         self.pool_size = pool_size or settings.threads
         self._session: requests.Session | None = None
+        if metrics:
+            # Series exist from the start (at zero), so dashboards and alerts see them before the first failure.
+            metrics.hf_latency.labels(model=self.model_id)
+            for code in KNOWN_ERROR_CODES:
+                metrics.hf_errors.labels(code=code)
         self._session_lock = threading.Lock()
 
     @property
@@ -234,14 +253,12 @@ class HuggingFaceClient:
                 timeout=(self.settings.hf_connect_timeout, self.settings.hf_timeout),
             )
             body = response.content
-        except requests.Timeout:
-            raise HFTimeout(
-                f"Hugging Face did not answer within HF_TIMEOUT={self.settings.hf_timeout:g}s.", metric_code="timeout"
-            ) from None
         except requests.RequestException as exc:
-            raise HFConnectionError(
-                f"Could not reach the Hugging Face endpoint ({_reason(exc)}).", metric_code="connection_error"
-            ) from None
+            if _timed_out(exc):
+                detail = f"Hugging Face did not answer within HF_TIMEOUT={self.settings.hf_timeout:g}s."
+                raise HFTimeout(detail, metric_code="timeout") from None
+            detail = f"Could not reach the Hugging Face endpoint ({_reason(exc)})."
+            raise HFConnectionError(detail, metric_code="connection_error") from None
         if response.status_code >= 400:
             raise self._status_error(response.status_code, body)
         return _parse_generation(body)
@@ -259,10 +276,24 @@ class HuggingFaceClient:
         return text.replace(self.settings.hf_token, "***") if self.settings.hf_token else text
 
 
+def _cause(exc: requests.RequestException) -> BaseException:
+    """What urllib3 saw beneath requests' wrapper (retries exhausted wrap it in `MaxRetryError`)."""
+    cause = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
+    return getattr(cause, "reason", None) or cause
+
+
+def _timed_out(exc: requests.RequestException) -> bool:
+    # A read timeout whose retries are spent reaches us as a ConnectionError, not a Timeout;
+    # urllib3 makes a refused connection a kind of timeout, which it is not for the user.
+    cause = _cause(exc)
+    if isinstance(cause, NewConnectionError):
+        return False
+    return isinstance(exc, requests.Timeout) or isinstance(cause, TimeoutError | Urllib3Timeout)
+
+
 def _reason(exc: requests.RequestException) -> str:
     """The underlying cause's name (the exception's text holds the URL and is long)."""
-    cause = exc.args[0] if exc.args else exc
-    return type(getattr(cause, "reason", None) or cause).__name__
+    return type(_cause(exc)).__name__
 
 
 def _error_text(body: bytes) -> str:

@@ -1,0 +1,149 @@
+"""The `ctx` command line, run as a real subprocess like a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MODEL, REPO, TOKEN
+from fake_hf import FakeHF, Reply
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CMP_"))}
+    return subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), *args],
+        env={**base, **(env or {})},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def hf_env(url: str, **extra: str) -> dict[str, str]:
+    return {"HF_TOKEN": TOKEN, "HF_MODEL_ID": MODEL, "HF_ENDPOINT": url, **extra}
+
+
+def test_test_model_prints_the_model_text():
+    with FakeHF(Reply(body=[{"generated_text": "Hello back!"}])) as fake:
+        result = run("hf", "test-model", "Hello from Contexis!", "--max-new-tokens", "12", env=hf_env(fake.url))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Hello back!\n"
+    sent = fake.seen[0].body
+    assert sent == {
+        "inputs": "Hello from Contexis!",
+        "parameters": {"max_new_tokens": 12, "temperature": 0.7, "top_p": 0.95, "return_full_text": False},
+    }
+    assert fake.seen[0].headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_console_script_is_the_same_entry_point():
+    ctx = Path(sys.executable).parent / "ctx"
+    if not ctx.exists():
+        pytest.fail("the ctx console script is not installed in this environment")
+    with FakeHF(Reply(body={"generated_text": "via ctx"})) as fake:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("HF_")}, **hf_env(fake.url)}
+        result = subprocess.run(
+            [str(ctx), "hf", "test-model", "hi"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "via ctx\n"
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [({}, "HF_TOKEN and HF_MODEL_ID"), ({"HF_TOKEN": "x"}, "HF_MODEL_ID"), ({"HF_MODEL_ID": "m"}, "HF_TOKEN")],
+)
+def test_test_model_without_settings_exits_2_naming_what_is_missing(env, missing):
+    result = run("hf", "test-model", "hi", env=env)
+    assert result.returncode == 2
+    assert f"set {missing} " in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("status", "hint"),
+    [
+        (401, "Verify HF_TOKEN scope and validity."),
+        (403, "Verify HF_TOKEN scope and validity."),
+        (404, "Check HF_MODEL_ID spelling and access."),
+    ],
+)
+def test_test_model_error_exits_1_with_the_guide_hint(status, hint):
+    with FakeHF(Reply(status, {"error": f"no ({TOKEN})"})) as fake:
+        result = run("hf", "test-model", "hi", env=hf_env(fake.url))
+    assert result.returncode == 1
+    assert hint in result.stderr
+    assert TOKEN not in result.stderr + result.stdout
+
+
+def test_test_model_timeout_exits_1_with_the_timeout_hint():
+    with FakeHF(Reply(delay=3)) as fake:
+        result = run("hf", "test-model", "hi", env=hf_env(fake.url, HF_TIMEOUT="0.5"))
+    assert result.returncode == 1
+    assert "hf_timeout" in result.stderr
+    assert "Raise HF_TIMEOUT, confirm the model is available, or try a smaller model." in result.stderr
+
+
+def test_settings_come_from_dotenv_when_the_environment_lacks_them(tmp_path):
+    with FakeHF(Reply(body=[{"generated_text": "from dotenv"}])) as fake:
+        (tmp_path / ".env").write_text(f"HF_TOKEN={TOKEN}\nHF_MODEL_ID={MODEL}\nHF_ENDPOINT={fake.url}\n")
+        result = run("hf", "test-model", "hi", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "from dotenv\n"
+
+
+def test_invalid_setting_exits_2():
+    result = run("hf", "test-model", "hi", env={"HF_TIMEOUT": "soon"})
+    assert result.returncode == 2
+    assert "HF_TIMEOUT must be a float" in result.stderr
+
+
+def test_prompt_render_prints_the_rendered_prompt():
+    result = run(
+        "prompt",
+        "render",
+        "--root",
+        "examples/quickstart",
+        "--context",
+        "SupportBot",
+        "--data",
+        '{"user_input": "hello"}',
+    )
+    assert result.returncode == 0, result.stderr
+    assert "User: hello" in result.stdout
+    assert "You are SupportBot." in result.stdout
+
+
+def test_prompt_render_reports_a_missing_variable():
+    result = run("prompt", "render", "--root", "examples/quickstart", "--context", "SupportBot")
+    assert result.returncode == 1
+    assert "missing_variable" in result.stderr and "'user_input'" in result.stderr
+
+
+def test_prompt_render_uses_cmp_project_root():
+    result = run(
+        "prompt",
+        "render",
+        "--context",
+        "SupportBot",
+        "--data",
+        '{"user_input": "x"}',
+        env={"CMP_PROJECT_ROOT": str(REPO / "examples" / "quickstart")},
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_context_validate_passes_on_the_example_and_fails_with_file_field_problem(project):
+    good = run("context", "validate", "--root", str(project))
+    assert good.returncode == 0, good.stderr
+    assert "1 contexts valid" in good.stdout
+    ctx = project / "contexts" / "SupportBot" / "supportbot.ctx"
+    ctx.write_text(ctx.read_text().replace("max_tokens: 256", "max_tokens: lots"))
+    bad = run("context", "validate", "--root", str(project))
+    assert bad.returncode == 1
+    assert "contexts/SupportBot/supportbot.ctx: guardrails.max_tokens: 'lots' is not of type 'integer'" in bad.stderr

@@ -1,0 +1,63 @@
+"""Liveness, readiness, version and the per-request JSON log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from conftest import GUIDE_BODY
+
+from app import create_app
+
+
+def test_healthz_is_always_ok(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_readyz_is_ok_on_a_valid_project_and_503_with_the_reason_otherwise(client, project):
+    assert client.get("/readyz").status_code == 200
+    ctx = project / "contexts" / "SupportBot" / "supportbot.ctx"
+    ctx.write_text("name: [broken\n")
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert "contexts/SupportBot/supportbot.ctx" in response.get_json()["reason"]
+
+
+def test_readyz_is_503_when_the_root_is_missing(settings, tmp_path):
+    client = create_app(settings.replace(project_root=tmp_path / "absent")).test_client()
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert "contexts" in response.get_json()["reason"]
+
+
+def test_version_names_the_model_but_not_the_token(hf_app):
+    body = hf_app.test_client().get("/version").get_json()
+    assert body["name"] == "contexis-runtime"
+    assert body["model"] == "meta-llama/Meta-Llama-3.1-8B-Instruct"
+    assert body["version"]
+
+
+def test_one_json_log_line_per_request(client, caplog):
+    caplog.set_level(logging.INFO, logger="contexis.access")
+    client.post("/api/v1/chat", json={**GUIDE_BODY, "tenant_id": "acme"}, headers={"X-Request-ID": "req-1"})
+    records = [r for r in caplog.records if r.name == "contexis.access"]
+    assert len(records) == 1
+    from app.observability import JsonFormatter
+
+    line = json.loads(JsonFormatter().format(records[0]))
+    assert line | {"ts": None, "duration_ms": None} == {
+        "ts": None,
+        "level": "INFO",
+        "logger": "contexis.access",
+        "message": "request",
+        "request_id": "req-1",
+        "method": "POST",
+        "path": "/api/v1/chat",
+        "status": 200,
+        "duration_ms": None,
+        "tenant": "acme",
+        "context": "SupportBot",
+        "component": "SupportBot",
+        "model": None,
+    }
+    assert line["duration_ms"] >= 0

@@ -1,0 +1,131 @@
+"""`ctx serve`: a real gunicorn with gthread workers, as `make serve` starts it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from conftest import EXAMPLE, GUIDE_BODY, MODEL, REPO, TOKEN
+from fake_hf import FakeHF, Reply
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`python cli.py serve` in a subprocess, stopped with SIGTERM like Kubernetes does."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CMP_", "PROMETHEUS_"))}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "cli.py"), "serve", "--addr", f"127.0.0.1:{self.port}", *args],
+            env={**base, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"server did not become ready:\n{self.proc.stdout.read()}")
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        output, _ = self.proc.communicate(timeout=40)
+        return self.proc.returncode, output
+
+
+def test_guide_curl_against_real_gunicorn_then_clean_sigterm():
+    server = Server("--root", str(EXAMPLE), "--workers", "1", "--threads", "2")
+    try:
+        response = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)
+        assert response.status_code == 200
+        assert "User: hello" in response.json()["rendered"]
+        assert response.json()["model"] is None
+    finally:
+        code, output = server.stop()
+    assert code == 0, output
+    assert "gthread" in output
+
+
+def test_model_text_and_hf_metrics_through_real_gunicorn():
+    with FakeHF(Reply(body=[{"generated_text": "served by the model"}])) as fake:
+        env = {"HF_TOKEN": TOKEN, "HF_MODEL_ID": MODEL, "HF_ENDPOINT": fake.url, "CMP_PROJECT_ROOT": str(EXAMPLE)}
+        server = Server("--workers", "1", env=env)
+        try:
+            response = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)
+            assert response.json() | {"request_id": None} == {
+                "rendered": "served by the model",
+                "model": MODEL,
+                "request_id": None,
+            }
+            metrics = requests.get(f"{server.url}/metrics", timeout=5).text
+        finally:
+            code, output = server.stop()
+    assert f'cmp_hf_inference_latency_seconds_count{{model="{MODEL}"}} 1.0' in metrics
+    assert "cmp_hf_inference_errors_total" in metrics
+    assert TOKEN not in output + metrics
+    assert code == 0
+
+
+def test_in_flight_request_finishes_after_sigterm():
+    with FakeHF(Reply(delay=2, body=[{"generated_text": "late but whole"}])) as fake:
+        env = {"HF_TOKEN": TOKEN, "HF_MODEL_ID": MODEL, "HF_ENDPOINT": fake.url}
+        server = Server("--root", str(EXAMPLE), "--workers", "1", env=env)
+        result: dict[str, requests.Response] = {}
+
+        import threading
+
+        worker = threading.Thread(
+            target=lambda: result.setdefault(
+                "r", requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=20)
+            )
+        )
+        worker.start()
+        time.sleep(0.7)  # the request is now waiting on the model
+        code, output = server.stop()
+        worker.join()
+    assert result["r"].status_code == 200
+    assert result["r"].json()["rendered"] == "late but whole"
+    assert code == 0, output
+
+
+def test_every_scrape_counts_every_request_across_two_workers(tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    server = Server(
+        "--root", str(EXAMPLE), "--workers", "2", "--threads", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    )
+    n = 40
+    try:
+        for _ in range(n):
+            # A fresh connection each time lets either worker answer.
+            response = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)
+            assert response.status_code == 200
+        writers = {path.stem.rsplit("_", 1)[-1] for path in metrics_dir.glob("histogram_*.db")}
+        counts = []
+        for _ in range(8):
+            text = requests.get(f"{server.url}/metrics", timeout=5).text
+            match = re.search(r'cmp_prompt_render_duration_seconds_count\{component="SupportBot"\} (\S+)', text)
+            counts.append(float(match.group(1)))
+    finally:
+        code, _ = server.stop()
+    assert len(writers) == 2, "both workers should have answered some requests"
+    assert counts == [float(n)] * 8
+    assert code == 0
