@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -200,3 +201,13 @@ def test_dockerignore_keeps_every_copied_source(stages: list[Stage], ignore_patt
 )
 def test_dockerignore_keeps_secrets_and_clutter_out(path: str, ignore_patterns: list[str]) -> None:
     assert dockerignore_excludes(path, ignore_patterns)
+
+
+def test_chart_defaults_match_the_image(runtime: Stage) -> None:
+    values = yaml.safe_load((ROOT / "deploy" / "charts" / "contexis-app" / "values.yaml").read_text())
+    assert values["project"]["source"] == "image"
+    assert values["project"]["path"] == runtime.env()["CMP_PROJECT_ROOT"]
+    uid, _, gid = runtime.all("USER")[-1].partition(":")
+    assert values["securityContext"]["runAsUser"] == int(uid)
+    assert values["securityContext"]["runAsGroup"] == int(gid)
+    assert values["securityContext"]["readOnlyRootFilesystem"] is True
