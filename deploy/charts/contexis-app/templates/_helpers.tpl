@@ -1,0 +1,55 @@
+{{/* Chart name, overridable. */}}
+{{- define "contexis-app.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name; the release name alone when it already contains the chart name. */}}
+{{- define "contexis-app.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "contexis-app.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "contexis-app.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "contexis-app.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "contexis-app.labels" -}}
+helm.sh/chart: {{ include "contexis-app.chart" . }}
+{{ include "contexis-app.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+The one Secret holding the HF_* variables: rendered by the chart, or filled by
+the ExternalSecret when externalSecrets.enabled, never both.
+*/}}
+{{- define "contexis-app.secretName" -}}
+{{- printf "%s-hf" (include "contexis-app.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+What the pods' checksum/secret annotation hashes: the rendered Secret, or the
+ExternalSecret spec when the operator owns the Secret (its remote values are
+not known at render time).
+*/}}
+{{- define "contexis-app.secretChecksum" -}}
+{{- if .Values.externalSecrets.enabled }}
+{{- toJson .Values.externalSecrets | sha256sum }}
+{{- else }}
+{{- include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
+{{- end }}
+{{- end }}
