@@ -8,6 +8,8 @@ PROJECT ?= examples/quickstart
 
 .PHONY: install serve test lint
 
+include deploy/helm.mk
+
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25'
@@ -22,5 +24,5 @@ serve: install
 lint: install
 	$(BIN)/ruff check .
 
-test: lint
-	$(BIN)/python -m pytest
+test: lint $(HELM)
+	HELM=$(abspath $(HELM)) $(BIN)/python -m pytest
