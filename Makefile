@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ADDR ?= :8000
 PROJECT ?= examples/quickstart
 
-.PHONY: install serve test lint
+.PHONY: install serve test lint bench bench-tools bench-profile
 
 include deploy/helm.mk
 
@@ -26,3 +26,21 @@ lint: install
 
 test: lint $(HELM)
 	HELM=$(abspath $(HELM)) $(BIN)/python -m pytest
+
+# Benchmarks (docs/benchmarks.md): not part of `make test`. Installs the bench extra, and wrk and
+# nginx from Debian when missing.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --editable '.[dev,bench]'
+	touch $@
+
+bench-tools: $(BENCH_STAMP)
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null; }
+
+bench: bench-tools
+	$(BIN)/python bench/run.py
+
+bench-profile: bench-tools
+	$(BIN)/python bench/profile.py

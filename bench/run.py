@@ -1,0 +1,536 @@
+"""`make bench`: how close the runtime comes to the limits of its stack, as ratios against bare baselines.
+
+Every server listens on 127.0.0.1 only and runs under coreutils `timeout`, so it stops by itself even
+if this script dies. Results go to stdout (a table), `bench/results.json`, `bench/latency.png` and the
+figures section of `docs/benchmarks.md`. `--only` runs some measurements (written to bench/out/ only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+OUT = BENCH / "out"
+DOC = REPO / "docs" / "benchmarks.md"
+EXAMPLE = REPO / "examples" / "quickstart"
+BIN = Path(sys.executable).parent
+GUIDE_BODY = {
+    "tenant_id": "",
+    "context": "SupportBot",
+    "component": "SupportBot",
+    "query": "",
+    "top_k": 0,
+    "data": {"user_input": "hello"},
+}
+MODEL_ID = "bench/model"
+GENERATED = "Hello! I am SupportBot from Acme Cloud. How can I help you with your account today?"
+
+DURATION = int(os.environ.get("BENCH_DURATION", "10"))
+SLOW_DURATION = int(os.environ.get("BENCH_SLOW_DURATION", "30"))
+CONCURRENCIES = [int(c) for c in os.environ.get("BENCH_CONCURRENCIES", "8,32,64").split(",")]
+MODEL_CONCURRENCY = 32
+SLOW_CLIENTS = 200
+SLOW_DELAY = 1.0
+# gunicorn settings of measurements 1 and 2 (deploy/gunicorn.conf.py's defaults) and of measurement 3.
+CPU_SETTINGS = (2, 8)
+IO_SETTINGS = (2, 128)
+LIFETIME = 900  # seconds any server started here may live
+GOALS = {"ratio": 0.8, "slow_throughput": 0.9, "rss_mb": 500}
+MARK_START, MARK_END = "<!-- bench:figures:start -->", "<!-- bench:figures:end -->"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                # The parent pid is the 2nd field after the command name, which may hold spaces.
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    tree, found, todo = _children(), [], [pid]
+    while todo:
+        kids = tree.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Server:
+    """One server process under `timeout`, with its output in bench/out/<name>.log."""
+
+    def __init__(self, name: str, argv: list[str], port: int, env: dict[str, str] | None = None) -> None:
+        self.name, self.port = name, port
+        self.url = f"http://127.0.0.1:{port}"
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CMP_", "PROMETHEUS_", "GUNICORN_"))}
+        base.pop("WEB_CONCURRENCY", None)
+        self.log = (OUT / f"{name}.log").open("w")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            ["timeout", "--kill-after=10", str(LIFETIME), *argv],
+            env={**base, **(env or {})},
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait(self, path: str, body: dict[str, Any] | None = None, timeout: float = 60) -> float:
+        """Seconds from spawn to the first 200 on `path` (a POST of `body` when given)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                reply = (
+                    requests.post(self.url + path, json=body, timeout=2)
+                    if body
+                    else requests.get(self.url + path, timeout=2)
+                )
+                if reply.status_code == 200:
+                    return time.perf_counter() - self.started
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not answer 200 on {path}; see {self.log.name}")
+
+    def rss(self) -> int:
+        """Resident memory of the server's processes (gunicorn's master and workers; not `timeout`)."""
+        total = 0
+        for pid in descendants(self.proc.pid):
+            with contextlib.suppress(OSError):
+                total += rss_bytes(pid)
+        return total
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+@contextlib.contextmanager
+def serving(server: Server, path: str = "/readyz", body: dict[str, Any] | None = None) -> Iterator[Server]:
+    """Wait for `server` to answer, hand it over, stop it afterwards whatever happens."""
+    try:
+        server.wait(path, body)
+        yield server
+    finally:
+        server.stop()
+
+
+def runtime(name: str, settings: tuple[int, int] | None, env: dict[str, str] | None = None) -> Server:
+    """`ctx serve --root examples/quickstart` with deploy/gunicorn.conf.py, as `make serve` runs it."""
+    port = free_port()
+    argv = [str(BIN / "ctx"), "serve", "--root", str(EXAMPLE), "--addr", f"127.0.0.1:{port}"]
+    if settings:
+        argv += ["--workers", str(settings[0]), "--threads", str(settings[1])]
+    return Server(name, argv, port, env)
+
+
+def bare(name: str, settings: tuple[int, int], env: dict[str, str]) -> Server:
+    """bench/bare_app.py under the same gunicorn settings as the runtime (gthread, workers, threads, keep-alive)."""
+    port = free_port()
+    workers, threads = settings
+    argv = [str(BIN / "gunicorn"), "--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads)]
+    argv += ["--keep-alive", "5", "--timeout", "150", "--bind", f"127.0.0.1:{port}", "--chdir", str(BENCH)]
+    return Server(name, [*argv, "bare_app:app"], port, {**env, "GUNICORN_THREADS": str(threads)})
+
+
+def nginx(body: str) -> Server:
+    """Debian's nginx answering every request at once with `body` (bench/nginx.conf.template)."""
+    port = free_port()
+    prefix = OUT / "nginx"
+    prefix.mkdir(parents=True, exist_ok=True)
+    template = (BENCH / "nginx.conf.template").read_text()
+    conf = template.replace("$prefix", str(prefix)).replace("$port", str(port)).replace("$body", body)
+    (prefix / "nginx.conf").write_text(conf)
+    return Server("nginx", ["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf")], port)
+
+
+def wrk(url: str, connections: int, duration: int, body: dict[str, Any], threads: int = 1) -> dict[str, Any]:
+    """One wrk run POSTing `body`; requests/s, latency percentiles in ms, and errors (non-2xx included)."""
+    body_file = OUT / "body.json"
+    body_file.write_text(json.dumps(body))
+    cmd = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s"]
+    cmd += ["-s", str(BENCH / "post.lua"), url]
+    env = {**os.environ, "BENCH_BODY_FILE": str(body_file)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60, check=True)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH_JSON "))
+    raw = json.loads(line.removeprefix("BENCH_JSON "))
+    kinds = ("connect", "read", "write", "status", "timeout")
+    return {
+        "connections": connections,
+        "requests": raw["requests"],
+        "rps": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        **{f"{p}_ms": round(raw[f"{p}_us"] / 1000, 2) for p in ("p50", "p90", "p99", "max")},
+        "errors": sum(raw[k] for k in kinds),
+        "error_kinds": {k: raw[k] for k in kinds if raw[k]},
+    }
+
+
+def hf_payload(inputs: str) -> dict[str, Any]:
+    params = {"max_new_tokens": 256, "temperature": 0.3, "top_p": 0.95, "return_full_text": False}
+    return {"inputs": inputs, "parameters": params}
+
+
+def hf_env(endpoint: str) -> dict[str, str]:
+    return {"HF_TOKEN": "hf_bench_token", "HF_MODEL_ID": MODEL_ID, "HF_ENDPOINT": endpoint}
+
+
+def ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else 0.0
+
+
+def bench_render(settings: tuple[int, int]) -> dict[str, Any]:
+    """(1) The guide's request with no model: runtime vs a bare Flask app, same gunicorn, same wrk."""
+    with serving(runtime("runtime-render", settings)) as rt:
+        probe = requests.post(f"{rt.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)
+        probe.raise_for_status()
+        # The bare app answers the same number of bytes: the rendered text as JSON escapes it.
+        answer_bytes = len(json.dumps(probe.json()["rendered"])) - 2
+        bare_env = {"BARE_ANSWER_BYTES": str(answer_bytes)}
+        with serving(bare("bare-render", settings, bare_env), "/api/v1/chat", GUIDE_BODY) as base:
+            sizes = {
+                "runtime": len(probe.content),
+                "bare": len(requests.post(f"{base.url}/api/v1/chat", json=GUIDE_BODY, timeout=10).content),
+            }
+            for server in (rt, base):
+                wrk(f"{server.url}/api/v1/chat", CONCURRENCIES[0], 3, GUIDE_BODY)  # warm up
+            runs = []
+            for c in CONCURRENCIES:
+                a = wrk(f"{rt.url}/api/v1/chat", c, DURATION, GUIDE_BODY)
+                b = wrk(f"{base.url}/api/v1/chat", c, DURATION, GUIDE_BODY)
+                runs.append({"connections": c, "runtime": a, "bare": b, "ratio": ratio(a["rps"], b["rps"])})
+    return {"workers": settings[0], "threads": settings[1], "response_bytes": sizes, "runs": runs}
+
+
+def bench_model(settings: tuple[int, int]) -> dict[str, Any]:
+    """(2) Through a model endpoint that answers at once (nginx): runtime vs a bare forwarding Flask app."""
+    body = json.dumps([{"generated_text": GENERATED}])
+    with serving(nginx(body), "/") as ng:
+        endpoint = f"{ng.url}/models"
+        with (
+            serving(runtime("runtime-model", settings, hf_env(endpoint))) as rt,
+            serving(
+                bare("bare-model", settings, {"BARE_MODE": "forward", "BARE_HF_URL": f"{endpoint}/{MODEL_ID}"}),
+                "/api/v1/chat",
+                GUIDE_BODY,
+            ) as base,
+        ):
+            payload = hf_payload("x" * 400)
+            targets = {
+                "nginx": (f"{endpoint}/{MODEL_ID}", payload),
+                "runtime": (f"{rt.url}/api/v1/chat", GUIDE_BODY),
+                "bare": (f"{base.url}/api/v1/chat", GUIDE_BODY),
+            }
+            for url, request_body in targets.values():
+                wrk(url, 8, 3, request_body)  # warm up
+            loaded = {name: wrk(url, MODEL_CONCURRENCY, DURATION, b) for name, (url, b) in targets.items()}
+            single = {name: wrk(url, 1, DURATION, b) for name, (url, b) in targets.items()}
+    added = {
+        f"{p}_ms_vs_{ref}": round(single["runtime"][f"{p}_ms"] - single[ref][f"{p}_ms"], 2)
+        for p in ("p50", "p99")
+        for ref in ("nginx", "bare")
+    }
+    return {
+        "workers": settings[0],
+        "threads": settings[1],
+        "loaded": loaded,
+        "single": single,
+        "ratio": ratio(loaded["runtime"]["rps"], loaded["bare"]["rps"]),
+        "nginx_headroom": ratio(loaded["nginx"]["rps"], loaded["runtime"]["rps"]),
+        "added_latency": added,
+    }
+
+
+def _peak(sample: Callable[[], int], stop: threading.Event, into: list[int]) -> None:
+    while not stop.wait(0.5):
+        with contextlib.suppress(OSError):
+            into.append(sample())
+
+
+def bench_slow(settings: tuple[int, int]) -> dict[str, Any]:
+    """(3) 200 clients on a model that takes 1 s: throughput, errors, RSS, connections opened to the model."""
+    port = free_port()
+    argv = [sys.executable, str(BENCH / "slow_model.py"), "--port", str(port), "--delay", str(SLOW_DELAY)]
+    argv += ["--lifetime", str(LIFETIME)]
+    with serving(Server("slow-model", argv, port), "/stats") as slow:
+        env = {**hf_env(f"{slow.url}/models"), "HF_TIMEOUT": "30"}
+        with serving(runtime(f"runtime-slow-{settings[0]}x{settings[1]}", settings, env)) as rt:
+            before = requests.get(f"{slow.url}/stats", timeout=5).json()
+            samples: list[int] = []
+            stop = threading.Event()
+            sampler = threading.Thread(target=_peak, args=(rt.rss, stop, samples), daemon=True)
+            sampler.start()
+            result = wrk(f"{rt.url}/api/v1/chat", SLOW_CLIENTS, SLOW_DURATION, GUIDE_BODY, threads=2)
+            stop.set()
+            sampler.join()
+            after = requests.get(f"{slow.url}/stats", timeout=5).json()
+    capacity = SLOW_CLIENTS / SLOW_DELAY
+    return {
+        "workers": settings[0],
+        "threads": settings[1],
+        "clients": SLOW_CLIENTS,
+        "duration_s": SLOW_DURATION,
+        **result,
+        "throughput_share": ratio(result["rps"], capacity),
+        "rss_mb_peak": round(max(samples, default=0) / 2**20, 1),
+        # The second /stats call opened one connection of its own.
+        "connections_to_model": after["connections"] - before["connections"] - 1,
+        "connection_limit": settings[0] * settings[1],
+    }
+
+
+def bench_memory() -> dict[str, Any]:
+    """(4) bench/bench_memory.py's figures (memory issue), when that script exists."""
+    script = BENCH / "bench_memory.py"
+    if not script.is_file():
+        return {"available": False, "reason": "bench/bench_memory.py not present"}
+    out = OUT / "memory.json"
+    out.unlink(missing_ok=True)
+    done = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0 or not out.is_file():
+        return {"available": False, "reason": f"bench_memory.py failed ({done.returncode}): {done.stderr[-500:]}"}
+    return {"available": True, **json.loads(out.read_text())}
+
+
+def bench_cold(runs: int = 3) -> dict[str, Any]:
+    """(5) Seconds from spawning `ctx serve` (config defaults) to the first 200 on /readyz."""
+    times = []
+    for i in range(runs):
+        server = runtime(f"runtime-cold-{i}", None)
+        try:
+            times.append(round(server.wait("/readyz"), 3))
+        finally:
+            server.stop()
+    return {"runs_s": times, "median_s": statistics.median(times)}
+
+
+def _ms(run: dict[str, Any]) -> str:
+    return f"{run['rps']:.0f} req/s, p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms"
+
+
+def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each goal of issue 7 with the measured value and whether it is met."""
+    found = []
+    if "render" in results:
+        worst = min(r["ratio"] for r in results["render"]["runs"])
+        found.append({"goal": "render-only ratio >= 0.8 (worst concurrency)", "value": worst, "met": worst >= 0.8})
+    if "model" in results:
+        value = results["model"]["ratio"]
+        found.append({"goal": "through-model ratio >= 0.8", "value": value, "met": value >= GOALS["ratio"]})
+        headroom = results["model"]["nginx_headroom"]
+        found.append(
+            {"goal": "nginx not the bottleneck (nginx/runtime req/s > 2)", "value": headroom, "met": headroom > 2}
+        )
+    if "slow" in results:
+        for run in results["slow"]:
+            name = f"slow model {run['workers']}x{run['threads']}"
+            found += [
+                {
+                    "goal": f"{name}: throughput >= 90% of {SLOW_CLIENTS} req/s",
+                    "value": run["throughput_share"],
+                    "met": run["throughput_share"] >= GOALS["slow_throughput"],
+                },
+                {"goal": f"{name}: no errors", "value": run["errors"], "met": run["errors"] == 0},
+                {
+                    "goal": f"{name}: RSS < {GOALS['rss_mb']} MB",
+                    "value": run["rss_mb_peak"],
+                    "met": run["rss_mb_peak"] < GOALS["rss_mb"],
+                },
+                {
+                    "goal": f"{name}: connections to model <= workers x threads ({run['connection_limit']})",
+                    "value": run["connections_to_model"],
+                    "met": run["connections_to_model"] <= run["connection_limit"],
+                },
+            ]
+    return found
+
+
+def table(results: dict[str, Any]) -> str:
+    """The figures as a Markdown table: readable on a terminal and in docs/benchmarks.md."""
+    rows: list[tuple[str, str, str]] = []
+    if "render" in results:
+        r = results["render"]
+        for run in r["runs"]:
+            rows.append(
+                (
+                    f"1 render-only, c={run['connections']} ({r['workers']}x{r['threads']})",
+                    "runtime",
+                    _ms(run["runtime"]),
+                )
+            )
+            rows.append(("", "bare Flask", _ms(run["bare"])))
+            rows.append(("", "ratio runtime/bare", f"{run['ratio']:.2f}"))
+    if "model" in results:
+        m = results["model"]
+        for name in ("nginx", "runtime", "bare"):
+            rows.append(
+                (
+                    f"2 via model endpoint, c={MODEL_CONCURRENCY}" if name == "nginx" else "",
+                    name,
+                    _ms(m["loaded"][name]),
+                )
+            )
+        rows.append(("", "ratio runtime/bare", f"{m['ratio']:.2f}"))
+        rows.append(("", "nginx headroom (nginx/runtime)", f"{m['nginx_headroom']:.1f}x"))
+        for name in ("nginx", "runtime", "bare"):
+            rows.append(("2 via model endpoint, c=1" if name == "nginx" else "", name, _ms(m["single"][name])))
+        a = m["added_latency"]
+        rows.append(
+            ("", "runtime adds vs nginx", f"p50 {a['p50_ms_vs_nginx']:.2f} ms, p99 {a['p99_ms_vs_nginx']:.2f} ms")
+        )
+        rows.append(("", "runtime adds vs bare", f"p50 {a['p50_ms_vs_bare']:.2f} ms, p99 {a['p99_ms_vs_bare']:.2f} ms"))
+    for run in results.get("slow", []):
+        rows.append(
+            (
+                f"3 slow model 1 s, {run['clients']} clients, {run['duration_s']} s",
+                f"{run['workers']}x{run['threads']}",
+                _ms(run),
+            )
+        )
+        rows.append(("", "throughput / 200 req/s", f"{run['throughput_share']:.0%}, errors {run['errors']}"))
+        rows.append(("", "server RSS peak", f"{run['rss_mb_peak']:.0f} MB"))
+        rows.append(
+            ("", "TCP connections to model", f"{run['connections_to_model']} (limit {run['connection_limit']})")
+        )
+    if "memory" in results:
+        mem = results["memory"]
+        if mem.get("available"):
+            shown = {k: v for k, v in mem.items() if k != "available" and not isinstance(v, dict | list)}
+            rows.append(("4 memory search", "bench_memory.py", ", ".join(f"{k} {v}" for k, v in shown.items())))
+        else:
+            rows.append(("4 memory search", "not available", mem["reason"]))
+    if "cold_start" in results:
+        cold = results["cold_start"]
+        runs = ", ".join(f"{t:.2f}" for t in cold["runs_s"])
+        rows.append(("5 cold start to /readyz 200", "median", f"{cold['median_s']:.2f} s (runs: {runs})"))
+    lines = ["| measurement | what | figures |", "| --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines += ["", "| goal | value | met |", "| --- | --- | --- |"]
+    lines += [f"| {g['goal']} | {g['value']} | {'yes' if g['met'] else 'NO'} |" for g in results["goals"]]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Latency percentiles against concurrency, runtime and bare baseline (measurement 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["render"]["runs"]
+    xs = [r["connections"] for r in runs]
+    fig, (lat, thr) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, color in (("runtime", "tab:blue"), ("bare", "tab:gray")):
+        for pct, style in (("p50", "-"), ("p90", ":"), ("p99", "--")):
+            lat.plot(xs, [r[name][f"{pct}_ms"] for r in runs], style, color=color, marker="o", label=f"{name} {pct}")
+        thr.plot(xs, [r[name]["rps"] for r in runs], "-", color=color, marker="o", label=name)
+    lat.set(xlabel="concurrent connections (wrk)", ylabel="latency (ms)", title="Render-only latency", xticks=xs)
+    thr.set(xlabel="concurrent connections (wrk)", ylabel="requests/s", title="Render-only throughput", xticks=xs)
+    thr.set_ylim(bottom=0)
+    for ax in (lat, thr):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    r = results["render"]
+    fig.suptitle(f"gunicorn gthread {r['workers']} workers x {r['threads']} threads, {results['machine']['cpus']} CPUs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def update_doc(results: dict[str, Any]) -> None:
+    """Replace the figures section of docs/benchmarks.md with this run's."""
+    text = DOC.read_text()
+    head, rest = text.split(MARK_START, 1)
+    _, tail = rest.split(MARK_END, 1)
+    machine = results["machine"]
+    figures = f"Latest run: {results['date']} on {machine['cpus']} CPUs, Python {machine['python']}.\n\n"
+    DOC.write_text(f"{head}{MARK_START}\n{figures}{table(results)}\n{MARK_END}{tail}")
+
+
+def parse_settings(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(n) for n in item.split("x")) for item in text.split(",") if item]  # type: ignore[misc]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated subset of render,model,slow,memory,cold")
+    parser.add_argument(
+        "--slow-settings",
+        default=os.environ.get("BENCH_SLOW_SETTINGS", f"{IO_SETTINGS[0]}x{IO_SETTINGS[1]}"),
+        help="WORKERSxTHREADS list for measurement 3 (default %(default)s)",
+    )
+    args = parser.parse_args()
+    everything = ["render", "model", "slow", "memory", "cold"]
+    chosen = args.only.split(",") if args.only else everything
+    OUT.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "durations_s": {"wrk": DURATION, "slow": SLOW_DURATION},
+    }
+    steps: dict[str, Callable[[], Any]] = {
+        "render": lambda: bench_render(CPU_SETTINGS),
+        "model": lambda: bench_model(CPU_SETTINGS),
+        "slow": lambda: [bench_slow(s) for s in parse_settings(args.slow_settings)],
+        "memory": bench_memory,
+        "cold": bench_cold,
+    }
+    for name in chosen:
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        results["cold_start" if name == "cold" else name] = steps[name]()
+    results["goals"] = goals(results)
+    print(table(results))
+    if chosen == everything:
+        (BENCH / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        plot(results, BENCH / "latency.png")
+        update_doc(results)
+        print("\nwrote bench/results.json, bench/latency.png, docs/benchmarks.md", file=sys.stderr)
+    else:
+        (OUT / "results-partial.json").write_text(json.dumps(results, indent=2) + "\n")
+        if "render" in results:
+            plot(results, OUT / "latency.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
