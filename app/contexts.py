@@ -56,7 +56,7 @@ CONTEXT_SCHEMA: dict[str, Any] = {
 _file_validator = Draft202012Validator(CONTEXT_SCHEMA)
 _resolved_validator = Draft202012Validator({"type": "object", "required": ["name"]})
 
-Signature = tuple[tuple[str, int, int], ...]
+Signature = tuple[tuple[str, int, int, int], ...]
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -90,24 +90,33 @@ class ContextStore:
     def resolve(self, name: str, tenant_id: str = "") -> dict[str, Any]:
         """The merged, validated context; `NotFound` when it does not exist."""
         path = self.path_for(name, tenant_id)
+        cached = self._cached(path)
+        if cached is not None:
+            return cached
         if not path.is_file():
             raise NotFound(f"context {name!r} not found", code="context_not_found")
         return self.load(path)
 
     def load(self, path: Path) -> dict[str, Any]:
         """Load one context file with everything it extends or includes, from cache when unchanged."""
-        path = path.resolve()
-        cached = self._cache.get(path)
-        if cached and _unchanged(cached[0]):
-            return cached[1]
+        cached = self._cached(path)
+        if cached is not None:
+            return cached
+        resolved = path.resolve()
         files: list[Path] = []
-        context = self._load_file(path, stack=(), files=files)
+        context = self._load_file(resolved, stack=(), files=files)
         errors = list(_resolved_validator.iter_errors(context))
         if errors:
-            raise ContextInvalid(f"{self._rel(path)}: name: required field is missing")
+            raise ContextInvalid(f"{self._rel(resolved)}: name: required field is missing")
         with self._lock:
-            self._cache[path] = (_signature(files), context)
+            # Keyed by the path as asked for, so a hit costs one stat per file and no realpath walk;
+            # that path is in the signature too, and stat follows it if a symlink is re-pointed.
+            self._cache[path] = (_signature([path, *files]), context)
         return context
+
+    def _cached(self, path: Path) -> dict[str, Any] | None:
+        cached = self._cache.get(path)
+        return cached[1] if cached and _unchanged(cached[0]) else None
 
     def iter_files(self) -> Iterator[Path]:
         """Every context file of the project: shared ones and tenant overrides."""
@@ -190,11 +199,14 @@ def _field(error) -> str:
 
 def _signature(files: list[Path]) -> Signature:
     stats = [(str(p), os.stat(p)) for p in files]
-    return tuple((name, st.st_mtime_ns, st.st_size) for name, st in stats)
+    return tuple((name, st.st_ino, st.st_mtime_ns, st.st_size) for name, st in stats)
 
 
 def _unchanged(signature: Signature) -> bool:
     try:
-        return all((st := os.stat(name)).st_mtime_ns == mtime and st.st_size == size for name, mtime, size in signature)
+        return all(
+            (st := os.stat(name)).st_ino == ino and st.st_mtime_ns == mtime and st.st_size == size
+            for name, ino, mtime, size in signature
+        )
     except OSError:
         return False

@@ -87,45 +87,59 @@ def configure_logging(level: str) -> None:
     root.setLevel(level)
 
 
+def tracing_enabled() -> bool:
+    """True when spans are recorded: a real tracer provider is installed, not OpenTelemetry's no-op default."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
 def configure_tracing(settings: Settings) -> None:
     """Install the process's tracer provider and the requests instrumentation, once.
 
     Nothing is exported unless `OTEL_TRACES_EXPORTER` asks for it; a provider
     installed earlier (by a test or an operator's wrapper) is left in place.
+    Without a provider the instrumentations are not installed: they would build
+    attributes, contexts and no-op spans on every request for nothing to see.
     """
     global _tracing_ready
     with _setup_lock:
         if _tracing_ready:
             return
         _tracing_ready = True
-        RequestsInstrumentor().instrument()
-        if settings.traces_exporter in ("", "none"):
-            return
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+        _install_provider(settings)
+        if tracing_enabled():
+            RequestsInstrumentor().instrument()
 
-        if settings.traces_exporter == "otlp":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            exporter = OTLPSpanExporter()
-        elif settings.traces_exporter == "console":
-            exporter = ConsoleSpanExporter()
-        else:
-            logging.getLogger(__name__).warning(
-                "unknown OTEL_TRACES_EXPORTER, traces are not exported",
-                extra={"fields": {"exporter": settings.traces_exporter}},
-            )
-            return
-        provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-        trace.set_tracer_provider(provider)
+def _install_provider(settings: Settings) -> None:
+    """The tracer provider `OTEL_TRACES_EXPORTER` asks for, if any."""
+    if settings.traces_exporter in ("", "none"):
+        return
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    if settings.traces_exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    elif settings.traces_exporter == "console":
+        exporter = ConsoleSpanExporter()
+    else:
+        logging.getLogger(__name__).warning(
+            "unknown OTEL_TRACES_EXPORTER, traces are not exported",
+            extra={"fields": {"exporter": settings.traces_exporter}},
+        )
+        return
+    provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
 
 
 def init_observability(app: Flask, settings: Settings, metrics: RuntimeMetrics) -> None:
     """Wire metrics, tracing and the per-request JSON log line into `app`."""
     configure_tracing(settings)
-    FlaskInstrumentor().instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    if tracing_enabled():
+        FlaskInstrumentor().instrument_app(app, excluded_urls="healthz,readyz,metrics", enable_commenter=False)
     PrometheusMetrics(app, registry=metrics.registry, group_by="url_rule")
     access = logging.getLogger("contexis.access")
 
