@@ -13,15 +13,19 @@ from app.errors import BadRequest
 # A name that becomes a path segment: no separators, never "." or "..".
 NAME_PATTERN = r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,128}$"
 _NAME_RE = re.compile(NAME_PATTERN)
+# Empty, or a name. One pattern rather than `anyOf` of two subschemas: the same verdicts for a third
+# of jsonschema's work on the hot path. `(?![\s\S])` at `^` matches only the empty string ("$" would
+# also accept a lone newline).
+OPTIONAL_NAME_PATTERN = r"^(?![\s\S])|" + NAME_PATTERN
 
 CHAT_REQUEST_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "required": ["context"],
     "properties": {
-        "tenant_id": {"type": "string", "anyOf": [{"maxLength": 0}, {"pattern": NAME_PATTERN}]},
+        "tenant_id": {"type": "string", "pattern": OPTIONAL_NAME_PATTERN},
         "context": {"type": "string", "pattern": NAME_PATTERN},
-        "component": {"type": "string", "anyOf": [{"maxLength": 0}, {"pattern": NAME_PATTERN}]},
+        "component": {"type": "string", "pattern": OPTIONAL_NAME_PATTERN},
         "prompt_file": {"type": "string", "pattern": NAME_PATTERN},
         "query": {"type": "string"},
         "top_k": {"type": "integer", "minimum": 0},
@@ -51,7 +55,7 @@ class ChatRequest:
 
 def _describe(error) -> str:
     where = ".".join(str(p) for p in error.absolute_path) or "body"
-    if error.validator in ("pattern", "anyOf") and isinstance(error.instance, str):
+    if error.validator == "pattern" and isinstance(error.instance, str):
         return f"{where}: {error.instance!r} is not a valid name (1-128 of A-Z a-z 0-9 _ . -, not '.' or '..')"
     return f"{where}: {error.message}"
 
