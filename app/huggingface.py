@@ -195,6 +195,13 @@ class HuggingFaceClient:
         )
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=retry)
         session = requests.Session()
+        # The URL never changes, so the environment's proxy and CA-bundle settings for it are read once
+        # here rather than on every call (a scan of os.environ per request); trust_env off also keeps a
+        # ~/.netrc from replacing the HF_TOKEN header.
+        environment = session.merge_environment_settings(self.url, {}, None, None, None)
+        session.trust_env = False
+        session.proxies.update(environment["proxies"])
+        session.verify = environment["verify"]
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers.update({"Authorization": f"Bearer {self.settings.hf_token}", "Accept": "application/json"})

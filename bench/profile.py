@@ -60,7 +60,7 @@ def main() -> int:
     parser.add_argument("--model", action="store_true", help="through the instant nginx model endpoint")
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=128)
     parser.add_argument("--top", type=int, default=45)
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)

@@ -49,9 +49,8 @@ CONCURRENCIES = [int(c) for c in os.environ.get("BENCH_CONCURRENCIES", "8,32,64"
 MODEL_CONCURRENCY = 32
 SLOW_CLIENTS = 200
 SLOW_DELAY = 1.0
-# gunicorn settings of measurements 1 and 2 (deploy/gunicorn.conf.py's defaults) and of measurement 3.
-CPU_SETTINGS = (2, 8)
-IO_SETTINGS = (2, 128)
+# (workers, threads) for every measurement: deploy/gunicorn.conf.py's defaults (WEB_CONCURRENCY, GUNICORN_THREADS).
+SETTINGS = (2, 128)
 LIFETIME = 900  # seconds any server started here may live
 GOALS = {"ratio": 0.8, "slow_throughput": 0.9, "rss_mb": 500}
 MARK_START, MARK_END = "<!-- bench:figures:start -->", "<!-- bench:figures:end -->"
@@ -345,7 +344,7 @@ def bench_cold(runs: int = 3) -> dict[str, Any]:
 
 
 def _ms(run: dict[str, Any]) -> str:
-    return f"{run['rps']:.0f} req/s, p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms"
+    return f"{run['rps']:.0f} req/s, p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms"
 
 
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -496,7 +495,7 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated subset of render,model,slow,memory,cold")
     parser.add_argument(
         "--slow-settings",
-        default=os.environ.get("BENCH_SLOW_SETTINGS", f"{IO_SETTINGS[0]}x{IO_SETTINGS[1]}"),
+        default=os.environ.get("BENCH_SLOW_SETTINGS", f"{SETTINGS[0]}x{SETTINGS[1]}"),
         help="WORKERSxTHREADS list for measurement 3 (default %(default)s)",
     )
     args = parser.parse_args()
@@ -509,8 +508,8 @@ def main() -> int:
         "durations_s": {"wrk": DURATION, "slow": SLOW_DURATION},
     }
     steps: dict[str, Callable[[], Any]] = {
-        "render": lambda: bench_render(CPU_SETTINGS),
-        "model": lambda: bench_model(CPU_SETTINGS),
+        "render": lambda: bench_render(SETTINGS),
+        "model": lambda: bench_model(SETTINGS),
         "slow": lambda: [bench_slow(s) for s in parse_settings(args.slow_settings)],
         "memory": bench_memory,
         "cold": bench_cold,

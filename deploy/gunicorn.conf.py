@@ -17,8 +17,12 @@ from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMet
 
 bind = [os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")]
 worker_class = "gthread"
+# Sized for the runtime's usual load, waiting on a model (docs/benchmarks.md, measurement 3): a waiting
+# request holds one thread, so a pod serves workers x threads calls at once. 2 x 128 keeps 200 clients of
+# a 1 s model at > 90 % of the model's rate in ~140 MB, and costs nothing on render-only requests.
+# Settings.threads (app/config.py) defaults to the same value: it sizes each worker's model connection pool.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = int(os.environ.get("GUNICORN_THREADS", "128"))
 # A worker may wait on the model for the whole HF deadline: keep the watchdog above it.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "150"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
