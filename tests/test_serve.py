@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -129,3 +130,20 @@ def test_every_scrape_counts_every_request_across_two_workers(tmp_path):
     assert len(writers) == 2, "both workers should have answered some requests"
     assert counts == [float(n)] * 8
     assert code == 0
+
+
+def test_json_access_log_and_nothing_threaded_in_the_master():
+    env = {"GUNICORN_ACCESSLOG": "-", "OTEL_TRACES_EXPORTER": "console"}
+    server = Server("--root", str(EXAMPLE), "--workers", "1", env=env)
+    try:
+        requests.get(f"{server.url}/healthz?q=%22quoted%22", headers={"X-Request-ID": "rid-7"}, timeout=5)
+        # The tracer's exporter thread and the HF session belong to workers, never the master.
+        master_threads = len(os.listdir(f"/proc/{server.proc.pid}/task"))
+    finally:
+        _, output = server.stop()
+    assert master_threads == 1
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith('{"remote_addr"')]
+    entry = next(line for line in lines if line["path"] == "/healthz")
+    assert entry["query"] == "q=%22quoted%22"
+    assert entry["status"] == 200
+    assert entry["request_id"] == "rid-7"
