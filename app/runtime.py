@@ -10,9 +10,9 @@ from flask import current_app
 
 from app.config import Settings
 from app.contexts import ContextStore
-from app.huggingface import GenerationParams, HuggingFaceClient
+from app.huggingface import GenerationParams, HuggingFaceClient, TokenStream, Usage
 from app.observability import RuntimeMetrics
-from app.prompts import PromptRenderer
+from app.prompts import PromptRenderer, system_message
 from app.validation import ChatRequest
 
 
@@ -22,6 +22,7 @@ class Answer:
 
     rendered: str
     model: str | None
+    usage: Usage | None = None
 
 
 class Runtime:
@@ -55,8 +56,20 @@ class Runtime:
         context, rendered = self.render(request)
         if self.provider is None:
             return Answer(rendered=rendered, model=None)
-        params = GenerationParams.from_guardrails(context.get("guardrails"))
-        return Answer(rendered=self.provider.generate(rendered, params), model=self.provider.model_id)
+        generation = self.provider.generate(rendered, *_inference_inputs(context))
+        return Answer(rendered=generation.text, model=self.provider.model_id, usage=generation.usage)
+
+    def stream(self, request: ChatRequest) -> TokenStream:
+        """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model."""
+        context, rendered = self.render(request)
+        if self.provider is None:
+            return TokenStream(iter([rendered]), model=None)
+        return self.provider.stream(rendered, *_inference_inputs(context))
+
+
+def _inference_inputs(context: dict[str, Any]) -> tuple[GenerationParams, str]:
+    """What the context adds to the rendered prompt: sampling parameters and the chat system message."""
+    return GenerationParams.from_guardrails(context.get("guardrails")), system_message(context)
 
 
 def get_runtime() -> Runtime:

@@ -26,6 +26,7 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
         "query": {"type": "string"},
         "top_k": {"type": "integer", "minimum": 0},
         "data": {"type": "object"},
+        "stream": {"type": "boolean"},
     },
 }
 _validator = Draft202012Validator(CHAT_REQUEST_SCHEMA)
@@ -47,6 +48,7 @@ class ChatRequest:
     top_k: int = 0
     data: dict[str, Any] = field(default_factory=dict)
     prompt_file: str = "agent_response.md"
+    stream: bool = False
 
 
 def _describe(error) -> str:
@@ -69,4 +71,5 @@ def parse_chat_request(body: Any) -> ChatRequest:
         top_k=body.get("top_k", 0),
         data=body.get("data", {}),
         prompt_file=body.get("prompt_file", "agent_response.md"),
+        stream=body.get("stream", False),
     )
