@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, stream_with_context
+from flask import Response
 
 from app.errors import ContexisError
 from app.huggingface import TokenStream
@@ -54,6 +54,8 @@ def sse_response(stream: TokenStream, request_id: str) -> Response:
             log.exception("stream failed", extra={"request_id": request_id})
             yield sse_event({"error": {"code": "internal_error", "message": "internal server error"}}, event="error")
 
-    response = Response(stream_with_context(events()), mimetype="text/event-stream", headers=HEADERS)
+    # No stream_with_context: the generator needs nothing from the request, and Flask 3.1 would tear the
+    # request down a second time after it.
+    response = Response(events(), mimetype="text/event-stream", headers=HEADERS)
     response.call_on_close(stream.close)
     return response
