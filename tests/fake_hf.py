@@ -128,11 +128,11 @@ class FakeHF:
                             reply.hold.wait(10)
                         elif i:
                             time.sleep(reply.gap)
+                        with fake._lock:  # counted before it leaves, so no reader can see it first
+                            fake.events_sent += 1
                         data = event.encode()
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                         self.wfile.flush()
-                        with fake._lock:
-                            fake.events_sent += 1
                     if reply.then == "drop":
                         self.close_connection = True
                         return
