@@ -204,7 +204,11 @@ def run(server_python: str, logs: Path) -> None:
         print(f"({time.monotonic() - started:.1f}s)")
         check(len(deltas) > 1 and "".join(deltas).strip() != "", "no streamed text")
         check(done.get("done") is True and done.get("model") == MODEL_ID, f"last event is not done: {done}")
-        check(done.get("usage", {}).get("completion_tokens", 0) > 0, f"no usage in the done event: {done}")
+        # llama-cpp-python reports no usage in a stream (it ignores stream_options); TGI and vLLM do.
+        if "usage" in done:
+            check(done["usage"].get("completion_tokens", 0) > 0, f"usage without completion tokens: {done}")
+        else:
+            print("(this server reports no usage when streaming, so the done event has none)")
 
         step("ctx hf test-model")
         ctx(hf_env, "hf", "test-model", "Hello from Contexis!", "--max-new-tokens", "48")
