@@ -67,13 +67,14 @@ CREATE TABLE IF NOT EXISTS documents (
 );
 CREATE TABLE IF NOT EXISTS chunks (
     rowid        INTEGER PRIMARY KEY,
-    id           TEXT NOT NULL UNIQUE,
+    id           TEXT NOT NULL,
     source       TEXT NOT NULL,
     position     INTEGER NOT NULL,
     content_hash TEXT NOT NULL,
     content      TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS chunks_by_source ON chunks (source, position);
+-- ids are derived from (source, position), so this index also keeps them unique.
+CREATE UNIQUE INDEX IF NOT EXISTS chunks_by_source ON chunks (source, position);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5 (
     content, content='chunks', content_rowid='rowid', tokenize='porter unicode61 remove_diacritics 2'
 );
@@ -86,13 +87,13 @@ END;
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
-# The rank-limited subquery scores rows from the index alone; content is read for the top rows only.
-_SEARCH_SQL = """
-SELECT c.id, c.content, c.source, -f.rank
-FROM (SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?) AS f
-JOIN chunks AS c ON c.rowid = f.rowid
-ORDER BY f.rank
-"""
+# Cost control: FTS5 computes BM25 for every chunk a query matches (about 2-3 us each), so a query is
+# allowed to score at most this many chunks per store; see ``_rank``.
+SCORE_BUDGET = 2000
+
+_COUNT_SQL = "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?"
+_RANK_SQL = "SELECT rowid, -rank FROM chunks_fts WHERE chunks_fts MATCH ? AND rowid > ? ORDER BY rank LIMIT ?"
+_FLOOR_SQL = "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?"
 
 
 class MemoryStoreError(Exception):
@@ -410,14 +411,42 @@ def query_terms(query: str) -> list[str]:
     return terms[:MAX_QUERY_TERMS]
 
 
-def fts_query(query: str) -> str:
-    """An FTS5 MATCH expression that searches the query's words as plain words, or ``""``.
+def _phrase(term: str) -> str:
+    """An FTS5 string: ``\\w`` never contains a double quote, so the term can only ever be words."""
+    return f'"{term}"'
 
-    Each word is a quoted FTS5 string (``\\w`` never contains a quote), so operators, column
-    filters, prefixes and parentheses in the input are only ever words. Words are ORed so any
-    match counts and BM25 ranks chunks that hold more (and rarer) words first.
+
+def _rank(conn: sqlite3.Connection, terms: list[str], top_k: int) -> list[tuple[int, float]]:
+    """``(rowid, score)`` of the best chunks for the terms (ORed), scoring at most ~``SCORE_BUDGET`` chunks.
+
+    When the terms' chunk counts fit the budget this is plain BM25 over the OR of all terms.
+    Otherwise the rarest terms that fit the budget (R) decide which chunks are candidates, and
+    ``R AND C`` and ``R NOT C`` (C: the common terms) split them in two without scoring any chunk
+    twice. Both queries name every term once, so each candidate gets its exact BM25 score: the
+    result is exact among chunks holding a rare term and gives up chunks with common terms only.
+    When even the rarest term is over budget, the OR is ranked within its newest
+    ``SCORE_BUDGET`` chunks.
     """
-    return " OR ".join(f'"{term}"' for term in query_terms(query))
+    phrases = [_phrase(t) for t in terms]
+    counts = [conn.execute(_COUNT_SQL, (p,)).fetchone()[0] for p in phrases]
+    every = " OR ".join(phrases)
+    if sum(counts) <= SCORE_BUDGET:
+        return conn.execute(_RANK_SQL, (every, -1, top_k)).fetchall()
+    rare: list[str] = []
+    total = 0
+    for count, phrase in sorted(zip(counts, phrases)):
+        if total + count > SCORE_BUDGET:
+            break
+        rare.append(phrase)
+        total += count
+    if not rare:
+        floor = conn.execute(_FLOOR_SQL, (every, SCORE_BUDGET)).fetchone()[0]
+        return conn.execute(_RANK_SQL, (every, floor, top_k)).fetchall()
+    candidates = f"({' OR '.join(rare)})"
+    common = f"({' OR '.join(p for p in phrases if p not in rare)})"
+    scores = conn.execute(_RANK_SQL, (f"{candidates} AND {common}", -1, top_k)).fetchall()
+    scores += conn.execute(_RANK_SQL, (f"{candidates} NOT {common}", -1, top_k)).fetchall()
+    return sorted(scores, key=lambda item: item[1], reverse=True)[:top_k]
 
 
 # ---------------------------------------------------------------------------
@@ -609,8 +638,8 @@ class MemoryStore:
             top_k = self.config.top_k
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
-        match = fts_query(query)
-        if not match:
+        terms = query_terms(query)
+        if not terms:
             return []
         results: list[SearchResult] = []
         for path in self.search_paths:
@@ -618,12 +647,27 @@ class MemoryStore:
             if conn is None:
                 continue
             try:
-                rows = conn.execute(_SEARCH_SQL, (match, top_k)).fetchall()
+                # One read transaction: ranking and content come from the same snapshot.
+                conn.execute("BEGIN")
+                ranked = _rank(conn, terms, top_k)
+                marks = ",".join("?" * len(ranked))
+                rows = conn.execute(
+                    f"SELECT rowid, id, content, source FROM chunks WHERE rowid IN ({marks})",
+                    [rowid for rowid, _ in ranked],
+                ).fetchall()
             except sqlite3.OperationalError as exc:
                 if "no such table" in str(exc):  # created by a concurrent ingest, schema not yet committed
                     continue
                 raise
-            results.extend(SearchResult(id=i, content=c, score=s, source=src) for i, c, src, s in rows)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+            found = {rowid: (i, content, source) for rowid, i, content, source in rows}
+            results.extend(
+                SearchResult(id=found[r][0], content=found[r][1], score=score, source=found[r][2])
+                for r, score in ranked
+                if r in found
+            )
         results.sort(key=lambda r: r.score, reverse=True)
         return results[:top_k]
 
