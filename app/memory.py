@@ -361,9 +361,9 @@ def _tail(text: str, limit: int) -> str:
 def chunk_text(text: str, size: int, overlap: int) -> list[str]:
     """Split text into chunks of at most ``size`` chars.
 
-    A heading starts a new chunk so sections stay together; paragraphs and sentences are packed
-    greedily; a chunk cut for size repeats up to ``overlap`` chars of its predecessor so a sentence
-    spanning the cut stays findable.
+    A heading starts a new chunk so sections stay together; paragraphs are packed greedily and kept
+    whole when they fit, longer ones are split at lines and sentences; a chunk cut for size repeats
+    up to ``overlap`` chars of its predecessor so text spanning the cut stays findable.
     """
     chunks: list[str] = []
     current = ""
@@ -393,8 +393,11 @@ def chunk_text(text: str, size: int, overlap: int) -> list[str]:
                 current = heading
             heading_only = True
             continue
-        for sep, unit in _units(block, size):
-            add(sep, unit)
+        if len(block) <= size:  # a paragraph that fits is never split
+            add("\n\n", block)
+        else:
+            for sep, unit in _units(block, size):
+                add(sep, unit)
         heading_only = False
     if current:
         chunks.append(current)
@@ -459,7 +462,6 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA busy_timeout = 10000")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA foreign_keys = OFF")
     conn.execute("PRAGMA cache_size = -32000")
     conn.execute("PRAGMA mmap_size = 268435456")
 
@@ -473,21 +475,21 @@ def _connection(path: Path, create: bool) -> sqlite3.Connection | None:
     cache: dict[tuple[int, str], sqlite3.Connection] = _local.__dict__.setdefault("connections", {})
     key = (os.getpid(), str(path))
     conn = cache.get(key)
-    if conn is not None:
-        if path.exists():
-            return conn
+    if conn is not None and not path.exists():
         conn.close()  # the database was removed under us: start over
         del cache[key]
-    if not path.exists():
-        if not create:
-            return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
-    conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=True)
-    _configure(conn)
+        conn = None
+    if conn is None:
+        if not path.exists():
+            if not create:
+                return None
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+        _configure(conn)
+        cache[key] = conn
     if create and conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
         conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-    cache[key] = conn
     return conn
 
 
