@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import re
 import sqlite3
 import threading
@@ -85,6 +86,12 @@ def test_a_heading_starts_a_new_chunk_and_long_words_are_split() -> None:
     assert chunks[1].startswith("# B")
     assert all(len(c) <= 200 for c in chunks)
     assert sum(c.count("x") for c in chunks) >= 1000
+
+
+def test_paragraphs_that_fit_are_never_split() -> None:
+    paragraphs = [f"Paragraph {i} " + "lorem ipsum. " * 15 for i in range(3)]
+    chunks = chunk_text("\n\n".join(p.strip() for p in paragraphs), size=300, overlap=0)
+    assert chunks == [p.strip() for p in paragraphs]
 
 
 def test_zero_overlap_and_empty_text() -> None:
@@ -355,6 +362,24 @@ def test_readers_never_see_a_half_ingested_document(tmp_path: Path) -> None:
             thread.join()
     assert not errors
     assert sections in seen and set(seen) <= {0, sections}
+
+
+def _count_in_child(root: Path, queue: multiprocessing.Queue) -> None:
+    queue.put(len(MemoryStore(root, "Forked").search("quokka", 10)))
+
+
+def test_a_forked_worker_opens_its_own_connection(tmp_path: Path) -> None:
+    """gunicorn forks workers after the app is loaded; a parent's cached connection must not be reused."""
+    store = MemoryStore(tmp_path, "Forked")
+    store.ingest([write(tmp_path / "docs" / "q.md", "quokka\n")])
+    assert len(store.search("quokka", 10)) == 1  # the parent now holds a cached connection
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_count_in_child, args=(tmp_path, queue))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0 and queue.get(timeout=5) == 1
+    assert len(store.search("quokka", 10)) == 1
 
 
 # -- maintenance ----------------------------------------------------------------
