@@ -459,6 +459,8 @@ _local = threading.local()
 
 
 def _configure(conn: sqlite3.Connection) -> None:
+    """WAL lets readers run beside one writer; NORMAL sync is durable at checkpoints and needs no
+    fsync per document; the cache and mmap keep the FTS index in memory for searches."""
     conn.execute("PRAGMA busy_timeout = 10000")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
@@ -507,6 +509,7 @@ def _write(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _file_bytes(path: Path) -> int:
+    """Disk use of a database: recent writes live in its WAL file until a checkpoint."""
     return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
 
 
