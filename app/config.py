@@ -78,7 +78,7 @@ class Settings:
     log_level: str = "INFO"
     service_name: str = "contexis-runtime"
     traces_exporter: str = "none"
-    threads: int = 4
+    threads: int = 8
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -102,7 +102,7 @@ class Settings:
             log_level=_text(env, "CMP_LOG_LEVEL", "INFO").upper(),
             service_name=_text(env, "OTEL_SERVICE_NAME", "contexis-runtime"),
             traces_exporter=_text(env, "OTEL_TRACES_EXPORTER", "none").lower(),
-            threads=_number(env, "GUNICORN_THREADS", 4, kind=int, minimum=1),
+            threads=_number(env, "GUNICORN_THREADS", 8, kind=int, minimum=1),
         )
 
     def replace(self, **changes: object) -> Settings:
