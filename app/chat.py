@@ -27,7 +27,10 @@ def chat():
         model=runtime.provider.model_id if runtime.provider else None,
     )
     if chat_request.stream:
-        return sse_response(runtime.stream(chat_request), g.request_id)
+        streamed = runtime.stream(chat_request)
+        return sse_response(streamed.stream, sources=streamed.sources, request_id=g.request_id)
     answer = runtime.answer(chat_request)
     usage = {"usage": answer.usage.as_dict()} if answer.usage else {}
-    return jsonify(rendered=answer.rendered, model=answer.model, **usage, request_id=g.request_id)
+    return jsonify(
+        rendered=answer.rendered, model=answer.model, sources=answer.sources, **usage, request_id=g.request_id
+    )

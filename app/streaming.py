@@ -33,8 +33,8 @@ def sse_event(data: dict[str, Any], event: str | None = None) -> str:
     return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def sse_response(stream: TokenStream, request_id: str) -> Response:
-    """A `text/event-stream` answer that relays `stream` and closes it however the answer ends.
+def sse_response(stream: TokenStream, **done_fields: Any) -> Response:
+    """A `text/event-stream` answer that relays `stream`; `done_fields` (sources, request id) end the done event.
 
     The WSGI server closes the answer when the client goes away (gunicorn on a failed write):
     `call_on_close` then closes the upstream response, which stops the generation.
@@ -47,11 +47,11 @@ def sse_response(stream: TokenStream, request_id: str) -> Response:
             done: dict[str, Any] = {"done": True, "model": stream.model}
             if stream.usage:
                 done["usage"] = stream.usage.as_dict()
-            yield sse_event({**done, "request_id": request_id})
+            yield sse_event({**done, **done_fields})
         except ContexisError as exc:
             yield sse_event({"error": {"code": exc.code, "message": exc.message}}, event="error")
         except Exception:
-            log.exception("stream failed", extra={"request_id": request_id})
+            log.exception("stream failed", extra={"fields": {"request_id": done_fields.get("request_id")}})
             yield sse_event({"error": {"code": "internal_error", "message": "internal server error"}}, event="error")
 
     # No stream_with_context: the generator needs nothing from the request, and Flask 3.1 would tear the

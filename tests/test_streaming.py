@@ -58,6 +58,7 @@ def test_deltas_arrive_in_order_and_the_inference_span_covers_the_stream(hf_sett
         "done": True,
         "model": MODEL,
         "usage": {"prompt_tokens": 50, "completion_tokens": 4},
+        "sources": [],
         "request_id": response.headers["X-Request-ID"],
     }
     assert fake.seen[0].path == "/v1/chat/completions"

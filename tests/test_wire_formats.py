@@ -12,6 +12,7 @@ from fake_hf import chat_events, sse, tgi_events
 from app import create_app
 from app.config import Settings, SettingsError
 from app.huggingface import HINT_UNAVAILABLE, GenerationParams, HuggingFaceClient, Usage
+from app.memory import MemoryStore
 
 V1 = "https://router.test/v1"
 CHAT_URL = f"{V1}/chat/completions"
@@ -119,7 +120,7 @@ def test_chat_completion_payload_answer_and_usage(chat_app, spans):
 def test_answer_without_usage_has_no_usage_key_and_counts_no_tokens(chat_app):
     responses.post(CHAT_URL, json=completion())
     body = chat(chat_app).get_json()
-    assert set(body) == {"rendered", "model", "request_id"}
+    assert set(body) == {"rendered", "model", "sources", "request_id"}
     assert metric(chat_app, "cmp_hf_tokens_total", model=PROVIDER_MODEL, kind="completion") == 0
 
 
@@ -207,6 +208,7 @@ def test_streamed_chat_payload_events_and_usage(chat_app):
         "done": True,
         "model": PROVIDER_MODEL,
         "usage": {"prompt_tokens": 40, "completion_tokens": 3},
+        "sources": [],
         "request_id": response.headers["X-Request-ID"],
     }
     sent = json.loads(responses.calls[0].request.body)
@@ -232,6 +234,7 @@ def test_streamed_text_generation_skips_special_tokens_and_ends_at_generated_tex
             "done": True,
             "model": MODEL,
             "usage": {"completion_tokens": 3},
+            "sources": [],
             "request_id": response.headers["X-Request-ID"],
         },
     ]
@@ -302,4 +305,14 @@ def test_stream_without_a_model_sends_the_rendered_prompt_as_one_delta(client):
     events = sse_events(response)
     assert len(events) == 2
     assert events[0][1]["delta"] == client.post("/api/v1/chat", json=GUIDE_BODY).get_json()["rendered"]
-    assert events[1][1] == {"done": True, "model": None, "request_id": response.headers["X-Request-ID"]}
+    assert events[1][1] == {"done": True, "model": None, "sources": [], "request_id": response.headers["X-Request-ID"]}
+
+
+def test_streamed_done_event_names_the_memory_sources(client, project):
+    MemoryStore(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
+    body = {**GUIDE_BODY, "component": "CustomerDocs", "prompt_file": "search_response.md", "query": "refund"}
+    plain = client.post("/api/v1/chat", json=body).get_json()
+    events = sse_events(client.post("/api/v1/chat", json={**body, "stream": True}))
+    assert plain["sources"], "the example docs should match a refund question"
+    assert events[-1][1]["sources"] == plain["sources"]
+    assert events[0][1]["delta"] == plain["rendered"]
