@@ -148,3 +148,26 @@ def test_json_access_log_and_nothing_threaded_in_the_master():
     assert entry["query"] == "q=%22quoted%22"
     assert entry["status"] == 200
     assert entry["request_id"] == "rid-7"
+
+
+def children(pid: int) -> list[str]:
+    return open(f"/proc/{pid}/task/{pid}/children").read().split()
+
+
+def test_worker_count_follows_env_then_gunicorn_cmd_args_then_flags():
+    env = {"WEB_CONCURRENCY": "3"}
+    server = Server("--root", str(EXAMPLE), env=env)
+    try:
+        assert len(children(server.proc.pid)) == 3
+    finally:
+        server.stop()
+    server = Server("--root", str(EXAMPLE), env={**env, "GUNICORN_CMD_ARGS": "--workers 2"})
+    try:
+        assert len(children(server.proc.pid)) == 2
+    finally:
+        server.stop()
+    server = Server("--root", str(EXAMPLE), "--workers", "1", env={**env, "GUNICORN_CMD_ARGS": "--workers 2"})
+    try:
+        assert len(children(server.proc.pid)) == 1
+    finally:
+        server.stop()
