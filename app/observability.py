@@ -40,7 +40,7 @@ class RuntimeMetrics:
         self.registry = CollectorRegistry()
         self.hf_latency = Histogram(
             "cmp_hf_inference_latency_seconds",
-            "Latency of Hugging Face inference calls, retries included.",
+            "Latency of Hugging Face inference calls, retries included; a streamed call until its last token.",
             ["model"],
             buckets=_INFERENCE_BUCKETS,
             registry=self.registry,
@@ -51,11 +51,31 @@ class RuntimeMetrics:
             ["code"],
             registry=self.registry,
         )
+        self.hf_tokens = Counter(
+            "cmp_hf_tokens_total",
+            "Tokens the endpoint reported using, by kind (prompt or completion).",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.hf_time_to_first_token = Histogram(
+            "cmp_hf_time_to_first_token_seconds",
+            "Time from sending a streaming inference call to its first text delta.",
+            ["model"],
+            buckets=_INFERENCE_BUCKETS,
+            registry=self.registry,
+        )
         self.prompt_render = Histogram(
             "cmp_prompt_render_duration_seconds",
             "Time to render a prompt template.",
             ["component"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=self.registry,
+        )
+        self.memory_search = Histogram(
+            "cmp_memory_search_duration_seconds",
+            "Time to search a component's memory.",
+            ["component"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
             registry=self.registry,
         )
 

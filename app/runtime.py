@@ -7,13 +7,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
+from opentelemetry import trace
 
 from app.config import Settings
 from app.contexts import ContextStore
-from app.huggingface import GenerationParams, HuggingFaceClient
+from app.huggingface import GenerationParams, HuggingFaceClient, TokenStream, Usage
+from app.memory import MemoryStore, SearchResult
 from app.observability import RuntimeMetrics
-from app.prompts import PromptRenderer
+from app.prompts import PromptRenderer, system_message
 from app.validation import ChatRequest
+
+_tracer = trace.get_tracer(__name__)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A request's resolved context, its memory matches and the prompt they produced."""
+
+    context: dict[str, Any]
+    results: list[SearchResult]
+    prompt: str
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,16 @@ class Answer:
 
     rendered: str
     model: str | None
+    sources: list[dict[str, Any]]
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class StreamedAnswer:
+    """What one streamed chat request produces: the model's deltas, and the memory sources known up front."""
+
+    stream: TokenStream
+    sources: list[dict[str, Any]]
 
 
 class Runtime:
@@ -34,29 +57,62 @@ class Runtime:
         self.prompts = PromptRenderer(settings.project_root)
         self.provider = HuggingFaceClient(settings, self.metrics) if settings.hf_enabled else None
 
-    def render(self, request: ChatRequest) -> tuple[dict[str, Any], str]:
-        """The resolved context and the rendered prompt for `request`."""
+    def search(self, request: ChatRequest) -> list[SearchResult]:
+        """The component's memory matches for the request's query (none without a query)."""
+        if not request.query.strip():
+            return []
+        attributes = {"memory.component": request.component, "memory.top_k": request.top_k}
+        with _tracer.start_as_current_span("memory.search", attributes=attributes) as span:
+            started = time.perf_counter()
+            store = MemoryStore(self.settings.project_root, request.component, request.tenant_id or None)
+            results = store.search(request.query, request.top_k)
+            self.metrics.memory_search.labels(component=request.component).observe(time.perf_counter() - started)
+            span.set_attribute("memory.results", len(results))
+        return results
+
+    def render(self, request: ChatRequest) -> Rendered:
+        """Resolve the context, search memory and render the prompt for `request`."""
         context = self.contexts.resolve(request.context, request.tenant_id)
+        results = self.search(request)
         variables = {
             **request.data,
             # The runtime's own variables win over same-named keys in `data`.
             "context": context,
-            "results": [],
+            "results": [result.as_dict() for result in results],
             "tenant_id": request.tenant_id,
             "query": request.query,
         }
         started = time.perf_counter()
-        rendered = self.prompts.render(request.component, request.prompt_file, variables)
+        prompt = self.prompts.render(request.component, request.prompt_file, variables)
         self.metrics.prompt_render.labels(component=request.component).observe(time.perf_counter() - started)
-        return context, rendered
+        return Rendered(context=context, results=results, prompt=prompt)
 
     def answer(self, request: ChatRequest) -> Answer:
         """The model's text when a model is configured, the rendered prompt otherwise."""
-        context, rendered = self.render(request)
+        rendered = self.render(request)
+        sources = _sources(rendered)
         if self.provider is None:
-            return Answer(rendered=rendered, model=None)
-        params = GenerationParams.from_guardrails(context.get("guardrails"))
-        return Answer(rendered=self.provider.generate(rendered, params), model=self.provider.model_id)
+            return Answer(rendered=rendered.prompt, model=None, sources=sources)
+        generation = self.provider.generate(rendered.prompt, *_inference_inputs(rendered.context))
+        return Answer(rendered=generation.text, model=self.provider.model_id, sources=sources, usage=generation.usage)
+
+    def stream(self, request: ChatRequest) -> StreamedAnswer:
+        """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model."""
+        rendered = self.render(request)
+        if self.provider is None:
+            return StreamedAnswer(TokenStream(iter([rendered.prompt]), model=None), _sources(rendered))
+        stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered.context))
+        return StreamedAnswer(stream, _sources(rendered))
+
+
+def _sources(rendered: Rendered) -> list[dict[str, Any]]:
+    """The memory matches a response names, so a client can cite them."""
+    return [{"id": r.id, "source": r.source, "score": r.score} for r in rendered.results]
+
+
+def _inference_inputs(context: dict[str, Any]) -> tuple[GenerationParams, str]:
+    """What the context adds to the rendered prompt: sampling parameters and the chat system message."""
+    return GenerationParams.from_guardrails(context.get("guardrails")), system_message(context)
 
 
 def get_runtime() -> Runtime:

@@ -13,6 +13,8 @@ from app.errors import BadRequest
 # A name that becomes a path segment: no separators, never "." or "..".
 NAME_PATTERN = r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,128}$"
 _NAME_RE = re.compile(NAME_PATTERN)
+# More memory matches than this only dilute a prompt; 0 means the component's default.
+MAX_TOP_K = 50
 # Empty, or a name. One pattern rather than `anyOf` of two subschemas: the same verdicts for a third
 # of jsonschema's work on the hot path. `(?![\s\S])` at `^` matches only the empty string ("$" would
 # also accept a lone newline).
@@ -28,8 +30,9 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
         "component": {"type": "string", "pattern": OPTIONAL_NAME_PATTERN},
         "prompt_file": {"type": "string", "pattern": NAME_PATTERN},
         "query": {"type": "string"},
-        "top_k": {"type": "integer", "minimum": 0},
+        "top_k": {"type": "integer", "minimum": 0, "maximum": MAX_TOP_K},
         "data": {"type": "object"},
+        "stream": {"type": "boolean"},
     },
 }
 _validator = Draft202012Validator(CHAT_REQUEST_SCHEMA)
@@ -51,6 +54,7 @@ class ChatRequest:
     top_k: int = 0
     data: dict[str, Any] = field(default_factory=dict)
     prompt_file: str = "agent_response.md"
+    stream: bool = False
 
 
 def _describe(error) -> str:
@@ -73,4 +77,5 @@ def parse_chat_request(body: Any) -> ChatRequest:
         top_k=body.get("top_k", 0),
         data=body.get("data", {}),
         prompt_file=body.get("prompt_file", "agent_response.md"),
+        stream=body.get("stream", False),
     )

@@ -56,6 +56,7 @@ _workers, _threads = os.environ.get("BENCH_SETTINGS", "2x128").split("x")
 SETTINGS = (int(_workers), int(_threads))
 LIFETIME = 900  # seconds any server started here may live
 GOALS = {"ratio": 0.8, "slow_throughput": 0.9, "rss_mb": 500}
+MEMORY_FIGURES = ("chunks", "ingest_seconds", "search_p50_ms", "search_p99_ms", "search_cpu_p99_ms")
 MARK_START, MARK_END = "<!-- bench:figures:start -->", "<!-- bench:figures:end -->"
 
 
@@ -368,8 +369,10 @@ def bench_memory() -> dict[str, Any]:
         return {"available": False, "reason": "bench/bench_memory.py not present"}
     out = OUT / "memory.json"
     out.unlink(missing_ok=True)
-    done = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0 or not out.is_file():
+    argv = [sys.executable, str(script), str(out)]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    # It exits 2 when one of its own targets is missed, with its figures written all the same.
+    if done.returncode not in (0, 2) or not out.is_file():
         return {"available": False, "reason": f"bench_memory.py failed ({done.returncode}): {done.stderr[-500:]}"}
     return {"available": True, **json.loads(out.read_text())}
 
@@ -427,6 +430,10 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": run["connections_to_model"] <= run["connection_limit"],
                 },
             ]
+    for name, target in results.get("memory", {}).get("targets", {}).items():
+        found.append(
+            {"goal": f"memory {name} < {target['limit']}", "value": results["memory"][name], "met": target["ok"]}
+        )
     return found
 
 
@@ -480,8 +487,8 @@ def table(results: dict[str, Any]) -> str:
     if "memory" in results:
         mem = results["memory"]
         if mem.get("available"):
-            shown = {k: v for k, v in mem.items() if k != "available" and not isinstance(v, dict | list)}
-            rows.append(("4 memory search", "bench_memory.py", ", ".join(f"{k} {v}" for k, v in shown.items())))
+            shown = ", ".join(f"{k} {mem[k]}" for k in MEMORY_FIGURES if k in mem)
+            rows.append(("4 memory search", "bench/bench_memory.py", shown))
         else:
             rows.append(("4 memory search", "not available", mem["reason"]))
     if "cold_start" in results:

