@@ -46,7 +46,7 @@ GENERATED = "Hello! I am SupportBot from Acme Cloud. How can I help you with you
 DURATION = int(os.environ.get("BENCH_DURATION", "10"))
 SLOW_DURATION = int(os.environ.get("BENCH_SLOW_DURATION", "30"))
 CONCURRENCIES = [int(c) for c in os.environ.get("BENCH_CONCURRENCIES", "8,32,64").split(",")]
-ROUNDS = 3  # alternating runtime/bare rounds per concurrency in measurement 1
+ROUNDS = 3  # alternating rounds of the compared servers, per concurrency (measurements 1 and 2)
 MODEL_CONCURRENCY = 32
 SLOW_CLIENTS = 200
 SLOW_DELAY = 1.0
@@ -232,6 +232,19 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**merged, "connections": runs[0]["connections"], "rounds": len(runs)}
 
 
+def alternate(targets: dict[str, tuple[Server, str, dict[str, Any]]], connections: int) -> dict[str, dict[str, Any]]:
+    """Each target in turn for ROUNDS short wrk runs (DURATION in all), and the median of its runs.
+
+    Alternating rounds mean a burst of other load on the machine hits every target alike.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    seconds = max(DURATION // ROUNDS, 2)
+    for _ in range(ROUNDS):
+        for name, (server, url, body) in targets.items():
+            runs[name].append(wrk(url, connections, seconds, body, server=server))
+    return {name: median_run(found) for name, found in runs.items()}
+
+
 def hf_payload(inputs: str) -> dict[str, Any]:
     params = {"max_new_tokens": 256, "temperature": 0.3, "top_p": 0.95, "return_full_text": False}
     return {"inputs": inputs, "parameters": params}
@@ -258,17 +271,16 @@ def bench_render(settings: tuple[int, int]) -> dict[str, Any]:
                 "runtime": len(probe.content),
                 "bare": len(requests.post(f"{base.url}/api/v1/chat", json=GUIDE_BODY, timeout=10).content),
             }
-            for server in (rt, base):
-                wrk(f"{server.url}/api/v1/chat", CONCURRENCIES[0], 3, GUIDE_BODY)  # warm up
+            chat = {
+                name: (server, f"{server.url}/api/v1/chat", GUIDE_BODY)
+                for name, server in (("runtime", rt), ("bare", base))
+            }
+            for _, url, body in chat.values():
+                wrk(url, CONCURRENCIES[0], 3, body)  # warm up
             runs = []
             for c in CONCURRENCIES:
-                # Short alternating rounds, so a burst of other load on the machine hits both servers alike.
-                rounds: dict[str, list[dict[str, Any]]] = {"runtime": [], "bare": []}
-                for _ in range(ROUNDS):
-                    for name, server in (("runtime", rt), ("bare", base)):
-                        seconds = max(DURATION // ROUNDS, 2)
-                        rounds[name].append(wrk(f"{server.url}/api/v1/chat", c, seconds, GUIDE_BODY, server=server))
-                a, b = median_run(rounds["runtime"]), median_run(rounds["bare"])
+                alternated = alternate(chat, c)
+                a, b = alternated["runtime"], alternated["bare"]
                 runs.append(
                     {
                         "connections": c,
@@ -303,11 +315,9 @@ def bench_model(settings: tuple[int, int]) -> dict[str, Any]:
             for url, request_body in targets.values():
                 wrk(url, 8, 3, request_body)  # warm up
             servers = {"nginx": ng, "runtime": rt, "bare": base}
-            loaded = {
-                name: wrk(url, MODEL_CONCURRENCY, DURATION, b, server=servers[name])
-                for name, (url, b) in targets.items()
-            }
-            single = {name: wrk(url, 1, DURATION, b) for name, (url, b) in targets.items()}
+            with_server = {name: (servers[name], url, b) for name, (url, b) in targets.items()}
+            loaded = alternate(with_server, MODEL_CONCURRENCY)
+            single = alternate(with_server, 1)
     added = {
         f"{p}_ms_vs_{ref}": round(single["runtime"][f"{p}_ms"] - single[ref][f"{p}_ms"], 2)
         for p in ("p50", "p99")

@@ -104,6 +104,22 @@ def test_cache_is_refreshed_when_an_extended_file_changes(tmp_path):
     assert store.resolve("Bot")["description"] == "two, longer"
 
 
+def test_cache_follows_a_re_pointed_symlink_and_a_deleted_file(tmp_path):
+    # A ConfigMap volume swaps a `..data` symlink to a new directory: same path, new file behind it.
+    write(tmp_path, "contexts/v1/bot.ctx", "name: Bot\ndescription: one\n")
+    write(tmp_path, "contexts/v2/bot.ctx", "name: Bot\ndescription: one\n")
+    (tmp_path / "contexts" / "Bot").symlink_to(tmp_path / "contexts" / "v1")
+    store = ContextStore(tmp_path)
+    assert store.resolve("Bot")["description"] == "one"
+    (tmp_path / "contexts" / "v2" / "bot.ctx").write_text("name: Bot\ndescription: two\n")
+    (tmp_path / "contexts" / "Bot").unlink()
+    (tmp_path / "contexts" / "Bot").symlink_to(tmp_path / "contexts" / "v2")
+    assert store.resolve("Bot")["description"] == "two"
+    (tmp_path / "contexts" / "v2" / "bot.ctx").unlink()
+    with pytest.raises(NotFound):
+        store.resolve("Bot")
+
+
 def test_problems_lists_every_invalid_context(tmp_path):
     write(tmp_path, "contexts/Good/good.ctx", "name: Good\n")
     write(tmp_path, "contexts/Bad/bad.ctx", "name: Bad\ntools: 3\n")
