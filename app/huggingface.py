@@ -19,7 +19,8 @@ import requests
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError, NewConnectionError, ResponseError
+from urllib3.exceptions import DecodeError, MaxRetryError, NewConnectionError, ReadTimeoutError, ResponseError
+from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
@@ -251,8 +252,9 @@ class HuggingFaceClient:
                 self.url,
                 json=payload,
                 timeout=(self.settings.hf_connect_timeout, self.settings.hf_timeout),
+                stream=True,
             )
-            body = response.content
+            body = self._read_body(response)
         except requests.RequestException as exc:
             if _timed_out(exc):
                 detail = f"Hugging Face did not answer within HF_TIMEOUT={self.settings.hf_timeout:g}s."
@@ -262,6 +264,45 @@ class HuggingFaceClient:
         if response.status_code >= 400:
             raise self._status_error(response.status_code, body)
         return _parse_generation(body)
+
+    def _read_body(self, response: requests.Response) -> bytes:
+        """The body, read piece by piece: a huge answer stops at HF_MAX_RESPONSE_BYTES, a drip at HF_DEADLINE.
+
+        HF_TIMEOUT bounds each read, so a server sending a byte now and then never trips it; the call's
+        deadline, checked after every piece, does (at worst one HF_TIMEOUT late).
+        """
+        cap = self.settings.hf_max_response_bytes
+        too_large = f"Hugging Face answered more than HF_MAX_RESPONSE_BYTES={cap} bytes."
+        pieces: list[bytes] = []
+        size = 0
+        try:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > cap:
+                raise HFBadResponse(too_large, metric_code="invalid_response")
+            while piece := response.raw.read1(64 * 1024, decode_content=True):
+                size += len(piece)
+                if size > cap:
+                    raise HFBadResponse(too_large, metric_code="invalid_response")
+                if time.monotonic() > _deadline.get():
+                    detail = (
+                        f"Hugging Face did not finish its answer within HF_DEADLINE={self.settings.hf_deadline:g}s."
+                    )
+                    raise HFTimeout(detail, metric_code="timeout")
+                pieces.append(piece)
+        except (HFError, Urllib3Error) as exc:
+            response.close()  # a half-read connection must not go back to the pool
+            if isinstance(exc, HFError):
+                raise
+            if isinstance(exc, ReadTimeoutError):
+                detail = f"Hugging Face stopped sending its answer for HF_TIMEOUT={self.settings.hf_timeout:g}s."
+                raise HFTimeout(detail, metric_code="timeout") from None
+            if isinstance(exc, DecodeError):
+                raise HFBadResponse(
+                    "Hugging Face sent a body that cannot be decoded.", metric_code="invalid_response"
+                ) from None
+            detail = f"The connection to Hugging Face broke while reading its answer ({type(exc).__name__})."
+            raise HFConnectionError(detail, metric_code="connection_error") from None
+        return b"".join(pieces)
 
     def _status_error(self, status: int, body: bytes) -> HFError:
         error_class = _BY_STATUS.get(status) or (HFUnavailable if status >= 500 else HFBadResponse)
