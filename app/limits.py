@@ -7,14 +7,16 @@ how large `data` is and how long its strings and `query` are.
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from flask.json.provider import DefaultJSONProvider
 from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.auth import audit_denied, client_identity
@@ -77,11 +79,29 @@ def check_payload(chat_request: ChatRequest, settings: Settings) -> None:
             stack.append((child, f"{where}.{name}", depth + 1))
 
 
+def _bound_chunked_body() -> None:
+    """Read a chunked body here, so one over `MAX_CONTENT_LENGTH` is a 413.
+
+    Werkzeug stops reading a body without `Content-Length` at the limit and hands
+    on what it read, which the JSON parser then rejects as a misleading 400.
+    """
+    environ = request.environ
+    if environ.get("CONTENT_LENGTH") or not environ.get("wsgi.input_terminated"):
+        return
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    body = environ["wsgi.input"].read(limit + 1)
+    if len(body) > limit:
+        raise RequestEntityTooLarge()
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+
+
 def init_limits(app: Flask, settings: Settings) -> None:
     """Trust `X-Forwarded-For` only for the configured proxy hops; rate-limit when `CMP_RATE_LIMIT` is set."""
     provider = _DepthSafeJSONProvider(app)
     provider.sort_keys = app.json.sort_keys
     app.json = provider
+    app.before_request(_bound_chunked_body)
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     if not settings.rate_limit:
@@ -102,7 +122,7 @@ def init_limits(app: Flask, settings: Settings) -> None:
     def _too_many(exc: RateLimitExceeded) -> tuple[Response, int]:
         audit_denied(429, "rate_limited")
         current = limiter.current_limit
-        wait = max(1, math.ceil(current.reset_at - time.time())) if current else 1
+        wait = max(1, min(math.ceil(current.reset_at - time.time()), current.limit.get_expiry())) if current else 1
         response, status = error_response(429, "rate_limited", f"rate limit of {exc.description} exceeded")
         response.headers["Retry-After"] = str(wait)
         return response, status
