@@ -6,8 +6,10 @@ import json
 import time
 
 import pytest
-from conftest import GUIDE_BODY
+import requests
+from conftest import EXAMPLE, GUIDE_BODY, MODEL, TOKEN
 from fake_hf import RawHF, answer, chunked, drip, headers_then_stall, reset_mid_body
+from test_serve import Server
 
 from app import create_app
 
@@ -98,3 +100,34 @@ def test_a_small_cap_applies_to_an_otherwise_valid_answer(fault_settings):
         assert app.test_client().post("/api/v1/chat", json=GUIDE_BODY).get_json()["error"]["code"] == "hf_bad_response"
         relaxed = create_app(fault_settings.replace(hf_endpoint=fake.url, hf_max_response_bytes=len(body)))
         assert relaxed.test_client().post("/api/v1/chat", json=GUIDE_BODY).get_json()["rendered"] == "x" * 500
+
+
+def test_a_gunicorn_worker_survives_every_kind_of_fault():
+    faults = [reset_mid_body, chunked(TEN_MB), drip(4, 0.05), headers_then_stall(3), answer(200, b"[]")]
+    with RawHF(answer()) as fake:
+        env = {
+            "HF_TOKEN": TOKEN,
+            "HF_MODEL_ID": MODEL,
+            "HF_ENDPOINT": fake.url,
+            "HF_TIMEOUT": "0.5",
+            "HF_DEADLINE": "1",
+            "HF_MAX_RETRIES": "0",
+        }
+        server = Server("--root", str(EXAMPLE), "--workers", "1", "--threads", "2", env=env)
+        try:
+            codes = []
+            for behaviour in faults:
+                fake.behaviour = behaviour
+                codes.append(requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=10).status_code)
+            fake.behaviour = answer()
+            after = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)
+            metrics = requests.get(f"{server.url}/metrics", timeout=5).text
+        finally:
+            code, output = server.stop()
+    assert codes == [502, 502, 504, 504, 502]
+    assert after.json()["rendered"] == "Hi from the fake model"
+    assert output.count("Booting worker") == 1, output
+    for kind, count in [("connection_error", 1), ("invalid_response", 2), ("timeout", 2)]:
+        assert f'cmp_hf_inference_errors_total{{code="{kind}"}} {count}.0' in metrics
+    assert code == 0
+    assert TOKEN not in output
