@@ -111,7 +111,7 @@ class Settings:
     log_level: str = "INFO"
     service_name: str = "contexis-runtime"
     traces_exporter: str = "none"
-    threads: int = 4
+    threads: int = 8
     auth_enabled: bool = False
     api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
     rate_limit: str = ""
@@ -143,7 +143,7 @@ class Settings:
             log_level=_text(env, "CMP_LOG_LEVEL", "INFO").upper(),
             service_name=_text(env, "OTEL_SERVICE_NAME", "contexis-runtime"),
             traces_exporter=_text(env, "OTEL_TRACES_EXPORTER", "none").lower(),
-            threads=_number(env, "GUNICORN_THREADS", 4, kind=int, minimum=1),
+            threads=_number(env, "GUNICORN_THREADS", 8, kind=int, minimum=1),
             auth_enabled=_flag(env, "CMP_AUTH_ENABLED"),
             api_keys=_api_keys(env),
             rate_limit=_rate_limit(env),

@@ -11,6 +11,8 @@ import tempfile
 
 from gunicorn.glogging import Logger
 
+from app.config import Settings
+
 # Prometheus multiprocess mode must be chosen before prometheus_client is first
 # imported, so the directory is settled here, at the top of the master's config.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -21,7 +23,8 @@ from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMet
 bind = [os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")]
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# The same number sizes the app's connection pool to the model endpoint, so it comes from the settings.
+threads = Settings.from_env().threads
 # A worker may wait on the model for the whole HF deadline: keep the watchdog above it.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "150"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
