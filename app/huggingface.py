@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -266,42 +267,47 @@ class HuggingFaceClient:
         return _parse_generation(body)
 
     def _read_body(self, response: requests.Response) -> bytes:
-        """The body, read piece by piece: a huge answer stops at HF_MAX_RESPONSE_BYTES, a drip at HF_DEADLINE.
+        """The body, or the `HFError` for a connection that broke, stalled or sent what cannot be decoded."""
+        complete = False
+        try:
+            body = self._read_capped(response)
+            complete = True
+            return body
+        except ReadTimeoutError:
+            detail = f"Hugging Face stopped sending its answer for HF_TIMEOUT={self.settings.hf_timeout:g}s."
+            raise HFTimeout(detail, metric_code="timeout") from None
+        except DecodeError:
+            detail = "Hugging Face sent a body that cannot be decoded."
+            raise HFBadResponse(detail, metric_code="invalid_response") from None
+        except Urllib3Error as exc:
+            detail = f"The connection to Hugging Face broke while reading its answer ({type(exc).__name__})."
+            raise HFConnectionError(detail, metric_code="connection_error") from None
+        finally:
+            if not complete:
+                response.close()  # a half-read connection must not go back to the pool
+
+    def _read_capped(self, response: requests.Response) -> bytes:
+        """Read piece by piece: a huge answer stops at HF_MAX_RESPONSE_BYTES, a drip at HF_DEADLINE.
 
         HF_TIMEOUT bounds each read, so a server sending a byte now and then never trips it; the call's
         deadline, checked after every piece, does (at worst one HF_TIMEOUT late).
         """
         cap = self.settings.hf_max_response_bytes
         too_large = f"Hugging Face answered more than HF_MAX_RESPONSE_BYTES={cap} bytes."
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise HFBadResponse(too_large, metric_code="invalid_response")
+        deadline = _deadline.get(math.inf)
         pieces: list[bytes] = []
         size = 0
-        try:
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > cap:
+        while piece := response.raw.read1(64 * 1024, decode_content=True):
+            size += len(piece)
+            if size > cap:
                 raise HFBadResponse(too_large, metric_code="invalid_response")
-            while piece := response.raw.read1(64 * 1024, decode_content=True):
-                size += len(piece)
-                if size > cap:
-                    raise HFBadResponse(too_large, metric_code="invalid_response")
-                if time.monotonic() > _deadline.get():
-                    detail = (
-                        f"Hugging Face did not finish its answer within HF_DEADLINE={self.settings.hf_deadline:g}s."
-                    )
-                    raise HFTimeout(detail, metric_code="timeout")
-                pieces.append(piece)
-        except (HFError, Urllib3Error) as exc:
-            response.close()  # a half-read connection must not go back to the pool
-            if isinstance(exc, HFError):
-                raise
-            if isinstance(exc, ReadTimeoutError):
-                detail = f"Hugging Face stopped sending its answer for HF_TIMEOUT={self.settings.hf_timeout:g}s."
-                raise HFTimeout(detail, metric_code="timeout") from None
-            if isinstance(exc, DecodeError):
-                raise HFBadResponse(
-                    "Hugging Face sent a body that cannot be decoded.", metric_code="invalid_response"
-                ) from None
-            detail = f"The connection to Hugging Face broke while reading its answer ({type(exc).__name__})."
-            raise HFConnectionError(detail, metric_code="connection_error") from None
+            if time.monotonic() > deadline:
+                detail = f"Hugging Face did not finish its answer within HF_DEADLINE={self.settings.hf_deadline:g}s."
+                raise HFTimeout(detail, metric_code="timeout")
+            pieces.append(piece)
         return b"".join(pieces)
 
     def _status_error(self, status: int, body: bytes) -> HFError:

@@ -45,6 +45,8 @@ def fault_settings(hf_settings):
         (answer(200, b'{"generated_text": "unterminated'), 502, "hf_bad_response", "invalid_response", "invalid JSON",
          1),
         (answer(200, b"[]"), 502, "hf_bad_response", "invalid_response", "without a generated_text", 1),
+        (answer(200, b"not gzip at all", {"Content-Encoding": "gzip"}), 502, "hf_bad_response", "invalid_response",
+         "cannot be decoded", 1),
         (answer(200, b"[" + b" " * TEN_MB + b"]"), 502, "hf_bad_response", "invalid_response",
          "more than HF_MAX_RESPONSE_BYTES=1048576", 1),
         (chunked(TEN_MB), 502, "hf_bad_response", "invalid_response", "more than HF_MAX_RESPONSE_BYTES=1048576", 1),
@@ -52,7 +54,8 @@ def fault_settings(hf_settings):
          "Rate limit reached", 2),
         (answer(503, LOADING), 502, "hf_unavailable", "503", "estimated time 20s", 2),
     ],
-    ids=["reset", "stall", "drip", "html", "invalid-json", "empty-list", "10mb", "10mb-chunked", "429", "503"],
+    ids=["reset", "stall", "drip", "html", "invalid-json", "empty-list", "bad-gzip", "10mb", "10mb-chunked", "429",
+         "503"],
 )  # fmt: skip
 def test_fault_maps_to_its_error_counts_once_and_the_next_request_succeeds(
     fault_settings, behaviour, status, code, metric, detail, calls
