@@ -19,6 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 serve: install
+	$(BIN)/ctx memory ingest --root $(PROJECT) --component CustomerDocs $(PROJECT)/docs/CustomerDocs
 	$(BIN)/ctx serve --addr $(ADDR) --root $(PROJECT)
 
 lint: install

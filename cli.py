@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from app.config import Settings, SettingsError
+from app.errors import ContexisError
 
 DEFAULT_GUNICORN_CONFIG = Path(__file__).resolve().parent / "deploy" / "gunicorn.conf.py"
 
@@ -89,7 +90,6 @@ def cmd_hf_test_model(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_prompt_render(args: argparse.Namespace, settings: Settings) -> int:
     """Print the prompt the chat route would send, without calling the model."""
-    from app.errors import ContexisError
     from app.runtime import Runtime
     from app.validation import parse_chat_request
 
@@ -98,14 +98,10 @@ def cmd_prompt_render(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         return _fail(f"--data is not valid JSON: {exc}", 2)
     body = {"context": args.context, "component": args.component or args.context, "tenant_id": args.tenant}
-    body["data"] = data
+    body.update(data=data, query=args.query, top_k=args.top_k)
     if args.prompt_file:
         body["prompt_file"] = args.prompt_file
-    try:
-        _, rendered = Runtime(settings).render(parse_chat_request(body))
-    except ContexisError as exc:
-        return _fail(f"{exc.code}: {exc.message}", 1)
-    print(rendered)
+    print(Runtime(settings).render(parse_chat_request(body)).prompt)
     return 0
 
 
@@ -120,6 +116,72 @@ def cmd_context_validate(args: argparse.Namespace, settings: Settings) -> int:
     if problems:
         return 1
     print(f"{sum(1 for _ in store.iter_files())} contexts valid in {store.root}")
+    return 0
+
+
+def cmd_memory_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    """Add documents to a component's memory; unchanged files are skipped."""
+    from tqdm import tqdm
+
+    from app.memory import MemoryStore
+
+    store = MemoryStore(settings.project_root, args.component, args.tenant or None)
+    missing = [str(path) for path in args.paths if not path.exists()]
+    if missing:
+        return _fail(f"no such file or directory: {', '.join(missing)}", 2)
+    # tqdm draws only on a terminal (disable=None), so logs and pipes get just the summary.
+    with tqdm(unit="file", disable=None, leave=False, file=sys.stderr) as bar:
+
+        def progress(done: int, total: int, source: str) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = store.ingest(args.paths, progress=progress)
+    print(
+        f"ingested {report.ingested} files ({report.chunks_added} chunks added, {report.chunks_removed} replaced), "
+        f"{report.unchanged} unchanged, {report.unsupported} unsupported, {len(report.failed)} failed "
+        f"in {report.seconds:.2f}s -> {store.path}"
+    )
+    for source, reason in report.failed:
+        print(f"failed: {source}: {reason}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def cmd_memory_search(args: argparse.Namespace, settings: Settings) -> int:
+    """Ranked matches for a query, as a table or JSON."""
+    from app.memory import MemoryStore
+
+    results = MemoryStore(settings.project_root, args.component, args.tenant or None).search(args.query, args.top_k)
+    if args.json:
+        print(json.dumps([result.as_dict() for result in results], indent=2))
+        return 0
+    print(f"{'score':>8}  {'id':<20}  {'source':<40}  content")
+    for result in results:
+        snippet = " ".join(result.content.split())[:60]
+        print(f"{result.score:8.3f}  {result.id:<20}  {result.source:<40}  {snippet}")
+    return 0
+
+
+def cmd_memory_stats(args: argparse.Namespace, settings: Settings) -> int:
+    """Documents, chunks and sizes of every store under the root."""
+    from app.memory import list_stores
+
+    stores = [store.stats() for store in list_stores(settings.project_root)]
+    print(f"{'component':<20} {'tenant':<16} {'documents':>9} {'chunks':>9} {'db bytes':>12}")
+    for stats in stores:
+        print(
+            f"{stats.component:<20} {stats.tenant_id or '(shared)':<16} {stats.documents:>9} {stats.chunks:>9} "
+            f"{stats.db_bytes:>12}"
+        )
+    return 0
+
+
+def cmd_memory_delete(args: argparse.Namespace, settings: Settings) -> int:
+    """Remove one source's chunks, or the whole store's."""
+    from app.memory import MemoryStore
+
+    removed = MemoryStore(settings.project_root, args.component, args.tenant or None).delete(args.source)
+    print(f"deleted {removed} documents")
     return 0
 
 
@@ -150,11 +212,31 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--tenant", default="")
     render.add_argument("--prompt-file")
     render.add_argument("--data", default="{}", help="JSON object of template variables")
+    render.add_argument("--query", default="", help="search the component's memory for the template's results")
+    render.add_argument("--top-k", type=int, default=0)
     render.set_defaults(handler=cmd_prompt_render)
 
     context = commands.add_parser("context", help="contexts").add_subparsers(dest="context_command", required=True)
     validate = context.add_parser("validate", parents=[common], help="validate every context of the project")
     validate.set_defaults(handler=cmd_context_validate)
+
+    memory = commands.add_parser("memory", help="component memory").add_subparsers(dest="memory_command", required=True)
+    owner = argparse.ArgumentParser(add_help=False, parents=[common])
+    owner.add_argument("--component", required=True)
+    owner.add_argument("--tenant", default="", help="a tenant's own store (default: the shared one)")
+    ingest = memory.add_parser("ingest", parents=[owner], help="add .md .txt .rst .html .jsonl files or directories")
+    ingest.add_argument("paths", nargs="+", type=Path)
+    ingest.set_defaults(handler=cmd_memory_ingest)
+    search = memory.add_parser("search", parents=[owner], help="ranked matches for a query")
+    search.add_argument("--query", required=True)
+    search.add_argument("--top-k", type=int, default=0, help="0: the component's default")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(handler=cmd_memory_search)
+    stats = memory.add_parser("stats", parents=[common], help="documents and chunks of every store")
+    stats.set_defaults(handler=cmd_memory_stats)
+    delete = memory.add_parser("delete", parents=[owner], help="remove a source, or every document")
+    delete.add_argument("--source", help="the file to remove (default: everything in the store)")
+    delete.set_defaults(handler=cmd_memory_delete)
     return parser
 
 
@@ -166,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), 2)
     if args.root:
         settings = settings.replace(project_root=args.root)
-    return args.handler(args, settings)
+    try:
+        return args.handler(args, settings)
+    except ContexisError as exc:
+        return _fail(f"{exc.code}: {exc.message}", 1)
 
 
 if __name__ == "__main__":

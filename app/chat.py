@@ -30,4 +30,4 @@ def chat():
         model=runtime.provider.model_id if runtime.provider else None,
     )
     answer = runtime.answer(chat_request)
-    return jsonify(rendered=answer.rendered, model=answer.model, request_id=g.request_id)
+    return jsonify(rendered=answer.rendered, model=answer.model, sources=answer.sources, request_id=g.request_id)

@@ -28,18 +28,19 @@ from typing import Any
 
 import yaml
 
+from app.errors import ContexisError
+from app.validation import MAX_TOP_K, is_safe_name
+
 DB_NAME = "memory.db"
 CONFIG_NAME = "memory_config.yaml"
-MAX_TOP_K = 50
 SUPPORTED_SUFFIXES = frozenset({".md", ".txt", ".rst", ".html", ".htm", ".jsonl"})
 # Longer queries add cost, not precision: only this many distinct words are searched.
 MAX_QUERY_TERMS = 16
 SCHEMA_VERSION = 1
 
-# A name that becomes one path segment: no separators, never "." or "..".
-_NAME_RE = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,128}$")
 _WORD_RE = re.compile(r"\w+")
 
+# fmt: off
 STOP_WORDS = frozenset(
     {
         "a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are",
@@ -55,6 +56,7 @@ STOP_WORDS = frozenset(
         "why", "will", "with", "would", "you", "your", "yours", "yourself", "yourselves",
     }
 )
+# fmt: on
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS documents (
@@ -85,7 +87,7 @@ CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
     INSERT INTO chunks_fts (chunks_fts, rowid, content) VALUES ('delete', old.rowid, old.content);
 END;
 PRAGMA user_version = {SCHEMA_VERSION};
-"""
+"""  # noqa: S608 - constants only, no input
 
 # Cost control: FTS5 computes BM25 for every chunk a query matches (about 2-3 us each), so a query is
 # allowed to score at most this many chunks per store; see ``_rank``.
@@ -96,20 +98,29 @@ _RANK_SQL = "SELECT rowid, -rank FROM chunks_fts WHERE chunks_fts MATCH ? AND ro
 _FLOOR_SQL = "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?"
 
 
-class MemoryStoreError(Exception):
+class MemoryStoreError(ContexisError):
     """Base of every memory failure the caller can report (bad config, bad path, bad name)."""
+
+    code = "memory_error"
 
 
 class MemoryConfigError(MemoryStoreError):
     """``memory_config.yaml`` is unreadable or has a wrong key, type or range."""
 
+    code = "invalid_memory_config"
+
 
 class DocumentError(MemoryStoreError):
     """A file's content cannot be read as its type says (bad UTF-8, malformed JSON lines)."""
 
+    code = "invalid_document"
+
 
 class InvalidNameError(MemoryStoreError):
     """A component or tenant name cannot safely become a path segment."""
+
+    status = 400
+    code = "invalid_request"
 
 
 @dataclass(frozen=True)
@@ -174,8 +185,13 @@ class StoreStats:
         return {**asdict(self), "path": str(self.path)}
 
 
+def _digest(text: str) -> str:
+    """A stable short fingerprint for ids and change detection (not a security boundary)."""
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+
 def _check_name(kind: str, name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not is_safe_name(name):
         raise InvalidNameError(f"{kind} {name!r} is not a valid name (1-128 of A-Z a-z 0-9 _ . -, not '.' or '..')")
     return name
 
@@ -229,9 +245,33 @@ class _HTMLText(HTMLParser):
 
     _BLOCKS = frozenset(
         {
-            "address", "article", "aside", "blockquote", "dd", "div", "dl", "dt", "fieldset", "figcaption",
-            "figure", "footer", "form", "header", "hr", "li", "main", "nav", "ol", "p", "pre", "section",
-            "table", "td", "th", "tr", "ul",
+            "address",
+            "article",
+            "aside",
+            "blockquote",
+            "dd",
+            "div",
+            "dl",
+            "dt",
+            "fieldset",
+            "figcaption",
+            "figure",
+            "footer",
+            "form",
+            "header",
+            "hr",
+            "li",
+            "main",
+            "nav",
+            "ol",
+            "p",
+            "pre",
+            "section",
+            "table",
+            "td",
+            "th",
+            "tr",
+            "ul",
         }
     )
     _HIDDEN = frozenset({"script", "style", "template", "noscript", "head"})
@@ -437,7 +477,7 @@ def _rank(conn: sqlite3.Connection, terms: list[str], top_k: int) -> list[tuple[
         return conn.execute(_RANK_SQL, (every, -1, top_k)).fetchall()
     rare: list[str] = []
     total = 0
-    for count, phrase in sorted(zip(counts, phrases)):
+    for count, phrase in sorted(zip(counts, phrases, strict=True)):
         if total + count > SCORE_BUDGET:
             break
         rare.append(phrase)
@@ -612,9 +652,9 @@ class MemoryStore:
             return
         text = extract_text(file, data)
         chunks = chunk_text(text, self.config.chunk_size, self.config.chunk_overlap)
-        prefix = hashlib.sha1(source.encode()).hexdigest()[:12]
+        prefix = _digest(source)[:12]
         rows = [
-            (f"{prefix}-{position}", source, position, hashlib.sha1(chunk.encode()).hexdigest()[:16], chunk)
+            (f"{prefix}-{position}", source, position, _digest(chunk)[:16], chunk)
             for position, chunk in enumerate(chunks)
         ]
         with _write(conn):
@@ -657,7 +697,7 @@ class MemoryStore:
                 ranked = _rank(conn, terms, top_k)
                 marks = ",".join("?" * len(ranked))
                 rows = conn.execute(
-                    f"SELECT rowid, id, content, source FROM chunks WHERE rowid IN ({marks})",
+                    f"SELECT rowid, id, content, source FROM chunks WHERE rowid IN ({marks})",  # noqa: S608
                     [rowid for rowid, _ in ranked],
                 ).fetchall()
             except sqlite3.OperationalError as exc:
@@ -718,11 +758,11 @@ def list_stores(root: Path) -> list[MemoryStore]:
     base = Path(root) / "memory"
     if not base.is_dir():
         return stores
-    for component_dir in sorted(p for p in base.iterdir() if p.is_dir() and _NAME_RE.match(p.name)):
+    for component_dir in sorted(p for p in base.iterdir() if p.is_dir() and is_safe_name(p.name)):
         if (component_dir / DB_NAME).is_file():
             stores.append(MemoryStore(root, component_dir.name))
         for tenant_dir in sorted(component_dir.glob(f"tenant_*/{DB_NAME}")):
             tenant = tenant_dir.parent.name.removeprefix("tenant_")
-            if _NAME_RE.match(tenant):
+            if is_safe_name(tenant):
                 stores.append(MemoryStore(root, component_dir.name, tenant))
     return stores

@@ -58,6 +58,13 @@ class RuntimeMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
             registry=self.registry,
         )
+        self.memory_search = Histogram(
+            "cmp_memory_search_duration_seconds",
+            "Time to search a component's memory.",
+            ["component"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
+            registry=self.registry,
+        )
 
 
 class JsonFormatter(logging.Formatter):

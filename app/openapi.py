@@ -178,10 +178,23 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                 "ChatRequest": request_schema,
                 "ChatResponse": {
                     "type": "object",
-                    "required": ["rendered", "model", "request_id"],
+                    "required": ["rendered", "model", "sources", "request_id"],
                     "properties": {
                         "rendered": {"type": "string", "description": "The model's text, or the rendered prompt"},
                         "model": {"type": ["string", "null"], "description": "HF_MODEL_ID, null without a model"},
+                        "sources": {
+                            "type": "array",
+                            "description": "The memory matches the prompt was given, best first",
+                            "items": {
+                                "type": "object",
+                                "required": ["id", "source", "score"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "source": {"type": "string"},
+                                    "score": {"type": "number"},
+                                },
+                            },
+                        },
                         "request_id": {"type": "string"},
                     },
                 },

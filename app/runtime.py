@@ -7,13 +7,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
+from opentelemetry import trace
 
 from app.config import Settings
 from app.contexts import ContextStore
 from app.huggingface import GenerationParams, HuggingFaceClient
+from app.memory import MemoryStore, SearchResult
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer
 from app.validation import ChatRequest
+
+_tracer = trace.get_tracer(__name__)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A request's resolved context, its memory matches and the prompt they produced."""
+
+    context: dict[str, Any]
+    results: list[SearchResult]
+    prompt: str
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,7 @@ class Answer:
 
     rendered: str
     model: str | None
+    sources: list[dict[str, Any]]
 
 
 class Runtime:
@@ -34,29 +48,45 @@ class Runtime:
         self.prompts = PromptRenderer(settings.project_root)
         self.provider = HuggingFaceClient(settings, self.metrics) if settings.hf_enabled else None
 
-    def render(self, request: ChatRequest) -> tuple[dict[str, Any], str]:
-        """The resolved context and the rendered prompt for `request`."""
+    def search(self, request: ChatRequest) -> list[SearchResult]:
+        """The component's memory matches for the request's query (none without a query)."""
+        if not request.query.strip():
+            return []
+        attributes = {"memory.component": request.component, "memory.top_k": request.top_k}
+        with _tracer.start_as_current_span("memory.search", attributes=attributes) as span:
+            started = time.perf_counter()
+            store = MemoryStore(self.settings.project_root, request.component, request.tenant_id or None)
+            results = store.search(request.query, request.top_k)
+            self.metrics.memory_search.labels(component=request.component).observe(time.perf_counter() - started)
+            span.set_attribute("memory.results", len(results))
+        return results
+
+    def render(self, request: ChatRequest) -> Rendered:
+        """Resolve the context, search memory and render the prompt for `request`."""
         context = self.contexts.resolve(request.context, request.tenant_id)
+        results = self.search(request)
         variables = {
             **request.data,
             # The runtime's own variables win over same-named keys in `data`.
             "context": context,
-            "results": [],
+            "results": [result.as_dict() for result in results],
             "tenant_id": request.tenant_id,
             "query": request.query,
         }
         started = time.perf_counter()
-        rendered = self.prompts.render(request.component, request.prompt_file, variables)
+        prompt = self.prompts.render(request.component, request.prompt_file, variables)
         self.metrics.prompt_render.labels(component=request.component).observe(time.perf_counter() - started)
-        return context, rendered
+        return Rendered(context=context, results=results, prompt=prompt)
 
     def answer(self, request: ChatRequest) -> Answer:
         """The model's text when a model is configured, the rendered prompt otherwise."""
-        context, rendered = self.render(request)
+        rendered = self.render(request)
+        sources = [{"id": r.id, "source": r.source, "score": r.score} for r in rendered.results]
         if self.provider is None:
-            return Answer(rendered=rendered, model=None)
-        params = GenerationParams.from_guardrails(context.get("guardrails"))
-        return Answer(rendered=self.provider.generate(rendered, params), model=self.provider.model_id)
+            return Answer(rendered=rendered.prompt, model=None, sources=sources)
+        params = GenerationParams.from_guardrails(rendered.context.get("guardrails"))
+        text = self.provider.generate(rendered.prompt, params)
+        return Answer(rendered=text, model=self.provider.model_id, sources=sources)
 
 
 def get_runtime() -> Runtime:

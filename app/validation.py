@@ -13,6 +13,8 @@ from app.errors import BadRequest
 # A name that becomes a path segment: no separators, never "." or "..".
 NAME_PATTERN = r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,128}$"
 _NAME_RE = re.compile(NAME_PATTERN)
+# More memory matches than this only dilute a prompt; 0 means the component's default.
+MAX_TOP_K = 50
 
 CHAT_REQUEST_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -24,7 +26,7 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
         "component": {"type": "string", "anyOf": [{"maxLength": 0}, {"pattern": NAME_PATTERN}]},
         "prompt_file": {"type": "string", "pattern": NAME_PATTERN},
         "query": {"type": "string"},
-        "top_k": {"type": "integer", "minimum": 0},
+        "top_k": {"type": "integer", "minimum": 0, "maximum": MAX_TOP_K},
         "data": {"type": "object"},
     },
 }

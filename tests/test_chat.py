@@ -16,7 +16,8 @@ def test_guide_request_renders_the_prompt_with_the_user_input(client):
     response = post(client, GUIDE_BODY)
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == {"rendered", "model", "request_id"}
+    assert set(body) == {"rendered", "model", "sources", "request_id"}
+    assert body["sources"] == []
     assert "User: hello" in body["rendered"]
     assert "A friendly, concise customer support agent" in body["rendered"]
     assert "Tone: warm and professional" in body["rendered"]

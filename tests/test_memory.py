@@ -302,7 +302,13 @@ def test_hostile_queries_never_raise_or_widen(tmp_path: Path, query: str) -> Non
 
 
 def test_query_terms_drop_stop_words_and_syntax() -> None:
-    assert query_terms('NEAR(a "Refund" OR refund) content:Shipping -x*') == ["near", "refund", "content", "shipping", "x"]
+    assert query_terms('NEAR(a "Refund" OR refund) content:Shipping -x*') == [
+        "near",
+        "refund",
+        "content",
+        "shipping",
+        "x",
+    ]
     assert query_terms("the of and") == []
     assert len(query_terms(" ".join(f"w{i}" for i in range(100)))) == memory.MAX_QUERY_TERMS
 

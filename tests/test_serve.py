@@ -56,7 +56,7 @@ class Server:
 def test_guide_curl_against_real_gunicorn_then_clean_sigterm():
     server = Server("--root", str(EXAMPLE), "--workers", "1", "--threads", "2")
     try:
-        response = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)
+        response = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=30)
         assert response.status_code == 200
         assert "User: hello" in response.json()["rendered"]
         assert response.json()["model"] is None
@@ -71,13 +71,14 @@ def test_model_text_and_hf_metrics_through_real_gunicorn():
         env = {"HF_TOKEN": TOKEN, "HF_MODEL_ID": MODEL, "HF_ENDPOINT": fake.url, "CMP_PROJECT_ROOT": str(EXAMPLE)}
         server = Server("--workers", "1", env=env)
         try:
-            response = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)
+            response = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=30)
             assert response.json() | {"request_id": None} == {
                 "rendered": "served by the model",
                 "model": MODEL,
+                "sources": [],
                 "request_id": None,
             }
-            metrics = requests.get(f"{server.url}/metrics", timeout=5).text
+            metrics = requests.get(f"{server.url}/metrics", timeout=30).text
         finally:
             code, output = server.stop()
     assert f'cmp_hf_inference_latency_seconds_count{{model="{MODEL}"}} 1.0' in metrics
@@ -117,12 +118,12 @@ def test_every_scrape_counts_every_request_across_two_workers(tmp_path):
     try:
         for _ in range(n):
             # A fresh connection each time lets either worker answer.
-            response = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)
+            response = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=30)
             assert response.status_code == 200
         writers = {path.stem.rsplit("_", 1)[-1] for path in metrics_dir.glob("histogram_*.db")}
         counts = []
         for _ in range(8):
-            text = requests.get(f"{server.url}/metrics", timeout=5).text
+            text = requests.get(f"{server.url}/metrics", timeout=30).text
             match = re.search(r'cmp_prompt_render_duration_seconds_count\{component="SupportBot"\} (\S+)', text)
             counts.append(float(match.group(1)))
     finally:
@@ -136,7 +137,7 @@ def test_json_access_log_and_nothing_threaded_in_the_master():
     env = {"GUNICORN_ACCESSLOG": "-", "OTEL_TRACES_EXPORTER": "console"}
     server = Server("--root", str(EXAMPLE), "--workers", "1", env=env)
     try:
-        requests.get(f"{server.url}/healthz?q=%22quoted%22", headers={"X-Request-ID": "rid-7"}, timeout=5)
+        requests.get(f"{server.url}/healthz?q=%22quoted%22", headers={"X-Request-ID": "rid-7"}, timeout=30)
         # The tracer's exporter thread and the HF session belong to workers, never the master.
         master_threads = len(os.listdir(f"/proc/{server.proc.pid}/task"))
     finally:
@@ -147,3 +148,26 @@ def test_json_access_log_and_nothing_threaded_in_the_master():
     assert entry["query"] == "q=%22quoted%22"
     assert entry["status"] == 200
     assert entry["request_id"] == "rid-7"
+
+
+def children(pid: int) -> list[str]:
+    return open(f"/proc/{pid}/task/{pid}/children").read().split()
+
+
+def test_worker_count_follows_env_then_gunicorn_cmd_args_then_flags():
+    env = {"WEB_CONCURRENCY": "3"}
+    server = Server("--root", str(EXAMPLE), env=env)
+    try:
+        assert len(children(server.proc.pid)) == 3
+    finally:
+        server.stop()
+    server = Server("--root", str(EXAMPLE), env={**env, "GUNICORN_CMD_ARGS": "--workers 2"})
+    try:
+        assert len(children(server.proc.pid)) == 2
+    finally:
+        server.stop()
+    server = Server("--root", str(EXAMPLE), "--workers", "1", env={**env, "GUNICORN_CMD_ARGS": "--workers 2"})
+    try:
+        assert len(children(server.proc.pid)) == 1
+    finally:
+        server.stop()
