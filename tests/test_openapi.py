@@ -14,6 +14,7 @@ from test_auth import KEYS_JSON, STAR_KEY, bearer
 
 from app import create_app
 from app.config import Settings
+from app.memory import MemoryStore
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 
@@ -27,6 +28,7 @@ def routes(app) -> dict[str, set[str]]:
 
 @pytest.fixture
 def fuzz_app(project):
+    MemoryStore(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
     settings = Settings.from_env(
         {"CMP_PROJECT_ROOT": str(project), "CMP_AUTH_ENABLED": "true", "CMP_API_KEYS": KEYS_JSON}, dotenv_path=None
     )
@@ -65,10 +67,15 @@ FUZZ_CONFIG = SchemathesisConfig.from_dict(
 )
 
 
-def known_context(case):
-    """A generated valid request aimed at the example's context, so fuzzing reaches the prompt renderer."""
-    body = {k: v for k, v in case.body.items() if k != "prompt_file"}
-    case.body = {**body, "context": "SupportBot", "component": "SupportBot"}
+# Components of the example project and a template of each: SupportBot renders, CustomerDocs also searches memory.
+TARGETS = [("SupportBot", "agent_response.md"), ("CustomerDocs", "search_response.md")]
+
+
+def aimed(case, target):
+    """A generated valid request aimed at an existing component, so fuzzing reaches memory and the renderer."""
+    component, prompt_file = target
+    body = dict(case.body)
+    case.body = {**body, "context": "SupportBot", "component": component, "prompt_file": prompt_file}
     case.body["data"] = {**body.get("data", {}), "user_input": body.get("query", "hi")}
     return case
 
@@ -79,7 +86,7 @@ def strategy(operation):
     return st.one_of(
         operation.as_strategy(),
         operation.as_strategy(GenerationMode.NEGATIVE),
-        operation.as_strategy().map(known_context),
+        st.tuples(operation.as_strategy(), st.sampled_from(TARGETS)).map(lambda pair: aimed(*pair)),
     )
 
 
@@ -101,7 +108,7 @@ def test_fuzzed_requests_get_no_server_error_and_documented_answers(fuzz_app, me
     statuses: set[int] = set()
 
     @given(case=strategy(operation))
-    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def call(case):
         statuses.add(case.call_and_validate(headers=bearer(STAR_KEY)).status_code)
 
