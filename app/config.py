@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from app.auth import ApiKey
 
 DEFAULT_HF_ENDPOINT = "https://api-inference.huggingface.co/models"
+HF_APIS = ("text-generation", "chat-completion", "auto")
 
 
 class SettingsError(ValueError):
@@ -42,6 +43,13 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type = floa
         raise SettingsError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = _text(env, name, default).lower()
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 
@@ -102,6 +110,7 @@ class Settings:
     hf_token: str = field(default="", repr=False)
     hf_model_id: str = ""
     hf_endpoint: str = DEFAULT_HF_ENDPOINT
+    hf_api: str = "auto"
     hf_connect_timeout: float = 5.0
     hf_timeout: float = 60.0
     hf_deadline: float = 120.0
@@ -134,6 +143,7 @@ class Settings:
             hf_token=_text(env, "HF_TOKEN"),
             hf_model_id=_text(env, "HF_MODEL_ID"),
             hf_endpoint=_text(env, "HF_ENDPOINT", DEFAULT_HF_ENDPOINT).rstrip("/"),
+            hf_api=_choice(env, "HF_API", HF_APIS, "auto"),
             hf_connect_timeout=_number(env, "HF_CONNECT_TIMEOUT", 5.0, minimum=0.001),
             hf_timeout=_number(env, "HF_TIMEOUT", 60.0, minimum=0.001),
             hf_deadline=_number(env, "HF_DEADLINE", 120.0, minimum=0.001),
@@ -171,6 +181,13 @@ class Settings:
     def hf_enabled(self) -> bool:
         """The guide's rule: the model is called only when both token and model id are set."""
         return bool(self.hf_token and self.hf_model_id)
+
+    @property
+    def hf_wire_api(self) -> str:
+        """The wire format in use: `auto` means chat-completion for an OpenAI-style `/v1` base URL."""
+        if self.hf_api != "auto":
+            return self.hf_api
+        return "chat-completion" if self.hf_endpoint.rstrip("/").endswith("/v1") else "text-generation"
 
     @property
     def hf_missing(self) -> list[str]:

@@ -40,7 +40,7 @@ class RuntimeMetrics:
         self.registry = CollectorRegistry()
         self.hf_latency = Histogram(
             "cmp_hf_inference_latency_seconds",
-            "Latency of Hugging Face inference calls, retries included.",
+            "Latency of Hugging Face inference calls, retries included; a streamed call until its last token.",
             ["model"],
             buckets=_INFERENCE_BUCKETS,
             registry=self.registry,
@@ -49,6 +49,19 @@ class RuntimeMetrics:
             "cmp_hf_inference_errors_total",
             "Failed Hugging Face inference calls by upstream status or failure kind.",
             ["code"],
+            registry=self.registry,
+        )
+        self.hf_tokens = Counter(
+            "cmp_hf_tokens_total",
+            "Tokens the endpoint reported using, by kind (prompt or completion).",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.hf_time_to_first_token = Histogram(
+            "cmp_hf_time_to_first_token_seconds",
+            "Time from sending a streaming inference call to its first text delta.",
+            ["model"],
+            buckets=_INFERENCE_BUCKETS,
             registry=self.registry,
         )
         self.prompt_render = Histogram(

@@ -66,6 +66,48 @@ def _errors(*statuses: str) -> dict[str, Any]:
     return responses
 
 
+def _chat_answer() -> dict[str, Any]:
+    answer = _json({"$ref": "#/components/schemas/ChatResponse"}, "The model's answer, or the prompt without a model")
+    # As schemathesis reads it, the schema of an event stream describes each event.
+    answer["content"]["text/event-stream"] = {
+        "schema": {
+            "description": 'With `"stream": true`, one event per text delta, then a done event; a failure after '
+            "the first event ends the stream with `event: error`.",
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "event": {"enum": ["message", "error"]},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "anyOf": [
+                            {
+                                "type": "object",
+                                "required": ["delta"],
+                                "properties": {"delta": {"type": "string"}},
+                            },
+                            {
+                                "type": "object",
+                                "required": ["done", "model", "sources", "request_id"],
+                                "properties": {
+                                    "done": {"const": True},
+                                    "model": {"type": ["string", "null"]},
+                                    "usage": {"$ref": "#/components/schemas/Usage"},
+                                    "sources": {"$ref": "#/components/schemas/Sources"},
+                                    "request_id": {"type": "string"},
+                                },
+                            },
+                            {"$ref": "#/components/schemas/Error"},
+                        ]
+                    },
+                },
+            },
+        }
+    }
+    return answer
+
+
 def build_document(settings: Settings, version: str) -> dict[str, Any]:
     """The contract of an app built with `settings`."""
     auth = settings.auth_enabled
@@ -111,7 +153,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
                     },
                     "responses": {
-                        "200": _json({"$ref": "#/components/schemas/ChatResponse"}, "The model's answer or prompt"),
+                        "200": _chat_answer(),
                         **_errors(*chat_errors),
                     },
                 }
@@ -182,21 +224,28 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                     "properties": {
                         "rendered": {"type": "string", "description": "The model's text, or the rendered prompt"},
                         "model": {"type": ["string", "null"], "description": "HF_MODEL_ID, null without a model"},
-                        "sources": {
-                            "type": "array",
-                            "description": "The memory matches the prompt was given, best first",
-                            "items": {
-                                "type": "object",
-                                "required": ["id", "source", "score"],
-                                "properties": {
-                                    "id": {"type": "string"},
-                                    "source": {"type": "string"},
-                                    "score": {"type": "number"},
-                                },
-                            },
-                        },
+                        "sources": {"$ref": "#/components/schemas/Sources"},
+                        "usage": {"$ref": "#/components/schemas/Usage"},
                         "request_id": {"type": "string"},
                     },
+                },
+                "Sources": {
+                    "type": "array",
+                    "description": "The memory matches the prompt was given, best first",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "source", "score"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "source": {"type": "string"},
+                            "score": {"type": "number"},
+                        },
+                    },
+                },
+                "Usage": {
+                    "type": "object",
+                    "description": "Token counts, when the endpoint reports them",
+                    "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}},
                 },
                 "Error": {
                     "type": "object",

@@ -76,6 +76,23 @@ class PromptRenderer:
             raise TemplateFailure(f"{rel}:{_template_line(exc, template.filename)}: {detail}") from None
 
 
+def system_message(context: dict[str, Any]) -> str:
+    """The system message of a chat completion: who the agent is, its tone and what it must not do.
+
+    Chat models weigh the system role above the user's turn, so the context's persona and limits go
+    there as well as into the rendered prompt (which remains the user message).
+    """
+    role = context.get("role") or {}
+    lines = [f"You are {context['name']}. {role.get('persona', '')}".strip()]
+    tone = (context.get("guardrails") or {}).get("tone")
+    if tone:
+        lines.append(f"Tone: {tone}.")
+    if role.get("limitations"):
+        lines.append("Limitations:")
+        lines.extend(f"- {item}" for item in role["limitations"])
+    return "\n".join(lines)
+
+
 def _template_line(exc: BaseException, filename: str | None) -> int | str:
     """The template line Jinja wrote into the traceback, or '?' when it has none."""
     lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == filename]

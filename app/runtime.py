@@ -11,10 +11,10 @@ from opentelemetry import trace
 
 from app.config import Settings
 from app.contexts import ContextStore
-from app.huggingface import GenerationParams, HuggingFaceClient
+from app.huggingface import GenerationParams, HuggingFaceClient, TokenStream, Usage
 from app.memory import MemoryStore, SearchResult
 from app.observability import RuntimeMetrics
-from app.prompts import PromptRenderer
+from app.prompts import PromptRenderer, system_message
 from app.validation import ChatRequest
 
 _tracer = trace.get_tracer(__name__)
@@ -35,6 +35,15 @@ class Answer:
 
     rendered: str
     model: str | None
+    sources: list[dict[str, Any]]
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class StreamedAnswer:
+    """What one streamed chat request produces: the model's deltas, and the memory sources known up front."""
+
+    stream: TokenStream
     sources: list[dict[str, Any]]
 
 
@@ -81,12 +90,29 @@ class Runtime:
     def answer(self, request: ChatRequest) -> Answer:
         """The model's text when a model is configured, the rendered prompt otherwise."""
         rendered = self.render(request)
-        sources = [{"id": r.id, "source": r.source, "score": r.score} for r in rendered.results]
+        sources = _sources(rendered)
         if self.provider is None:
             return Answer(rendered=rendered.prompt, model=None, sources=sources)
-        params = GenerationParams.from_guardrails(rendered.context.get("guardrails"))
-        text = self.provider.generate(rendered.prompt, params)
-        return Answer(rendered=text, model=self.provider.model_id, sources=sources)
+        generation = self.provider.generate(rendered.prompt, *_inference_inputs(rendered.context))
+        return Answer(rendered=generation.text, model=self.provider.model_id, sources=sources, usage=generation.usage)
+
+    def stream(self, request: ChatRequest) -> StreamedAnswer:
+        """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model."""
+        rendered = self.render(request)
+        if self.provider is None:
+            return StreamedAnswer(TokenStream(iter([rendered.prompt]), model=None), _sources(rendered))
+        stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered.context))
+        return StreamedAnswer(stream, _sources(rendered))
+
+
+def _sources(rendered: Rendered) -> list[dict[str, Any]]:
+    """The memory matches a response names, so a client can cite them."""
+    return [{"id": r.id, "source": r.source, "score": r.score} for r in rendered.results]
+
+
+def _inference_inputs(context: dict[str, Any]) -> tuple[GenerationParams, str]:
+    """What the context adds to the rendered prompt: sampling parameters and the chat system message."""
+    return GenerationParams.from_guardrails(context.get("guardrails")), system_message(context)
 
 
 def get_runtime() -> Runtime:

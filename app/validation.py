@@ -28,6 +28,7 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
         "query": {"type": "string"},
         "top_k": {"type": "integer", "minimum": 0, "maximum": MAX_TOP_K},
         "data": {"type": "object"},
+        "stream": {"type": "boolean"},
     },
 }
 _validator = Draft202012Validator(CHAT_REQUEST_SCHEMA)
@@ -49,6 +50,7 @@ class ChatRequest:
     top_k: int = 0
     data: dict[str, Any] = field(default_factory=dict)
     prompt_file: str = "agent_response.md"
+    stream: bool = False
 
 
 def _describe(error) -> str:
@@ -71,4 +73,5 @@ def parse_chat_request(body: Any) -> ChatRequest:
         top_k=int(body.get("top_k", 0)),  # JSON Schema counts 3.0 as an integer; slicing does not
         data=body.get("data", {}),
         prompt_file=body.get("prompt_file", "agent_response.md"),
+        stream=body.get("stream", False),
     )

@@ -1,4 +1,10 @@
-"""Real servers on 127.0.0.1 that play a Hugging Face endpoint: scripted HTTP answers, or raw socket faults."""
+"""A real HTTP server on 127.0.0.1 that plays a Hugging Face endpoint from a script of answers.
+
+A `Reply` is one whole JSON answer; a `Stream` is a 200 answer of server-sent events, each
+written as its own HTTP chunk (as TGI, vLLM and llama.cpp do), so tests can see what arrives
+when, what happens mid-stream, and whether the runtime hangs up on the upstream. `RawHF` is a
+bare socket server for faults no HTTP server would commit: resets, stalls, drips, huge bodies.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,53 @@ class Reply:
 
 
 @dataclass
+class Stream:
+    """Server-sent events: `first_delay` before the first, `gap` between the others.
+
+    `hold` (when set) makes the server wait for it before event `hold_at`, so a test can check
+    that the events before it got through before the rest exists. `then="drop"` closes the socket
+    mid-body instead of ending the chunked answer.
+    """
+
+    events: list[str]
+    first_delay: float = 0.0
+    gap: float = 0.0
+    hold: threading.Event | None = None
+    hold_at: int = 1
+    then: str = "end"
+
+
+def sse(data: object, event: str | None = None) -> str:
+    """One server-sent event with `data` as JSON (a str is sent verbatim, e.g. `[DONE]`)."""
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+def tgi_events(pieces: list[str], generated_tokens: int | None = None) -> list[str]:
+    """TGI's stream: one `token` per piece, the last one with `generated_text` and `details`."""
+    events = []
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        details = {"finish_reason": "eos_token", "generated_tokens": generated_tokens} if last else None
+        token = {"id": i, "text": piece, "logprob": -0.1, "special": False}
+        events.append(sse({"token": token, "generated_text": "".join(pieces) if last else None, "details": details}))
+    return events
+
+
+def chat_events(pieces: list[str], usage: dict | None = None) -> list[str]:
+    """An OpenAI-style chat stream: a role chunk, one content chunk per piece, a usage chunk, `[DONE]`."""
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "m"}
+    events = [sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})]
+    events += [
+        sse({**chunk, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}) for p in pieces
+    ]
+    events.append(sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    if usage:
+        events.append(sse({**chunk, "choices": [], "usage": usage}))
+    return [*events, sse("[DONE]")]
+
+
+@dataclass
 class Seen:
     path: str
     headers: dict[str, str]
@@ -33,9 +86,12 @@ class Seen:
 class FakeHF:
     """Answers each POST with the next scripted `Reply` (the last one repeats)."""
 
-    def __init__(self, *replies: Reply) -> None:
+    def __init__(self, *replies: Reply | Stream) -> None:
         self.replies = list(replies) or [Reply()]
         self.seen: list[Seen] = []
+        self.events_sent = 0
+        # Set when writing a streamed event fails: the runtime has closed its connection.
+        self.hung_up = threading.Event()
         self._lock = threading.Lock()
         fake = self
 
@@ -51,6 +107,9 @@ class FakeHF:
                 with fake._lock:
                     fake.seen.append(Seen(self.path, dict(self.headers), json.loads(raw or b"{}")))
                     reply = fake.replies.pop(0) if len(fake.replies) > 1 else fake.replies[0]
+                if isinstance(reply, Stream):
+                    self.stream(reply)
+                    return
                 time.sleep(reply.delay)
                 payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
                 try:
@@ -63,6 +122,32 @@ class FakeHF:
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
+
+            def stream(self, reply: Stream) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                time.sleep(reply.first_delay)
+                try:
+                    for i, event in enumerate(reply.events):
+                        if i and reply.hold is not None and i == reply.hold_at:
+                            reply.hold.wait(10)
+                        elif i:
+                            time.sleep(reply.gap)
+                        with fake._lock:  # counted before it leaves, so no reader can see it first
+                            fake.events_sent += 1
+                        data = event.encode()
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                        self.wfile.flush()
+                    if reply.then == "drop":
+                        self.close_connection = True
+                        return
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    fake.hung_up.set()
+                    self.close_connection = True
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -58,7 +58,7 @@ def test_request_body_cannot_change_endpoint_model_or_token(hf_app):
 @pytest.mark.parametrize("shape", [[{"generated_text": "text"}], {"generated_text": "text"}])
 def test_both_answer_shapes_are_parsed(hf_settings, shape):
     responses.post(URL, json=shape)
-    assert HuggingFaceClient(hf_settings).generate("p", GenerationParams()) == "text"
+    assert HuggingFaceClient(hf_settings).generate("p", GenerationParams()).text == "text"
 
 
 @responses.activate
@@ -131,7 +131,7 @@ def test_retry_after_is_honoured_on_a_real_socket(hf_settings):
     with FakeHF(Reply(429, {"error": "rate"}, {"Retry-After": "1"}), Reply()) as fake:
         client = HuggingFaceClient(hf_settings.replace(hf_endpoint=fake.url))
         started = time.monotonic()
-        assert client.generate("p", GenerationParams()) == "Hi from the fake model"
+        assert client.generate("p", GenerationParams()).text == "Hi from the fake model"
         assert time.monotonic() - started >= 0.95
         assert len(fake.seen) == 2
 
@@ -140,7 +140,7 @@ def test_503_while_loading_waits_and_retries(hf_settings):
     loading = Reply(503, {"error": "Model is currently loading", "estimated_time": 1.0})
     with FakeHF(loading, loading, Reply()) as fake:
         client = HuggingFaceClient(hf_settings.replace(hf_endpoint=fake.url, hf_backoff_factor=0.1))
-        assert client.generate("p", GenerationParams()) == "Hi from the fake model"
+        assert client.generate("p", GenerationParams()).text == "Hi from the fake model"
         assert len(fake.seen) == 3
         assert fake.seen[0].path == f"/{MODEL}"
 
@@ -263,7 +263,7 @@ def test_one_session_serves_concurrent_threads(hf_settings):
         results: list[str] = []
 
         def call() -> None:
-            results.append(client.generate("p", GenerationParams()))
+            results.append(client.generate("p", GenerationParams()).text)
 
         threads = [threading.Thread(target=call) for _ in range(8)]
         for t in threads:

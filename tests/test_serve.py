@@ -42,7 +42,7 @@ class Server:
             try:
                 if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a worker still importing the app is slow
                 time.sleep(0.1)
         self.stop()
         pytest.fail(f"server did not become ready:\n{self.proc.stdout.read()}")
