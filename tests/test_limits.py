@@ -146,10 +146,10 @@ def test_a_body_nested_past_the_recursion_limit_is_400_not_500(client):
     assert response.get_json()["error"]["code"] == "payload_too_deep"
 
 
-def test_gunicorn_enforces_keys_and_chunked_body_limits_from_the_environment():
+def test_gunicorn_enforces_keys_scopes_and_chunked_body_limits_from_the_environment():
     env = {
         "CMP_AUTH_ENABLED": "true",
-        "CMP_API_TOKENS": f"{ACME_KEY}@acme:chat:invoke",
+        "CMP_API_TOKENS": f"{ACME_KEY}@acme:chat:invoke,scrape-key@acme:metrics:read",
         "CMP_MAX_BODY_BYTES": "300",
         "CMP_RATE_LIMIT": "100/minute",
     }
@@ -167,6 +167,11 @@ def test_gunicorn_enforces_keys_and_chunked_body_limits_from_the_environment():
         assert denied.status_code == 401
         allowed = requests.post(url, json=GUIDE_BODY, headers=bearer(ACME_KEY), timeout=10)
         assert allowed.status_code == 200
+        # Multiprocess metrics are served by the same route, so the scope applies there too.
+        assert requests.get(f"{server.url}/metrics", timeout=5).status_code == 401
+        scrape = requests.get(f"{server.url}/metrics", headers=bearer("scrape-key"), timeout=5)
+        assert scrape.status_code == 200
+        assert "cmp_prompt_render_duration_seconds" in scrape.text
     finally:
         code, output = server.stop()
     assert code == 0
