@@ -54,8 +54,6 @@ class ApiKey:
 class AuthDenied(ContexisError):
     """A request without a valid key (401) or outside its key's tenant or scopes (403)."""
 
-    reason = "denied"
-
     def __init__(self, message: str, *, status: int, reason: str, challenge: str = "") -> None:
         super().__init__(message, code="unauthorized" if status == 401 else "forbidden")
         self.status = status
