@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from guide import GUIDE_BODY  # noqa: F401 - re-exported for the tests
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -20,14 +21,6 @@ TOKEN = "hf_SECRET_test_token_0123456789"
 MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 ENDPOINT = "https://hf.test/models"
 
-GUIDE_BODY = {
-    "tenant_id": "",
-    "context": "SupportBot",
-    "component": "SupportBot",
-    "query": "",
-    "top_k": 0,
-    "data": {"user_input": "hello"},
-}
 
 _SPANS = InMemorySpanExporter()
 _provider = TracerProvider()

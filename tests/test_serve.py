@@ -114,13 +114,15 @@ def test_every_scrape_counts_every_request_across_two_workers(tmp_path):
     server = Server(
         "--root", str(EXAMPLE), "--workers", "2", "--threads", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     )
-    n = 40
+    n = 0
     try:
-        for _ in range(n):
-            # A fresh connection each time lets either worker answer.
+        writers: set[str] = set()
+        # Fresh connections let either worker answer; go on until both have (bounded).
+        while (len(writers) < 2 and n < 400) or n < 40:
             response = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=30)
             assert response.status_code == 200
-        writers = {path.stem.rsplit("_", 1)[-1] for path in metrics_dir.glob("histogram_*.db")}
+            n += 1
+            writers = {path.stem.rsplit("_", 1)[-1] for path in metrics_dir.glob("histogram_*.db")}
         counts = []
         for _ in range(8):
             text = requests.get(f"{server.url}/metrics", timeout=30).text

@@ -29,15 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ID = "SmolLM2-135M-Instruct"
-GUIDE_BODY = {
-    "tenant_id": "",
-    "context": "SupportBot",
-    "component": "SupportBot",
-    "query": "",
-    "top_k": 0,
-    "data": {"user_input": "hello"},
-}
 
+sys.path.insert(0, str(REPO / "tests"))
+from guide import GUIDE_BODY  # noqa: E402 - the tests folder is not a package
 
 QUICKSTART = ["--root", str(REPO / "examples" / "quickstart"), "--workers", "1", "--threads", "4"]
 
