@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
+from app.auth import bind_tenant
 from app.errors import BadRequest
+from app.limits import check_payload
 from app.runtime import get_runtime
 from app.streaming import sse_response
 from app.validation import parse_chat_request
@@ -20,6 +22,8 @@ def chat():
         raise BadRequest("the body must be a JSON object", code="invalid_json")
     chat_request = parse_chat_request(body)
     runtime = get_runtime()
+    chat_request = bind_tenant(chat_request)
+    check_payload(chat_request, runtime.settings)
     g.log_fields.update(
         tenant=chat_request.tenant_id or None,
         context=chat_request.context,

@@ -12,8 +12,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dotenv import dotenv_values
+
+if TYPE_CHECKING:
+    from app.auth import ApiKey
 
 DEFAULT_HF_ENDPOINT = "https://api-inference.huggingface.co/models"
 HF_APIS = ("text-generation", "chat-completion", "auto")
@@ -60,6 +64,44 @@ def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
+def _api_keys(env: Mapping[str, str]) -> tuple[ApiKey, ...]:
+    """Every key from the three sources, checked together so an id or a key is never given twice."""
+    from app.auth import keys_from_file, keys_from_json, keys_from_tokens, unique_keys
+
+    keys = [*keys_from_json(_text(env, "CMP_API_KEYS"), "CMP_API_KEYS")]
+    keys += keys_from_tokens(_text(env, "CMP_API_TOKENS"))
+    path = _text(env, "CMP_API_KEYS_FILE")
+    if path:
+        keys += keys_from_file(path)
+    return unique_keys(keys)
+
+
+def _rate_limit(env: Mapping[str, str]) -> str:
+    """A Flask-Limiter limit string such as `60/minute` or `10/second;500/hour`; empty means no limit."""
+    raw = _text(env, "CMP_RATE_LIMIT")
+    if raw.lower() in {"", "off", "none"}:
+        return ""
+    from limits import parse_many
+
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise SettingsError(f"CMP_RATE_LIMIT must look like '60/minute' or '10/second;500/hour', got {raw!r}") from None
+    return raw
+
+
+def _storage_uri(env: Mapping[str, str]) -> str:
+    """Where the rate-limit counters live; only the scheme is checked (the URI may hold a password)."""
+    raw = _text(env, "CMP_RATE_LIMIT_STORAGE_URI", "memory://")
+    from limits.storage import SCHEMES
+
+    scheme = raw.split("://", 1)[0] if "://" in raw else ""
+    if scheme not in SCHEMES or scheme.startswith("async+"):
+        known = ", ".join(sorted(s for s in SCHEMES if not s.startswith("async+")))
+        raise SettingsError(f"CMP_RATE_LIMIT_STORAGE_URI must start with one of {known} followed by '://'")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the runtime reads from its environment, validated up front."""
@@ -79,6 +121,15 @@ class Settings:
     service_name: str = "contexis-runtime"
     traces_exporter: str = "none"
     threads: int = 128  # gunicorn threads per worker (deploy/gunicorn.conf.py), and model connections per worker
+    auth_enabled: bool = False
+    api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
+    rate_limit: str = ""
+    rate_limit_storage_uri: str = field(default="memory://", repr=False)
+    trusted_proxies: int = 0
+    max_data_depth: int = 8
+    max_data_items: int = 1000
+    max_string_chars: int = 32768
+    hf_max_response_bytes: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -103,7 +154,24 @@ class Settings:
             service_name=_text(env, "OTEL_SERVICE_NAME", "contexis-runtime"),
             traces_exporter=_text(env, "OTEL_TRACES_EXPORTER", "none").lower(),
             threads=_number(env, "GUNICORN_THREADS", cls.threads, kind=int, minimum=1),
-        )
+            auth_enabled=_flag(env, "CMP_AUTH_ENABLED"),
+            api_keys=_api_keys(env),
+            rate_limit=_rate_limit(env),
+            rate_limit_storage_uri=_storage_uri(env),
+            trusted_proxies=_number(env, "CMP_TRUSTED_PROXIES", 0, kind=int),
+            max_data_depth=_number(env, "CMP_MAX_DATA_DEPTH", 8, kind=int, minimum=1),
+            max_data_items=_number(env, "CMP_MAX_DATA_ITEMS", 1000, kind=int, minimum=1),
+            max_string_chars=_number(env, "CMP_MAX_STRING_CHARS", 32768, kind=int, minimum=1),
+            hf_max_response_bytes=_number(env, "HF_MAX_RESPONSE_BYTES", 1024 * 1024, kind=int, minimum=1),
+        ).checked()
+
+    def checked(self) -> Settings:
+        """Reject combinations no single variable shows: auth switched on with no key to accept."""
+        if self.auth_enabled and not self.api_keys:
+            raise SettingsError(
+                "CMP_AUTH_ENABLED=true needs keys: set CMP_API_KEYS, CMP_API_TOKENS or CMP_API_KEYS_FILE"
+            )
+        return self
 
     def replace(self, **changes: object) -> Settings:
         """A copy with some fields changed (the CLI's flags override the environment)."""

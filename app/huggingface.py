@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import itertools
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +29,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 from requests.adapters import HTTPAdapter
 from sseclient import SSEClient
-from urllib3.exceptions import MaxRetryError, NewConnectionError, ResponseError
+from urllib3.exceptions import DecodeError, MaxRetryError, NewConnectionError, ReadTimeoutError, ResponseError
+from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
@@ -547,8 +549,8 @@ class HuggingFaceClient:
             observed.end()
 
     def _call(self, payload: dict[str, Any]) -> bytes:
-        """The body of a successful, whole answer to `payload`."""
-        return self._send(payload, stream=False).content
+        """The body of a successful, whole answer to `payload`, read within HF_MAX_RESPONSE_BYTES and HF_DEADLINE."""
+        return self._read_body(self._send(payload, stream=True))
 
     def _send(self, payload: dict[str, Any], *, stream: bool) -> requests.Response:
         """POST `payload` (retried per the session's policy); a failure or error status becomes an `HFError`."""
@@ -560,9 +562,55 @@ class HuggingFaceClient:
                 stream=stream,
             )
             if response.status_code >= 400:
-                with contextlib.closing(response):
-                    raise self._status_error(response.status_code, response.content)
+                # The upstream's explanation is in the first bytes; a huge error page must not lose the status.
+                raise self._status_error(response.status_code, self._read_body(response, truncate=True))
         return response
+
+    def _read_body(self, response: requests.Response, *, truncate: bool = False) -> bytes:
+        """The body, or the `HFError` for a connection that broke, stalled or sent what cannot be decoded."""
+        complete = False
+        try:
+            body = self._read_capped(response, truncate)
+            complete = True
+            return body
+        except ReadTimeoutError:
+            detail = f"Hugging Face stopped sending its answer for HF_TIMEOUT={self.settings.hf_timeout:g}s."
+            raise HFTimeout(detail, metric_code="timeout") from None
+        except DecodeError:
+            raise _bad_response("with a body that cannot be decoded") from None
+        except Urllib3Error as exc:
+            detail = f"The connection to Hugging Face broke while reading its answer ({type(exc).__name__})."
+            raise HFConnectionError(detail, metric_code="connection_error") from None
+        finally:
+            if not complete or truncate:
+                response.close()  # a half-read connection must not go back to the pool
+
+    def _read_capped(self, response: requests.Response, truncate: bool) -> bytes:
+        """Read piece by piece: a huge answer stops at HF_MAX_RESPONSE_BYTES, a drip at HF_DEADLINE.
+
+        HF_TIMEOUT bounds each read, so a server sending a byte now and then never trips it; the call's
+        deadline, checked after every piece, does (at worst one HF_TIMEOUT late). With `truncate`, an
+        answer over the cap is cut there instead of failing.
+        """
+        cap = self.settings.hf_max_response_bytes
+        too_large = f"more than HF_MAX_RESPONSE_BYTES={cap} bytes"
+        declared = response.headers.get("Content-Length", "")
+        if not truncate and declared.isdigit() and int(declared) > cap:
+            raise _bad_response(too_large)
+        deadline = _deadline.get(math.inf)
+        pieces: list[bytes] = []
+        size = 0
+        while piece := response.raw.read1(64 * 1024, decode_content=True):
+            pieces.append(piece)
+            size += len(piece)
+            if size > cap:
+                if truncate:
+                    return b"".join(pieces)[:cap]
+                raise _bad_response(too_large)
+            if time.monotonic() > deadline:
+                detail = f"Hugging Face did not finish its answer within HF_DEADLINE={self.settings.hf_deadline:g}s."
+                raise HFTimeout(detail, metric_code="timeout")
+        return b"".join(pieces)
 
     @contextlib.contextmanager
     def _transport_errors(self) -> Iterator[None]:

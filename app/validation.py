@@ -74,7 +74,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
         component=body.get("component") or body["context"],
         tenant_id=body.get("tenant_id", ""),
         query=body.get("query", ""),
-        top_k=body.get("top_k", 0),
+        top_k=int(body.get("top_k", 0)),  # JSON Schema counts 3.0 as an integer; slicing does not
         data=body.get("data", {}),
         prompt_file=body.get("prompt_file", "agent_response.md"),
         stream=body.get("stream", False),

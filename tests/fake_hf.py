@@ -2,16 +2,23 @@
 
 A `Reply` is one whole JSON answer; a `Stream` is a 200 answer of server-sent events, each
 written as its own HTTP chunk (as TGI, vLLM and llama.cpp do), so tests can see what arrives
-when, what happens mid-stream, and whether the runtime hangs up on the upstream.
+when, what happens mid-stream, and whether the runtime hangs up on the upstream. `RawHF` is a
+bare socket server for faults no HTTP server would commit: resets, stalls, drips, huge bodies.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import socket
+import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+OK_BODY = b'[{"generated_text": "Hi from the fake model"}]'
 
 
 @dataclass
@@ -154,3 +161,111 @@ class FakeHF:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+Behaviour = Callable[[socket.socket], None]
+
+
+def answer(status: int = 200, body: bytes = OK_BODY, headers: dict[str, str] | None = None) -> Behaviour:
+    """A whole HTTP answer, then the connection closes."""
+
+    def send(conn: socket.socket) -> None:
+        head = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}", "Connection: close"]
+        head += [f"{name}: {value}" for name, value in (headers or {"Content-Type": "application/json"}).items()]
+        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+
+    return send
+
+
+def reset_mid_body(conn: socket.socket) -> None:
+    """Promise 1000 bytes, send 10, then reset the connection (RST, not FIN)."""
+    conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{"generat')
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def headers_then_stall(seconds: float) -> Behaviour:
+    def send(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+        time.sleep(seconds)
+
+    return send
+
+
+def drip(seconds: float, interval: float) -> Behaviour:
+    """A byte every `interval` seconds: each read succeeds, the whole answer never ends in time."""
+
+    def send(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+        stop = time.monotonic() + seconds
+        while time.monotonic() < stop:
+            conn.sendall(b" ")
+            time.sleep(interval)
+
+    return send
+
+
+def chunked(size: int) -> Behaviour:
+    """`size` bytes of chunked body with no Content-Length to judge it by."""
+
+    def send(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        piece = b"x" * 65536
+        for _ in range(size // len(piece)):
+            conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        conn.sendall(b"0\r\n\r\n")
+
+    return send
+
+
+class RawHF:
+    """A bare TCP server on 127.0.0.1 that reads each request and then acts out `behaviour` on the socket.
+
+    It is bound before it listens, so until `listen()` every connection is refused (the port stays the same).
+    """
+
+    def __init__(self, behaviour: Behaviour, *, listening: bool = True) -> None:
+        self.behaviour = behaviour
+        self.hits = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._closed = threading.Event()
+        if listening:
+            self.listen()
+
+    def listen(self) -> None:
+        self._sock.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.hits += 1
+                self.behaviour(conn)
+            except OSError:
+                pass  # the client gave up on us: that is the point of most behaviours
+
+    def __enter__(self) -> RawHF:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._closed.set()
+        self._sock.close()

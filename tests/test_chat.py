@@ -189,3 +189,14 @@ def test_unexpected_errors_are_json_without_traceback(client, monkeypatch):
     monkeypatch.setattr(Runtime, "answer", boom)
     message = assert_error(post(client, GUIDE_BODY), 500, "internal_error")
     assert "secret" not in message
+
+
+def test_integral_float_top_k_is_taken_as_an_integer(client, project):
+    # Found by fuzzing: JSON Schema accepts 2.0 as an integer, and memory search then failed with a 500.
+    from app.memory import MemoryStore
+
+    MemoryStore(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
+    body = {**GUIDE_BODY, "component": "CustomerDocs", "prompt_file": "search_response.md", "query": "refund"}
+    response = post(client, {**body, "top_k": 2.0})
+    assert response.status_code == 200, response.get_json()
+    assert len(response.get_json()["sources"]) == 2

@@ -1,0 +1,275 @@
+"""`GET /openapi.json`: the API's OpenAPI 3.1 contract, built from the schema the validator uses.
+
+The chat request schema is `validation.CHAT_REQUEST_SCHEMA` itself (plus the
+configured length limit of `query`), so the contract and the validator cannot
+drift apart. Security is declared only when `CMP_AUTH_ENABLED` is on, so the
+document describes the running app; tests check it against the app's routes
+and fuzz the app with it (schemathesis).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from flask import Blueprint, jsonify
+
+from app.auth import SCOPE_CHAT, SCOPE_METRICS
+from app.config import Settings
+from app.health import runtime_version
+from app.runtime import get_runtime
+from app.validation import CHAT_REQUEST_SCHEMA
+
+bp = Blueprint("openapi", __name__)
+
+_ERROR_STATUSES = {
+    "400": "The body is not JSON, breaks the schema, or `data` nests deeper than CMP_MAX_DATA_DEPTH.",
+    "401": "No API key, or one that is not valid (only with CMP_AUTH_ENABLED).",
+    "403": "The key lacks the route's scope or may not act for the requested tenant.",
+    "404": "The context, component or prompt file does not exist.",
+    "413": "The body exceeds CMP_MAX_BODY_BYTES, or `query`, a string or the number of values in `data` exceed "
+    "CMP_MAX_STRING_CHARS or CMP_MAX_DATA_ITEMS.",
+    "422": "The template needs a variable that `data` does not provide.",
+    "429": "The key (or client address) exceeded CMP_RATE_LIMIT; `Retry-After` says when to retry.",
+    "500": "The project is broken (invalid context, template error) or the runtime failed.",
+    "502": "Hugging Face failed or answered something unusable (codes `hf_*`).",
+    "504": "Hugging Face did not answer within HF_TIMEOUT.",
+}
+_REQUEST_ID = {
+    "description": "The request's id: the caller's `X-Request-ID` when safe, else a new one.",
+    "schema": {"type": "string"},
+}
+
+
+def _json(schema: dict[str, Any], description: str, **headers: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {"X-Request-ID": _REQUEST_ID, **headers},
+        "content": {"application/json": {"schema": schema}},
+    }
+
+
+def _errors(*statuses: str) -> dict[str, Any]:
+    responses = {status: _json({"$ref": "#/components/schemas/Error"}, _ERROR_STATUSES[status]) for status in statuses}
+    if "401" in responses:
+        responses["401"]["headers"]["WWW-Authenticate"] = {
+            "description": '`Bearer realm="contexis"`, with `error="invalid_token"` for a wrong key.',
+            "schema": {"type": "string"},
+            "required": True,
+        }
+    if "429" in responses:
+        responses["429"]["headers"]["Retry-After"] = {
+            "description": "Seconds until the limit lets this key or address through again.",
+            "schema": {"type": "integer", "minimum": 1},
+            "required": True,
+        }
+    return responses
+
+
+def _chat_answer() -> dict[str, Any]:
+    answer = _json({"$ref": "#/components/schemas/ChatResponse"}, "The model's answer, or the prompt without a model")
+    # As schemathesis reads it, the schema of an event stream describes each event.
+    answer["content"]["text/event-stream"] = {
+        "schema": {
+            "description": 'With `"stream": true`, one event per text delta, then a done event; a failure after '
+            "the first event ends the stream with `event: error`.",
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "event": {"enum": ["message", "error"]},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "anyOf": [
+                            {
+                                "type": "object",
+                                "required": ["delta"],
+                                "properties": {"delta": {"type": "string"}},
+                            },
+                            {
+                                "type": "object",
+                                "required": ["done", "model", "sources", "request_id"],
+                                "properties": {
+                                    "done": {"const": True},
+                                    "model": {"type": ["string", "null"]},
+                                    "usage": {"$ref": "#/components/schemas/Usage"},
+                                    "sources": {"$ref": "#/components/schemas/Sources"},
+                                    "request_id": {"type": "string"},
+                                },
+                            },
+                            {"$ref": "#/components/schemas/Error"},
+                        ]
+                    },
+                },
+            },
+        }
+    }
+    return answer
+
+
+def build_document(settings: Settings, version: str) -> dict[str, Any]:
+    """The contract of an app built with `settings`."""
+    auth = settings.auth_enabled
+    limited = bool(settings.rate_limit)
+    request_schema = copy.deepcopy(CHAT_REQUEST_SCHEMA)
+    request_schema.pop("$schema", None)
+    request_schema["properties"]["query"]["maxLength"] = settings.max_string_chars
+    request_schema["properties"]["data"]["description"] = (
+        f"Template variables: at most {settings.max_data_depth} levels deep and {settings.max_data_items} values, "
+        f"strings of at most {settings.max_string_chars} characters."
+    )
+    gate = (["401", "403"] if auth else []) + (["429"] if limited else [])
+    chat_errors = ["400", *gate, "404", "413", "422", "500", "502", "504"]
+
+    def secured(scope: str) -> dict[str, Any]:
+        return {"security": [{"bearerAuth": [scope]}]} if auth else {}
+
+    def public(summary: str, schema: dict[str, Any], **extra: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "get": {
+                "summary": summary,
+                "operationId": summary.split(":")[0].lower().replace(" ", "_"),
+                "responses": {"200": _json(schema, "OK"), **extra, **_errors(*(["429"] if limited else []), "500")},
+            }
+        }
+
+    status_ok = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Contexis Runtime",
+            "version": version,
+            "description": "Contexts, prompt templates and memory served over HTTP, with Hugging Face inference.",
+        },
+        "paths": {
+            "/api/v1/chat": {
+                "post": {
+                    "summary": "Render a context's prompt and, when a model is configured, answer it",
+                    "operationId": "chat",
+                    **secured(SCOPE_CHAT),
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
+                    },
+                    "responses": {
+                        "200": _chat_answer(),
+                        **_errors(*chat_errors),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness: the process answers",
+                    "operationId": "healthz",
+                    "responses": {"200": _json(status_ok, "Alive"), **_errors("500")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: the project root is readable and every context is valid",
+                    "operationId": "readyz",
+                    "responses": {
+                        "200": _json(status_ok, "Ready"),
+                        "503": _json(
+                            {
+                                "type": "object",
+                                "required": ["status", "reason"],
+                                "properties": {"status": {"const": "unavailable"}, "reason": {"type": "string"}},
+                            },
+                            "Not ready: the reason names the broken files",
+                        ),
+                        **_errors("500"),
+                    },
+                }
+            },
+            "/version": public(
+                "Version: what is running",
+                {
+                    "type": "object",
+                    "required": ["name", "version", "model", "hf_endpoint"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "version": {"type": "string"},
+                        "model": {"type": ["string", "null"]},
+                        "hf_endpoint": {"type": ["string", "null"]},
+                    },
+                },
+            ),
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics" + (" (scope metrics:read)" if auth else ""),
+                    "operationId": "metrics",
+                    **secured(SCOPE_METRICS),
+                    "responses": {
+                        "200": {
+                            "description": "The Prometheus text exposition format",
+                            "content": {
+                                "text/plain": {"schema": {"type": "string"}},
+                                "application/openmetrics-text": {"schema": {"type": "string"}},
+                            },
+                        },
+                        **_errors(*(["401", "403"] if auth else []), "500"),
+                    },
+                }
+            },
+            "/openapi.json": public("OpenAPI: this document", {"type": "object", "required": ["openapi", "paths"]}),
+        },
+        "components": {
+            "schemas": {
+                "ChatRequest": request_schema,
+                "ChatResponse": {
+                    "type": "object",
+                    "required": ["rendered", "model", "sources", "request_id"],
+                    "properties": {
+                        "rendered": {"type": "string", "description": "The model's text, or the rendered prompt"},
+                        "model": {"type": ["string", "null"], "description": "HF_MODEL_ID, null without a model"},
+                        "sources": {"$ref": "#/components/schemas/Sources"},
+                        "usage": {"$ref": "#/components/schemas/Usage"},
+                        "request_id": {"type": "string"},
+                    },
+                },
+                "Sources": {
+                    "type": "array",
+                    "description": "The memory matches the prompt was given, best first",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "source", "score"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "source": {"type": "string"},
+                            "score": {"type": "number"},
+                        },
+                    },
+                },
+                "Usage": {
+                    "type": "object",
+                    "description": "Token counts, when the endpoint reports them",
+                    "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}},
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                        }
+                    },
+                },
+            },
+        },
+    }
+    if auth:
+        document["components"]["securitySchemes"] = {
+            "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key from CMP_API_KEYS"}
+        }
+    return document
+
+
+@bp.get("/openapi.json")
+def document():
+    """The contract of this app, as its settings make it."""
+    runtime = get_runtime()
+    return jsonify(build_document(runtime.settings, runtime_version()))
