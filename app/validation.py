@@ -11,7 +11,8 @@ from jsonschema import Draft202012Validator
 from app.errors import BadRequest
 
 # A name that becomes a path segment: no separators, never "." or "..".
-NAME_PATTERN = r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,128}$"
+# `(?!.*\n)`: `$` also matches before a final newline, which must not slip through.
+NAME_PATTERN = r"^(?!\.{1,2}$)(?!.*\n)[A-Za-z0-9_.-]{1,128}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 # More memory matches than this only dilute a prompt; 0 means the component's default.
 MAX_TOP_K = 50

@@ -74,7 +74,9 @@ def test_wrong_types_are_400_naming_the_field(client, body, field):
 
 
 @pytest.mark.parametrize("field", ["context", "component", "tenant_id", "prompt_file"])
-@pytest.mark.parametrize("name", ["..", ".", "../etc/passwd", "a/b", "a\\b", "/abs", "x" * 129, "%2e%2e", "ü"])
+@pytest.mark.parametrize(
+    "name", ["..", ".", "../etc/passwd", "a/b", "a\\b", "/abs", "x" * 129, "%2e%2e", "ü", "SupportBot\n", "\n"]
+)
 def test_unsafe_names_are_400(client, field, name):
     body = {**GUIDE_BODY, field: name}
     message = assert_error(post(client, body), 400, "invalid_request")
