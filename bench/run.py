@@ -32,14 +32,10 @@ OUT = BENCH / "out"
 DOC = REPO / "docs" / "benchmarks.md"
 EXAMPLE = REPO / "examples" / "quickstart"
 BIN = Path(sys.executable).parent
-GUIDE_BODY = {
-    "tenant_id": "",
-    "context": "SupportBot",
-    "component": "SupportBot",
-    "query": "",
-    "top_k": 0,
-    "data": {"user_input": "hello"},
-}
+
+sys.path.insert(0, str(REPO / "tests"))
+from guide import GUIDE_BODY  # noqa: E402 - the tests folder is not a package
+
 MODEL_ID = "bench/model"
 GENERATED = "Hello! I am SupportBot from Acme Cloud. How can I help you with your account today?"
 
