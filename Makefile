@@ -24,6 +24,8 @@ serve: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint $(HELM)
 	HELM=$(abspath $(HELM)) $(BIN)/python -m pytest

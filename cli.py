@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from app.config import Settings, SettingsError
-from app.errors import ContexisError
+from app.config import Settings
+from app.errors import ContexisError, SettingsError
 
 DEFAULT_GUNICORN_CONFIG = Path(__file__).resolve().parent / "deploy" / "gunicorn.conf.py"
 
@@ -75,7 +75,8 @@ def cmd_hf_test_model(args: argparse.Namespace, settings: Settings) -> int:
     """Send one prompt to the configured model and print its text (`--stream`: piece by piece, as it arrives)."""
     if not settings.hf_enabled:
         return _fail(f"set {' and '.join(settings.hf_missing)} to test the model", 2)
-    from app.huggingface import GenerationParams, HFError, HuggingFaceClient
+    from app.providers.base import GenerationParams
+    from app.providers.huggingface import HFError, HuggingFaceClient
 
     client = HuggingFaceClient(settings, pool_size=1)
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
@@ -136,9 +137,9 @@ def cmd_memory_ingest(args: argparse.Namespace, settings: Settings) -> int:
     """Add documents to a component's memory; unchanged files are skipped."""
     from tqdm import tqdm
 
-    from app.memory import MemoryStore
+    from app.memory import open_store
 
-    store = MemoryStore(settings.project_root, args.component, args.tenant or None)
+    store = open_store(settings.project_root, args.component, args.tenant or None)
     missing = [str(path) for path in args.paths if not path.exists()]
     if missing:
         return _fail(f"no such file or directory: {', '.join(missing)}", 2)
@@ -153,7 +154,7 @@ def cmd_memory_ingest(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"ingested {report.ingested} files ({report.chunks_added} chunks added, {report.chunks_removed} replaced), "
         f"{report.unchanged} unchanged, {report.unsupported} unsupported, {len(report.failed)} failed "
-        f"in {report.seconds:.2f}s -> {store.path}"
+        f"in {report.seconds:.2f}s -> {store.location}"
     )
     for source, reason in report.failed:
         print(f"failed: {source}: {reason}", file=sys.stderr)
@@ -162,9 +163,9 @@ def cmd_memory_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_memory_search(args: argparse.Namespace, settings: Settings) -> int:
     """Ranked matches for a query, as a table or JSON."""
-    from app.memory import MemoryStore
+    from app.memory import open_store
 
-    results = MemoryStore(settings.project_root, args.component, args.tenant or None).search(args.query, args.top_k)
+    results = open_store(settings.project_root, args.component, args.tenant or None).search(args.query, args.top_k)
     if args.json:
         print(json.dumps([result.as_dict() for result in results], indent=2))
         return 0
@@ -191,9 +192,9 @@ def cmd_memory_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_memory_delete(args: argparse.Namespace, settings: Settings) -> int:
     """Remove one source's chunks, or the whole store's."""
-    from app.memory import MemoryStore
+    from app.memory import open_store
 
-    removed = MemoryStore(settings.project_root, args.component, args.tenant or None).delete(args.source)
+    removed = open_store(settings.project_root, args.component, args.tenant or None).delete(args.source)
     print(f"deleted {removed} documents")
     return 0
 

@@ -12,19 +12,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from dotenv import dotenv_values
 
-if TYPE_CHECKING:
-    from app.auth import ApiKey
+from app.errors import SettingsError
+from app.keys import ApiKey, keys_from_file, keys_from_json, keys_from_tokens, unique_keys
 
 DEFAULT_HF_ENDPOINT = "https://api-inference.huggingface.co/models"
 HF_APIS = ("text-generation", "chat-completion", "auto")
-
-
-class SettingsError(ValueError):
-    """An environment variable holds a value the runtime cannot use."""
 
 
 def _text(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -66,8 +62,6 @@ def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
 
 def _api_keys(env: Mapping[str, str]) -> tuple[ApiKey, ...]:
     """Every key from the three sources, checked together so an id or a key is never given twice."""
-    from app.auth import keys_from_file, keys_from_json, keys_from_tokens, unique_keys
-
     keys = [*keys_from_json(_text(env, "CMP_API_KEYS"), "CMP_API_KEYS")]
     keys += keys_from_tokens(_text(env, "CMP_API_TOKENS"))
     path = _text(env, "CMP_API_KEYS_FILE")
@@ -173,7 +167,7 @@ class Settings:
             )
         return self
 
-    def replace(self, **changes: object) -> Settings:
+    def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (the CLI's flags override the environment)."""
         return dataclasses.replace(self, **changes)
 

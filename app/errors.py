@@ -1,18 +1,15 @@
-"""Typed errors and the handlers that turn every failure into a JSON answer.
+"""Every error the runtime can answer a client with, each knowing its HTTP status and stable `code`.
 
-Each layer raises a `ContexisError` subclass that knows its HTTP status and a
-stable `code`; the handlers below render `{"error": {"code", "message"}}` so a
-client never sees a traceback or an HTML page.
+Layers raise these; `app.web.errors` renders them as `{"error": {"code", "message"}}`, so a
+client never sees a traceback or an HTML page. Nothing here imports Flask: the pipeline and
+the CLI raise the same errors.
 """
 
 from __future__ import annotations
 
-import logging
 
-from flask import Flask, Response, g, jsonify
-from werkzeug.exceptions import HTTPException
-
-log = logging.getLogger(__name__)
+class SettingsError(ValueError):
+    """An environment variable holds a value the runtime cannot use."""
 
 
 class ContexisError(Exception):
@@ -63,28 +60,62 @@ class ContextInvalid(ContexisError):
     code = "invalid_context"
 
 
-def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
-    """The one JSON error shape every route and handler uses."""
-    return jsonify(error={"code": code, "message": message}), status
+class PayloadTooLarge(ContexisError):
+    """`data` holds too many values, or a string is longer than the runtime accepts."""
+
+    status = 413
+    code = "payload_too_large"
 
 
-def register_error_handlers(app: Flask) -> None:
-    """Map runtime errors, HTTP errors and anything unexpected to JSON."""
+class PayloadTooDeep(ContexisError):
+    """`data` nests deeper than templates need; deep nesting only costs the server."""
 
-    @app.errorhandler(ContexisError)
-    def _contexis(exc: ContexisError):
-        return error_response(exc.status, exc.code, exc.message)
+    status = 400
+    code = "payload_too_deep"
 
-    @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException):
-        code = (exc.name or "error").lower().replace(" ", "_")
-        response, status = error_response(exc.code or 500, code, exc.description or exc.name)
-        if exc.code == 405 and exc.valid_methods:
-            response.headers["Allow"] = ", ".join(exc.valid_methods)
-        return response, status
 
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        # The traceback goes to the log, keyed by request id; the client gets none of it.
-        log.exception("unhandled error", extra={"request_id": g.get("request_id")})
-        return error_response(500, "internal_error", "internal server error")
+class AuthDenied(ContexisError):
+    """A request without a valid key (401) or outside its key's tenant or scopes (403)."""
+
+    def __init__(self, message: str, *, status: int, reason: str, challenge: str = "") -> None:
+        super().__init__(message, code="unauthorized" if status == 401 else "forbidden")
+        self.status = status
+        self.reason = reason
+        self.challenge = challenge
+
+
+class ProviderError(ContexisError):
+    """A model call failed; `metric_code` is the upstream status or failure kind counted in metrics."""
+
+    status = 502
+    code = "provider_error"
+
+    def __init__(self, message: str, *, metric_code: str, upstream_status: int | None = None) -> None:
+        super().__init__(message)
+        self.metric_code = metric_code
+        self.upstream_status = upstream_status
+
+
+class MemoryStoreError(ContexisError):
+    """Base of every memory failure the caller can report (bad config, bad path, bad name)."""
+
+    code = "memory_error"
+
+
+class MemoryConfigError(MemoryStoreError):
+    """`memory_config.yaml` is unreadable or has a wrong key, type or range."""
+
+    code = "invalid_memory_config"
+
+
+class DocumentError(MemoryStoreError):
+    """A file's content cannot be read as its type says (bad UTF-8, malformed JSON lines)."""
+
+    code = "invalid_document"
+
+
+class InvalidNameError(MemoryStoreError):
+    """A component or tenant name cannot safely become a path segment."""
+
+    status = 400
+    code = "invalid_request"

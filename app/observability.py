@@ -1,31 +1,27 @@
-"""Metrics, traces and logs: what operators see of the runtime.
+"""Metrics, traces and logs: what operators see of the runtime, with no Flask in it.
 
 Each app owns a `RuntimeMetrics` with its own registry, so the HTTP metrics of
 prometheus-flask-exporter and the `cmp_*` series are served together from
 `/metrics` (and tests can build many apps without colliding registrations).
 In gunicorn's multiprocess mode the exporter reads every worker's files instead.
+The request-side hooks (HTTP metrics, Flask spans, the access log) are
+`app.web.telemetry`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import threading
 import time
-import uuid
 
-from flask import Flask, Response, g, request
 from opentelemetry import trace
-from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_flask_exporter import PrometheusMetrics
 
 from app.config import Settings
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _setup_lock = threading.Lock()
 _tracing_ready = False
 
@@ -136,8 +132,9 @@ def _install_provider(settings: Settings) -> None:
         return
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
+    exporter: SpanExporter
     if settings.traces_exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -153,34 +150,3 @@ def _install_provider(settings: Settings) -> None:
     provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-
-
-def init_observability(app: Flask, settings: Settings, metrics: RuntimeMetrics) -> None:
-    """Wire metrics, tracing and the per-request JSON log line into `app`."""
-    configure_tracing(settings)
-    if tracing_enabled():
-        FlaskInstrumentor().instrument_app(app, excluded_urls="healthz,readyz,metrics", enable_commenter=False)
-    PrometheusMetrics(app, registry=metrics.registry, group_by="url_rule")
-    access = logging.getLogger("contexis.access")
-
-    @app.before_request
-    def _start() -> None:
-        g.started = time.perf_counter()
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        g.log_fields = {"tenant": None, "context": None, "component": None, "model": None}
-
-    @app.after_request
-    def _finish(response: Response) -> Response:
-        request_id = g.get("request_id") or uuid.uuid4().hex
-        response.headers["X-Request-ID"] = request_id
-        fields = {
-            "request_id": request_id,
-            "method": request.method,
-            "path": request.path,
-            "status": response.status_code,
-            "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
-            **g.get("log_fields", {}),
-        }
-        access.info("request", extra={"fields": fields})
-        return response

@@ -96,4 +96,4 @@ def system_message(context: dict[str, Any]) -> str:
 def _template_line(exc: BaseException, filename: str | None) -> int | str:
     """The template line Jinja wrote into the traceback, or '?' when it has none."""
     lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == filename]
-    return lines[-1] if lines else "?"
+    return lines[-1] or "?" if lines else "?"

@@ -1,4 +1,7 @@
-"""The request pipeline shared by the HTTP API and the CLI: context → memory → prompt → provider."""
+"""The request pipeline shared by the HTTP API and the CLI: context → memory → prompt → provider.
+
+It knows nothing of HTTP: `app.web` turns requests into `ChatRequest`s and answers into responses.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app
 from opentelemetry import trace
+from opentelemetry.util.types import AttributeValue
 
 from app.config import Settings
 from app.contexts import ContextStore
-from app.huggingface import GenerationParams, HuggingFaceClient, TokenStream, Usage
-from app.memory import MemoryStore, SearchResult
+from app.memory import SearchResult, open_store
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
+from app.providers import build_provider
+from app.providers.base import GenerationParams, TokenStream, Usage
 from app.validation import ChatRequest
 
 _tracer = trace.get_tracer(__name__)
@@ -55,16 +59,16 @@ class Runtime:
         self.metrics = metrics or RuntimeMetrics()
         self.contexts = ContextStore(settings.project_root)
         self.prompts = PromptRenderer(settings.project_root)
-        self.provider = HuggingFaceClient(settings, self.metrics) if settings.hf_enabled else None
+        self.provider = build_provider(settings, self.metrics)
 
     def search(self, request: ChatRequest) -> list[SearchResult]:
         """The component's memory matches for the request's query (none without a query)."""
         if not request.query.strip():
             return []
-        attributes = {"memory.component": request.component, "memory.top_k": request.top_k}
+        attributes: dict[str, AttributeValue] = {"memory.component": request.component, "memory.top_k": request.top_k}
         with _tracer.start_as_current_span("memory.search", attributes=attributes) as span:
             started = time.perf_counter()
-            store = MemoryStore(self.settings.project_root, request.component, request.tenant_id or None)
+            store = open_store(self.settings.project_root, request.component, request.tenant_id or None)
             results = store.search(request.query, request.top_k)
             self.metrics.memory_search.labels(component=request.component).observe(time.perf_counter() - started)
             span.set_attribute("memory.results", len(results))
@@ -113,8 +117,3 @@ def _sources(rendered: Rendered) -> list[dict[str, Any]]:
 def _inference_inputs(context: dict[str, Any]) -> tuple[GenerationParams, str]:
     """What the context adds to the rendered prompt: sampling parameters and the chat system message."""
     return GenerationParams.from_guardrails(context.get("guardrails")), system_message(context)
-
-
-def get_runtime() -> Runtime:
-    """The runtime of the application handling the current request."""
-    return current_app.extensions["contexis"]

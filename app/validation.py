@@ -1,21 +1,16 @@
-"""Validation of chat requests: types, limits and the names that become paths."""
+"""Validation of chat requests: types and patterns (JSON Schema), then what a valid body may cost."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from app.errors import BadRequest
+from app.config import Settings
+from app.errors import BadRequest, PayloadTooDeep, PayloadTooLarge
+from app.names import MAX_TOP_K, NAME_PATTERN
 
-# A name that becomes a path segment: no separators, never "." or "..".
-# `(?!.*\n)`: `$` also matches before a final newline, which must not slip through.
-NAME_PATTERN = r"^(?!\.{1,2}$)(?!.*\n)[A-Za-z0-9_.-]{1,128}$"
-_NAME_RE = re.compile(NAME_PATTERN)
-# More memory matches than this only dilute a prompt; 0 means the component's default.
-MAX_TOP_K = 50
 # Empty, or a name. One pattern rather than `anyOf` of two subschemas: the same verdicts for a third
 # of jsonschema's work on the hot path. `(?![\s\S])` at `^` matches only the empty string ("$" would
 # also accept a lone newline).
@@ -37,11 +32,6 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
     },
 }
 _validator = Draft202012Validator(CHAT_REQUEST_SCHEMA)
-
-
-def is_safe_name(name: str) -> bool:
-    """True when `name` can be used as one path segment under the project root."""
-    return bool(_NAME_RE.match(name))
 
 
 @dataclass(frozen=True)
@@ -80,3 +70,30 @@ def parse_chat_request(body: Any) -> ChatRequest:
         prompt_file=body.get("prompt_file", "agent_response.md"),
         stream=body.get("stream", False),
     )
+
+
+def check_payload(chat_request: ChatRequest, settings: Settings) -> None:
+    """Raise when `query` or `data` exceeds the configured depth, item count or string length."""
+    if len(chat_request.query) > settings.max_string_chars:
+        raise PayloadTooLarge(f"query: longer than CMP_MAX_STRING_CHARS={settings.max_string_chars} characters")
+    items = 0
+    # Iterative walk: a recursive one would let a deep payload exhaust the stack before the check fires.
+    stack: list[tuple[Any, str, int]] = [(chat_request.data, "data", 1)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            if len(value) > settings.max_string_chars:
+                raise PayloadTooLarge(f"{where}: longer than CMP_MAX_STRING_CHARS={settings.max_string_chars}")
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth > settings.max_data_depth:
+            raise PayloadTooDeep(f"{where}: data nests deeper than CMP_MAX_DATA_DEPTH={settings.max_data_depth}")
+        children = value.items() if isinstance(value, dict) else enumerate(value)
+        for name, child in children:
+            items += 1
+            if items > settings.max_data_items:
+                raise PayloadTooLarge(f"data: more than CMP_MAX_DATA_ITEMS={settings.max_data_items} values")
+            if isinstance(name, str) and len(name) > settings.max_string_chars:
+                raise PayloadTooLarge(f"{where}: a key is longer than CMP_MAX_STRING_CHARS={settings.max_string_chars}")
+            stack.append((child, f"{where}.{name}", depth + 1))

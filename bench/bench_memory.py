@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.memory import STOP_WORDS, MemoryStore
+from app.memory import open_store
+from app.memory.sqlite import STOP_WORDS
 
 SECTIONS_PER_DOC = 10
 SECTION_CHARS = 600
@@ -105,7 +106,7 @@ def main() -> int:
         corpus_bytes = write_corpus(workdir / "corpus", args.chunks, rng, words, cum)
         generate_seconds = time.perf_counter() - started
 
-        store = MemoryStore(workdir / "project", "Bench")
+        store = open_store(workdir / "project", "Bench")
         cpu_started = time.process_time()
         report = store.ingest([workdir / "corpus"])
         ingest_cpu = time.process_time() - cpu_started

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from guide import GUIDE_BODY  # noqa: F401 - re-exported for the tests
+from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -14,13 +14,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from app import create_app
 from app.config import Settings
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO / "examples" / "quickstart"
-TOKEN = "hf_SECRET_test_token_0123456789"
-MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
-ENDPOINT = "https://hf.test/models"
-
 
 _SPANS = InMemorySpanExporter()
 _provider = TracerProvider()

@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 
 import pytest
-from conftest import GUIDE_BODY
+from helpers import ACME_KEY, ALL_KEYS, GUIDE_BODY, KEYS_JSON, METRICS_KEY, STAR_KEY, bearer, sha
 
 from app import create_app
-from app.auth import digest
 from app.config import Settings, SettingsError
+from app.keys import digest
 from app.observability import JsonFormatter
-
-ACME_KEY = "ctx_live_ACME_secret_0123456789"
-METRICS_KEY = "ctx_live_METRICS_secret_0123456789"
-STAR_KEY = "ctx_live_STAR_secret_0123456789"
-ALL_KEYS = (ACME_KEY, METRICS_KEY, STAR_KEY)
-
-
-def sha(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-KEYS_JSON = json.dumps(
-    [
-        {"key_id": "acme-frontend", "hash": sha(ACME_KEY), "tenant_id": "acme", "scopes": ["chat:invoke"]},
-        {"key_id": "prometheus", "hash": sha(METRICS_KEY), "tenant_id": "acme", "scopes": ["metrics:read"]},
-        {"key_id": "operator", "hash": sha(STAR_KEY), "tenant_id": "*", "scopes": ["chat:invoke"]},
-    ]
-)
 
 
 def env_settings(project, **env: str) -> Settings:
@@ -51,9 +32,6 @@ def acme_override(project):
 def auth_app(project, acme_override):
     return create_app(env_settings(project, CMP_AUTH_ENABLED="true", CMP_API_KEYS=KEYS_JSON))
 
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def chat(app, key: str | None = None, tenant: str = "", headers: dict[str, str] | None = None):

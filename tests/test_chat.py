@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import GUIDE_BODY
+from helpers import GUIDE_BODY
 
 from app import create_app
 
@@ -195,9 +195,9 @@ def test_unexpected_errors_are_json_without_traceback(client, monkeypatch):
 
 def test_integral_float_top_k_is_taken_as_an_integer(client, project):
     # Found by fuzzing: JSON Schema accepts 2.0 as an integer, and memory search then failed with a 500.
-    from app.memory import MemoryStore
+    from app.memory import open_store
 
-    MemoryStore(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
+    open_store(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
     body = {**GUIDE_BODY, "component": "CustomerDocs", "prompt_file": "search_response.md", "query": "refund"}
     response = post(client, {**body, "top_k": 2.0})
     assert response.status_code == 200, response.get_json()

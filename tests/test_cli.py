@@ -8,20 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MODEL, REPO, TOKEN
 from fake_hf import FakeHF, Reply
-
-
-def run(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CMP_"))}
-    return subprocess.run(
-        [sys.executable, str(REPO / "cli.py"), *args],
-        env={**base, **(env or {})},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from helpers import MODEL, REPO, TOKEN, run
 
 
 def hf_env(url: str, **extra: str) -> dict[str, str]:

@@ -7,9 +7,8 @@ import time
 
 import pytest
 import requests
-from conftest import EXAMPLE, GUIDE_BODY, MODEL, TOKEN
 from fake_hf import RawHF, answer, chunked, drip, headers_then_stall, reset_mid_body
-from test_serve import Server
+from helpers import EXAMPLE, GUIDE_BODY, MODEL, TOKEN, Server
 
 from app import create_app
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from conftest import GUIDE_BODY
+from helpers import GUIDE_BODY
 
 from app import create_app
 

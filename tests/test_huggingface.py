@@ -10,23 +10,17 @@ import time
 
 import pytest
 import responses
-from conftest import ENDPOINT, GUIDE_BODY, MODEL, TOKEN
 from fake_hf import FakeHF, Reply
+from helpers import ENDPOINT, GUIDE_BODY, MODEL, TOKEN, chat, metric
 from opentelemetry.trace import StatusCode
 
 from app import create_app
-from app.huggingface import GenerationParams, HFError, HuggingFaceClient
+from app.providers.base import GenerationParams
+from app.providers.huggingface import HFError, HuggingFaceClient
 
 URL = f"{ENDPOINT}/{MODEL}"
 
 
-def chat(app, body=GUIDE_BODY):
-    return app.test_client().post("/api/v1/chat", json=body)
-
-
-def metric(app, name: str, **labels) -> float:
-    value = app.extensions["contexis"].metrics.registry.get_sample_value(name, labels)
-    return value or 0.0
 
 
 @responses.activate

@@ -6,9 +6,7 @@ import logging
 
 import pytest
 import requests
-from conftest import EXAMPLE, GUIDE_BODY
-from test_auth import ACME_KEY, KEYS_JSON, STAR_KEY, bearer
-from test_serve import Server
+from helpers import ACME_KEY, EXAMPLE, GUIDE_BODY, KEYS_JSON, STAR_KEY, Server, bearer
 
 from app import create_app
 from app.config import Settings, SettingsError

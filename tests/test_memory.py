@@ -11,18 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from app import memory
-from app.memory import (
-    InvalidNameError,
-    MemoryConfigError,
-    MemoryStore,
-    MemoryStoreError,
-    SearchResult,
-    chunk_text,
-    extract_text,
-    list_stores,
-    query_terms,
-)
+from app.errors import DocumentError, InvalidNameError, MemoryConfigError, MemoryStoreError
+from app.memory import SearchResult, list_stores, open_store, sqlite
+from app.memory.chunking import chunk_text
+from app.memory.config import MemoryConfig
+from app.memory.extract import extract_text
+from app.memory.sqlite import MAX_QUERY_TERMS, query_terms
 
 
 def write(path: Path, text: str) -> Path:
@@ -106,7 +100,7 @@ def test_extract_text_strips_html_and_reads_jsonl() -> None:
     assert "## Title" in text and "One & two" in text and "three" in text
     assert "secret" not in text and "p{}" not in text
     assert extract_text(Path("a.jsonl"), b'{"text": "a"}\n{"text": "b"}\n') == "a\n\nb"
-    with pytest.raises(memory.DocumentError, match="line 2"):
+    with pytest.raises(DocumentError, match="line 2"):
         extract_text(Path("a.jsonl"), b'{"text": "a"}\n{"body": "b"}\n')
 
 
@@ -114,7 +108,7 @@ def test_extract_text_strips_html_and_reads_jsonl() -> None:
 
 
 def test_ingest_counts_skips_unchanged_and_replaces_changed(project: Path) -> None:
-    store = MemoryStore(project, "CustomerDocs")
+    store = open_store(project, "CustomerDocs")
     seen: list[tuple[int, int, str]] = []
     first = store.ingest([project / "docs"], progress=lambda done, total, source: seen.append((done, total, source)))
     assert (first.ingested, first.unchanged, first.unsupported, first.failed) == (5, 0, 1, [])
@@ -133,7 +127,7 @@ def test_ingest_counts_skips_unchanged_and_replaces_changed(project: Path) -> No
 
 
 def test_same_file_given_as_file_or_directory_is_one_document(project: Path) -> None:
-    store = MemoryStore(project, "CustomerDocs")
+    store = open_store(project, "CustomerDocs")
     store.ingest([project / "docs"])
     report = store.ingest([project / "docs" / "returns.md"])
     assert report.unchanged == 1 and store.stats().documents == 5
@@ -142,15 +136,15 @@ def test_same_file_given_as_file_or_directory_is_one_document(project: Path) -> 
 def test_ingest_reports_bad_files_and_missing_paths(project: Path) -> None:
     write(project / "docs" / "broken.jsonl", "{not json}\n")
     (project / "docs" / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
-    report = MemoryStore(project, "CustomerDocs").ingest([project / "docs"])
+    report = open_store(project, "CustomerDocs").ingest([project / "docs"])
     assert report.ingested == 5
     assert sorted(source for source, _ in report.failed) == ["docs/broken.jsonl", "docs/latin1.txt"]
     with pytest.raises(MemoryStoreError, match="no such file"):
-        MemoryStore(project, "CustomerDocs").ingest([project / "missing"])
+        open_store(project, "CustomerDocs").ingest([project / "missing"])
 
 
 def test_chunk_ids_are_stable_and_carry_position(project: Path) -> None:
-    store = MemoryStore(project, "CustomerDocs")
+    store = open_store(project, "CustomerDocs")
     store.ingest([project / "docs"])
     before = {r.id for r in store.search("refunds returns receipt", 10)}
     store.delete()
@@ -165,8 +159,8 @@ def test_chunk_ids_are_stable_and_carry_position(project: Path) -> None:
 def test_config_sets_chunking_and_default_top_k(project: Path) -> None:
     write(project / "memory" / "CustomerDocs" / "memory_config.yaml", "chunk_size: 100\nchunk_overlap: 0\ntop_k: 2\n")
     write(project / "long" / "a.md", " ".join(f"Refund rule {i} applies." for i in range(40)))
-    store = MemoryStore(project, "CustomerDocs")
-    assert store.config == memory.MemoryConfig(chunk_size=100, chunk_overlap=0, top_k=2)
+    store = open_store(project, "CustomerDocs")
+    assert store.config == MemoryConfig(chunk_size=100, chunk_overlap=0, top_k=2)
     report = store.ingest([project / "long"])
     assert report.chunks_added >= 8
     assert len(store.search("refund", 0)) == 2 and len(store.search("refund")) == 2
@@ -191,7 +185,7 @@ def test_config_sets_chunking_and_default_top_k(project: Path) -> None:
 def test_bad_config_is_a_clear_error(project: Path, content: str, message: str) -> None:
     write(project / "memory" / "CustomerDocs" / "memory_config.yaml", content)
     with pytest.raises(MemoryConfigError, match=re.escape(message)):
-        MemoryStore(project, "CustomerDocs")
+        open_store(project, "CustomerDocs")
 
 
 # -- search -------------------------------------------------------------------
@@ -199,7 +193,7 @@ def test_bad_config_is_a_clear_error(project: Path, content: str, message: str) 
 
 def test_search_ranks_the_most_relevant_chunk_first(project: Path) -> None:
     write(project / "docs" / "misc.md", "Returns are mentioned here once among many other unrelated words.\n")
-    store = MemoryStore(project, "CustomerDocs")
+    store = open_store(project, "CustomerDocs")
     store.ingest([project / "docs"])
 
     results = store.search("How do I return an item? refund", 3)
@@ -214,10 +208,10 @@ def test_search_ranks_the_most_relevant_chunk_first(project: Path) -> None:
 
 
 def test_missing_component_returns_nothing_and_creates_nothing(tmp_path: Path) -> None:
-    assert MemoryStore(tmp_path, "Nobody").search("anything", 5) == []
-    assert MemoryStore(tmp_path, "Nobody", "acme").search("anything", 5) == []
-    assert MemoryStore(tmp_path, "Nobody").delete("x.md") == 0
-    assert MemoryStore(tmp_path, "Nobody").stats().documents == 0
+    assert open_store(tmp_path, "Nobody").search("anything", 5) == []
+    assert open_store(tmp_path, "Nobody", "acme").search("anything", 5) == []
+    assert open_store(tmp_path, "Nobody").delete("x.md") == 0
+    assert open_store(tmp_path, "Nobody").stats().documents == 0
     assert not (tmp_path / "memory").exists()
 
 
@@ -225,12 +219,12 @@ def test_tenants_see_their_own_and_shared_documents_only(tmp_path: Path) -> None
     shared = write(tmp_path / "shared" / "hours.md", "Opening hours: the helpdesk opens at eight.\n")
     secret_a = write(tmp_path / "a" / "plan.md", "Acme helpdesk escalation codeword is aardvark.\n")
     secret_b = write(tmp_path / "b" / "plan.md", "Globex helpdesk escalation codeword is bumblebee.\n")
-    MemoryStore(tmp_path, "Support").ingest([shared])
-    MemoryStore(tmp_path, "Support", "acme").ingest([secret_a])
-    MemoryStore(tmp_path, "Support", "globex").ingest([secret_b])
+    open_store(tmp_path, "Support").ingest([shared])
+    open_store(tmp_path, "Support", "acme").ingest([secret_a])
+    open_store(tmp_path, "Support", "globex").ingest([secret_b])
 
     def sources(tenant: str | None, query: str) -> set[str]:
-        return {r.source for r in MemoryStore(tmp_path, "Support", tenant).search(query, 50)}
+        return {r.source for r in open_store(tmp_path, "Support", tenant).search(query, 50)}
 
     assert sources("acme", "helpdesk codeword aardvark bumblebee") == {"a/plan.md", "shared/hours.md"}
     assert sources("globex", "helpdesk codeword aardvark bumblebee") == {"b/plan.md", "shared/hours.md"}
@@ -243,19 +237,19 @@ def test_tenants_see_their_own_and_shared_documents_only(tmp_path: Path) -> None
 def test_tenant_and_shared_results_merge_by_score(tmp_path: Path) -> None:
     write(tmp_path / "s" / "strong.md", "Llama llama llama care guide.\n")
     write(tmp_path / "t" / "weak.md", "A long note that mentions a llama once among many many other words here.\n")
-    MemoryStore(tmp_path, "Zoo").ingest([tmp_path / "s"])
-    MemoryStore(tmp_path, "Zoo", "t1").ingest([tmp_path / "t"])
-    results = MemoryStore(tmp_path, "Zoo", "t1").search("llama", 1)
+    open_store(tmp_path, "Zoo").ingest([tmp_path / "s"])
+    open_store(tmp_path, "Zoo", "t1").ingest([tmp_path / "t"])
+    results = open_store(tmp_path, "Zoo", "t1").search("llama", 1)
     assert [r.source for r in results] == ["s/strong.md"]
 
 
 @pytest.mark.parametrize("name", ["..", ".", "a/b", "../etc", "", "x" * 129, "tenant one", "a\\b"])
 def test_unsafe_names_are_rejected(tmp_path: Path, name: str) -> None:
     with pytest.raises(InvalidNameError):
-        MemoryStore(tmp_path, name)
+        open_store(tmp_path, name)
     if name:  # an empty tenant means the shared store
         with pytest.raises(InvalidNameError):
-            MemoryStore(tmp_path, "Ok", name)
+            open_store(tmp_path, "Ok", name)
 
 
 HOSTILE = [
@@ -291,7 +285,7 @@ def test_hostile_queries_never_raise_or_widen(tmp_path: Path, query: str) -> Non
     docs = tmp_path / "docs"
     for name, text in {"alpha": "alpha stuff", "beta": "beta stuff", "gamma": "gamma stuff", "cafe": "café"}.items():
         write(docs / f"{name}.md", text + "\n")
-    store = MemoryStore(tmp_path, "Hostile")
+    store = open_store(tmp_path, "Hostile")
     store.ingest([docs])
 
     results = store.search(query, 10)
@@ -310,7 +304,7 @@ def test_query_terms_drop_stop_words_and_syntax() -> None:
         "x",
     ]
     assert query_terms("the of and") == []
-    assert len(query_terms(" ".join(f"w{i}" for i in range(100)))) == memory.MAX_QUERY_TERMS
+    assert len(query_terms(" ".join(f"w{i}" for i in range(100)))) == MAX_QUERY_TERMS
 
 
 def test_budgeted_scoring_matches_exhaustive_ranking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -318,11 +312,11 @@ def test_budgeted_scoring_matches_exhaustive_ranking(tmp_path: Path, monkeypatch
     for i in range(40):
         body = "common " * (1 + i % 5) + ("rare " * (i % 3) if i % 4 == 0 else "") + f"filler{i}"
         write(docs / f"d{i:02d}.md", body + "\n")
-    store = MemoryStore(tmp_path, "Budget")
+    store = open_store(tmp_path, "Budget")
     store.ingest([docs])
     for query in ("common rare", "rare", "common", "common filler7 rare"):
         exhaustive = store.search(query, 5)
-        monkeypatch.setattr(memory, "SCORE_BUDGET", 12)
+        monkeypatch.setattr(sqlite, "SCORE_BUDGET", 12)
         budgeted = store.search(query, 5)
         monkeypatch.undo()
         assert len(budgeted) == len(exhaustive) == 5
@@ -338,7 +332,7 @@ def test_readers_never_see_a_half_ingested_document(tmp_path: Path) -> None:
     doc = tmp_path / "docs" / "big.md"
     write(tmp_path / "docs" / "other.md", "quokka lives elsewhere\n")
     sections = 30
-    store = MemoryStore(tmp_path, "Race")
+    store = open_store(tmp_path, "Race")
     store.ingest([tmp_path / "docs" / "other.md"])
     stop = threading.Event()
     seen: list[int] = []
@@ -347,7 +341,7 @@ def test_readers_never_see_a_half_ingested_document(tmp_path: Path) -> None:
     def reader() -> None:
         try:
             while not stop.is_set():
-                results = MemoryStore(tmp_path, "Race").search("quokka", 50)
+                results = open_store(tmp_path, "Race").search("quokka", 50)
                 seen.append(sum(r.source == "docs/big.md" for r in results))
         except (sqlite3.Error, MemoryStoreError) as exc:  # reported below, not lost in the thread
             errors.append(exc)
@@ -371,12 +365,12 @@ def test_readers_never_see_a_half_ingested_document(tmp_path: Path) -> None:
 
 
 def _count_in_child(root: Path, queue: multiprocessing.Queue) -> None:
-    queue.put(len(MemoryStore(root, "Forked").search("quokka", 10)))
+    queue.put(len(open_store(root, "Forked").search("quokka", 10)))
 
 
 def test_a_forked_worker_opens_its_own_connection(tmp_path: Path) -> None:
     """gunicorn forks workers after the app is loaded; a parent's cached connection must not be reused."""
-    store = MemoryStore(tmp_path, "Forked")
+    store = open_store(tmp_path, "Forked")
     store.ingest([write(tmp_path / "docs" / "q.md", "quokka\n")])
     assert len(store.search("quokka", 10)) == 1  # the parent now holds a cached connection
     context = multiprocessing.get_context("fork")
@@ -392,7 +386,7 @@ def test_a_forked_worker_opens_its_own_connection(tmp_path: Path) -> None:
 
 
 def test_delete_and_stats(project: Path) -> None:
-    store = MemoryStore(project, "CustomerDocs")
+    store = open_store(project, "CustomerDocs")
     report = store.ingest([project / "docs"])
     stats = store.stats()
     assert (stats.documents, stats.chunks) == (5, report.chunks_added)
@@ -408,9 +402,9 @@ def test_delete_and_stats(project: Path) -> None:
 
 
 def test_list_stores_finds_shared_and_tenant_stores(project: Path) -> None:
-    MemoryStore(project, "CustomerDocs").ingest([project / "docs" / "returns.md"])
-    MemoryStore(project, "CustomerDocs", "acme").ingest([project / "docs" / "shipping.txt"])
-    MemoryStore(project, "Other", "beta").ingest([project / "docs" / "warranty.rst"])
+    open_store(project, "CustomerDocs").ingest([project / "docs" / "returns.md"])
+    open_store(project, "CustomerDocs", "acme").ingest([project / "docs" / "shipping.txt"])
+    open_store(project, "Other", "beta").ingest([project / "docs" / "warranty.rst"])
     (project / "memory" / "Empty").mkdir()
 
     listed = [(s.component, s.tenant_id) for s in list_stores(project)]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import GUIDE_BODY
-from test_cli import run
+from helpers import GUIDE_BODY, chat, run
 
-from app.memory import MemoryStore
+from app.memory import open_store
 
 SEARCH_BODY = {
     **GUIDE_BODY,
@@ -22,12 +21,9 @@ SEARCH_BODY = {
 
 @pytest.fixture
 def docs_project(project):
-    MemoryStore(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
+    open_store(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
     return project
 
-
-def chat(client, body):
-    return client.post("/api/v1/chat", json=body)
 
 
 def test_matches_reach_the_template_and_the_response_cites_them(docs_project, client):
@@ -67,7 +63,7 @@ def test_a_component_without_memory_and_a_request_without_query_have_no_results(
 def test_tenant_documents_never_reach_another_tenant(docs_project, client, tmp_path):
     secret = tmp_path / "acme.md"
     secret.write_text("# Acme only\n\nThe acme loyalty discount code is ZEBRA-42 for refund cases.\n")
-    MemoryStore(docs_project, "CustomerDocs", "acme").ingest([secret])
+    open_store(docs_project, "CustomerDocs", "acme").ingest([secret])
     body = {**SEARCH_BODY, "query": "zebra loyalty discount refund", "top_k": 10}
     acme = chat(client, {**body, "tenant_id": "acme"}).get_json()
     globex = chat(client, {**body, "tenant_id": "globex"}).get_json()

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
+from helpers import KEYS_JSON, STAR_KEY, bearer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openapi_spec_validator import validate
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES
-from test_auth import KEYS_JSON, STAR_KEY, bearer
 
 from app import create_app
 from app.config import Settings
-from app.memory import MemoryStore
+from app.memory import open_store
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 
@@ -28,7 +28,7 @@ def routes(app) -> dict[str, set[str]]:
 
 @pytest.fixture
 def fuzz_app(project):
-    MemoryStore(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
+    open_store(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
     settings = Settings.from_env(
         {"CMP_PROJECT_ROOT": str(project), "CMP_AUTH_ENABLED": "true", "CMP_API_KEYS": KEYS_JSON}, dotenv_path=None
     )

@@ -5,52 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 
-import pytest
 import requests
-from conftest import EXAMPLE, GUIDE_BODY, MODEL, REPO, TOKEN
 from fake_hf import FakeHF, Reply
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`python cli.py serve` in a subprocess, stopped with SIGTERM like Kubernetes does."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CMP_", "PROMETHEUS_"))}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "cli.py"), "serve", "--addr", f"127.0.0.1:{self.port}", *args],
-            env={**base, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except (requests.ConnectionError, requests.Timeout):  # a worker still importing the app is slow
-                time.sleep(0.1)
-        self.stop()
-        pytest.fail(f"server did not become ready:\n{self.proc.stdout.read()}")
-
-    def stop(self) -> tuple[int, str]:
-        self.proc.send_signal(signal.SIGTERM)
-        output, _ = self.proc.communicate(timeout=40)
-        return self.proc.returncode, output
+from helpers import EXAMPLE, GUIDE_BODY, MODEL, TOKEN, Server
 
 
 def test_guide_curl_against_real_gunicorn_then_clean_sigterm():

@@ -14,9 +14,8 @@ import threading
 
 import pytest
 import requests
-from conftest import EXAMPLE, GUIDE_BODY, MODEL, REPO, TOKEN
 from fake_hf import FakeHF, Stream, chat_events, sse, tgi_events
-from test_serve import Server
+from helpers import EXAMPLE, GUIDE_BODY, MODEL, REPO, TOKEN, Server, metric, sse_events
 
 from app import create_app
 
@@ -29,24 +28,13 @@ def open_stream(app):
     return app.test_client().post("/api/v1/chat", json=STREAM_BODY, buffered=False)
 
 
-def parse(raw: bytes) -> list[tuple[str, dict]]:
-    events = []
-    for block in raw.decode().split("\n\n"):
-        if block:
-            lines = dict(line.split(": ", 1) for line in block.split("\n"))
-            events.append((lines.get("event", "message"), json.loads(lines["data"])))
-    return events
-
-
-def metric(app, name: str, **labels) -> float:
-    return app.extensions["contexis"].metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 def test_deltas_arrive_in_order_and_the_inference_span_covers_the_stream(hf_settings, spans):
     with FakeHF(Stream(chat_events(["The", " answer", " is", " 42"], USAGE), gap=0.02)) as fake:
         app = create_app(hf_settings.replace(hf_endpoint=f"{fake.url}/v1"))
         response = open_stream(app)
-        events = parse(b"".join(response.response))
+        events = sse_events(b"".join(response.response))
         response.close()
     assert [data for _, data in events[:-1]] == [
         {"delta": "The"},
@@ -83,9 +71,9 @@ def test_first_event_is_relayed_before_the_upstream_sends_the_rest(hf_settings):
         hold.set()
         rest = b"".join(chunks)
         response.close()
-    assert parse(first) == [("message", {"delta": "first"})]
+    assert sse_events(first) == [("message", {"delta": "first"})]
     assert sent_when_first_arrived == 1
-    assert [data.get("delta") for _, data in parse(rest)] == [" second", None]
+    assert [data.get("delta") for _, data in sse_events(rest)] == [" second", None]
 
 
 def test_upstream_error_mid_stream_ends_with_an_error_event(hf_settings, spans):
@@ -95,7 +83,7 @@ def test_upstream_error_mid_stream_ends_with_an_error_event(hf_settings, spans):
         response = open_stream(app)
         raw = b"".join(response.response)
         response.close()
-    events = parse(raw)
+    events = sse_events(raw)
     assert events[:2] == [("message", {"delta": "a"}), ("message", {"delta": "b"})]
     name, data = events[2]
     assert name == "error"
@@ -120,7 +108,7 @@ def test_transport_failure_mid_stream_is_an_error_event(hf_settings, stream, tim
     with FakeHF(stream) as fake:
         app = create_app(hf_settings.replace(hf_endpoint=fake.url, hf_timeout=timeout))
         response = open_stream(app)
-        events = parse(b"".join(response.response))
+        events = sse_events(b"".join(response.response))
         response.close()
     assert events[0] == ("message", {"delta": "a"})
     assert events[-1][0] == "error"
@@ -133,7 +121,7 @@ def test_slow_first_token_within_the_timeout_streams_normally(hf_settings):
     with FakeHF(Stream(chat_events(["late", " but", " fine"]), first_delay=0.8)) as fake:
         app = create_app(hf_settings.replace(hf_endpoint=f"{fake.url}/v1", hf_timeout=2))
         response = open_stream(app)
-        events = parse(b"".join(response.response))
+        events = sse_events(b"".join(response.response))
         response.close()
     assert "".join(data.get("delta", "") for _, data in events) == "late but fine"
     assert events[-1][1]["done"] is True
@@ -154,7 +142,7 @@ def test_client_that_hangs_up_closes_the_upstream_connection(hf_settings):
     with FakeHF(Stream(tgi_events(["tok"] * 200), gap=0.02)) as fake:
         app = create_app(hf_settings.replace(hf_endpoint=fake.url))
         response = open_stream(app)
-        assert parse(next(iter(response.response))) == [("message", {"delta": "tok"})]
+        assert sse_events(next(iter(response.response))) == [("message", {"delta": "tok"})]
         response.close()  # what the WSGI server does when the client goes away
         assert fake.hung_up.wait(5), "the upstream kept streaming to nobody"
         assert fake.events_sent < 200

@@ -6,13 +6,15 @@ import json
 
 import pytest
 import responses
-from conftest import GUIDE_BODY, MODEL, TOKEN
 from fake_hf import chat_events, sse, tgi_events
+from helpers import GUIDE_BODY, MODEL, TOKEN, chat, metric, sse_events
 
 from app import create_app
 from app.config import Settings, SettingsError
-from app.huggingface import HINT_UNAVAILABLE, GenerationParams, HuggingFaceClient, Usage
-from app.memory import MemoryStore
+from app.memory import open_store
+from app.providers.base import GenerationParams, Usage
+from app.providers.huggingface import HuggingFaceClient
+from app.providers.huggingface.errors import HINT_UNAVAILABLE
 
 V1 = "https://router.test/v1"
 CHAT_URL = f"{V1}/chat/completions"
@@ -43,23 +45,7 @@ def chat_app(hf_settings: Settings):
     return create_app(hf_settings.replace(hf_endpoint=V1, hf_model_id=PROVIDER_MODEL))
 
 
-def chat(app, **extra):
-    return app.test_client().post("/api/v1/chat", json={**GUIDE_BODY, **extra})
 
-
-def metric(app, name: str, **labels) -> float:
-    return app.extensions["contexis"].metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-def sse_events(response) -> list[tuple[str, dict]]:
-    """(event name, decoded data) for each event of a `text/event-stream` body."""
-    events = []
-    for block in response.get_data(as_text=True).split("\n\n"):
-        if not block:
-            continue
-        lines = dict(line.split(": ", 1) for line in block.split("\n"))
-        events.append((lines.get("event", "message"), json.loads(lines["data"])))
-    return events
 
 
 @pytest.mark.parametrize(
@@ -309,7 +295,7 @@ def test_stream_without_a_model_sends_the_rendered_prompt_as_one_delta(client):
 
 
 def test_streamed_done_event_names_the_memory_sources(client, project):
-    MemoryStore(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
+    open_store(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
     body = {**GUIDE_BODY, "component": "CustomerDocs", "prompt_file": "search_response.md", "query": "refund"}
     plain = client.post("/api/v1/chat", json=body).get_json()
     events = sse_events(client.post("/api/v1/chat", json={**body, "stream": True}))

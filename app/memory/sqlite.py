@@ -1,39 +1,32 @@
-"""Component memory: document chunks in SQLite FTS5, searched with BM25.
+"""The embedded memory backend: document chunks in SQLite FTS5, searched with BM25.
 
 One database per component and owner under the project root:
 ``memory/<Component>/memory.db`` holds documents shared by every tenant and
 ``memory/<Component>/tenant_<id>/memory.db`` one tenant's own. A tenant's search
 covers its own store and the shared one and never another tenant's.
-
-The module needs no server and only the standard library plus PyYAML. Callers
-(HTTP, CLI) time ``search()`` themselves for metrics and spans.
+Callers (HTTP, CLI) time ``search()`` themselves for metrics and spans.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 import os
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from app.errors import ContexisError
-from app.validation import MAX_TOP_K, is_safe_name
+from app.errors import DocumentError
+from app.memory.chunking import chunk_text
+from app.memory.config import load_config
+from app.memory.extract import extract_text
+from app.memory.store import IngestReport, Progress, SearchResult, StoreStats, check_name, collect_files
+from app.names import is_safe_name
 
 DB_NAME = "memory.db"
-CONFIG_NAME = "memory_config.yaml"
-SUPPORTED_SUFFIXES = frozenset({".md", ".txt", ".rst", ".html", ".htm", ".jsonl"})
 # Longer queries add cost, not precision: only this many distinct words are searched.
 MAX_QUERY_TERMS = 16
 SCHEMA_VERSION = 1
@@ -98,350 +91,9 @@ _RANK_SQL = "SELECT rowid, -rank FROM chunks_fts WHERE chunks_fts MATCH ? AND ro
 _FLOOR_SQL = "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?"
 
 
-class MemoryStoreError(ContexisError):
-    """Base of every memory failure the caller can report (bad config, bad path, bad name)."""
-
-    code = "memory_error"
-
-
-class MemoryConfigError(MemoryStoreError):
-    """``memory_config.yaml`` is unreadable or has a wrong key, type or range."""
-
-    code = "invalid_memory_config"
-
-
-class DocumentError(MemoryStoreError):
-    """A file's content cannot be read as its type says (bad UTF-8, malformed JSON lines)."""
-
-    code = "invalid_document"
-
-
-class InvalidNameError(MemoryStoreError):
-    """A component or tenant name cannot safely become a path segment."""
-
-    status = 400
-    code = "invalid_request"
-
-
-@dataclass(frozen=True)
-class MemoryConfig:
-    """Chunking and retrieval settings of one component."""
-
-    chunk_size: int = 800
-    chunk_overlap: int = 100
-    top_k: int = 5
-
-    @property
-    def chunking(self) -> str:
-        """Stored with each document so a changed chunking re-ingests unchanged files."""
-        return f"{self.chunk_size}/{self.chunk_overlap}"
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """One ranked chunk; a higher score is a better match."""
-
-    id: str
-    content: str
-    score: float
-    source: str
-
-    def as_dict(self) -> dict[str, Any]:
-        """The mapping templates and JSON answers use."""
-        return asdict(self)
-
-
-@dataclass
-class IngestReport:
-    """What one ``ingest()`` call did, for the command's summary line."""
-
-    ingested: int = 0
-    unchanged: int = 0
-    unsupported: int = 0
-    chunks_added: int = 0
-    chunks_removed: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class StoreStats:
-    """Size of one store; ``db_bytes`` counts the database with its WAL file."""
-
-    component: str
-    tenant_id: str | None
-    path: Path
-    documents: int
-    chunks: int
-    source_bytes: int
-    db_bytes: int
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary."""
-        return {**asdict(self), "path": str(self.path)}
-
-
 def _digest(text: str) -> str:
     """A stable short fingerprint for ids and change detection (not a security boundary)."""
     return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
-
-
-def _check_name(kind: str, name: str) -> str:
-    if not is_safe_name(name):
-        raise InvalidNameError(f"{kind} {name!r} is not a valid name (1-128 of A-Z a-z 0-9 _ . -, not '.' or '..')")
-    return name
-
-
-def _int_setting(data: dict[str, Any], key: str, default: int, low: int, high: int, path: Path) -> int:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise MemoryConfigError(f"{path}: {key} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise MemoryConfigError(f"{path}: {key} must be between {low} and {high}, got {value}")
-    return value
-
-
-@functools.lru_cache(maxsize=256)
-def _load_config(path: Path, mtime_ns: int) -> MemoryConfig:
-    """Parse once per file version; ``mtime_ns`` is part of the cache key so edits are seen."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise MemoryConfigError(f"{path}: cannot read memory config: {exc}") from exc
-    if data is None:
-        return MemoryConfig()
-    if not isinstance(data, dict):
-        raise MemoryConfigError(f"{path}: memory config must be a mapping, got {type(data).__name__}")
-    defaults = MemoryConfig()
-    unknown = sorted(set(map(str, data)) - {"chunk_size", "chunk_overlap", "top_k"})
-    if unknown:
-        raise MemoryConfigError(f"{path}: unknown memory config keys: {', '.join(unknown)}")
-    size = _int_setting(data, "chunk_size", defaults.chunk_size, 100, 20_000, path)
-    overlap = _int_setting(data, "chunk_overlap", defaults.chunk_overlap, 0, size // 2, path)
-    top_k = _int_setting(data, "top_k", defaults.top_k, 1, MAX_TOP_K, path)
-    return MemoryConfig(chunk_size=size, chunk_overlap=overlap, top_k=top_k)
-
-
-def load_config(component_dir: Path) -> MemoryConfig:
-    """The component's settings, or the defaults when it has no config file."""
-    path = component_dir / CONFIG_NAME
-    try:
-        mtime_ns = path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return MemoryConfig()
-    return _load_config(path, mtime_ns)
-
-
-# ---------------------------------------------------------------------------
-# Text extraction and chunking
-
-
-class _HTMLText(HTMLParser):
-    """Collects visible text; block tags become paragraph breaks and h1-h6 markdown headings."""
-
-    _BLOCKS = frozenset(
-        {
-            "address",
-            "article",
-            "aside",
-            "blockquote",
-            "dd",
-            "div",
-            "dl",
-            "dt",
-            "fieldset",
-            "figcaption",
-            "figure",
-            "footer",
-            "form",
-            "header",
-            "hr",
-            "li",
-            "main",
-            "nav",
-            "ol",
-            "p",
-            "pre",
-            "section",
-            "table",
-            "td",
-            "th",
-            "tr",
-            "ul",
-        }
-    )
-    _HIDDEN = frozenset({"script", "style", "template", "noscript", "head"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._hidden = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self._HIDDEN:
-            self._hidden += 1
-        elif tag in self._BLOCKS:
-            self.parts.append("\n\n")
-        elif tag == "br":
-            self.parts.append("\n")
-        elif len(tag) == 2 and tag[0] == "h" and tag[1] in "123456":
-            self.parts.append("\n\n" + "#" * int(tag[1]) + " ")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._HIDDEN:
-            self._hidden = max(0, self._hidden - 1)
-        elif tag in self._BLOCKS or (len(tag) == 2 and tag[0] == "h" and tag[1] in "123456"):
-            self.parts.append("\n\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._hidden:
-            self.parts.append(re.sub(r"\s+", " ", data))
-
-
-def extract_text(path: Path, data: bytes) -> str:
-    """The searchable text of a file; raises ``DocumentError`` for undecodable or malformed content."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DocumentError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    suffix = path.suffix.lower()
-    if suffix in (".html", ".htm"):
-        parser = _HTMLText()
-        parser.feed(text)
-        parser.close()
-        return "".join(parser.parts)
-    if suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DocumentError(f"line {number}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise DocumentError(f"line {number}: expected an object with a string 'text' field")
-            records.append(record["text"])
-        return "\n\n".join(records)
-    return text
-
-
-_ATX_HEADING = re.compile(r"^#{1,6}\s+\S")
-_UNDERLINE = re.compile(r"^([=\-~^\"'`#*+])\1{2,}\s*$")
-_FENCE = re.compile(r"^(```|~~~)")
-
-
-def _blocks(text: str) -> Iterator[tuple[str, bool]]:
-    """Yield ``(block, is_heading)``: markdown/RST headings and blank-line separated paragraphs."""
-    lines = text.splitlines()
-    paragraph: list[str] = []
-    in_fence = False
-    i = 0
-    while i < len(lines):
-        line = lines[i].rstrip()
-        nxt = lines[i + 1].rstrip() if i + 1 < len(lines) else ""
-        if _FENCE.match(line.lstrip()):
-            in_fence = not in_fence
-            paragraph.append(line)
-        elif in_fence:
-            paragraph.append(line)
-        elif _ATX_HEADING.match(line) or (line.strip() and not paragraph and _UNDERLINE.match(nxt)):
-            if paragraph:
-                yield "\n".join(paragraph).strip(), False
-                paragraph = []
-            yield line.strip(), True
-            i += 0 if _ATX_HEADING.match(line) else 1  # skip the underline
-        elif _UNDERLINE.match(line) or not line.strip():
-            # blank line, overline or rule: ends the paragraph
-            if paragraph:
-                yield "\n".join(paragraph).strip(), False
-                paragraph = []
-        else:
-            paragraph.append(line)
-        i += 1
-    if paragraph:
-        yield "\n".join(paragraph).strip(), False
-
-
-def _hard_split(text: str, size: int) -> Iterator[str]:
-    """Pieces of at most ``size`` chars, cut at the last space when there is one."""
-    while len(text) > size:
-        cut = text.rfind(" ", 0, size + 1)
-        cut = cut if cut > 0 else size
-        yield text[:cut]
-        text = text[cut:].lstrip()
-    if text:
-        yield text
-
-
-def _units(block: str, size: int) -> Iterator[tuple[str, str]]:
-    """Yield ``(separator_before, text)`` for each line/sentence of a block, none longer than ``size``."""
-    for line_no, line in enumerate(block.split("\n")):
-        for sentence_no, sentence in enumerate(re.split(r"(?<=[.!?])\s+", line.strip())):
-            sep = "\n\n" if line_no == sentence_no == 0 else ("\n" if sentence_no == 0 else " ")
-            for piece_no, piece in enumerate(_hard_split(sentence, size)):
-                yield (sep if piece_no == 0 else " "), piece
-
-
-def _tail(text: str, limit: int) -> str:
-    """The last ``limit`` chars of ``text`` starting at a word boundary (the overlap)."""
-    if limit <= 0:
-        return ""
-    if len(text) <= limit:
-        return text
-    tail = text[-limit:]
-    space = tail.find(" ")
-    return tail[space + 1 :] if space >= 0 else ""
-
-
-def chunk_text(text: str, size: int, overlap: int) -> list[str]:
-    """Split text into chunks of at most ``size`` chars.
-
-    A heading starts a new chunk so sections stay together; paragraphs are packed greedily and kept
-    whole when they fit, longer ones are split at lines and sentences; a chunk cut for size repeats
-    up to ``overlap`` chars of its predecessor so text spanning the cut stays findable.
-    """
-    chunks: list[str] = []
-    current = ""
-    heading_only = False  # consecutive headings stay together with the text that follows
-
-    def add(sep: str, unit: str) -> None:
-        nonlocal current
-        if not current:
-            current = unit
-        elif len(current) + len(sep) + len(unit) <= size:
-            current += sep + unit
-        else:
-            chunks.append(current)
-            tail = _tail(current, min(overlap, size - len(unit) - 1))
-            current = f"{tail} {unit}" if tail else unit
-
-    for block, is_heading in _blocks(text):
-        if not block:
-            continue
-        if is_heading:
-            heading = block[:size]
-            if current and heading_only and len(current) + 1 + len(heading) <= size:
-                current += "\n" + heading
-            else:
-                if current:
-                    chunks.append(current)
-                current = heading
-            heading_only = True
-            continue
-        if len(block) <= size:  # a paragraph that fits is never split
-            add("\n\n", block)
-        else:
-            for sep, unit in _units(block, size):
-                add(sep, unit)
-        heading_only = False
-    if current:
-        chunks.append(current)
-    return chunks
 
 
 def query_terms(query: str) -> list[str]:
@@ -491,9 +143,6 @@ def _rank(conn: sqlite3.Connection, terms: list[str], top_k: int) -> list[tuple[
     scores += conn.execute(_RANK_SQL, (f"{candidates} NOT {common}", -1, top_k)).fetchall()
     return sorted(scores, key=lambda item: item[1], reverse=True)[:top_k]
 
-
-# ---------------------------------------------------------------------------
-# Connections and the store
 
 _local = threading.local()
 
@@ -553,7 +202,7 @@ def _file_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
 
 
-class MemoryStore:
+class SqliteStore:
     """The memory of one component, as seen by one tenant (``None`` or ``""``: the shared store).
 
     Writes (``ingest``, ``delete``) go to the owner's own database; ``search`` reads the tenant's
@@ -562,8 +211,8 @@ class MemoryStore:
 
     def __init__(self, root: Path, component: str, tenant_id: str | None = None) -> None:
         self.root = Path(root)
-        self.component = _check_name("component", component)
-        self.tenant_id = _check_name("tenant", tenant_id) if tenant_id else None
+        self.component = check_name("component", component)
+        self.tenant_id = check_name("tenant", tenant_id) if tenant_id else None
         self.component_dir = self.root / "memory" / component
         self.config = load_config(self.component_dir)
 
@@ -573,6 +222,10 @@ class MemoryStore:
         if self.tenant_id is None:
             return self.component_dir / DB_NAME
         return self.component_dir / f"tenant_{self.tenant_id}" / DB_NAME
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     @property
     def search_paths(self) -> list[Path]:
@@ -597,7 +250,7 @@ class MemoryStore:
     def ingest(
         self,
         paths: Iterable[Path],
-        progress: Callable[[int, int, str], None] | None = None,
+        progress: Progress | None = None,
     ) -> IngestReport:
         """Add files and directories (recursively, hidden entries skipped) to the store.
 
@@ -608,7 +261,7 @@ class MemoryStore:
         """
         started = time.perf_counter()
         report = IngestReport()
-        files = self._collect(paths, report)
+        files = collect_files(paths, report)
         conn = _connection(self.path, create=True)
         assert conn is not None
         for done, file in enumerate(files, 1):
@@ -622,25 +275,6 @@ class MemoryStore:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _collect(self, paths: Iterable[Path], report: IngestReport) -> list[Path]:
-        files: list[Path] = []
-        for given in map(Path, paths):
-            if given.is_dir():
-                candidates = sorted(
-                    p
-                    for p in given.rglob("*")
-                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(given).parts)
-                )
-            elif given.is_file():
-                candidates = [given]
-            else:
-                raise MemoryStoreError(f"{given}: no such file or directory")
-            for candidate in candidates:
-                if candidate.suffix.lower() in SUPPORTED_SUFFIXES:
-                    files.append(candidate)
-                else:
-                    report.unsupported += 1
-        return files
 
     def _ingest_file(self, conn: sqlite3.Connection, file: Path, source: str, report: IngestReport) -> None:
         data = file.read_bytes()
@@ -752,17 +386,17 @@ class MemoryStore:
         )
 
 
-def list_stores(root: Path) -> list[MemoryStore]:
+def list_sqlite_stores(root: Path) -> list[SqliteStore]:
     """Every store with a database under ``root/memory``, shared before tenants, for ``ctx memory stats``."""
-    stores: list[MemoryStore] = []
+    stores: list[SqliteStore] = []
     base = Path(root) / "memory"
     if not base.is_dir():
         return stores
     for component_dir in sorted(p for p in base.iterdir() if p.is_dir() and is_safe_name(p.name)):
         if (component_dir / DB_NAME).is_file():
-            stores.append(MemoryStore(root, component_dir.name))
+            stores.append(SqliteStore(root, component_dir.name))
         for tenant_dir in sorted(component_dir.glob(f"tenant_*/{DB_NAME}")):
             tenant = tenant_dir.parent.name.removeprefix("tenant_")
             if is_safe_name(tenant):
-                stores.append(MemoryStore(root, component_dir.name, tenant))
+                stores.append(SqliteStore(root, component_dir.name, tenant))
     return stores

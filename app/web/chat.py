@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
-from app.auth import bind_tenant
 from app.errors import BadRequest
-from app.limits import check_payload
-from app.runtime import get_runtime
-from app.streaming import sse_response
-from app.validation import parse_chat_request
+from app.validation import check_payload, parse_chat_request
+from app.web import get_runtime
+from app.web.auth import bind_tenant
+from app.web.sse import sse_response
 
 bp = Blueprint("chat", __name__, url_prefix="/api/v1")
 

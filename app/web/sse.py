@@ -16,7 +16,7 @@ from typing import Any
 from flask import Response
 
 from app.errors import ContexisError
-from app.huggingface import TokenStream
+from app.providers.base import TokenStream
 
 log = logging.getLogger(__name__)
 

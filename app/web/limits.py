@@ -1,8 +1,8 @@
-"""Request limits: rate limits per key or client address, and the shape of a chat request's payload.
+"""HTTP limits: rate limits per key or client address, body size, trusted proxies, JSON depth.
 
-The body's size is Flask's `MAX_CONTENT_LENGTH` (413, chunked bodies included);
-this module bounds what a body within that size may still cost: how deep and
-how large `data` is and how long its strings and `query` are.
+The body's size is Flask's `MAX_CONTENT_LENGTH` (413, chunked bodies included); what a
+body within that size may still cost (depth, items, string lengths) is
+`app.validation.check_payload`.
 """
 
 from __future__ import annotations
@@ -19,27 +19,13 @@ from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app.auth import audit_denied, client_identity
 from app.config import Settings
-from app.errors import ContexisError, error_response
-from app.validation import ChatRequest
+from app.errors import PayloadTooDeep
+from app.web.auth import audit_denied, client_identity
+from app.web.errors import error_response
 
 # Probes and scrapes must never be throttled: a limited /readyz would take a busy pod out of service.
 EXEMPT_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "prometheus_metrics"})
-
-
-class PayloadTooLarge(ContexisError):
-    """`data` holds too many values, or a string is longer than the runtime accepts."""
-
-    status = 413
-    code = "payload_too_large"
-
-
-class PayloadTooDeep(ContexisError):
-    """`data` nests deeper than templates need; deep nesting only costs the server."""
-
-    status = 400
-    code = "payload_too_deep"
 
 
 class _DepthSafeJSONProvider(DefaultJSONProvider):
@@ -50,33 +36,6 @@ class _DepthSafeJSONProvider(DefaultJSONProvider):
             return super().loads(s, **kwargs)
         except RecursionError:
             raise PayloadTooDeep("the body nests too deeply to be decoded") from None
-
-
-def check_payload(chat_request: ChatRequest, settings: Settings) -> None:
-    """Raise when `query` or `data` exceeds the configured depth, item count or string length."""
-    if len(chat_request.query) > settings.max_string_chars:
-        raise PayloadTooLarge(f"query: longer than CMP_MAX_STRING_CHARS={settings.max_string_chars} characters")
-    items = 0
-    # Iterative walk: a recursive one would let a deep payload exhaust the stack before the check fires.
-    stack: list[tuple[Any, str, int]] = [(chat_request.data, "data", 1)]
-    while stack:
-        value, where, depth = stack.pop()
-        if isinstance(value, str):
-            if len(value) > settings.max_string_chars:
-                raise PayloadTooLarge(f"{where}: longer than CMP_MAX_STRING_CHARS={settings.max_string_chars}")
-            continue
-        if not isinstance(value, dict | list):
-            continue
-        if depth > settings.max_data_depth:
-            raise PayloadTooDeep(f"{where}: data nests deeper than CMP_MAX_DATA_DEPTH={settings.max_data_depth}")
-        children = value.items() if isinstance(value, dict) else enumerate(value)
-        for name, child in children:
-            items += 1
-            if items > settings.max_data_items:
-                raise PayloadTooLarge(f"data: more than CMP_MAX_DATA_ITEMS={settings.max_data_items} values")
-            if isinstance(name, str) and len(name) > settings.max_string_chars:
-                raise PayloadTooLarge(f"{where}: a key is longer than CMP_MAX_STRING_CHARS={settings.max_string_chars}")
-            stack.append((child, f"{where}.{name}", depth + 1))
 
 
 def _bound_chunked_body() -> None:
@@ -99,7 +58,7 @@ def _bound_chunked_body() -> None:
 def init_limits(app: Flask, settings: Settings) -> None:
     """Trust `X-Forwarded-For` only for the configured proxy hops; rate-limit when `CMP_RATE_LIMIT` is set."""
     provider = _DepthSafeJSONProvider(app)
-    provider.sort_keys = app.json.sort_keys
+    provider.sort_keys = app.json.sort_keys  # type: ignore[attr-defined]
     app.json = provider
     app.before_request(_bound_chunked_body)
     if settings.trusted_proxies:

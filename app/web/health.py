@@ -6,7 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from flask import Blueprint, jsonify
 
-from app.runtime import get_runtime
+from app.web import get_runtime
 
 bp = Blueprint("health", __name__)
 

@@ -14,11 +14,11 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from app.auth import SCOPE_CHAT, SCOPE_METRICS
 from app.config import Settings
-from app.health import runtime_version
-from app.runtime import get_runtime
+from app.keys import SCOPE_CHAT, SCOPE_METRICS
 from app.validation import CHAT_REQUEST_SCHEMA
+from app.web import get_runtime
+from app.web.health import runtime_version
 
 bp = Blueprint("openapi", __name__)
 

@@ -1,0 +1,32 @@
+"""Component memory: documents chunked, stored per owner and searched for the prompt.
+
+store.py     the `MemoryStore` interface and the types every backend returns
+sqlite.py    the embedded backend (FTS5, BM25)
+config.py    `memory_config.yaml`
+extract.py   a document's searchable text
+chunking.py  text into chunks
+
+`open_store` and `list_stores` pick the backend; nothing above this package names one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.memory.store import IngestReport, MemoryStore, SearchResult, StoreStats
+
+__all__ = ["IngestReport", "MemoryStore", "SearchResult", "StoreStats", "list_stores", "open_store"]
+
+
+def open_store(root: Path, component: str, tenant_id: str | None = None) -> MemoryStore:
+    """The store of `component` for `tenant_id` (None or "": the shared store) under the project `root`."""
+    from app.memory.sqlite import SqliteStore
+
+    return SqliteStore(root, component, tenant_id)
+
+
+def list_stores(root: Path) -> list[MemoryStore]:
+    """Every store that holds data, shared before tenants, for `ctx memory stats`."""
+    from app.memory.sqlite import list_sqlite_stores
+
+    return list(list_sqlite_stores(root))

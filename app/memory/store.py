@@ -1,0 +1,127 @@
+"""The memory store interface the runtime and the CLI use, and the types every backend returns.
+
+A backend (`sqlite` today) stores a component's chunks per owner (shared, or one
+tenant's) and searches the caller's own and the shared chunks, never another
+tenant's. `app.memory.open_store` picks the backend; nothing above this package names one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from app.errors import InvalidNameError, MemoryStoreError
+from app.memory.config import MemoryConfig
+from app.memory.extract import SUPPORTED_SUFFIXES
+from app.names import is_safe_name
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One ranked chunk; a higher score is a better match."""
+
+    id: str
+    content: str
+    score: float
+    source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The mapping templates and JSON answers use."""
+        return asdict(self)
+
+
+@dataclass
+class IngestReport:
+    """What one ``ingest()`` call did, for the command's summary line."""
+
+    ingested: int = 0
+    unchanged: int = 0
+    unsupported: int = 0
+    chunks_added: int = 0
+    chunks_removed: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Size of one store; ``db_bytes`` counts the database with its WAL file."""
+
+    component: str
+    tenant_id: str | None
+    path: Path
+    documents: int
+    chunks: int
+    source_bytes: int
+    db_bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {**asdict(self), "path": str(self.path)}
+
+
+def check_name(kind: str, name: str) -> str:
+    """`name`, when it can safely become a path segment; `InvalidNameError` otherwise."""
+    if not is_safe_name(name):
+        raise InvalidNameError(f"{kind} {name!r} is not a valid name (1-128 of A-Z a-z 0-9 _ . -, not '.' or '..')")
+    return name
+
+
+def collect_files(paths: Iterable[Path], report: IngestReport) -> list[Path]:
+    """The supported files among `paths` (directories recursively, hidden entries skipped); others are counted."""
+    files: list[Path] = []
+    for given in map(Path, paths):
+        if given.is_dir():
+            candidates = sorted(
+                p
+                for p in given.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(given).parts)
+            )
+        elif given.is_file():
+            candidates = [given]
+        else:
+            raise MemoryStoreError(f"{given}: no such file or directory")
+        for candidate in candidates:
+            if candidate.suffix.lower() in SUPPORTED_SUFFIXES:
+                files.append(candidate)
+            else:
+                report.unsupported += 1
+    return files
+
+
+class MemoryStore(Protocol):
+    """One component's memory as one owner sees it: writes go to the owner's store; searches read its own
+    and the shared one."""
+
+    component: str
+    tenant_id: str | None
+    config: MemoryConfig
+
+    @property
+    def location(self) -> str:
+        """Where the owner's chunks live, for humans (a file, or a database without credentials)."""
+        ...
+
+    def ingest(self, paths: Iterable[Path], progress: Progress | None = None) -> IngestReport:
+        """Add files and directories; unchanged files are skipped, changed ones replaced, one transaction each."""
+        ...
+
+    def search(self, query: str, top_k: int | None = None) -> list[SearchResult]:
+        """The `top_k` best chunks for an untrusted query, best first; 0/None: the component's default."""
+        ...
+
+    def delete(self, source: str | None = None) -> int:
+        """Remove one document (by stored name or path) or, with None, all; the number of documents removed."""
+        ...
+
+    def stats(self) -> StoreStats:
+        """Documents, chunks and sizes of the owner's store."""
+        ...

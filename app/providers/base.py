@@ -1,0 +1,96 @@
+"""What every model provider offers the pipeline: the `Provider` protocol and the neutral types it speaks.
+
+The runtime, the web layer and the CLI know only these; a provider package
+(`app.providers.huggingface`) turns them into its own wire format and back.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling parameters sent with each call, taken from the context's guardrails."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.95
+
+    @classmethod
+    def from_guardrails(cls, guardrails: dict[str, Any] | None) -> GenerationParams:
+        guardrails = guardrails or {}
+        return cls(
+            max_new_tokens=guardrails.get("max_tokens", cls.max_new_tokens),
+            temperature=guardrails.get("temperature", cls.temperature),
+            top_p=guardrails.get("top_p", cls.top_p),
+        )
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens the endpoint reported; either count may be missing (TGI reports only generated tokens)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    def as_dict(self) -> dict[str, int]:
+        counts = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        return {name: value for name, value in counts.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A whole answer: the model's text and, when reported, its token usage."""
+
+    text: str
+    usage: Usage | None = None
+
+
+
+class TokenStream:
+    """A generation arriving piece by piece: iterate for text deltas; `usage` is set once they are all read.
+
+    The constructor waits for the first piece, so a failure before any text reaches the caller as an ordinary
+    `ProviderError` (a JSON error with its status, not a broken stream). `close()` closes the upstream connection:
+    a client that goes away stops the generation instead of leaving it running.
+    """
+
+    def __init__(self, pieces: Iterator[str | Usage], model: str | None) -> None:
+        self.model = model
+        self.usage: Usage | None = None
+        self._pieces = pieces
+        self._first = list(itertools.islice(pieces, 1))
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in itertools.chain(self._first, self._pieces):
+            if isinstance(piece, Usage):
+                self.usage = piece
+            else:
+                yield piece
+
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)
+        if close:
+            close()
+
+
+class Provider(Protocol):
+    """A text-generation backend: a whole answer, or one streamed piece by piece."""
+
+    model_id: str
+
+    def generate(self, prompt: str, params: GenerationParams, system: str = "") -> Generation:
+        """The model's whole answer to `prompt`; a `ProviderError` subclass saying what to fix otherwise."""
+        ...
+
+    def stream(self, prompt: str, params: GenerationParams, system: str = "") -> TokenStream:
+        """The answer as it is generated, once its first piece has arrived; `ProviderError` before that."""
+        ...
+
+    def close(self) -> None:
+        """Release the provider's connections."""
+        ...

@@ -1,0 +1,99 @@
+"""The Hugging Face provider: generation in the wire format `HF_API` picks, over the shared transport."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import requests
+from sseclient import SSEClient
+
+from app.config import Settings
+from app.observability import RuntimeMetrics
+from app.providers.base import Generation, GenerationParams, TokenStream, Usage
+from app.providers.huggingface.errors import HFError
+from app.providers.huggingface.telemetry import CallTelemetry, precreate_series
+from app.providers.huggingface.transport import Transport, decode
+from app.providers.huggingface.wire import WIRE_FORMATS
+
+
+class HuggingFaceClient:
+    """Calls the endpoint in the wire format `HF_API` picks; the endpoint, model and token come only from settings."""
+
+    def __init__(self, settings: Settings, metrics: RuntimeMetrics | None = None, pool_size: int | None = None) -> None:
+        self.settings = settings
+        self.model_id = settings.hf_model_id
+        self.wire = WIRE_FORMATS[settings.hf_wire_api](settings)
+        self.url = self.wire.url
+        self.metrics = metrics
+        self.transport = Transport(settings, self.url, self.model_id, pool_size)
+        if metrics:
+            precreate_series(metrics, self.model_id)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def _telemetry(self, params: GenerationParams) -> CallTelemetry:
+        return CallTelemetry(self.metrics, self.model_id, self.wire.operation, params)
+
+    def generate(self, prompt: str, params: GenerationParams, system: str = "") -> Generation:
+        """The model's whole answer to `prompt`, or an `HFError` subclass saying what to fix.
+
+        `system` (who the agent is) becomes the system message of a chat completion; the classic
+        route has no place for it, its rendered prompt already says it.
+        """
+        observed = self._telemetry(params)
+        try:
+            with observed.active(self.settings.hf_deadline):
+                payload = self.wire.payload(prompt, system, params, stream=False)
+                generation = self.wire.parse(self.transport.call(payload))
+            observed.succeeded(generation.usage)
+            return generation
+        except HFError as exc:
+            observed.failed(exc)
+            raise
+        finally:
+            observed.end()
+
+    def stream(self, prompt: str, params: GenerationParams, system: str = "") -> TokenStream:
+        """The model's answer as it is generated, once its first piece has arrived; `HFError` before that."""
+        observed = self._telemetry(params)
+        try:
+            with observed.active(self.settings.hf_deadline):
+                response = self.transport.post(self.wire.payload(prompt, system, params, stream=True), stream=True)
+        except HFError as exc:
+            observed.failed(exc)
+            observed.end()
+            raise
+        return TokenStream(self._pieces(response, observed), self.model_id)
+
+    def _pieces(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Usage]:
+        """Text deltas from the upstream's events as they arrive, then the usage if it was reported.
+
+        sseclient-py parses the events (multi-line data, comments, CRLF, events split across chunks) from
+        requests' chunks as they arrive (`chunk_size=None`: no waiting for a buffer to fill).
+        """
+        usage: Usage | None = None
+        try:
+            with self.transport.errors():
+                for event in SSEClient(response.iter_content(chunk_size=None)).events():
+                    if event.data == self.wire.done_marker:
+                        break
+                    data = None if event.event == "error" else decode(event.data)
+                    if data is None or (isinstance(data, dict) and "error" in data):
+                        raise self.transport.stream_error(event.data)
+                    piece = self.wire.parse_event(data)
+                    usage = piece.usage or usage
+                    if piece.text:
+                        observed.first_token()
+                        yield piece.text
+                    if piece.done:
+                        break
+            observed.succeeded(usage)
+            if usage:
+                yield usage
+        except HFError as exc:
+            observed.failed(exc)
+            raise
+        finally:
+            response.close()
+            observed.end()

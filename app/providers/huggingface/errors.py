@@ -1,0 +1,121 @@
+"""Every way a Hugging Face call fails, as a typed error with a hint the user can act on.
+
+One table says, per upstream status, which error it becomes and whether it is retried;
+the retry policy, the pre-created metric series and `transport.raise_for_status` all read it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from app.errors import ProviderError
+
+HINT_AUTH = "Verify HF_TOKEN scope and validity."
+HINT_MODEL = "Check HF_MODEL_ID spelling and access."
+HINT_TIMEOUT = "Raise HF_TIMEOUT, confirm the model is available, or try a smaller model."
+HINT_RATE = "The endpoint is rate limiting this token: slow down, retry later, or raise your plan's limits."
+HINT_UNAVAILABLE = (
+    "The model is loading or unavailable: retry shortly, confirm model availability, or try a smaller model."
+)
+HINT_CONNECTION = "Check HF_ENDPOINT and that the endpoint is reachable from the runtime."
+HINT_RESPONSE = (
+    "The endpoint answered something that is not a generation result: check HF_ENDPOINT, HF_API and HF_MODEL_ID."
+)
+HINT_REQUEST = "The endpoint rejected the generation parameters: check the context's guardrails."
+
+
+
+class HFError(ProviderError):
+    """A Hugging Face call failed; the message ends with the hint of its class."""
+
+    code = "hf_error"
+    hint = ""
+
+    def __init__(self, detail: str, *, metric_code: str, upstream_status: int | None = None) -> None:
+        super().__init__(f"{detail} {self.hint}".strip(), metric_code=metric_code, upstream_status=upstream_status)
+
+
+class HFUnauthorized(HFError):
+    code, hint = "hf_unauthorized", HINT_AUTH
+
+
+class HFForbidden(HFError):
+    code, hint = "hf_forbidden", HINT_AUTH
+
+
+class HFModelNotFound(HFError):
+    code, hint = "hf_model_not_found", HINT_MODEL
+
+
+class HFRateLimited(HFError):
+    code, hint = "hf_rate_limited", HINT_RATE
+
+
+class HFUnavailable(HFError):
+    code, hint = "hf_unavailable", HINT_UNAVAILABLE
+
+
+class HFBadRequest(HFError):
+    code, hint = "hf_bad_request", HINT_REQUEST
+
+
+class HFBadResponse(HFError):
+    code, hint = "hf_bad_response", HINT_RESPONSE
+
+
+class HFConnectionError(HFError):
+    code, hint = "hf_connection_error", HINT_CONNECTION
+
+
+class HFTimeout(HFError):
+    status, code, hint = 504, "hf_timeout", HINT_TIMEOUT
+
+
+# status → (error, retried). A status not listed is HFUnavailable when >= 500, HFBadResponse otherwise.
+STATUS_ERRORS: dict[int, tuple[type[HFError], bool]] = {
+    400: (HFBadRequest, False),
+    401: (HFUnauthorized, False),
+    403: (HFForbidden, False),
+    404: (HFModelNotFound, False),
+    422: (HFBadRequest, False),
+    429: (HFRateLimited, True),
+    500: (HFUnavailable, True),
+    502: (HFUnavailable, True),
+    503: (HFUnavailable, True),
+    504: (HFUnavailable, True),
+}
+# What `metric_code` holds when no status explains the failure.
+FAILURE_KINDS = ("timeout", "connection_error", "invalid_response", "stream_error")
+RETRY_STATUSES = frozenset(status for status, (_, retried) in STATUS_ERRORS.items() if retried)
+KNOWN_ERROR_CODES = (*(str(status) for status in STATUS_ERRORS), *FAILURE_KINDS)
+
+
+def error_class(status: int) -> type[HFError]:
+    """The error an upstream status becomes."""
+    known = STATUS_ERRORS.get(status)
+    if known:
+        return known[0]
+    return HFUnavailable if status >= 500 else HFBadResponse
+
+
+def bad_response(what: str) -> HFBadResponse:
+    """The endpoint answered, but not with what the wire format expects."""
+    return HFBadResponse(f"Hugging Face answered {what}.", metric_code="invalid_response")
+
+
+def error_text(body: bytes) -> str:
+    """The upstream's own explanation: `{"error": "...", "estimated_time"}`, OpenAI's `{"error": {"message"}}`, text."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        text = body.decode("utf-8", "replace").strip()
+        return text[:200] if text and not text.lstrip().startswith("<") else ""
+    if isinstance(data, dict) and data.get("error"):
+        error = data["error"]
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            error = error["message"]
+        message = error if isinstance(error, str) else str(error)
+        if isinstance(data.get("estimated_time"), (int, float)):
+            message += f" (estimated time {data['estimated_time']:.0f}s)"
+        return message[:300]
+    return ""

@@ -1,0 +1,248 @@
+"""The HTTP transport of every Hugging Face call: one session, retries inside a deadline, capped reads.
+
+One `requests.Session` per process and endpoint keeps connections alive; urllib3's
+`Retry` retries the statuses `errors.STATUS_ERRORS` marks, with exponential backoff
+and `Retry-After` honoured, inside one overall deadline. This module is the one
+place where an HTTP failure (refused, reset, stalled, an error status, a body too
+large or undecodable) becomes a typed `HFError` with its hint, as huggingface_hub's
+`hf_raise_for_status` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import DecodeError, MaxRetryError, NewConnectionError, ReadTimeoutError, ResponseError
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
+from urllib3.util.retry import Retry
+
+from app.config import Settings
+from app.providers.huggingface.errors import (
+    RETRY_STATUSES,
+    HFConnectionError,
+    HFError,
+    HFTimeout,
+    HFUnavailable,
+    bad_response,
+    error_class,
+    error_text,
+)
+
+# When the current call must give up; read by the retry policy of whichever thread runs it.
+_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("hf_deadline")
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Within the block, no retry is planned and no read goes on past `seconds` from now."""
+    token = _deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+class DeadlineRetry(Retry):
+    """urllib3's `Retry`, but no retry is planned that would wait past the call's deadline.
+
+    Giving up raises `MaxRetryError`, which with `raise_on_status=False` hands the
+    last upstream answer back, so its status and body still reach the user.
+    """
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        deadline_at = _deadline.get(None)
+        if deadline_at is not None:
+            wait = (response is not None and retry.get_retry_after(response)) or retry.get_backoff_time()
+            if time.monotonic() + wait >= deadline_at:
+                raise MaxRetryError(_pool, url, error or ResponseError("deadline reached")) from error
+        return retry
+
+
+class Transport:
+    """POSTs JSON to one endpoint for one model; answers are bodies or typed errors, never raw failures."""
+
+    def __init__(self, settings: Settings, url: str, model_id: str, pool_size: int | None = None) -> None:
+        self.settings = settings
+        self.url = url
+        self.model_id = model_id
+        self.pool_size = pool_size or settings.threads
+        self._session: requests.Session | None = None
+        self._session_lock = threading.Lock()
+
+    @property
+    def session(self) -> requests.Session:
+        """The process's session, made on first use so it is born in the worker, not the master."""
+        if self._session is None:
+            with self._session_lock:
+                if self._session is None:
+                    self._session = self._new_session()
+        return self._session
+
+    def _new_session(self) -> requests.Session:
+        retry = DeadlineRetry(
+            total=self.settings.hf_max_retries,
+            connect=self.settings.hf_max_retries,
+            read=0,  # a read timeout already spent HF_TIMEOUT: do not pay it again
+            status=self.settings.hf_max_retries,
+            other=0,
+            allowed_methods=None,  # inference is a POST without side effects: retrying it is safe
+            status_forcelist=RETRY_STATUSES,
+            backoff_factor=self.settings.hf_backoff_factor,
+            backoff_max=30,
+            respect_retry_after_header=True,
+            raise_on_status=False,
+        )
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=retry)
+        session = requests.Session()
+        # The URL never changes, so the environment's proxy and CA-bundle settings for it are read once
+        # here rather than on every call (a scan of os.environ per request); trust_env off also keeps a
+        # ~/.netrc from replacing the HF_TOKEN header.
+        environment = session.merge_environment_settings(self.url, {}, None, None, None)
+        session.trust_env = False
+        session.proxies.update(environment["proxies"])
+        session.verify = environment["verify"]
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.headers.update({"Authorization": f"Bearer {self.settings.hf_token}", "Accept": "application/json"})
+        return session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+    def call(self, payload: dict[str, Any]) -> Any:
+        """The decoded JSON of a successful, whole answer, read within HF_MAX_RESPONSE_BYTES and the deadline."""
+        return decode(self.read_body(self.post(payload, stream=True)))
+
+    def post(self, payload: dict[str, Any], *, stream: bool) -> requests.Response:
+        """POST `payload` (retried per the session's policy); a failure or error status becomes an `HFError`."""
+        with self.errors():
+            response = self.session.post(
+                self.url,
+                json=payload,
+                timeout=(self.settings.hf_connect_timeout, self.settings.hf_timeout),
+                stream=stream,
+            )
+            self.raise_for_status(response)
+        return response
+
+    def raise_for_status(self, response: requests.Response) -> None:
+        """An error status becomes its typed error, with the upstream's own explanation and the hint."""
+        status = response.status_code
+        if status < 400:
+            return
+        # The upstream's explanation is in the first bytes; a huge error page must not lose the status.
+        detail = f"Hugging Face returned {status} for model {self.model_id!r}"
+        upstream = error_text(self.read_body(response, truncate=True))
+        if upstream:
+            detail += f": {upstream}"
+        raise error_class(status)(self.scrub(detail) + ".", metric_code=str(status), upstream_status=status)
+
+    def stream_error(self, data: str) -> HFError:
+        """An error event (TGI's `{"error": ...}`, OpenAI's `{"error": {"message"}}`) after the stream began."""
+        detail = "Hugging Face failed during generation"
+        upstream = error_text(data.encode())
+        if upstream:
+            detail += f": {upstream}"
+        return HFUnavailable(self.scrub(detail) + ".", metric_code="stream_error")
+
+    def read_body(self, response: requests.Response, *, truncate: bool = False) -> bytes:
+        """The body, or the `HFError` for a connection that broke, stalled or sent what cannot be decoded."""
+        complete = False
+        try:
+            body = self._read_capped(response, truncate)
+            complete = True
+            return body
+        except ReadTimeoutError:
+            detail = f"Hugging Face stopped sending its answer for HF_TIMEOUT={self.settings.hf_timeout:g}s."
+            raise HFTimeout(detail, metric_code="timeout") from None
+        except DecodeError:
+            raise bad_response("with a body that cannot be decoded") from None
+        except Urllib3Error as exc:
+            detail = f"The connection to Hugging Face broke while reading its answer ({type(exc).__name__})."
+            raise HFConnectionError(detail, metric_code="connection_error") from None
+        finally:
+            if not complete or truncate:
+                response.close()  # a half-read connection must not go back to the pool
+
+    def _read_capped(self, response: requests.Response, truncate: bool) -> bytes:
+        """Read piece by piece: a huge answer stops at HF_MAX_RESPONSE_BYTES, a drip at HF_DEADLINE.
+
+        HF_TIMEOUT bounds each read, so a server sending a byte now and then never trips it; the call's
+        deadline, checked after every piece, does (at worst one HF_TIMEOUT late). With `truncate`, an
+        answer over the cap is cut there instead of failing.
+        """
+        cap = self.settings.hf_max_response_bytes
+        too_large = f"more than HF_MAX_RESPONSE_BYTES={cap} bytes"
+        declared = response.headers.get("Content-Length", "")
+        if not truncate and declared.isdigit() and int(declared) > cap:
+            raise bad_response(too_large)
+        deadline_at = _deadline.get(math.inf)
+        pieces: list[bytes] = []
+        size = 0
+        while piece := response.raw.read1(64 * 1024, decode_content=True):
+            pieces.append(piece)
+            size += len(piece)
+            if size > cap:
+                if truncate:
+                    return b"".join(pieces)[:cap]
+                raise bad_response(too_large)
+            if time.monotonic() > deadline_at:
+                detail = f"Hugging Face did not finish its answer within HF_DEADLINE={self.settings.hf_deadline:g}s."
+                raise HFTimeout(detail, metric_code="timeout")
+        return b"".join(pieces)
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn requests' failures (connecting, or reading the answer or a stream) into typed errors."""
+        try:
+            yield
+        except requests.RequestException as exc:
+            if _timed_out(exc):
+                detail = f"Hugging Face did not answer within HF_TIMEOUT={self.settings.hf_timeout:g}s."
+                raise HFTimeout(detail, metric_code="timeout") from None
+            detail = f"Could not reach the Hugging Face endpoint ({_reason(exc)})."
+            raise HFConnectionError(detail, metric_code="connection_error") from None
+
+    def scrub(self, text: str) -> str:
+        """Belt and braces: an upstream message must never echo the token back to a client."""
+        return text.replace(self.settings.hf_token, "***") if self.settings.hf_token else text
+
+
+def decode(body: bytes | str) -> Any:
+    """JSON from the endpoint; anything else is `hf_bad_response`."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise bad_response("with invalid JSON") from None
+
+
+def _cause(exc: requests.RequestException) -> BaseException:
+    """What urllib3 saw beneath requests' wrapper (retries exhausted wrap it in `MaxRetryError`)."""
+    cause = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
+    return getattr(cause, "reason", None) or cause
+
+
+def _timed_out(exc: requests.RequestException) -> bool:
+    # A read timeout whose retries are spent reaches us as a ConnectionError, not a Timeout;
+    # urllib3 makes a refused connection a kind of timeout, which it is not for the user.
+    cause = _cause(exc)
+    if isinstance(cause, NewConnectionError):
+        return False
+    return isinstance(exc, requests.Timeout) or isinstance(cause, TimeoutError | Urllib3Timeout)
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """The underlying cause's name (the exception's text holds the URL and is long)."""
+    return type(_cause(exc)).__name__

@@ -1,0 +1,153 @@
+"""The two wire formats of a generation call: how a request is shaped and how answers are read.
+
+`text-generation` is TGI's and the classic Inference API's; `chat-completion` is the
+OpenAI-compatible route of the router's `/v1`, Inference Endpoints, TGI, vLLM and
+llama.cpp. Retries, errors and telemetry are the same for both (`transport`, `telemetry`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.config import Settings
+from app.providers.base import Generation, GenerationParams, Usage
+from app.providers.huggingface.errors import bad_response
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """What one upstream server-sent event carries: a piece of text, usage, or the end of the generation."""
+
+    text: str = ""
+    usage: Usage | None = None
+    done: bool = False
+
+
+def _usage(prompt: Any, completion: Any) -> Usage | None:
+    """A `Usage` from whatever counts are integers; None when the endpoint reported none."""
+    usage = Usage(
+        prompt_tokens=prompt if isinstance(prompt, int) else None,
+        completion_tokens=completion if isinstance(completion, int) else None,
+    )
+    return usage if usage.as_dict() else None
+
+
+class WireFormat:
+    """How one API shapes a request and reads its answers; retries, errors and telemetry stay in the client."""
+
+    name = ""
+    operation = ""  # gen_ai.operation.name
+    done_marker: str | None = None  # a stream event's data that ends the stream without being JSON
+
+    def __init__(self, settings: Settings) -> None:
+        self.model_id = settings.hf_model_id
+        self.url = self._url(settings)
+
+    def _url(self, settings: Settings) -> str:
+        raise NotImplementedError
+
+    def payload(self, prompt: str, system: str, params: GenerationParams, stream: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def parse(self, data: Any) -> Generation:
+        raise NotImplementedError
+
+    def parse_event(self, data: Any) -> StreamEvent:
+        raise NotImplementedError
+
+
+class TextGeneration(WireFormat):
+    """`POST {HF_ENDPOINT}/{HF_MODEL_ID}` with `inputs` and `parameters`: the guide's classic route (and TGI's)."""
+
+    name, operation = "text-generation", "text_completion"
+
+    def _url(self, settings: Settings) -> str:
+        return f"{settings.hf_endpoint}/{settings.hf_model_id}"
+
+    def payload(self, prompt: str, system: str, params: GenerationParams, stream: bool) -> dict[str, Any]:
+        # The rendered prompt already carries the persona: the system message has no field here.
+        payload: dict[str, Any] = {
+            "inputs": prompt,
+            "parameters": {
+                "max_new_tokens": params.max_new_tokens,
+                "temperature": params.temperature,
+                "top_p": params.top_p,
+                "return_full_text": False,
+            },
+        }
+        if stream:
+            payload["stream"] = True
+        return payload
+
+    def parse(self, data: Any) -> Generation:
+        """`[{"generated_text"}]` or `{"generated_text"}`, with `details.generated_tokens` when TGI adds it."""
+        if isinstance(data, list) and data:
+            data = data[0]
+        if isinstance(data, dict) and isinstance(data.get("generated_text"), str):
+            return Generation(data["generated_text"], _tgi_usage(data))
+        raise bad_response("without a generated_text field")
+
+    def parse_event(self, data: Any) -> StreamEvent:
+        """TGI's `{"token": {"text", "special"}, "generated_text": null | "...", "details": ...}`."""
+        token = data.get("token") if isinstance(data, dict) else None
+        if not isinstance(token, dict) or not isinstance(token.get("text"), str):
+            raise bad_response("a stream event without token.text")
+        text = "" if token.get("special") else token["text"]
+        return StreamEvent(text=text, usage=_tgi_usage(data), done=data.get("generated_text") is not None)
+
+
+class ChatCompletion(WireFormat):
+    """`POST {HF_ENDPOINT}/chat/completions`, the OpenAI-compatible route; `HF_MODEL_ID` goes in the body as is."""
+
+    name, operation = "chat-completion", "chat"
+    done_marker = "[DONE]"
+
+    def _url(self, settings: Settings) -> str:
+        return f"{settings.hf_endpoint}/chat/completions"
+
+    def payload(self, prompt: str, system: str, params: GenerationParams, stream: bool) -> dict[str, Any]:
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        payload: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": messages,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
+        if stream:
+            # Without stream_options a streamed answer reports no usage at all.
+            payload.update(stream=True, stream_options={"include_usage": True})
+        return payload
+
+    def parse(self, data: Any) -> Generation:
+        try:
+            content = data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            content = None
+        if not isinstance(content, str):
+            raise bad_response("without choices[0].message.content")
+        return Generation(content, _openai_usage(data))
+
+    def parse_event(self, data: Any) -> StreamEvent:
+        """A chunk's `choices[0].delta.content`; the last chunk may carry only `usage`, with no choices."""
+        if not isinstance(data, dict) or not isinstance(data.get("choices", []), list):
+            raise bad_response("a stream event that is not a chat completion chunk")
+        choice = data["choices"][0] if data.get("choices") else {}
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        text = delta.get("content") if isinstance(delta, dict) else None
+        return StreamEvent(text=text if isinstance(text, str) else "", usage=_openai_usage(data))
+
+
+def _tgi_usage(data: dict[str, Any]) -> Usage | None:
+    details = data.get("details")
+    return _usage(None, details.get("generated_tokens")) if isinstance(details, dict) else None
+
+
+def _openai_usage(data: dict[str, Any]) -> Usage | None:
+    usage = data.get("usage")
+    return _usage(usage.get("prompt_tokens"), usage.get("completion_tokens")) if isinstance(usage, dict) else None
+
+
+WIRE_FORMATS: dict[str, type[WireFormat]] = {f.name: f for f in (TextGeneration, ChatCompletion)}

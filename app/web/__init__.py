@@ -1,0 +1,43 @@
+"""The HTTP layer: blueprints, SSE framing, auth and limit hooks, JSON errors, request telemetry.
+
+`init_web` wires it all into an app built by `app.create_app`; routes reach the
+pipeline through `get_runtime()`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flask import Flask, current_app
+
+from app.config import Settings
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+_RUNTIME = "contexis"
+
+
+def get_runtime() -> Runtime:
+    """The runtime of the application handling the current request."""
+    runtime: Runtime = current_app.extensions[_RUNTIME]
+    return runtime
+
+
+def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
+    """Errors, telemetry, limits, auth and routes, in the order their hooks must run."""
+    from app.web import chat, health, openapi
+    from app.web.auth import init_auth
+    from app.web.errors import register_error_handlers
+    from app.web.limits import init_limits
+    from app.web.telemetry import init_observability
+
+    app.extensions[_RUNTIME] = runtime
+    register_error_handlers(app)
+    init_observability(app, settings, runtime.metrics)
+    # The limiter counts before keys are enforced, so requests with no or a wrong key are limited too.
+    init_limits(app, settings)
+    init_auth(app, settings)
+    app.register_blueprint(chat.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)

@@ -1,0 +1,48 @@
+"""The HTTP side of observability: request ids, the JSON access line, HTTP metrics and Flask spans."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+from opentelemetry.instrumentation.flask import FlaskInstrumentor
+from prometheus_flask_exporter import PrometheusMetrics
+
+from app.config import Settings
+from app.observability import RuntimeMetrics, configure_tracing, tracing_enabled
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def init_observability(app: Flask, settings: Settings, metrics: RuntimeMetrics) -> None:
+    """Wire metrics, tracing and the per-request JSON log line into `app`."""
+    configure_tracing(settings)
+    if tracing_enabled():
+        FlaskInstrumentor().instrument_app(app, excluded_urls="healthz,readyz,metrics", enable_commenter=False)
+    PrometheusMetrics(app, registry=metrics.registry, group_by="url_rule")
+    access = logging.getLogger("contexis.access")
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.log_fields = {"tenant": None, "context": None, "component": None, "model": None}
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        request_id = g.get("request_id") or uuid.uuid4().hex
+        response.headers["X-Request-ID"] = request_id
+        fields = {
+            "request_id": request_id,
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+            **g.get("log_fields", {}),
+        }
+        access.info("request", extra={"fields": fields})
+        return response

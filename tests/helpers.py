@@ -1,0 +1,129 @@
+"""Helpers shared by the tests: constants, the guide's request, a served `ctx`, the CLI, metrics and SSE parsing.
+
+Fixtures live in `conftest.py`; everything else two test modules need lives here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+from guide import GUIDE_BODY
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "quickstart"
+TOKEN = "hf_SECRET_test_token_0123456789"
+MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+ENDPOINT = "https://hf.test/models"
+
+__all__ = ["ENDPOINT", "EXAMPLE", "GUIDE_BODY", "MODEL", "REPO", "TOKEN"]
+
+# API keys of the auth tests: one tenant-bound chat key, one metrics key, one key for any tenant.
+ACME_KEY = "ctx_live_ACME_secret_0123456789"
+METRICS_KEY = "ctx_live_METRICS_secret_0123456789"
+STAR_KEY = "ctx_live_STAR_secret_0123456789"
+ALL_KEYS = (ACME_KEY, METRICS_KEY, STAR_KEY)
+
+
+def sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+KEYS_JSON = json.dumps(
+    [
+        {"key_id": "acme-frontend", "hash": sha(ACME_KEY), "tenant_id": "acme", "scopes": ["chat:invoke"]},
+        {"key_id": "prometheus", "hash": sha(METRICS_KEY), "tenant_id": "acme", "scopes": ["metrics:read"]},
+        {"key_id": "operator", "hash": sha(STAR_KEY), "tenant_id": "*", "scopes": ["chat:invoke"]},
+    ]
+)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def chat(target: Any, body: dict[str, Any] | None = None, **extra: Any):
+    """POST a chat request (the guide's unless `body` is given, `extra` merged in) to an app or a test client."""
+    client = target.test_client() if isinstance(target, Flask) else target
+    return client.post("/api/v1/chat", json={**(GUIDE_BODY if body is None else body), **extra})
+
+
+def metric(app: Flask, name: str, **labels: str) -> float:
+    """A sample of the app's own registry; 0 when the series does not exist yet."""
+    return app.extensions["contexis"].metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def sse_events(body: Any) -> list[tuple[str, dict]]:
+    """(event name, decoded data) for each event of a `text/event-stream` body (bytes, text or a response)."""
+    raw = body.get_data() if hasattr(body, "get_data") else body
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    events = []
+    for block in text.split("\n\n"):
+        if block:
+            lines = dict(line.split(": ", 1) for line in block.split("\n"))
+            events.append((lines.get("event", "message"), json.loads(lines["data"])))
+    return events
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the runtime's own variables, plus `extra`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CMP_", "PROMETHEUS_"))}
+    return {**base, **extra}
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`python cli.py ARGS` as a user runs it, without the runtime's variables of this environment."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), *args],
+        env=clean_env(**(env or {})),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+class Server:
+    """`python cli.py serve` in a subprocess, stopped with SIGTERM like Kubernetes does."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "cli.py"), "serve", "--addr", f"127.0.0.1:{self.port}", *args],
+            env=clean_env(**(env or {})),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except (requests.ConnectionError, requests.Timeout):  # a worker still importing the app is slow
+                time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"server did not become ready:\n{self.proc.stdout.read() if self.proc.stdout else ''}")
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        output, _ = self.proc.communicate(timeout=40)
+        return self.proc.returncode, output
