@@ -1,22 +1,52 @@
-# Contexis runtime. `make serve` and `make test` each build .venv from setup.cfg when it is missing.
+# Contexis runtime. `make serve` and `make test` each build .venv from the lock when it is missing.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ADDR ?= :8000
 PROJECT ?= examples/quickstart
+# Locks (`make lock`, uv pip compile for Python 3.11 on Linux, with hashes): the runtime one is what
+# deploy/Dockerfile installs, the dev one (runtime + the dev extra, same versions) is what .venv holds.
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+# The pip that installs the locks, here and in deploy/Dockerfile (tests/test_lock.py keeps them equal).
+PIP_PIN := pip==26.3
+UV_COMPILE = $(BIN)/uv pip compile setup.cfg --quiet --generate-hashes --python-version 3.11 \
+	--python-platform linux --custom-compile-command 'make lock'
 
-.PHONY: install serve test lint e2e bench bench-tools bench-profile
+.PHONY: install serve test lint lock dist e2e bench bench-tools bench-profile
 
 include deploy/helm.mk
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml $(DEV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25'
-	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	$(BIN)/python -m pip install --quiet --upgrade '$(PIP_PIN)'
+	$(BIN)/python -m pip install --quiet --require-hashes --requirement $(DEV_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --editable .
+	$(BIN)/python -m pip check
 	touch $@
 
 install: $(STAMP)
+
+# Refresh both locks from setup.cfg to the newest releases it allows (`make lock UPGRADE=` keeps the
+# current pins where setup.cfg still allows them). The dev lock is constrained by the runtime one, so
+# the tests run on exactly what the image ships. uv comes at the version the dev lock pins, so this
+# works before .venv matches setup.cfg again.
+UPGRADE ?= --upgrade
+
+$(BIN)/uv:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$$(grep -m1 '^uv==' $(DEV_LOCK) | cut -d' ' -f1)"
+
+lock: $(BIN)/uv
+	$(UV_COMPILE) $(UPGRADE) --output-file $(LOCK)
+	$(UV_COMPILE) $(UPGRADE) --extra dev --constraint $(LOCK) --output-file $(DEV_LOCK)
+
+# sdist and wheel in dist/, checked by twine (tests/test_install.py serves from such a wheel).
+dist: install
+	rm -rf dist build
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 serve: install
 	$(BIN)/ctx memory ingest --root $(PROJECT) --component CustomerDocs $(PROJECT)/docs/CustomerDocs
