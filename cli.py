@@ -8,6 +8,7 @@ environment (Prometheus multiprocess mode) before they load.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -16,7 +17,9 @@ from pathlib import Path
 from app.config import Settings
 from app.errors import ContexisError, SettingsError
 
-DEFAULT_GUNICORN_CONFIG = Path(__file__).resolve().parent / "deploy" / "gunicorn.conf.py"
+# gunicorn's settings ship inside the package (not next to this file), so a source tree, an
+# installed wheel and the image serve alike; CMP_GUNICORN_CONFIG names a file that replaces them.
+DEFAULT_GUNICORN_CONFIG = "python:app.gunicorn_conf"
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -32,6 +35,13 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a missing parent package, or an empty name
+        return False
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """gunicorn with gthread workers, in-process; `--dev` runs Flask's reloader instead."""
     host, port = args.addr
@@ -43,7 +53,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from gunicorn.app.base import Application
 
-    config_file = Path(os.environ.get("CMP_GUNICORN_CONFIG") or DEFAULT_GUNICORN_CONFIG)
+    config = os.environ.get("CMP_GUNICORN_CONFIG") or DEFAULT_GUNICORN_CONFIG
+    # Serving without the configured settings would be another server (sync workers, one of them).
+    if config.startswith("python:"):
+        if not _module_exists(config.removeprefix("python:")):
+            return _fail(f"gunicorn config {config}: no such module", 2)
+    elif not Path(config.removeprefix("file:")).is_file():
+        return _fail(f"gunicorn config {config} (CMP_GUNICORN_CONFIG) does not exist", 2)
     overrides = {"bind": [f"{host}:{port}"], "workers": args.workers, "threads": args.threads}
 
     class Server(Application):
@@ -52,8 +68,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
         def load_config(self) -> None:
             # Precedence, as with the gunicorn command: config file < GUNICORN_CMD_ARGS < flags.
-            if config_file.is_file():
-                self.load_config_from_file(str(config_file))
+            self.load_config_from_module_name_or_filename(config)
             env_args = self.cfg.parser().parse_args(self.cfg.get_cmd_args_from_env())
             for key, value in vars(env_args).items():
                 if value is not None and key in self.cfg.settings and key != "config":

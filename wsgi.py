@@ -1,4 +1,4 @@
-"""WSGI entry point: `gunicorn -c deploy/gunicorn.conf.py wsgi:app`."""
+"""WSGI entry point: `gunicorn -c python:app.gunicorn_conf wsgi:app`."""
 
 from app import create_app
 

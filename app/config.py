@@ -114,7 +114,7 @@ class Settings:
     log_level: str = "INFO"
     service_name: str = "contexis-runtime"
     traces_exporter: str = "none"
-    threads: int = 128  # gunicorn threads per worker (deploy/gunicorn.conf.py), and model connections per worker
+    threads: int = 128  # gunicorn threads per worker (app/gunicorn_conf.py), and model connections per worker
     auth_enabled: bool = False
     api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
     rate_limit: str = ""

@@ -103,12 +103,13 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subp
 class Server:
     """`python cli.py serve` in a subprocess, stopped with SIGTERM like Kubernetes does."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "cli.py"), "serve", "--addr", f"127.0.0.1:{self.port}", *args],
             env=clean_env(**(env or {})),
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -7,9 +7,10 @@ import os
 import re
 import time
 
+import pytest
 import requests
 from fake_hf import FakeHF, Reply
-from helpers import EXAMPLE, GUIDE_BODY, MODEL, TOKEN, Server
+from helpers import EXAMPLE, GUIDE_BODY, MODEL, TOKEN, Server, free_port, run
 
 
 def test_guide_curl_against_real_gunicorn_then_clean_sigterm():
@@ -23,6 +24,36 @@ def test_guide_curl_against_real_gunicorn_then_clean_sigterm():
         code, output = server.stop()
     assert code == 0, output
     assert "gthread" in output
+
+
+def test_packaged_settings_apply_from_any_directory():
+    # gunicorn's settings are a module of the package (app/gunicorn_conf.py), not a file beside cli.py.
+    server = Server("--root", str(EXAMPLE), "--workers", "1", cwd="/")
+    code, output = server.stop()
+    assert code == 0, output
+    assert "Using worker: gthread" in output
+
+
+def test_cmp_gunicorn_config_file_replaces_the_packaged_settings(tmp_path):
+    config = tmp_path / "gunicorn_sync.py"
+    config.write_text('worker_class = "sync"\nworkers = 1\n')
+    server = Server("--root", str(EXAMPLE), env={"CMP_GUNICORN_CONFIG": str(config)})
+    try:
+        assert len(children(server.proc.pid)) == 1
+    finally:
+        code, output = server.stop()
+    assert code == 0, output
+    assert "Using worker: sync" in output
+
+
+@pytest.mark.parametrize("config", ["{tmp}/missing.conf.py", "file:{tmp}/missing.conf.py", "python:app.no_such_conf"])
+def test_a_configured_gunicorn_config_that_does_not_exist_is_a_startup_error(tmp_path, config):
+    config = config.format(tmp=tmp_path)
+    result = run("serve", "--root", str(EXAMPLE), "--addr", f"127.0.0.1:{free_port()}",
+                 env={"CMP_GUNICORN_CONFIG": config})  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"ctx: gunicorn config {config}")
+    assert "Starting gunicorn" not in result.stdout + result.stderr
 
 
 def test_model_text_and_hf_metrics_through_real_gunicorn():

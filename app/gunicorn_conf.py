@@ -1,5 +1,10 @@
 """gunicorn settings for the Contexis runtime, used by `ctx serve` and the container alike.
 
+It ships inside the `app` package, so a source tree, an installed wheel and the image
+serve with the same settings: `ctx serve` loads it as `python:app.gunicorn_conf`
+(`CMP_GUNICORN_CONFIG=/path/to/file.py` replaces it), and the bare gunicorn command
+takes it the same way: `gunicorn -c python:app.gunicorn_conf wsgi:app`.
+
 Values come from the usual variables so operators tune them without editing
 this file; `GUNICORN_CMD_ARGS` and `ctx serve` flags still override them.
 """
