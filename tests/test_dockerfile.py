@@ -8,99 +8,20 @@ from __future__ import annotations
 
 import json
 import posixpath
-import re
-import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import dockerfile_model
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILE = ROOT / "deploy" / "Dockerfile"
-DOCKERIGNORE = ROOT / ".dockerignore"
-
-
-@dataclass
-class Stage:
-    base: str
-    name: str | None
-    instructions: list[tuple[str, str]] = field(default_factory=list)
-
-    def all(self, keyword: str) -> list[str]:
-        return [args for kw, args in self.instructions if kw == keyword]
-
-    def env(self) -> dict[str, str]:
-        values: dict[str, str] = {}
-        for args in self.all("ENV"):
-            for pair in shlex.split(args):
-                key, _, value = pair.partition("=")
-                values[key] = value
-        return values
-
-
-def parse_dockerfile(text: str) -> list[Stage]:
-    """Instructions per build stage, with continuation lines joined and comments dropped."""
-    logical: list[str] = []
-    pending = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        logical.append(pending + line)
-        pending = ""
-    stages: list[Stage] = []
-    for line in logical:
-        keyword, _, args = line.partition(" ")
-        keyword, args = keyword.upper(), args.strip()
-        if keyword == "FROM":
-            words = args.split()
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(base=words[0], name=name))
-        else:
-            stages[-1].instructions.append((keyword, args))
-    return stages
-
-
-def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
-    """Docker's rule: the last pattern matching the path or one of its parents decides."""
-    parts = path.split("/")
-    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    excluded = False
-    for pattern in patterns:
-        negated = pattern.startswith("!")
-        regex = _dockerignore_regex(pattern.lstrip("!").strip("/"))
-        if any(regex.fullmatch(candidate) for candidate in candidates):
-            excluded = not negated
-    return excluded
-
-
-def _dockerignore_regex(pattern: str) -> re.Pattern[str]:
-    # `*` stays within one path segment; `**` spans any number of them.
-    out, i = "", 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out, i = out + "(?:.*/)?", i + 3
-        elif pattern.startswith("**", i):
-            out, i = out + ".*", i + 2
-        elif pattern[i] == "*":
-            out, i = out + "[^/]*", i + 1
-        elif pattern[i] == "?":
-            out, i = out + "[^/]", i + 1
-        else:
-            out, i = out + re.escape(pattern[i]), i + 1
-    return re.compile(out)
+from dockerfile_model import DOCKERFILE, ROOT, Stage, dockerignore_excludes
 
 
 @pytest.fixture(scope="module")
 def stages() -> list[Stage]:
-    return parse_dockerfile(DOCKERFILE.read_text())
+    return dockerfile_model.stages()
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +31,7 @@ def runtime(stages: list[Stage]) -> Stage:
 
 @pytest.fixture(scope="module")
 def ignore_patterns() -> list[str]:
-    lines = (line.strip() for line in DOCKERIGNORE.read_text().splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+    return dockerfile_model.ignore_patterns()
 
 
 def test_hadolint_passes() -> None:
@@ -134,6 +54,20 @@ def test_multi_stage_on_slim_python(stages: list[Stage], runtime: Stage) -> None
     assert not any("pip install" in run for run in runtime.all("RUN")), "runtime stage must not build"
 
 
+def test_build_upgrades_pip_first_then_installs_the_lock_then_the_service(stages: list[Stage]) -> None:
+    installs = [run for run in stages[0].all("RUN") if "pip install" in run]
+    # The base image's pip (24.0) only ever installs a newer pip, pinned like `make install`'s.
+    makefile = (ROOT / "Makefile").read_text()
+    pin = next(line.split(":=")[1].strip() for line in makefile.splitlines() if line.startswith("PIP_PIN"))
+    assert installs[0].split() == ["pip", "install", "--no-cache-dir", "--upgrade", pin]
+    assert "--require-hashes --requirement requirements.lock" in installs[1]
+    # The service itself adds nothing the lock did not choose.
+    assert installs[2].startswith("pip install --no-cache-dir --no-deps . ")
+    assert len(installs) == 3
+    copies = [copy.split() for copy in stages[0].all("COPY")]
+    assert copies[0] == ["requirements.lock", "./"], "the lock's layer must not depend on the sources"
+
+
 def test_runs_as_uid_1000(runtime: Stage) -> None:
     users = runtime.all("USER")
     assert users, "runtime stage never drops root"
@@ -150,32 +84,24 @@ def test_entrypoint_and_cmd_exact(runtime: Stage) -> None:
 def test_environment_for_read_only_root(runtime: Stage) -> None:
     env = runtime.env()
     assert env["PROMETHEUS_MULTIPROC_DIR"] == "/tmp/metrics"
-    assert env["CMP_GUNICORN_CONFIG"] == "/app/deploy/gunicorn.conf.py"
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert env["CMP_PROJECT_ROOT"] == "/srv/contexis/project"
     assert env["PATH"].startswith("/opt/venv/bin:")
+    # The installed package is the code that runs, gunicorn's settings included: no sources beside it.
+    assert "PYTHONPATH" not in env
+    assert "CMP_GUNICORN_CONFIG" not in env
 
 
-def test_sources_and_project_land_where_env_points(runtime: Stage) -> None:
-    env = runtime.env()
-    workdir = runtime.all("WORKDIR")[-1]
+def test_runtime_gets_the_venv_and_the_project_only(runtime: Stage) -> None:
     destinations: dict[str, str] = {}
     for copy in runtime.all("COPY"):
         words = copy.split()
         if words[0].startswith("--from="):
             continue
+        assert words[-1].startswith("/"), copy
         for source in words[:-1]:
-            destination = words[-1]
-            if not destination.startswith("/"):
-                destination = f"{workdir}/{destination}"
-            if destination.endswith("/") and not source.endswith("/"):
-                destination += Path(source).name
-            destinations[source] = posixpath.normpath(destination)
-    assert destinations["examples/quickstart/"] == env["CMP_PROJECT_ROOT"]
-    assert destinations["deploy/gunicorn.conf.py"] == env["CMP_GUNICORN_CONFIG"]
-    assert destinations["cli.py"] == "/app/cli.py"
-    assert destinations["wsgi.py"] == "/app/wsgi.py"
-    assert destinations["app/"] == "/app/app"
+            destinations[source] = posixpath.normpath(words[-1])
+    assert destinations == {"examples/quickstart/": runtime.env()["CMP_PROJECT_ROOT"]}
 
 
 def test_dockerignore_keeps_every_copied_source(stages: list[Stage], ignore_patterns: list[str]) -> None:
