@@ -46,7 +46,7 @@ ROUNDS = 3  # alternating rounds of the compared servers, per concurrency (measu
 MODEL_CONCURRENCY = 32
 SLOW_CLIENTS = 200
 SLOW_DELAY = 1.0
-# (workers, threads) of measurements 1 and 2, and the default of 3: deploy/gunicorn.conf.py's defaults
+# (workers, threads) of measurements 1 and 2, and the default of 3: app/gunicorn_conf.py's defaults
 # (WEB_CONCURRENCY, GUNICORN_THREADS) unless BENCH_SETTINGS says otherwise, e.g. "2x8".
 _workers, _threads = os.environ.get("BENCH_SETTINGS", "2x128").split("x")
 SETTINGS = (int(_workers), int(_threads))
@@ -165,7 +165,7 @@ def serving(server: Server, path: str = "/readyz", body: dict[str, Any] | None =
 
 
 def runtime(name: str, settings: tuple[int, int] | None, env: dict[str, str] | None = None) -> Server:
-    """`ctx serve --root examples/quickstart` with deploy/gunicorn.conf.py, as `make serve` runs it."""
+    """`ctx serve --root examples/quickstart` with app/gunicorn_conf.py, as `make serve` runs it."""
     port = free_port()
     argv = [str(BIN / "ctx"), "serve", "--root", str(EXAMPLE), "--addr", f"127.0.0.1:{port}"]
     if settings:
