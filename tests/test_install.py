@@ -23,7 +23,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ import dockerfile_model
 import pytest
 import requests
 from dockerfile_model import ROOT, Stage, dockerignore_excludes
-from guide import GUIDE_BODY
+from helpers import GUIDE_BODY, free_port
 
 pytestmark = pytest.mark.install
 
@@ -44,7 +43,7 @@ BASE_PYTHON = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{
 INSTALL_TIMEOUT = 600
 
 
-def clean_env(**extra: str) -> dict[str, str]:
+def outside_env(**extra: str) -> dict[str, str]:
     """The host environment without anything that would point a process at this checkout or its venv."""
     drop = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "WEB_CONCURRENCY")
     prefixes = ("HF_", "CMP_", "PROMETHEUS_", "GUNICORN_", "OTEL_", "PYTEST_")
@@ -72,12 +71,12 @@ def sh(command: str | list[str], *, cwd: Path | str, env: dict[str, str]) -> str
 def use_base_image_pip(venv: Path) -> None:
     """A new venv holds the pip its Python bundles: 24.0 in python:3.11-slim, maybe another here."""
     python = venv / "bin" / "python"
-    version = sh([str(python), "-m", "pip", "--version"], cwd="/", env=clean_env()).split()[1]
+    version = sh([str(python), "-m", "pip", "--version"], cwd="/", env=outside_env()).split()[1]
     if version != BASE_IMAGE_PIP:
-        env = {k: v for k, v in clean_env().items() if k != "PIP_NO_CACHE_DIR"}
+        env = {k: v for k, v in outside_env().items() if k != "PIP_NO_CACHE_DIR"}
         sh([str(python), "-m", "pip", "install", "--quiet", "--cache-dir", str(CACHE), f"pip=={BASE_IMAGE_PIP}"],
            cwd="/", env=env)  # fmt: skip
-    assert sh([str(python), "-m", "pip", "--version"], cwd="/", env=clean_env()).split()[1] == BASE_IMAGE_PIP
+    assert sh([str(python), "-m", "pip", "--version"], cwd="/", env=outside_env()).split()[1] == BASE_IMAGE_PIP
 
 
 def source_tree(destination: Path) -> Path:
@@ -143,7 +142,7 @@ def run_build_stage(stage: Stage, rootfs: Rootfs, project: Path | None = None) -
     for name in ("python", "python3"):
         if not (base_bin / name).exists():
             (base_bin / name).symlink_to(BASE_PYTHON)
-    env = clean_env(PATH=f"{base_bin}{os.pathsep}{clean_env()['PATH']}")
+    env = outside_env(PATH=f"{base_bin}{os.pathsep}{outside_env()['PATH']}")
     workdir = rootfs.path("/")
     workdir.mkdir(parents=True, exist_ok=True)
     runs: list[str] = []
@@ -176,7 +175,7 @@ def run_build_stage(stage: Stage, rootfs: Rootfs, project: Path | None = None) -
 
 def runtime_command(runtime: Stage, build: Stage, rootfs: Rootfs) -> tuple[list[str], dict[str, str], Path]:
     """The runtime stage's files, environment and command (ENTRYPOINT + CMD), on the same root."""
-    env = clean_env()
+    env = outside_env()
     workdir = rootfs.path("/")
     for keyword, args in runtime.instructions:
         if keyword == "ENV":
@@ -199,12 +198,6 @@ def runtime_command(runtime: Stage, build: Stage, rootfs: Rootfs) -> tuple[list[
     executable = shutil.which(entrypoint[0], path=env["PATH"])
     assert executable and executable.startswith(str(rootfs.root)), f"{entrypoint[0]} is not the installed one"
     return [executable, *entrypoint[1:], *cmd], env, workdir
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serve_and_check(command: list[str], *, env: dict[str, str], cwd: Path | str, metrics_dir: Path) -> str:
@@ -258,7 +251,7 @@ def serve_and_check(command: list[str], *, env: dict[str, str], cwd: Path | str,
 def assert_runs_installed_code(venv: Path) -> None:
     """From outside the repository, the code is the venv's: nothing of this checkout on the path."""
     out = sh([str(venv / "bin" / "python"), "-c", "import app, cli, app.gunicorn_conf as c; print(c.__file__)"],
-             cwd="/", env=clean_env(PROMETHEUS_MULTIPROC_DIR=str(venv.parent / "m")))  # fmt: skip
+             cwd="/", env=outside_env(PROMETHEUS_MULTIPROC_DIR=str(venv.parent / "m")))  # fmt: skip
     assert out.strip().startswith(str(venv)), out
 
 
@@ -280,11 +273,11 @@ def test_the_built_wheel_installed_the_same_way_serves_alike(tmp_path: Path) -> 
     dist = tmp_path / "dist"
     # As `make dist`: sdist and wheel (the wheel built from the sdist), then twine's check.
     sh([sys.executable, "-m", "build", "--outdir", str(dist), str(clone)], cwd=tmp_path,
-       env=clean_env(PIP_CACHE_DIR=str(CACHE)))  # fmt: skip
+       env=outside_env(PIP_CACHE_DIR=str(CACHE)))  # fmt: skip
     sdists, wheels = sorted(dist.glob("*.tar.gz")), sorted(dist.glob("*.whl"))
     assert len(sdists) == len(wheels) == 1
     twine = Path(sys.executable).with_name("twine")
-    sh([str(twine), "check", "--strict", *map(str, sdists + wheels)], cwd=tmp_path, env=clean_env())
+    sh([str(twine), "check", "--strict", *map(str, sdists + wheels)], cwd=tmp_path, env=outside_env())
     names = set(zipfile.ZipFile(wheels[0]).namelist())
     expected = {"cli.py", "wsgi.py", "app/gunicorn_conf.py"} | {
         path.relative_to(ROOT).as_posix() for path in (ROOT / "app").rglob("*.py")
@@ -307,14 +300,14 @@ def test_the_built_wheel_installed_the_same_way_serves_alike(tmp_path: Path) -> 
 def test_pip_install_dot_with_pip_24_then_serve_from_the_root_directory(tmp_path: Path) -> None:
     clone = source_tree(tmp_path / "clone")
     venv = tmp_path / "venv"
-    sh([str(BASE_PYTHON), "-m", "venv", str(venv)], cwd="/", env=clean_env())
+    sh([str(BASE_PYTHON), "-m", "venv", str(venv)], cwd="/", env=outside_env())
     use_base_image_pip(venv)
     # setup.cfg alone, resolved by pip 24.0 (no lock): the ranges must resolve with old pips too.
-    sh([str(venv / "bin" / "pip"), "install", "--cache-dir", str(CACHE), str(clone)], cwd="/", env=clean_env())
+    sh([str(venv / "bin" / "pip"), "install", "--cache-dir", str(CACHE), str(clone)], cwd="/", env=outside_env())
     assert_runs_installed_code(venv)
     serve_and_check(
         [str(venv / "bin" / "ctx"), "serve", "--root", str(clone / "examples" / "quickstart")],
-        env=clean_env(),
+        env=outside_env(),
         cwd="/",
         metrics_dir=tmp_path / "metrics",
     )
