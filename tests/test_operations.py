@@ -194,7 +194,7 @@ def test_every_alert_has_a_runbook_entry(rule_groups: list[dict[str, Any]]) -> N
         assert url.endswith("docs/operations.md"), url
         assert anchor == alert["alert"].lower(), anchor
         assert anchor in anchors, f"docs/operations.md has no section {alert['alert']}"
-        section = runbook.split(f"### {alert['alert']}", 1)[1].split("\n### ", 1)[0]
+        section = runbook.split(f"### {alert['alert']}\n", 1)[1].split("\n### ", 1)[0]
         for part in ("Means", "Confirm", "Do"):
             assert f"**{part}**" in section, f"{alert['alert']}: no **{part}** in its runbook entry"
         assert "```promql" in section, f"{alert['alert']}: no PromQL to confirm it"
