@@ -114,6 +114,46 @@ def measure(expr: str) -> str:
     return stripped
 
 
+# -- the metrics the kit adds to the runtime -------------------------------------------------------
+
+
+def test_failed_memory_searches_are_counted(settings) -> None:
+    from app import create_app
+
+    project = settings.project_root
+    store = Path(project) / "memory" / "CustomerDocs" / "tenant_broken" / "memory.db"
+    store.parent.mkdir(parents=True)
+    store.write_bytes(b"not a database" * 100)
+    app = create_app(settings)
+    client = app.test_client()
+    body = _chat("refund", tenant_id="broken", **MEMORY_CHAT)
+    assert client.post("/api/v1/chat", json=body).status_code == 500
+    (Path(project) / "memory" / "CustomerDocs" / "memory_config.yaml").write_text("top_k: lots\n")
+    assert client.post("/api/v1/chat", json={**body, "tenant_id": ""}).status_code == 500
+    registry = app.extensions["contexis"].metrics.registry
+    assert registry.get_sample_value("cmp_memory_search_errors_total", {"component": "CustomerDocs"}) == 2
+
+
+def test_process_tree_collector_reports_master_and_workers() -> None:
+    from app.observability import ProcessTreeCollector
+
+    def samples(multiprocess: bool) -> dict[str, dict[tuple[str, str], float]]:
+        found: dict[str, dict[tuple[str, str], float]] = {}
+        for family in ProcessTreeCollector(multiprocess).collect():
+            for sample in family.samples:
+                found.setdefault(sample.name, {})[(sample.labels["pid"], sample.labels["role"])] = sample.value
+        return found
+
+    alone = samples(False)
+    me = (str(os.getpid()), "main")
+    assert alone["cmp_process_resident_memory_bytes"][me] > 1e6
+    assert alone["cmp_process_cpu_seconds_total"][me] > 0
+    # Under a pre-fork server the parent is the master and this process one of its workers.
+    tree = samples(True)["cmp_process_resident_memory_bytes"]
+    assert (str(os.getppid()), "master") in tree
+    assert (str(os.getpid()), "worker") in tree
+
+
 # -- rules: promtool ----------------------------------------------------------------------------
 
 
