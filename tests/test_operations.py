@@ -196,6 +196,7 @@ def test_thresholds_and_labels_come_from_values(tmp_path: Path) -> None:
         "prometheusRule": {
             "enabled": True,
             "labels": {"release": "prom"},
+            "alertLabels": {"team": "ai-platform"},
             "runbookUrl": "https://runbooks.example.org/contexis.md",
             "selector": 'job="custom"',
             "thresholds": {"api5xxRatio": 0.2, "modelLatencyP95Seconds": 42},
@@ -211,6 +212,7 @@ def test_thresholds_and_labels_come_from_values(tmp_path: Path) -> None:
     assert alerts["ContexisTargetDown"]["expr"].startswith('up{job="custom"}')
     runbooks = {a["annotations"]["runbook_url"].partition("#")[0] for a in alerts.values()}
     assert runbooks == {"https://runbooks.example.org/contexis.md"}
+    assert all(a["labels"] == {"severity": a["labels"]["severity"], "team": "ai-platform"} for a in alerts.values())
     # Untouched thresholds keep their defaults (values are merged).
     assert alerts["ContexisModelTimeouts"]["expr"].rstrip().endswith("> 0.05")
 
