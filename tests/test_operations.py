@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,13 +32,13 @@ import pytest
 import requests
 import yaml
 from fake_hf import chat_events
+from helpers import EXAMPLE, REPO, clean_env, free_port, metric, run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 CHART = ROOT / "deploy" / "charts" / "contexis-app"
 DASHBOARD = CHART / "dashboards" / "contexis-runtime.json"
 RUNBOOK = ROOT / "docs" / "operations.md"
 PROMTOOL_TESTS = ROOT / "tests" / "prometheus" / "rules_test.yaml"
-EXAMPLE = ROOT / "examples" / "quickstart"
 RELEASE, NAMESPACE = "demo", "contexis"
 JOB = f"{RELEASE}-contexis-app"  # the job a ServiceMonitor gives the release's Service
 POD = f"{JOB}-0"
@@ -130,8 +129,7 @@ def test_failed_memory_searches_are_counted(settings) -> None:
     assert client.post("/api/v1/chat", json=body).status_code == 500
     (Path(project) / "memory" / "CustomerDocs" / "memory_config.yaml").write_text("top_k: lots\n")
     assert client.post("/api/v1/chat", json={**body, "tenant_id": ""}).status_code == 500
-    registry = app.extensions["contexis"].metrics.registry
-    assert registry.get_sample_value("cmp_memory_search_errors_total", {"component": "CustomerDocs"}) == 2
+    assert metric(app, "cmp_memory_search_errors_total", component="CustomerDocs") == 2
 
 
 def test_process_tree_collector_reports_master_and_workers() -> None:
@@ -296,12 +294,6 @@ def test_dashboard_config_map_for_the_grafana_sidecar() -> None:
 # -- a real Prometheus scraping a real `ctx serve` ------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ScriptedModel:
     """An OpenAI-compatible chat-completions endpoint whose answer the prompt picks.
 
@@ -395,11 +387,16 @@ def _project(tmp_path: Path) -> Path:
     """The quickstart with its documents ingested, and a tenant whose memory store is corrupt."""
     project = tmp_path / "project"
     shutil.copytree(EXAMPLE, project)
-    subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), "memory", "ingest", "--root", str(project),
-         "--component", "CustomerDocs", str(project / "docs" / "CustomerDocs")],
-        check=True, capture_output=True, env={k: v for k, v in os.environ.items() if not k.startswith("CMP_")},
-    )  # fmt: skip
+    ingest = run(
+        "memory",
+        "ingest",
+        "--root",
+        str(project),
+        "--component",
+        "CustomerDocs",
+        str(project / "docs" / "CustomerDocs"),
+    )
+    assert ingest.returncode == 0, ingest.stderr
     broken = project / "memory" / "CustomerDocs" / "tenant_broken" / "memory.db"
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"this is not an SQLite database" * 100)
@@ -441,7 +438,11 @@ def _load(base: str, project: Path, seconds: float, threads: int = 6) -> dict[tu
         while time.monotonic() < stop:
             method, path, body, expected = LOAD[i % len(LOAD)]
             i += 1
-            response = session.request(method, base + path, json=body, timeout=10)
+            try:
+                response = session.request(method, base + path, json=body, timeout=10)
+            except requests.RequestException as exc:
+                failures.append(f"{method} {path} {body}: {exc}")
+                return
             if expected is not None and response.status_code != expected:
                 failures.append(f"{method} {path} {body}: {response.status_code} {response.text[:200]}")
             with lock:
@@ -494,18 +495,19 @@ def live(tmp_path: Path, rules_file: Path):
     prometheus = _need(PROMETHEUS, "prometheus")
     project = _project(tmp_path)
     model = ScriptedModel()
-    app_port, prom_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CMP_", "PROMETHEUS_", "OTEL_"))}
-    env |= {
+    env = {
         "HF_TOKEN": "hf_dummy", "HF_MODEL_ID": MODEL, "HF_ENDPOINT": model.url + "/v1", "HF_MAX_RETRIES": "0",
         "HF_TIMEOUT": "0.3", "CMP_PROJECT_ROOT": str(project), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-        "CMP_LOG_LEVEL": "WARNING",
+        "OTEL_TRACES_EXPORTER": "none",
     }  # fmt: skip
+    # Not helpers.Server: its output is a pipe nobody reads during the load, and the memory failures' tracebacks
+    # would fill it and stall the server. The log goes to a file instead.
+    app_port, prom_port = free_port(), free_port()
     app_log = (tmp_path / "app.log").open("w")
     app = subprocess.Popen(
-        [sys.executable, str(ROOT / "cli.py"), "serve", "--addr", f"127.0.0.1:{app_port}", "--workers", "3",
+        [sys.executable, str(REPO / "cli.py"), "serve", "--addr", f"127.0.0.1:{app_port}", "--workers", "3",
          "--threads", "8"],
-        env=env, stdout=app_log, stderr=subprocess.STDOUT,
+        env=clean_env(**env), stdout=app_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
@@ -539,6 +541,7 @@ def live(tmp_path: Path, rules_file: Path):
         model.close()
         app_log.close()
         prom_log.close()
+    assert app.returncode == 0, (tmp_path / "app.log").read_text()[-3000:]
 
 
 def test_live_prometheus_sees_every_rule_alert_and_panel(live, rule_groups: list[dict[str, Any]]) -> None:
