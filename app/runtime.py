@@ -68,8 +68,12 @@ class Runtime:
         attributes: dict[str, AttributeValue] = {"memory.component": request.component, "memory.top_k": request.top_k}
         with _tracer.start_as_current_span("memory.search", attributes=attributes) as span:
             started = time.perf_counter()
-            store = open_store(self.settings.project_root, request.component, request.tenant_id or None)
-            results = store.search(request.query, request.top_k)
+            try:
+                store = open_store(self.settings.project_root, request.component, request.tenant_id or None)
+                results = store.search(request.query, request.top_k)
+            except Exception:
+                self.metrics.memory_search_errors.labels(component=request.component).inc()
+                raise
             self.metrics.memory_search.labels(component=request.component).observe(time.perf_counter() - started)
             span.set_attribute("memory.results", len(results))
         return results

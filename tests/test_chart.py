@@ -29,6 +29,7 @@ CORE_KINDS = {
     "Ingress",
     "HorizontalPodAutoscaler",
     "PodDisruptionBudget",
+    "ConfigMap",
 }
 
 # The guide's Helm values (docs: Hugging Face integration, "Kubernetes (Helm)").
@@ -56,6 +57,11 @@ VALUE_SETS = {
         "--set", "autoscaling.enabled=true",
         "--set", "serviceMonitor.enabled=true",
     ],
+    "operations": [
+        "--set", "serviceMonitor.enabled=true",
+        "--set", "prometheusRule.enabled=true",
+        "--set", "grafanaDashboard.enabled=true",
+    ],
 }  # fmt: skip
 EXPECTED_KINDS = {
     "defaults": {"Deployment", "Service", "Secret", "PodDisruptionBudget"},
@@ -68,6 +74,15 @@ EXPECTED_KINDS = {
         "Ingress",
         "HorizontalPodAutoscaler",
         "ServiceMonitor",
+    },
+    "operations": {
+        "Deployment",
+        "Service",
+        "Secret",
+        "PodDisruptionBudget",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
     },
 }
 
@@ -284,7 +299,14 @@ def test_probes_hit_health_endpoints_on_the_app_port() -> None:
 
 @pytest.mark.parametrize(
     "typo",
-    ["replicaCont=2", "secrets.HF_TOKN=x", "externalSecrets.refreshIntervall=1h", "ingress.hostname=x"],
+    [
+        "replicaCont=2",
+        "secrets.HF_TOKN=x",
+        "externalSecrets.refreshIntervall=1h",
+        "ingress.hostname=x",
+        "prometheusRule.thresholds.api5xxRatoi=0.1",
+        "grafanaDashboard.enabeld=true",
+    ],
 )
 @pytest.mark.parametrize("command", ["lint", "template"])
 def test_a_typo_in_values_fails(command: str, typo: str) -> None:
@@ -407,3 +429,45 @@ def test_tracing_off_without_an_endpoint() -> None:
     env = env_of(render())
     assert "OTEL_TRACES_EXPORTER" not in env
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
+
+
+def test_prometheus_rule_watches_what_the_service_monitor_scrapes() -> None:
+    docs = render(*VALUE_SETS["operations"], "--namespace", "prod", "--set", "prometheusRule.labels.release=prom")
+    rule = one(docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    groups = rule["spec"]["groups"]
+    assert len({group["name"] for group in groups}) == len(groups)
+    rules = [r for group in groups for r in group["rules"]]
+    assert all(("alert" in r) != ("record" in r) and r["expr"] for r in rules)
+    alerts = [r for r in rules if "alert" in r]
+    assert len(alerts) >= 13
+    for alert in alerts:
+        assert alert["labels"]["severity"] in {"warning", "critical"}
+        assert {"summary", "description", "runbook_url"} <= alert["annotations"].keys()
+        assert "docs/operations.md#" in alert["annotations"]["runbook_url"]
+    # Prometheus Operator names a ServiceMonitor's job after the Service: the rules select that job here.
+    service = one(docs, "Service")["metadata"]["name"]
+    selector = f'job="{service}",namespace="prod"'
+    raw = [r["expr"] for r in rules if "{" in r["expr"] and "contexis:" not in r["expr"].split("(")[-1]]
+    assert raw and all(selector in expr for expr in raw)
+
+
+def test_dashboard_config_map_carries_the_sidecar_label(tmp_path: Path) -> None:
+    docs = render(*VALUE_SETS["operations"])
+    config_map = one(docs, "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (key,) = config_map["data"]
+    assert key.endswith(".json")
+    # Another sidecar label: add it, and drop the default with null (Helm merges maps).
+    labels = {"dashboards": "contexis", "grafana_dashboard": None}
+    custom = {"grafanaDashboard": {"enabled": True, "labels": labels, "namespace": "monitoring"}}
+    config_map = one(render(*values_file(tmp_path, custom)), "ConfigMap")
+    assert config_map["metadata"]["labels"]["dashboards"] == "contexis"
+    assert "grafana_dashboard" not in config_map["metadata"]["labels"]
+    assert config_map["metadata"]["namespace"] == "monitoring"
+
+
+def test_operations_kit_off_by_default() -> None:
+    kinds = {doc["kind"] for doc in render()}
+    assert not kinds & {"PrometheusRule", "ConfigMap", "ServiceMonitor"}

@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
 
 from flask import Flask, Response, g, request
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter import PrometheusMetrics
 
 from app.config import Settings
-from app.observability import RuntimeMetrics, configure_tracing, tracing_enabled
+from app.observability import ProcessTreeCollector, RuntimeMetrics, configure_tracing, tracing_enabled
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+class _Exporter(PrometheusMetrics):
+    """prometheus-flask-exporter, whose multiprocess scrapes also carry the process tree's CPU and memory."""
+
+    def generate_metrics(self, accept_header=None, names=None):
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return super().generate_metrics(accept_header, names)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        registry.register(ProcessTreeCollector(multiprocess=True))
+        encoder, content_type = choose_encoder(accept_header)
+        return encoder(registry.restricted_registry(names) if names else registry).decode("utf-8"), content_type
 
 
 def init_observability(app: Flask, settings: Settings, metrics: RuntimeMetrics) -> None:
@@ -22,7 +39,7 @@ def init_observability(app: Flask, settings: Settings, metrics: RuntimeMetrics) 
     configure_tracing(settings)
     if tracing_enabled():
         FlaskInstrumentor().instrument_app(app, excluded_urls="healthz,readyz,metrics", enable_commenter=False)
-    PrometheusMetrics(app, registry=metrics.registry, group_by="url_rule")
+    _Exporter(app, registry=metrics.registry, group_by="url_rule")
     access = logging.getLogger("contexis.access")
 
     @app.before_request
