@@ -44,10 +44,15 @@ class Usage:
 
 @dataclass(frozen=True)
 class Generation:
-    """A whole answer: the model's text and, when reported, its token usage."""
+    """A whole answer: the model's text and, when reported, its token usage and the model that served it.
+
+    `model` is the endpoint's own name for what answered (the router reports the serving provider's id,
+    e.g. `llama-3.3-70b`), which can differ from the model id the call asked for.
+    """
 
     text: str
     usage: Usage | None = None
+    model: str | None = None
 
 
 
@@ -82,6 +87,7 @@ class Provider(Protocol):
     """A text-generation backend: a whole answer, or one streamed piece by piece."""
 
     model_id: str
+    url: str  # where the calls go, shown by /version and `ctx hf test-model`
 
     def generate(self, prompt: str, params: GenerationParams, system: str = "") -> Generation:
         """The model's whole answer to `prompt`; a `ProviderError` subclass saying what to fix otherwise."""

@@ -44,8 +44,8 @@ class HuggingFaceClient:
         observed = self._telemetry(params)
         try:
             with observed.active(self.settings.hf_deadline):
-                payload = self.wire.payload(prompt, system, params, stream=False)
-                generation = self.wire.parse(self.transport.call(payload))
+                response = self._send(prompt, system, params, stream=False)
+                generation = self.wire.parse(self.transport.read_json(response))
             observed.succeeded(generation.usage)
             return generation
         except HFError as exc:
@@ -59,12 +59,23 @@ class HuggingFaceClient:
         observed = self._telemetry(params)
         try:
             with observed.active(self.settings.hf_deadline):
-                response = self.transport.post(self.wire.payload(prompt, system, params, stream=True), stream=True)
+                response = self._send(prompt, system, params, stream=True)
         except HFError as exc:
             observed.failed(exc)
             observed.end()
             raise
         return TokenStream(self._pieces(response, observed), self.model_id)
+
+    def _send(self, prompt: str, system: str, params: GenerationParams, stream: bool) -> requests.Response:
+        """POST the call, read as it arrives; an answer the wire format learns from (parameters the model
+        does not take) is sent once more without them, and later calls never send them.
+        """
+        try:
+            return self.transport.post(self.wire.payload(prompt, system, params, stream))
+        except HFError as exc:
+            if not self.wire.learn(exc):
+                raise
+        return self.transport.post(self.wire.payload(prompt, system, params, stream))
 
     def _pieces(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Usage]:
         """Text deltas from the upstream's events as they arrive, then the usage if it was reported.
