@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from app.config import Settings
@@ -72,7 +73,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_hf_test_model(args: argparse.Namespace, settings: Settings) -> int:
-    """Send one prompt to the configured model and print its text (`--stream`: piece by piece, as it arrives)."""
+    """Send one prompt to the configured model and print its text (`--stream`: piece by piece, as it arrives).
+
+    stderr says where the call went, in which wire format, how long it took and which model the endpoint
+    says answered, so a user sees what the router made of HF_MODEL_ID.
+    """
     if not settings.hf_enabled:
         return _fail(f"set {' and '.join(settings.hf_missing)} to test the model", 2)
     from app.providers.base import GenerationParams
@@ -80,10 +85,15 @@ def cmd_hf_test_model(args: argparse.Namespace, settings: Settings) -> int:
 
     client = HuggingFaceClient(settings, pool_size=1)
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
+    print(f"ctx: POST {client.url} ({settings.hf_wire_api}, model {settings.hf_model_id})", file=sys.stderr)
+    started = time.perf_counter()
     printed = False
     try:
         if not args.stream:
-            print(client.generate(args.prompt, params).text)
+            generation = client.generate(args.prompt, params)
+            answered_by = generation.model or "not reported"
+            print(f"ctx: answered in {time.perf_counter() - started:.2f}s by model {answered_by}", file=sys.stderr)
+            print(generation.text)
             return 0
         stream = client.stream(args.prompt, params)
         try:
@@ -93,13 +103,37 @@ def cmd_hf_test_model(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             stream.close()
         print()
+        print(f"ctx: answered in {time.perf_counter() - started:.2f}s", file=sys.stderr)
         return 0
     except HFError as exc:
         if printed:
             print()  # end the partial answer's line before the error
-        return _fail(f"{exc.code}: {exc.message}", 1)
+        _fail(f"{exc.code}: {exc.message}", 1)
+        if exc.upstream_status in (400, 404):
+            _suggest_providers(settings)
+        return 1
     finally:
         client.close()
+
+
+def _suggest_providers(settings: Settings) -> None:
+    """After the router refused the model: which live providers serve it, from the Hub (best effort)."""
+    from app.providers.huggingface.hub import HubLookupError, is_router, live_providers
+
+    if not is_router(settings):
+        return
+    model = settings.hf_model_id.partition(":")[0]
+    try:
+        providers = live_providers(settings)
+    except HubLookupError as exc:
+        print(f"ctx: could not look up which Inference Providers serve {model}: {exc}", file=sys.stderr)
+        return
+    if not providers:
+        print(f"ctx: no Inference Provider serves {model} right now: pick another model", file=sys.stderr)
+        return
+    print(f"ctx: Inference Providers serving {model}:", file=sys.stderr)
+    for entry in providers:
+        print(f"ctx:   {entry.provider} ({entry.task}): try HF_MODEL_ID={model}:{entry.provider}", file=sys.stderr)
 
 
 def cmd_prompt_render(args: argparse.Namespace, settings: Settings) -> int:
@@ -263,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), 2)
     if args.root:
         settings = settings.replace(project_root=args.root)
+    if settings.hf_endpoint_warning and args.command in ("serve", "hf"):
+        print(f"ctx: warning: {settings.hf_endpoint_warning}", file=sys.stderr)
     try:
         return args.handler(args, settings)
     except ContexisError as exc:
