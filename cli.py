@@ -91,8 +91,7 @@ def cmd_hf_test_model(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if not args.stream:
             generation = client.generate(args.prompt, params)
-            answered_by = generation.model or "not reported"
-            print(f"ctx: answered in {time.perf_counter() - started:.2f}s by model {answered_by}", file=sys.stderr)
+            _answered(started, generation.model)
             print(generation.text)
             return 0
         stream = client.stream(args.prompt, params)
@@ -103,7 +102,7 @@ def cmd_hf_test_model(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             stream.close()
         print()
-        print(f"ctx: answered in {time.perf_counter() - started:.2f}s", file=sys.stderr)
+        _answered(started, stream.response_model)
         return 0
     except HFError as exc:
         if printed:
@@ -114,6 +113,10 @@ def cmd_hf_test_model(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     finally:
         client.close()
+
+
+def _answered(started: float, model: str | None) -> None:
+    print(f"ctx: answered in {time.perf_counter() - started:.2f}s by model {model or 'not reported'}", file=sys.stderr)
 
 
 def _suggest_providers(settings: Settings) -> None:

@@ -13,7 +13,7 @@ import os
 import pytest
 import requests
 import responses
-from fake_hf import FakeHF, Reply, Stream
+from fake_hf import FakeHF, Reply, Stream, chat_events
 from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN, Server, chat, free_port, metric, run
 
 import cli
@@ -338,3 +338,14 @@ def test_hf_error_keeps_the_upstream_explanation_for_callers():
             client.generate("hi", GenerationParams())
     assert raised.value.upstream_error.startswith("The following `model_kwargs`")
     assert len(fake.seen) == 1  # the chat route learns nothing from it: no retry
+
+
+def test_test_model_stream_reports_the_model_the_stream_names():
+    with FakeHF(Stream(chat_events(["Hel", "lo"]))) as fake:
+        env = {"HF_TOKEN": TOKEN, "HF_MODEL_ID": CURRENT_MODEL, "HF_ENDPOINT": f"{fake.url}/v1"}
+        result = run("hf", "test-model", "hi", "--stream", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Hello\n"
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"ctx: POST {fake.url}/v1/chat/completions (chat-completion, model {CURRENT_MODEL})"
+    assert lines[1].startswith("ctx: answered in ") and lines[1].endswith("s by model m")

@@ -57,23 +57,27 @@ class Generation:
 
 
 class TokenStream:
-    """A generation arriving piece by piece: iterate for text deltas; `usage` is set once they are all read.
+    """A generation arriving piece by piece: iterate for text deltas; `usage` and `response_model` (what the
+    endpoint reported, as `Generation` has them) are set once they are all read.
 
-    The constructor waits for the first piece, so a failure before any text reaches the caller as an ordinary
-    `ProviderError` (a JSON error with its status, not a broken stream). `close()` closes the upstream connection:
-    a client that goes away stops the generation instead of leaving it running.
+    `pieces` yields the text deltas, then at most one `Generation` whose text is empty, carrying what the
+    endpoint reported about the whole answer. The constructor waits for the first piece, so a failure before
+    any text reaches the caller as an ordinary `ProviderError` (a JSON error with its status, not a broken
+    stream). `close()` closes the upstream connection: a client that goes away stops the generation instead
+    of leaving it running.
     """
 
-    def __init__(self, pieces: Iterator[str | Usage], model: str | None) -> None:
+    def __init__(self, pieces: Iterator[str | Generation], model: str | None) -> None:
         self.model = model
         self.usage: Usage | None = None
+        self.response_model: str | None = None
         self._pieces = pieces
         self._first = list(itertools.islice(pieces, 1))
 
     def __iter__(self) -> Iterator[str]:
         for piece in itertools.chain(self._first, self._pieces):
-            if isinstance(piece, Usage):
-                self.usage = piece
+            if isinstance(piece, Generation):
+                self.usage, self.response_model = piece.usage, piece.model
             else:
                 yield piece
 

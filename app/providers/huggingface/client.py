@@ -77,13 +77,14 @@ class HuggingFaceClient:
                 raise
         return self.transport.post(self.wire.payload(prompt, system, params, stream))
 
-    def _pieces(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Usage]:
-        """Text deltas from the upstream's events as they arrive, then the usage if it was reported.
+    def _pieces(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Generation]:
+        """Text deltas from the upstream's events as they arrive, then what was reported of the whole answer.
 
         sseclient-py parses the events (multi-line data, comments, CRLF, events split across chunks) from
         requests' chunks as they arrive (`chunk_size=None`: no waiting for a buffer to fill).
         """
         usage: Usage | None = None
+        model: str | None = None
         try:
             with self.transport.errors():
                 for event in SSEClient(response.iter_content(chunk_size=None)).events():
@@ -93,15 +94,15 @@ class HuggingFaceClient:
                     if data is None or (isinstance(data, dict) and "error" in data):
                         raise self.transport.stream_error(event.data)
                     piece = self.wire.parse_event(data)
-                    usage = piece.usage or usage
+                    usage, model = piece.usage or usage, piece.model or model
                     if piece.text:
                         observed.first_token()
                         yield piece.text
                     if piece.done:
                         break
             observed.succeeded(usage)
-            if usage:
-                yield usage
+            if usage or model:
+                yield Generation("", usage, model)
         except HFError as exc:
             observed.failed(exc)
             raise

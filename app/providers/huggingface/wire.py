@@ -22,6 +22,7 @@ class StreamEvent:
     text: str = ""
     usage: Usage | None = None
     done: bool = False
+    model: str | None = None  # the model the endpoint says is answering
 
 
 def _usage(prompt: Any, completion: Any) -> Usage | None:
@@ -151,8 +152,7 @@ class ChatCompletion(WireFormat):
             content = None
         if not isinstance(content, str):
             raise bad_response("without choices[0].message.content")
-        model = data.get("model")
-        return Generation(content, _openai_usage(data), model if isinstance(model, str) else None)
+        return Generation(content, _openai_usage(data), _model(data))
 
     def parse_event(self, data: Any) -> StreamEvent:
         """A chunk's `choices[0].delta.content`; the last chunk may carry only `usage`, with no choices."""
@@ -161,7 +161,13 @@ class ChatCompletion(WireFormat):
         choice = data["choices"][0] if data.get("choices") else {}
         delta = choice.get("delta") if isinstance(choice, dict) else None
         text = delta.get("content") if isinstance(delta, dict) else None
-        return StreamEvent(text=text if isinstance(text, str) else "", usage=_openai_usage(data))
+        return StreamEvent(text=text if isinstance(text, str) else "", usage=_openai_usage(data), model=_model(data))
+
+
+def _model(data: dict[str, Any]) -> str | None:
+    """The OpenAI-style `model` of an answer: the router reports the serving provider's own id there."""
+    model = data.get("model")
+    return model if isinstance(model, str) and model else None
 
 
 def _tgi_usage(data: dict[str, Any]) -> Usage | None:
