@@ -136,7 +136,8 @@ def _suggest_providers(settings: Settings) -> None:
         return
     print(f"ctx: Inference Providers serving {model}:", file=sys.stderr)
     for entry in providers:
-        print(f"ctx:   {entry.provider} ({entry.task}): try HF_MODEL_ID={model}:{entry.provider}", file=sys.stderr)
+        served = f"{entry.task}, as {entry.provider_id}" if entry.provider_id else entry.task
+        print(f"ctx:   {entry.provider} ({served}): try HF_MODEL_ID={model}:{entry.provider}", file=sys.stderr)
 
 
 def cmd_prompt_render(args: argparse.Namespace, settings: Settings) -> int:

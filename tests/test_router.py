@@ -277,6 +277,7 @@ def test_a_refused_model_lists_the_live_providers_from_the_hub(monkeypatch, caps
     assert "ctx: hf_bad_request: Hugging Face returned 400" in err and "not supported by any provider" in err
     assert f"try HF_MODEL_ID={CURRENT_MODEL}:together" in err
     assert f"try HF_MODEL_ID={CURRENT_MODEL}:novita" in err
+    assert "ctx:   together (conversational, as " in err
     assert ":nscale" not in err.split("Inference Providers serving")[1]  # staging is not live
     request = hub.calls[0].request
     assert request.url == f"{HUB_MODEL}?expand=inferenceProviderMapping"

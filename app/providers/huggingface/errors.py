@@ -26,7 +26,10 @@ HINT_CONNECTION = "Check HF_ENDPOINT and that the endpoint is reachable from the
 HINT_RESPONSE = (
     "The endpoint answered something that is not a generation result: check HF_ENDPOINT, HF_API and HF_MODEL_ID."
 )
-HINT_REQUEST = "The endpoint rejected the generation parameters: check the context's guardrails."
+HINT_REQUEST = (
+    "The endpoint rejected the request: check the context's guardrails, and that a provider serves HF_MODEL_ID "
+    "(ctx hf test-model lists them)."
+)
 HINT_RETIRED = f"Hugging Face retired this endpoint: set HF_ENDPOINT={ROUTER_CHAT_ENDPOINT}."
 HINT_PAYMENT = (
     "The token's Inference Providers credits are spent: add credits or a plan at "

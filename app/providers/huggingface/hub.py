@@ -12,9 +12,9 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from app.config import Settings
+from app.config import ROUTER_CHAT_ENDPOINT, Settings
 
-ROUTER_HOST = "router.huggingface.co"
+ROUTER_HOST = urlsplit(ROUTER_CHAT_ENDPOINT).hostname
 LOOKUP_TIMEOUT = (3.05, 5.0)  # connect, read: a hint must not keep the user waiting
 
 

@@ -154,7 +154,7 @@ class Transport:
         if upstream:
             detail += f": {upstream}"
         raise error_class(status)(
-            self.scrub(detail) + ".",
+            self.scrub(detail).rstrip(".") + ".",
             metric_code=str(status),
             upstream_status=status,
             upstream_error=self.scrub(upstream),
