@@ -127,17 +127,19 @@ def _suggest_providers(settings: Settings) -> None:
         return
     model = settings.hf_model_id.partition(":")[0]
     try:
-        providers = live_providers(settings)
+        found = live_providers(settings)
     except HubLookupError as exc:
         print(f"ctx: could not look up which Inference Providers serve {model}: {exc}", file=sys.stderr)
         return
-    if not providers:
-        print(f"ctx: no Inference Provider serves {model} right now: pick another model", file=sys.stderr)
+    if found.id != model:
+        print(f"ctx: the Hub knows {model} as {found.id}", file=sys.stderr)
+    if not found.providers:
+        print(f"ctx: no Inference Provider serves {found.id} right now: pick another model", file=sys.stderr)
         return
-    print(f"ctx: Inference Providers serving {model}:", file=sys.stderr)
-    for entry in providers:
+    print(f"ctx: Inference Providers serving {found.id}:", file=sys.stderr)
+    for entry in found.providers:
         served = f"{entry.task}, as {entry.provider_id}" if entry.provider_id else entry.task
-        print(f"ctx:   {entry.provider} ({served}): try HF_MODEL_ID={model}:{entry.provider}", file=sys.stderr)
+        print(f"ctx:   {entry.provider} ({served}): try HF_MODEL_ID={found.id}:{entry.provider}", file=sys.stderr)
 
 
 def cmd_prompt_render(args: argparse.Namespace, settings: Settings) -> int:

@@ -285,6 +285,19 @@ def test_a_refused_model_lists_the_live_providers_from_the_hub(monkeypatch, caps
 
 
 @responses.activate
+def test_the_guides_renamed_model_is_suggested_under_its_current_id(monkeypatch, capsys, tmp_path):
+    responses.post(ROUTER_CHAT, status=400, json=NOT_SUPPORTED_BODY)
+    old = "https://huggingface.co/api/models/meta-llama/Meta-Llama-3.1-8B-Instruct"
+    responses.get(old, status=307, headers={"Location": f"{HUB_MODEL}?expand=inferenceProviderMapping"})
+    mapping = {"together": {"status": "live", "providerId": "x", "task": "conversational"}}
+    responses.get(HUB_MODEL, json={"id": CURRENT_MODEL, "inferenceProviderMapping": mapping})
+    code, _, err = ctx_test_model(monkeypatch, capsys, tmp_path, HF_MODEL_ID="meta-llama/Meta-Llama-3.1-8B-Instruct")
+    assert code == 1
+    assert f"ctx: the Hub knows meta-llama/Meta-Llama-3.1-8B-Instruct as {CURRENT_MODEL}" in err
+    assert f"try HF_MODEL_ID={CURRENT_MODEL}:together" in err
+
+
+@responses.activate
 @pytest.mark.parametrize("mapping", [{}, [], None])
 def test_a_model_no_provider_serves_says_so(monkeypatch, capsys, tmp_path, mapping):
     responses.post(ROUTER_CHAT, status=404, json={"error": "Model not found"})

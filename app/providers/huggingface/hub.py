@@ -37,7 +37,15 @@ def is_router(settings: Settings) -> bool:
     return (urlsplit(settings.hf_endpoint).hostname or "").lower() == ROUTER_HOST
 
 
-def live_providers(settings: Settings) -> list[ProviderMapping]:
+@dataclass(frozen=True)
+class HubModel:
+    """The Hub's current id for a model (a renamed repository redirects to it) and its live providers."""
+
+    id: str
+    providers: list[ProviderMapping]
+
+
+def live_providers(settings: Settings) -> HubModel:
     """The providers serving HF_MODEL_ID (without its `:provider` suffix) right now, or `HubLookupError`."""
     model = settings.hf_model_id.partition(":")[0]
     url = f"{settings.hf_hub_endpoint}/api/models/{quote(model, safe='/')}"
@@ -54,10 +62,12 @@ def live_providers(settings: Settings) -> list[ProviderMapping]:
     if response.status_code != 200:
         raise HubLookupError(f"the Hub answered {response.status_code}")
     try:
-        mapping = response.json().get("inferenceProviderMapping")
+        data = response.json()
+        mapping = data.get("inferenceProviderMapping")
     except (ValueError, AttributeError):
         raise HubLookupError("the Hub answered something that is not a model") from None
-    return [entry for entry in _entries(mapping) if entry.status == "live"]
+    current = data.get("id") if isinstance(data.get("id"), str) else model
+    return HubModel(current, [entry for entry in _entries(mapping) if entry.status == "live"])
 
 
 def _entries(mapping: Any) -> list[ProviderMapping]:
