@@ -55,19 +55,23 @@ class Generation:
     model: str | None = None
 
 
+@dataclass(frozen=True)
+class ServedBy:
+    """A late piece of a stream: the model the endpoint says answered (as `Generation.model`)."""
+
+    model: str
+
 
 class TokenStream:
-    """A generation arriving piece by piece: iterate for text deltas; `usage` and `response_model` (what the
-    endpoint reported, as `Generation` has them) are set once they are all read.
+    """A generation arriving piece by piece: iterate for text deltas; `usage` and `response_model` are set once
+    they are all read.
 
-    `pieces` yields the text deltas, then at most one `Generation` whose text is empty, carrying what the
-    endpoint reported about the whole answer. The constructor waits for the first piece, so a failure before
-    any text reaches the caller as an ordinary `ProviderError` (a JSON error with its status, not a broken
-    stream). `close()` closes the upstream connection: a client that goes away stops the generation instead
-    of leaving it running.
+    The constructor waits for the first piece, so a failure before any text reaches the caller as an ordinary
+    `ProviderError` (a JSON error with its status, not a broken stream). `close()` closes the upstream connection:
+    a client that goes away stops the generation instead of leaving it running.
     """
 
-    def __init__(self, pieces: Iterator[str | Generation], model: str | None) -> None:
+    def __init__(self, pieces: Iterator[str | Usage | ServedBy], model: str | None) -> None:
         self.model = model
         self.usage: Usage | None = None
         self.response_model: str | None = None
@@ -76,8 +80,10 @@ class TokenStream:
 
     def __iter__(self) -> Iterator[str]:
         for piece in itertools.chain(self._first, self._pieces):
-            if isinstance(piece, Generation):
-                self.usage, self.response_model = piece.usage, piece.model
+            if isinstance(piece, Usage):
+                self.usage = piece
+            elif isinstance(piece, ServedBy):
+                self.response_model = piece.model
             else:
                 yield piece
 

@@ -9,7 +9,7 @@ from sseclient import SSEClient
 
 from app.config import Settings
 from app.observability import RuntimeMetrics
-from app.providers.base import Generation, GenerationParams, TokenStream, Usage
+from app.providers.base import Generation, GenerationParams, ServedBy, TokenStream, Usage
 from app.providers.huggingface.errors import HFError
 from app.providers.huggingface.telemetry import CallTelemetry, precreate_series
 from app.providers.huggingface.transport import Transport, decode
@@ -77,8 +77,8 @@ class HuggingFaceClient:
                 raise
         return self.transport.post(self.wire.payload(prompt, system, params, stream))
 
-    def _pieces(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Generation]:
-        """Text deltas from the upstream's events as they arrive, then what was reported of the whole answer.
+    def _pieces(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Usage | ServedBy]:
+        """Text deltas from the upstream's events as they arrive, then the model and usage if they were reported.
 
         sseclient-py parses the events (multi-line data, comments, CRLF, events split across chunks) from
         requests' chunks as they arrive (`chunk_size=None`: no waiting for a buffer to fill).
@@ -101,8 +101,10 @@ class HuggingFaceClient:
                     if piece.done:
                         break
             observed.succeeded(usage)
-            if usage or model:
-                yield Generation("", usage, model)
+            if model:
+                yield ServedBy(model)
+            if usage:
+                yield usage
         except HFError as exc:
             observed.failed(exc)
             raise
