@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from app.config import Settings
@@ -87,7 +88,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_hf_test_model(args: argparse.Namespace, settings: Settings) -> int:
-    """Send one prompt to the configured model and print its text (`--stream`: piece by piece, as it arrives)."""
+    """Send one prompt to the configured model and print its text (`--stream`: piece by piece, as it arrives).
+
+    stderr says where the call went, in which wire format, how long it took and which model the endpoint
+    says answered, so a user sees what the router made of HF_MODEL_ID.
+    """
     if not settings.hf_enabled:
         return _fail(f"set {' and '.join(settings.hf_missing)} to test the model", 2)
     from app.providers.base import GenerationParams
@@ -95,10 +100,14 @@ def cmd_hf_test_model(args: argparse.Namespace, settings: Settings) -> int:
 
     client = HuggingFaceClient(settings, pool_size=1)
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
+    print(f"ctx: POST {client.url} ({settings.hf_wire_api}, model {settings.hf_model_id})", file=sys.stderr)
+    started = time.perf_counter()
     printed = False
     try:
         if not args.stream:
-            print(client.generate(args.prompt, params).text)
+            generation = client.generate(args.prompt, params)
+            _answered(started, generation.model)
+            print(generation.text)
             return 0
         stream = client.stream(args.prompt, params)
         try:
@@ -108,13 +117,44 @@ def cmd_hf_test_model(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             stream.close()
         print()
+        _answered(started, stream.response_model)
         return 0
     except HFError as exc:
         if printed:
             print()  # end the partial answer's line before the error
-        return _fail(f"{exc.code}: {exc.message}", 1)
+        _fail(f"{exc.code}: {exc.message}", 1)
+        if exc.upstream_status in (400, 404):
+            _suggest_providers(settings)
+        return 1
     finally:
         client.close()
+
+
+def _answered(started: float, model: str | None) -> None:
+    print(f"ctx: answered in {time.perf_counter() - started:.2f}s by model {model or 'not reported'}", file=sys.stderr)
+
+
+def _suggest_providers(settings: Settings) -> None:
+    """After the router refused the model: which live providers serve it, from the Hub (best effort)."""
+    from app.providers.huggingface.hub import HubLookupError, is_router, live_providers
+
+    if not is_router(settings):
+        return
+    model = settings.hf_model_id.partition(":")[0]
+    try:
+        found = live_providers(settings)
+    except HubLookupError as exc:
+        print(f"ctx: could not look up which Inference Providers serve {model}: {exc}", file=sys.stderr)
+        return
+    if found.id != model:
+        print(f"ctx: the Hub knows {model} as {found.id}", file=sys.stderr)
+    if not found.providers:
+        print(f"ctx: no Inference Provider serves {found.id} right now: pick another model", file=sys.stderr)
+        return
+    print(f"ctx: Inference Providers serving {found.id}:", file=sys.stderr)
+    for entry in found.providers:
+        served = f"{entry.task}, as {entry.provider_id}" if entry.provider_id else entry.task
+        print(f"ctx:   {entry.provider} ({served}): try HF_MODEL_ID={found.id}:{entry.provider}", file=sys.stderr)
 
 
 def cmd_prompt_render(args: argparse.Namespace, settings: Settings) -> int:
@@ -278,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), 2)
     if args.root:
         settings = settings.replace(project_root=args.root)
+    if settings.hf_endpoint_warning and args.command in ("serve", "hf"):
+        print(f"ctx: warning: {settings.hf_endpoint_warning}", file=sys.stderr)
     try:
         return args.handler(args, settings)
     except ContexisError as exc:

@@ -7,6 +7,8 @@ can set `PROMETHEUS_MULTIPROC_DIR` before prometheus_client is first imported.
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask
 
 from app.config import Settings
@@ -18,8 +20,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.runtime import Runtime
     from app.web import init_web
 
+    from_environment = settings is None
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
+    if from_environment and settings.hf_endpoint_warning:
+        # `gunicorn wsgi:app` reads the environment here; `ctx` has already warned before passing its settings.
+        logging.getLogger(__name__).warning(settings.hf_endpoint_warning)
     app = Flask(__name__, static_folder=None)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, SETTINGS=settings)
     app.json.sort_keys = False  # type: ignore[attr-defined]

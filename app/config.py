@@ -13,14 +13,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
 from app.errors import SettingsError
 from app.keys import ApiKey, keys_from_file, keys_from_json, keys_from_tokens, unique_keys
 
-DEFAULT_HF_ENDPOINT = "https://api-inference.huggingface.co/models"
 HF_APIS = ("text-generation", "chat-completion", "auto")
+# All of Hugging Face's inference goes through the router: chat models on its OpenAI-compatible `/v1`,
+# the classic task route of the `hf-inference` provider under `/hf-inference/models`.
+ROUTER_CHAT_ENDPOINT = "https://router.huggingface.co/v1"
+ROUTER_CLASSIC_ENDPOINT = "https://router.huggingface.co/hf-inference/models"
+DEFAULT_HF_ENDPOINT = ROUTER_CHAT_ENDPOINT
+# The guide's default, retired by Hugging Face: it answers every call with 410 Gone.
+RETIRED_HF_HOST = "api-inference.huggingface.co"
+DEFAULT_HF_HUB_ENDPOINT = "https://huggingface.co"
 
 
 def _text(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -58,6 +66,21 @@ def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     if raw in {"0", "false", "no", "off"}:
         return False
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _hf_endpoint(env: Mapping[str, str], api: str) -> tuple[str, str]:
+    """(the endpoint to call, the retired one it replaces or ""): the router by default, never the retired host.
+
+    The retired host answers only 410 Gone, so a setting naming it (the guide's own default and
+    "optional override") is moved to the router route of the same wire format instead of failing.
+    """
+    router = ROUTER_CLASSIC_ENDPOINT if api == "text-generation" else ROUTER_CHAT_ENDPOINT
+    configured = _text(env, "HF_ENDPOINT").rstrip("/")
+    if not configured:
+        return router, ""
+    if (urlsplit(configured).hostname or "").lower() == RETIRED_HF_HOST:
+        return router, configured
+    return configured, ""
 
 
 def _api_keys(env: Mapping[str, str]) -> tuple[ApiKey, ...]:
@@ -104,7 +127,10 @@ class Settings:
     hf_token: str = field(default="", repr=False)
     hf_model_id: str = ""
     hf_endpoint: str = DEFAULT_HF_ENDPOINT
+    hf_endpoint_retired: str = ""  # the retired HF_ENDPOINT that hf_endpoint replaces, if one was set
     hf_api: str = "auto"
+    hf_bill_to: str = ""
+    hf_hub_endpoint: str = DEFAULT_HF_HUB_ENDPOINT
     hf_connect_timeout: float = 5.0
     hf_timeout: float = 60.0
     hf_deadline: float = 120.0
@@ -132,12 +158,17 @@ class Settings:
         if dotenv_path and os.path.isfile(dotenv_path):
             env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
         env.update(os.environ if environ is None else environ)
+        hf_api = _choice(env, "HF_API", HF_APIS, "auto")
+        hf_endpoint, hf_endpoint_retired = _hf_endpoint(env, hf_api)
         return cls(
             project_root=Path(_text(env, "CMP_PROJECT_ROOT", ".")),
             hf_token=_text(env, "HF_TOKEN"),
             hf_model_id=_text(env, "HF_MODEL_ID"),
-            hf_endpoint=_text(env, "HF_ENDPOINT", DEFAULT_HF_ENDPOINT).rstrip("/"),
-            hf_api=_choice(env, "HF_API", HF_APIS, "auto"),
+            hf_endpoint=hf_endpoint,
+            hf_endpoint_retired=hf_endpoint_retired,
+            hf_api=hf_api,
+            hf_bill_to=_text(env, "HF_BILL_TO"),
+            hf_hub_endpoint=_text(env, "HF_HUB_ENDPOINT", DEFAULT_HF_HUB_ENDPOINT).rstrip("/"),
             hf_connect_timeout=_number(env, "HF_CONNECT_TIMEOUT", 5.0, minimum=0.001),
             hf_timeout=_number(env, "HF_TIMEOUT", 60.0, minimum=0.001),
             hf_deadline=_number(env, "HF_DEADLINE", 120.0, minimum=0.001),
@@ -160,10 +191,18 @@ class Settings:
         ).checked()
 
     def checked(self) -> Settings:
-        """Reject combinations no single variable shows: auth switched on with no key to accept."""
+        """Reject combinations no single variable shows: auth with no key, a provider suffix the route ignores."""
         if self.auth_enabled and not self.api_keys:
             raise SettingsError(
                 "CMP_AUTH_ENABLED=true needs keys: set CMP_API_KEYS, CMP_API_TOKENS or CMP_API_KEYS_FILE"
+            )
+        if ":" in self.hf_model_id and self.hf_wire_api == "text-generation":
+            model, _, provider = self.hf_model_id.partition(":")
+            raise SettingsError(
+                f"HF_MODEL_ID={self.hf_model_id} picks an Inference Provider (':{provider}'), which only the "
+                f"chat-completion route understands; the text-generation route puts the model id in the URL path, "
+                f"where a provider suffix names no model. Use HF_MODEL_ID={model}, or "
+                f"HF_API=chat-completion with HF_ENDPOINT={ROUTER_CHAT_ENDPOINT}"
             )
         return self
 
@@ -182,6 +221,16 @@ class Settings:
         if self.hf_api != "auto":
             return self.hf_api
         return "chat-completion" if self.hf_endpoint.rstrip("/").endswith("/v1") else "text-generation"
+
+    @property
+    def hf_endpoint_warning(self) -> str:
+        """What to tell the user at startup when their HF_ENDPOINT names the retired host; "" otherwise."""
+        if not self.hf_endpoint_retired:
+            return ""
+        return (
+            f"HF_ENDPOINT={self.hf_endpoint_retired} is retired by Hugging Face (every call answers 410 Gone); "
+            f"using {self.hf_endpoint} instead. Set HF_ENDPOINT={self.hf_endpoint} to silence this warning."
+        )
 
     @property
     def hf_missing(self) -> list[str]:

@@ -121,8 +121,8 @@ class Server:
                     return
             except (requests.ConnectionError, requests.Timeout):  # a worker still importing the app is slow
                 time.sleep(0.1)
-        self.stop()
-        pytest.fail(f"server did not become ready:\n{self.proc.stdout.read() if self.proc.stdout else ''}")
+        _, output = self.stop()
+        pytest.fail(f"server did not become ready:\n{output}")
 
     def stop(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)

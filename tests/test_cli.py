@@ -56,8 +56,8 @@ def test_test_model_without_settings_exits_2_naming_what_is_missing(env, missing
 @pytest.mark.parametrize(
     ("status", "hint"),
     [
-        (401, "Verify HF_TOKEN scope and validity."),
-        (403, "Verify HF_TOKEN scope and validity."),
+        (401, 'Verify HF_TOKEN scope and validity; a fine-grained token needs the "Make calls to Inference Providers"'),
+        (403, 'Verify HF_TOKEN scope and validity; a fine-grained token needs the "Make calls to Inference Providers"'),
         (404, "Check HF_MODEL_ID spelling and access."),
     ],
 )

@@ -8,10 +8,15 @@ import pytest
 
 from app.config import DEFAULT_HF_ENDPOINT, Settings, SettingsError
 
+ROUTER_V1 = "https://router.huggingface.co/v1"
+ROUTER_CLASSIC = "https://router.huggingface.co/hf-inference/models"
 
-def test_defaults_follow_the_guide():
+
+def test_defaults_follow_the_guide_except_the_retired_endpoint():
     settings = Settings.from_env({}, dotenv_path=None)
-    assert settings.hf_endpoint == "https://api-inference.huggingface.co/models" == DEFAULT_HF_ENDPOINT
+    assert settings.hf_endpoint == ROUTER_V1 == DEFAULT_HF_ENDPOINT
+    assert settings.hf_wire_api == "chat-completion"
+    assert not settings.hf_endpoint_warning
     assert (settings.hf_timeout, settings.hf_connect_timeout, settings.hf_max_retries) == (60.0, 5.0, 2)
     assert settings.max_body_bytes == 1024 * 1024
     assert settings.project_root == Path(".")
@@ -22,6 +27,72 @@ def test_hf_is_enabled_only_with_token_and_model():
     assert not Settings.from_env({"HF_TOKEN": "t"}, dotenv_path=None).hf_enabled
     assert not Settings.from_env({"HF_MODEL_ID": "m"}, dotenv_path=None).hf_enabled
     assert Settings.from_env({"HF_TOKEN": "t", "HF_MODEL_ID": "m"}, dotenv_path=None).hf_enabled
+
+
+def test_text_generation_defaults_to_the_routers_classic_route():
+    settings = Settings.from_env({"HF_API": "text-generation"}, dotenv_path=None)
+    assert settings.hf_endpoint == ROUTER_CLASSIC
+    assert settings.hf_wire_api == "text-generation"
+
+
+@pytest.mark.parametrize(
+    "retired",
+    [
+        "https://api-inference.huggingface.co/models",
+        "https://api-inference.huggingface.co/models/",
+        "https://api-inference.huggingface.co",
+        "https://api-inference.huggingface.co/",
+        "HTTPS://API-INFERENCE.HUGGINGFACE.CO/models//",
+    ],
+)
+@pytest.mark.parametrize(
+    ("api", "moved", "wire"),
+    [
+        ("auto", ROUTER_V1, "chat-completion"),
+        ("chat-completion", ROUTER_V1, "chat-completion"),
+        ("text-generation", ROUTER_CLASSIC, "text-generation"),
+    ],
+)
+def test_the_retired_host_moves_to_the_router_with_a_warning_naming_both(retired, api, moved, wire):
+    settings = Settings.from_env({"HF_ENDPOINT": retired, "HF_API": api}, dotenv_path=None)
+    assert settings.hf_endpoint == moved
+    assert settings.hf_wire_api == wire
+    assert retired.rstrip("/") in settings.hf_endpoint_warning
+    assert f"using {moved} instead" in settings.hf_endpoint_warning
+
+
+def test_other_endpoints_are_kept_without_a_warning():
+    settings = Settings.from_env({"HF_ENDPOINT": "https://xyz.endpoints.huggingface.cloud/v1/"}, dotenv_path=None)
+    assert settings.hf_endpoint == "https://xyz.endpoints.huggingface.cloud/v1"
+    assert not settings.hf_endpoint_warning
+
+
+def test_bill_to_and_hub_endpoint():
+    settings = Settings.from_env({"HF_BILL_TO": "acme-corp", "HF_HUB_ENDPOINT": "http://hub.test/"}, dotenv_path=None)
+    assert (settings.hf_bill_to, settings.hf_hub_endpoint) == ("acme-corp", "http://hub.test")
+    assert Settings.from_env({}, dotenv_path=None).hf_hub_endpoint == "https://huggingface.co"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"HF_API": "text-generation"},
+        {"HF_ENDPOINT": "http://127.0.0.1:8080"},  # auto on a classic route is text-generation too
+        {"HF_ENDPOINT": "https://api-inference.huggingface.co/models", "HF_API": "text-generation"},
+    ],
+)
+def test_a_provider_suffix_on_the_text_generation_route_is_a_startup_error(env):
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({**env, "HF_MODEL_ID": "meta-llama/Llama-3.1-8B-Instruct:together"}, dotenv_path=None)
+    message = str(raised.value)
+    assert "':together'" in message and "only the chat-completion route" in message
+    assert "HF_MODEL_ID=meta-llama/Llama-3.1-8B-Instruct," in message
+
+
+@pytest.mark.parametrize("suffix", [":together", ":fastest", ":cheapest"])
+def test_a_provider_suffix_on_the_chat_route_is_fine(suffix):
+    model = f"meta-llama/Llama-3.1-8B-Instruct{suffix}"
+    assert Settings.from_env({"HF_MODEL_ID": model}, dotenv_path=None).hf_model_id == model
 
 
 def test_empty_endpoint_keeps_the_default_and_trailing_slash_is_dropped():

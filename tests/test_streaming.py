@@ -226,4 +226,4 @@ def test_cli_stream_failure_mid_stream_exits_1_after_the_partial_text():
         )
     assert result.returncode == 1
     assert result.stdout == "partial\n"
-    assert result.stderr.startswith("ctx: hf_unavailable: Hugging Face failed during generation: generation crashed.")
+    assert "\nctx: hf_unavailable: Hugging Face failed during generation: generation crashed." in result.stderr

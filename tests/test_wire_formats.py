@@ -51,13 +51,14 @@ def chat_app(hf_settings: Settings):
 @pytest.mark.parametrize(
     ("env", "api"),
     [
-        ({}, "text-generation"),
+        ({}, "chat-completion"),  # the default endpoint is the router's /v1
         ({"HF_ENDPOINT": "https://router.huggingface.co/v1"}, "chat-completion"),
         ({"HF_ENDPOINT": "http://127.0.0.1:8080/v1/"}, "chat-completion"),
         ({"HF_ENDPOINT": "http://127.0.0.1:8080/v1beta"}, "text-generation"),
         ({"HF_ENDPOINT": "http://127.0.0.1:8080/v1", "HF_API": "text-generation"}, "text-generation"),
         ({"HF_API": "Chat-Completion"}, "chat-completion"),
-        ({"HF_API": "auto"}, "text-generation"),
+        ({"HF_API": "auto"}, "chat-completion"),
+        ({"HF_ENDPOINT": "https://router.huggingface.co/hf-inference/models"}, "text-generation"),
     ],
 )
 def test_hf_api_auto_picks_chat_completion_for_a_v1_endpoint(env, api):

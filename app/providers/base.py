@@ -44,24 +44,37 @@ class Usage:
 
 @dataclass(frozen=True)
 class Generation:
-    """A whole answer: the model's text and, when reported, its token usage."""
+    """A whole answer: the model's text and, when reported, its token usage and the model that served it.
+
+    `model` is the endpoint's own name for what answered (the router reports the serving provider's id,
+    e.g. `llama-3.3-70b`), which can differ from the model id the call asked for.
+    """
 
     text: str
     usage: Usage | None = None
+    model: str | None = None
 
+
+@dataclass(frozen=True)
+class ServedBy:
+    """A late piece of a stream: the model the endpoint says answered (as `Generation.model`)."""
+
+    model: str
 
 
 class TokenStream:
-    """A generation arriving piece by piece: iterate for text deltas; `usage` is set once they are all read.
+    """A generation arriving piece by piece: iterate for text deltas; `usage` and `response_model` are set once
+    they are all read.
 
     The constructor waits for the first piece, so a failure before any text reaches the caller as an ordinary
     `ProviderError` (a JSON error with its status, not a broken stream). `close()` closes the upstream connection:
     a client that goes away stops the generation instead of leaving it running.
     """
 
-    def __init__(self, pieces: Iterator[str | Usage], model: str | None) -> None:
+    def __init__(self, pieces: Iterator[str | Usage | ServedBy], model: str | None) -> None:
         self.model = model
         self.usage: Usage | None = None
+        self.response_model: str | None = None
         self._pieces = pieces
         self._first = list(itertools.islice(pieces, 1))
 
@@ -69,6 +82,8 @@ class TokenStream:
         for piece in itertools.chain(self._first, self._pieces):
             if isinstance(piece, Usage):
                 self.usage = piece
+            elif isinstance(piece, ServedBy):
+                self.response_model = piece.model
             else:
                 yield piece
 
@@ -82,6 +97,7 @@ class Provider(Protocol):
     """A text-generation backend: a whole answer, or one streamed piece by piece."""
 
     model_id: str
+    url: str  # where the calls go, shown by /version and `ctx hf test-model`
 
     def generate(self, prompt: str, params: GenerationParams, system: str = "") -> Generation:
         """The model's whole answer to `prompt`; a `ProviderError` subclass saying what to fix otherwise."""

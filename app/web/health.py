@@ -35,11 +35,15 @@ def readyz():
 
 @bp.get("/version")
 def version_info():
-    """What is running; never the token."""
+    """What is running and where model calls go (the endpoint actually used, after a retired one moved); never
+    the token."""
     runtime = get_runtime()
+    provider = runtime.provider
     return jsonify(
         name="contexis-runtime",
         version=runtime_version(),
-        model=runtime.provider.model_id if runtime.provider else None,
-        hf_endpoint=runtime.settings.hf_endpoint if runtime.provider else None,
+        model=provider.model_id if provider else None,
+        hf_endpoint=runtime.settings.hf_endpoint if provider else None,
+        hf_api=runtime.settings.hf_wire_api if provider else None,
+        hf_url=provider.url if provider else None,
     )

@@ -187,12 +187,14 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                 "Version: what is running",
                 {
                     "type": "object",
-                    "required": ["name", "version", "model", "hf_endpoint"],
+                    "required": ["name", "version", "model", "hf_endpoint", "hf_api", "hf_url"],
                     "properties": {
                         "name": {"type": "string"},
                         "version": {"type": "string"},
                         "model": {"type": ["string", "null"]},
                         "hf_endpoint": {"type": ["string", "null"]},
+                        "hf_api": {"type": ["string", "null"], "enum": ["text-generation", "chat-completion", None]},
+                        "hf_url": {"type": ["string", "null"]},
                     },
                 },
             ),

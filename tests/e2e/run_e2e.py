@@ -127,6 +127,8 @@ def ctx(env: dict[str, str], *args: str) -> str:
         [sys.executable, str(REPO / "cli.py"), *args], env=env, capture_output=True, text=True, timeout=300
     )
     print(f"$ ctx {' '.join(args)}   (exit {result.returncode}, {time.monotonic() - started:.1f}s)")
+    if args[0] == "hf":
+        print(result.stderr, end="")  # test-model says where the call went and which model answered
     print(result.stdout, end="")
     check(result.returncode == 0, f"ctx {args[0]} failed: {result.stderr}")
     check(result.stdout.strip() != "", "ctx printed no text")

@@ -9,7 +9,7 @@ from sseclient import SSEClient
 
 from app.config import Settings
 from app.observability import RuntimeMetrics
-from app.providers.base import Generation, GenerationParams, TokenStream, Usage
+from app.providers.base import Generation, GenerationParams, ServedBy, TokenStream, Usage
 from app.providers.huggingface.errors import HFError
 from app.providers.huggingface.telemetry import CallTelemetry, precreate_series
 from app.providers.huggingface.transport import Transport, decode
@@ -44,8 +44,8 @@ class HuggingFaceClient:
         observed = self._telemetry(params)
         try:
             with observed.active(self.settings.hf_deadline):
-                payload = self.wire.payload(prompt, system, params, stream=False)
-                generation = self.wire.parse(self.transport.call(payload))
+                response = self._send(prompt, system, params, stream=False)
+                generation = self.wire.parse(self.transport.read_json(response))
             observed.succeeded(generation.usage)
             return generation
         except HFError as exc:
@@ -59,20 +59,32 @@ class HuggingFaceClient:
         observed = self._telemetry(params)
         try:
             with observed.active(self.settings.hf_deadline):
-                response = self.transport.post(self.wire.payload(prompt, system, params, stream=True), stream=True)
+                response = self._send(prompt, system, params, stream=True)
         except HFError as exc:
             observed.failed(exc)
             observed.end()
             raise
         return TokenStream(self._pieces(response, observed), self.model_id)
 
-    def _pieces(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Usage]:
-        """Text deltas from the upstream's events as they arrive, then the usage if it was reported.
+    def _send(self, prompt: str, system: str, params: GenerationParams, stream: bool) -> requests.Response:
+        """POST the call, read as it arrives; an answer the wire format learns from (parameters the model
+        does not take) is sent once more without them, and later calls never send them.
+        """
+        try:
+            return self.transport.post(self.wire.payload(prompt, system, params, stream))
+        except HFError as exc:
+            if not self.wire.learn(exc):
+                raise
+        return self.transport.post(self.wire.payload(prompt, system, params, stream))
+
+    def _pieces(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Usage | ServedBy]:
+        """Text deltas from the upstream's events as they arrive, then the model and usage if they were reported.
 
         sseclient-py parses the events (multi-line data, comments, CRLF, events split across chunks) from
         requests' chunks as they arrive (`chunk_size=None`: no waiting for a buffer to fill).
         """
         usage: Usage | None = None
+        model: str | None = None
         try:
             with self.transport.errors():
                 for event in SSEClient(response.iter_content(chunk_size=None)).events():
@@ -82,13 +94,15 @@ class HuggingFaceClient:
                     if data is None or (isinstance(data, dict) and "error" in data):
                         raise self.transport.stream_error(event.data)
                     piece = self.wire.parse_event(data)
-                    usage = piece.usage or usage
+                    usage, model = piece.usage or usage, piece.model or model
                     if piece.text:
                         observed.first_token()
                         yield piece.text
                     if piece.done:
                         break
             observed.succeeded(usage)
+            if model:
+                yield ServedBy(model)
             if usage:
                 yield usage
         except HFError as exc:

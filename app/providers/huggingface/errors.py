@@ -7,10 +7,15 @@ the retry policy, the pre-created metric series and `transport.raise_for_status`
 from __future__ import annotations
 
 import json
+import re
 
+from app.config import ROUTER_CHAT_ENDPOINT
 from app.errors import ProviderError
 
-HINT_AUTH = "Verify HF_TOKEN scope and validity."
+HINT_AUTH = (
+    "Verify HF_TOKEN scope and validity; a fine-grained token needs the "
+    '"Make calls to Inference Providers" permission.'
+)
 HINT_MODEL = "Check HF_MODEL_ID spelling and access."
 HINT_TIMEOUT = "Raise HF_TIMEOUT, confirm the model is available, or try a smaller model."
 HINT_RATE = "The endpoint is rate limiting this token: slow down, retry later, or raise your plan's limits."
@@ -21,7 +26,15 @@ HINT_CONNECTION = "Check HF_ENDPOINT and that the endpoint is reachable from the
 HINT_RESPONSE = (
     "The endpoint answered something that is not a generation result: check HF_ENDPOINT, HF_API and HF_MODEL_ID."
 )
-HINT_REQUEST = "The endpoint rejected the generation parameters: check the context's guardrails."
+HINT_REQUEST = (
+    "The endpoint rejected the request: check the context's guardrails, and that a provider serves HF_MODEL_ID "
+    "(ctx hf test-model lists them)."
+)
+HINT_RETIRED = f"Hugging Face retired this endpoint: set HF_ENDPOINT={ROUTER_CHAT_ENDPOINT}."
+HINT_PAYMENT = (
+    "The token's Inference Providers credits are spent: add credits or a plan at "
+    "https://huggingface.co/settings/billing, or bill an organisation with HF_BILL_TO."
+)
 
 
 
@@ -31,8 +44,11 @@ class HFError(ProviderError):
     code = "hf_error"
     hint = ""
 
-    def __init__(self, detail: str, *, metric_code: str, upstream_status: int | None = None) -> None:
+    def __init__(
+        self, detail: str, *, metric_code: str, upstream_status: int | None = None, upstream_error: str = ""
+    ) -> None:
         super().__init__(f"{detail} {self.hint}".strip(), metric_code=metric_code, upstream_status=upstream_status)
+        self.upstream_error = upstream_error  # the upstream's own explanation, for callers that can act on it
 
 
 class HFUnauthorized(HFError):
@@ -59,6 +75,14 @@ class HFBadRequest(HFError):
     code, hint = "hf_bad_request", HINT_REQUEST
 
 
+class HFPaymentRequired(HFError):
+    code, hint = "hf_payment_required", HINT_PAYMENT
+
+
+class HFEndpointRetired(HFError):
+    code, hint = "hf_endpoint_retired", HINT_RETIRED
+
+
 class HFBadResponse(HFError):
     code, hint = "hf_bad_response", HINT_RESPONSE
 
@@ -75,8 +99,10 @@ class HFTimeout(HFError):
 STATUS_ERRORS: dict[int, tuple[type[HFError], bool]] = {
     400: (HFBadRequest, False),
     401: (HFUnauthorized, False),
+    402: (HFPaymentRequired, False),
     403: (HFForbidden, False),
     404: (HFModelNotFound, False),
+    410: (HFEndpointRetired, False),
     422: (HFBadRequest, False),
     429: (HFRateLimited, True),
     500: (HFUnavailable, True),
@@ -119,3 +145,12 @@ def error_text(body: bytes) -> str:
             message += f" (estimated time {data['estimated_time']:.0f}s)"
         return message[:300]
     return ""
+
+
+_UNUSED_KWARGS = re.compile(r"The following `model_kwargs` are not used by the model: \[([^\]]*)\]")
+
+
+def unused_model_kwargs(upstream_error: str) -> frozenset[str]:
+    """The parameters a transformers-pipeline model rejects in its 400 ("`model_kwargs` are not used ..."), if any."""
+    found = _UNUSED_KWARGS.search(upstream_error)
+    return frozenset(re.findall(r"'([^']+)'", found.group(1))) if found else frozenset()

@@ -115,24 +115,30 @@ class Transport:
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers.update({"Authorization": f"Bearer {self.settings.hf_token}", "Accept": "application/json"})
+        if self.settings.hf_bill_to:
+            # Inference Providers bill this organisation instead of the token's owner.
+            session.headers["X-HF-Bill-To"] = self.settings.hf_bill_to
         return session
 
     def close(self) -> None:
         if self._session is not None:
             self._session.close()
 
-    def call(self, payload: dict[str, Any]) -> Any:
+    def read_json(self, response: requests.Response) -> Any:
         """The decoded JSON of a successful, whole answer, read within HF_MAX_RESPONSE_BYTES and the deadline."""
-        return decode(self.read_body(self.post(payload, stream=True)))
+        return decode(self.read_body(response))
 
-    def post(self, payload: dict[str, Any], *, stream: bool) -> requests.Response:
-        """POST `payload` (retried per the session's policy); a failure or error status becomes an `HFError`."""
+    def post(self, payload: dict[str, Any]) -> requests.Response:
+        """POST `payload` (retried per the session's policy); a failure or error status becomes an `HFError`.
+
+        The body is left unread: `read_json` reads it capped, a stream's reader piece by piece.
+        """
         with self.errors():
             response = self.session.post(
                 self.url,
                 json=payload,
                 timeout=(self.settings.hf_connect_timeout, self.settings.hf_timeout),
-                stream=stream,
+                stream=True,
             )
             self.raise_for_status(response)
         return response
@@ -147,7 +153,12 @@ class Transport:
         upstream = error_text(self.read_body(response, truncate=True))
         if upstream:
             detail += f": {upstream}"
-        raise error_class(status)(self.scrub(detail) + ".", metric_code=str(status), upstream_status=status)
+        raise error_class(status)(
+            self.scrub(detail).rstrip(".") + ".",
+            metric_code=str(status),
+            upstream_status=status,
+            upstream_error=self.scrub(upstream),
+        )
 
     def stream_error(self, data: str) -> HFError:
         """An error event (TGI's `{"error": ...}`, OpenAI's `{"error": {"message"}}`) after the stream began."""

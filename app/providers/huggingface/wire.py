@@ -12,7 +12,7 @@ from typing import Any
 
 from app.config import Settings
 from app.providers.base import Generation, GenerationParams, Usage
-from app.providers.huggingface.errors import bad_response
+from app.providers.huggingface.errors import HFError, bad_response, unused_model_kwargs
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class StreamEvent:
     text: str = ""
     usage: Usage | None = None
     done: bool = False
+    model: str | None = None  # the model the endpoint says is answering
 
 
 def _usage(prompt: Any, completion: Any) -> Usage | None:
@@ -56,29 +57,52 @@ class WireFormat:
     def parse_event(self, data: Any) -> StreamEvent:
         raise NotImplementedError
 
+    def learn(self, error: HFError) -> bool:
+        """Adapt the payload to what a failed call's answer explains; True when sending it again can now succeed."""
+        return False
+
+
+# What the classic route's `parameters` may hold; a model may reject some of them (`TextGeneration.learn`).
+_CLASSIC_PARAMETERS = frozenset({"max_new_tokens", "temperature", "top_p", "return_full_text"})
+
 
 class TextGeneration(WireFormat):
     """`POST {HF_ENDPOINT}/{HF_MODEL_ID}` with `inputs` and `parameters`: the guide's classic route (and TGI's)."""
 
     name, operation = "text-generation", "text_completion"
 
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        # Parameters this model's transformers pipeline said it does not take: never sent again by this process.
+        self.unused: frozenset[str] = frozenset()
+
     def _url(self, settings: Settings) -> str:
         return f"{settings.hf_endpoint}/{settings.hf_model_id}"
 
     def payload(self, prompt: str, system: str, params: GenerationParams, stream: bool) -> dict[str, Any]:
         # The rendered prompt already carries the persona: the system message has no field here.
+        parameters = {
+            "max_new_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "return_full_text": False,
+        }
         payload: dict[str, Any] = {
             "inputs": prompt,
-            "parameters": {
-                "max_new_tokens": params.max_new_tokens,
-                "temperature": params.temperature,
-                "top_p": params.top_p,
-                "return_full_text": False,
-            },
+            "parameters": {name: value for name, value in parameters.items() if name not in self.unused},
         }
         if stream:
             payload["stream"] = True
         return payload
+
+    def learn(self, error: HFError) -> bool:
+        """A model served by the transformers pipeline (not TGI) rejects, with a 400, the parameters it does not
+        take, naming them; they are dropped for good, and the call is worth sending again if it had any of them.
+        """
+        named = unused_model_kwargs(error.upstream_error) if error.upstream_status == 400 else frozenset()
+        was_sent = named & (_CLASSIC_PARAMETERS - self.unused)
+        self.unused |= named
+        return bool(was_sent)
 
     def parse(self, data: Any) -> Generation:
         """`[{"generated_text"}]` or `{"generated_text"}`, with `details.generated_tokens` when TGI adds it."""
@@ -128,7 +152,7 @@ class ChatCompletion(WireFormat):
             content = None
         if not isinstance(content, str):
             raise bad_response("without choices[0].message.content")
-        return Generation(content, _openai_usage(data))
+        return Generation(content, _openai_usage(data), _model(data))
 
     def parse_event(self, data: Any) -> StreamEvent:
         """A chunk's `choices[0].delta.content`; the last chunk may carry only `usage`, with no choices."""
@@ -137,7 +161,13 @@ class ChatCompletion(WireFormat):
         choice = data["choices"][0] if data.get("choices") else {}
         delta = choice.get("delta") if isinstance(choice, dict) else None
         text = delta.get("content") if isinstance(delta, dict) else None
-        return StreamEvent(text=text if isinstance(text, str) else "", usage=_openai_usage(data))
+        return StreamEvent(text=text if isinstance(text, str) else "", usage=_openai_usage(data), model=_model(data))
+
+
+def _model(data: dict[str, Any]) -> str | None:
+    """The OpenAI-style `model` of an answer: the router reports the serving provider's own id there."""
+    model = data.get("model")
+    return model if isinstance(model, str) and model else None
 
 
 def _tgi_usage(data: dict[str, Any]) -> Usage | None:
