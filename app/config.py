@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
@@ -96,6 +97,12 @@ def _storage_uri(env: Mapping[str, str]) -> str:
     return raw
 
 
+def public_url(url: str) -> str:
+    """`url` without its `user:password@`, which requests would otherwise show wherever the URL goes."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the runtime reads from its environment, validated up front."""
@@ -103,7 +110,7 @@ class Settings:
     project_root: Path = Path(".")
     hf_token: str = field(default="", repr=False)
     hf_model_id: str = ""
-    hf_endpoint: str = DEFAULT_HF_ENDPOINT
+    hf_endpoint: str = field(default=DEFAULT_HF_ENDPOINT, repr=False)  # may carry user:password@
     hf_api: str = "auto"
     hf_connect_timeout: float = 5.0
     hf_timeout: float = 60.0
@@ -182,6 +189,11 @@ class Settings:
         if self.hf_api != "auto":
             return self.hf_api
         return "chat-completion" if self.hf_endpoint.rstrip("/").endswith("/v1") else "text-generation"
+
+    @property
+    def hf_endpoint_public(self) -> str:
+        """`HF_ENDPOINT` as it may be shown (`/version`, logs): without `user:password@`."""
+        return public_url(self.hf_endpoint)
 
     @property
     def hf_missing(self) -> list[str]:

@@ -32,6 +32,13 @@ class BadRequest(ContexisError):
     code = "bad_request"
 
 
+class UnsupportedMediaType(ContexisError):
+    """The body is not declared JSON: a cross-site form post (text/plain, no type) must not reach the pipeline."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
 class NotFound(ContexisError):
     """The context, component or prompt file the request names does not exist."""
 

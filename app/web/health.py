@@ -35,11 +35,11 @@ def readyz():
 
 @bp.get("/version")
 def version_info():
-    """What is running; never the token."""
+    """What is running; never the token, nor credentials written into HF_ENDPOINT."""
     runtime = get_runtime()
     return jsonify(
         name="contexis-runtime",
         version=runtime_version(),
         model=runtime.provider.model_id if runtime.provider else None,
-        hf_endpoint=runtime.settings.hf_endpoint if runtime.provider else None,
+        hf_endpoint=runtime.settings.hf_endpoint_public if runtime.provider else None,
     )
