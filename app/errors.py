@@ -121,6 +121,12 @@ class DocumentError(MemoryStoreError):
     code = "invalid_document"
 
 
+class MemoryStoreBroken(MemoryStoreError):
+    """A store that cannot be used as it is on disk: not a database, or a link leading outside the project root."""
+
+    code = "memory_unavailable"
+
+
 class InvalidNameError(MemoryStoreError):
     """A component or tenant name cannot safely become a path segment."""
 

@@ -6,13 +6,17 @@ credentials in `HF_ENDPOINT`, bodies that are not JSON.
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 
+import pytest
 from fake_hf import FakeHF, Stream, chat_events
-from helpers import GUIDE_BODY, metric, sse_events
+from helpers import GUIDE_BODY, chat, metric, run, sse_events
 
 from app import create_app
+from app.memory import open_store
 
 STREAM_BODY = {**GUIDE_BODY, "stream": True}
 KEEPALIVE = ": keepalive\n\n"
@@ -78,11 +82,75 @@ def test_credentials_in_hf_endpoint_are_never_shown(hf_settings, spans, caplog):
 
 
 def test_a_chat_body_not_sent_as_json_is_415(client):
-    import json
-
     body = json.dumps(GUIDE_BODY)
     for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"}, {}):
         response = client.post("/api/v1/chat", data=body, headers=headers)
         assert response.status_code == 415, headers
         assert response.get_json()["error"]["code"] == "unsupported_media_type"
     assert client.post("/api/v1/chat", data=body, content_type="application/json; charset=utf-8").status_code == 200
+
+
+# -- 6. symlinks under memory/ and contexts/ ------------------------------------------------------------------
+
+SEARCH_BODY = {
+    **GUIDE_BODY,
+    "component": "CustomerDocs",
+    "prompt_file": "search_response.md",
+    "query": "refund",
+    "data": {"user_input": "Can I get a refund?"},
+}
+
+
+@pytest.fixture
+def outside_store(tmp_path):
+    """A memory store of another project, outside the served root, holding a secret."""
+    other = tmp_path / "other"
+    (other / "docs").mkdir(parents=True)
+    (other / "docs" / "secret.md").write_text("The refund override code is OUTSIDE-SECRET-42.\n")
+    open_store(other, "CustomerDocs").ingest([other / "docs"])
+    return other / "memory" / "CustomerDocs"
+
+
+def assert_refused(response, outside, wording: str) -> None:
+    assert response.status_code == 500
+    error = response.get_json()["error"]
+    assert error["code"] == "memory_unavailable"
+    assert wording in error["message"]
+    assert "OUTSIDE-SECRET" not in response.get_data(as_text=True)
+    assert str(outside) not in response.get_data(as_text=True)
+
+
+def test_a_component_folder_linked_outside_the_root_is_refused(project, client, outside_store):
+    shutil.rmtree(project / "memory" / "CustomerDocs")
+    (project / "memory" / "CustomerDocs").symlink_to(outside_store, target_is_directory=True)
+    response = chat(client, SEARCH_BODY)
+    assert_refused(response, outside_store, "memory/CustomerDocs leads outside the project root")
+
+
+def test_a_memory_db_linked_outside_the_root_is_refused(project, client, outside_store):
+    (project / "memory" / "CustomerDocs" / "memory.db").symlink_to(outside_store / "memory.db")
+    response = chat(client, SEARCH_BODY)
+    assert_refused(response, outside_store, "memory/CustomerDocs/memory.db leads outside the project root")
+
+
+def test_a_memory_db_that_is_no_database_is_a_clear_error_in_chat_and_stats(project, client):
+    (project / "memory" / "CustomerDocs" / "memory.db").write_text("root:x:0:0:root:/root:/bin/bash\n" * 100)
+    response = chat(client, SEARCH_BODY)
+    assert_refused(response, project, "memory/CustomerDocs/memory.db is not a usable memory database")
+    stats = run("memory", "stats", "--root", str(project))
+    assert stats.returncode == 1
+    assert "memory_unavailable: memory/CustomerDocs/memory.db is not a usable memory database" in stats.stderr
+    assert "Traceback" not in stats.stderr
+
+
+def test_readyz_never_names_where_a_context_link_leads(project, client, tmp_path):
+    outside = tmp_path / "elsewhere" / "evil.ctx"
+    outside.parent.mkdir()
+    outside.write_text("name: Evil\n")
+    (project / "contexts" / "Evil").mkdir()
+    (project / "contexts" / "Evil" / "evil.ctx").symlink_to(outside)
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    reason = response.get_json()["reason"]
+    assert reason == "contexts/Evil/evil.ctx: file is outside the project root"
+    assert chat(client, {**GUIDE_BODY, "context": "Evil"}).get_json()["error"]["message"] == reason
