@@ -130,6 +130,8 @@ class Settings:
     max_data_depth: int = 8
     max_data_items: int = 1000
     max_string_chars: int = 32768
+    max_prompt_chars: int = 1024 * 1024
+    render_timeout: float = 5.0
     hf_max_response_bytes: int = 1024 * 1024
 
     @classmethod
@@ -163,6 +165,8 @@ class Settings:
             max_data_depth=_number(env, "CMP_MAX_DATA_DEPTH", 8, kind=int, minimum=1),
             max_data_items=_number(env, "CMP_MAX_DATA_ITEMS", 1000, kind=int, minimum=1),
             max_string_chars=_number(env, "CMP_MAX_STRING_CHARS", 32768, kind=int, minimum=1),
+            max_prompt_chars=_number(env, "CMP_MAX_PROMPT_CHARS", 1024 * 1024, kind=int, minimum=1),
+            render_timeout=_number(env, "CMP_RENDER_TIMEOUT", 5.0, minimum=0.001),
             hf_max_response_bytes=_number(env, "HF_MAX_RESPONSE_BYTES", 1024 * 1024, kind=int, minimum=1),
         ).checked()
 

@@ -53,6 +53,14 @@ class MissingVariable(ContexisError):
     code = "missing_variable"
 
 
+class RenderLimit(ContexisError):
+    """A render went past a bound (CMP_MAX_PROMPT_CHARS, CMP_RENDER_TIMEOUT): the request's data made the
+    template build too much or loop too long. The message names the bound."""
+
+    status = 422
+    code = "render_limit"
+
+
 class TemplateFailure(ContexisError):
     """The project's template is broken (syntax, sandbox violation, runtime error)."""
 

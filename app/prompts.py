@@ -8,17 +8,27 @@ names it, instead of silently rendering an empty string.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import re
+import threading
+import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from app.errors import MissingVariable, NotFound, TemplateFailure
+from app.errors import MissingVariable, NotFound, RenderLimit, TemplateFailure
 
 _UNDEFINED_NAME = re.compile(r"^'([^']+)' is undefined$")
+# A `%` conversion's width and precision, or `*` (taken from the arguments).
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+# str methods whose first argument is the length of what they build.
+_PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
 
 
 class _RootedLoader(FileSystemLoader):
@@ -31,14 +41,166 @@ class _RootedLoader(FileSystemLoader):
         return source, filename, uptodate
 
 
-class PromptRenderer:
-    """Renders `prompts/<component>/<prompt_file>` with the request's variables."""
+class _TooLarge(Exception):
+    """A template operation would build a value longer than the render may hold."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def _ints(values: Any) -> list[int]:
+    items = values if isinstance(values, tuple | list) else [values]
+    return [abs(v) for v in items if isinstance(v, int) and not isinstance(v, bool)]
+
+
+def _formatted_size(fmt: str, args: Any) -> int:
+    """A bound on the widths a `%` format asks for; `*` widths come from the arguments."""
+    size = len(fmt)
+    for width, precision in _PERCENT_SPEC.findall(fmt):
+        for number in (width, precision):
+            if number == "*":
+                size += max(_ints(args), default=0)
+            elif number:
+                size += int(number)
+    return size
+
+
+def _grown_size(operator: str, left: Any, right: Any) -> int:
+    """The size `left <operator> right` would build, before building it (0 when it builds nothing sized)."""
+    if operator == "*":
+        for seq, times in ((left, right), (right, left)):
+            if isinstance(seq, str | list | tuple) and _ints(times):
+                return len(seq) * times
+    elif operator == "**" and _ints(left) and _ints(right) and abs(left) > 1 and right > 0:
+        return left.bit_length() * right // 3  # about the decimal digits of the result
+    elif operator == "%" and isinstance(left, str):
+        return _formatted_size(left, right)
+    return 0
+
+
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox that refuses, before building it, any value longer than `max_chars`.
+
+    `"a" * n`, `[x] * n`, `10 ** n`, `"%999999999s" % x`, `"a".ljust(n)` and the padding filters would
+    otherwise allocate whatever `n` the request's data asks for; the rendered prompt as a whole is bounded by
+    `PromptRenderer` and loops by its deadline.
+    """
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def __init__(self, max_chars: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.max_chars = max_chars
+        for name, size in (("center", _padded), ("indent", _indented), ("format", _format_filter)):
+            self.filters[name] = self._bounded(self.filters[name], size)
+
+    def _check(self, size: int) -> None:
+        if size > self.max_chars:
+            raise _TooLarge(size)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        self._check(_grown_size(operator, left, right))
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str) and getattr(__obj, "__name__", "") in _PADDING_METHODS and args:
+            __self._check(max(_ints(args[0]), default=0))
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def _bounded(self, fn: Callable[..., Any], size: Callable[..., int]) -> Callable[..., Any]:
+        def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
+            self._check(size(value, *args, **kwargs))
+            return fn(value, *args, **kwargs)
+
+        return bounded
+
+
+def _padded(value: Any, width: Any = 80) -> int:
+    return max(_ints(width), default=0)
+
+
+def _indented(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> int:
+    text = str(value)
+    per_line = len(width) if isinstance(width, str) else max(_ints(width), default=0)
+    return len(text) + (text.count("\n") + 1) * per_line
+
+
+def _format_filter(value: Any, *args: Any, **kwargs: Any) -> int:
+    return _formatted_size(str(value), args)
+
+
+class RenderTimeout(BaseException):
+    """Raised inside a rendering thread by `Watchdog`; a BaseException so no `except Exception` swallows it."""
+
+
+def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Set (or, with None, clear) the exception a thread raises at its next bytecode."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
+
+
+class Watchdog:
+    """Ends renders that run past their deadline, from one daemon thread per process.
+
+    A template's loops are Python bytecode with no hook to read a clock in (the sandbox intercepts calls and
+    operators, not iterations), and gunicorn's watchdog only sees the worker's main thread beat. So the thread
+    still rendering at its deadline gets `RenderTimeout` raised in it (CPython's PyThreadState_SetAsyncExc),
+    which stops the render at its next bytecode.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._deadlines: dict[int, float] = {}
+        self._pid = 0
+
+    @contextlib.contextmanager
+    def limit(self, seconds: float) -> Iterator[None]:
+        """Within the block, this thread gets `RenderTimeout` once `seconds` have passed."""
+        thread_id = threading.get_ident()
+        with self._changed:
+            self._start()
+            self._deadlines[thread_id] = time.monotonic() + seconds
+            self._changed.notify()
+        try:
+            yield
+        finally:
+            with self._changed:
+                fired = self._deadlines.pop(thread_id, None) is None
+            if fired:
+                _raise_in(thread_id, None)  # not yet raised (the block ended first): raise it here instead
+                raise RenderTimeout()
+
+    def _start(self) -> None:
+        if self._pid != os.getpid():  # first use, or a fork (gunicorn's workers) left the thread behind
+            self._pid = os.getpid()
+            threading.Thread(target=self._watch, name="render-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                for thread_id, deadline_at in list(self._deadlines.items()):
+                    if deadline_at <= now:
+                        del self._deadlines[thread_id]
+                        _raise_in(thread_id, RenderTimeout)
+                self._changed.wait(min(self._deadlines.values(), default=now + 60) - now)
+
+
+_watchdog = Watchdog()
+
+
+class PromptRenderer:
+    """Renders `prompts/<component>/<prompt_file>` with the request's variables, within size and time bounds."""
+
+    def __init__(self, root: Path, max_chars: int = 1024 * 1024, timeout: float = 5.0) -> None:
         self.root = root.resolve()
         self.prompts_dir = self.root / "prompts"
+        self.max_chars = max_chars
+        self.timeout = timeout
         # Immutable: templates cannot modify the cached context they are handed.
-        self.env = ImmutableSandboxedEnvironment(
+        self.env = BoundedSandbox(
+            max_chars,
             loader=_RootedLoader(str(self.prompts_dir)),
             undefined=StrictUndefined,
             autoescape=False,
@@ -63,7 +225,17 @@ class PromptRenderer:
         except TemplateSyntaxError as exc:
             raise TemplateFailure(f"{rel}:{exc.lineno}: {exc.message}") from None
         try:
-            return template.render(variables)
+            with _watchdog.limit(self.timeout):
+                return self._render(template, variables)
+        except RenderTimeout:
+            message = f"{rel}: rendering took longer than CMP_RENDER_TIMEOUT={self.timeout:g}s"
+            raise RenderLimit(message, code="render_timeout") from None
+        except _TooLarge as exc:
+            where = f"{rel}:{_template_line(exc, template.filename)}"
+            message = f"{where}: builds a value of {exc.size} characters, over CMP_MAX_PROMPT_CHARS={self.max_chars}"
+            raise RenderLimit(message, code="prompt_too_large") from None
+        except RenderLimit as exc:
+            raise RenderLimit(f"{rel}: {exc.message}", code=exc.code) from None
         except UndefinedError as exc:
             missing = _UNDEFINED_NAME.match(exc.message or "")
             if missing and missing.group(1) not in variables:
@@ -74,6 +246,19 @@ class PromptRenderer:
         except Exception as exc:  # noqa: BLE001 - any failure inside a project's template is the template's
             detail = str(exc) or exc.__class__.__name__
             raise TemplateFailure(f"{rel}:{_template_line(exc, template.filename)}: {detail}") from None
+
+
+    def _render(self, template: Any, variables: dict[str, Any]) -> str:
+        """The template's output, piece by piece, stopped once it passes `max_chars`."""
+        pieces: list[str] = []
+        size = 0
+        for piece in template.generate(variables):
+            size += len(piece)
+            if size > self.max_chars:
+                message = f"the rendered prompt is longer than CMP_MAX_PROMPT_CHARS={self.max_chars} characters"
+                raise RenderLimit(message, code="prompt_too_large")
+            pieces.append(piece)
+        return "".join(pieces)
 
 
 def system_message(context: dict[str, Any]) -> str:

@@ -154,3 +154,68 @@ def test_readyz_never_names_where_a_context_link_leads(project, client, tmp_path
     reason = response.get_json()["reason"]
     assert reason == "contexts/Evil/evil.ctx: file is outside the project root"
     assert chat(client, {**GUIDE_BODY, "context": "Evil"}).get_json()["error"]["message"] == reason
+
+
+# -- 5. templates that build or loop without bound ----------------------------------------------------------
+
+
+def costly(project, settings, template: str, **changes):
+    """An app whose `SupportBot/costly.md` is `template`."""
+    (project / "prompts" / "SupportBot" / "costly.md").write_text(template)
+    return create_app(settings.replace(**changes)).test_client()
+
+
+def render_costly(client, data: dict) -> tuple[int, dict, float]:
+    started = time.monotonic()
+    response = chat(client, {**GUIDE_BODY, "prompt_file": "costly.md", "data": data})
+    return response.status_code, response.get_json(), time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        '{{ ("a" * n)|length }}',
+        "{{ ([0] * n)|length }}",
+        "{{ (10 ** n)|string|length }}",
+        '{{ ("%" ~ n ~ "s") % "x" }}',
+        '{{ "x".ljust(n)|length }}',
+        '{{ "x"|center(n)|length }}',
+        '{{ "x"|indent(n, true)|length }}',
+    ],
+    ids=["str-times", "list-times", "power", "percent-width", "ljust", "center", "indent"],
+)
+def test_a_template_cannot_build_a_value_past_the_prompt_bound(project, settings, template):
+    client = costly(project, settings, template)
+    status, body, elapsed = render_costly(client, {"n": 10**9})
+    assert status == 422, body
+    assert body["error"]["code"] == "prompt_too_large"
+    assert "prompts/SupportBot/costly.md:1: builds a value of" in body["error"]["message"]
+    assert "over CMP_MAX_PROMPT_CHARS=1048576" in body["error"]["message"]
+    assert elapsed < 1
+    assert render_costly(client, {"n": 3})[0] == 200  # the same template within bounds still renders
+
+
+def test_the_rendered_prompt_is_bounded(project, settings):
+    client = costly(project, settings, "{% for i in range(n) %}{{ text }}{% endfor %}", max_prompt_chars=10_000)
+    status, body, _ = render_costly(client, {"n": 1000, "text": "x" * 100})
+    assert status == 422
+    assert body["error"] == {
+        "code": "prompt_too_large",
+        "message": "prompts/SupportBot/costly.md: the rendered prompt is longer than CMP_MAX_PROMPT_CHARS=10000 "
+        "characters",
+    }
+    assert render_costly(client, {"n": 10, "text": "x" * 100})[0] == 200
+
+
+def test_a_render_past_its_time_is_stopped(project, settings):
+    loops = "{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}done"
+    client = costly(project, settings, loops, render_timeout=0.5)
+    status, body, elapsed = render_costly(client, {"n": 100_000})
+    assert status == 422
+    assert body["error"] == {
+        "code": "render_timeout",
+        "message": "prompts/SupportBot/costly.md: rendering took longer than CMP_RENDER_TIMEOUT=0.5s",
+    }
+    assert elapsed < 1.5
+    # The thread is not left with a stray exception: its next renders succeed.
+    assert [render_costly(client, {"n": 10})[0] for _ in range(20)] == [200] * 20
