@@ -22,7 +22,7 @@ def test_guide_curl_against_real_gunicorn_then_clean_sigterm():
     finally:
         code, output = server.stop()
     assert code == 0, output
-    assert "gthread" in output
+    assert "Using worker: app.gunicorn_worker.HeaderTimeoutWorker" in output
 
 
 def test_model_text_and_hf_metrics_through_real_gunicorn():
