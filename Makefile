@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ADDR ?= :8000
 PROJECT ?= examples/quickstart
 
-.PHONY: install serve test lint e2e bench bench-tools bench-profile
+.PHONY: install serve test test-tools lint e2e bench bench-tools bench-profile
 
 include deploy/helm.mk
 
@@ -27,7 +27,12 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint $(HELM)
+# The rate-limit tests start and stop a real Redis: Debian's redis-server, installed when missing.
+test-tools:
+	@command -v redis-server >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+test: lint $(HELM) test-tools
 	HELM=$(abspath $(HELM)) $(BIN)/python -m pytest
 
 # Opt-in, not part of `make test`: the runtime against llama-cpp-python's OpenAI-compatible server

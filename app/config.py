@@ -180,6 +180,23 @@ class Settings:
             )
         return self
 
+    def rate_limit_scope_warning(self, workers: int) -> str:
+        """What `CMP_RATE_LIMIT` really allows when `memory://` counts in each of `workers` processes ("" if exact).
+
+        No storage of the `limits` library shares counters between processes without a server (memory is
+        per process; Redis, Memcached, MongoDB and the others are servers), so the master says it at start.
+        """
+        if not self.rate_limit or not self.rate_limit_storage_uri.startswith("memory://") or workers < 2:
+            return ""
+        from limits import parse_many
+
+        effective = "; ".join(str(type(i)(i.amount * workers, i.multiples)) for i in parse_many(self.rate_limit))
+        return (
+            f"CMP_RATE_LIMIT={self.rate_limit} is counted by each of the {workers} workers with memory:// storage: "
+            f"a client may get up to {effective} per pod (and per replica). Set CMP_RATE_LIMIT_STORAGE_URI to "
+            "redis://HOST:6379/0 for one budget."
+        )
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (the CLI's flags override the environment)."""
         return dataclasses.replace(self, **changes)

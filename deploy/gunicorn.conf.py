@@ -72,10 +72,15 @@ logger_class = JsonAccessLogger
 
 
 def on_starting(server):
-    """Start every run with an empty metrics directory: old worker files would inflate counts."""
+    """Start every run with an empty metrics directory (old worker files would inflate counts); warn of a
+    rate limit that each worker counts on its own."""
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path, exist_ok=True)
+    # A per-worker rate limit is multiplied by the workers: say so, with the limit that really applies.
+    warning = Settings.from_env().rate_limit_scope_warning(server.cfg.workers)
+    if warning:
+        server.log.warning(warning)
 
 
 def child_exit(server, worker):

@@ -3,6 +3,7 @@ request head, request lines and headers it cannot parse, and renders that would 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -49,10 +50,8 @@ def test_clients_dripping_their_headers_are_cut_off_and_hold_no_thread(server):
     def drip() -> None:  # one byte per connection every 0.2 s: the head would take 25 s to arrive
         for position in range(len(request)):
             for sock in drippers:
-                try:
+                with contextlib.suppress(OSError):  # the server hung up on this one
                     sock.send(request[position : position + 1])
-                except OSError:
-                    pass  # the server hung up on this one
             if stop.wait(0.2):
                 return
 
