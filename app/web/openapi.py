@@ -30,9 +30,10 @@ _ERROR_STATUSES = {
     "413": "The body exceeds CMP_MAX_BODY_BYTES, or `query`, a string or the number of values in `data` exceed "
     "CMP_MAX_STRING_CHARS or CMP_MAX_DATA_ITEMS.",
     "415": "The body is not sent as `application/json`.",
-    "422": "The template needs a variable that `data` does not provide.",
+    "422": "The template needs a variable that `data` does not provide, or the render goes past CMP_MAX_PROMPT_CHARS "
+    "or CMP_RENDER_TIMEOUT.",
     "429": "The key (or client address) exceeded CMP_RATE_LIMIT; `Retry-After` says when to retry.",
-    "500": "The project is broken (invalid context, template error) or the runtime failed.",
+    "500": "The project is broken (invalid context, template error, unusable memory store) or the runtime failed.",
     "502": "Hugging Face failed or answered something unusable (codes `hf_*`).",
     "504": "Hugging Face did not answer within HF_TIMEOUT.",
 }
