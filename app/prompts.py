@@ -8,14 +8,13 @@ names it, instead of silently rendering an empty string.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import re
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,45 +145,45 @@ class Watchdog:
     A template's loops are Python bytecode with no hook to read a clock in (the sandbox intercepts calls and
     operators, not iterations), and gunicorn's watchdog only sees the worker's main thread beat. So the thread
     still rendering at its deadline gets `RenderTimeout` raised in it (CPython's PyThreadState_SetAsyncExc),
-    which stops the render at its next bytecode.
+    which stops the render at its next bytecode. The rendering thread takes only a plain lock, which an
+    exception landing at any point cannot leave held.
     """
 
     def __init__(self) -> None:
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._deadlines: dict[int, float] = {}
         self._pid = 0
 
-    @contextlib.contextmanager
-    def limit(self, seconds: float) -> Iterator[None]:
-        """Within the block, this thread gets `RenderTimeout` once `seconds` have passed."""
-        thread_id = threading.get_ident()
-        with self._changed:
-            self._start()
-            self._deadlines[thread_id] = time.monotonic() + seconds
-            self._changed.notify()
-        try:
-            yield
-        finally:
-            with self._changed:
-                fired = self._deadlines.pop(thread_id, None) is None
-            if fired:
-                _raise_in(thread_id, None)  # not yet raised (the block ended first): raise it here instead
-                raise RenderTimeout()
+    def arm(self, seconds: float) -> None:
+        """This thread gets `RenderTimeout` once `seconds` have passed, unless it calls `disarm` first."""
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or a fork (gunicorn's workers) left the thread behind
+                self._pid = os.getpid()
+                threading.Thread(target=self._watch, name="render-watchdog", daemon=True).start()
+            self._deadlines[threading.get_ident()] = time.monotonic() + seconds
+        self._wake.set()
 
-    def _start(self) -> None:
-        if self._pid != os.getpid():  # first use, or a fork (gunicorn's workers) left the thread behind
-            self._pid = os.getpid()
-            threading.Thread(target=self._watch, name="render-watchdog", daemon=True).start()
+    def disarm(self) -> None:
+        """End this thread's deadline; `RenderTimeout` if it passed, even when the render ended just before."""
+        thread_id = threading.get_ident()
+        with self._lock:
+            fired = self._deadlines.pop(thread_id, None) is None
+        if fired:
+            _raise_in(thread_id, None)  # drop it if it has not landed yet, and raise it here instead
+            raise RenderTimeout()
 
     def _watch(self) -> None:
-        with self._changed:
-            while True:
+        while True:
+            self._wake.clear()
+            with self._lock:
                 now = time.monotonic()
                 for thread_id, deadline_at in list(self._deadlines.items()):
                     if deadline_at <= now:
                         del self._deadlines[thread_id]
                         _raise_in(thread_id, RenderTimeout)
-                self._changed.wait(min(self._deadlines.values(), default=now + 60) - now)
+                next_at = min(self._deadlines.values(), default=now + 60)
+            self._wake.wait(next_at - now)
 
 
 _watchdog = Watchdog()
@@ -225,8 +224,11 @@ class PromptRenderer:
         except TemplateSyntaxError as exc:
             raise TemplateFailure(f"{rel}:{exc.lineno}: {exc.message}") from None
         try:
-            with _watchdog.limit(self.timeout):
+            _watchdog.arm(self.timeout)
+            try:
                 return self._render(template, variables)
+            finally:
+                _watchdog.disarm()
         except RenderTimeout:
             message = f"{rel}: rendering took longer than CMP_RENDER_TIMEOUT={self.timeout:g}s"
             raise RenderLimit(message, code="render_timeout") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 import time
 
 import pytest
@@ -219,3 +220,20 @@ def test_a_render_past_its_time_is_stopped(project, settings):
     assert elapsed < 1.5
     # The thread is not left with a stray exception: its next renders succeed.
     assert [render_costly(client, {"n": 10})[0] for _ in range(20)] == [200] * 20
+
+
+def test_renders_stopped_in_some_threads_leave_the_others_alone(project, settings):
+    loops = "{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}done"
+    app = costly(project, settings, loops, render_timeout=0.3).application
+    results: list[int] = []
+
+    def render(n: int) -> None:
+        client = app.test_client()
+        results.extend(render_costly(client, {"n": n})[0] for _ in range(3))
+
+    threads = [threading.Thread(target=render, args=(n,)) for n in (100_000, 10, 100_000, 10, 100_000, 10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(results) == [200] * 9 + [422] * 9
