@@ -9,8 +9,10 @@ names it, instead of silently rendering an empty string.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
+import string
 import threading
 import time
 import traceback
@@ -20,6 +22,7 @@ from typing import Any
 
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Namespace
 
 from app.errors import MissingVariable, NotFound, RenderLimit, TemplateFailure
 
@@ -65,6 +68,35 @@ def _formatted_size(fmt: str, args: Any) -> int:
     return size
 
 
+def _format_method_size(fmt: str, args: Any, kwargs: dict[str, Any]) -> int:
+    """A bound on what `str.format` builds: the widths in its specs (`{:>99}`), or the arguments' for nested ones."""
+    try:
+        fields = list(string.Formatter().parse(fmt))
+    except ValueError:
+        return len(fmt)  # malformed: format() refuses it without building anything
+    values = [*args, *kwargs.values()]
+    values += [v for arg in args if isinstance(arg, dict) for v in arg.values()]  # format_map
+    size = len(fmt)
+    for _, _, spec, _ in fields:
+        if spec:
+            size += sum(int(number) for number in re.findall(r"\d+", spec))
+            if "{" in spec:
+                size += max(_ints(values), default=0)
+    return size
+
+
+def _replaced_size(text: Any, old: Any, new: Any, *args: Any, **kwargs: Any) -> int:
+    """The length of `text.replace(old, new)` at most (an empty `old` inserts `new` between every character)."""
+    if not isinstance(text, str) or not isinstance(old, str) or not isinstance(new, str):
+        return 0
+    times = text.count(old) if old else len(text) + 1
+    return len(text) + times * max(0, len(new) - len(old))
+
+
+def _length(value: Any) -> int:
+    return len(value) if isinstance(value, str | list | tuple | dict) else 0
+
+
 def _grown_size(operator: str, left: Any, right: Any) -> int:
     """The size `left <operator> right` would build, before building it (0 when it builds nothing sized)."""
     if operator == "*":
@@ -81,9 +113,9 @@ def _grown_size(operator: str, left: Any, right: Any) -> int:
 class BoundedSandbox(ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox that refuses, before building it, any value longer than `max_chars`.
 
-    `"a" * n`, `[x] * n`, `10 ** n`, `"%999999999s" % x`, `"a".ljust(n)` and the padding filters would
-    otherwise allocate whatever `n` the request's data asks for; the rendered prompt as a whole is bounded by
-    `PromptRenderer` and loops by its deadline.
+    `"a" * n`, `[x] * n`, `10 ** n`, `"%999999999s" % x`, `"{:>99999999}".format(x)`, `"a".ljust(n)`,
+    `s.replace("a", s)`, `lipsum(n)` and the padding filters would otherwise allocate whatever the request's
+    data asks for; the rendered prompt as a whole is bounded by `PromptRenderer` and loops by its deadline.
     """
 
     intercepted_binops = frozenset({"*", "**", "%"})
@@ -93,6 +125,18 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         self.max_chars = max_chars
         for name, size in (("center", _padded), ("indent", _indented), ("format", _format_filter)):
             self.filters[name] = self._bounded(self.filters[name], size)
+        self.filters["replace"] = self._bounded(self.filters["replace"], lambda _ctx, *a, **k: _replaced_size(*a, **k))
+        del self.globals["lipsum"]  # lipsum(n) writes n paragraphs, whatever n is
+        check = self._check
+
+        class BoundedNamespace(Namespace):
+            """`namespace()`, whose attributes cannot carry a value past the bound from one loop pass to the next."""
+
+            def __setitem__(self, name: str, value: Any) -> None:
+                check(_length(value))
+                super().__setitem__(name, value)
+
+        self.globals["namespace"] = BoundedNamespace
 
     def _check(self, size: int) -> None:
         if size > self.max_chars:
@@ -103,15 +147,24 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        owner = getattr(__obj, "__self__", None)
-        if isinstance(owner, str) and getattr(__obj, "__name__", "") in _PADDING_METHODS and args:
-            __self._check(max(_ints(args[0]), default=0))
+        # Whatever grew past the bound unseen (`~` in a macro that calls itself) stops at the next call.
+        __self._check(max(map(_length, [*args, *kwargs.values()]), default=0))
+        method = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
+        owner, name = getattr(method, "__self__", None), getattr(method, "__name__", "")
+        if isinstance(owner, str):
+            if name in _PADDING_METHODS and args:
+                __self._check(max(_ints(args[0]), default=0))
+            elif name in ("format", "format_map"):
+                __self._check(_format_method_size(owner, args, kwargs))
+            elif name == "replace":
+                __self._check(_replaced_size(owner, *args))
         return super().call(__context, __obj, *args, **kwargs)
 
     def _bounded(self, fn: Callable[..., Any], size: Callable[..., int]) -> Callable[..., Any]:
-        def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
-            self._check(size(value, *args, **kwargs))
-            return fn(value, *args, **kwargs)
+        @functools.wraps(fn)  # keeps Jinja's pass_eval_context marker
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            self._check(size(*args, **kwargs))
+            return fn(*args, **kwargs)
 
         return bounded
 

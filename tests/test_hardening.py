@@ -172,6 +172,9 @@ def render_costly(client, data: dict) -> tuple[int, dict, float]:
     return response.status_code, response.get_json(), time.monotonic() - started
 
 
+GROW = "[n, 40]|min"  # doublings: 40 would be 2**40 times the string
+
+
 @pytest.mark.parametrize(
     "template",
     [
@@ -179,21 +182,36 @@ def render_costly(client, data: dict) -> tuple[int, dict, float]:
         "{{ ([0] * n)|length }}",
         "{{ (10 ** n)|string|length }}",
         '{{ ("%" ~ n ~ "s") % "x" }}',
+        '{{ "%*s"|format(n, "x")|length }}',
+        '{{ "{:>{}}".format("x", n)|length }}',
         '{{ "x".ljust(n)|length }}',
         '{{ "x"|center(n)|length }}',
         '{{ "x"|indent(n, true)|length }}',
+        '{{ s|replace("a", s * 20)|length }}',
+        '{{ s.replace("a", s * 20)|length }}',
+        "{% set ns = namespace(t=s) %}{% for i in range(" + GROW + ") %}{% set ns.t = ns.t ~ ns.t %}{% endfor %}"
+        "{{ ns.t|length }}",
+        "{% macro grow(t, k) %}{% if k %}{{ grow(t ~ t, k - 1) }}{% else %}{{ t|length }}{% endif %}{% endmacro %}"
+        "{{ grow(s, " + GROW + ") }}",
     ],
-    ids=["str-times", "list-times", "power", "percent-width", "ljust", "center", "indent"],
-)
+    ids=["str-times", "list-times", "power", "percent-width", "format-filter-star", "format-method", "ljust",
+         "center", "indent", "replace-filter", "replace-method", "namespace-doubling", "macro-doubling"],
+)  # fmt: skip
 def test_a_template_cannot_build_a_value_past_the_prompt_bound(project, settings, template):
     client = costly(project, settings, template)
-    status, body, elapsed = render_costly(client, {"n": 10**9})
+    status, body, elapsed = render_costly(client, {"n": 10**9, "s": "a" * 30000})
     assert status == 422, body
     assert body["error"]["code"] == "prompt_too_large"
     assert "prompts/SupportBot/costly.md:1: builds a value of" in body["error"]["message"]
     assert "over CMP_MAX_PROMPT_CHARS=1048576" in body["error"]["message"]
     assert elapsed < 1
-    assert render_costly(client, {"n": 3})[0] == 200  # the same template within bounds still renders
+    # The same template within bounds still renders.
+    assert render_costly(client, {"n": 3, "s": "ab"})[0] == 200
+
+
+def test_lipsum_is_not_offered_to_templates(project, settings):
+    status, body, _ = render_costly(costly(project, settings, "{{ lipsum(n) }}"), {"n": 10**9})
+    assert (status, body["error"]["code"]) == (422, "missing_variable")
 
 
 def test_the_rendered_prompt_is_bounded(project, settings):
