@@ -3,7 +3,9 @@
 Templates are compiled once and cached by Jinja; with `auto_reload` each use
 checks the file's mtime, so an edited template is picked up without a restart.
 `StrictUndefined` turns a variable the request did not send into a 422 that
-names it, instead of silently rendering an empty string.
+names it, instead of silently rendering an empty string. What a render may cost
+is bounded too: no value past CMP_MAX_PROMPT_CHARS is built (`BoundedSandbox`),
+the prompt stops there, and a render ends after CMP_RENDER_TIMEOUT (`Watchdog`).
 """
 
 from __future__ import annotations
