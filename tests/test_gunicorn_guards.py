@@ -1,5 +1,5 @@
 """What gunicorn itself must withstand, on real sockets against a real `ctx serve`: clients that drip their
-request head, request lines and headers it cannot parse, and renders that would outlive the request."""
+request head, request lines and headers it cannot parse, renders and streams that would outlive the request."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import time
 
 import pytest
 import requests
-from helpers import EXAMPLE, GUIDE_BODY, Server
+from fake_hf import FakeHF, Stream, chat_events
+from helpers import EXAMPLE, GUIDE_BODY, MODEL, TOKEN, Server, sse_events
 
 HEADER_TIMEOUT = 2.0
 
@@ -113,3 +114,29 @@ def test_a_render_past_its_time_ends_and_the_worker_goes_on(server):
     assert response.json()["error"]["code"] == "render_timeout"
     assert time.monotonic() - started < 2.5
     assert requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=5).status_code == 200
+
+
+def test_streams_of_comments_give_their_threads_back_at_the_deadline():
+    comments_forever = chat_events(["Hel"])[:2] + [": keepalive\n\n"] * 1000
+    with FakeHF(Stream(comments_forever, gap=0.05)) as fake:
+        env = {"HF_TOKEN": TOKEN, "HF_MODEL_ID": MODEL, "HF_ENDPOINT": f"{fake.url}/v1", "HF_DEADLINE": "1.5"}
+        server = Server("--root", str(EXAMPLE), "--workers", "1", "--threads", "4", env=env)
+        try:
+            streams: list[bytes] = []
+
+            def stream() -> None:
+                body = {**GUIDE_BODY, "stream": True}
+                streams.append(requests.post(f"{server.url}/api/v1/chat", json=body, timeout=10).content)
+
+            threads = [threading.Thread(target=stream) for _ in range(4)]  # every thread of the worker
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(5)
+            started = time.monotonic()
+            assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
+            assert time.monotonic() - started < 1
+        finally:
+            server.stop()
+    assert len(streams) == 4
+    assert all(sse_events(body)[-1][1]["error"]["code"] == "hf_timeout" for body in streams)
