@@ -14,7 +14,7 @@ PIP_PIN := pip==26.3
 UV_COMPILE = $(BIN)/uv pip compile setup.cfg --quiet --generate-hashes --python-version 3.11 \
 	--python-platform linux --custom-compile-command 'make lock'
 
-.PHONY: install serve test lint lock dist e2e bench bench-tools bench-profile prometheus-tools
+.PHONY: install serve test test-tools lint lock dist e2e bench bench-tools bench-profile
 
 include deploy/helm.mk
 
@@ -57,13 +57,15 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# promtool and prometheus for the operations checks (tests/test_operations.py): Debian's package, installed
-# when missing (as root, like bench-tools). CMP_REQUIRE_PROMETHEUS=1 makes those tests fail, not skip, without them.
-prometheus-tools:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+# Debian packages the tests drive for real, installed when missing (as root, like bench-tools): redis-server
+# (rate limits on Redis), prometheus and promtool (tests/test_operations.py). CMP_REQUIRE_PROMETHEUS=1 makes
+# the operations tests fail, not skip, without them.
+TEST_DEBS := redis-server prometheus
+test-tools:
+	@command -v redis-server >/dev/null && command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_DEBS) >/dev/null; }
 
-test: lint $(HELM) prometheus-tools
+test: lint $(HELM) test-tools
 	HELM=$(abspath $(HELM)) CMP_REQUIRE_PROMETHEUS=1 $(BIN)/python -m pytest
 
 # Opt-in, not part of `make test`: the runtime against llama-cpp-python's OpenAI-compatible server

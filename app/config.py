@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
@@ -119,6 +119,14 @@ def _storage_uri(env: Mapping[str, str]) -> str:
     return raw
 
 
+def public_url(url: str) -> str:
+    """`url` without its `user:password@`, which requests would otherwise show wherever the URL goes."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the runtime reads from its environment, validated up front."""
@@ -126,8 +134,8 @@ class Settings:
     project_root: Path = Path(".")
     hf_token: str = field(default="", repr=False)
     hf_model_id: str = ""
-    hf_endpoint: str = DEFAULT_HF_ENDPOINT
-    hf_endpoint_retired: str = ""  # the retired HF_ENDPOINT that hf_endpoint replaces, if one was set
+    hf_endpoint: str = field(default=DEFAULT_HF_ENDPOINT, repr=False)  # may carry user:password@
+    hf_endpoint_retired: str = field(default="", repr=False)  # the retired HF_ENDPOINT that hf_endpoint replaces
     hf_api: str = "auto"
     hf_bill_to: str = ""
     hf_hub_endpoint: str = DEFAULT_HF_HUB_ENDPOINT
@@ -141,6 +149,7 @@ class Settings:
     service_name: str = "contexis-runtime"
     traces_exporter: str = "none"
     threads: int = 128  # gunicorn threads per worker (app/gunicorn_conf.py), and model connections per worker
+    header_timeout: float = 10.0  # seconds a client has to send its request head (app/gunicorn_worker.py)
     auth_enabled: bool = False
     api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
     rate_limit: str = ""
@@ -149,6 +158,8 @@ class Settings:
     max_data_depth: int = 8
     max_data_items: int = 1000
     max_string_chars: int = 32768
+    max_prompt_chars: int = 1024 * 1024
+    render_timeout: float = 5.0
     hf_max_response_bytes: int = 1024 * 1024
 
     @classmethod
@@ -179,6 +190,7 @@ class Settings:
             service_name=_text(env, "OTEL_SERVICE_NAME", "contexis-runtime"),
             traces_exporter=_text(env, "OTEL_TRACES_EXPORTER", "none").lower(),
             threads=_number(env, "GUNICORN_THREADS", cls.threads, kind=int, minimum=1),
+            header_timeout=_number(env, "GUNICORN_HEADER_TIMEOUT", cls.header_timeout, minimum=0.001),
             auth_enabled=_flag(env, "CMP_AUTH_ENABLED"),
             api_keys=_api_keys(env),
             rate_limit=_rate_limit(env),
@@ -187,6 +199,8 @@ class Settings:
             max_data_depth=_number(env, "CMP_MAX_DATA_DEPTH", 8, kind=int, minimum=1),
             max_data_items=_number(env, "CMP_MAX_DATA_ITEMS", 1000, kind=int, minimum=1),
             max_string_chars=_number(env, "CMP_MAX_STRING_CHARS", 32768, kind=int, minimum=1),
+            max_prompt_chars=_number(env, "CMP_MAX_PROMPT_CHARS", 1024 * 1024, kind=int, minimum=1),
+            render_timeout=_number(env, "CMP_RENDER_TIMEOUT", 5.0, minimum=0.001),
             hf_max_response_bytes=_number(env, "HF_MAX_RESPONSE_BYTES", 1024 * 1024, kind=int, minimum=1),
         ).checked()
 
@@ -205,6 +219,23 @@ class Settings:
                 f"HF_API=chat-completion with HF_ENDPOINT={ROUTER_CHAT_ENDPOINT}"
             )
         return self
+
+    def rate_limit_scope_warning(self, workers: int) -> str:
+        """What `CMP_RATE_LIMIT` really allows when `memory://` counts in each of `workers` processes ("" if exact).
+
+        No storage of the `limits` library shares counters between processes without a server (memory is
+        per process; Redis, Memcached, MongoDB and the others are servers), so the master says it at start.
+        """
+        if not self.rate_limit or not self.rate_limit_storage_uri.startswith("memory://") or workers < 2:
+            return ""
+        from limits import parse_many
+
+        effective = "; ".join(str(type(i)(i.amount * workers, i.multiples)) for i in parse_many(self.rate_limit))
+        return (
+            f"CMP_RATE_LIMIT={self.rate_limit} is counted by each of the {workers} workers with memory:// storage: "
+            f"a client may get up to {effective} per pod (and per replica). Set CMP_RATE_LIMIT_STORAGE_URI to "
+            "redis://HOST:6379/0 for one budget."
+        )
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (the CLI's flags override the environment)."""
@@ -227,10 +258,16 @@ class Settings:
         """What to tell the user at startup when their HF_ENDPOINT names the retired host; "" otherwise."""
         if not self.hf_endpoint_retired:
             return ""
+        retired, used = public_url(self.hf_endpoint_retired), self.hf_endpoint_public
         return (
-            f"HF_ENDPOINT={self.hf_endpoint_retired} is retired by Hugging Face (every call answers 410 Gone); "
-            f"using {self.hf_endpoint} instead. Set HF_ENDPOINT={self.hf_endpoint} to silence this warning."
+            f"HF_ENDPOINT={retired} is retired by Hugging Face (every call answers 410 Gone); "
+            f"using {used} instead. Set HF_ENDPOINT={used} to silence this warning."
         )
+
+    @property
+    def hf_endpoint_public(self) -> str:
+        """`HF_ENDPOINT` as it may be shown (`/version`, logs): without `user:password@`."""
+        return public_url(self.hf_endpoint)
 
     @property
     def hf_missing(self) -> list[str]:

@@ -103,6 +103,9 @@ class ContextStore:
         if cached is not None:
             return cached
         resolved = path.resolve()
+        if not resolved.is_relative_to(self.root):
+            # Named as asked for: where the link leads is outside the root and must not be shown.
+            raise ContextInvalid(f"{self._rel(path)}: file is outside the project root")
         files: list[Path] = []
         context = self._load_file(resolved, stack=(), files=files)
         errors = list(_resolved_validator.iter_errors(context))
@@ -140,10 +143,11 @@ class ContextStore:
         return found
 
     def _rel(self, path: Path) -> str:
+        """How messages (and the public /readyz) name a file: relative to the root, never a path outside it."""
         try:
             return str(path.relative_to(self.root))
         except ValueError:
-            return str(path)
+            return path.name
 
     def _load_file(self, path: Path, stack: tuple[Path, ...], files: list[Path]) -> dict[str, Any]:
         rel = self._rel(path)

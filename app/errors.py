@@ -32,6 +32,13 @@ class BadRequest(ContexisError):
     code = "bad_request"
 
 
+class UnsupportedMediaType(ContexisError):
+    """The body is not declared JSON: a cross-site form post (text/plain, no type) must not reach the pipeline."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
 class NotFound(ContexisError):
     """The context, component or prompt file the request names does not exist."""
 
@@ -44,6 +51,14 @@ class MissingVariable(ContexisError):
 
     status = 422
     code = "missing_variable"
+
+
+class RenderLimit(ContexisError):
+    """A render went past a bound (CMP_MAX_PROMPT_CHARS, CMP_RENDER_TIMEOUT): the request's data made the
+    template build too much or loop too long. The message names the bound."""
+
+    status = 422
+    code = "render_limit"
 
 
 class TemplateFailure(ContexisError):
@@ -112,6 +127,12 @@ class DocumentError(MemoryStoreError):
     """A file's content cannot be read as its type says (bad UTF-8, malformed JSON lines)."""
 
     code = "invalid_document"
+
+
+class MemoryStoreBroken(MemoryStoreError):
+    """A store that cannot be used as it is on disk: not a database, or a link leading outside the project root."""
+
+    code = "memory_unavailable"
 
 
 class InvalidNameError(MemoryStoreError):

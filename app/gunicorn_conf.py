@@ -26,7 +26,9 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
 bind = [os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")]
-worker_class = "gthread"
+# gthread, but a request head is read by the worker's poller within GUNICORN_HEADER_TIMEOUT (slow clients hold
+# no thread), and gunicorn's own error pages are JSON: app/gunicorn_worker.py.
+worker_class = "app.gunicorn_worker.HeaderTimeoutWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # A request waiting on the model holds one thread, so a pod serves workers x threads model calls at once.
 # The default 2 x 128 (GUNICORN_THREADS, Settings.threads) keeps 200 clients of a 1 s model above 90 % of
@@ -75,10 +77,15 @@ logger_class = JsonAccessLogger
 
 
 def on_starting(server):
-    """Start every run with an empty metrics directory: old worker files would inflate counts."""
+    """Start every run with an empty metrics directory (old worker files would inflate counts); warn of a
+    rate limit that each worker counts on its own."""
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path, exist_ok=True)
+    # A per-worker rate limit is multiplied by the workers: say so, with the limit that really applies.
+    warning = Settings.from_env().rate_limit_scope_warning(server.cfg.workers)
+    if warning:
+        server.log.warning(warning)
 
 
 def child_exit(server, worker):

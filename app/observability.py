@@ -70,6 +70,11 @@ class RuntimeMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
             registry=self.registry,
         )
+        self.rate_limit_storage_errors = Counter(
+            "cmp_rate_limit_storage_errors",
+            "Rate-limit storage failures (down, hung past its timeout); the request was answered (fail open).",
+            registry=self.registry,
+        )
         self.memory_search = Histogram(
             "cmp_memory_search_duration_seconds",
             "Time to search a component's memory.",

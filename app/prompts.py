@@ -3,22 +3,36 @@
 Templates are compiled once and cached by Jinja; with `auto_reload` each use
 checks the file's mtime, so an edited template is picked up without a restart.
 `StrictUndefined` turns a variable the request did not send into a 422 that
-names it, instead of silently rendering an empty string.
+names it, instead of silently rendering an empty string. What a render may cost
+is bounded too: no value past CMP_MAX_PROMPT_CHARS is built (`BoundedSandbox`),
+the prompt stops there, and a render ends after CMP_RENDER_TIMEOUT (`Watchdog`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
 import re
+import string
+import threading
+import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Namespace
 
-from app.errors import MissingVariable, NotFound, TemplateFailure
+from app.errors import MissingVariable, NotFound, RenderLimit, TemplateFailure
 
 _UNDEFINED_NAME = re.compile(r"^'([^']+)' is undefined$")
+# A `%` conversion's width and precision, or `*` (taken from the arguments).
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+# str methods whose first argument is the length of what they build.
+_PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
 
 
 class _RootedLoader(FileSystemLoader):
@@ -31,14 +45,216 @@ class _RootedLoader(FileSystemLoader):
         return source, filename, uptodate
 
 
-class PromptRenderer:
-    """Renders `prompts/<component>/<prompt_file>` with the request's variables."""
+class _TooLarge(Exception):
+    """A template operation would build a value longer than the render may hold."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def _ints(values: Any) -> list[int]:
+    items = values if isinstance(values, tuple | list) else [values]
+    return [abs(v) for v in items if isinstance(v, int) and not isinstance(v, bool)]
+
+
+def _formatted_size(fmt: str, args: Any) -> int:
+    """A bound on the widths a `%` format asks for; `*` widths come from the arguments."""
+    size = len(fmt)
+    for width, precision in _PERCENT_SPEC.findall(fmt):
+        for number in (width, precision):
+            if number == "*":
+                size += max(_ints(args), default=0)
+            elif number:
+                size += int(number)
+    return size
+
+
+def _format_method_size(fmt: str, args: Any, kwargs: dict[str, Any]) -> int:
+    """A bound on what `str.format` builds: the widths in its specs (`{:>99}`), or the arguments' for nested ones."""
+    try:
+        fields = list(string.Formatter().parse(fmt))
+    except ValueError:
+        return len(fmt)  # malformed: format() refuses it without building anything
+    values = [*args, *kwargs.values()]
+    values += [v for arg in args if isinstance(arg, dict) for v in arg.values()]  # format_map
+    size = len(fmt)
+    for _, _, spec, _ in fields:
+        if spec:
+            size += sum(int(number) for number in re.findall(r"\d+", spec))
+            if "{" in spec:
+                size += max(_ints(values), default=0)
+    return size
+
+
+def _replaced_size(text: Any, old: Any, new: Any, *args: Any, **kwargs: Any) -> int:
+    """The length of `text.replace(old, new)` at most (an empty `old` inserts `new` between every character)."""
+    if not isinstance(text, str) or not isinstance(old, str) or not isinstance(new, str):
+        return 0
+    times = text.count(old) if old else len(text) + 1
+    return len(text) + times * max(0, len(new) - len(old))
+
+
+def _length(value: Any) -> int:
+    return len(value) if isinstance(value, str | list | tuple | dict) else 0
+
+
+def _grown_size(operator: str, left: Any, right: Any) -> int:
+    """The size `left <operator> right` would build, before building it (0 when it builds nothing sized)."""
+    if operator == "*":
+        for seq, times in ((left, right), (right, left)):
+            if isinstance(seq, str | list | tuple) and _ints(times):
+                return len(seq) * times
+    elif operator == "**" and _ints(left) and _ints(right) and abs(left) > 1 and right > 0:
+        return left.bit_length() * right // 3  # about the decimal digits of the result
+    elif operator == "%" and isinstance(left, str):
+        return _formatted_size(left, right)
+    return 0
+
+
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox that refuses, before building it, any value longer than `max_chars`.
+
+    `"a" * n`, `[x] * n`, `10 ** n`, `"%999999999s" % x`, `"{:>99999999}".format(x)`, `"a".ljust(n)`,
+    `s.replace("a", s)`, `lipsum(n)` and the padding filters would otherwise allocate whatever the request's
+    data asks for; the rendered prompt as a whole is bounded by `PromptRenderer` and loops by its deadline.
+    """
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def __init__(self, max_chars: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.max_chars = max_chars
+        for name, size in (("center", _padded), ("indent", _indented), ("format", _format_filter)):
+            self.filters[name] = self._bounded(self.filters[name], size)
+        self.filters["replace"] = self._bounded(self.filters["replace"], lambda _ctx, *a, **k: _replaced_size(*a, **k))
+        del self.globals["lipsum"]  # lipsum(n) writes n paragraphs, whatever n is
+        check = self._check
+
+        class BoundedNamespace(Namespace):
+            """`namespace()`, whose attributes cannot carry a value past the bound from one loop pass to the next."""
+
+            def __setitem__(self, name: str, value: Any) -> None:
+                check(_length(value))
+                super().__setitem__(name, value)
+
+        self.globals["namespace"] = BoundedNamespace
+
+    def _check(self, size: int) -> None:
+        if size > self.max_chars:
+            raise _TooLarge(size)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        self._check(_grown_size(operator, left, right))
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        # Whatever grew past the bound unseen (`~` in a macro that calls itself) stops at the next call.
+        __self._check(max(map(_length, [*args, *kwargs.values()]), default=0))
+        method = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
+        owner, name = getattr(method, "__self__", None), getattr(method, "__name__", "")
+        if isinstance(owner, str):
+            if name in _PADDING_METHODS and args:
+                __self._check(max(_ints(args[0]), default=0))
+            elif name in ("format", "format_map"):
+                __self._check(_format_method_size(owner, args, kwargs))
+            elif name == "replace":
+                __self._check(_replaced_size(owner, *args))
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def _bounded(self, fn: Callable[..., Any], size: Callable[..., int]) -> Callable[..., Any]:
+        @functools.wraps(fn)  # keeps Jinja's pass_eval_context marker
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            self._check(size(*args, **kwargs))
+            return fn(*args, **kwargs)
+
+        return bounded
+
+
+def _padded(value: Any, width: Any = 80) -> int:
+    return max(_ints(width), default=0)
+
+
+def _indented(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> int:
+    text = str(value)
+    per_line = len(width) if isinstance(width, str) else max(_ints(width), default=0)
+    return len(text) + (text.count("\n") + 1) * per_line
+
+
+def _format_filter(value: Any, *args: Any, **kwargs: Any) -> int:
+    return _formatted_size(str(value), args)
+
+
+class RenderTimeout(BaseException):
+    """Raised inside a rendering thread by `Watchdog`; a BaseException so no `except Exception` swallows it."""
+
+
+def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Set (or, with None, clear) the exception a thread raises at its next bytecode."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
+
+
+class Watchdog:
+    """Ends renders that run past their deadline, from one daemon thread per process.
+
+    A template's loops are Python bytecode with no hook to read a clock in (the sandbox intercepts calls and
+    operators, not iterations), and gunicorn's watchdog only sees the worker's main thread beat. So the thread
+    still rendering at its deadline gets `RenderTimeout` raised in it (CPython's PyThreadState_SetAsyncExc),
+    which stops the render at its next bytecode. The rendering thread takes only a plain lock, which an
+    exception landing at any point cannot leave held.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._deadlines: dict[int, float] = {}
+        self._pid = 0
+
+    def arm(self, seconds: float) -> None:
+        """This thread gets `RenderTimeout` once `seconds` have passed, unless it calls `disarm` first."""
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or a fork (gunicorn's workers) left the thread behind
+                self._pid = os.getpid()
+                threading.Thread(target=self._watch, name="render-watchdog", daemon=True).start()
+            self._deadlines[threading.get_ident()] = time.monotonic() + seconds
+        self._wake.set()
+
+    def disarm(self) -> None:
+        """End this thread's deadline; `RenderTimeout` if it passed, even when the render ended just before."""
+        thread_id = threading.get_ident()
+        with self._lock:
+            fired = self._deadlines.pop(thread_id, None) is None
+        if fired:
+            _raise_in(thread_id, None)  # drop it if it has not landed yet, and raise it here instead
+            raise RenderTimeout()
+
+    def _watch(self) -> None:
+        while True:
+            self._wake.clear()
+            with self._lock:
+                now = time.monotonic()
+                for thread_id, deadline_at in list(self._deadlines.items()):
+                    if deadline_at <= now:
+                        del self._deadlines[thread_id]
+                        _raise_in(thread_id, RenderTimeout)
+                next_at = min(self._deadlines.values(), default=now + 60)
+            self._wake.wait(next_at - now)
+
+
+_watchdog = Watchdog()
+
+
+class PromptRenderer:
+    """Renders `prompts/<component>/<prompt_file>` with the request's variables, within size and time bounds."""
+
+    def __init__(self, root: Path, max_chars: int = 1024 * 1024, timeout: float = 5.0) -> None:
         self.root = root.resolve()
         self.prompts_dir = self.root / "prompts"
+        self.max_chars = max_chars
+        self.timeout = timeout
         # Immutable: templates cannot modify the cached context they are handed.
-        self.env = ImmutableSandboxedEnvironment(
+        self.env = BoundedSandbox(
+            max_chars,
             loader=_RootedLoader(str(self.prompts_dir)),
             undefined=StrictUndefined,
             autoescape=False,
@@ -63,7 +279,20 @@ class PromptRenderer:
         except TemplateSyntaxError as exc:
             raise TemplateFailure(f"{rel}:{exc.lineno}: {exc.message}") from None
         try:
-            return template.render(variables)
+            _watchdog.arm(self.timeout)
+            try:
+                return self._render(template, variables)
+            finally:
+                _watchdog.disarm()
+        except RenderTimeout:
+            message = f"{rel}: rendering took longer than CMP_RENDER_TIMEOUT={self.timeout:g}s"
+            raise RenderLimit(message, code="render_timeout") from None
+        except _TooLarge as exc:
+            where = f"{rel}:{_template_line(exc, template.filename)}"
+            message = f"{where}: builds a value of {exc.size} characters, over CMP_MAX_PROMPT_CHARS={self.max_chars}"
+            raise RenderLimit(message, code="prompt_too_large") from None
+        except RenderLimit as exc:
+            raise RenderLimit(f"{rel}: {exc.message}", code=exc.code) from None
         except UndefinedError as exc:
             missing = _UNDEFINED_NAME.match(exc.message or "")
             if missing and missing.group(1) not in variables:
@@ -74,6 +303,19 @@ class PromptRenderer:
         except Exception as exc:  # noqa: BLE001 - any failure inside a project's template is the template's
             detail = str(exc) or exc.__class__.__name__
             raise TemplateFailure(f"{rel}:{_template_line(exc, template.filename)}: {detail}") from None
+
+
+    def _render(self, template: Any, variables: dict[str, Any]) -> str:
+        """The template's output, piece by piece, stopped once it passes `max_chars`."""
+        pieces: list[str] = []
+        size = 0
+        for piece in template.generate(variables):
+            size += len(piece)
+            if size > self.max_chars:
+                message = f"the rendered prompt is longer than CMP_MAX_PROMPT_CHARS={self.max_chars} characters"
+                raise RenderLimit(message, code="prompt_too_large")
+            pieces.append(piece)
+        return "".join(pieces)
 
 
 def system_message(context: dict[str, Any]) -> str:

@@ -58,7 +58,7 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics or RuntimeMetrics()
         self.contexts = ContextStore(settings.project_root)
-        self.prompts = PromptRenderer(settings.project_root)
+        self.prompts = PromptRenderer(settings.project_root, settings.max_prompt_chars, settings.render_timeout)
         self.provider = build_provider(settings, self.metrics)
 
     def search(self, request: ChatRequest) -> list[SearchResult]:

@@ -471,3 +471,29 @@ def test_dashboard_config_map_carries_the_sidecar_label(tmp_path: Path) -> None:
 def test_operations_kit_off_by_default() -> None:
     kinds = {doc["kind"] for doc in render()}
     assert not kinds & {"PrometheusRule", "ConfigMap", "ServiceMonitor"}
+
+
+def test_the_chart_offers_a_redis_for_one_rate_limit_budget() -> None:
+    values = ["--set", "rateLimit.limit=60/minute", "--set", "rateLimit.redis.enabled=true"]
+    assert helm("lint", "--strict", str(CHART), *values).returncode == 0
+    docs = render(*values)
+    for doc in docs:
+        if doc["kind"] in CORE_KINDS:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    by_name = {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
+    redis = by_name[("Deployment", f"{RELEASE}-contexis-app-ratelimit")]
+    service = by_name[("Service", f"{RELEASE}-contexis-app-ratelimit")]
+    assert service["spec"]["selector"].items() <= redis["spec"]["template"]["metadata"]["labels"].items()
+    app = by_name[("Deployment", f"{RELEASE}-contexis-app")]
+    env = {e["name"]: e for e in app["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CMP_RATE_LIMIT"]["value"] == "60/minute"
+    assert env["CMP_RATE_LIMIT_STORAGE_URI"]["value"] == f"redis://{RELEASE}-contexis-app-ratelimit:6379/0"
+    # The app's Service must not send API traffic to the Redis pod.
+    app_selector = by_name[("Service", f"{RELEASE}-contexis-app")]["spec"]["selector"].items()
+    assert not app_selector <= redis["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_no_rate_limit_and_no_redis_by_default() -> None:
+    docs = render()
+    assert "CMP_RATE_LIMIT" not in env_of(docs)
+    assert "CMP_RATE_LIMIT_STORAGE_URI" not in env_of(docs)

@@ -23,7 +23,7 @@ def test_guide_curl_against_real_gunicorn_then_clean_sigterm():
     finally:
         code, output = server.stop()
     assert code == 0, output
-    assert "gthread" in output
+    assert "Using worker: app.gunicorn_worker.HeaderTimeoutWorker" in output
 
 
 def test_packaged_settings_apply_from_any_directory():

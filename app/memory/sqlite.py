@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.errors import DocumentError
+from app.errors import DocumentError, MemoryStoreBroken
 from app.memory.chunking import chunk_text
 from app.memory.config import load_config
 from app.memory.extract import extract_text
@@ -177,7 +177,11 @@ def _connection(path: Path, create: bool) -> sqlite3.Connection | None:
             path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
         conn = sqlite3.connect(path, timeout=10, isolation_level=None)
-        _configure(conn)
+        try:
+            _configure(conn)
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
         cache[key] = conn
     if create and conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
         conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
@@ -214,7 +218,30 @@ class SqliteStore:
         self.component = check_name("component", component)
         self.tenant_id = check_name("tenant", tenant_id) if tenant_id else None
         self.component_dir = self.root / "memory" / component
+        self._check_inside(self.component_dir)
         self.config = load_config(self.component_dir)
+
+    def _check_inside(self, path: Path) -> None:
+        """Refuse a folder or database that a symlink leads outside the project root (its content is not ours)."""
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise MemoryStoreBroken(f"{self._rel(path)} leads outside the project root")
+
+    def _rel(self, path: Path) -> str:
+        """`path` as errors name it: relative to the root, never where a link leads."""
+        return path.relative_to(self.root).as_posix()
+
+    @contextmanager
+    def _open(self, path: Path, create: bool) -> Iterator[sqlite3.Connection | None]:
+        """This thread's connection to `path` (None when absent), with any SQLite failure reported as a broken store.
+
+        A `memory.db` that is no database (a link to /etc/passwd, a truncated copy) is a clear error naming
+        the store, not a 500 with a traceback.
+        """
+        self._check_inside(path)
+        try:
+            yield _connection(path, create)
+        except sqlite3.DatabaseError as exc:
+            raise MemoryStoreBroken(f"{self._rel(path)} is not a usable memory database ({exc})") from None
 
     @property
     def path(self) -> Path:
@@ -262,16 +289,16 @@ class SqliteStore:
         started = time.perf_counter()
         report = IngestReport()
         files = collect_files(paths, report)
-        conn = _connection(self.path, create=True)
-        assert conn is not None
-        for done, file in enumerate(files, 1):
-            source = self.source_name(file)
-            try:
-                self._ingest_file(conn, file, source, report)
-            except (OSError, DocumentError) as exc:
-                report.failed.append((source, str(exc)))
-            if progress is not None:
-                progress(done, len(files), source)
+        with self._open(self.path, create=True) as conn:
+            assert conn is not None
+            for done, file in enumerate(files, 1):
+                source = self.source_name(file)
+                try:
+                    self._ingest_file(conn, file, source, report)
+                except (OSError, DocumentError) as exc:
+                    report.failed.append((source, str(exc)))
+                if progress is not None:
+                    progress(done, len(files), source)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -322,31 +349,31 @@ class SqliteStore:
             return []
         results: list[SearchResult] = []
         for path in self.search_paths:
-            conn = _connection(path, create=False)
-            if conn is None:
-                continue
-            try:
-                # One read transaction: ranking and content come from the same snapshot.
-                conn.execute("BEGIN")
-                ranked = _rank(conn, terms, top_k)
-                marks = ",".join("?" * len(ranked))
-                rows = conn.execute(
-                    f"SELECT rowid, id, content, source FROM chunks WHERE rowid IN ({marks})",  # noqa: S608
-                    [rowid for rowid, _ in ranked],
-                ).fetchall()
-            except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):  # created by a concurrent ingest, schema not yet committed
+            with self._open(path, create=False) as conn:
+                if conn is None:
                     continue
-                raise
-            finally:
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
-            found = {rowid: (i, content, source) for rowid, i, content, source in rows}
-            results.extend(
-                SearchResult(id=found[r][0], content=found[r][1], score=score, source=found[r][2])
-                for r, score in ranked
-                if r in found
-            )
+                try:
+                    # One read transaction: ranking and content come from the same snapshot.
+                    conn.execute("BEGIN")
+                    ranked = _rank(conn, terms, top_k)
+                    marks = ",".join("?" * len(ranked))
+                    rows = conn.execute(
+                        f"SELECT rowid, id, content, source FROM chunks WHERE rowid IN ({marks})",  # noqa: S608
+                        [rowid for rowid, _ in ranked],
+                    ).fetchall()
+                except sqlite3.OperationalError as exc:
+                    if "no such table" in str(exc):  # created by a concurrent ingest, schema not yet committed
+                        continue
+                    raise
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("COMMIT")
+                found = {rowid: (i, content, source) for rowid, i, content, source in rows}
+                results.extend(
+                    SearchResult(id=found[r][0], content=found[r][1], score=score, source=found[r][2])
+                    for r, score in ranked
+                    if r in found
+                )
         results.sort(key=lambda r: r.score, reverse=True)
         return results[:top_k]
 
@@ -357,24 +384,24 @@ class SqliteStore:
 
         Returns the number of documents removed; a store without a database removes nothing.
         """
-        conn = _connection(self.path, create=False)
-        if conn is None:
-            return 0
-        with _write(conn):
-            if source is None:
-                conn.execute("DELETE FROM chunks")
-                return conn.execute("DELETE FROM documents").rowcount
-            names = (source, self.source_name(Path(source)))
-            conn.execute("DELETE FROM chunks WHERE source IN (?, ?)", names)
-            return conn.execute("DELETE FROM documents WHERE source IN (?, ?)", names).rowcount
+        with self._open(self.path, create=False) as conn:
+            if conn is None:
+                return 0
+            with _write(conn):
+                if source is None:
+                    conn.execute("DELETE FROM chunks")
+                    return conn.execute("DELETE FROM documents").rowcount
+                names = (source, self.source_name(Path(source)))
+                conn.execute("DELETE FROM chunks WHERE source IN (?, ?)", names)
+                return conn.execute("DELETE FROM documents WHERE source IN (?, ?)", names).rowcount
 
     def stats(self) -> StoreStats:
         """Documents, chunks and sizes of this store's own database (zeros when it has none)."""
-        conn = _connection(self.path, create=False)
         documents = chunks = source_bytes = 0
-        if conn is not None:
-            row = conn.execute("SELECT count(*), coalesce(sum(chunks), 0), coalesce(sum(bytes), 0) FROM documents")
-            documents, chunks, source_bytes = row.fetchone()
+        with self._open(self.path, create=False) as conn:
+            if conn is not None:
+                row = conn.execute("SELECT count(*), coalesce(sum(chunks), 0), coalesce(sum(bytes), 0) FROM documents")
+                documents, chunks, source_bytes = row.fetchone()
         return StoreStats(
             component=self.component,
             tenant_id=self.tenant_id,

@@ -36,7 +36,7 @@ def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
     register_error_handlers(app)
     init_observability(app, settings, runtime.metrics)
     # The limiter counts before keys are enforced, so requests with no or a wrong key are limited too.
-    init_limits(app, settings)
+    init_limits(app, settings, runtime.metrics)
     init_auth(app, settings)
     app.register_blueprint(chat.bp)
     app.register_blueprint(health.bp)

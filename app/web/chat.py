@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
-from app.errors import BadRequest
+from app.errors import BadRequest, UnsupportedMediaType
 from app.validation import check_payload, parse_chat_request
 from app.web import get_runtime
 from app.web.auth import bind_tenant
@@ -16,7 +16,10 @@ bp = Blueprint("chat", __name__, url_prefix="/api/v1")
 @bp.post("/chat")
 def chat():
     """Render the context's prompt for the request and, when configured, ask the model (streamed on request)."""
-    body = request.get_json(force=True, silent=True)
+    # Browsers send text/plain and form types cross-site without a preflight; only JSON may reach the runtime.
+    if not request.is_json:
+        raise UnsupportedMediaType("the body must be sent with Content-Type: application/json")
+    body = request.get_json(silent=True)
     if body is None:
         raise BadRequest("the body must be a JSON object", code="invalid_json")
     chat_request = parse_chat_request(body)

@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from flask import Blueprint, jsonify
 
+from app.config import public_url
 from app.web import get_runtime
 
 bp = Blueprint("health", __name__)
@@ -36,14 +37,14 @@ def readyz():
 @bp.get("/version")
 def version_info():
     """What is running and where model calls go (the endpoint actually used, after a retired one moved); never
-    the token."""
+    the token, nor credentials written into HF_ENDPOINT."""
     runtime = get_runtime()
     provider = runtime.provider
     return jsonify(
         name="contexis-runtime",
         version=runtime_version(),
         model=provider.model_id if provider else None,
-        hf_endpoint=runtime.settings.hf_endpoint if provider else None,
+        hf_endpoint=runtime.settings.hf_endpoint_public if provider else None,
         hf_api=runtime.settings.hf_wire_api if provider else None,
-        hf_url=provider.url if provider else None,
+        hf_url=public_url(provider.url) if provider else None,
     )

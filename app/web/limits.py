@@ -8,6 +8,7 @@ body within that size may still cost (depth, items, string lengths) is
 from __future__ import annotations
 
 import io
+import logging
 import math
 import time
 from typing import Any
@@ -21,8 +22,12 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import Settings
 from app.errors import PayloadTooDeep
+from app.observability import RuntimeMetrics
 from app.web.auth import audit_denied, client_identity
 from app.web.errors import error_response
+
+# Every call to a Redis storage is bounded; the URI's own `?socket_timeout=&socket_connect_timeout=` win.
+REDIS_TIMEOUTS: dict[str, Any] = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 
 # Probes and scrapes must never be throttled: a limited /readyz would take a busy pod out of service.
 EXEMPT_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "prometheus_metrics"})
@@ -55,7 +60,21 @@ def _bound_chunked_body() -> None:
     environ["CONTENT_LENGTH"] = str(len(body))
 
 
-def init_limits(app: Flask, settings: Settings) -> None:
+class _CountedLog(logging.LoggerAdapter):
+    """Flask-Limiter's logger, counting what it reports at WARNING and above: each is a storage failure
+    that the limiter swallowed (fail open: the request is answered, counted per worker in memory)."""
+
+    def __init__(self, logger: logging.Logger, metrics: RuntimeMetrics) -> None:
+        super().__init__(logger, {})
+        self.metrics = metrics
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.WARNING:
+            self.metrics.rate_limit_storage_errors.inc()
+        super().log(level, msg, *args, **kwargs)
+
+
+def init_limits(app: Flask, settings: Settings, metrics: RuntimeMetrics) -> None:
     """Trust `X-Forwarded-For` only for the configured proxy hops; rate-limit when `CMP_RATE_LIMIT` is set."""
     provider = _DepthSafeJSONProvider(app)
     provider.sort_keys = app.json.sort_keys  # type: ignore[attr-defined]
@@ -65,16 +84,20 @@ def init_limits(app: Flask, settings: Settings) -> None:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     if not settings.rate_limit:
         return
+    redis = settings.rate_limit_storage_uri.startswith(("redis", "valkey"))
     limiter = Limiter(
         client_identity,
         app=app,
         default_limits=[settings.rate_limit],
         storage_uri=settings.rate_limit_storage_uri,
+        storage_options=REDIS_TIMEOUTS if redis else {},
         strategy="moving-window",
-        # A rate-limit store that is down must not take the API down: count in memory until it is back.
+        # Fail open: a rate-limit store that is down or hung must not take the API down. The request is
+        # answered, the failure logged and counted, and counting goes on in memory until the store is back.
         swallow_errors=True,
         in_memory_fallback_enabled=True,
     )
+    limiter.logger = _CountedLog(limiter.logger, metrics)  # type: ignore[assignment]
     limiter.request_filter(lambda: request.endpoint in EXEMPT_ENDPOINTS)
 
     @app.errorhandler(RateLimitExceeded)

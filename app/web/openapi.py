@@ -29,9 +29,11 @@ _ERROR_STATUSES = {
     "404": "The context, component or prompt file does not exist.",
     "413": "The body exceeds CMP_MAX_BODY_BYTES, or `query`, a string or the number of values in `data` exceed "
     "CMP_MAX_STRING_CHARS or CMP_MAX_DATA_ITEMS.",
-    "422": "The template needs a variable that `data` does not provide.",
+    "415": "The body is not sent as `application/json`.",
+    "422": "The template needs a variable that `data` does not provide, or the render goes past CMP_MAX_PROMPT_CHARS "
+    "or CMP_RENDER_TIMEOUT.",
     "429": "The key (or client address) exceeded CMP_RATE_LIMIT; `Retry-After` says when to retry.",
-    "500": "The project is broken (invalid context, template error) or the runtime failed.",
+    "500": "The project is broken (invalid context, template error, unusable memory store) or the runtime failed.",
     "502": "Hugging Face failed or answered something unusable (codes `hf_*`).",
     "504": "Hugging Face did not answer within HF_TIMEOUT.",
 }
@@ -120,7 +122,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
         f"strings of at most {settings.max_string_chars} characters."
     )
     gate = (["401", "403"] if auth else []) + (["429"] if limited else [])
-    chat_errors = ["400", *gate, "404", "413", "422", "500", "502", "504"]
+    chat_errors = ["400", *gate, "404", "413", "415", "422", "500", "502", "504"]
 
     def secured(scope: str) -> dict[str, Any]:
         return {"security": [{"bearerAuth": [scope]}]} if auth else {}

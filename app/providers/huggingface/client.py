@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import requests
@@ -57,6 +58,7 @@ class HuggingFaceClient:
     def stream(self, prompt: str, params: GenerationParams, system: str = "") -> TokenStream:
         """The model's answer as it is generated, once its first piece has arrived; `HFError` before that."""
         observed = self._telemetry(params)
+        deadline_at = time.monotonic() + self.settings.hf_deadline
         try:
             with observed.active(self.settings.hf_deadline):
                 response = self._send(prompt, system, params, stream=True)
@@ -64,7 +66,7 @@ class HuggingFaceClient:
             observed.failed(exc)
             observed.end()
             raise
-        return TokenStream(self._pieces(response, observed), self.model_id)
+        return TokenStream(self._pieces(response, observed, deadline_at), self.model_id)
 
     def _send(self, prompt: str, system: str, params: GenerationParams, stream: bool) -> requests.Response:
         """POST the call, read as it arrives; an answer the wire format learns from (parameters the model
@@ -77,17 +79,21 @@ class HuggingFaceClient:
                 raise
         return self.transport.post(self.wire.payload(prompt, system, params, stream))
 
-    def _pieces(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Usage | ServedBy]:
+    def _pieces(
+        self, response: requests.Response, observed: CallTelemetry, deadline_at: float
+    ) -> Iterator[str | Usage | ServedBy]:
         """Text deltas from the upstream's events as they arrive, then the model and usage if they were reported.
 
         sseclient-py parses the events (multi-line data, comments, CRLF, events split across chunks) from
-        requests' chunks as they arrive (`chunk_size=None`: no waiting for a buffer to fill).
+        requests' chunks as they arrive (`chunk_size=None`: no waiting for a buffer to fill). Every chunk,
+        comments included, counts against HF_DEADLINE and HF_MAX_RESPONSE_BYTES.
         """
         usage: Usage | None = None
         model: str | None = None
         try:
             with self.transport.errors():
-                for event in SSEClient(response.iter_content(chunk_size=None)).events():
+                chunks = self.transport.guarded(response.iter_content(chunk_size=None), deadline_at)
+                for event in SSEClient(chunks).events():
                     if event.data == self.wire.done_marker:
                         break
                     data = None if event.event == "error" else decode(event.data)

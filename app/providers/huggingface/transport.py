@@ -16,7 +16,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import requests
@@ -195,24 +195,39 @@ class Transport:
         answer over the cap is cut there instead of failing.
         """
         cap = self.settings.hf_max_response_bytes
-        too_large = f"more than HF_MAX_RESPONSE_BYTES={cap} bytes"
         declared = response.headers.get("Content-Length", "")
         if not truncate and declared.isdigit() and int(declared) > cap:
-            raise bad_response(too_large)
+            raise self._too_large()
+        pieces = iter(lambda: response.raw.read1(64 * 1024, decode_content=True), b"")
         deadline_at = _deadline.get(math.inf)
-        pieces: list[bytes] = []
+        if not truncate:
+            return b"".join(self.guarded(pieces, deadline_at))
+        body = b""
+        for piece in self.guarded(pieces, deadline_at, cap=math.inf):
+            body += piece
+            if len(body) >= cap:
+                break
+        return body[:cap]
+
+    def guarded(self, pieces: Iterable[bytes], deadline_at: float, cap: float | None = None) -> Iterator[bytes]:
+        """`pieces` as they arrive, stopped past `cap` bytes (HF_MAX_RESPONSE_BYTES) or past `deadline_at`.
+
+        Checked on every piece that arrives, whatever it holds: a stream that sends only SSE comments
+        (`: keepalive`) never yields an event, yet must end at the deadline and release its connection.
+        """
+        limit = self.settings.hf_max_response_bytes if cap is None else cap
         size = 0
-        while piece := response.raw.read1(64 * 1024, decode_content=True):
-            pieces.append(piece)
+        for piece in pieces:
             size += len(piece)
-            if size > cap:
-                if truncate:
-                    return b"".join(pieces)[:cap]
-                raise bad_response(too_large)
+            if size > limit:
+                raise self._too_large()
             if time.monotonic() > deadline_at:
                 detail = f"Hugging Face did not finish its answer within HF_DEADLINE={self.settings.hf_deadline:g}s."
                 raise HFTimeout(detail, metric_code="timeout")
-        return b"".join(pieces)
+            yield piece
+
+    def _too_large(self) -> HFError:
+        return bad_response(f"more than HF_MAX_RESPONSE_BYTES={self.settings.hf_max_response_bytes} bytes")
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:

@@ -1,0 +1,120 @@
+"""The gunicorn worker of the runtime: gthread, guarded against slow clients, with JSON error pages.
+
+gthread hands a new connection to a pool thread as soon as its first byte arrives, and that thread then
+blocks reading the request head: a few hundred clients dripping their headers a byte a second hold every
+thread, and normal requests wait. This worker reads the head in its poller instead (non-blocking, no thread
+held), gives a connection `GUNICORN_HEADER_TIMEOUT` seconds to complete it, and only then hands it to a
+thread with the head already read. The body is read by the thread as before (an ingress that buffers
+requests covers slow bodies; see the README).
+
+gunicorn answers what it cannot parse (a request line or headers too long or malformed) itself, with an
+HTML page; here those answers are JSON in the API's error shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import selectors
+import socket
+import time
+from collections import deque
+from functools import partial
+from typing import Any
+
+from gunicorn import util
+from gunicorn.http2 import negotiation
+from gunicorn.workers.gthread import ThreadWorker
+
+from app.config import Settings
+
+
+def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own error answer, as `{"error": {"code", "message"}}` instead of its HTML page."""
+    body = json.dumps({"error": {"code": reason.lower().replace(" ", "_"), "message": mesg or reason}}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+class HeaderTimeoutWorker(ThreadWorker):
+    """gthread whose poller reads each request head, so a slow client holds a socket, never a thread."""
+
+    def init_process(self) -> None:
+        self.header_timeout = Settings.from_env().header_timeout
+        self.reading_heads: deque[Any] = deque()
+        cfg = self.cfg
+        # Past gunicorn's own limits the head goes to the parser anyway, which answers 414 or 431.
+        self.max_head = (
+            (cfg.limit_request_line or 8190)
+            + (cfg.limit_request_fields or 100) * ((cfg.limit_request_field_size or 8190) + 2)
+            + 4
+        )
+        # gunicorn has no hook for its error page: every error it writes goes through util.write_error,
+        # which this worker process points at the JSON writer.
+        util.write_error = write_json_error
+        super().init_process()
+
+    def _guarded(self, conn: Any) -> bool:
+        """Plain HTTP/1 whose next head is not yet read (TLS and HTTP/2 keep gthread's own path)."""
+        if self.cfg.is_ssl or negotiation.prior_knowledge_allowed(self.cfg, conn.client):
+            return False
+        buffered = conn.parser is not None and conn.parser.unreader.buf.getvalue()
+        return not buffered and getattr(conn, "head", None) is None
+
+    def enqueue_req(self, conn: Any) -> None:
+        """New and kept-alive connections first wait in the poller for a complete head."""
+        if not self._guarded(conn):
+            super().enqueue_req(conn)
+            return
+        conn.head = b""
+        conn.head_deadline = time.monotonic() + self.header_timeout
+        conn.sock.setblocking(False)
+        self.reading_heads.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read_head, conn))
+
+    def _read_head(self, conn: Any, _sock: Any) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away
+            self._forget(conn)
+            conn.close()
+            return
+        conn.head += data
+        if b"\r\n\r\n" in conn.head or len(conn.head) > self.max_head:
+            self._forget(conn, closing=False)
+            conn.data_ready = True
+            super().enqueue_req(conn)
+
+    def _forget(self, conn: Any, closing: bool = True) -> None:
+        self.poller.unregister(conn.sock)
+        self.reading_heads.remove(conn)
+        if closing:
+            self.nr_conns -= 1
+
+    def handle(self, conn: Any) -> Any:
+        """Serve a connection whose head the poller read: the parser starts from those bytes."""
+        head, conn.head = getattr(conn, "head", None), None
+        if head:
+            conn.sock.setblocking(True)
+            conn.init()
+            conn.parser.unreader.unread(head)
+        return super().handle(conn)
+
+    def murder_pending(self) -> None:
+        """gthread's sweep, plus connections whose head is late: a JSON 408, then closed."""
+        super().murder_pending()
+        now = time.monotonic()
+        while self.reading_heads and self.reading_heads[0].head_deadline <= now:
+            conn = self.reading_heads[0]
+            self._forget(conn)
+            message = f"the request head did not arrive within GUNICORN_HEADER_TIMEOUT={self.header_timeout:g}s"
+            with contextlib.suppress(OSError):  # the client is gone or not reading: closing is all that is left
+                write_json_error(conn.sock, 408, "Request Timeout", message)
+            conn.close()
