@@ -7,18 +7,22 @@ The runtime, the web layer and the CLI know only these; a provider package
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+# A prior turn of the conversation: {"role": "user" | "assistant" | "system", "content": "..."}.
+Turn = Mapping[str, str]
 
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """Sampling parameters sent with each call, taken from the context's guardrails."""
+    """Sampling parameters sent with each call: the context's guardrails, or what the client chose within them."""
 
     max_new_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 0.95
+    stop: tuple[str, ...] = ()
 
     @classmethod
     def from_guardrails(cls, guardrails: dict[str, Any] | None) -> GenerationParams:
@@ -44,24 +48,33 @@ class Usage:
 
 @dataclass(frozen=True)
 class Generation:
-    """A whole answer: the model's text and, when reported, its token usage."""
+    """A whole answer: the model's text and, when reported, its token usage and why it ended."""
 
     text: str
     usage: Usage | None = None
+    finish_reason: str | None = None
 
+
+@dataclass(frozen=True)
+class Finish:
+    """The last piece of a stream when the endpoint said why the generation ended (`stop`, `length`)."""
+
+    reason: str
 
 
 class TokenStream:
-    """A generation arriving piece by piece: iterate for text deltas; `usage` is set once they are all read.
+    """A generation arriving piece by piece: iterate for text deltas; `usage` and `finish_reason` are set once
+    they are all read.
 
     The constructor waits for the first piece, so a failure before any text reaches the caller as an ordinary
     `ProviderError` (a JSON error with its status, not a broken stream). `close()` closes the upstream connection:
     a client that goes away stops the generation instead of leaving it running.
     """
 
-    def __init__(self, pieces: Iterator[str | Usage], model: str | None) -> None:
+    def __init__(self, pieces: Iterator[str | Usage | Finish], model: str | None) -> None:
         self.model = model
         self.usage: Usage | None = None
+        self.finish_reason: str | None = None
         self._pieces = pieces
         self._first = list(itertools.islice(pieces, 1))
 
@@ -69,6 +82,8 @@ class TokenStream:
         for piece in itertools.chain(self._first, self._pieces):
             if isinstance(piece, Usage):
                 self.usage = piece
+            elif isinstance(piece, Finish):
+                self.finish_reason = piece.reason
             else:
                 yield piece
 
@@ -79,15 +94,24 @@ class TokenStream:
 
 
 class Provider(Protocol):
-    """A text-generation backend: a whole answer, or one streamed piece by piece."""
+    """A text-generation backend: a whole answer, or one streamed piece by piece.
+
+    `history` is the conversation before the prompt; a provider with `history_in_turns` sends it as turns,
+    one without leaves it to the template (the rendered prompt is all it sends).
+    """
 
     model_id: str
+    history_in_turns: bool
 
-    def generate(self, prompt: str, params: GenerationParams, system: str = "") -> Generation:
+    def generate(
+        self, prompt: str, params: GenerationParams, system: str = "", history: Sequence[Turn] = ()
+    ) -> Generation:
         """The model's whole answer to `prompt`; a `ProviderError` subclass saying what to fix otherwise."""
         ...
 
-    def stream(self, prompt: str, params: GenerationParams, system: str = "") -> TokenStream:
+    def stream(
+        self, prompt: str, params: GenerationParams, system: str = "", history: Sequence[Turn] = ()
+    ) -> TokenStream:
         """The answer as it is generated, once its first piece has arrived; `ProviderError` before that."""
         ...
 

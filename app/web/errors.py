@@ -1,20 +1,44 @@
-"""The JSON error handlers: every failure a request meets is answered as `{"error": {"code", "message"}}`."""
+"""The JSON error handlers: every failure a request meets is answered as `{"error": {"code", "message"}}`.
+
+A blueprint may register its own shape (the OpenAI surface answers in OpenAI's); every handler, the
+auth and rate-limit ones included, goes through `error_response`, so the shape follows the route.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from app.errors import ContexisError
 
 log = logging.getLogger(__name__)
 
+# status, code, message, param -> the error body
+ErrorShape = Callable[[int, str, str, str | None], dict[str, Any]]
+_SHAPES: dict[str, ErrorShape] = {}
 
-def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
-    """The one JSON error shape every route and handler uses."""
-    return jsonify(error={"code": code, "message": message}), status
+
+def native_error(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def register_error_shape(blueprint: str, shape: ErrorShape) -> None:
+    """Answer the errors of `blueprint`'s routes in `shape`."""
+    _SHAPES[blueprint] = shape
+
+
+def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """The error body in the current route's shape."""
+    return _SHAPES.get(request.blueprint or "", native_error)(status, code, message, param)
+
+
+def error_response(status: int, code: str, message: str, param: str | None = None) -> tuple[Response, int]:
+    """The one JSON error answer every route and handler uses."""
+    return jsonify(error_body(status, code, message, param)), status
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -22,7 +46,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ContexisError)
     def _contexis(exc: ContexisError) -> tuple[Response, int]:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.param)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[Response, int]:

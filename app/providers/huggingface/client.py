@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import requests
 from sseclient import SSEClient
 
 from app.config import Settings
 from app.observability import RuntimeMetrics
-from app.providers.base import Generation, GenerationParams, TokenStream, Usage
+from app.providers.base import Finish, Generation, GenerationParams, TokenStream, Turn, Usage
 from app.providers.huggingface.errors import HFError
 from app.providers.huggingface.telemetry import CallTelemetry, precreate_series
 from app.providers.huggingface.transport import Transport, decode
@@ -23,6 +23,7 @@ class HuggingFaceClient:
         self.settings = settings
         self.model_id = settings.hf_model_id
         self.wire = WIRE_FORMATS[settings.hf_wire_api](settings)
+        self.history_in_turns = self.wire.history_in_turns
         self.url = self.wire.url
         self.metrics = metrics
         self.transport = Transport(settings, self.url, self.model_id, pool_size)
@@ -35,16 +36,18 @@ class HuggingFaceClient:
     def _telemetry(self, params: GenerationParams) -> CallTelemetry:
         return CallTelemetry(self.metrics, self.model_id, self.wire.operation, params)
 
-    def generate(self, prompt: str, params: GenerationParams, system: str = "") -> Generation:
+    def generate(
+        self, prompt: str, params: GenerationParams, system: str = "", history: Sequence[Turn] = ()
+    ) -> Generation:
         """The model's whole answer to `prompt`, or an `HFError` subclass saying what to fix.
 
         `system` (who the agent is) becomes the system message of a chat completion; the classic
-        route has no place for it, its rendered prompt already says it.
+        route has no place for it, its rendered prompt already says it. So it is with `history`.
         """
         observed = self._telemetry(params)
         try:
             with observed.active(self.settings.hf_deadline):
-                payload = self.wire.payload(prompt, system, params, stream=False)
+                payload = self.wire.payload(prompt, system, params, stream=False, history=history)
                 generation = self.wire.parse(self.transport.call(payload))
             observed.succeeded(generation.usage)
             return generation
@@ -54,25 +57,29 @@ class HuggingFaceClient:
         finally:
             observed.end()
 
-    def stream(self, prompt: str, params: GenerationParams, system: str = "") -> TokenStream:
+    def stream(
+        self, prompt: str, params: GenerationParams, system: str = "", history: Sequence[Turn] = ()
+    ) -> TokenStream:
         """The model's answer as it is generated, once its first piece has arrived; `HFError` before that."""
         observed = self._telemetry(params)
         try:
             with observed.active(self.settings.hf_deadline):
-                response = self.transport.post(self.wire.payload(prompt, system, params, stream=True), stream=True)
+                payload = self.wire.payload(prompt, system, params, stream=True, history=history)
+                response = self.transport.post(payload, stream=True)
         except HFError as exc:
             observed.failed(exc)
             observed.end()
             raise
         return TokenStream(self._pieces(response, observed), self.model_id)
 
-    def _pieces(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Usage]:
-        """Text deltas from the upstream's events as they arrive, then the usage if it was reported.
+    def _pieces(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Usage | Finish]:
+        """Text deltas from the upstream's events as they arrive, then the usage and finish reason if reported.
 
         sseclient-py parses the events (multi-line data, comments, CRLF, events split across chunks) from
         requests' chunks as they arrive (`chunk_size=None`: no waiting for a buffer to fill).
         """
         usage: Usage | None = None
+        finish: str | None = None
         try:
             with self.transport.errors():
                 for event in SSEClient(response.iter_content(chunk_size=None)).events():
@@ -83,6 +90,7 @@ class HuggingFaceClient:
                         raise self.transport.stream_error(event.data)
                     piece = self.wire.parse_event(data)
                     usage = piece.usage or usage
+                    finish = piece.finish_reason or finish
                     if piece.text:
                         observed.first_token()
                         yield piece.text
@@ -91,6 +99,8 @@ class HuggingFaceClient:
             observed.succeeded(usage)
             if usage:
                 yield usage
+            if finish:
+                yield Finish(finish)
         except HFError as exc:
             observed.failed(exc)
             raise
