@@ -142,11 +142,10 @@ def _params(context: dict[str, Any], request: ChatRequest) -> GenerationParams:
     guardrails = context.get("guardrails") or {}
     params = GenerationParams.from_guardrails(guardrails)
     overrides = request.overrides
-    ceilings = {"max_tokens": 32768, "temperature": 2.0, "top_p": 1.0, **guardrails.get("client_max", {})}
-    for name in ("max_tokens", "temperature", "top_p"):
-        if name in overrides and overrides[name] > ceilings[name]:
+    for name, ceiling in guardrails.get("client_max", {}).items():
+        if overrides.get(name, 0) > ceiling:
             raise BadRequest(
-                f"{name}: {overrides[name]} is more than context {context['name']!r} allows ({ceilings[name]})",
+                f"{name}: {overrides[name]} is more than context {context['name']!r} allows ({ceiling})",
                 code="invalid_request",
                 param=name,
             )

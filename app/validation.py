@@ -77,8 +77,8 @@ OPENAI_CHAT_SCHEMA: dict[str, Any] = {
         },
         "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
         "top_p": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
-        "max_tokens": {"type": ["integer", "null"], "minimum": 1},
-        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 32768},
+        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 32768},
         "stop": {
             "anyOf": [
                 {"type": "string"},
@@ -156,20 +156,19 @@ def _text(content: str | list[dict[str, str]] | None) -> str:
 
 
 def parse_openai_request(body: Any) -> ChatRequest:
-    """An OpenAI chat-completion body as a `ChatRequest`: `model` is the context, the last message the input.
+    """An OpenAI chat-completion body as a `ChatRequest`: `model` is the context, the last user message the input.
 
-    The last message must be the user's: its text is `user_input` for the template (unless `data` sets it) and
-    the memory query (unless `query` is given); the messages before it are the history. Unknown fields are
-    ignored, as OpenAI-compatible servers do.
+    The input's text is `user_input` for the template (unless `data` sets it) and the memory query (unless
+    `query` is given; empty when no message is the user's); every other message is the history, in order.
+    Unknown fields are ignored, as OpenAI-compatible servers do.
     """
     _check(_openai_validator, body)
     turns = [
         {"role": "system" if m["role"] == "developer" else m["role"], "content": _text(m.get("content"))}
         for m in body["messages"]
     ]
-    if turns[-1]["role"] != "user":
-        raise BadRequest("messages: the last message must be the user's", code="invalid_request", param="messages")
-    user_input = turns[-1]["content"]
+    users = [i for i, turn in enumerate(turns) if turn["role"] == "user"]
+    user_input = turns.pop(users[-1])["content"] if users else ""
     native = {name: body[name] for name in RUNTIME_FIELDS if name in body}
     chat_request = parse_chat_request(
         {
@@ -177,7 +176,7 @@ def parse_openai_request(body: Any) -> ChatRequest:
             "context": body["model"],
             "query": native.get("query", user_input),
             "data": {"user_input": user_input, **native.get("data", {})},
-            "messages": turns[:-1],
+            "messages": turns,
             "stream": bool(body.get("stream")),
         }
     )
