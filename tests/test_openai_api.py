@@ -114,7 +114,7 @@ def test_a_stream_without_include_usage_ends_with_the_finish_chunk(serve):
 
 
 def test_a_failure_after_the_first_chunk_is_raised_by_the_sdk(serve):
-    events = chat_events(["Hel"])[:2] + [sse({"error": {"message": "CUDA out of memory"}})]
+    events = [*chat_events(["Hel"])[:2], sse({"error": {"message": "CUDA out of memory"}})]
     _, live, _ = serve(Stream(events))
     stream = sdk(live).chat.completions.create(model="SupportBot", messages=HELLO, stream=True)
     received = []
@@ -127,14 +127,21 @@ def test_a_failure_after_the_first_chunk_is_raised_by_the_sdk(serve):
 
 def test_sampling_options_override_the_guardrails_within_the_contexts_limits(serve, project):
     path = project / "contexts" / "SupportBot" / "supportbot.ctx"
-    path.write_text(path.read_text().replace("  temperature: 0.3\n", "  temperature: 0.3\n  client_max:\n    max_tokens: 512\n"))
+    path.write_text(
+        path.read_text().replace("  temperature: 0.3\n", "  temperature: 0.3\n  client_max:\n    max_tokens: 512\n")
+    )
     fake, live, _ = serve(Reply(body=completion("ok")))
     client = sdk(live)
     client.chat.completions.create(
         model="SupportBot", messages=HELLO, temperature=0, max_completion_tokens=100, top_p=0.5, stop="\n\n", seed=7
     )
     upstream = fake.seen[0].body
-    assert (upstream["temperature"], upstream["max_tokens"], upstream["top_p"], upstream["stop"]) == (0, 100, 0.5, ["\n\n"])
+    assert (upstream["temperature"], upstream["max_tokens"], upstream["top_p"], upstream["stop"]) == (
+        0,
+        100,
+        0.5,
+        ["\n\n"],
+    )
     assert "seed" not in upstream  # unknown OpenAI fields are ignored, never passed on
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(model="SupportBot", messages=HELLO, max_tokens=4096)
@@ -262,7 +269,8 @@ def tenant_project(project):
     tenants.mkdir(parents=True)
     (tenants / "SupportBot.ctx").write_text("extends: ../../SupportBot/supportbot.ctx\nname: SupportBot\n")
     (tenants / "BillingBot.ctx").write_text(
-        "name: BillingBot\nrole:\n  persona: Answers invoices.\n  limitations: []\nguardrails:\n  tone: dry\n  format: one line\n"
+        "name: BillingBot\nrole:\n  persona: Answers invoices.\n  limitations: []\n"
+        "guardrails:\n  tone: dry\n  format: one line\n"
     )
     shutil.copytree(project / "prompts" / "SupportBot", project / "prompts" / "BillingBot")
     (project / "contexts" / "Broken").mkdir()

@@ -279,7 +279,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                             "name": "tenant_id",
                             "in": "query",
                             "required": False,
-                            "description": "The tenant whose overrides to include (a tenant-bound key's own by default)",
+                            "description": "The tenant whose overrides to list (by default a tenant-bound key's own)",
                             "schema": {"type": "string", "pattern": NAME_PATTERN},
                         }
                     ],
