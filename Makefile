@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ADDR ?= :8000
 PROJECT ?= examples/quickstart
 
-.PHONY: install serve test lint e2e bench bench-tools bench-profile
+.PHONY: install serve test lint chromium e2e bench bench-tools bench-profile
 
 include deploy/helm.mk
 
@@ -27,7 +27,12 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint $(HELM)
+# The CORS test drives Debian's Chromium through Playwright (never `playwright install`).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: lint $(HELM) chromium
 	HELM=$(abspath $(HELM)) $(BIN)/python -m pytest
 
 # Opt-in, not part of `make test`: the runtime against llama-cpp-python's OpenAI-compatible server

@@ -56,7 +56,7 @@ def test_a_whole_answer_is_a_chat_completion_and_the_upstream_gets_system_then_p
     assert answer.choices[0].message.content == "Hello from the chat model"
     assert answer.choices[0].finish_reason == "stop"
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens) == (87, 12, 99)
-    assert answer.sources == []  # type: ignore[attr-defined]  # the runtime's extra field
+    assert answer.sources == []  # the runtime's extra field
     upstream = fake.seen[0].body
     assert upstream["model"] == MODEL
     assert (upstream["max_tokens"], upstream["temperature"]) == (256, 0.3)  # the context's guardrails
@@ -75,7 +75,7 @@ def test_history_reaches_the_upstream_as_turns_after_the_contexts_and_clients_sy
         {"role": "assistant", "content": "Order 1234 is packed."},
         {"role": "user", "content": "When does it ship?"},
     ]
-    answer = sdk(live).chat.completions.create(model="SupportBot", messages=messages)  # type: ignore[arg-type]
+    answer = sdk(live).chat.completions.create(model="SupportBot", messages=messages)
     assert answer.choices[0].message.content == "It ships tomorrow."
     sent = fake.seen[0].body["messages"]
     assert sent[:6] == [
@@ -158,12 +158,12 @@ def test_runtime_fields_ride_in_extra_body_and_the_last_user_message_searches_me
     client = sdk(live)
     refund = [{"role": "user", "content": "How do I get a refund?"}]
     answer = client.chat.completions.create(model="SupportBot", messages=refund)
-    assert answer.sources[0]["source"] == "docs/CustomerDocs/returns.md"  # type: ignore[attr-defined]
+    assert answer.sources[0]["source"] == "docs/CustomerDocs/returns.md"
     assert "Relevant knowledge:" in fake.seen[0].body["messages"][-1]["content"]
     answer = client.chat.completions.create(
         model="SupportBot", messages=refund, extra_body={"query": "warranty", "top_k": 1, "data": {"user_input": "X"}}
     )
-    assert [s["source"] for s in answer.sources] == ["docs/CustomerDocs/warranty.md"]  # type: ignore[attr-defined]
+    assert [s["source"] for s in answer.sources] == ["docs/CustomerDocs/warranty.md"]
     assert fake.seen[1].body["messages"][-1]["content"].endswith("User: X\nAssistant:\n")
 
 
@@ -212,7 +212,7 @@ def test_too_much_history_is_413(serve):
     _, live, _ = serve(max_messages=2)
     history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}] * 2
     with pytest.raises(openai.APIStatusError) as raised:
-        sdk(live).chat.completions.create(model="SupportBot", messages=[*history, *HELLO])  # type: ignore[list-item]
+        sdk(live).chat.completions.create(model="SupportBot", messages=[*history, *HELLO])
     assert raised.value.status_code == 413
     assert raised.value.body["code"] == "payload_too_large"
     assert "CMP_MAX_MESSAGES=2" in raised.value.message
