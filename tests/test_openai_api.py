@@ -12,7 +12,18 @@ from contextlib import ExitStack
 import openai
 import pytest
 from fake_hf import FakeHF, Reply, Stream, chat_events, completion, sse
-from helpers import ACME_KEY, KEYS_JSON, METRICS_KEY, MODEL, STAR_KEY, SUPPORTBOT_SYSTEM, LiveApp, metric
+from helpers import (
+    ACME_KEY,
+    KEYS_JSON,
+    METRICS_KEY,
+    MODEL,
+    STAR_KEY,
+    SUPPORTBOT_SYSTEM,
+    TOKEN,
+    LiveApp,
+    Server,
+    metric,
+)
 
 from app import create_app
 
@@ -194,6 +205,16 @@ def test_bad_requests_are_bad_request_errors_in_openais_shape(serve, messages, p
     assert fake.seen == []
 
 
+def test_unrouted_paths_and_wrong_methods_under_v1_answer_in_openais_shape(client):
+    missing = client.get("/v1/embeddings")
+    assert missing.status_code == 404
+    assert missing.get_json()["error"]["type"] == "not_found_error"
+    wrong = client.get("/v1/chat/completions")
+    assert (wrong.status_code, set(wrong.headers["Allow"].split(", "))) == (405, {"OPTIONS", "POST"})
+    assert set(wrong.get_json()["error"]) == {"message", "type", "param", "code"}
+    assert set(client.get("/api/v1/nothing").get_json()["error"]) == {"code", "message"}  # the native shape stays
+
+
 def test_an_unknown_context_is_not_found(serve):
     _, live, _ = serve()
     with pytest.raises(openai.NotFoundError) as raised:
@@ -303,3 +324,30 @@ def test_models_without_auth_lists_shared_contexts_or_a_named_tenants(tenant_pro
     bad = client.get("/v1/models?tenant_id=../x")
     assert bad.status_code == 400
     assert bad.get_json()["error"]["param"] == "tenant_id"
+
+
+def test_ctx_serve_lists_answers_streams_and_passes_three_turns(project):
+    """The issue's 'done when', under gunicorn as `make serve` runs it."""
+    replies = (Reply(body=completion("Hi!")), Stream(chat_events(["Str", "eamed"])), Reply(body=completion("Ada.")))
+    with FakeHF(*replies) as fake:
+        env = {"HF_TOKEN": TOKEN, "HF_MODEL_ID": MODEL, "HF_ENDPOINT": f"{fake.url}/v1"}
+        server = Server("--root", str(project), "--workers", "1", "--threads", "4", env=env)
+        try:
+            client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=10)
+            assert [m.id for m in client.models.list()] == ["SupportBot"]
+            answer = client.chat.completions.create(model="SupportBot", messages=HELLO)
+            assert answer.choices[0].message.content == "Hi!"
+            stream = client.chat.completions.create(model="SupportBot", messages=HELLO, stream=True)
+            assert "".join(c.choices[0].delta.content or "" for c in stream) == "Streamed"
+            turns = [
+                {"role": "user", "content": "My name is Ada."},
+                {"role": "assistant", "content": "Nice to meet you, Ada!"},
+                {"role": "user", "content": "What is my name?"},
+            ]
+            client.chat.completions.create(model="SupportBot", messages=turns)
+        finally:
+            assert server.stop()[0] == 0
+    sent = fake.seen[2].body["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert sent[1:3] == turns[:2]
+    assert sent[3]["content"].endswith("User: What is my name?\nAssistant:\n")

@@ -35,7 +35,7 @@ def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
 
     app.extensions[_RUNTIME] = runtime
     register_error_handlers(app)
-    register_error_shape(openai_api.bp.name, openai_api.openai_error)
+    register_error_shape(openai_api.bp.url_prefix or "", openai_api.openai_error)
     init_observability(app, settings, runtime.metrics)
     init_cors(app, settings)
     # The limiter counts before keys are enforced, so requests with no or a wrong key are limited too.

@@ -1,7 +1,7 @@
 """The JSON error handlers: every failure a request meets is answered as `{"error": {"code", "message"}}`.
 
-A blueprint may register its own shape (the OpenAI surface answers in OpenAI's); every handler, the
-auth and rate-limit ones included, goes through `error_response`, so the shape follows the route.
+A URL prefix may have its own shape (the OpenAI surface answers in OpenAI's under `/v1/`); every handler,
+the auth, rate-limit, 404 and 405 ones included, goes through `error_response`, so the shape follows the path.
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ def native_error(status: int, code: str, message: str, param: str | None = None)
     return {"error": {"code": code, "message": message}}
 
 
-def register_error_shape(blueprint: str, shape: ErrorShape) -> None:
-    """Answer the errors of `blueprint`'s routes in `shape`."""
-    _SHAPES[blueprint] = shape
+def register_error_shape(prefix: str, shape: ErrorShape) -> None:
+    """Answer the errors of every path under `prefix` in `shape`, unrouted paths included."""
+    _SHAPES[prefix.rstrip("/") + "/"] = shape
 
 
 def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
-    """The error body in the current route's shape."""
-    return _SHAPES.get(request.blueprint or "", native_error)(status, code, message, param)
+    """The error body in the current path's shape."""
+    shape = next((shape for prefix, shape in _SHAPES.items() if request.path.startswith(prefix)), native_error)
+    return shape(status, code, message, param)
 
 
 def error_response(status: int, code: str, message: str, param: str | None = None) -> tuple[Response, int]:
