@@ -6,6 +6,7 @@ upstream received as well as what the SDK made of the answer.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from contextlib import ExitStack
 
@@ -159,6 +160,32 @@ def test_sampling_options_override_the_guardrails_within_the_contexts_limits(ser
     assert raised.value.body["param"] == "max_tokens"
     assert "allows (512)" in raised.value.message
     assert len(fake.seen) == 1
+
+
+def test_on_the_text_generation_route_greedy_and_stop_are_tgis_own_and_length_is_reported(hf_settings):
+    tgi = [{"generated_text": "Hello", "details": {"finish_reason": "length", "generated_tokens": 5}}]
+    with FakeHF(Reply(body=tgi)) as fake, LiveApp(create_app(hf_settings.replace(hf_endpoint=fake.url))) as live:
+        answer = sdk(live).chat.completions.create(model="SupportBot", messages=HELLO, temperature=0, stop=["\n"])
+    assert (answer.choices[0].finish_reason, answer.usage.completion_tokens) == ("length", 5)
+    parameters = fake.seen[0].body["parameters"]
+    assert (parameters["do_sample"], parameters["stop"]) == (False, ["\n"])
+    assert "temperature" not in parameters  # TGI refuses 0: greedy decoding is its do_sample=false
+
+
+def test_the_access_log_and_spans_name_the_context_as_for_api_v1_chat(serve, caplog, spans):
+    caplog.set_level(logging.INFO)
+    _, live, _ = serve(Reply(body=completion("ok")))
+    sdk(live).chat.completions.create(model="SupportBot", messages=HELLO)
+    access = next(
+        r for r in caplog.records if r.name == "contexis.access" and r.fields["path"] == "/v1/chat/completions"
+    )
+    assert {k: access.fields[k] for k in ("status", "context", "component", "model")} == {
+        "status": 200,
+        "context": "SupportBot",
+        "component": "SupportBot",
+        "model": MODEL,
+    }
+    assert "huggingface.generate" in {span.name for span in spans.get_finished_spans()}
 
 
 def test_runtime_fields_ride_in_extra_body_and_the_last_user_message_searches_memory(serve, project):
