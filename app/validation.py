@@ -62,7 +62,7 @@ OPENAI_CHAT_SCHEMA: dict[str, Any] = {
         "messages": {
             "type": "array",
             "minItems": 1,
-            "description": "The conversation; the last message is the user's turn to answer.",
+            "description": "The conversation; the last user message is the input, the others its history.",
             "items": {
                 "type": "object",
                 "required": ["role"],

@@ -275,11 +275,12 @@ def test_too_much_history_is_413(serve):
 )
 def test_the_models_failures_are_server_errors_with_the_hf_codes(serve, reply, status, code):
     _, live, _ = serve(reply, hf_timeout=0.5, hf_max_retries=0)
-    with pytest.raises(openai.InternalServerError) as raised:
-        sdk(live).chat.completions.create(model="SupportBot", messages=HELLO)
-    assert raised.value.status_code == status
-    assert (raised.value.body["type"], raised.value.body["code"]) == ("server_error", code)
-    assert "hf_SECRET" not in raised.value.message
+    for stream in (False, True):  # a stream that fails before its first chunk fails as an HTTP error too
+        with pytest.raises(openai.InternalServerError) as raised:
+            sdk(live).chat.completions.create(model="SupportBot", messages=HELLO, stream=stream)
+        assert raised.value.status_code == status
+        assert (raised.value.body["type"], raised.value.body["code"]) == ("server_error", code)
+        assert "hf_SECRET" not in raised.value.message
 
 
 def test_keys_scopes_and_tenants_raise_the_sdks_auth_errors(authed):
