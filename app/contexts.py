@@ -47,7 +47,7 @@ CONTEXT_SCHEMA: dict[str, Any] = {
                 "max_tokens": {"type": "integer", "minimum": 1, "maximum": 32768},
                 "temperature": {"type": "number", "exclusiveMinimum": 0, "maximum": 2},
                 "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                # The most a client may ask for on the OpenAI surface (the defaults are the bounds above).
+                # The most a client may ask for on the OpenAI surface; without it, up to the bounds above.
                 "client_max": {
                     "type": "object",
                     "additionalProperties": False,

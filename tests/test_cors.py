@@ -60,6 +60,17 @@ def test_preflight_allows_the_configured_origin_with_authorization_and_content_t
     assert "Access-Control-Allow-Credentials" not in response.headers
 
 
+def test_preflight_allows_the_headers_openais_js_sdk_sends_and_no_others(cors_settings):
+    client = create_app(cors_settings).test_client()
+    asked = "authorization,content-type,x-stainless-os,x-stainless-retry-count,x-secret"
+    response = client.options(
+        "/v1/chat/completions",
+        headers={"Origin": ALLOWED, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": asked},
+    )
+    allowed = set(response.headers["Access-Control-Allow-Headers"].lower().split(", "))
+    assert allowed == {"authorization", "content-type", "x-stainless-os", "x-stainless-retry-count"}
+
+
 def test_answers_expose_the_request_id_to_the_allowed_origin_only(cors_settings):
     client = create_app(cors_settings).test_client()
     body = {"model": "SupportBot", "messages": [{"role": "user", "content": "hi"}]}

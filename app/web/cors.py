@@ -24,7 +24,8 @@ def init_cors(app: Flask, settings: Settings) -> None:
         resources={route: {} for route in CORS_ROUTES},
         origins=list(settings.cors_origins),
         methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        # OpenAI's JS SDK, used in a browser, adds its X-Stainless-* headers to every request.
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID", r"X-Stainless-[A-Za-z-]+"],
         expose_headers=["X-Request-ID"],
         supports_credentials=False,
         max_age=600,
