@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from fake_hf import FakeHF, Reply, completion
-from helpers import GUIDE_BODY, MODEL, SUPPORTBOT_SYSTEM, TOKEN, chat
+from fake_hf import FakeHF, Reply, Stream, chat_events, completion
+from helpers import GUIDE_BODY, MODEL, SUPPORTBOT_SYSTEM, TOKEN, chat, sse_events
 
 from app import create_app
 
@@ -52,6 +52,14 @@ def test_a_chat_model_gets_context_system_client_system_turns_then_the_prompt(hf
     assert prompt["content"].endswith("\nUser: It is 1234.\nAssistant:\n")
     assert "Conversation so far" not in prompt["content"]
     assert len(seen.body["messages"]) == 5
+
+
+def test_a_streamed_answer_sends_the_same_turns(hf_settings):
+    with FakeHF(Stream(chat_events(["Ships ", "today."]))) as fake:
+        app = create_app(hf_settings.replace(hf_endpoint=f"{fake.url}/v1"))
+        events = sse_events(chat(app, {**BODY, "stream": True}))
+    assert [data.get("delta") for _, data in events[:-1]] == ["Ships ", "today."]
+    assert [m["role"] for m in fake.seen[0].body["messages"]] == ["system", "system", "user", "assistant", "user"]
 
 
 def test_the_text_generation_route_sends_the_template_alone(hf_settings):

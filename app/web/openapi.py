@@ -29,7 +29,7 @@ _ERROR_STATUSES = {
     "403": "The key lacks the route's scope or may not act for the requested tenant.",
     "404": "The context, component or prompt file does not exist.",
     "413": "The body exceeds CMP_MAX_BODY_BYTES, or `query`, a string or the number of values in `data` exceed "
-    "CMP_MAX_STRING_CHARS or CMP_MAX_DATA_ITEMS.",
+    "CMP_MAX_STRING_CHARS or CMP_MAX_DATA_ITEMS, or the history exceeds CMP_MAX_MESSAGES or CMP_MAX_HISTORY_CHARS.",
     "422": "The template needs a variable that `data` does not provide.",
     "429": "The key (or client address) exceeded CMP_RATE_LIMIT; `Retry-After` says when to retry.",
     "500": "The project is broken (invalid context, template error) or the runtime failed.",
