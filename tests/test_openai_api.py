@@ -27,6 +27,7 @@ from helpers import (
 )
 
 from app import create_app
+from app.keys import keys_from_json
 
 USAGE = {"prompt_tokens": 87, "completion_tokens": 12}
 HELLO = [{"role": "user", "content": "hello"}]
@@ -49,9 +50,8 @@ def serve(hf_settings):
 @pytest.fixture
 def authed(serve):
     """The app with keys on (see helpers.KEYS_JSON) and a one-answer fake model."""
-    from app.config import _api_keys
-
-    return serve(Reply(body=completion("Hi")), auth_enabled=True, api_keys=_api_keys({"CMP_API_KEYS": KEYS_JSON}))
+    keys = tuple(keys_from_json(KEYS_JSON, "CMP_API_KEYS"))
+    return serve(Reply(body=completion("Hi")), auth_enabled=True, api_keys=keys)
 
 
 def sdk(live: LiveApp, key: str = "no-key-needed") -> openai.OpenAI:
