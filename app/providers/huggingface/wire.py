@@ -98,7 +98,7 @@ class TextGeneration(WireFormat):
         if isinstance(data, list) and data:
             data = data[0]
         if isinstance(data, dict) and isinstance(data.get("generated_text"), str):
-            return Generation(data["generated_text"], _tgi_usage(data), _tgi_finish(data))
+            return Generation(data["generated_text"], _tgi_usage(data), finish_reason=_tgi_finish(data))
         raise bad_response("without a generated_text field")
 
     def parse_event(self, data: Any) -> StreamEvent:
@@ -154,7 +154,7 @@ class ChatCompletion(WireFormat):
             content = None
         if not isinstance(content, str):
             raise bad_response("without choices[0].message.content")
-        return Generation(content, _openai_usage(data), _text_or_none(choice.get("finish_reason")))
+        return Generation(content, _openai_usage(data), finish_reason=_text_or_none(choice.get("finish_reason")))
 
     def parse_event(self, data: Any) -> StreamEvent:
         """A chunk's `choices[0].delta.content`; the last chunk may carry only `usage`, with no choices."""
