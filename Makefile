@@ -58,12 +58,14 @@ lint: install
 	$(BIN)/lint-imports
 
 # Debian packages the tests drive for real, installed when missing (as root, like bench-tools): redis-server
-# (rate limits on Redis), prometheus and promtool (tests/test_operations.py). CMP_REQUIRE_PROMETHEUS=1 makes
-# the operations tests fail, not skip, without them.
-TEST_DEBS := redis-server prometheus
+# (rate limits on Redis), prometheus and promtool (tests/test_operations.py), chromium (the CORS test drives it
+# through Playwright; never `playwright install`). CMP_REQUIRE_PROMETHEUS=1 makes the operations tests fail, not
+# skip, without them.
+TEST_DEBS := redis-server prometheus chromium
 test-tools:
-	@command -v redis-server >/dev/null && command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_DEBS) >/dev/null; }
+	@for tool in redis-server promtool prometheus chromium; do command -v $$tool >/dev/null || missing=1; done; \
+	[ -z "$$missing" ] || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_DEBS) >/dev/null; }
 
 test: lint $(HELM) test-tools
 	HELM=$(abspath $(HELM)) CMP_REQUIRE_PROMETHEUS=1 $(BIN)/python -m pytest

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,20 @@ def public_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+_ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
+
+
+def _cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Browser origins allowed to call the API, comma-separated; `*` (any origin) only alone."""
+    origins = tuple(o.strip().rstrip("/") for o in _text(env, "CMP_CORS_ORIGINS").split(",") if o.strip())
+    if "*" in origins and len(origins) > 1:
+        raise SettingsError("CMP_CORS_ORIGINS: '*' allows every origin and cannot be listed with others")
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise SettingsError(f"CMP_CORS_ORIGINS: {origin!r} is not an origin such as https://chat.example.com")
+    return origins
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the runtime reads from its environment, validated up front."""
@@ -160,6 +175,9 @@ class Settings:
     max_string_chars: int = 32768
     max_prompt_chars: int = 1024 * 1024
     render_timeout: float = 5.0
+    max_messages: int = 100
+    max_history_chars: int = 131072
+    cors_origins: tuple[str, ...] = ()
     hf_max_response_bytes: int = 1024 * 1024
 
     @classmethod
@@ -201,6 +219,9 @@ class Settings:
             max_string_chars=_number(env, "CMP_MAX_STRING_CHARS", 32768, kind=int, minimum=1),
             max_prompt_chars=_number(env, "CMP_MAX_PROMPT_CHARS", 1024 * 1024, kind=int, minimum=1),
             render_timeout=_number(env, "CMP_RENDER_TIMEOUT", 5.0, minimum=0.001),
+            max_messages=_number(env, "CMP_MAX_MESSAGES", 100, kind=int),
+            max_history_chars=_number(env, "CMP_MAX_HISTORY_CHARS", 131072, kind=int),
+            cors_origins=_cors_origins(env),
             hf_max_response_bytes=_number(env, "HF_MAX_RESPONSE_BYTES", 1024 * 1024, kind=int, minimum=1),
         ).checked()
 

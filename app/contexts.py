@@ -47,6 +47,16 @@ CONTEXT_SCHEMA: dict[str, Any] = {
                 "max_tokens": {"type": "integer", "minimum": 1, "maximum": 32768},
                 "temperature": {"type": "number", "exclusiveMinimum": 0, "maximum": 2},
                 "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                # The most a client may ask for on the OpenAI surface; without it, up to the bounds above.
+                "client_max": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "max_tokens": {"type": "integer", "minimum": 1, "maximum": 32768},
+                        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                        "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                    },
+                },
             },
         },
         "memory": {"type": "object"},
@@ -129,6 +139,22 @@ class ContextStore:
             if directory.is_dir() and directory.name != "tenants":
                 yield from sorted(directory.glob("*.ctx"))
         yield from sorted(self.contexts_dir.glob("tenants/*/*.ctx"))
+
+    def available(self, tenant_id: str = "") -> dict[str, Path]:
+        """The valid contexts `tenant_id` may name, each with the file that defines it (tenant overrides included)."""
+        names = {path.parent.name for path in self.iter_files() if path.parent.parent == self.contexts_dir}
+        if tenant_id:
+            names |= {path.stem for path in (self.contexts_dir / "tenants" / tenant_id).glob("*.ctx")}
+        found: dict[str, Path] = {}
+        for name in sorted(names):
+            path = self.path_for(name, tenant_id)
+            try:
+                if path.is_file():
+                    self.load(path)
+                    found[name] = path
+            except ContextInvalid:
+                continue  # /readyz names broken files; a listing shows what can answer
+        return found
 
     def problems(self) -> list[str]:
         """`file: field: problem` for each invalid context (empty when the project is sound)."""

@@ -18,9 +18,11 @@ class ContexisError(Exception):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # The request field at fault, when one is: OpenAI's error shape names it.
+        self.param = param
         if code:
             self.code = code
 

@@ -6,7 +6,7 @@ It knows nothing of HTTP: `app.web` turns requests into `ChatRequest`s and answe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from opentelemetry import trace
@@ -14,6 +14,7 @@ from opentelemetry.util.types import AttributeValue
 
 from app.config import Settings
 from app.contexts import ContextStore
+from app.errors import BadRequest
 from app.memory import SearchResult, open_store
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
@@ -41,6 +42,7 @@ class Answer:
     model: str | None
     sources: list[dict[str, Any]]
     usage: Usage | None = None
+    finish_reason: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -61,27 +63,32 @@ class Runtime:
         self.prompts = PromptRenderer(settings.project_root, settings.max_prompt_chars, settings.render_timeout)
         self.provider = build_provider(settings, self.metrics)
 
-    def search(self, request: ChatRequest) -> list[SearchResult]:
-        """The component's memory matches for the request's query (none without a query)."""
+    def search(self, request: ChatRequest, component: str = "") -> list[SearchResult]:
+        """The memory matches of `component` (the request's by default) for the request's query (none without one)."""
+        component = component or request.component
         if not request.query.strip():
             return []
-        attributes: dict[str, AttributeValue] = {"memory.component": request.component, "memory.top_k": request.top_k}
+        attributes: dict[str, AttributeValue] = {"memory.component": component, "memory.top_k": request.top_k}
         with _tracer.start_as_current_span("memory.search", attributes=attributes) as span:
             started = time.perf_counter()
             try:
-                store = open_store(self.settings.project_root, request.component, request.tenant_id or None)
+                store = open_store(self.settings.project_root, component, request.tenant_id or None)
                 results = store.search(request.query, request.top_k)
             except Exception:
-                self.metrics.memory_search_errors.labels(component=request.component).inc()
+                self.metrics.memory_search_errors.labels(component=component).inc()
                 raise
-            self.metrics.memory_search.labels(component=request.component).observe(time.perf_counter() - started)
+            self.metrics.memory_search.labels(component=component).observe(time.perf_counter() - started)
             span.set_attribute("memory.results", len(results))
         return results
 
     def render(self, request: ChatRequest) -> Rendered:
-        """Resolve the context, search memory and render the prompt for `request`."""
+        """Resolve the context, search memory and render the prompt for `request`.
+
+        Memory is the context's `memory.component` when it names one (so a client that names only the
+        context, as OpenAI clients do, still gets retrieval), else the request's component.
+        """
         context = self.contexts.resolve(request.context, request.tenant_id)
-        results = self.search(request)
+        results = self.search(request, (context.get("memory") or {}).get("component", ""))
         variables = {
             **request.data,
             # The runtime's own variables win over same-named keys in `data`.
@@ -89,6 +96,9 @@ class Runtime:
             "results": [result.as_dict() for result in results],
             "tenant_id": request.tenant_id,
             "query": request.query,
+            "messages": [dict(message) for message in request.messages],
+            # True when the model gets the history as turns, so a template need not repeat it.
+            "history_in_turns": bool(self.provider and self.provider.history_in_turns),
         }
         started = time.perf_counter()
         prompt = self.prompts.render(request.component, request.prompt_file, variables)
@@ -101,15 +111,21 @@ class Runtime:
         sources = _sources(rendered)
         if self.provider is None:
             return Answer(rendered=rendered.prompt, model=None, sources=sources)
-        generation = self.provider.generate(rendered.prompt, *_inference_inputs(rendered.context))
-        return Answer(rendered=generation.text, model=self.provider.model_id, sources=sources, usage=generation.usage)
+        generation = self.provider.generate(rendered.prompt, *_inference_inputs(rendered.context, request))
+        return Answer(
+            rendered=generation.text,
+            model=self.provider.model_id,
+            sources=sources,
+            usage=generation.usage,
+            finish_reason=generation.finish_reason or "stop",
+        )
 
     def stream(self, request: ChatRequest) -> StreamedAnswer:
         """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model."""
         rendered = self.render(request)
         if self.provider is None:
             return StreamedAnswer(TokenStream(iter([rendered.prompt]), model=None), _sources(rendered))
-        stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered.context))
+        stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered.context, request))
         return StreamedAnswer(stream, _sources(rendered))
 
 
@@ -118,6 +134,29 @@ def _sources(rendered: Rendered) -> list[dict[str, Any]]:
     return [{"id": r.id, "source": r.source, "score": r.score} for r in rendered.results]
 
 
-def _inference_inputs(context: dict[str, Any]) -> tuple[GenerationParams, str]:
-    """What the context adds to the rendered prompt: sampling parameters and the chat system message."""
-    return GenerationParams.from_guardrails(context.get("guardrails")), system_message(context)
+def _inference_inputs(
+    context: dict[str, Any], request: ChatRequest
+) -> tuple[GenerationParams, str, tuple[dict[str, str], ...]]:
+    """What goes with the rendered prompt: sampling parameters, the chat system message and the history."""
+    return _params(context, request), system_message(context), request.messages
+
+
+def _params(context: dict[str, Any], request: ChatRequest) -> GenerationParams:
+    """The guardrails' sampling, with what the client asked for where it stays within `guardrails.client_max`."""
+    guardrails = context.get("guardrails") or {}
+    params = GenerationParams.from_guardrails(guardrails)
+    overrides = request.overrides
+    for name, ceiling in guardrails.get("client_max", {}).items():
+        if overrides.get(name, 0) > ceiling:
+            raise BadRequest(
+                f"{name}: {overrides[name]} is more than context {context['name']!r} allows ({ceiling})",
+                code="invalid_request",
+                param=name,
+            )
+    return replace(
+        params,
+        max_new_tokens=overrides.get("max_tokens", params.max_new_tokens),
+        temperature=overrides.get("temperature", params.temperature),
+        top_p=overrides.get("top_p", params.top_p),
+        stop=overrides.get("stop", params.stop),
+    )

@@ -76,6 +76,23 @@ def chat_events(pieces: list[str], usage: dict | None = None) -> list[str]:
     return [*events, sse("[DONE]")]
 
 
+def completion(
+    content: object = "Hello from the chat model", usage: dict | None = None, finish_reason: str = "stop"
+) -> dict:
+    """An OpenAI-style chat completion, as the router, TGI, vLLM and llama.cpp answer one."""
+    body: dict = {
+        "id": "cmpl-1",
+        "object": "chat.completion",
+        "model": "upstream-name",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}
+        ],
+    }
+    if usage is not None:
+        body["usage"] = {**usage, "total_tokens": sum(usage.values())}
+    return body
+
+
 @dataclass
 class Seen:
     path: str
@@ -152,7 +169,7 @@ class FakeHF:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> FakeHF:
         self._thread.start()

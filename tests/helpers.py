@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 import requests
 from flask import Flask
 from guide import GUIDE_BODY
+from werkzeug.serving import make_server
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "quickstart"
@@ -28,6 +30,15 @@ MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 ENDPOINT = "https://hf.test/models"
 
 __all__ = ["ENDPOINT", "EXAMPLE", "GUIDE_BODY", "MODEL", "REPO", "TOKEN"]
+
+# The system message a chat model gets for the example's SupportBot context.
+SUPPORTBOT_SYSTEM = (
+    "You are SupportBot. A friendly, concise customer support agent for Acme Cloud.\n"
+    "Tone: warm and professional.\n"
+    "Limitations:\n"
+    "- Never asks for passwords or payment card numbers\n"
+    "- Hands off to a human for refunds over 500 USD"
+)
 
 # API keys of the auth tests: one tenant-bound chat key, one metrics key, one key for any tenant.
 ACME_KEY = "ctx_live_ACME_secret_0123456789"
@@ -98,6 +109,24 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subp
         text=True,
         timeout=60,
     )
+
+
+class LiveApp:
+    """An app served by werkzeug on a free local port in a thread, for clients that need a real socket."""
+
+    def __init__(self, app: Flask) -> None:
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        # A short poll interval: shutdown() waits for the loop's next poll.
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+
+    def __enter__(self) -> LiveApp:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Server:

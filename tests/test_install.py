@@ -243,7 +243,7 @@ def serve_and_check(command: list[str], *, env: dict[str, str], cwd: Path | str,
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output
-    assert "Using worker: gthread" in output, output
+    assert "Using worker: app.gunicorn_worker.HeaderTimeoutWorker" in output, output
     assert output.count("Booting worker") == 2, output
     return output
 

@@ -45,20 +45,26 @@ def test_document_is_valid_openapi_and_covers_every_route(project, auth):
     validate(document)
     assert document["openapi"] == "3.1.0"
     assert {path: set(ops) for path, ops in document["paths"].items()} == routes(app)
-    chat = document["paths"]["/api/v1/chat"]["post"]
-    assert {"200", "400", "404", "413", "422", "429", "500", "502", "504"} <= set(chat["responses"])
-    assert ("security" in chat) is auth
-    assert ({"401", "403"} <= set(chat["responses"])) is auth
+    for path in ("/api/v1/chat", "/v1/chat/completions"):
+        chat = document["paths"][path]["post"]
+        assert {"200", "400", "404", "413", "422", "429", "500", "502", "504"} <= set(chat["responses"])
+        assert ("security" in chat) is auth
+        assert ({"401", "403"} <= set(chat["responses"])) is auth
 
 
-def test_request_schema_is_the_validators_own(client):
-    from app.validation import CHAT_REQUEST_SCHEMA
+@pytest.mark.parametrize(
+    ("documented_name", "schema_name"),
+    [("ChatRequest", "CHAT_REQUEST_SCHEMA"), ("ChatCompletionRequest", "OPENAI_CHAT_SCHEMA")],
+)
+def test_request_schemas_are_the_validators_own(client, documented_name, schema_name):
+    import app.validation
 
+    schema = getattr(app.validation, schema_name)
     document = client.get("/openapi.json").get_json()
-    documented = document["components"]["schemas"]["ChatRequest"]
-    assert documented["required"] == CHAT_REQUEST_SCHEMA["required"]
-    for name, schema in CHAT_REQUEST_SCHEMA["properties"].items():
-        assert schema.items() <= documented["properties"][name].items()
+    documented = document["components"]["schemas"][documented_name]
+    assert documented["required"] == schema["required"]
+    for name, field in schema["properties"].items():
+        assert field.items() <= documented["properties"][name].items()
 
 
 # A query or data over the runtime's size limits is rejected with 413, which is as much a rejection as a 400.
@@ -75,8 +81,13 @@ def aimed(case, target):
     """A generated valid request aimed at an existing component, so fuzzing reaches memory and the renderer."""
     component, prompt_file = target
     body = dict(case.body)
-    case.body = {**body, "context": "SupportBot", "component": component, "prompt_file": prompt_file}
-    case.body["data"] = {**body.get("data", {}), "user_input": body.get("query", "hi")}
+    case.body = {**body, "component": component, "prompt_file": prompt_file}
+    if case.path == "/v1/chat/completions":
+        # An OpenAI request: the context is the model, and the last message must be the user's.
+        case.body.update(model="SupportBot", messages=[*body["messages"], {"role": "user", "content": "hi"}])
+    else:
+        case.body["context"] = "SupportBot"
+        case.body["data"] = {**body.get("data", {}), "user_input": body.get("query", "hi")}
     return case
 
 
@@ -94,6 +105,8 @@ def strategy(operation):
     ("method", "path"),
     [
         ("POST", "/api/v1/chat"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/v1/models"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
         ("GET", "/version"),

@@ -31,7 +31,7 @@ def test_packaged_settings_apply_from_any_directory():
     server = Server("--root", str(EXAMPLE), "--workers", "1", cwd="/")
     code, output = server.stop()
     assert code == 0, output
-    assert "Using worker: gthread" in output
+    assert "Using worker: app.gunicorn_worker.HeaderTimeoutWorker" in output
 
 
 def test_cmp_gunicorn_config_file_replaces_the_packaged_settings(tmp_path):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import responses
-from fake_hf import chat_events, sse, tgi_events
-from helpers import GUIDE_BODY, MODEL, TOKEN, chat, metric, sse_events
+from fake_hf import chat_events, completion, sse, tgi_events
+from helpers import GUIDE_BODY, MODEL, SUPPORTBOT_SYSTEM, TOKEN, chat, metric, sse_events
 
 from app import create_app
 from app.config import Settings, SettingsError
@@ -19,27 +19,6 @@ from app.providers.huggingface.errors import HINT_UNAVAILABLE
 V1 = "https://router.test/v1"
 CHAT_URL = f"{V1}/chat/completions"
 PROVIDER_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct:novita"
-SYSTEM = (
-    "You are SupportBot. A friendly, concise customer support agent for Acme Cloud.\n"
-    "Tone: warm and professional.\n"
-    "Limitations:\n"
-    "- Never asks for passwords or payment card numbers\n"
-    "- Hands off to a human for refunds over 500 USD"
-)
-
-
-def completion(content: object = "Hello from the chat model", usage: dict | None = None) -> dict:
-    body: dict = {
-        "id": "cmpl-1",
-        "object": "chat.completion",
-        "model": "upstream-name",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-    }
-    if usage is not None:
-        body["usage"] = {**usage, "total_tokens": sum(usage.values())}
-    return body
-
-
 @pytest.fixture
 def chat_app(hf_settings: Settings):
     return create_app(hf_settings.replace(hf_endpoint=V1, hf_model_id=PROVIDER_MODEL))
@@ -91,7 +70,7 @@ def test_chat_completion_payload_answer_and_usage(chat_app, spans):
         "top_p": 0.95,
     }
     system, user = sent["messages"]
-    assert system == {"role": "system", "content": SYSTEM}
+    assert system == {"role": "system", "content": SUPPORTBOT_SYSTEM}
     assert user["role"] == "user"
     assert user["content"].startswith("You are SupportBot.") and user["content"].endswith("User: hello\nAssistant:\n")
     assert metric(chat_app, "cmp_hf_tokens_total", model=PROVIDER_MODEL, kind="prompt") == 87

@@ -7,18 +7,22 @@ The runtime, the web layer and the CLI know only these; a provider package
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+# A prior turn of the conversation: {"role": "user" | "assistant" | "system", "content": "..."}.
+Turn = Mapping[str, str]
 
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """Sampling parameters sent with each call, taken from the context's guardrails."""
+    """Sampling parameters sent with each call: the context's guardrails, or what the client chose within them."""
 
     max_new_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 0.95
+    stop: tuple[str, ...] = ()
 
     @classmethod
     def from_guardrails(cls, guardrails: dict[str, Any] | None) -> GenerationParams:
@@ -44,7 +48,8 @@ class Usage:
 
 @dataclass(frozen=True)
 class Generation:
-    """A whole answer: the model's text and, when reported, its token usage and the model that served it.
+    """A whole answer: the model's text and, when reported, its token usage, the model that served it and why
+    it ended.
 
     `model` is the endpoint's own name for what answered (the router reports the serving provider's id,
     e.g. `llama-3.3-70b`), which can differ from the model id the call asked for.
@@ -53,6 +58,7 @@ class Generation:
     text: str
     usage: Usage | None = None
     model: str | None = None
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,19 +68,27 @@ class ServedBy:
     model: str
 
 
+@dataclass(frozen=True)
+class Finish:
+    """The last piece of a stream when the endpoint said why the generation ended (`stop`, `length`)."""
+
+    reason: str
+
+
 class TokenStream:
-    """A generation arriving piece by piece: iterate for text deltas; `usage` and `response_model` are set once
-    they are all read.
+    """A generation arriving piece by piece: iterate for text deltas; `usage`, `response_model` and
+    `finish_reason` are set once they are all read.
 
     The constructor waits for the first piece, so a failure before any text reaches the caller as an ordinary
     `ProviderError` (a JSON error with its status, not a broken stream). `close()` closes the upstream connection:
     a client that goes away stops the generation instead of leaving it running.
     """
 
-    def __init__(self, pieces: Iterator[str | Usage | ServedBy], model: str | None) -> None:
+    def __init__(self, pieces: Iterator[str | Usage | ServedBy | Finish], model: str | None) -> None:
         self.model = model
         self.usage: Usage | None = None
         self.response_model: str | None = None
+        self.finish_reason: str | None = None
         self._pieces = pieces
         self._first = list(itertools.islice(pieces, 1))
 
@@ -84,6 +98,8 @@ class TokenStream:
                 self.usage = piece
             elif isinstance(piece, ServedBy):
                 self.response_model = piece.model
+            elif isinstance(piece, Finish):
+                self.finish_reason = piece.reason
             else:
                 yield piece
 
@@ -94,16 +110,25 @@ class TokenStream:
 
 
 class Provider(Protocol):
-    """A text-generation backend: a whole answer, or one streamed piece by piece."""
+    """A text-generation backend: a whole answer, or one streamed piece by piece.
+
+    `history` is the conversation before the prompt; a provider with `history_in_turns` sends it as turns,
+    one without leaves it to the template (the rendered prompt is all it sends).
+    """
 
     model_id: str
     url: str  # where the calls go, shown by /version and `ctx hf test-model`
+    history_in_turns: bool
 
-    def generate(self, prompt: str, params: GenerationParams, system: str = "") -> Generation:
+    def generate(
+        self, prompt: str, params: GenerationParams, system: str = "", history: Sequence[Turn] = ()
+    ) -> Generation:
         """The model's whole answer to `prompt`; a `ProviderError` subclass saying what to fix otherwise."""
         ...
 
-    def stream(self, prompt: str, params: GenerationParams, system: str = "") -> TokenStream:
+    def stream(
+        self, prompt: str, params: GenerationParams, system: str = "", history: Sequence[Turn] = ()
+    ) -> TokenStream:
         """The answer as it is generated, once its first piece has arrived; `ProviderError` before that."""
         ...
 

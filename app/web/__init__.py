@@ -26,18 +26,22 @@ def get_runtime() -> Runtime:
 
 def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
     """Errors, telemetry, limits, auth and routes, in the order their hooks must run."""
-    from app.web import chat, health, openapi
+    from app.web import chat, health, openai_api, openapi
     from app.web.auth import init_auth
-    from app.web.errors import register_error_handlers
+    from app.web.cors import init_cors
+    from app.web.errors import register_error_handlers, register_error_shape
     from app.web.limits import init_limits
     from app.web.telemetry import init_observability
 
     app.extensions[_RUNTIME] = runtime
     register_error_handlers(app)
+    register_error_shape(openai_api.bp.url_prefix or "", openai_api.openai_error)
     init_observability(app, settings, runtime.metrics)
+    init_cors(app, settings)
     # The limiter counts before keys are enforced, so requests with no or a wrong key are limited too.
     init_limits(app, settings, runtime.metrics)
     init_auth(app, settings)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(openai_api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)

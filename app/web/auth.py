@@ -83,20 +83,23 @@ def audit_denied(status: int, reason: str, tenant: str | None = None) -> None:
     _audit.warning("request denied", extra={"fields": fields})
 
 
-def bind_tenant(chat_request: ChatRequest) -> ChatRequest:
-    """The request as its key may make it: an empty tenant becomes the key's own, another tenant is 403."""
+def tenant_for(requested: str) -> str:
+    """The tenant a request acts for: an empty one becomes the key's own, another than the key's is 403."""
     identity = current_identity()
     if identity is None or identity.key is None:
-        return chat_request
+        return requested
     key = identity.key
-    if not chat_request.tenant_id and key.tenant_id != ANY_TENANT:
-        return replace(chat_request, tenant_id=key.tenant_id)
-    if not key.allows_tenant(chat_request.tenant_id):
-        g.contexis_denied_tenant = chat_request.tenant_id
-        raise AuthDenied(
-            f"this key may not act for tenant {chat_request.tenant_id!r}", status=403, reason="tenant_mismatch"
-        )
-    return chat_request
+    if not requested and key.tenant_id != ANY_TENANT:
+        return key.tenant_id
+    if not key.allows_tenant(requested):
+        g.contexis_denied_tenant = requested
+        raise AuthDenied(f"this key may not act for tenant {requested!r}", status=403, reason="tenant_mismatch")
+    return requested
+
+
+def bind_tenant(chat_request: ChatRequest) -> ChatRequest:
+    """The request as its key may make it (`tenant_for`)."""
+    return replace(chat_request, tenant_id=tenant_for(chat_request.tenant_id))
 
 
 def _enforce() -> None:

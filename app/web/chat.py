@@ -1,11 +1,14 @@
-"""The chat blueprint: `POST /api/v1/chat`, the route frontends call."""
+"""The chat blueprint: `POST /api/v1/chat`, the route frontends call, and what every chat route shares."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from flask import Blueprint, g, jsonify, request
 
 from app.errors import BadRequest, UnsupportedMediaType
-from app.validation import check_payload, parse_chat_request
+from app.runtime import Runtime
+from app.validation import ChatRequest, check_payload, parse_chat_request
 from app.web import get_runtime
 from app.web.auth import bind_tenant
 from app.web.sse import sse_response
@@ -13,16 +16,21 @@ from app.web.sse import sse_response
 bp = Blueprint("chat", __name__, url_prefix="/api/v1")
 
 
-@bp.post("/chat")
-def chat():
-    """Render the context's prompt for the request and, when configured, ask the model (streamed on request)."""
-    # Browsers send text/plain and form types cross-site without a preflight; only JSON may reach the runtime.
+def json_body() -> Any:
+    """The request's decoded JSON body; `UnsupportedMediaType` unless sent as JSON, `BadRequest` when it is not JSON.
+
+    Browsers send text/plain and form types cross-site without a preflight; only JSON may reach the runtime.
+    """
     if not request.is_json:
         raise UnsupportedMediaType("the body must be sent with Content-Type: application/json")
     body = request.get_json(silent=True)
     if body is None:
         raise BadRequest("the body must be a JSON object", code="invalid_json")
-    chat_request = parse_chat_request(body)
+    return body
+
+
+def admit(chat_request: ChatRequest) -> tuple[Runtime, ChatRequest]:
+    """What every chat route does before the pipeline: bind the key's tenant, bound the cost, name it in the log."""
     runtime = get_runtime()
     chat_request = bind_tenant(chat_request)
     check_payload(chat_request, runtime.settings)
@@ -32,6 +40,13 @@ def chat():
         component=chat_request.component,
         model=runtime.provider.model_id if runtime.provider else None,
     )
+    return runtime, chat_request
+
+
+@bp.post("/chat")
+def chat():
+    """Render the context's prompt for the request and, when configured, ask the model (streamed on request)."""
+    runtime, chat_request = admit(parse_chat_request(json_body()))
     if chat_request.stream:
         streamed = runtime.stream(chat_request)
         return sse_response(streamed.stream, sources=streamed.sources, request_id=g.request_id)

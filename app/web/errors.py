@@ -1,20 +1,45 @@
-"""The JSON error handlers: every failure a request meets is answered as `{"error": {"code", "message"}}`."""
+"""The JSON error handlers: every failure a request meets is answered as `{"error": {"code", "message"}}`.
+
+A URL prefix may have its own shape (the OpenAI surface answers in OpenAI's under `/v1/`); every handler,
+the auth, rate-limit, 404 and 405 ones included, goes through `error_response`, so the shape follows the path.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from app.errors import ContexisError
 
 log = logging.getLogger(__name__)
 
+# status, code, message, param -> the error body
+ErrorShape = Callable[[int, str, str, str | None], dict[str, Any]]
+_SHAPES: dict[str, ErrorShape] = {}
 
-def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
-    """The one JSON error shape every route and handler uses."""
-    return jsonify(error={"code": code, "message": message}), status
+
+def native_error(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def register_error_shape(prefix: str, shape: ErrorShape) -> None:
+    """Answer the errors of every path under `prefix` in `shape`, unrouted paths included."""
+    _SHAPES[prefix.rstrip("/") + "/"] = shape
+
+
+def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """The error body in the current path's shape."""
+    shape = next((shape for prefix, shape in _SHAPES.items() if request.path.startswith(prefix)), native_error)
+    return shape(status, code, message, param)
+
+
+def error_response(status: int, code: str, message: str, param: str | None = None) -> tuple[Response, int]:
+    """The one JSON error answer every route and handler uses."""
+    return jsonify(error_body(status, code, message, param)), status
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -22,7 +47,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ContexisError)
     def _contexis(exc: ContexisError) -> tuple[Response, int]:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.param)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[Response, int]:

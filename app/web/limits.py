@@ -98,7 +98,8 @@ def init_limits(app: Flask, settings: Settings, metrics: RuntimeMetrics) -> None
         in_memory_fallback_enabled=True,
     )
     limiter.logger = _CountedLog(limiter.logger, metrics)  # type: ignore[assignment]
-    limiter.request_filter(lambda: request.endpoint in EXEMPT_ENDPOINTS)
+    # A browser's CORS preflight is not a call: counting it would halve a browser client's limit.
+    limiter.request_filter(lambda: request.endpoint in EXEMPT_ENDPOINTS or request.method == "OPTIONS")
 
     @app.errorhandler(RateLimitExceeded)
     def _too_many(exc: RateLimitExceeded) -> tuple[Response, int]:

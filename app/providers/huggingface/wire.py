@@ -7,11 +7,12 @@ llama.cpp. Retries, errors and telemetry are the same for both (`transport`, `te
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from app.config import Settings
-from app.providers.base import Generation, GenerationParams, Usage
+from app.providers.base import Generation, GenerationParams, Turn, Usage
 from app.providers.huggingface.errors import HFError, bad_response, unused_model_kwargs
 
 
@@ -23,6 +24,7 @@ class StreamEvent:
     usage: Usage | None = None
     done: bool = False
     model: str | None = None  # the model the endpoint says is answering
+    finish_reason: str | None = None
 
 
 def _usage(prompt: Any, completion: Any) -> Usage | None:
@@ -40,6 +42,7 @@ class WireFormat:
     name = ""
     operation = ""  # gen_ai.operation.name
     done_marker: str | None = None  # a stream event's data that ends the stream without being JSON
+    history_in_turns = False  # whether prior turns go to the model as turns (else the template renders them)
 
     def __init__(self, settings: Settings) -> None:
         self.model_id = settings.hf_model_id
@@ -48,7 +51,9 @@ class WireFormat:
     def _url(self, settings: Settings) -> str:
         raise NotImplementedError
 
-    def payload(self, prompt: str, system: str, params: GenerationParams, stream: bool) -> dict[str, Any]:
+    def payload(
+        self, prompt: str, system: str, params: GenerationParams, stream: bool, history: Sequence[Turn] = ()
+    ) -> dict[str, Any]:
         raise NotImplementedError
 
     def parse(self, data: Any) -> Generation:
@@ -63,7 +68,7 @@ class WireFormat:
 
 
 # What the classic route's `parameters` may hold; a model may reject some of them (`TextGeneration.learn`).
-_CLASSIC_PARAMETERS = frozenset({"max_new_tokens", "temperature", "top_p", "return_full_text"})
+_CLASSIC_PARAMETERS = frozenset({"max_new_tokens", "temperature", "top_p", "return_full_text", "stop", "do_sample"})
 
 
 class TextGeneration(WireFormat):
@@ -79,14 +84,22 @@ class TextGeneration(WireFormat):
     def _url(self, settings: Settings) -> str:
         return f"{settings.hf_endpoint}/{settings.hf_model_id}"
 
-    def payload(self, prompt: str, system: str, params: GenerationParams, stream: bool) -> dict[str, Any]:
-        # The rendered prompt already carries the persona: the system message has no field here.
-        parameters = {
+    def payload(
+        self, prompt: str, system: str, params: GenerationParams, stream: bool, history: Sequence[Turn] = ()
+    ) -> dict[str, Any]:
+        # The rendered prompt already carries the persona and, as its template decides, the history.
+        parameters: dict[str, Any] = {
             "max_new_tokens": params.max_new_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
             "return_full_text": False,
         }
+        if params.stop:
+            parameters["stop"] = list(params.stop)
+        if params.temperature == 0:
+            # OpenAI clients ask for greedy decoding with temperature 0, which TGI refuses: it has its own switch.
+            del parameters["temperature"]
+            parameters["do_sample"] = False
         payload: dict[str, Any] = {
             "inputs": prompt,
             "parameters": {name: value for name, value in parameters.items() if name not in self.unused},
@@ -109,7 +122,7 @@ class TextGeneration(WireFormat):
         if isinstance(data, list) and data:
             data = data[0]
         if isinstance(data, dict) and isinstance(data.get("generated_text"), str):
-            return Generation(data["generated_text"], _tgi_usage(data))
+            return Generation(data["generated_text"], _tgi_usage(data), finish_reason=_tgi_finish(data))
         raise bad_response("without a generated_text field")
 
     def parse_event(self, data: Any) -> StreamEvent:
@@ -118,7 +131,8 @@ class TextGeneration(WireFormat):
         if not isinstance(token, dict) or not isinstance(token.get("text"), str):
             raise bad_response("a stream event without token.text")
         text = "" if token.get("special") else token["text"]
-        return StreamEvent(text=text, usage=_tgi_usage(data), done=data.get("generated_text") is not None)
+        done = data.get("generated_text") is not None
+        return StreamEvent(text=text, usage=_tgi_usage(data), done=done, finish_reason=_tgi_finish(data))
 
 
 class ChatCompletion(WireFormat):
@@ -126,12 +140,21 @@ class ChatCompletion(WireFormat):
 
     name, operation = "chat-completion", "chat"
     done_marker = "[DONE]"
+    history_in_turns = True
 
     def _url(self, settings: Settings) -> str:
         return f"{settings.hf_endpoint}/chat/completions"
 
-    def payload(self, prompt: str, system: str, params: GenerationParams, stream: bool) -> dict[str, Any]:
+    def payload(
+        self, prompt: str, system: str, params: GenerationParams, stream: bool, history: Sequence[Turn] = ()
+    ) -> dict[str, Any]:
+        """The context's system message, then the client's, then the prior turns, then the prompt as the user's.
+
+        Only `role` and `content` of a turn are sent: history never changes the model or anything else.
+        """
         messages = [{"role": "system", "content": system}] if system else []
+        messages += [{"role": "system", "content": t["content"]} for t in history if t["role"] == "system"]
+        messages += [{"role": t["role"], "content": t["content"]} for t in history if t["role"] != "system"]
         messages.append({"role": "user", "content": prompt})
         payload: dict[str, Any] = {
             "model": self.model_id,
@@ -140,6 +163,8 @@ class ChatCompletion(WireFormat):
             "temperature": params.temperature,
             "top_p": params.top_p,
         }
+        if params.stop:
+            payload["stop"] = list(params.stop)
         if stream:
             # Without stream_options a streamed answer reports no usage at all.
             payload.update(stream=True, stream_options={"include_usage": True})
@@ -147,12 +172,13 @@ class ChatCompletion(WireFormat):
 
     def parse(self, data: Any) -> Generation:
         try:
-            content = data["choices"][0]["message"]["content"]
+            choice = data["choices"][0]
+            content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
             content = None
         if not isinstance(content, str):
             raise bad_response("without choices[0].message.content")
-        return Generation(content, _openai_usage(data), _model(data))
+        return Generation(content, _openai_usage(data), _model(data), _text_or_none(choice.get("finish_reason")))
 
     def parse_event(self, data: Any) -> StreamEvent:
         """A chunk's `choices[0].delta.content`; the last chunk may carry only `usage`, with no choices."""
@@ -161,7 +187,9 @@ class ChatCompletion(WireFormat):
         choice = data["choices"][0] if data.get("choices") else {}
         delta = choice.get("delta") if isinstance(choice, dict) else None
         text = delta.get("content") if isinstance(delta, dict) else None
-        return StreamEvent(text=text if isinstance(text, str) else "", usage=_openai_usage(data), model=_model(data))
+        finish = _text_or_none(choice.get("finish_reason")) if isinstance(choice, dict) else None
+        usage = _openai_usage(data)
+        return StreamEvent(text if isinstance(text, str) else "", usage, model=_model(data), finish_reason=finish)
 
 
 def _model(data: dict[str, Any]) -> str | None:
@@ -173,6 +201,19 @@ def _model(data: dict[str, Any]) -> str | None:
 def _tgi_usage(data: dict[str, Any]) -> Usage | None:
     details = data.get("details")
     return _usage(None, details.get("generated_tokens")) if isinstance(details, dict) else None
+
+
+def _tgi_finish(data: dict[str, Any]) -> str | None:
+    """TGI's `details.finish_reason` in OpenAI's words: `length` stays, `eos_token` and `stop_sequence` are `stop`."""
+    details = data.get("details")
+    reason = details.get("finish_reason") if isinstance(details, dict) else None
+    if not isinstance(reason, str):
+        return None
+    return "length" if reason == "length" else "stop"
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _openai_usage(data: dict[str, Any]) -> Usage | None:
