@@ -21,6 +21,9 @@ from app.keys import ApiKey, keys_from_file, keys_from_json, keys_from_tokens, u
 
 DEFAULT_HF_ENDPOINT = "https://api-inference.huggingface.co/models"
 HF_APIS = ("text-generation", "chat-completion", "auto")
+# The router's route for feature extraction, as huggingface_hub calls it.
+DEFAULT_HF_EMBED_ENDPOINT = "https://router.huggingface.co/hf-inference/models"
+HF_EMBED_APIS = ("feature-extraction", "openai", "auto")
 
 
 def _text(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -124,6 +127,11 @@ class Settings:
     max_data_items: int = 1000
     max_string_chars: int = 32768
     hf_max_response_bytes: int = 1024 * 1024
+    hf_embed_model_id: str = ""
+    hf_embed_endpoint: str = DEFAULT_HF_EMBED_ENDPOINT
+    hf_embed_api: str = "auto"
+    hf_embed_batch: int = 32
+    hf_embed_query_timeout: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -157,6 +165,11 @@ class Settings:
             max_data_items=_number(env, "CMP_MAX_DATA_ITEMS", 1000, kind=int, minimum=1),
             max_string_chars=_number(env, "CMP_MAX_STRING_CHARS", 32768, kind=int, minimum=1),
             hf_max_response_bytes=_number(env, "HF_MAX_RESPONSE_BYTES", 1024 * 1024, kind=int, minimum=1),
+            hf_embed_model_id=_text(env, "HF_EMBED_MODEL_ID"),
+            hf_embed_endpoint=_text(env, "HF_EMBED_ENDPOINT", DEFAULT_HF_EMBED_ENDPOINT).rstrip("/"),
+            hf_embed_api=_choice(env, "HF_EMBED_API", HF_EMBED_APIS, "auto"),
+            hf_embed_batch=_number(env, "HF_EMBED_BATCH", 32, kind=int, minimum=1),
+            hf_embed_query_timeout=_number(env, "HF_EMBED_QUERY_TIMEOUT", 2.0, minimum=0.001),
         ).checked()
 
     def checked(self) -> Settings:
@@ -164,6 +177,11 @@ class Settings:
         if self.auth_enabled and not self.api_keys:
             raise SettingsError(
                 "CMP_AUTH_ENABLED=true needs keys: set CMP_API_KEYS, CMP_API_TOKENS or CMP_API_KEYS_FILE"
+            )
+        if self.hf_embed_model_id and not self.hf_token:
+            # Silently falling back to keywords would hide the misconfiguration until recall drops.
+            raise SettingsError(
+                "HF_EMBED_MODEL_ID needs HF_TOKEN (a local embedding server without auth accepts any value)"
             )
         return self
 
@@ -182,6 +200,18 @@ class Settings:
         if self.hf_api != "auto":
             return self.hf_api
         return "chat-completion" if self.hf_endpoint.rstrip("/").endswith("/v1") else "text-generation"
+
+    @property
+    def embed_enabled(self) -> bool:
+        """Memory searches by meaning too when an embedding model is configured (with the token)."""
+        return bool(self.hf_token and self.hf_embed_model_id)
+
+    @property
+    def hf_embed_wire_api(self) -> str:
+        """`auto`: the OpenAI-compatible `/embeddings` for a `/v1` base URL, feature extraction otherwise."""
+        if self.hf_embed_api != "auto":
+            return self.hf_embed_api
+        return "openai" if self.hf_embed_endpoint.endswith("/v1") else "feature-extraction"
 
     @property
     def hf_missing(self) -> list[str]:

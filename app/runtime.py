@@ -14,10 +14,10 @@ from opentelemetry.util.types import AttributeValue
 
 from app.config import Settings
 from app.contexts import ContextStore
-from app.memory import SearchResult, open_store
+from app.memory import Retrieval, SearchResult, open_store
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
-from app.providers import build_provider
+from app.providers import build_embedder, build_provider
 from app.providers.base import GenerationParams, TokenStream, Usage
 from app.validation import ChatRequest
 
@@ -31,6 +31,7 @@ class Rendered:
     context: dict[str, Any]
     results: list[SearchResult]
     prompt: str
+    degraded: str = ""  # why memory searched keywords only, when it had to
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Answer:
     model: str | None
     sources: list[dict[str, Any]]
     usage: Usage | None = None
+    degraded: str = ""
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class StreamedAnswer:
 
     stream: TokenStream
     sources: list[dict[str, Any]]
+    degraded: str = ""
 
 
 class Runtime:
@@ -60,53 +63,64 @@ class Runtime:
         self.contexts = ContextStore(settings.project_root)
         self.prompts = PromptRenderer(settings.project_root)
         self.provider = build_provider(settings, self.metrics)
+        self.embedder = build_embedder(settings, self.metrics)
 
-    def search(self, request: ChatRequest) -> list[SearchResult]:
+    def search(self, request: ChatRequest) -> Retrieval:
         """The component's memory matches for the request's query (none without a query)."""
         if not request.query.strip():
-            return []
+            return Retrieval([], "keyword")
         attributes: dict[str, AttributeValue] = {"memory.component": request.component, "memory.top_k": request.top_k}
         with _tracer.start_as_current_span("memory.search", attributes=attributes) as span:
             started = time.perf_counter()
-            store = open_store(self.settings.project_root, request.component, request.tenant_id or None)
-            results = store.search(request.query, request.top_k)
+            store = open_store(self.settings.project_root, request.component, request.tenant_id or None, self.embedder)
+            retrieval = store.retrieve(request.query, request.top_k)
             self.metrics.memory_search.labels(component=request.component).observe(time.perf_counter() - started)
-            span.set_attribute("memory.results", len(results))
-        return results
+            span.set_attribute("memory.results", len(retrieval.results))
+            span.set_attribute("memory.mode", retrieval.mode)
+            if retrieval.degraded:
+                span.set_attribute("memory.degraded", retrieval.degraded)
+        return retrieval
 
     def render(self, request: ChatRequest) -> Rendered:
         """Resolve the context, search memory and render the prompt for `request`."""
         context = self.contexts.resolve(request.context, request.tenant_id)
-        results = self.search(request)
+        retrieval = self.search(request)
         variables = {
             **request.data,
             # The runtime's own variables win over same-named keys in `data`.
             "context": context,
-            "results": [result.as_dict() for result in results],
+            "results": [result.as_dict() for result in retrieval.results],
             "tenant_id": request.tenant_id,
             "query": request.query,
         }
         started = time.perf_counter()
         prompt = self.prompts.render(request.component, request.prompt_file, variables)
         self.metrics.prompt_render.labels(component=request.component).observe(time.perf_counter() - started)
-        return Rendered(context=context, results=results, prompt=prompt)
+        return Rendered(context=context, results=retrieval.results, prompt=prompt, degraded=retrieval.degraded)
 
     def answer(self, request: ChatRequest) -> Answer:
         """The model's text when a model is configured, the rendered prompt otherwise."""
         rendered = self.render(request)
         sources = _sources(rendered)
         if self.provider is None:
-            return Answer(rendered=rendered.prompt, model=None, sources=sources)
+            return Answer(rendered=rendered.prompt, model=None, sources=sources, degraded=rendered.degraded)
         generation = self.provider.generate(rendered.prompt, *_inference_inputs(rendered.context))
-        return Answer(rendered=generation.text, model=self.provider.model_id, sources=sources, usage=generation.usage)
+        return Answer(
+            rendered=generation.text,
+            model=self.provider.model_id,
+            sources=sources,
+            usage=generation.usage,
+            degraded=rendered.degraded,
+        )
 
     def stream(self, request: ChatRequest) -> StreamedAnswer:
         """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model."""
         rendered = self.render(request)
         if self.provider is None:
-            return StreamedAnswer(TokenStream(iter([rendered.prompt]), model=None), _sources(rendered))
+            prompt_only = TokenStream(iter([rendered.prompt]), model=None)
+            return StreamedAnswer(prompt_only, _sources(rendered), rendered.degraded)
         stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered.context))
-        return StreamedAnswer(stream, _sources(rendered))
+        return StreamedAnswer(stream, _sources(rendered), rendered.degraded)
 
 
 def _sources(rendered: Rendered) -> list[dict[str, Any]]:

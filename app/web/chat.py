@@ -11,6 +11,8 @@ from app.web.auth import bind_tenant
 from app.web.sse import sse_response
 
 bp = Blueprint("chat", __name__, url_prefix="/api/v1")
+# Set, with the reason, when the answer was built from less than the configured memory search.
+DEGRADED_HEADER = "X-Contexis-Degraded"
 
 
 @bp.post("/chat")
@@ -31,9 +33,16 @@ def chat():
     )
     if chat_request.stream:
         streamed = runtime.stream(chat_request)
-        return sse_response(streamed.stream, sources=streamed.sources, request_id=g.request_id)
-    answer = runtime.answer(chat_request)
-    usage = {"usage": answer.usage.as_dict()} if answer.usage else {}
-    return jsonify(
-        rendered=answer.rendered, model=answer.model, sources=answer.sources, **usage, request_id=g.request_id
-    )
+        response = sse_response(streamed.stream, sources=streamed.sources, request_id=g.request_id)
+        degraded = streamed.degraded
+    else:
+        answer = runtime.answer(chat_request)
+        usage = {"usage": answer.usage.as_dict()} if answer.usage else {}
+        response = jsonify(
+            rendered=answer.rendered, model=answer.model, sources=answer.sources, **usage, request_id=g.request_id
+        )
+        degraded = answer.degraded
+    if degraded:
+        response.headers[DEGRADED_HEADER] = degraded
+        g.log_fields.update(degraded=degraded)
+    return response
