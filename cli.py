@@ -192,11 +192,11 @@ def cmd_memory_search(args: argparse.Namespace, settings: Settings) -> int:
     retrieval = store.retrieve(args.query, args.top_k, args.mode)
     if retrieval.degraded:
         print(f"ctx: the query could not be embedded: {retrieval.degraded}", file=sys.stderr)
+    print(f"mode: {retrieval.mode}", file=sys.stderr)
     results = retrieval.results
     if args.json:
         print(json.dumps([result.as_dict() for result in results], indent=2))
         return 0
-    print(f"mode: {retrieval.mode}", file=sys.stderr)
     print(f"{'score':>8}  {'id':<20}  {'source':<40}  content")
     for result in results:
         snippet = " ".join(result.content.split())[:60]

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from app.errors import ProviderError
+from app.errors import MemoryStoreError, ProviderError
 from app.memory.config import MemoryConfig
 from app.memory.fusion import reciprocal_rank_fusion
-from app.memory.store import DEGRADED_KEYWORDS_ONLY, Embedder, Progress, Retrieval, SearchResult
+from app.memory.store import DEGRADED_KEYWORDS_ONLY, Embedder, IngestReport, Progress, Retrieval, SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +57,27 @@ class VectorBackend(Protocol):
         ...
 
 
-def embed_pending(backend: VectorBackend, embedder: Embedder, batch: int, progress: Progress | None = None) -> int:
-    """Embed every chunk of the owner's store that lacks a vector of the embedder's model, `batch` at a time.
+def embed_pending(
+    backend: VectorBackend, embedder: Embedder, report: IngestReport, progress: Progress | None = None
+) -> None:
+    """Embed every chunk of the owner's store that lacks a vector of the embedder's model, a batch at a time.
 
-    Each batch is saved as it arrives, so an interrupted run keeps what it finished and the next run
-    embeds only the rest. Returns the number of chunks embedded; an embedder failure propagates.
+    Each batch is saved as it arrives (`report.chunks_embedded`), so an interrupted run keeps what it
+    finished and the next run embeds only the rest; a failure stops it and is told in `report.embed_error`.
     """
-    total = backend.start_embedding(embedder.model_id)
-    done = saved = 0
-    after = -1
-    while pending := backend.pending_chunks(after, batch):
-        vectors = embedder.embed([chunk.text for chunk in pending])
-        saved += backend.store_vectors(embedder.model_id, list(zip(pending, vectors, strict=True)))
-        after = pending[-1].key
-        done += len(pending)
-        if progress is not None:
-            progress(done, max(total, done), embedder.model_id)
-    return saved
+    try:
+        total = backend.start_embedding(embedder.model_id)
+        done = 0
+        after = -1
+        while pending := backend.pending_chunks(after, embedder.batch_size):
+            vectors = embedder.embed([chunk.text for chunk in pending])
+            report.chunks_embedded += backend.store_vectors(embedder.model_id, list(zip(pending, vectors, strict=True)))
+            after = pending[-1].key
+            done += len(pending)
+            if progress is not None:
+                progress(done, max(total, done), embedder.model_id)
+    except (ProviderError, MemoryStoreError) as exc:
+        report.embed_error = f"{exc.code}: {exc.message}"
 
 
 def resolve_mode(config: MemoryConfig, embedder: Embedder | None, mode: str | None) -> str:

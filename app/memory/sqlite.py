@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.errors import DocumentError, MemoryStoreError, ProviderError
+from app.errors import DocumentError, MemoryStoreError
 from app.memory.chunking import chunk_text
 from app.memory.config import load_config
 from app.memory.extract import extract_text
@@ -355,10 +355,7 @@ class SqliteStore:
             if progress is not None:
                 progress(done, len(files), source)
         if self.embedder is not None:
-            try:
-                report.chunks_embedded = embed_pending(self, self.embedder, self.embedder.batch_size, embed_progress)
-            except (ProviderError, MemoryStoreError) as exc:
-                report.embed_error = f"{exc.code}: {exc.message}"
+            embed_pending(self, self.embedder, report, embed_progress)
         report.seconds = time.perf_counter() - started
         return report
 

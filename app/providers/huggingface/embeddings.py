@@ -16,13 +16,32 @@ from typing import Any
 
 from app.config import Settings
 from app.observability import RuntimeMetrics
-from app.providers.huggingface.errors import bad_response
+from app.providers.huggingface.errors import (
+    HFBadRequest,
+    HFBadResponse,
+    HFConnectionError,
+    HFError,
+    HFModelNotFound,
+    HFTimeout,
+    bad_response,
+)
 from app.providers.huggingface.telemetry import observe_embedding, precreate_embed_series
 from app.providers.huggingface.transport import Transport
 
 # A query's meaning is in its first words; a 32k-character query must not cost a 32k-token embedding.
 MAX_QUERY_CHARS = 2000
 QUERY_CACHE_SIZE = 1024
+# What to fix when an embedding call fails; the other classes' hints (token, rate limits) hold as they are.
+EMBED_HINTS: dict[type[HFError], str] = {
+    HFModelNotFound: "Check HF_EMBED_MODEL_ID spelling and access.",
+    HFBadRequest: "The embedding server rejected the input: lower HF_EMBED_BATCH or the component's chunk_size.",
+    HFBadResponse: (
+        "The endpoint answered something that is not embeddings: check HF_EMBED_ENDPOINT, HF_EMBED_API and "
+        "HF_EMBED_MODEL_ID."
+    ),
+    HFConnectionError: "Check HF_EMBED_ENDPOINT and that the endpoint is reachable from the runtime.",
+    HFTimeout: "A search waits HF_EMBED_QUERY_TIMEOUT for its query's embedding, an ingest HF_TIMEOUT per batch.",
+}
 
 
 def _numbers(value: Any) -> bool:
@@ -131,8 +150,11 @@ class HuggingFaceEmbedder:
 
     def _call(self, transport: Transport, texts: Sequence[str], seconds: float) -> list[list[float]]:
         with observe_embedding(self.metrics, self.model_id, len(texts), seconds):
-            vectors = self.wire.parse(transport.call(self.wire.payload(texts)))
-            return self._checked(vectors, len(texts))
+            try:
+                vectors = self.wire.parse(transport.call(self.wire.payload(texts)))
+                return self._checked(vectors, len(texts))
+            except HFError as exc:
+                raise exc.rehinted(EMBED_HINTS) from None
 
     def _checked(self, vectors: list[Any], expected: int) -> list[list[float]]:
         """Normalised vectors, one per input, all of the model's one dimension; a changed dimension is an error."""
