@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fake_hf import FakeHF, RawHF, Reply, feature_extraction, openai_embeddings
 from helpers import GUIDE_BODY, TOKEN, chat, metric, run
@@ -13,7 +14,7 @@ from helpers import GUIDE_BODY, TOKEN, chat, metric, run
 from app import create_app
 from app.config import Settings
 from app.errors import MemoryConfigError
-from app.memory import SearchResult, open_store
+from app.memory import SearchResult, open_store, vectors
 from app.memory.fusion import reciprocal_rank_fusion
 from app.providers.huggingface import HuggingFaceEmbedder
 
@@ -258,3 +259,23 @@ def test_an_ingest_whose_embedder_fails_says_so_and_exits_1(project):
     assert ingest.returncode == 1
     assert "embedding stopped (run ingest again to continue): hf_model_not_found" in ingest.stderr
     assert TOKEN not in ingest.stderr + ingest.stdout
+
+
+def test_large_stores_rank_by_sign_bits_then_exactly():
+    rng = np.random.default_rng(7)
+    stored = rng.standard_normal((vectors.EXACT_LIMIT + 5000, 24)).astype(np.float32)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    keys = list(range(100, 100 + len(stored)))
+    index = vectors.VectorIndex(keys, [vectors.to_blob(v) for v in stored], 24)
+    assert index.bits is not None and len(index) == len(stored)
+    for row in (0, 17, len(stored) - 1):
+        query = stored[row] + rng.normal(0, 0.05, 24).astype(np.float32)
+        query /= np.linalg.norm(query)
+        found = index.nearest(query.tolist(), 3)
+        assert found[0][0] == keys[row]
+        # Candidates come from the sign bits, their scores are the exact cosines, best first.
+        assert [score for _, score in found] == sorted((score for _, score in found), reverse=True)
+        for key, score in found:
+            assert score == pytest.approx(float(stored[key - 100] @ query), abs=2e-3)
+    small = vectors.VectorIndex(keys[:10], [vectors.to_blob(v) for v in stored[:10]], 24)
+    assert small.bits is None and [k for k, _ in small.nearest(stored[3].tolist(), 1)] == [103]

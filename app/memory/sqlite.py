@@ -6,11 +6,10 @@ One database per component and owner under the project root:
 covers its own store and the shared one and never another tenant's.
 Callers (HTTP, CLI) time ``search()`` themselves for metrics and spans.
 
-Vectors live in the same file (table ``vectors``, float32 blobs keyed by the chunk's rowid), are
-deleted with their chunk by a trigger inside the same transaction, and are searched exactly:
-each process keeps a store's vectors as one numpy matrix, reloaded when ``vectors_version``
-(bumped by triggers on every vector write) changes. A matrix product over 100,000 x 384 floats
-takes a few milliseconds; no approximate index is needed at this size (docs/retrieval.md).
+Vectors live in the same file (table ``vectors``, float16 blobs keyed by the chunk's rowid) and are
+deleted with their chunk by a trigger inside the same transaction. Each process keeps a store's
+vectors as a ``vectors.VectorIndex``, rebuilt when ``vectors_version`` (bumped by triggers on every
+vector write) changes.
 """
 
 from __future__ import annotations
@@ -23,10 +22,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from app.errors import DocumentError, MemoryStoreError
 from app.memory.chunking import chunk_text
@@ -43,6 +39,7 @@ from app.memory.store import (
     check_name,
     collect_files,
 )
+from app.memory.vectors import VectorIndex, to_blob
 from app.names import is_safe_name
 
 DB_NAME = "memory.db"
@@ -104,7 +101,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('vectors_version', 0);
 CREATE TABLE IF NOT EXISTS vectors (
     rowid        INTEGER PRIMARY KEY,  -- the chunk's rowid
-    vector       BLOB NOT NULL         -- float32, unit length, embed_dimension of them
+    vector       BLOB NOT NULL         -- float16, unit length, embed_dimension of them
 );
 CREATE TRIGGER IF NOT EXISTS chunks_vector_ad AFTER DELETE ON chunks BEGIN
     DELETE FROM vectors WHERE rowid = old.rowid;
@@ -248,34 +245,23 @@ def _meta(conn: sqlite3.Connection) -> dict[str, object]:
         raise
 
 
-@dataclass(frozen=True)
-class _Matrix:
-    """One store's vectors as this process holds them: a row per chunk, ``rowids`` saying whose."""
-
-    version: object
-    rowids: np.ndarray
-    vectors: np.ndarray
+# (pid, database) -> (vectors_version, its index): one index per store and process, shared by its threads.
+_indexes: dict[tuple[int, str], tuple[object, VectorIndex]] = {}
+_indexes_lock = threading.Lock()
 
 
-_matrices: dict[tuple[int, str], _Matrix] = {}
-_matrices_lock = threading.Lock()
-
-
-def _matrix(conn: sqlite3.Connection, path: Path, version: object, dimension: int) -> _Matrix:
+def _vector_index(conn: sqlite3.Connection, path: Path, version: object, dimension: int) -> VectorIndex:
     """The store's vectors at ``version``, loaded once per version and process (call inside a read transaction)."""
     key = (os.getpid(), str(path))
-    cached = _matrices.get(key)
-    if cached is not None and cached.version == version:
-        return cached
-    with _matrices_lock:
-        cached = _matrices.get(key)
-        if cached is not None and cached.version == version:
-            return cached
-        rows = conn.execute("SELECT rowid, vector FROM vectors ORDER BY rowid").fetchall()
-        rowids = np.fromiter((rowid for rowid, _ in rows), dtype=np.int64, count=len(rows))
-        vectors = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32).reshape(len(rows), dimension)
-        cached = _matrices[key] = _Matrix(version, rowids, vectors)
-        return cached
+    cached = _indexes.get(key)
+    if cached is None or cached[0] != version:
+        with _indexes_lock:
+            cached = _indexes.get(key)
+            if cached is None or cached[0] != version:
+                rows = conn.execute("SELECT rowid, vector FROM vectors ORDER BY rowid").fetchall()
+                index = VectorIndex([rowid for rowid, _ in rows], [blob for _, blob in rows], dimension)
+                cached = _indexes[key] = (version, index)
+    return cached[1]
 
 
 class SqliteStore:
@@ -457,7 +443,6 @@ class SqliteStore:
     def vector_ranking(self, vector: Sequence[float], model_id: str, limit: int) -> list[SearchResult]:
         """The chunks nearest ``vector`` by cosine (vectors are unit length), across the tenant's and the
         shared store; a store embedded by another model, or of another dimension, has none to offer."""
-        query = np.asarray(vector, dtype=np.float32)
         results: list[SearchResult] = []
         for path in self.search_paths:
             conn = _connection(path, create=False)
@@ -466,15 +451,11 @@ class SqliteStore:
             try:
                 conn.execute("BEGIN")  # the matrix's version and the chunks' content from one snapshot
                 meta = _meta(conn)
-                if meta.get("embed_model") != model_id or meta.get("embed_dimension") != len(query):
+                if meta.get("embed_model") != model_id or meta.get("embed_dimension") != len(vector):
                     continue
-                matrix = _matrix(conn, path, meta["vectors_version"], len(query))
-                if not len(matrix.rowids):
+                ranked = dict(_vector_index(conn, path, meta["vectors_version"], len(vector)).nearest(vector, limit))
+                if not ranked:
                     continue
-                scores = matrix.vectors @ query
-                count = min(limit, len(scores))
-                best = np.argpartition(-scores, count - 1)[:count]
-                ranked = {int(matrix.rowids[i]): float(scores[i]) for i in best}
                 marks = ",".join("?" * len(ranked))
                 rows = conn.execute(
                     f"SELECT rowid, id, content, source FROM chunks WHERE rowid IN ({marks})",  # noqa: S608
@@ -531,7 +512,7 @@ class SqliteStore:
                 conn.execute(
                     "INSERT OR REPLACE INTO vectors (rowid, vector)"
                     " SELECT rowid, ? FROM chunks WHERE rowid = ? AND content_hash = ?",
-                    (np.asarray(vector, dtype=np.float32).tobytes(), chunk.key, chunk.content_hash),
+                    (to_blob(vector), chunk.key, chunk.content_hash),
                 ).rowcount
                 for chunk, vector in vectors
             )
