@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -279,3 +280,40 @@ def test_large_stores_rank_by_sign_bits_then_exactly():
             assert score == pytest.approx(float(stored[key - 100] @ query), abs=2e-3)
     small = vectors.VectorIndex(keys[:10], [vectors.to_blob(v) for v in stored[:10]], 24)
     assert small.bits is None and [k for k, _ in small.nearest(stored[3].tolist(), 1)] == [103]
+
+
+def test_a_model_whose_dimension_changes_between_ingests_is_refused(project, embed_settings):
+    store = open_store(project, "CustomerDocs", embedder=embedder(embed_settings))
+    store.ingest([docs(project)])
+    returns = docs(project) / "returns.md"
+    returns.write_text(returns.read_text() + "\n## New\n\nA new section.\n")
+    with FakeHF(Reply(body=lambda request: [[1.0, 0.0]] * len(request["inputs"]))) as other:
+        report = open_store(
+            project, "CustomerDocs", embedder=embedder(embed_settings, hf_embed_endpoint=other.url)
+        ).ingest([returns])
+    assert "2-dimensional vectors where the store holds 64-dimensional ones" in report.embed_error
+    assert store.search(PARAPHRASE, 1, mode="vector")[0].source == "docs/CustomerDocs/returns.md"
+
+
+def test_a_store_made_before_vectors_is_upgraded_by_the_next_ingest(project, embed_settings):
+    db = project / "memory" / "CustomerDocs" / "memory.db"
+    open_store(project, "CustomerDocs").ingest([docs(project)])
+    with sqlite3.connect(db) as conn:  # as schema 1 left it: no meta, no vectors
+        conn.executescript(
+            "DROP TRIGGER chunks_vector_ad; DROP TABLE vectors; DROP TABLE meta; PRAGMA user_version = 1;"
+        )
+    store = open_store(project, "CustomerDocs", embedder=embedder(embed_settings))
+    degraded_free = store.retrieve(PARAPHRASE, 3)
+    assert degraded_free.mode == "hybrid" and degraded_free.results == []  # keywords find nothing, no vectors yet
+    report = store.ingest([docs(project)])
+    assert report.ingested == 0 and report.chunks_embedded == store.stats().chunks > 0
+    assert store.search(PARAPHRASE, 1)[0].source == "docs/CustomerDocs/returns.md"
+
+
+def test_an_asked_for_vector_search_also_falls_back_to_keywords(project, embed_settings):
+    open_store(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
+    with RawHF(lambda conn: None, listening=False) as refused:
+        down = embedder(embed_settings, hf_embed_endpoint=refused.url, hf_max_retries=0)
+        retrieval = open_store(project, "CustomerDocs", embedder=down).retrieve("refund", 2, "vector")
+    assert (retrieval.mode, retrieval.degraded) == ("keyword", "memory-keywords-only")
+    assert retrieval.results[0].source == "docs/CustomerDocs/returns.md"

@@ -504,8 +504,9 @@ class SqliteStore:
             dimension = len(vectors[0][1]) if vectors else 0
             if meta.setdefault("embed_dimension", dimension) != dimension:
                 raise MemoryStoreError(
-                    f"{model_id!r} now gives {dimension}-dimensional vectors, the store holds "
-                    f"{meta['embed_dimension']}-dimensional ones: delete the store's vectors by ingesting anew"
+                    f"{model_id!r} now gives {dimension}-dimensional vectors where the store holds "
+                    f"{meta['embed_dimension']}-dimensional ones: another model answers under that name; "
+                    "delete the store's documents (ctx memory delete) and ingest them again"
                 )
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('embed_dimension', ?)", (dimension,))
             return sum(
