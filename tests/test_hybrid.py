@@ -317,3 +317,18 @@ def test_an_asked_for_vector_search_also_falls_back_to_keywords(project, embed_s
         retrieval = open_store(project, "CustomerDocs", embedder=down).retrieve("refund", 2, "vector")
     assert (retrieval.mode, retrieval.degraded) == ("keyword", "memory-keywords-only")
     assert retrieval.results[0].source == "docs/CustomerDocs/returns.md"
+
+
+def test_a_store_removed_and_made_anew_is_not_served_from_the_old_vectors(project, embed_settings, tmp_path):
+    money, parcels = "## Money\n\nRefunds and reimbursement.\n", "## Parcels\n\nParcel delivery by courier.\n"
+    store = open_store(project, "CustomerDocs", embedder=embedder(embed_settings))
+    first, second = tmp_path / "first.md", tmp_path / "second.md"
+    first.write_text(f"{money}\n{parcels}")
+    store.ingest([first])
+    assert "Refunds" in store.search(PARAPHRASE, 1, mode="vector")[0].content
+    for path in store.path.parent.glob("memory.db*"):  # as `rm memory.db*` does
+        path.unlink()
+    # As many vectors (so the same version count) in another order: the old index would point at parcels.
+    second.write_text(f"{parcels}\n{money}")
+    store.ingest([second])
+    assert "Refunds" in store.search(PARAPHRASE, 1, mode="vector")[0].content

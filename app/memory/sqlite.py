@@ -96,9 +96,10 @@ CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
     INSERT INTO chunks_fts (chunks_fts, rowid, content) VALUES ('delete', old.rowid, old.content);
 END;
 -- embed_model, embed_dimension, and vectors_version: bumped on every vector write, so readers know
--- when their cached matrix is stale.
+-- when their cached vectors are stale; with store_id, as a database removed and made anew restarts it.
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('vectors_version', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
 CREATE TABLE IF NOT EXISTS vectors (
     rowid        INTEGER PRIMARY KEY,  -- the chunk's rowid
     vector       BLOB NOT NULL         -- float16, unit length, embed_dimension of them
@@ -453,7 +454,8 @@ class SqliteStore:
                 meta = _meta(conn)
                 if meta.get("embed_model") != model_id or meta.get("embed_dimension") != len(vector):
                     continue
-                ranked = dict(_vector_index(conn, path, meta["vectors_version"], len(vector)).nearest(vector, limit))
+                version = (meta.get("store_id"), meta["vectors_version"])
+                ranked = dict(_vector_index(conn, path, version, len(vector)).nearest(vector, limit))
                 if not ranked:
                     continue
                 marks = ",".join("?" * len(ranked))
