@@ -81,7 +81,7 @@ def embed_pending(
 
 
 def resolve_mode(config: MemoryConfig, embedder: Embedder | None, mode: str | None) -> str:
-    """The mode a search runs in: asked for, else the component's, else hybrid when vectors exist to search."""
+    """The mode a search runs in: asked for, else the component's, else hybrid; keyword without an embedder."""
     if embedder is None:
         return "keyword"
     return mode or config.search_mode or "hybrid"
