@@ -4,6 +4,8 @@ A `Reply` is one whole JSON answer; a `Stream` is a 200 answer of server-sent ev
 written as its own HTTP chunk (as TGI, vLLM and llama.cpp do), so tests can see what arrives
 when, what happens mid-stream, and whether the runtime hangs up on the upstream. `RawHF` is a
 bare socket server for faults no HTTP server would commit: resets, stalls, drips, huge bodies.
+`feature_extraction` and `openai_embeddings` answer as embedding servers do, from a deterministic
+model (`fake_vector`) that puts paraphrases near each other.
 """
 
 from __future__ import annotations
