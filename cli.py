@@ -8,15 +8,22 @@ environment (Prometheus multiprocess mode) before they load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.errors import ContexisError, SettingsError
+from app.memory.config import SEARCH_MODES
+
+if TYPE_CHECKING:
+    from app.memory import Embedder, Progress
 
 # gunicorn's settings ship inside the package (not next to this file), so a source tree, an
 # installed wheel and the image serve alike; CMP_GUNICORN_CONFIG names a file that replaces them.
@@ -188,39 +195,60 @@ def cmd_context_validate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_memory_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    """Add documents to a component's memory; unchanged files are skipped."""
+@contextlib.contextmanager
+def _progress_bar(unit: str) -> Iterator[Progress]:
+    """A `Progress` callback drawing a tqdm bar, only on a terminal (disable=None): logs and pipes get none."""
     from tqdm import tqdm
 
-    from app.memory import open_store
+    with tqdm(unit=unit, disable=None, leave=False, file=sys.stderr) as bar:
 
-    store = open_store(settings.project_root, args.component, args.tenant or None)
-    missing = [str(path) for path in args.paths if not path.exists()]
-    if missing:
-        return _fail(f"no such file or directory: {', '.join(missing)}", 2)
-    # tqdm draws only on a terminal (disable=None), so logs and pipes get just the summary.
-    with tqdm(unit="file", disable=None, leave=False, file=sys.stderr) as bar:
-
-        def progress(done: int, total: int, source: str) -> None:
+        def progress(done: int, total: int, _label: str) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        report = store.ingest(args.paths, progress=progress)
+        yield progress
+
+
+def _embedder(settings: Settings) -> Embedder | None:
+    """The configured embedder for a one-off command (one connection), or None."""
+    from app.providers import build_embedder
+
+    return build_embedder(settings.replace(threads=1))
+
+
+def cmd_memory_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    """Add documents to a component's memory (unchanged files skipped), then embed the chunks that need it."""
+    from app.memory import open_store
+
+    store = open_store(settings.project_root, args.component, args.tenant or None, _embedder(settings))
+    missing = [str(path) for path in args.paths if not path.exists()]
+    if missing:
+        return _fail(f"no such file or directory: {', '.join(missing)}", 2)
+    with _progress_bar("file") as files, _progress_bar("chunk") as chunks:
+        report = store.ingest(args.paths, progress=files, embed_progress=chunks)
+    embedded = f", {report.chunks_embedded} chunks embedded" if store.embedder else ""
     print(
         f"ingested {report.ingested} files ({report.chunks_added} chunks added, {report.chunks_removed} replaced), "
-        f"{report.unchanged} unchanged, {report.unsupported} unsupported, {len(report.failed)} failed "
+        f"{report.unchanged} unchanged, {report.unsupported} unsupported, {len(report.failed)} failed{embedded} "
         f"in {report.seconds:.2f}s -> {store.location}"
     )
     for source, reason in report.failed:
         print(f"failed: {source}: {reason}", file=sys.stderr)
-    return 1 if report.failed else 0
+    if report.embed_error:
+        print(f"embedding stopped (run ingest again to continue): {report.embed_error}", file=sys.stderr)
+    return 1 if report.failed or report.embed_error else 0
 
 
 def cmd_memory_search(args: argparse.Namespace, settings: Settings) -> int:
     """Ranked matches for a query, as a table or JSON."""
     from app.memory import open_store
 
-    results = open_store(settings.project_root, args.component, args.tenant or None).search(args.query, args.top_k)
+    store = open_store(settings.project_root, args.component, args.tenant or None, _embedder(settings))
+    retrieval = store.retrieve(args.query, args.top_k, args.mode)
+    if retrieval.degraded:
+        print(f"ctx: the query could not be embedded: {retrieval.degraded}", file=sys.stderr)
+    print(f"mode: {retrieval.mode}", file=sys.stderr)
+    results = retrieval.results
     if args.json:
         print(json.dumps([result.as_dict() for result in results], indent=2))
         return 0
@@ -236,11 +264,15 @@ def cmd_memory_stats(args: argparse.Namespace, settings: Settings) -> int:
     from app.memory import list_stores
 
     stores = [store.stats() for store in list_stores(settings.project_root)]
-    print(f"{'component':<20} {'tenant':<16} {'documents':>9} {'chunks':>9} {'db bytes':>12}")
+    print(
+        f"{'component':<20} {'tenant':<16} {'documents':>9} {'chunks':>9} {'vectors':>9} {'db bytes':>12}  "
+        "embedding model (dimension)"
+    )
     for stats in stores:
+        model = f"{stats.embed_model} ({stats.embed_dimension or '-'})" if stats.embed_model else "-"
         print(
             f"{stats.component:<20} {stats.tenant_id or '(shared)':<16} {stats.documents:>9} {stats.chunks:>9} "
-            f"{stats.db_bytes:>12}"
+            f"{stats.chunks_with_vectors:>9} {stats.db_bytes:>12}  {model}"
         )
     return 0
 
@@ -301,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--query", required=True)
     search.add_argument("--top-k", type=int, default=0, help="0: the component's default")
     search.add_argument("--json", action="store_true")
+    search.add_argument(
+        "--mode",
+        choices=SEARCH_MODES,
+        help="default: the component's search_mode, else hybrid when HF_EMBED_MODEL_ID is set, keyword otherwise",
+    )
     search.set_defaults(handler=cmd_memory_search)
     stats = memory.add_parser("stats", parents=[common], help="documents and chunks of every store")
     stats.set_defaults(handler=cmd_memory_stats)

@@ -30,6 +30,9 @@ DEFAULT_HF_ENDPOINT = ROUTER_CHAT_ENDPOINT
 # The guide's default, retired by Hugging Face: it answers every call with 410 Gone.
 RETIRED_HF_HOST = "api-inference.huggingface.co"
 DEFAULT_HF_HUB_ENDPOINT = "https://huggingface.co"
+# Feature extraction goes to the hf-inference provider's classic route, as huggingface_hub calls it.
+DEFAULT_HF_EMBED_ENDPOINT = ROUTER_CLASSIC_ENDPOINT
+HF_EMBED_APIS = ("feature-extraction", "openai", "auto")
 
 
 def _text(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -179,6 +182,11 @@ class Settings:
     max_history_chars: int = 131072
     cors_origins: tuple[str, ...] = ()
     hf_max_response_bytes: int = 1024 * 1024
+    hf_embed_model_id: str = ""
+    hf_embed_endpoint: str = DEFAULT_HF_EMBED_ENDPOINT
+    hf_embed_api: str = "auto"
+    hf_embed_batch: int = 32
+    hf_embed_query_timeout: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -223,6 +231,11 @@ class Settings:
             max_history_chars=_number(env, "CMP_MAX_HISTORY_CHARS", 131072, kind=int),
             cors_origins=_cors_origins(env),
             hf_max_response_bytes=_number(env, "HF_MAX_RESPONSE_BYTES", 1024 * 1024, kind=int, minimum=1),
+            hf_embed_model_id=_text(env, "HF_EMBED_MODEL_ID"),
+            hf_embed_endpoint=_text(env, "HF_EMBED_ENDPOINT", DEFAULT_HF_EMBED_ENDPOINT).rstrip("/"),
+            hf_embed_api=_choice(env, "HF_EMBED_API", HF_EMBED_APIS, "auto"),
+            hf_embed_batch=_number(env, "HF_EMBED_BATCH", 32, kind=int, minimum=1),
+            hf_embed_query_timeout=_number(env, "HF_EMBED_QUERY_TIMEOUT", 2.0, minimum=0.001),
         ).checked()
 
     def checked(self) -> Settings:
@@ -238,6 +251,11 @@ class Settings:
                 f"chat-completion route understands; the text-generation route puts the model id in the URL path, "
                 f"where a provider suffix names no model. Use HF_MODEL_ID={model}, or "
                 f"HF_API=chat-completion with HF_ENDPOINT={ROUTER_CHAT_ENDPOINT}"
+            )
+        if self.hf_embed_model_id and not self.hf_token:
+            # Silently falling back to keywords would hide the misconfiguration until recall drops.
+            raise SettingsError(
+                "HF_EMBED_MODEL_ID needs HF_TOKEN (a local embedding server without auth accepts any value)"
             )
         return self
 
@@ -289,6 +307,18 @@ class Settings:
     def hf_endpoint_public(self) -> str:
         """`HF_ENDPOINT` as it may be shown (`/version`, logs): without `user:password@`."""
         return public_url(self.hf_endpoint)
+
+    @property
+    def embed_enabled(self) -> bool:
+        """Memory searches by meaning too when an embedding model is configured (with the token)."""
+        return bool(self.hf_token and self.hf_embed_model_id)
+
+    @property
+    def hf_embed_wire_api(self) -> str:
+        """`auto`: the OpenAI-compatible `/embeddings` for a `/v1` base URL, feature extraction otherwise."""
+        if self.hf_embed_api != "auto":
+            return self.hf_embed_api
+        return "openai" if self.hf_embed_endpoint.endswith("/v1") else "feature-extraction"
 
     @property
     def hf_missing(self) -> list[str]:

@@ -63,6 +63,19 @@ class RuntimeMetrics:
             buckets=_INFERENCE_BUCKETS,
             registry=self.registry,
         )
+        self.hf_embed_latency = Histogram(
+            "cmp_hf_embed_latency_seconds",
+            "Latency of Hugging Face embedding calls (a batch of chunks, or one query), retries included.",
+            ["model"],
+            buckets=_INFERENCE_BUCKETS,
+            registry=self.registry,
+        )
+        self.hf_embed_errors = Counter(
+            "cmp_hf_embed_errors_total",
+            "Failed Hugging Face embedding calls by upstream status or failure kind.",
+            ["code"],
+            registry=self.registry,
+        )
         self.prompt_render = Histogram(
             "cmp_prompt_render_duration_seconds",
             "Time to render a prompt template.",

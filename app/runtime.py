@@ -15,10 +15,10 @@ from opentelemetry.util.types import AttributeValue
 from app.config import Settings
 from app.contexts import ContextStore
 from app.errors import BadRequest
-from app.memory import SearchResult, open_store
+from app.memory import Retrieval, SearchResult, open_store
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
-from app.providers import build_provider
+from app.providers import build_embedder, build_provider
 from app.providers.base import GenerationParams, TokenStream, Usage
 from app.validation import ChatRequest
 
@@ -32,6 +32,7 @@ class Rendered:
     context: dict[str, Any]
     results: list[SearchResult]
     prompt: str
+    degraded: str = ""  # why memory searched keywords only, when it had to
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Answer:
     sources: list[dict[str, Any]]
     usage: Usage | None = None
     finish_reason: str = "stop"
+    degraded: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class StreamedAnswer:
 
     stream: TokenStream
     sources: list[dict[str, Any]]
+    degraded: str = ""
 
 
 class Runtime:
@@ -62,24 +65,28 @@ class Runtime:
         self.contexts = ContextStore(settings.project_root)
         self.prompts = PromptRenderer(settings.project_root, settings.max_prompt_chars, settings.render_timeout)
         self.provider = build_provider(settings, self.metrics)
+        self.embedder = build_embedder(settings, self.metrics)
 
-    def search(self, request: ChatRequest, component: str = "") -> list[SearchResult]:
+    def search(self, request: ChatRequest, component: str = "") -> Retrieval:
         """The memory matches of `component` (the request's by default) for the request's query (none without one)."""
         component = component or request.component
         if not request.query.strip():
-            return []
+            return Retrieval([], "keyword")
         attributes: dict[str, AttributeValue] = {"memory.component": component, "memory.top_k": request.top_k}
         with _tracer.start_as_current_span("memory.search", attributes=attributes) as span:
             started = time.perf_counter()
             try:
-                store = open_store(self.settings.project_root, component, request.tenant_id or None)
-                results = store.search(request.query, request.top_k)
+                store = open_store(self.settings.project_root, component, request.tenant_id or None, self.embedder)
+                retrieval = store.retrieve(request.query, request.top_k)
             except Exception:
                 self.metrics.memory_search_errors.labels(component=component).inc()
                 raise
             self.metrics.memory_search.labels(component=component).observe(time.perf_counter() - started)
-            span.set_attribute("memory.results", len(results))
-        return results
+            span.set_attribute("memory.results", len(retrieval.results))
+            span.set_attribute("memory.mode", retrieval.mode)
+            if retrieval.degraded:
+                span.set_attribute("memory.degraded", retrieval.degraded)
+        return retrieval
 
     def render(self, request: ChatRequest) -> Rendered:
         """Resolve the context, search memory and render the prompt for `request`.
@@ -88,12 +95,12 @@ class Runtime:
         context, as OpenAI clients do, still gets retrieval), else the request's component.
         """
         context = self.contexts.resolve(request.context, request.tenant_id)
-        results = self.search(request, (context.get("memory") or {}).get("component", ""))
+        retrieval = self.search(request, (context.get("memory") or {}).get("component", ""))
         variables = {
             **request.data,
             # The runtime's own variables win over same-named keys in `data`.
             "context": context,
-            "results": [result.as_dict() for result in results],
+            "results": [result.as_dict() for result in retrieval.results],
             "tenant_id": request.tenant_id,
             "query": request.query,
             "messages": [dict(message) for message in request.messages],
@@ -103,14 +110,14 @@ class Runtime:
         started = time.perf_counter()
         prompt = self.prompts.render(request.component, request.prompt_file, variables)
         self.metrics.prompt_render.labels(component=request.component).observe(time.perf_counter() - started)
-        return Rendered(context=context, results=results, prompt=prompt)
+        return Rendered(context=context, results=retrieval.results, prompt=prompt, degraded=retrieval.degraded)
 
     def answer(self, request: ChatRequest) -> Answer:
         """The model's text when a model is configured, the rendered prompt otherwise."""
         rendered = self.render(request)
         sources = _sources(rendered)
         if self.provider is None:
-            return Answer(rendered=rendered.prompt, model=None, sources=sources)
+            return Answer(rendered=rendered.prompt, model=None, sources=sources, degraded=rendered.degraded)
         generation = self.provider.generate(rendered.prompt, *_inference_inputs(rendered.context, request))
         return Answer(
             rendered=generation.text,
@@ -118,15 +125,17 @@ class Runtime:
             sources=sources,
             usage=generation.usage,
             finish_reason=generation.finish_reason or "stop",
+            degraded=rendered.degraded,
         )
 
     def stream(self, request: ChatRequest) -> StreamedAnswer:
         """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model."""
         rendered = self.render(request)
         if self.provider is None:
-            return StreamedAnswer(TokenStream(iter([rendered.prompt]), model=None), _sources(rendered))
+            prompt_only = TokenStream(iter([rendered.prompt]), model=None)
+            return StreamedAnswer(prompt_only, _sources(rendered), rendered.degraded)
         stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered.context, request))
-        return StreamedAnswer(stream, _sources(rendered))
+        return StreamedAnswer(stream, _sources(rendered), rendered.degraded)
 
 
 def _sources(rendered: Rendered) -> list[dict[str, Any]]:

@@ -52,7 +52,16 @@ _workers, _threads = os.environ.get("BENCH_SETTINGS", "2x128").split("x")
 SETTINGS = (int(_workers), int(_threads))
 LIFETIME = 900  # seconds any server started here may live
 GOALS = {"ratio": 0.8, "slow_throughput": 0.9, "rss_mb": 500}
-MEMORY_FIGURES = ("chunks", "ingest_seconds", "search_p50_ms", "search_p99_ms", "search_cpu_p99_ms")
+MEMORY_FIGURES = (
+    "chunks",
+    "ingest_seconds",
+    "search_p50_ms",
+    "search_p99_ms",
+    "search_cpu_p99_ms",
+    "vector_mbytes",
+    "hybrid_p50_ms",
+    "hybrid_p99_ms",
+)
 MARK_START, MARK_END = "<!-- bench:figures:start -->", "<!-- bench:figures:end -->"
 
 

@@ -4,6 +4,8 @@ A `Reply` is one whole JSON answer; a `Stream` is a 200 answer of server-sent ev
 written as its own HTTP chunk (as TGI, vLLM and llama.cpp do), so tests can see what arrives
 when, what happens mid-stream, and whether the runtime hangs up on the upstream. `RawHF` is a
 bare socket server for faults no HTTP server would commit: resets, stalls, drips, huge bodies.
+`feature_extraction` and `openai_embeddings` answer as embedding servers do, from a deterministic
+model (`fake_vector`) that puts paraphrases near each other.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import socket
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +26,8 @@ OK_BODY = b'[{"generated_text": "Hi from the fake model"}]'
 
 @dataclass
 class Reply:
+    """One answer; a callable `body` is called with the decoded request to compute it (embeddings)."""
+
     status: int = 200
     body: object = field(default_factory=lambda: [{"generated_text": "Hi from the fake model"}])
     headers: dict[str, str] = field(default_factory=dict)
@@ -93,6 +98,56 @@ def completion(
     return body
 
 
+# A deterministic embedding model: words that mean the same share a concept with its own dimension (other
+# words are hashed into the rest), so paraphrases that share no word still land near each other.
+EMBED_DIMENSION = 64
+CONCEPTS = {
+    **dict.fromkeys(["refund", "refunds", "reimbursement", "reimbursed", "money", "back", "repaid"], "money"),
+    **dict.fromkeys(["warranty", "guarantee", "defects", "broken", "faulty", "repair"], "repair"),
+    **dict.fromkeys(["shipping", "delivery", "arrives", "parcel", "courier"], "delivery"),
+    **dict.fromkeys(["password", "login", "credentials", "locked", "sign"], "access"),
+}
+_CONCEPT_DIMENSIONS = {concept: i for i, concept in enumerate(sorted(set(CONCEPTS.values())))}
+# fmt: off
+_FILLER = frozenset(
+    {
+        "a", "an", "and", "any", "are", "be", "can", "do", "for", "get", "how", "i", "if", "in", "is", "it", "my",
+        "of", "on", "the", "to", "what", "will", "you",
+    }
+)
+# fmt: on
+
+
+def fake_vector(text: str) -> list[float]:
+    """The fake model's (unnormalised) vector of `text`: counts of its concepts' hashed dimensions."""
+    vector = [0.0] * EMBED_DIMENSION
+    for word in re.findall(r"\w+", text.lower()):
+        if word in CONCEPTS:
+            vector[_CONCEPT_DIMENSIONS[CONCEPTS[word]]] += 1.0
+        elif word not in _FILLER:
+            hashed = zlib.crc32(word.encode()) % (EMBED_DIMENSION - len(_CONCEPT_DIMENSIONS))
+            vector[len(_CONCEPT_DIMENSIONS) + hashed] += 1.0
+    vector[-1] += 0.01  # never the zero vector
+    return vector
+
+
+def feature_extraction(request: dict) -> list:
+    """The router's feature-extraction answer: one vector per input."""
+    return [fake_vector(text) for text in request["inputs"]]
+
+
+def openai_embeddings(request: dict) -> dict:
+    """An OpenAI-compatible `/v1/embeddings` answer (TEI, vLLM, infinity), in reverse order to test `index`."""
+    data = [{"object": "embedding", "index": i, "embedding": fake_vector(t)} for i, t in enumerate(request["input"])]
+    tokens = sum(len(t.split()) for t in request["input"])
+    return {
+        "object": "list",
+        "data": data[::-1],
+        "model": request["model"],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
 @dataclass
 class Seen:
     path: str
@@ -128,7 +183,8 @@ class FakeHF:
                     self.stream(reply)
                     return
                 time.sleep(reply.delay)
-                payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                body = reply.body(fake.seen[-1].body) if callable(reply.body) else reply.body
+                payload = body if isinstance(body, bytes) else json.dumps(body).encode()
                 try:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", "application/json")

@@ -13,6 +13,7 @@ from app.errors import MemoryConfigError
 from app.names import MAX_TOP_K
 
 CONFIG_NAME = "memory_config.yaml"
+SEARCH_MODES = ("keyword", "vector", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class MemoryConfig:
     chunk_size: int = 800
     chunk_overlap: int = 100
     top_k: int = 5
+    # keyword | vector | hybrid; None: hybrid when an embedding model is configured, keyword otherwise.
+    search_mode: str | None = None
 
     @property
     def chunking(self) -> str:
@@ -50,13 +53,16 @@ def _load_config(path: Path, mtime_ns: int) -> MemoryConfig:
     if not isinstance(data, dict):
         raise MemoryConfigError(f"{path}: memory config must be a mapping, got {type(data).__name__}")
     defaults = MemoryConfig()
-    unknown = sorted(set(map(str, data)) - {"chunk_size", "chunk_overlap", "top_k"})
+    unknown = sorted(set(map(str, data)) - {"chunk_size", "chunk_overlap", "top_k", "search_mode"})
     if unknown:
         raise MemoryConfigError(f"{path}: unknown memory config keys: {', '.join(unknown)}")
     size = _int_setting(data, "chunk_size", defaults.chunk_size, 100, 20_000, path)
     overlap = _int_setting(data, "chunk_overlap", defaults.chunk_overlap, 0, size // 2, path)
     top_k = _int_setting(data, "top_k", defaults.top_k, 1, MAX_TOP_K, path)
-    return MemoryConfig(chunk_size=size, chunk_overlap=overlap, top_k=top_k)
+    mode = data.get("search_mode")
+    if mode is not None and mode not in SEARCH_MODES:
+        raise MemoryConfigError(f"{path}: search_mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+    return MemoryConfig(chunk_size=size, chunk_overlap=overlap, top_k=top_k, search_mode=mode)
 
 
 def load_config(component_dir: Path) -> MemoryConfig:

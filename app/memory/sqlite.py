@@ -1,10 +1,15 @@
-"""The embedded memory backend: document chunks in SQLite FTS5, searched with BM25.
+"""The embedded memory backend: document chunks in SQLite FTS5, searched with BM25, and their vectors.
 
 One database per component and owner under the project root:
 ``memory/<Component>/memory.db`` holds documents shared by every tenant and
 ``memory/<Component>/tenant_<id>/memory.db`` one tenant's own. A tenant's search
 covers its own store and the shared one and never another tenant's.
 Callers (HTTP, CLI) time ``search()`` themselves for metrics and spans.
+
+Vectors live in the same file (table ``vectors``, float16 blobs keyed by the chunk's rowid) and are
+deleted with their chunk by a trigger inside the same transaction. Each process keeps a store's
+vectors as a ``vectors.VectorIndex``, rebuilt when ``vectors_version`` (bumped by triggers on every
+vector write) changes.
 """
 
 from __future__ import annotations
@@ -15,21 +20,32 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.errors import DocumentError, MemoryStoreBroken
+from app.errors import DocumentError, MemoryStoreBroken, MemoryStoreError
 from app.memory.chunking import chunk_text
 from app.memory.config import load_config
 from app.memory.extract import extract_text
-from app.memory.store import IngestReport, Progress, SearchResult, StoreStats, check_name, collect_files
+from app.memory.hybrid import PendingChunk, embed_pending, retrieve
+from app.memory.store import (
+    Embedder,
+    IngestReport,
+    Progress,
+    Retrieval,
+    SearchResult,
+    StoreStats,
+    check_name,
+    collect_files,
+)
+from app.memory.vectors import VectorIndex, to_blob
 from app.names import is_safe_name
 
 DB_NAME = "memory.db"
 # Longer queries add cost, not precision: only this many distinct words are searched.
 MAX_QUERY_TERMS = 16
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _WORD_RE = re.compile(r"\w+")
 
@@ -78,6 +94,24 @@ CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
 END;
 CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
     INSERT INTO chunks_fts (chunks_fts, rowid, content) VALUES ('delete', old.rowid, old.content);
+END;
+-- embed_model, embed_dimension, and vectors_version: bumped on every vector write, so readers know
+-- when their cached vectors are stale; with store_id, as a database removed and made anew restarts it.
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('vectors_version', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
+CREATE TABLE IF NOT EXISTS vectors (
+    rowid        INTEGER PRIMARY KEY,  -- the chunk's rowid
+    vector       BLOB NOT NULL         -- float16, unit length, embed_dimension of them
+);
+CREATE TRIGGER IF NOT EXISTS chunks_vector_ad AFTER DELETE ON chunks BEGIN
+    DELETE FROM vectors WHERE rowid = old.rowid;
+END;
+CREATE TRIGGER IF NOT EXISTS vectors_ai AFTER INSERT ON vectors BEGIN
+    UPDATE meta SET value = value + 1 WHERE key = 'vectors_version';
+END;
+CREATE TRIGGER IF NOT EXISTS vectors_ad AFTER DELETE ON vectors BEGIN
+    UPDATE meta SET value = value + 1 WHERE key = 'vectors_version';
 END;
 PRAGMA user_version = {SCHEMA_VERSION};
 """  # noqa: S608 - constants only, no input
@@ -206,6 +240,35 @@ def _file_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
 
 
+def _meta(conn: sqlite3.Connection) -> dict[str, object]:
+    """The store's embedding facts; empty for a database made before vectors existed."""
+    try:
+        return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return {}
+        raise
+
+
+# (pid, database) -> (vectors_version, its index): one index per store and process, shared by its threads.
+_indexes: dict[tuple[int, str], tuple[object, VectorIndex]] = {}
+_indexes_lock = threading.Lock()
+
+
+def _vector_index(conn: sqlite3.Connection, path: Path, version: object, dimension: int) -> VectorIndex:
+    """The store's vectors at ``version``, loaded once per version and process (call inside a read transaction)."""
+    key = (os.getpid(), str(path))
+    cached = _indexes.get(key)
+    if cached is None or cached[0] != version:
+        with _indexes_lock:
+            cached = _indexes.get(key)
+            if cached is None or cached[0] != version:
+                rows = conn.execute("SELECT rowid, vector FROM vectors ORDER BY rowid").fetchall()
+                index = VectorIndex([rowid for rowid, _ in rows], [blob for _, blob in rows], dimension)
+                cached = _indexes[key] = (version, index)
+    return cached[1]
+
+
 class SqliteStore:
     """The memory of one component, as seen by one tenant (``None`` or ``""``: the shared store).
 
@@ -213,13 +276,16 @@ class SqliteStore:
     database and the shared one. Instances are cheap and hold no connection themselves.
     """
 
-    def __init__(self, root: Path, component: str, tenant_id: str | None = None) -> None:
+    def __init__(
+        self, root: Path, component: str, tenant_id: str | None = None, embedder: Embedder | None = None
+    ) -> None:
         self.root = Path(root)
         self.component = check_name("component", component)
         self.tenant_id = check_name("tenant", tenant_id) if tenant_id else None
         self.component_dir = self.root / "memory" / component
         self._check_inside(self.component_dir)
         self.config = load_config(self.component_dir)
+        self.embedder = embedder
 
     def _check_inside(self, path: Path) -> None:
         """Refuse a folder or database that a symlink leads outside the project root (its content is not ours)."""
@@ -278,13 +344,16 @@ class SqliteStore:
         self,
         paths: Iterable[Path],
         progress: Progress | None = None,
+        embed_progress: Progress | None = None,
     ) -> IngestReport:
         """Add files and directories (recursively, hidden entries skipped) to the store.
 
         Each document is written in its own transaction, so readers see all of its chunks or none.
         A file whose bytes and the chunking settings are unchanged is skipped; a changed one has its
         chunks replaced. Unsupported extensions are counted, unreadable files reported in ``failed``.
-        ``progress(done, total, source)`` is called after each file.
+        ``progress(done, total, source)`` is called after each file. With an embedder, the chunks
+        without a vector are then embedded in batches (``embed_progress(done, total, model)``); a
+        failure there is reported in ``embed_error`` and the next ingest continues where it stopped.
         """
         started = time.perf_counter()
         report = IngestReport()
@@ -299,9 +368,10 @@ class SqliteStore:
                     report.failed.append((source, str(exc)))
                 if progress is not None:
                     progress(done, len(files), source)
+        if self.embedder is not None:
+            embed_pending(self, self.embedder, report, embed_progress)
         report.seconds = time.perf_counter() - started
         return report
-
 
     def _ingest_file(self, conn: sqlite3.Connection, file: Path, source: str, report: IngestReport) -> None:
         data = file.read_bytes()
@@ -319,9 +389,19 @@ class SqliteStore:
             for position, chunk in enumerate(chunks)
         ]
         with _write(conn):
+            # Chunks whose text did not change keep their vectors: only new text is embedded again.
+            kept = conn.execute(
+                "SELECT c.content_hash, v.vector FROM chunks c JOIN vectors v ON v.rowid = c.rowid WHERE c.source = ?",
+                (source,),
+            ).fetchall()
             removed = conn.execute("DELETE FROM chunks WHERE source = ?", (source,)).rowcount
             conn.executemany(
                 "INSERT INTO chunks (id, source, position, content_hash, content) VALUES (?, ?, ?, ?, ?)", rows
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO vectors (rowid, vector)"
+                " SELECT rowid, ? FROM chunks WHERE source = ? AND content_hash = ?",
+                [(vector, source, content_hash) for content_hash, vector in dict(kept).items()],
             )
             conn.execute(
                 "INSERT OR REPLACE INTO documents (source, content_hash, chunking, bytes, chunks, ingested_at)"
@@ -334,16 +414,27 @@ class SqliteStore:
 
     # -- search ------------------------------------------------------------
 
-    def search(self, query: str, top_k: int | None = None) -> list[SearchResult]:
+    def retrieve(self, query: str, top_k: int | None = None, mode: str | None = None) -> Retrieval:
         """The ``top_k`` best chunks for an untrusted query, best first; ``top_k`` 0/None: the default.
 
-        Scores are negated BM25 (higher is better) and merged across the tenant's and the shared
-        store. No database, or a query without searchable words, gives ``[]``; nothing is created.
+        ``mode`` (keyword, vector, hybrid; None: the component's) is resolved by ``hybrid.retrieve``.
+        No database, or an empty query, gives no results; nothing is created.
         """
         if top_k is None or top_k == 0:
             top_k = self.config.top_k
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
+        if not query.strip():
+            return Retrieval([], "keyword")
+        return retrieve(self, self.embedder, self.config, query, top_k, mode)
+
+    def search(self, query: str, top_k: int | None = None, mode: str | None = None) -> list[SearchResult]:
+        return self.retrieve(query, top_k, mode).results
+
+    def keyword_ranking(self, query: str, limit: int) -> list[SearchResult]:
+        """The best chunks by BM25 (scores negated: higher is better), merged across the tenant's and the
+        shared store; a query without searchable words gives ``[]``."""
+        top_k = limit
         terms = query_terms(query)
         if not terms:
             return []
@@ -377,6 +468,85 @@ class SqliteStore:
         results.sort(key=lambda r: r.score, reverse=True)
         return results[:top_k]
 
+    def vector_ranking(self, vector: Sequence[float], model_id: str, limit: int) -> list[SearchResult]:
+        """The chunks nearest ``vector`` by cosine (vectors are unit length), across the tenant's and the
+        shared store; a store embedded by another model, or of another dimension, has none to offer."""
+        results: list[SearchResult] = []
+        for path in self.search_paths:
+            with self._open(path, create=False) as conn:
+                if conn is None:
+                    continue
+                try:
+                    conn.execute("BEGIN")  # the matrix's version and the chunks' content from one snapshot
+                    meta = _meta(conn)
+                    if meta.get("embed_model") != model_id or meta.get("embed_dimension") != len(vector):
+                        continue
+                    version = (meta.get("store_id"), meta["vectors_version"])
+                    ranked = dict(_vector_index(conn, path, version, len(vector)).nearest(vector, limit))
+                    if not ranked:
+                        continue
+                    marks = ",".join("?" * len(ranked))
+                    rows = conn.execute(
+                        f"SELECT rowid, id, content, source FROM chunks WHERE rowid IN ({marks})",  # noqa: S608
+                        list(ranked),
+                    ).fetchall()
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("COMMIT")
+            results.extend(SearchResult(id=i, content=c, score=ranked[r], source=s) for r, i, c, s in rows)
+        results.sort(key=lambda r: r.score, reverse=True)
+        return results[:limit]
+
+    # -- vectors at ingest (hybrid.embed_pending) -----------------------------
+
+    def start_embedding(self, model_id: str) -> int:
+        """Switch the store to ``model_id`` (dropping another model's vectors); the chunks still to embed."""
+        conn = _connection(self.path, create=True)
+        assert conn is not None
+        with _write(conn):
+            if _meta(conn).get("embed_model") != model_id:
+                conn.execute("DELETE FROM vectors")
+                conn.execute("DELETE FROM meta WHERE key = 'embed_dimension'")
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('embed_model', ?)", (model_id,))
+            return conn.execute(
+                "SELECT count(*) FROM chunks WHERE rowid NOT IN (SELECT rowid FROM vectors)"
+            ).fetchone()[0]
+
+    def pending_chunks(self, after: int, limit: int) -> list[PendingChunk]:
+        conn = _connection(self.path, create=True)
+        assert conn is not None
+        rows = conn.execute(
+            "SELECT c.rowid, c.content_hash, c.content FROM chunks c LEFT JOIN vectors v ON v.rowid = c.rowid"
+            " WHERE v.rowid IS NULL AND c.rowid > ? ORDER BY c.rowid LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [PendingChunk(key=rowid, content_hash=digest, text=content) for rowid, digest, content in rows]
+
+    def store_vectors(self, model_id: str, vectors: Sequence[tuple[PendingChunk, list[float]]]) -> int:
+        """Save a batch in one transaction; a chunk replaced meanwhile (another hash) gets none."""
+        conn = _connection(self.path, create=True)
+        assert conn is not None
+        with _write(conn):
+            meta = _meta(conn)
+            if meta.get("embed_model") != model_id:
+                raise MemoryStoreError(f"{self.location}: another ingest switched the embedding model meanwhile")
+            dimension = len(vectors[0][1]) if vectors else 0
+            if meta.setdefault("embed_dimension", dimension) != dimension:
+                raise MemoryStoreError(
+                    f"{model_id!r} now gives {dimension}-dimensional vectors where the store holds "
+                    f"{meta['embed_dimension']}-dimensional ones: another model answers under that name; "
+                    "delete the store's documents (ctx memory delete) and ingest them again"
+                )
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('embed_dimension', ?)", (dimension,))
+            return sum(
+                conn.execute(
+                    "INSERT OR REPLACE INTO vectors (rowid, vector)"
+                    " SELECT rowid, ? FROM chunks WHERE rowid = ? AND content_hash = ?",
+                    (to_blob(vector), chunk.key, chunk.content_hash),
+                ).rowcount
+                for chunk, vector in vectors
+            )
+
     # -- maintenance -------------------------------------------------------
 
     def delete(self, source: str | None = None) -> int:
@@ -397,11 +567,16 @@ class SqliteStore:
 
     def stats(self) -> StoreStats:
         """Documents, chunks and sizes of this store's own database (zeros when it has none)."""
-        documents = chunks = source_bytes = 0
+        documents = chunks = source_bytes = with_vectors = 0
+        meta: dict[str, object] = {}
         with self._open(self.path, create=False) as conn:
             if conn is not None:
                 row = conn.execute("SELECT count(*), coalesce(sum(chunks), 0), coalesce(sum(bytes), 0) FROM documents")
                 documents, chunks, source_bytes = row.fetchone()
+                meta = _meta(conn)
+                if meta:
+                    with_vectors = conn.execute("SELECT count(*) FROM vectors").fetchone()[0]
+        model, dimension = meta.get("embed_model"), meta.get("embed_dimension")
         return StoreStats(
             component=self.component,
             tenant_id=self.tenant_id,
@@ -410,6 +585,9 @@ class SqliteStore:
             chunks=chunks,
             source_bytes=source_bytes,
             db_bytes=_file_bytes(self.path) if conn is not None else 0,
+            embed_model=model if isinstance(model, str) else None,
+            embed_dimension=dimension if isinstance(dimension, int) else None,
+            chunks_with_vectors=with_vectors,
         )
 
 

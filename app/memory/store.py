@@ -3,11 +3,13 @@
 A backend (`sqlite` today) stores a component's chunks per owner (shared, or one
 tenant's) and searches the caller's own and the shared chunks, never another
 tenant's. `app.memory.open_store` picks the backend; nothing above this package names one.
+With an `Embedder`, a backend also stores one vector per chunk and ranks by them;
+`app.memory.hybrid` holds what every backend shares (embedding at ingest, fusion, degradation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +20,23 @@ from app.memory.extract import SUPPORTED_SUFFIXES
 from app.names import is_safe_name
 
 Progress = Callable[[int, int, str], None]
+# The value of the `X-Contexis-Degraded` answer header when the query could not be embedded.
+DEGRADED_KEYWORDS_ONLY = "memory-keywords-only"
+
+
+class Embedder(Protocol):
+    """Texts to unit vectors of one dimension per model; `app.providers` builds one, memory only calls it."""
+
+    model_id: str
+    batch_size: int  # texts per `embed` call at ingest
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, in order (a batch of chunks at ingest); a `ProviderError` otherwise."""
+        ...
+
+    def embed_query(self, text: str) -> list[float]:
+        """A search query's vector, within a short deadline and cached per process; a `ProviderError` otherwise."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -34,6 +53,15 @@ class SearchResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Retrieval:
+    """A search's results, the mode that produced them and, when it fell back to keywords, why."""
+
+    results: list[SearchResult]
+    mode: str
+    degraded: str = ""
+
+
 @dataclass
 class IngestReport:
     """What one ``ingest()`` call did, for the command's summary line."""
@@ -44,6 +72,8 @@ class IngestReport:
     chunks_added: int = 0
     chunks_removed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    chunks_embedded: int = 0
+    embed_error: str = ""
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -62,6 +92,9 @@ class StoreStats:
     chunks: int
     source_bytes: int
     db_bytes: int
+    embed_model: str | None = None
+    embed_dimension: int | None = None
+    chunks_with_vectors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready summary."""
@@ -104,18 +137,28 @@ class MemoryStore(Protocol):
     component: str
     tenant_id: str | None
     config: MemoryConfig
+    embedder: Embedder | None
 
     @property
     def location(self) -> str:
         """Where the owner's chunks live, for humans (a file, or a database without credentials)."""
         ...
 
-    def ingest(self, paths: Iterable[Path], progress: Progress | None = None) -> IngestReport:
-        """Add files and directories; unchanged files are skipped, changed ones replaced, one transaction each."""
+    def ingest(
+        self, paths: Iterable[Path], progress: Progress | None = None, embed_progress: Progress | None = None
+    ) -> IngestReport:
+        """Add files and directories; unchanged files are skipped, changed ones replaced, one transaction each.
+
+        With an embedder, then embed every chunk without a vector of its model (`hybrid.embed_pending`).
+        """
         ...
 
-    def search(self, query: str, top_k: int | None = None) -> list[SearchResult]:
-        """The `top_k` best chunks for an untrusted query, best first; 0/None: the component's default."""
+    def retrieve(self, query: str, top_k: int | None = None, mode: str | None = None) -> Retrieval:
+        """The `top_k` best chunks for an untrusted query, best first (`hybrid.retrieve`); 0/None: the default."""
+        ...
+
+    def search(self, query: str, top_k: int | None = None, mode: str | None = None) -> list[SearchResult]:
+        """`retrieve(...).results`."""
         ...
 
     def delete(self, source: str | None = None) -> int:

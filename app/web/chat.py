@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from app.errors import BadRequest, UnsupportedMediaType
 from app.runtime import Runtime
@@ -14,6 +14,8 @@ from app.web.auth import bind_tenant
 from app.web.sse import sse_response
 
 bp = Blueprint("chat", __name__, url_prefix="/api/v1")
+# Set, with the reason, when the answer was built from less than the configured memory search.
+DEGRADED_HEADER = "X-Contexis-Degraded"
 
 
 def json_body() -> Any:
@@ -49,9 +51,21 @@ def chat():
     runtime, chat_request = admit(parse_chat_request(json_body()))
     if chat_request.stream:
         streamed = runtime.stream(chat_request)
-        return sse_response(streamed.stream, sources=streamed.sources, request_id=g.request_id)
-    answer = runtime.answer(chat_request)
-    usage = {"usage": answer.usage.as_dict()} if answer.usage else {}
-    return jsonify(
-        rendered=answer.rendered, model=answer.model, sources=answer.sources, **usage, request_id=g.request_id
-    )
+        response = sse_response(streamed.stream, sources=streamed.sources, request_id=g.request_id)
+        degraded = streamed.degraded
+    else:
+        answer = runtime.answer(chat_request)
+        usage = {"usage": answer.usage.as_dict()} if answer.usage else {}
+        response = jsonify(
+            rendered=answer.rendered, model=answer.model, sources=answer.sources, **usage, request_id=g.request_id
+        )
+        degraded = answer.degraded
+    return mark_degraded(response, degraded)
+
+
+def mark_degraded(response: Response, degraded: str) -> Response:
+    """Say on the response and in the request log when memory searched keywords only (why, in `degraded`)."""
+    if degraded:
+        response.headers[DEGRADED_HEADER] = degraded
+        g.log_fields.update(degraded=degraded)
+    return response

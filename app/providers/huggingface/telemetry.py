@@ -1,4 +1,5 @@
-"""The telemetry of one Hugging Face call: the guide's `huggingface.generate` span and `cmp_hf_*` metrics."""
+"""The telemetry of one Hugging Face call: the guide's `huggingface.generate` span (`huggingface.embed` for
+embeddings) and `cmp_hf_*` metrics."""
 
 from __future__ import annotations
 
@@ -91,3 +92,39 @@ class CallTelemetry:
         if self.metrics:
             self.metrics.hf_latency.labels(model=self.model_id).observe(time.perf_counter() - self.started)
         self.span.end()
+
+
+def precreate_embed_series(metrics: RuntimeMetrics, model_id: str) -> None:
+    """The embedding series at zero from the start, as `precreate_series` does for generation."""
+    metrics.hf_embed_latency.labels(model=model_id)
+    for code in KNOWN_ERROR_CODES:
+        metrics.hf_embed_errors.labels(code=code)
+
+
+@contextlib.contextmanager
+def observe_embedding(metrics: RuntimeMetrics | None, model_id: str, inputs: int, seconds: float) -> Iterator[None]:
+    """One embedding call: the `huggingface.embed` span is current, retries stop at `seconds`, failures counted."""
+    attributes: dict[str, AttributeValue] = {
+        "provider": "huggingface",
+        "model_id": model_id,
+        "gen_ai.system": "huggingface",
+        "gen_ai.operation.name": "embeddings",
+        "gen_ai.request.model": model_id,
+        "embeddings.inputs": inputs,
+    }
+    started = time.perf_counter()
+    span = _tracer.start_span("huggingface.embed", attributes=attributes, record_exception=False)
+    try:
+        with deadline(seconds), trace.use_span(span, record_exception=False, set_status_on_exception=False):
+            yield
+    except ProviderError as exc:
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, exc.code))
+        span.set_attribute("error.type", exc.metric_code)
+        if metrics:
+            metrics.hf_embed_errors.labels(code=exc.metric_code).inc()
+        raise
+    finally:
+        if metrics:
+            metrics.hf_embed_latency.labels(model=model_id).observe(time.perf_counter() - started)
+        span.end()
