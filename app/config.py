@@ -124,6 +124,7 @@ class Settings:
     max_data_items: int = 1000
     max_string_chars: int = 32768
     hf_max_response_bytes: int = 1024 * 1024
+    test_concurrency: int = 4  # `ctx test` cases in flight at once: each may hold one model call
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -157,6 +158,7 @@ class Settings:
             max_data_items=_number(env, "CMP_MAX_DATA_ITEMS", 1000, kind=int, minimum=1),
             max_string_chars=_number(env, "CMP_MAX_STRING_CHARS", 32768, kind=int, minimum=1),
             hf_max_response_bytes=_number(env, "HF_MAX_RESPONSE_BYTES", 1024 * 1024, kind=int, minimum=1),
+            test_concurrency=_number(env, "CMP_TEST_CONCURRENCY", cls.test_concurrency, kind=int, minimum=1),
         ).checked()
 
     def checked(self) -> Settings:
