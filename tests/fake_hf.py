@@ -90,6 +90,9 @@ class FakeHF:
         self.replies = list(replies) or [Reply()]
         self.seen: list[Seen] = []
         self.events_sent = 0
+        # Requests being answered right now, and the most there ever were at once.
+        self.in_flight = 0
+        self.peak_in_flight = 0
         # Set when writing a streamed event fails: the runtime has closed its connection.
         self.hung_up = threading.Event()
         self._lock = threading.Lock()
@@ -107,6 +110,15 @@ class FakeHF:
                 with fake._lock:
                     fake.seen.append(Seen(self.path, dict(self.headers), json.loads(raw or b"{}")))
                     reply = fake.replies.pop(0) if len(fake.replies) > 1 else fake.replies[0]
+                    fake.in_flight += 1
+                    fake.peak_in_flight = max(fake.peak_in_flight, fake.in_flight)
+                try:
+                    self.answer(reply)
+                finally:
+                    with fake._lock:
+                        fake.in_flight -= 1
+
+            def answer(self, reply: Reply | Stream) -> None:
                 if isinstance(reply, Stream):
                     self.stream(reply)
                     return
