@@ -163,6 +163,7 @@ class ContextStore:
         errors = list(_resolved_validator.iter_errors(context))
         if errors:
             raise ContextInvalid(f"{self._rel(resolved)}: name: required field is missing")
+        _check_case_names(self._rel(resolved), context)
         with self._lock:
             # Keyed by the path as asked for, so a hit costs one stat per file and no realpath walk;
             # that path is in the signature too, and stat follows it if a symlink is re-pointed.
@@ -252,6 +253,16 @@ class ContextStore:
         if not isinstance(data, dict):
             raise ContextInvalid(f"{rel}: document: must be a mapping, not {type(data).__name__}")
         return data
+
+
+def _check_case_names(rel: str, context: dict[str, Any]) -> None:
+    """Baselines key on case names, so two cases of one context may not share one."""
+    seen: set[str] = set()
+    for number, case in enumerate(context.get("testing", {}).get("cases", []), start=1):
+        name = case.get("name", f"case-{number}")
+        if name in seen:
+            raise ContextInvalid(f"{rel}: testing.cases.{number - 1}.name: {name!r} is used by an earlier case")
+        seen.add(name)
 
 
 def _field(error) -> str:

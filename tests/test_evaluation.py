@@ -336,12 +336,19 @@ INVALID_TESTING = [
 ]
 
 
-@pytest.mark.parametrize(("case", "problem"), INVALID_TESTING, ids=[p[0].__str__()[:30] for p in INVALID_TESTING])
+@pytest.mark.parametrize(("case", "problem"), INVALID_TESTING, ids=[str(case)[:30] for case, _ in INVALID_TESTING])
 def test_context_validate_checks_the_testing_section(project, case, problem):
     with_cases(project, [{"input": "hi", **case}])
     problems = ContextStore(project).problems()
     assert len(problems) == 1
     assert problems[0].startswith(f"contexts/SupportBot/supportbot.ctx: {problem}")
+
+
+def test_case_names_are_unique_within_a_context(project):
+    with_cases(project, [{"input": "a"}, {"name": "case-1", "input": "b"}])
+    assert ContextStore(project).problems() == [
+        "contexts/SupportBot/supportbot.ctx: testing.cases.1.name: 'case-1' is used by an earlier case"
+    ]
 
 
 def test_cli_exit_codes_reports_and_a_dropped_phrase(ctx, project, tmp_path):

@@ -44,14 +44,11 @@ class Case:
 
 
 def cases_of(context_name: str, context: dict[str, Any], tenant_id: str) -> list[Case]:
-    """The cases of a resolved context, unnamed ones called `case-<n>`; a repeated name is a `ValueError`."""
-    cases: list[Case] = []
-    for number, spec in enumerate(context.get("testing", {}).get("cases", []), start=1):
-        name = spec.get("name", f"case-{number}")
-        if any(case.name == name for case in cases):
-            raise ValueError(f"{context_name}: testing.cases: the name {name!r} is used twice (baselines key on it)")
-        cases.append(Case(context=context_name, name=name, spec=spec, tenant_id=tenant_id))
-    return cases
+    """The cases of a resolved (so validated) context; an unnamed one is called `case-<n>`, as validation does."""
+    return [
+        Case(context=context_name, name=spec.get("name", f"case-{number}"), spec=spec, tenant_id=tenant_id)
+        for number, spec in enumerate(context.get("testing", {}).get("cases", []), start=1)
+    ]
 
 
 @dataclass(frozen=True)

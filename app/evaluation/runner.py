@@ -136,8 +136,6 @@ def _suites(runtime: Runtime, names: list[str] | None, tenant_id: str, drift: bo
             cases = cases_of(name, context, tenant_id)
         except ContexisError as exc:
             raise SetupError(exc.message) from None
-        except ValueError as exc:
-            raise SetupError(str(exc)) from None
         if not cases:
             continue
         path = baseline_path(runtime.contexts.root, name, tenant_id)
