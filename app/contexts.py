@@ -18,7 +18,7 @@ import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 
 from app.errors import ContextInvalid, NotFound
-from app.names import MAX_TOP_K
+from app.names import MAX_TOP_K, NAME_PATTERN
 
 MAX_DEPTH = 5
 DEFAULT_DRIFT_THRESHOLD = 0.85
@@ -43,9 +43,9 @@ CASE_REQUEST_FIELDS: dict[str, Any] = {
     "data": {"type": "object"},
     "query": {"type": "string"},
     "top_k": {"type": "integer", "minimum": 0, "maximum": MAX_TOP_K},
-    "tenant_id": {"type": "string"},
-    "component": {"type": "string"},
-    "prompt_file": {"type": "string"},
+    "tenant_id": {"type": "string", "pattern": NAME_PATTERN},
+    "component": {"type": "string", "pattern": NAME_PATTERN},
+    "prompt_file": {"type": "string", "pattern": NAME_PATTERN},
     "messages": {"type": "array", "items": {"type": "object"}},
 }
 CASE_ASSERTIONS: dict[str, Any] = {

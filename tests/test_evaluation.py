@@ -267,6 +267,14 @@ def test_drift_needs_a_baseline_and_a_new_case_is_an_error(settings):
     assert report.results[1].error == "no baseline answer: record one with `ctx test --update-baseline`"
 
 
+def test_an_unreadable_baseline_stops_the_run(settings):
+    path = settings.project_root / "tests" / "baselines" / "SupportBot.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('["not", "a", "baseline"]')
+    with pytest.raises(SetupError, match=r"cannot read the baseline .*: expected an object with a 'cases' object"):
+        run_cases(settings, [HELLO], baseline_mode="drift")
+
+
 def test_an_errored_case_keeps_its_previous_baseline(settings):
     cases = [{"name": "greeting", **HELLO}, {"name": "other", **HELLO}]
     run_cases(settings, cases, baseline_mode="update")
@@ -333,6 +341,7 @@ INVALID_TESTING = [
     ({"min_similarity": 0.5}, "testing.cases.0: 'similar_to' is a dependency of 'min_similarity'"),
     ({"mode": "live"}, "testing.cases.0.mode: 'live' is not one of ['prompt', 'answer', 'model']"),
     ({"max_latency_ms": 0}, "testing.cases.0.max_latency_ms: 0 is less than or equal to the minimum of 0"),
+    ({"prompt_file": "../secret.md"}, "testing.cases.0.prompt_file: '../secret.md' does not match"),
 ]
 
 

@@ -26,9 +26,9 @@ class Skipped(Exception):
 
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
-    """The start of an answer on one line, for messages."""
+    """An answer on one line for messages: a long one as its start and its end, where prompts put the user's turn."""
     flat = " ".join(text.split())
-    return repr(flat if len(flat) <= limit else flat[:limit] + "…")
+    return repr(flat if len(flat) <= limit else f"{flat[: limit // 2]} … {flat[-(limit // 2) :]}")
 
 
 def _listed(value: str | list[str]) -> list[str]:
