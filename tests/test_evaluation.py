@@ -320,6 +320,7 @@ def test_junit_and_json_reports_parse_back(settings):
     assert failure.get("message").startswith("expect_contains: expected the answer to contain ['goodbye']")
     assert "expect_regex: expected a match for ['^Nope']" in failure.text
     assert by_name["needs-model"].find("skipped").get("message").startswith("mode: model needs a model")
+    assert by_name["needs-model"].find("system-out") is None
     assert by_name["ok"].find("failure") is None
     assert "User: hello" in by_name["ok"].find("system-out").text
     assert "User: \ufffdbell" in by_name["broken"].find("system-out").text  # XML cannot hold a BEL
@@ -382,6 +383,8 @@ def test_cli_exit_codes_reports_and_a_dropped_phrase(ctx, project, tmp_path):
     with_cases(project, [{"expect_contain": "hi"}])
     status, _, err = ctx("test", "--root", str(project))
     assert (status, "'expect_contain' was unexpected" in err) == (2, True)
+    status, _, err = ctx("context", "validate", "--root", str(project))
+    assert (status, "testing.cases.0: Additional properties are not allowed ('expect_contain'" in err) == (1, True)
     with pytest.raises(SystemExit) as usage:
         ctx("test", "--root", str(project), "--drift", "--update-baseline")
     assert usage.value.code == 2

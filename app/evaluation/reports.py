@@ -67,10 +67,9 @@ def junit_xml(report: Report) -> bytes:
             ET.SubElement(case, "error", type="error", message=_xml_text(result.error))
         elif result.status == SKIPPED:
             ET.SubElement(case, "skipped", message="; ".join(result.skipped))
-        notes = [line for line in _details(result) if line.startswith(("skipped", "drift"))]
-        if result.observation is not None or notes:
-            answer = result.observation.text if result.observation else ""
-            ET.SubElement(case, "system-out").text = _xml_text("\n".join([*notes, answer]).strip())
+        if result.observation is not None:
+            notes = [line for line in _details(result) if line.startswith(("skipped", "drift"))]
+            ET.SubElement(case, "system-out").text = _xml_text("\n".join([*notes, result.observation.text]))
     for element in [root, *suites.values()]:
         members = [r for r in report.results if element is root or r.case.context == element.get("name")]
         element.set("tests", str(len(members)))
