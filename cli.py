@@ -168,10 +168,16 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
             return _fail(str(exc), 2)
     print(table(report))
     if args.junit:
-        args.junit.write_bytes(junit_xml(report))
+        _write_report(args.junit, junit_xml(report))
     if args.json:
-        args.json.write_text(json.dumps(json_report(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        _write_report(args.json, (json.dumps(json_report(report), indent=2, ensure_ascii=False) + "\n").encode())
     return 0 if report.ok else 1
+
+
+def _write_report(path: Path, content: bytes) -> None:
+    """CI systems collect reports from folders that may not exist yet."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
 
 
 def cmd_memory_ingest(args: argparse.Namespace, settings: Settings) -> int:

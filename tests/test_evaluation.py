@@ -362,7 +362,7 @@ def test_case_names_are_unique_within_a_context(project):
 
 
 def test_cli_exit_codes_reports_and_a_dropped_phrase(ctx, project, tmp_path):
-    junit, report = tmp_path / "report.xml", tmp_path / "report.json"
+    junit, report = tmp_path / "reports" / "ctx.xml", tmp_path / "reports" / "ctx.json"
     status, out, _ = ctx("test", "--root", str(project), "--junit", str(junit), "--json", str(report))
     assert status == 0, out
     assert ET.parse(junit).getroot().get("tests") == "5"

@@ -3,8 +3,8 @@
 Cases go through `app.runtime` exactly as `/api/v1/chat` requests do; this package only judges what comes back.
 """
 
-from app.evaluation.reports import json_report, junit_xml, summary, table
-from app.evaluation.runner import ERROR, FAILED, PASSED, SKIPPED, CaseResult, Report, SetupError, run_tests
+from app.evaluation.reports import json_report, junit_xml, table
+from app.evaluation.runner import ERROR, FAILED, PASSED, SKIPPED, Report, SetupError, run_tests
 from app.evaluation.similarity import Embedder
 
 __all__ = [
@@ -12,13 +12,11 @@ __all__ = [
     "FAILED",
     "PASSED",
     "SKIPPED",
-    "CaseResult",
     "Embedder",
     "Report",
     "SetupError",
     "json_report",
     "junit_xml",
     "run_tests",
-    "summary",
     "table",
 ]
