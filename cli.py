@@ -1,4 +1,4 @@
-"""The `ctx` command line: serve the runtime, test the model, render prompts, check contexts.
+"""The `ctx` command line: serve the runtime, test the model, render prompts, check and test contexts.
 
 It reads the same `Settings` as `wsgi.py`; `--root` overrides `CMP_PROJECT_ROOT`.
 The app's modules are imported inside the commands, so `serve` can prepare the
@@ -36,6 +36,12 @@ def parse_addr(addr: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"invalid address {addr!r}: expected [HOST]:PORT")
     return host or "0.0.0.0", int(port)
+
+
+def _positive(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {raw!r}")
+    return int(raw)
 
 
 def _fail(message: str, code: int) -> int:
@@ -195,6 +201,42 @@ def cmd_context_validate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the contexts' test cases; exit 0 when all pass, 1 when one fails or errors, 2 when the run cannot start."""
+    from app.evaluation import SetupError, json_report, junit_xml, run_tests, table
+    from app.runtime import Runtime
+
+    if args.concurrency:
+        settings = settings.replace(test_concurrency=args.concurrency)
+    baseline_mode = "update" if args.update_baseline else "drift" if args.drift else ""
+    runtime = Runtime(settings)
+    with _progress_bar("case") as progress:
+        try:
+            report = run_tests(
+                runtime,
+                contexts=args.context,
+                tenant_id=args.tenant,
+                baseline_mode=baseline_mode,
+                # The embedding model of memory, when one is configured, backs `similar_to` and drift.
+                embedder=runtime.embedder,
+                progress=lambda done, total: progress(done, total, ""),
+            )
+        except SetupError as exc:
+            return _fail(str(exc), 2)
+    print(table(report))
+    if args.junit:
+        _write_report(args.junit, junit_xml(report))
+    if args.json:
+        _write_report(args.json, (json.dumps(json_report(report), indent=2, ensure_ascii=False) + "\n").encode())
+    return 0 if report.ok else 1
+
+
+def _write_report(path: Path, content: bytes) -> None:
+    """CI systems collect reports from folders that may not exist yet."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+
+
 @contextlib.contextmanager
 def _progress_bar(unit: str) -> Iterator[Progress]:
     """A `Progress` callback drawing a tqdm bar, only on a terminal (disable=None): logs and pipes get none."""
@@ -321,6 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
     context = commands.add_parser("context", help="contexts").add_subparsers(dest="context_command", required=True)
     validate = context.add_parser("validate", parents=[common], help="validate every context of the project")
     validate.set_defaults(handler=cmd_context_validate)
+
+    test = commands.add_parser("test", parents=[common], help="run the contexts' testing.cases")
+    test.add_argument("--context", action="append", help="only this context (repeatable; default: every context)")
+    test.add_argument("--tenant", default="", help="run as this tenant (its contexts and baselines)")
+    test.add_argument("--junit", type=Path, help="write a JUnit XML report to this file")
+    test.add_argument("--json", type=Path, help="write a JSON report to this file")
+    test.add_argument("--concurrency", type=_positive, help="cases in flight at once (default CMP_TEST_CONCURRENCY)")
+    baseline = test.add_mutually_exclusive_group()
+    baseline.add_argument("--update-baseline", action="store_true", help="record the answers as the baseline")
+    baseline.add_argument("--drift", action="store_true", help="compare the answers with the baseline")
+    test.set_defaults(handler=cmd_test)
 
     memory = commands.add_parser("memory", help="component memory").add_subparsers(dest="memory_command", required=True)
     owner = argparse.ArgumentParser(add_help=False, parents=[common])

@@ -187,6 +187,7 @@ class Settings:
     hf_embed_api: str = "auto"
     hf_embed_batch: int = 32
     hf_embed_query_timeout: float = 2.0
+    test_concurrency: int = 4  # `ctx test` cases in flight at once: each may hold one model call
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -236,6 +237,7 @@ class Settings:
             hf_embed_api=_choice(env, "HF_EMBED_API", HF_EMBED_APIS, "auto"),
             hf_embed_batch=_number(env, "HF_EMBED_BATCH", 32, kind=int, minimum=1),
             hf_embed_query_timeout=_number(env, "HF_EMBED_QUERY_TIMEOUT", 2.0, minimum=0.001),
+            test_concurrency=_number(env, "CMP_TEST_CONCURRENCY", cls.test_concurrency, kind=int, minimum=1),
         ).checked()
 
     def checked(self) -> Settings:

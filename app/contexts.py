@@ -15,13 +15,68 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker
 
 from app.errors import ContextInvalid, NotFound
+from app.names import MAX_TOP_K, NAME_PATTERN
 
 MAX_DEPTH = 5
+DEFAULT_DRIFT_THRESHOLD = 0.85
+DEFAULT_TEXT_DRIFT_THRESHOLD = 0.8
 
 _STRINGS = {"type": "array", "items": {"type": "string"}}
+_RATIO = {"type": "number", "minimum": 0, "maximum": 1}
+
+
+def _one_or_more(item: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [item, {"type": "array", "items": item, "minItems": 1}]}
+
+
+# A test case of `testing.cases` (`ctx test`): what it sends through the chat pipeline, what it expects
+# of the answer, and the options of those expectations. Unknown keys are errors, so a misspelt assertion
+# cannot pass silently.
+CASE_REQUEST_FIELDS: dict[str, Any] = {
+    "name": {"type": "string", "minLength": 1},
+    "description": {"type": "string"},
+    "mode": {"enum": ["prompt", "answer", "model"]},
+    "input": {"type": "string"},
+    "data": {"type": "object"},
+    "query": {"type": "string"},
+    "top_k": {"type": "integer", "minimum": 0, "maximum": MAX_TOP_K},
+    "tenant_id": {"type": "string", "pattern": NAME_PATTERN},
+    "component": {"type": "string", "pattern": NAME_PATTERN},
+    "prompt_file": {"type": "string", "pattern": NAME_PATTERN},
+    "messages": {"type": "array", "items": {"type": "object"}},
+}
+CASE_ASSERTIONS: dict[str, Any] = {
+    "expect_contains": _one_or_more({"type": "string"}),
+    "expect_not_contains": _one_or_more({"type": "string"}),
+    "expect_regex": _one_or_more({"type": "string", "format": "regex"}),
+    "expect_sources": _one_or_more({"type": "string", "minLength": 1}),
+    "max_latency_ms": {"type": "number", "exclusiveMinimum": 0},
+    "max_completion_tokens": {"type": "integer", "minimum": 1},
+    # The value must itself be a JSON Schema (checked against the 2020-12 meta-schema, shipped offline).
+    "expect_json_schema": {"$ref": "https://json-schema.org/draft/2020-12/schema"},
+    "similar_to": {"type": "string", "minLength": 1},
+}
+CASE_OPTIONS: dict[str, Any] = {"ignore_case": {"type": "boolean"}, "min_similarity": _RATIO}
+TESTING_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "drift_threshold": _RATIO,
+        "text_drift_threshold": _RATIO,
+        "cases": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {**CASE_REQUEST_FIELDS, **CASE_ASSERTIONS, **CASE_OPTIONS},
+                "dependentRequired": {"min_similarity": ["similar_to"]},
+            },
+        },
+    },
+}
 CONTEXT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -60,10 +115,10 @@ CONTEXT_SCHEMA: dict[str, Any] = {
             },
         },
         "memory": {"type": "object"},
-        "testing": {"type": "object"},
+        "testing": TESTING_SCHEMA,
     },
 }
-_file_validator = Draft202012Validator(CONTEXT_SCHEMA)
+_file_validator = Draft202012Validator(CONTEXT_SCHEMA, format_checker=FormatChecker())
 _resolved_validator = Draft202012Validator({"type": "object", "required": ["name"]})
 
 Signature = tuple[tuple[str, int, int, int], ...]
@@ -121,6 +176,7 @@ class ContextStore:
         errors = list(_resolved_validator.iter_errors(context))
         if errors:
             raise ContextInvalid(f"{self._rel(resolved)}: name: required field is missing")
+        _check_case_names(self._rel(resolved), context)
         with self._lock:
             # Keyed by the path as asked for, so a hit costs one stat per file and no realpath walk;
             # that path is in the signature too, and stat follows it if a symlink is re-pointed.
@@ -130,6 +186,13 @@ class ContextStore:
     def _cached(self, path: Path) -> dict[str, Any] | None:
         cached = self._cache.get(path)
         return cached[1] if cached and _unchanged(cached[0]) else None
+
+    def names(self) -> list[str]:
+        """The contexts a request can name: each `contexts/<Name>/` that holds its `<name>.ctx`."""
+        if not self.contexts_dir.is_dir():
+            return []
+        folders = sorted(d.name for d in self.contexts_dir.iterdir() if d.name != "tenants")
+        return [name for name in folders if self.path_for(name).is_file()]
 
     def iter_files(self) -> Iterator[Path]:
         """Every context file of the project: shared ones and tenant overrides."""
@@ -220,6 +283,16 @@ class ContextStore:
         if not isinstance(data, dict):
             raise ContextInvalid(f"{rel}: document: must be a mapping, not {type(data).__name__}")
         return data
+
+
+def _check_case_names(rel: str, context: dict[str, Any]) -> None:
+    """Baselines key on case names, so two cases of one context may not share one."""
+    seen: set[str] = set()
+    for number, case in enumerate(context.get("testing", {}).get("cases", []), start=1):
+        name = case.get("name", f"case-{number}")
+        if name in seen:
+            raise ContextInvalid(f"{rel}: testing.cases.{number - 1}.name: {name!r} is used by an earlier case")
+        seen.add(name)
 
 
 def _field(error) -> str:

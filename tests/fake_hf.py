@@ -162,6 +162,9 @@ class FakeHF:
         self.replies = list(replies) or [Reply()]
         self.seen: list[Seen] = []
         self.events_sent = 0
+        # Requests being answered right now, and the most there ever were at once.
+        self.in_flight = 0
+        self.peak_in_flight = 0
         # Set when writing a streamed event fails: the runtime has closed its connection.
         self.hung_up = threading.Event()
         self._lock = threading.Lock()
@@ -176,14 +179,25 @@ class FakeHF:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", "0"))
                 raw = self.rfile.read(length)
+                seen = Seen(self.path, dict(self.headers), json.loads(raw or b"{}"))
                 with fake._lock:
-                    fake.seen.append(Seen(self.path, dict(self.headers), json.loads(raw or b"{}")))
+                    fake.seen.append(seen)
                     reply = fake.replies.pop(0) if len(fake.replies) > 1 else fake.replies[0]
+                    fake.in_flight += 1
+                    fake.peak_in_flight = max(fake.peak_in_flight, fake.in_flight)
+                try:
+                    self.answer(reply, seen.body)
+                finally:
+                    with fake._lock:
+                        fake.in_flight -= 1
+
+            def answer(self, reply: Reply | Stream, request: dict) -> None:
+                """`reply`, whose body may be computed from this request's own (others may arrive meanwhile)."""
                 if isinstance(reply, Stream):
                     self.stream(reply)
                     return
                 time.sleep(reply.delay)
-                body = reply.body(fake.seen[-1].body) if callable(reply.body) else reply.body
+                body = reply.body(request) if callable(reply.body) else reply.body
                 payload = body if isinstance(body, bytes) else json.dumps(body).encode()
                 try:
                     self.send_response(reply.status)

@@ -20,6 +20,7 @@ def test_defaults_follow_the_guide_except_the_retired_endpoint():
     assert (settings.hf_timeout, settings.hf_connect_timeout, settings.hf_max_retries) == (60.0, 5.0, 2)
     assert settings.max_body_bytes == 1024 * 1024
     assert settings.project_root == Path(".")
+    assert settings.test_concurrency == 4
     assert not settings.hf_enabled
 
 
@@ -107,7 +108,8 @@ def test_repr_hides_the_token():
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("HF_TIMEOUT", "x"), ("HF_MAX_RETRIES", "-1"), ("CMP_MAX_BODY_BYTES", "1.5")]
+    ("name", "value"),
+    [("HF_TIMEOUT", "x"), ("HF_MAX_RETRIES", "-1"), ("CMP_MAX_BODY_BYTES", "1.5"), ("CMP_TEST_CONCURRENCY", "0")],
 )
 def test_bad_values_raise_naming_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
