@@ -29,9 +29,11 @@ def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
     from app.web import chat, health, openapi
     from app.web.auth import init_auth
     from app.web.errors import register_error_handlers
+    from app.web.json import JSONProvider
     from app.web.limits import init_limits
     from app.web.telemetry import init_observability
 
+    app.json = JSONProvider(app)
     app.extensions[_RUNTIME] = runtime
     register_error_handlers(app)
     init_observability(app, settings, runtime.metrics)
