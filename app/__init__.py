@@ -28,6 +28,5 @@ def create_app(settings: Settings | None = None) -> Flask:
         logging.getLogger(__name__).warning(settings.hf_endpoint_warning)
     app = Flask(__name__, static_folder=None)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, SETTINGS=settings)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     init_web(app, settings, Runtime(settings))
     return app

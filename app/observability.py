@@ -10,14 +10,15 @@ The request-side hooks (HTTP metrics, Flask spans, the access log) are
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import orjson
 from opentelemetry import trace
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -37,6 +38,18 @@ class RuntimeMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # prometheus-flask-exporter's two request series, by their names and labels (dashboards know them),
+        # recorded here with children bound once per label set instead of looked up on every request.
+        self.http_duration = Histogram(
+            "flask_http_request_duration_seconds",
+            "Flask HTTP request duration in seconds",
+            ["method", "url_rule", "status"],
+            registry=self.registry,
+        )
+        self.http_total = Counter(
+            "flask_http_request_total", "Total number of HTTP requests", ["method", "status"], registry=self.registry
+        )
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.hf_latency = Histogram(
             "cmp_hf_inference_latency_seconds",
             "Latency of Hugging Face inference calls, retries included; a streamed call until its last token.",
@@ -103,6 +116,16 @@ class RuntimeMetrics:
         )
         # Outside multiprocess mode the app's registry is what /metrics serves: the process is its own server.
         self.registry.register(ProcessTreeCollector(multiprocess=False))
+
+    def observe_request(self, method: str, rule: str, status: int, seconds: float) -> None:
+        """One answered request: its duration by route and status, and the count."""
+        key = (method, rule, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = (self.http_duration.labels(method, rule, status), self.http_total.labels(method, status))
+            self._http_children[key] = children
+        children[0].observe(seconds)
+        children[1].inc()
 
 
 class ProcessTreeCollector:
@@ -177,11 +200,23 @@ def _children(pid: int) -> set[int]:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, so log pipelines need no parsing rules."""
+    """One JSON object per line, so log pipelines need no parsing rules.
+
+    It runs once per request (the access line): the timestamp's seconds are formatted once per
+    second, and orjson writes the line.
+    """
+
+    _second: tuple[int, str] = (-1, "")
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if self._second[0] != second:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{self._second[1]}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -189,7 +224,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return orjson.dumps(entry, default=str).decode()
 
 
 def configure_logging(level: str) -> None:
@@ -198,7 +233,6 @@ def configure_logging(level: str) -> None:
     if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
-        JsonFormatter.converter = time.gmtime
         root.addHandler(handler)
     root.setLevel(level)
 

@@ -87,6 +87,11 @@ def sse_events(body: Any) -> list[tuple[str, dict]]:
     return events
 
 
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON objects among a process's output lines (gunicorn's own lines are plain text)."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import requests
-from helpers import ACME_KEY, EXAMPLE, GUIDE_BODY, KEYS_JSON, STAR_KEY, Server, bearer
+from helpers import ACME_KEY, EXAMPLE, GUIDE_BODY, KEYS_JSON, STAR_KEY, Server, bearer, json_lines
 
 from app import create_app
 from app.config import Settings, SettingsError
@@ -173,5 +173,5 @@ def test_gunicorn_enforces_keys_scopes_and_chunked_body_limits_from_the_environm
     finally:
         code, output = server.stop()
     assert code == 0
-    assert '"reason": "missing_key"' in output
+    assert any(line.get("reason") == "missing_key" for line in json_lines(output))
     assert ACME_KEY not in output

@@ -30,9 +30,11 @@ def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
     from app.web.auth import init_auth
     from app.web.cors import init_cors
     from app.web.errors import register_error_handlers, register_error_shape
+    from app.web.json import JSONProvider
     from app.web.limits import init_limits
     from app.web.telemetry import init_observability
 
+    app.json = JSONProvider(app)
     app.extensions[_RUNTIME] = runtime
     register_error_handlers(app)
     register_error_shape(openai_api.bp.url_prefix or "", openai_api.openai_error)

@@ -1,4 +1,4 @@
-"""HTTP limits: rate limits per key or client address, body size, trusted proxies, JSON depth.
+"""HTTP limits: rate limits per key or client address, body size, trusted proxies.
 
 The body's size is Flask's `MAX_CONTENT_LENGTH` (413, chunked bodies included); what a
 body within that size may still cost (depth, items, string lengths) is
@@ -14,14 +14,12 @@ import time
 from typing import Any
 
 from flask import Flask, Response, current_app, request
-from flask.json.provider import DefaultJSONProvider
 from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import Settings
-from app.errors import PayloadTooDeep
 from app.observability import RuntimeMetrics
 from app.web.auth import audit_denied, client_identity
 from app.web.errors import error_response
@@ -33,14 +31,6 @@ REDIS_TIMEOUTS: dict[str, Any] = {"socket_timeout": 0.5, "socket_connect_timeout
 EXEMPT_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "prometheus_metrics"})
 
 
-class _DepthSafeJSONProvider(DefaultJSONProvider):
-    """Flask's JSON, but a body nested past Python's recursion limit is a 400, not a RecursionError (500)."""
-
-    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        try:
-            return super().loads(s, **kwargs)
-        except RecursionError:
-            raise PayloadTooDeep("the body nests too deeply to be decoded") from None
 
 
 def _bound_chunked_body() -> None:
@@ -76,9 +66,6 @@ class _CountedLog(logging.LoggerAdapter):
 
 def init_limits(app: Flask, settings: Settings, metrics: RuntimeMetrics) -> None:
     """Trust `X-Forwarded-For` only for the configured proxy hops; rate-limit when `CMP_RATE_LIMIT` is set."""
-    provider = _DepthSafeJSONProvider(app)
-    provider.sort_keys = app.json.sort_keys  # type: ignore[attr-defined]
-    app.json = provider
     app.before_request(_bound_chunked_body)
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]

@@ -8,7 +8,6 @@ first event can no longer change the status, so it ends the stream with
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +16,7 @@ from flask import Response
 
 from app.errors import ContexisError
 from app.providers.base import TokenStream
+from app.web.json import dumps_bytes
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ HEADERS = {
 def sse_event(data: dict[str, Any], event: str | None = None) -> str:
     """One server-sent event; JSON keeps newlines inside `data` escaped, so one `data:` line suffices."""
     head = f"event: {event}\n" if event else ""
-    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
+    return f"{head}data: {dumps_bytes(data).decode()}\n\n"
 
 
 def event_stream(

@@ -39,7 +39,9 @@ def init_observability(app: Flask, settings: Settings, metrics: RuntimeMetrics) 
     configure_tracing(settings)
     if tracing_enabled():
         FlaskInstrumentor().instrument_app(app, excluded_urls="healthz,readyz,metrics", enable_commenter=False)
-    _Exporter(app, registry=metrics.registry, group_by="url_rule")
+    # The exporter serves /metrics (every worker's files in multiprocess mode); the request series
+    # themselves are `RuntimeMetrics.observe_request`, recorded with the access line below.
+    _Exporter(app, registry=metrics.registry, export_defaults=False)
     access = logging.getLogger("contexis.access")
 
     @app.before_request
@@ -53,13 +55,18 @@ def init_observability(app: Flask, settings: Settings, metrics: RuntimeMetrics) 
     def _finish(response: Response) -> Response:
         request_id = g.get("request_id") or uuid.uuid4().hex
         response.headers["X-Request-ID"] = request_id
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        metrics.observe_request(request.method, str(request.url_rule), response.status_code, seconds)
         fields = {
             "request_id": request_id,
             "method": request.method,
             "path": request.path,
             "status": response.status_code,
-            "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+            "duration_ms": round(seconds * 1000, 2),
             **g.get("log_fields", {}),
         }
-        access.info("request", extra={"fields": fields})
+        extra = {"fields": fields}
+        if access.isEnabledFor(logging.INFO):
+            # makeRecord + handle: what `info()` does, without walking the stack for the caller's line.
+            access.handle(access.makeRecord(access.name, logging.INFO, __file__, 0, "request", (), None, None, extra))
         return response

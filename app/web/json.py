@@ -1,0 +1,43 @@
+"""Flask's JSON, with orjson writing every answer (JSON bodies and SSE events alike).
+
+Requests are still read by the standard library: orjson would turn integers past 64 bits into
+floats, and a body must mean what its client wrote. Writing is where the time goes (every
+answer, every streamed event), and there orjson's output is the same JSON, UTF-8 instead of
+`\\u` escapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flask import Response
+from flask.json.provider import DefaultJSONProvider
+
+from app.errors import PayloadTooDeep
+
+
+def dumps_bytes(obj: Any) -> bytes:
+    """`obj` as compact JSON; types orjson does not know go through Flask's defaults (dates, decimals...)."""
+    return orjson.dumps(obj, default=DefaultJSONProvider.default)
+
+
+class JSONProvider(DefaultJSONProvider):
+    """orjson for answers; a body nested past Python's recursion limit is a 400, not a RecursionError (500)."""
+
+    sort_keys = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        if kwargs:  # an explicit option (indent, sort_keys...) asks for the standard library's output
+            return super().dumps(obj, **kwargs)
+        return dumps_bytes(obj).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise PayloadTooDeep("the body nests too deeply to be decoded") from None
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        obj = self._prepare_response_obj(args, kwargs)
+        return Response(dumps_bytes(obj) + b"\n", mimetype=self.mimetype)
