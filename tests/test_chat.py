@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from helpers import GUIDE_BODY
 
@@ -182,15 +184,22 @@ def test_invalid_context_is_500_naming_file_and_field(client, project):
     assert "contexts/SupportBot/supportbot.ctx: guardrails.temperature:" in message
 
 
-def test_unexpected_errors_are_json_without_traceback(client, monkeypatch):
+def test_unexpected_errors_are_json_without_traceback(client, monkeypatch, caplog):
+    from app.observability import JsonFormatter
     from app.runtime import Runtime
 
     def boom(self, request):
         raise RuntimeError("internal detail /etc/secret")
 
     monkeypatch.setattr(Runtime, "answer", boom)
-    message = assert_error(post(client, GUIDE_BODY), 500, "internal_error")
+    response = post(client, GUIDE_BODY)
+    message = assert_error(response, 500, "internal_error")
     assert "secret" not in message
+    # The operator's side: the traceback is logged, with the request id the client was given.
+    (record,) = [r for r in caplog.records if r.getMessage() == "unhandled error"]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == response.headers["X-Request-ID"]
+    assert "RuntimeError: internal detail" in line["exc_info"]
 
 
 def test_integral_float_top_k_is_taken_as_an_integer(client, project):

@@ -60,5 +60,5 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:
         # The traceback goes to the log, keyed by request id; the client gets none of it.
-        log.exception("unhandled error", extra={"request_id": g.get("request_id")})
+        log.exception("unhandled error", extra={"fields": {"request_id": g.get("request_id")}})
         return error_response(500, "internal_error", "internal server error")
