@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from app.config import Settings
+from app.config import MEMORY_URL_SCHEMES, Settings
 from app.errors import ContexisError, SettingsError
 
 DEFAULT_GUNICORN_CONFIG = Path(__file__).resolve().parent / "deploy" / "gunicorn.conf.py"
@@ -25,6 +25,13 @@ def parse_addr(addr: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"invalid address {addr!r}: expected [HOST]:PORT")
     return host or "0.0.0.0", int(port)
+
+
+def _postgres_url(value: str) -> str:
+    """A `--to` URL; checked by the same rule as CMP_MEMORY_URL, and never echoed (it may hold a password)."""
+    if not value.startswith(MEMORY_URL_SCHEMES):
+        raise argparse.ArgumentTypeError("expected a postgresql:// URL")
+    return value
 
 
 def _fail(message: str, code: int) -> int:
@@ -137,9 +144,9 @@ def cmd_memory_ingest(args: argparse.Namespace, settings: Settings) -> int:
     """Add documents to a component's memory; unchanged files are skipped."""
     from tqdm import tqdm
 
-    from app.memory import open_store
+    from app.memory import open_memory
 
-    store = open_store(settings.project_root, args.component, args.tenant or None)
+    store = open_memory(settings).store(args.component, args.tenant or None)
     missing = [str(path) for path in args.paths if not path.exists()]
     if missing:
         return _fail(f"no such file or directory: {', '.join(missing)}", 2)
@@ -163,9 +170,9 @@ def cmd_memory_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_memory_search(args: argparse.Namespace, settings: Settings) -> int:
     """Ranked matches for a query, as a table or JSON."""
-    from app.memory import open_store
+    from app.memory import open_memory
 
-    results = open_store(settings.project_root, args.component, args.tenant or None).search(args.query, args.top_k)
+    results = open_memory(settings).store(args.component, args.tenant or None).search(args.query, args.top_k)
     if args.json:
         print(json.dumps([result.as_dict() for result in results], indent=2))
         return 0
@@ -178,9 +185,9 @@ def cmd_memory_search(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_memory_stats(args: argparse.Namespace, settings: Settings) -> int:
     """Documents, chunks and sizes of every store under the root."""
-    from app.memory import list_stores
+    from app.memory import open_memory
 
-    stores = [store.stats() for store in list_stores(settings.project_root)]
+    stores = [store.stats() for store in open_memory(settings).stores()]
     print(f"{'component':<20} {'tenant':<16} {'documents':>9} {'chunks':>9} {'db bytes':>12}")
     for stats in stores:
         print(
@@ -192,10 +199,41 @@ def cmd_memory_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_memory_delete(args: argparse.Namespace, settings: Settings) -> int:
     """Remove one source's chunks, or the whole store's."""
-    from app.memory import open_store
+    from app.memory import open_memory
 
-    removed = open_store(settings.project_root, args.component, args.tenant or None).delete(args.source)
+    removed = open_memory(settings).store(args.component, args.tenant or None).delete(args.source)
     print(f"deleted {removed} documents")
+    return 0
+
+
+def cmd_memory_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Create or upgrade the PostgreSQL schema of CMP_MEMORY_URL; safe to repeat (the chart's hook Job)."""
+    if not settings.memory_url:
+        print("CMP_MEMORY_URL is not set: SQLite memory needs no migration")
+        return 0
+    from app.memory.postgres import PostgresMemory
+
+    memory = PostgresMemory(settings)
+    before, after = memory.migrate()
+    state = "up to date" if before == after else f"migrated from version {before}"
+    print(f"memory schema version {after} ({state}) in {memory.where}")
+    return 0
+
+
+def cmd_memory_copy(args: argparse.Namespace, settings: Settings) -> int:
+    """Copy every SQLite store under a project root into PostgreSQL, chunks as they are (no re-chunking)."""
+    from app.memory import copy_memory, open_memory
+    from app.memory.postgres import PostgresMemory
+
+    target = PostgresMemory(settings.replace(memory_url=args.to, project_root=args.source_root))
+    problem = target.problem()
+    if problem:
+        return _fail(problem, 1)
+    report = copy_memory(open_memory(settings.replace(memory_url="", project_root=args.source_root)), target)
+    print(
+        f"copied {report.copied} documents ({report.chunks} chunks) of {report.stores} stores, "
+        f"{report.unchanged} unchanged -> {target.where}"
+    )
     return 0
 
 
@@ -252,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     delete = memory.add_parser("delete", parents=[owner], help="remove a source, or every document")
     delete.add_argument("--source", help="the file to remove (default: everything in the store)")
     delete.set_defaults(handler=cmd_memory_delete)
+    migrate = memory.add_parser("migrate", help="create or upgrade the PostgreSQL schema of CMP_MEMORY_URL")
+    migrate.set_defaults(handler=cmd_memory_migrate)
+    copy = memory.add_parser("copy", help="copy a project's SQLite memory into PostgreSQL, without re-chunking")
+    copy.add_argument("--from", dest="source_root", type=Path, required=True, help="project root holding memory/")
+    copy.add_argument("--to", type=_postgres_url, required=True, help="postgresql://... (migrated)")
+    copy.set_defaults(handler=cmd_memory_copy)
     return parser
 
 

@@ -96,6 +96,17 @@ def _storage_uri(env: Mapping[str, str]) -> str:
     return raw
 
 
+MEMORY_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _memory_url(env: Mapping[str, str]) -> str:
+    """Empty (SQLite under the project root) or a PostgreSQL URL; the URL may hold a password, never echoed."""
+    raw = _text(env, "CMP_MEMORY_URL")
+    if raw and not raw.startswith(MEMORY_URL_SCHEMES):
+        raise SettingsError("CMP_MEMORY_URL must be empty (SQLite) or start with postgresql:// or postgres://")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the runtime reads from its environment, validated up front."""
@@ -124,6 +135,9 @@ class Settings:
     max_data_items: int = 1000
     max_string_chars: int = 32768
     hf_max_response_bytes: int = 1024 * 1024
+    memory_url: str = field(default="", repr=False)
+    memory_timeout: float = 2.0
+    memory_pool_size: int = 0  # 0: one connection per thread (`threads`)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -157,6 +171,9 @@ class Settings:
             max_data_items=_number(env, "CMP_MAX_DATA_ITEMS", 1000, kind=int, minimum=1),
             max_string_chars=_number(env, "CMP_MAX_STRING_CHARS", 32768, kind=int, minimum=1),
             hf_max_response_bytes=_number(env, "HF_MAX_RESPONSE_BYTES", 1024 * 1024, kind=int, minimum=1),
+            memory_url=_memory_url(env),
+            memory_timeout=_number(env, "CMP_MEMORY_TIMEOUT", 2.0, minimum=0.001),
+            memory_pool_size=_number(env, "CMP_MEMORY_POOL_SIZE", 0, kind=int),
         ).checked()
 
     def checked(self) -> Settings:

@@ -114,6 +114,13 @@ class DocumentError(MemoryStoreError):
     code = "invalid_document"
 
 
+class MemoryUnavailable(MemoryStoreError):
+    """The memory database cannot answer in time (down, unreachable, slow, or its schema not migrated)."""
+
+    status = 503
+    code = "memory_unavailable"
+
+
 class InvalidNameError(MemoryStoreError):
     """A component or tenant name cannot safely become a path segment."""
 

@@ -14,7 +14,7 @@ from opentelemetry.util.types import AttributeValue
 
 from app.config import Settings
 from app.contexts import ContextStore
-from app.memory import SearchResult, open_store
+from app.memory import SearchResult, open_memory
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
 from app.providers import build_provider
@@ -60,15 +60,26 @@ class Runtime:
         self.contexts = ContextStore(settings.project_root)
         self.prompts = PromptRenderer(settings.project_root)
         self.provider = build_provider(settings, self.metrics)
+        self.memory = open_memory(settings)
+
+    def problems(self) -> list[str]:
+        """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
+        problems = self.contexts.problems()
+        memory = self.memory.problem()
+        return [*problems, memory] if memory else problems
 
     def search(self, request: ChatRequest) -> list[SearchResult]:
         """The component's memory matches for the request's query (none without a query)."""
         if not request.query.strip():
             return []
-        attributes: dict[str, AttributeValue] = {"memory.component": request.component, "memory.top_k": request.top_k}
+        attributes: dict[str, AttributeValue] = {
+            "memory.component": request.component,
+            "memory.top_k": request.top_k,
+            "db.system": self.memory.system,
+        }
         with _tracer.start_as_current_span("memory.search", attributes=attributes) as span:
             started = time.perf_counter()
-            store = open_store(self.settings.project_root, request.component, request.tenant_id or None)
+            store = self.memory.store(request.component, request.tenant_id or None)
             results = store.search(request.query, request.top_k)
             self.metrics.memory_search.labels(component=request.component).observe(time.perf_counter() - started)
             span.set_attribute("memory.results", len(results))

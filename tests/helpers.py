@@ -127,3 +127,55 @@ class Server:
         self.proc.send_signal(signal.SIGTERM)
         output, _ = self.proc.communicate(timeout=40)
         return self.proc.returncode, output
+
+
+class Postgres:
+    """A real PostgreSQL 16 with pgvector (PyPI `pgserver`), on a unix socket in a temp dir of its own.
+
+    The runtime connects as `contexis`, an ordinary role that owns the database (as in a deployment):
+    row-level security applies to it, where the `postgres` superuser would bypass it. The schema is
+    migrated once; `reset()` empties the tables between tests, `stop()`/`start()` take the server away
+    and bring it back on the same socket.
+    """
+
+    ROLE = "contexis"
+
+    def __init__(self) -> None:
+        import tempfile
+
+        # Not under pytest's tmp dirs: as root, pgserver runs postgres as its own user, which needs to reach it.
+        self.pgdata = Path(tempfile.mkdtemp(prefix="contexis-pg-"))
+        self.start()
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {self.ROLE} LOGIN")
+            conn.execute(f"CREATE DATABASE {self.ROLE} OWNER {self.ROLE}")
+        # pgvector is not a trusted extension: created by the superuser, as a DBA does once.
+        with psycopg.connect(self.admin_url.replace("/postgres?", f"/{self.ROLE}?"), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION vector")
+        host = self.admin_url.split("host=", 1)[1]
+        self.url = f"postgresql://{self.ROLE}@/{self.ROLE}?host={host}"
+        self.owner_url = self.admin_url.replace("/postgres?", f"/{self.ROLE}?")
+
+    def start(self) -> None:
+        import pgserver
+
+        self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        self.admin_url = self.server.get_uri()
+
+    def stop(self) -> None:
+        self.server.cleanup()
+
+    def reset(self) -> None:
+        """Empty every memory table (as the superuser, past row-level security)."""
+        import psycopg
+
+        with psycopg.connect(self.owner_url, autocommit=True) as conn:
+            conn.execute("TRUNCATE memory_documents, memory_chunks")
+
+    def close(self) -> None:
+        import shutil
+
+        self.stop()
+        shutil.rmtree(self.pgdata, ignore_errors=True)

@@ -1,32 +1,67 @@
 """Component memory: documents chunked, stored per owner and searched for the prompt.
 
-store.py     the `MemoryStore` interface and the types every backend returns
-sqlite.py    the embedded backend (FTS5, BM25)
+store.py     the `MemoryStore` and `Memory` interfaces and the types every backend returns
+sqlite.py    the embedded backend (FTS5, BM25), one file per component and owner
+postgres.py  the shared backend (PostgreSQL full text, pgvector), one database for every replica
 config.py    `memory_config.yaml`
 extract.py   a document's searchable text
 chunking.py  text into chunks
 
-`open_store` and `list_stores` pick the backend; nothing above this package names one.
+`open_memory` picks the backend from the settings; nothing above this package names one.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
-from app.memory.store import IngestReport, MemoryStore, SearchResult, StoreStats
+from app.config import Settings
+from app.memory.store import Document, IngestReport, Memory, MemoryStore, SearchResult, StoreStats
 
-__all__ = ["IngestReport", "MemoryStore", "SearchResult", "StoreStats", "list_stores", "open_store"]
+__all__ = [
+    "CopyReport",
+    "Document",
+    "IngestReport",
+    "Memory",
+    "MemoryStore",
+    "SearchResult",
+    "StoreStats",
+    "copy_memory",
+    "open_memory",
+]
 
 
-def open_store(root: Path, component: str, tenant_id: str | None = None) -> MemoryStore:
-    """The store of `component` for `tenant_id` (None or "": the shared store) under the project `root`."""
-    from app.memory.sqlite import SqliteStore
+def open_memory(settings: Settings) -> Memory:
+    """`CMP_MEMORY_URL` unset: SQLite files under the project root; a PostgreSQL URL: that database."""
+    if settings.memory_url:
+        from app.memory.postgres import PostgresMemory
 
-    return SqliteStore(root, component, tenant_id)
+        return PostgresMemory(settings)
+    from app.memory.sqlite import SqliteMemory
+
+    return SqliteMemory(settings.project_root)
 
 
-def list_stores(root: Path) -> list[MemoryStore]:
-    """Every store that holds data, shared before tenants, for `ctx memory stats`."""
-    from app.memory.sqlite import list_sqlite_stores
+@dataclass
+class CopyReport:
+    """What `copy_memory` moved."""
 
-    return list(list_sqlite_stores(root))
+    stores: int = 0
+    copied: int = 0
+    unchanged: int = 0
+    chunks: int = 0
+
+
+def copy_memory(source: Memory, target: Memory) -> CopyReport:
+    """Every store's documents, chunks as stored (nothing re-chunked), into the same owner of `target`;
+    a document already there in the same version is skipped, so a copy can be repeated."""
+    report = CopyReport()
+    for store in source.stores():
+        report.stores += 1
+        destination = target.store(store.component, store.tenant_id)
+        for document in store.documents():
+            if destination.put(document):
+                report.copied += 1
+                report.chunks += len(document.chunks)
+            else:
+                report.unchanged += 1
+    return report

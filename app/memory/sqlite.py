@@ -9,7 +9,6 @@ Callers (HTTP, CLI) time ``search()`` themselves for metrics and spans.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sqlite3
@@ -20,10 +19,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from app.errors import DocumentError
-from app.memory.chunking import chunk_text
 from app.memory.config import load_config
-from app.memory.extract import extract_text
-from app.memory.store import IngestReport, Progress, SearchResult, StoreStats, check_name, collect_files
+from app.memory.store import (
+    Chunk,
+    Document,
+    IngestReport,
+    MemoryStore,
+    Progress,
+    SearchResult,
+    StoreStats,
+    build_document,
+    check_name,
+    collect_files,
+    file_digest,
+    source_name,
+)
 from app.names import is_safe_name
 
 DB_NAME = "memory.db"
@@ -89,11 +99,6 @@ SCORE_BUDGET = 2000
 _COUNT_SQL = "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?"
 _RANK_SQL = "SELECT rowid, -rank FROM chunks_fts WHERE chunks_fts MATCH ? AND rowid > ? ORDER BY rank LIMIT ?"
 _FLOOR_SQL = "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?"
-
-
-def _digest(text: str) -> str:
-    """A stable short fingerprint for ids and change detection (not a security boundary)."""
-    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
 
 def query_terms(query: str) -> list[str]:
@@ -197,6 +202,29 @@ def _write(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
+def _replace(conn: sqlite3.Connection, document: Document) -> int:
+    """Write ``document`` over any earlier version of it in one transaction; the number of chunks removed."""
+    with _write(conn):
+        removed = conn.execute("DELETE FROM chunks WHERE source = ?", (document.source,)).rowcount
+        conn.executemany(
+            "INSERT INTO chunks (id, source, position, content_hash, content) VALUES (?, ?, ?, ?, ?)",
+            [(c.id, document.source, c.position, c.content_hash, c.content) for c in document.chunks],
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO documents (source, content_hash, chunking, bytes, chunks, ingested_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                document.source,
+                document.content_hash,
+                document.chunking,
+                document.bytes,
+                len(document.chunks),
+                time.time(),
+            ),
+        )
+    return removed
+
+
 def _file_bytes(path: Path) -> int:
     """Disk use of a database: recent writes live in its WAL file until a checkpoint."""
     return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
@@ -234,16 +262,8 @@ class SqliteStore:
         return [shared] if self.tenant_id is None else [self.path, shared]
 
     def source_name(self, path: Path) -> str:
-        """How a file is named in the store: relative to the project root when under it, else absolute.
-
-        The same file gets the same name however it was given (file or directory, any cwd), which is
-        what makes re-ingest replace instead of duplicate.
-        """
-        resolved = Path(path).resolve()
-        try:
-            return resolved.relative_to(self.root.resolve()).as_posix()
-        except ValueError:
-            return resolved.as_posix()
+        """The stored name of a file (see ``store.source_name``)."""
+        return source_name(self.root, path)
 
     # -- ingest ------------------------------------------------------------
 
@@ -278,32 +298,38 @@ class SqliteStore:
 
     def _ingest_file(self, conn: sqlite3.Connection, file: Path, source: str, report: IngestReport) -> None:
         data = file.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        chunking = self.config.chunking
         row = conn.execute("SELECT content_hash, chunking FROM documents WHERE source = ?", (source,)).fetchone()
-        if row == (digest, chunking):
+        if row == (file_digest(data), self.config.chunking):
             report.unchanged += 1
             return
-        text = extract_text(file, data)
-        chunks = chunk_text(text, self.config.chunk_size, self.config.chunk_overlap)
-        prefix = _digest(source)[:12]
-        rows = [
-            (f"{prefix}-{position}", source, position, _digest(chunk)[:16], chunk)
-            for position, chunk in enumerate(chunks)
-        ]
-        with _write(conn):
-            removed = conn.execute("DELETE FROM chunks WHERE source = ?", (source,)).rowcount
-            conn.executemany(
-                "INSERT INTO chunks (id, source, position, content_hash, content) VALUES (?, ?, ?, ?, ?)", rows
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO documents (source, content_hash, chunking, bytes, chunks, ingested_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (source, digest, chunking, len(data), len(rows), time.time()),
-            )
+        document = build_document(file, data, source, self.config)
+        removed = _replace(conn, document)
         report.ingested += 1
-        report.chunks_added += len(rows)
+        report.chunks_added += len(document.chunks)
         report.chunks_removed += removed
+
+    def documents(self) -> Iterator[Document]:
+        """Every document of this store with its chunks, in source order (none without a database)."""
+        conn = _connection(self.path, create=False)
+        if conn is None:
+            return
+        for source, content_hash, chunking, size in conn.execute(
+            "SELECT source, content_hash, chunking, bytes FROM documents ORDER BY source"
+        ).fetchall():
+            chunks = conn.execute(
+                "SELECT id, position, content_hash, content FROM chunks WHERE source = ? ORDER BY position", (source,)
+            ).fetchall()
+            yield Document(source, content_hash, chunking, size, tuple(Chunk(*chunk) for chunk in chunks))
+
+    def put(self, document: Document) -> bool:
+        """Store ``document`` as it is; False when this version of it is already stored."""
+        conn = _connection(self.path, create=True)
+        assert conn is not None
+        row = conn.execute("SELECT content_hash, chunking FROM documents WHERE source = ?", (document.source,))
+        if row.fetchone() == (document.content_hash, document.chunking):
+            return False
+        _replace(conn, document)
+        return True
 
     # -- search ------------------------------------------------------------
 
@@ -378,7 +404,7 @@ class SqliteStore:
         return StoreStats(
             component=self.component,
             tenant_id=self.tenant_id,
-            path=self.path,
+            location=self.location,
             documents=documents,
             chunks=chunks,
             source_bytes=source_bytes,
@@ -400,3 +426,22 @@ def list_sqlite_stores(root: Path) -> list[SqliteStore]:
             if is_safe_name(tenant):
                 stores.append(SqliteStore(root, component_dir.name, tenant))
     return stores
+
+
+class SqliteMemory:
+    """The embedded backend: one SQLite database per component and owner under the project root."""
+
+    system = "sqlite"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def store(self, component: str, tenant_id: str | None = None) -> MemoryStore:
+        return SqliteStore(self.root, component, tenant_id)
+
+    def stores(self) -> list[MemoryStore]:
+        return list(list_sqlite_stores(self.root))
+
+    def problem(self) -> str | None:
+        """Nothing to wait for: databases are files, created on first ingest."""
+        return None
