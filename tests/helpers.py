@@ -29,6 +29,16 @@ ENDPOINT = "https://hf.test/models"
 
 __all__ = ["ENDPOINT", "EXAMPLE", "GUIDE_BODY", "MODEL", "REPO", "TOKEN"]
 
+# The guide's request with a memory query: the example's CustomerDocs answer it from returns.md.
+SEARCH_BODY = {
+    **GUIDE_BODY,
+    "component": "CustomerDocs",
+    "prompt_file": "search_response.md",
+    "query": "how do I get a refund",
+    "top_k": 2,
+    "data": {"user_input": "Can I get a refund?"},
+}
+
 # API keys of the auth tests: one tenant-bound chat key, one metrics key, one key for any tenant.
 ACME_KEY = "ctx_live_ACME_secret_0123456789"
 METRICS_KEY = "ctx_live_METRICS_secret_0123456789"
@@ -146,17 +156,24 @@ class Postgres:
         # Not under pytest's tmp dirs: as root, pgserver runs postgres as its own user, which needs to reach it.
         self.pgdata = Path(tempfile.mkdtemp(prefix="contexis-pg-"))
         self.start()
+        self.admin(f"CREATE ROLE {self.ROLE} LOGIN")
+        self.url = self.database(self.ROLE)
+
+    def admin(self, sql: str, database: str = "postgres") -> list[tuple]:
+        """Run `sql` as the superuser (past row-level security) and return its rows."""
         import psycopg
 
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f"CREATE ROLE {self.ROLE} LOGIN")
-            conn.execute(f"CREATE DATABASE {self.ROLE} OWNER {self.ROLE}")
-        # pgvector is not a trusted extension: created by the superuser, as a DBA does once.
-        with psycopg.connect(self.admin_url.replace("/postgres?", f"/{self.ROLE}?"), autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION vector")
+        with psycopg.connect(self.admin_url.replace("/postgres?", f"/{database}?"), autocommit=True) as conn:
+            cursor = conn.execute(sql)  # type: ignore[call-overload]
+            return cursor.fetchall() if cursor.description else []
+
+    def database(self, name: str) -> str:
+        """A new database owned by the runtime's role, pgvector installed (it is not a trusted extension:
+        a DBA creates it once); the role's URL to it."""
+        self.admin(f"CREATE DATABASE {name} OWNER {self.ROLE}")
+        self.admin("CREATE EXTENSION vector", database=name)
         host = self.admin_url.split("host=", 1)[1]
-        self.url = f"postgresql://{self.ROLE}@/{self.ROLE}?host={host}"
-        self.owner_url = self.admin_url.replace("/postgres?", f"/{self.ROLE}?")
+        return f"postgresql://{self.ROLE}@/{name}?host={host}"
 
     def start(self) -> None:
         import pgserver
@@ -165,14 +182,14 @@ class Postgres:
         self.admin_url = self.server.get_uri()
 
     def stop(self) -> None:
+        import atexit
+
         self.server.cleanup()
+        atexit.unregister(self.server._cleanup)  # stopped already; its exit hook would log to closed streams
 
     def reset(self) -> None:
-        """Empty every memory table (as the superuser, past row-level security)."""
-        import psycopg
-
-        with psycopg.connect(self.owner_url, autocommit=True) as conn:
-            conn.execute("TRUNCATE memory_documents, memory_chunks")
+        """Empty every memory table of the role's database."""
+        self.admin("TRUNCATE memory_documents, memory_chunks", database=self.ROLE)
 
     def close(self) -> None:
         import shutil

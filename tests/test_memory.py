@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from app.config import Settings
 from app.errors import DocumentError, InvalidNameError, MemoryConfigError, MemoryStoreError
 from app.memory import SearchResult, open_memory, sqlite
 from app.memory.chunking import chunk_text
 from app.memory.config import MemoryConfig
 from app.memory.extract import extract_text
-from app.config import Settings
 from app.memory.sqlite import MAX_QUERY_TERMS, SqliteStore, query_terms
 
 

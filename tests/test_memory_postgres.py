@@ -1,0 +1,247 @@
+"""What only the PostgreSQL backend has: row-level security, migrations, copies from SQLite, replicas
+sharing one database, and a database that goes away or stalls and comes back.
+
+The behaviour both backends share is tested on both in test_memory.py and test_memory_chat.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import requests
+from helpers import EXAMPLE, GUIDE_BODY, SEARCH_BODY, Postgres, Server, chat, run
+
+from app import create_app
+from app.config import Settings
+from app.errors import SettingsError
+from app.memory import open_memory
+from app.memory.postgres import SCHEMA_VERSION, PostgresMemory
+
+DOCS = "docs/CustomerDocs"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def pg(postgres: Postgres) -> Postgres:
+    """The session's PostgreSQL, emptied."""
+    postgres.reset()
+    return postgres
+
+
+def pg_settings(root: Path, url: str, **changes: object) -> Settings:
+    return Settings.from_env({"CMP_PROJECT_ROOT": str(root), "CMP_MEMORY_URL": url}, dotenv_path=None).replace(
+        **changes
+    )
+
+
+# -- tenants, enforced by the table -------------------------------------------------
+
+
+def test_row_level_security_holds_when_a_query_forgets_its_filter(pg: Postgres, tmp_path: Path) -> None:
+    memory = PostgresMemory(pg_settings(tmp_path, pg.url))
+    memory.store("Support").ingest([write(tmp_path / "shared.md", "helpdesk hours\n")])
+    memory.store("Support", "acme").ingest([write(tmp_path / "acme.md", "acme codeword aardvark\n")])
+    memory.store("Support", "globex").ingest([write(tmp_path / "globex.md", "globex codeword bumblebee\n")])
+
+    def unfiltered(tenant: str | None, table: str) -> set[str]:
+        with memory.transaction(tenant) as conn:
+            return {row[0] for row in conn.execute(f"SELECT source FROM {table}")}  # noqa: S608 - no filter, on purpose
+
+    for table in ("memory_chunks", "memory_documents"):
+        assert unfiltered("acme", table) == {"shared.md", "acme.md"}
+        assert unfiltered("globex", table) == {"shared.md", "globex.md"}
+        assert unfiltered(None, table) == {"shared.md"}
+    with psycopg.connect(pg.url) as conn:  # no tenant set at all: the shared rows only
+        assert conn.execute("SELECT source FROM memory_chunks").fetchall() == [("shared.md",)]
+        assert conn.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user").fetchone() == (
+            False,
+            False,
+        )
+
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), memory.transaction("acme") as conn:
+        conn.execute(
+            "INSERT INTO memory_chunks (tenant, component, source, position, id, content_hash, content)"
+            " VALUES ('globex', 'Support', 'planted.md', 0, 'x-0', 'x', 'planted')"
+        )
+    with memory.transaction("acme") as conn:  # a delete without a filter removes acme's rows only
+        conn.execute("DELETE FROM memory_chunks")
+        conn.execute("DELETE FROM memory_documents")
+    assert memory.store("Support", "globex").search("codeword bumblebee helpdesk", 5)[0].source == "globex.md"
+    assert [s.tenant_id for s in memory.stores()] == [None, "globex"]
+
+
+# -- schema -------------------------------------------------------------------------
+
+
+def test_migrate_creates_the_schema_once_and_serving_never_migrates(postgres: Postgres, project: Path) -> None:
+    url = postgres.database("fresh")
+    client = create_app(pg_settings(project, url)).test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "run `ctx memory migrate`" in ready.get_json()["reason"]
+    missing = chat(client, SEARCH_BODY)
+    assert missing.status_code == 503 and missing.get_json()["error"]["code"] == "memory_unavailable"
+    assert postgres.admin("SELECT to_regclass('memory_chunks')::text", database="fresh") == [(None,)]
+
+    first = run("memory", "migrate", env={"CMP_MEMORY_URL": url})
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith(f"memory schema version {SCHEMA_VERSION} (migrated from version 0) in ")
+    again = run("memory", "migrate", env={"CMP_MEMORY_URL": url})
+    assert f"version {SCHEMA_VERSION} (up to date)" in again.stdout
+    assert client.get("/readyz").status_code == 200
+
+    tables = postgres.admin(
+        "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class"
+        " WHERE relname IN ('memory_chunks', 'memory_documents') ORDER BY relname",
+        database="fresh",
+    )
+    assert tables == [("memory_chunks", True, True), ("memory_documents", True, True)]
+    indexes = dict(
+        postgres.admin("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'memory_chunks'", "fresh")
+    )
+    assert "USING gin (tsv)" in indexes["memory_chunks_tsv"]
+    assert "USING hnsw (embedding vector_cosine_ops)" in indexes["memory_chunks_embedding"]
+    assert run("memory", "migrate").stdout.startswith("CMP_MEMORY_URL is not set")
+
+
+def test_copy_moves_sqlite_memory_without_rechunking(pg: Postgres, project: Path) -> None:
+    sqlite = open_memory(pg_settings(project, ""))
+    sqlite.store("CustomerDocs").ingest([project / DOCS])
+    sqlite.store("CustomerDocs", "acme").ingest([write(project / "acme" / "deal.md", "acme refund deal\n")])
+    # Chunking settings changed after the ingest: the copy keeps the stored chunks all the same.
+    write(project / "memory" / "CustomerDocs" / "memory_config.yaml", "chunk_size: 100\nchunk_overlap: 0\n")
+
+    copied = run("memory", "copy", "--from", str(project), "--to", pg.url)
+    assert copied.returncode == 0, copied.stderr
+    chunks = sum(s.stats().chunks for s in sqlite.stores())
+    assert copied.stdout.startswith(f"copied 5 documents ({chunks} chunks) of 2 stores, 0 unchanged -> ")
+    assert "contexis@" not in copied.stdout  # the target is named without its user or password
+
+    postgres = open_memory(pg_settings(project, pg.url))
+    for tenant in (None, "acme"):
+        on_sqlite = sqlite.store("CustomerDocs", tenant).search("refund receipt", 10)
+        on_postgres = postgres.store("CustomerDocs", tenant).search("refund receipt", 10)
+        assert {(r.id, r.content) for r in on_postgres} == {(r.id, r.content) for r in on_sqlite}
+    assert "5 unchanged" in run("memory", "copy", "--from", str(project), "--to", pg.url).stdout
+    refused = run("memory", "copy", "--from", str(project), "--to", "mysql://x")
+    assert refused.returncode == 2 and "postgresql://" in refused.stderr
+
+
+# -- replicas -------------------------------------------------------------------------
+
+
+def test_two_servers_on_one_database_see_the_same_memory(pg: Postgres, project: Path, tmp_path: Path) -> None:
+    other_root = tmp_path / "replica-b"
+    shutil.copytree(EXAMPLE, other_root, ignore=shutil.ignore_patterns("*.db", "*.db-*"))
+    env = {"CMP_MEMORY_URL": pg.url}
+    owner = ["--root", str(project), "--component", "CustomerDocs"]
+    ingest = run("memory", "ingest", *owner, str(project / DOCS), env=env)
+    assert ingest.returncode == 0, ingest.stderr
+    assert not (project / "memory" / "CustomerDocs" / "memory.db").exists()
+    secret = write(tmp_path / "acme.md", "# Acme\n\nThe acme refund code is ZEBRA-42.\n")
+    assert run("memory", "ingest", *owner, "--tenant", "acme", str(secret), env=env).returncode == 0
+
+    flags = ("--workers", "1", "--threads", "4")
+    servers = [Server("--root", str(root), *flags, env=env) for root in (project, other_root)]
+    try:
+
+        def sources(server: Server, **extra: object) -> list[str]:
+            response = requests.post(f"{server.url}/api/v1/chat", json={**SEARCH_BODY, **extra}, timeout=30)
+            assert response.status_code == 200, response.text
+            return [s["source"] for s in response.json()["sources"]]
+
+        first = [sources(server) for server in servers]
+        assert first[0] == first[1] and first[0][0] == f"{DOCS}/returns.md"
+        refund = {"query": "refund code zebra", "top_k": 10}
+        assert all(str(secret) in sources(server, tenant_id="acme", **refund) for server in servers)
+        assert all(str(secret) not in sources(server, tenant_id="globex", **refund) for server in servers)
+
+        gone = run("memory", "delete", *owner, "--source", f"{DOCS}/returns.md", env=env)
+        assert gone.stdout.strip() == "deleted 1 documents"
+        assert all(f"{DOCS}/returns.md" not in sources(server) for server in servers)
+    finally:
+        for server in servers:
+            server.stop()
+
+
+# -- a database that goes away or stalls ------------------------------------------------
+
+
+def test_postgres_down_is_503_for_memory_only_and_recovers_without_restart(project: Path) -> None:
+    server = Postgres()
+    try:
+        settings = pg_settings(project, server.url, memory_timeout=1.0)
+        PostgresMemory(settings).migrate()
+        open_memory(settings).store("CustomerDocs").ingest([project / DOCS])
+        client = create_app(settings).test_client()
+        assert chat(client, SEARCH_BODY).get_json()["sources"]
+
+        server.stop()
+        started = time.monotonic()
+        down = chat(client, SEARCH_BODY)
+        assert time.monotonic() - started < 5
+        assert down.status_code == 503
+        error = down.get_json()["error"]
+        assert error["code"] == "memory_unavailable" and "unavailable" in error["message"]
+        assert "contexis@" not in error["message"] and "host=" not in error["message"]
+        assert chat(client, GUIDE_BODY).status_code == 200  # no query, no memory needed
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "memory database postgresql://" in ready.get_json()["reason"]
+
+        server.start()
+        deadline = time.monotonic() + 20
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        back = chat(client, SEARCH_BODY)
+        assert back.status_code == 200 and back.get_json()["sources"][0]["source"] == f"{DOCS}/returns.md"
+    finally:
+        server.close()
+
+
+def test_a_stalled_database_is_503_within_the_timeout(pg: Postgres, project: Path) -> None:
+    settings = pg_settings(project, pg.url, memory_timeout=0.5)
+    open_memory(settings).store("CustomerDocs").ingest([project / DOCS])
+    client = create_app(settings).test_client()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with psycopg.connect(pg.admin_url.replace("/postgres?", f"/{Postgres.ROLE}?")) as conn:
+            conn.execute("LOCK TABLE memory_chunks IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        started = time.monotonic()
+        stalled = chat(client, SEARCH_BODY)
+        assert time.monotonic() - started < 3
+        assert stalled.status_code == 503 and "statement timeout" in stalled.get_json()["error"]["message"]
+    finally:
+        release.set()
+        holder.join()
+    assert chat(client, SEARCH_BODY).status_code == 200
+
+
+# -- settings -----------------------------------------------------------------------------
+
+
+def test_memory_url_is_checked_and_never_shown() -> None:
+    url = "postgresql://app:s3cret-pw@db.internal:5433/memory"
+    settings = Settings.from_env({"CMP_MEMORY_URL": url}, dotenv_path=None)
+    assert "s3cret" not in repr(settings)
+    store = PostgresMemory(settings).store("Docs", "acme")
+    assert store.location == "postgresql://db.internal:5433/memory (Docs, tenant acme)"
+    with pytest.raises(SettingsError) as bad:
+        Settings.from_env({"CMP_MEMORY_URL": "mysql://app:s3cret-pw@db/memory"}, dotenv_path=None)
+    assert "s3cret" not in str(bad.value)
