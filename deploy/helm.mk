@@ -24,3 +24,5 @@ chart-check: $(HELM)
 	$(HELM) lint --strict $(CHART_DIR) --set externalSecrets.enabled=true
 	$(HELM) lint --strict $(CHART_DIR) \
 	  --set ingress.enabled=true --set autoscaling.enabled=true --set serviceMonitor.enabled=true
+	$(HELM) lint --strict $(CHART_DIR) --set memory.backend=postgresql --set memory.url=postgresql://db/memory
+	$(HELM) lint --strict $(CHART_DIR) --set memory.backend=postgresql --set externalSecrets.enabled=true

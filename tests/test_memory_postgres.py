@@ -80,6 +80,14 @@ def test_row_level_security_holds_when_a_query_forgets_its_filter(pg: Postgres, 
     assert [s.tenant_id for s in memory.stores()] == [None, "globex"]
 
 
+def test_text_postgres_cannot_store_is_a_failed_file_not_an_error(pg: Postgres, tmp_path: Path) -> None:
+    write(tmp_path / "docs" / "nul.txt", "before\x00after\n")
+    write(tmp_path / "docs" / "fine.md", "fine words\n")
+    report = PostgresMemory(pg_settings(tmp_path, pg.url)).store("Docs").ingest([tmp_path / "docs"])
+    assert report.ingested == 1 and [source for source, _ in report.failed] == ["docs/nul.txt"]
+    assert "NUL" in report.failed[0][1]
+
+
 # -- schema -------------------------------------------------------------------------
 
 

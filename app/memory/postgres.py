@@ -269,6 +269,8 @@ class PostgresStore:
                 self._ingest_file(file, source, report)
             except (OSError, DocumentError) as exc:
                 report.failed.append((source, str(exc)))
+            except psycopg.DataError as exc:  # text PostgreSQL cannot store, such as NUL characters
+                report.failed.append((source, str(exc)))
             if progress is not None:
                 progress(done, len(files), source)
         report.seconds = time.perf_counter() - started
