@@ -6,6 +6,10 @@ size. Queries draw 1-4 words with the same skew, so popular words (long posting 
 searched as often as real users would. Run from the repository root:
 
     python bench/bench_memory.py [bench/out/memory.json] [--chunks 100000] [--queries 2000]
+    python bench/bench_memory.py bench/out/memory-postgres.json --backend postgres [--url postgresql://...]
+
+`--backend postgres` without `--url` starts a PostgreSQL 16 with pgvector from PyPI `pgserver` (the test
+suite's own, as an ordinary role so row-level security costs what it costs in production) and migrates it.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.memory import open_store
+from app.config import Settings
+from app.memory import open_memory
 from app.memory.sqlite import STOP_WORDS
 
 SECTIONS_PER_DOC = 10
@@ -84,6 +90,29 @@ def queries(rng: random.Random, words: list[str], cum: list[float], count: int) 
     return out
 
 
+def started_postgres(cleanup: ExitStack) -> str:
+    """A migrated PostgreSQL from pgserver, stopped when ``cleanup`` closes; the runtime role's URL."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from helpers import Postgres
+
+    from app.memory.postgres import PostgresMemory
+
+    server = Postgres()
+    cleanup.callback(server.close)
+    PostgresMemory(Settings(memory_url=server.url, memory_timeout=60)).migrate()
+    return server.url
+
+
+def server_version(memory: object) -> str:
+    """The PostgreSQL server's version, as the figures record the database."""
+    from app.memory.postgres import PostgresMemory
+
+    assert isinstance(memory, PostgresMemory)
+    with memory.transaction(None) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return f"PostgreSQL {row[0] if row else '?'}"
+
+
 def percentile(sorted_values: list[float], fraction: float) -> float:
     """Nearest-rank percentile of an already sorted list."""
     return sorted_values[min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))]
@@ -96,17 +125,24 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=2_000)
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--seed", type=int, default=20240605)
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--url", default="", help="a migrated PostgreSQL (default: a pgserver started here)")
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
     words, cum = vocabulary(rng)
     workdir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
-    try:
+    with ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+        url = args.url
+        if args.backend == "postgres" and not url:
+            url = started_postgres(cleanup)
         started = time.perf_counter()
         corpus_bytes = write_corpus(workdir / "corpus", args.chunks, rng, words, cum)
         generate_seconds = time.perf_counter() - started
 
-        store = open_store(workdir / "project", "Bench")
+        memory = open_memory(Settings(project_root=workdir / "project", memory_url=url, memory_timeout=30))
+        store = memory.store("Bench")
         cpu_started = time.process_time()
         report = store.ingest([workdir / "corpus"])
         ingest_cpu = time.process_time() - cpu_started
@@ -130,10 +166,10 @@ def main() -> int:
         timings.sort()
         cpu.sort()
         stats = store.stats()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        database = server_version(memory) if url else sqlite3.sqlite_version
 
     figures = {
+        "backend": args.backend,
         "chunks": report.chunks_added,
         "documents": report.ingested,
         "corpus_bytes": corpus_bytes,
@@ -155,7 +191,7 @@ def main() -> int:
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
+        "database": database,
     }
     passed = {name: figures[name] < limit for name, limit in TARGETS.items()}
     figures["targets"] = {name: {"limit": TARGETS[name], "ok": ok} for name, ok in passed.items()}
