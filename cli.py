@@ -211,12 +211,17 @@ def cmd_memory_migrate(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.memory_url:
         print("CMP_MEMORY_URL is not set: SQLite memory needs no migration")
         return 0
-    from app.memory.postgres import PostgresMemory
+    from app.memory.postgres import LEAKPROOF_MATCH, PostgresMemory
 
     memory = PostgresMemory(settings)
     before, after = memory.migrate()
     state = "up to date" if before == after else f"migrated from version {before}"
     print(f"memory schema version {after} ({state}) in {memory.where}")
+    if not memory.index_usable():
+        print(
+            f"warning: searches cannot use the full-text index; a superuser must run: {LEAKPROOF_MATCH}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -168,10 +168,13 @@ class Postgres:
             return cursor.fetchall() if cursor.description else []
 
     def database(self, name: str) -> str:
-        """A new database owned by the runtime's role, pgvector installed (it is not a trusted extension:
-        a DBA creates it once); the role's URL to it."""
+        """A new database owned by the runtime's role, prepared as a DBA does once (pgvector is not a
+        trusted extension; the text match operator marked leakproof); the role's URL to it."""
+        from app.memory.postgres import LEAKPROOF_MATCH
+
         self.admin(f"CREATE DATABASE {name} OWNER {self.ROLE}")
         self.admin("CREATE EXTENSION vector", database=name)
+        self.admin(LEAKPROOF_MATCH, database=name)
         host = self.admin_url.split("host=", 1)[1]
         return f"postgresql://{self.ROLE}@/{name}?host={host}"
 

@@ -97,7 +97,7 @@ def test_broken_memory_config_is_a_clear_json_error(docs_project, client):
 
 
 def test_memory_commands_ingest_search_stats_and_delete(project, memory_url):
-    root = ["--root", str(project)]
+    root = ["--root", str(project), "--component", "CustomerDocs"]
     env = {"CMP_MEMORY_URL": memory_url}
     docs = str(project / "docs" / "CustomerDocs")
     first = run("memory", "ingest", *root, docs, env=env)

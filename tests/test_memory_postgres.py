@@ -20,6 +20,7 @@ from app import create_app
 from app.config import Settings
 from app.errors import SettingsError
 from app.memory import open_memory
+from app.memory import postgres as pg_backend
 from app.memory.postgres import SCHEMA_VERSION, PostgresMemory
 
 DOCS = "docs/CustomerDocs"
@@ -86,6 +87,30 @@ def test_text_postgres_cannot_store_is_a_failed_file_not_an_error(pg: Postgres, 
     report = PostgresMemory(pg_settings(tmp_path, pg.url)).store("Docs").ingest([tmp_path / "docs"])
     assert report.ingested == 1 and [source for source, _ in report.failed] == ["docs/nul.txt"]
     assert "NUL" in report.failed[0][1]
+
+
+def test_searches_use_the_text_index_under_row_level_security(pg: Postgres, tmp_path: Path) -> None:
+    memory = PostgresMemory(pg_settings(tmp_path, pg.url))
+    assert memory.index_usable()
+    with memory.transaction("acme") as conn:
+        conn.execute("SET LOCAL enable_seqscan = off")  # a tiny table: make the planner show what it can use
+        plan = "\n".join(row[0] for row in conn.execute(
+            "EXPLAIN SELECT id FROM memory_chunks WHERE tsv @@ websearch_to_tsquery('english', 'refund')"
+        ))
+    assert "memory_chunks_tsv" in plan
+
+
+def test_over_the_budget_chunks_holding_every_word_are_ranked_first(
+    pg: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(12):
+        write(tmp_path / "docs" / f"common{i:02d}.md", f"llama note number {i}\n")
+    write(tmp_path / "docs" / "zz-both.md", "llama alpaca care\n")
+    store = PostgresMemory(pg_settings(tmp_path, pg.url)).store("Zoo")
+    store.ingest([tmp_path / "docs"])
+    monkeypatch.setattr(pg_backend, "SCORE_BUDGET", 3)
+    results = store.search("llama alpaca", 5)
+    assert results[0].source == "docs/zz-both.md" and len(results) == 4
 
 
 # -- schema -------------------------------------------------------------------------

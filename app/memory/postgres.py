@@ -101,15 +101,29 @@ MIGRATIONS: tuple[str, ...] = (
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
-# websearch_to_tsquery reads the bound words joined by " or " as an OR of plain words: no syntax of the
-# caller's text reaches the parser, since query_terms keeps only \w words (and drops "or" itself).
+# Cost control: ranking reads every candidate row, so a search ranks at most this many chunks: those
+# holding all the query's words first, then any of them (in table order). Below the budget it is exact.
+SCORE_BUDGET = 1000
+
+# websearch_to_tsquery reads the bound words joined by " or " (or by spaces: AND) as plain words: no
+# syntax of the caller's text reaches the parser, since query_terms keeps only \w words (drops "or").
+_CANDIDATES = f"""
+    SELECT pk, id, content, source, tsv FROM memory_chunks
+    WHERE component = %(component)s AND (tenant IS NULL OR tenant = %(tenant)s)
+      AND tsv @@ websearch_to_tsquery('{TS_CONFIG}', %({{}})s)
+    LIMIT %(budget)s
+"""  # noqa: S608 - constants only
 _SEARCH_SQL = f"""
-SELECT id, content, ts_rank_cd(tsv, query, 1) AS score, source
-FROM memory_chunks, websearch_to_tsquery('{TS_CONFIG}', %(words)s) AS query
-WHERE component = %(component)s AND (tenant IS NULL OR tenant = %(tenant)s) AND tsv @@ query
+SELECT id, content, ts_rank_cd(tsv, websearch_to_tsquery('{TS_CONFIG}', %(any)s), 1) AS score, source
+FROM (({_CANDIDATES.format("all")}) UNION ({_CANDIDATES.format("any")})) AS candidates
 ORDER BY score DESC, pk
 LIMIT %(top_k)s
-"""  # noqa: S608 - constants only; the query is a bound parameter
+"""  # noqa: S608 - constants only; the query's words are bound parameters
+
+# Under row-level security PostgreSQL uses an index only for leakproof operators, and the text match
+# operator (tsvector @@ tsquery, function ts_match_vq) is not marked so by default: without this, every
+# search reads the whole table. Only a superuser may mark it; `migrate` does when it runs as one.
+LEAKPROOF_MATCH = "ALTER FUNCTION ts_match_vq(tsvector, tsquery) LEAKPROOF"
 
 _pools: dict[tuple[int, str, int, float], ConnectionPool] = {}
 _pools_lock = threading.Lock()
@@ -236,7 +250,20 @@ class PostgresMemory:
             for version in range(before, SCHEMA_VERSION):
                 conn.execute(MIGRATIONS[version])  # constants, several statements at once (no parameters)
                 conn.execute("INSERT INTO memory_schema (version) VALUES (%s)", (version + 1,))
+            if self._superuser(conn):
+                conn.execute(LEAKPROOF_MATCH)
         return before, max(before, SCHEMA_VERSION)
+
+    @staticmethod
+    def _superuser(conn: psycopg.Connection) -> bool:
+        row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        return bool(row and row[0])
+
+    def index_usable(self) -> bool:
+        """Whether searches can use the full-text index under row-level security (see ``LEAKPROOF_MATCH``)."""
+        with self.transaction(None) as conn:
+            row = conn.execute("SELECT proleakproof FROM pg_proc WHERE oid = 'ts_match_vq'::regproc").fetchone()
+        return bool(row and row[0])
 
 
 class PostgresStore:
@@ -340,7 +367,14 @@ class PostgresStore:
         terms = query_terms(query)
         if not terms:
             return []
-        params = {"words": " or ".join(terms), "component": self.component, "tenant": self.tenant_id, "top_k": top_k}
+        params = {
+            "any": " or ".join(terms),
+            "all": " ".join(terms),
+            "component": self.component,
+            "tenant": self.tenant_id,
+            "budget": SCORE_BUDGET,
+            "top_k": top_k,
+        }
         with self.memory.transaction(self.tenant_id) as conn:
             rows = conn.execute(_SEARCH_SQL, params).fetchall()
         return [SearchResult(id=i, content=content, score=float(score), source=src) for i, content, score, src in rows]
