@@ -305,55 +305,58 @@ class PostgresStore:
 
     def _ingest_file(self, file: Path, source: str, report: IngestReport) -> None:
         data = file.read_bytes()
-        if self._stored_version(source) == (file_digest(data), self.config.chunking):
-            report.unchanged += 1
-            return
-        document = build_document(file, data, source, self.config)
-        report.chunks_removed += self._replace(document)
+        with self.memory.transaction(self.tenant_id) as conn:
+            if self._stored_version(conn, source) == (file_digest(data), self.config.chunking):
+                report.unchanged += 1
+                return
+            document = build_document(file, data, source, self.config)
+            report.chunks_removed += self._write(conn, document)
         report.ingested += 1
         report.chunks_added += len(document.chunks)
 
-    def _stored_version(self, source: str) -> tuple[str, str] | None:
-        with self.memory.transaction(self.tenant_id) as conn:
-            row = conn.execute(
-                "SELECT content_hash, chunking FROM memory_documents"
-                " WHERE component = %s AND tenant IS NOT DISTINCT FROM %s AND source = %s",
-                (*self._owner(), source),
-            ).fetchone()
+    def _stored_version(self, conn: psycopg.Connection, source: str) -> tuple[str, str] | None:
+        row = conn.execute(
+            "SELECT content_hash, chunking FROM memory_documents"
+            " WHERE component = %s AND tenant IS NOT DISTINCT FROM %s AND source = %s",
+            (*self._owner(), source),
+        ).fetchone()
         return (row[0], row[1]) if row else None
 
-    def _replace(self, document: Document) -> int:
-        """Write ``document`` over its earlier version in one transaction; the number of chunks removed."""
-        owner = self._owner()
-        with self.memory.transaction(self.tenant_id) as conn:
-            removed = conn.execute(
-                "DELETE FROM memory_chunks WHERE component = %s AND tenant IS NOT DISTINCT FROM %s AND source = %s",
-                (*owner, document.source),
-            ).rowcount
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO memory_chunks (tenant, component, source, position, id, content_hash, content)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    [
-                        (self.tenant_id, self.component, document.source, c.position, c.id, c.content_hash, c.content)
-                        for c in document.chunks
-                    ],
-                )
-            conn.execute(
-                "INSERT INTO memory_documents (tenant, component, source, content_hash, chunking, bytes, chunks)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (component, tenant, source) DO UPDATE SET content_hash = excluded.content_hash,"
-                " chunking = excluded.chunking, bytes = excluded.bytes, chunks = excluded.chunks, ingested_at = now()",
-                (
-                    self.tenant_id,
-                    self.component,
-                    document.source,
-                    document.content_hash,
-                    document.chunking,
-                    document.bytes,
-                    len(document.chunks),
-                ),
+    def _write(self, conn: psycopg.Connection, document: Document) -> int:
+        """Write ``document`` over its earlier version within ``conn``'s transaction; the chunks removed.
+
+        The commit does not wait for the WAL flush (like SQLite's ``synchronous=NORMAL``): a crash may
+        lose the last documents written, never half of one, and a re-ingest adds them again.
+        """
+        conn.execute("SET LOCAL synchronous_commit = off")
+        removed = conn.execute(
+            "DELETE FROM memory_chunks WHERE component = %s AND tenant IS NOT DISTINCT FROM %s AND source = %s",
+            (*self._owner(), document.source),
+        ).rowcount
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO memory_chunks (tenant, component, source, position, id, content_hash, content)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (self.tenant_id, self.component, document.source, c.position, c.id, c.content_hash, c.content)
+                    for c in document.chunks
+                ],
             )
+        conn.execute(
+            "INSERT INTO memory_documents (tenant, component, source, content_hash, chunking, bytes, chunks)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (component, tenant, source) DO UPDATE SET content_hash = excluded.content_hash,"
+            " chunking = excluded.chunking, bytes = excluded.bytes, chunks = excluded.chunks, ingested_at = now()",
+            (
+                self.tenant_id,
+                self.component,
+                document.source,
+                document.content_hash,
+                document.chunking,
+                document.bytes,
+                len(document.chunks),
+            ),
+        )
         return removed
 
     # -- search ------------------------------------------------------------
@@ -436,7 +439,8 @@ class PostgresStore:
 
     def put(self, document: Document) -> bool:
         """Store ``document`` as it is (ids and chunks kept); False when this version is already stored."""
-        if self._stored_version(document.source) == (document.content_hash, document.chunking):
-            return False
-        self._replace(document)
+        with self.memory.transaction(self.tenant_id) as conn:
+            if self._stored_version(conn, document.source) == (document.content_hash, document.chunking):
+                return False
+            self._write(conn, document)
         return True
