@@ -169,26 +169,34 @@ def test_copy_moves_sqlite_memory_without_rechunking(pg: Postgres, project: Path
     assert refused.returncode == 2 and "postgresql://" in refused.stderr
 
 
-# -- replicas -------------------------------------------------------------------------
+# -- replicas, and a database that goes away ---------------------------------------------
 
 
-def test_two_servers_on_one_database_see_the_same_memory(pg: Postgres, project: Path, tmp_path: Path) -> None:
+def test_two_servers_share_one_database_and_both_survive_its_outage(project: Path, tmp_path: Path) -> None:
+    """The issue's acceptance run: migrate and ingest through the CLI, two `ctx serve` with different roots
+    and the same CMP_MEMORY_URL, tenants, a delete, then PostgreSQL stopped and started again."""
     other_root = tmp_path / "replica-b"
     shutil.copytree(EXAMPLE, other_root, ignore=shutil.ignore_patterns("*.db", "*.db-*"))
-    env = {"CMP_MEMORY_URL": pg.url}
-    owner = ["--root", str(project), "--component", "CustomerDocs"]
-    ingest = run("memory", "ingest", *owner, str(project / DOCS), env=env)
-    assert ingest.returncode == 0, ingest.stderr
-    assert not (project / "memory" / "CustomerDocs" / "memory.db").exists()
-    secret = write(tmp_path / "acme.md", "# Acme\n\nThe acme refund code is ZEBRA-42.\n")
-    assert run("memory", "ingest", *owner, "--tenant", "acme", str(secret), env=env).returncode == 0
-
-    flags = ("--workers", "1", "--threads", "4")
-    servers = [Server("--root", str(root), *flags, env=env) for root in (project, other_root)]
+    database = Postgres()
+    servers: list[Server] = []
     try:
+        env = {"CMP_MEMORY_URL": database.url, "CMP_MEMORY_TIMEOUT": "1"}
+        assert run("memory", "migrate", env=env).returncode == 0
+        owner = ["--root", str(project), "--component", "CustomerDocs"]
+        ingest = run("memory", "ingest", *owner, str(project / DOCS), env=env)
+        assert ingest.returncode == 0, ingest.stderr
+        assert not (project / "memory" / "CustomerDocs" / "memory.db").exists()
+        secret = write(tmp_path / "acme.md", "# Acme\n\nThe acme refund code is ZEBRA-42.\n")
+        assert run("memory", "ingest", *owner, "--tenant", "acme", str(secret), env=env).returncode == 0
+
+        flags = ("--workers", "1", "--threads", "4")
+        servers = [Server("--root", str(root), *flags, env=env) for root in (project, other_root)]
+
+        def answer(server: Server, body: dict[str, object]) -> requests.Response:
+            return requests.post(f"{server.url}/api/v1/chat", json=body, timeout=30)
 
         def sources(server: Server, **extra: object) -> list[str]:
-            response = requests.post(f"{server.url}/api/v1/chat", json={**SEARCH_BODY, **extra}, timeout=30)
+            response = answer(server, {**SEARCH_BODY, **extra})
             assert response.status_code == 200, response.text
             return [s["source"] for s in response.json()["sources"]]
 
@@ -197,47 +205,34 @@ def test_two_servers_on_one_database_see_the_same_memory(pg: Postgres, project: 
         refund = {"query": "refund code zebra", "top_k": 10}
         assert all(str(secret) in sources(server, tenant_id="acme", **refund) for server in servers)
         assert all(str(secret) not in sources(server, tenant_id="globex", **refund) for server in servers)
-
         gone = run("memory", "delete", *owner, "--source", f"{DOCS}/returns.md", env=env)
         assert gone.stdout.strip() == "deleted 1 documents"
         assert all(f"{DOCS}/returns.md" not in sources(server) for server in servers)
+
+        database.stop()
+        for server in servers:
+            started = time.monotonic()
+            down = answer(server, SEARCH_BODY)
+            assert time.monotonic() - started < 5
+            assert down.status_code == 503, down.text
+            error = down.json()["error"]
+            assert error["code"] == "memory_unavailable" and "unavailable" in error["message"]
+            assert "contexis@" not in error["message"] and "host=" not in error["message"]
+            assert answer(server, GUIDE_BODY).status_code == 200  # no query, no memory needed
+            ready = requests.get(f"{server.url}/readyz", timeout=10)
+            assert ready.status_code == 503 and "memory database postgresql://" in ready.json()["reason"]
+
+        database.start()
+        for server in servers:
+            deadline = time.monotonic() + 20
+            while requests.get(f"{server.url}/readyz", timeout=10).status_code != 200:
+                assert time.monotonic() < deadline, "memory did not recover"
+                time.sleep(0.2)
+            assert sources(server)  # the remaining documents answer again, without a restart
     finally:
         for server in servers:
             server.stop()
-
-
-# -- a database that goes away or stalls ------------------------------------------------
-
-
-def test_postgres_down_is_503_for_memory_only_and_recovers_without_restart(project: Path) -> None:
-    server = Postgres()
-    try:
-        settings = pg_settings(project, server.url, memory_timeout=1.0)
-        PostgresMemory(settings).migrate()
-        open_memory(settings).store("CustomerDocs").ingest([project / DOCS])
-        client = create_app(settings).test_client()
-        assert chat(client, SEARCH_BODY).get_json()["sources"]
-
-        server.stop()
-        started = time.monotonic()
-        down = chat(client, SEARCH_BODY)
-        assert time.monotonic() - started < 5
-        assert down.status_code == 503
-        error = down.get_json()["error"]
-        assert error["code"] == "memory_unavailable" and "unavailable" in error["message"]
-        assert "contexis@" not in error["message"] and "host=" not in error["message"]
-        assert chat(client, GUIDE_BODY).status_code == 200  # no query, no memory needed
-        ready = client.get("/readyz")
-        assert ready.status_code == 503 and "memory database postgresql://" in ready.get_json()["reason"]
-
-        server.start()
-        deadline = time.monotonic() + 20
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        back = chat(client, SEARCH_BODY)
-        assert back.status_code == 200 and back.get_json()["sources"][0]["source"] == f"{DOCS}/returns.md"
-    finally:
-        server.close()
+        database.close()
 
 
 def test_a_stalled_database_is_503_within_the_timeout(pg: Postgres, project: Path) -> None:
