@@ -103,7 +103,7 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 
 # Cost control: ranking reads every candidate row, so a search ranks at most this many chunks: those
 # holding all the query's words first, then any of them (in table order). Below the budget it is exact.
-SCORE_BUDGET = 1000
+SCORE_BUDGET = 500
 
 # websearch_to_tsquery reads the bound words joined by " or " (or by spaces: AND) as plain words: no
 # syntax of the caller's text reaches the parser, since query_terms keeps only \w words (drops "or").
@@ -114,7 +114,7 @@ _CANDIDATES = f"""
     LIMIT %(budget)s
 """  # noqa: S608 - constants only
 _SEARCH_SQL = f"""
-SELECT id, content, ts_rank_cd(tsv, websearch_to_tsquery('{TS_CONFIG}', %(any)s), 1) AS score, source
+SELECT id, content, ts_rank(tsv, websearch_to_tsquery('{TS_CONFIG}', %(any)s), 1) AS score, source
 FROM (({_CANDIDATES.format("all")}) UNION ({_CANDIDATES.format("any")})) AS candidates
 ORDER BY score DESC, pk
 LIMIT %(top_k)s
@@ -362,7 +362,7 @@ class PostgresStore:
     # -- search ------------------------------------------------------------
 
     def search(self, query: str, top_k: int | None = None) -> list[SearchResult]:
-        """The ``top_k`` best chunks of the tenant's and the shared rows, by ``ts_rank_cd`` (higher is better)."""
+        """The ``top_k`` best chunks of the tenant's and the shared rows, by ``ts_rank`` (higher is better)."""
         if top_k is None or top_k == 0:
             top_k = self.config.top_k
         if top_k < 0:
