@@ -164,7 +164,7 @@ class Postgres:
         import psycopg
 
         with psycopg.connect(self.admin_url.replace("/postgres?", f"/{database}?"), autocommit=True) as conn:
-            cursor = conn.execute(sql)  # type: ignore[call-overload]
+            cursor = conn.execute(sql)
             return cursor.fetchall() if cursor.description else []
 
     def database(self, name: str) -> str:

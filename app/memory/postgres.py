@@ -161,7 +161,10 @@ def _pool(url: str, size: int, timeout: float) -> ConnectionPool:
                     "options": f"-c statement_timeout={limit_ms} -c idle_in_transaction_session_timeout={limit_ms * 5}",
                     "application_name": "contexis-runtime",
                 },
-                reconnect_timeout=0,  # keep trying for as long as the database is away
+                # A failed connection attempt is dropped at once instead of retried in the background: the
+                # next checkout tries again, so a request waits at most `timeout` and the first one after
+                # the database is back reconnects.
+                reconnect_timeout=0,
                 name="contexis-memory",
                 open=False,
             )
