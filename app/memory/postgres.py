@@ -301,8 +301,11 @@ class PostgresStore:
         owner = f"tenant {self.tenant_id}" if self.tenant_id else "shared"
         return f"{self.memory.where} ({self.component}, {owner})"
 
-    def _owner(self) -> tuple[str, str | None]:
-        return self.component, self.tenant_id
+    def _owner(self) -> tuple[str, tuple[str, ...]]:
+        """The owner's rows as a condition the unique index serves (``IS NOT DISTINCT FROM`` would scan)."""
+        if self.tenant_id is None:
+            return "component = %s AND tenant IS NULL", (self.component,)
+        return "component = %s AND tenant = %s", (self.component, self.tenant_id)
 
     # -- ingest ------------------------------------------------------------
 
@@ -338,10 +341,10 @@ class PostgresStore:
         report.chunks_added += len(document.chunks)
 
     def _stored_version(self, conn: psycopg.Connection, source: str) -> tuple[str, str] | None:
+        owner, params = self._owner()
         row = conn.execute(
-            "SELECT content_hash, chunking FROM memory_documents"
-            " WHERE component = %s AND tenant IS NOT DISTINCT FROM %s AND source = %s",
-            (*self._owner(), source),
+            f"SELECT content_hash, chunking FROM memory_documents WHERE {owner} AND source = %s",  # noqa: S608
+            (*params, source),
         ).fetchone()
         return (row[0], row[1]) if row else None
 
@@ -352,9 +355,10 @@ class PostgresStore:
         lose the last documents written, never half of one, and a re-ingest adds them again.
         """
         conn.execute("SET LOCAL synchronous_commit = off")
+        owner, params = self._owner()
         removed = conn.execute(
-            "DELETE FROM memory_chunks WHERE component = %s AND tenant IS NOT DISTINCT FROM %s AND source = %s",
-            (*self._owner(), document.source),
+            f"DELETE FROM memory_chunks WHERE {owner} AND source = %s",  # noqa: S608 - constants only
+            (*params, document.source),
         ).rowcount
         with conn.cursor() as cur:
             cur.executemany(
@@ -409,8 +413,7 @@ class PostgresStore:
 
     def delete(self, source: str | None = None) -> int:
         """Remove one document (by stored name or path) or, with None, all of the owner's; documents removed."""
-        where = "component = %s AND tenant IS NOT DISTINCT FROM %s"
-        params: tuple[object, ...] = self._owner()
+        where, params = self._owner()
         if source is not None:
             where += " AND source IN (%s, %s)"
             params += (source, source_name(self.memory.root, Path(source)))
@@ -420,17 +423,16 @@ class PostgresStore:
 
     def stats(self) -> StoreStats:
         """Documents, chunks and sizes of the owner's rows (``db_bytes``: their size in the tables)."""
-        owner = self._owner()
+        owner, params = self._owner()
         with self.memory.transaction(self.tenant_id) as conn:
+            totals = "count(*), coalesce(sum(chunks), 0), coalesce(sum(bytes), 0)"
             documents, chunks, source_bytes = conn.execute(
-                "SELECT count(*), coalesce(sum(chunks), 0), coalesce(sum(bytes), 0) FROM memory_documents"
-                " WHERE component = %s AND tenant IS NOT DISTINCT FROM %s",
-                owner,
+                f"SELECT {totals} FROM memory_documents WHERE {owner}",  # noqa: S608 - constants only
+                params,
             ).fetchone() or (0, 0, 0)
             row = conn.execute(
-                "SELECT coalesce(sum(pg_column_size(c.*)), 0) FROM memory_chunks c"
-                " WHERE component = %s AND tenant IS NOT DISTINCT FROM %s",
-                owner,
+                f"SELECT coalesce(sum(pg_column_size(c.*)), 0) FROM memory_chunks c WHERE {owner}",  # noqa: S608
+                params,
             ).fetchone()
         return StoreStats(
             component=self.component,
@@ -444,19 +446,18 @@ class PostgresStore:
 
     def documents(self) -> Iterator[Document]:
         """Every document of the owner with its chunks, in source order."""
-        owner = self._owner()
+        owner, params = self._owner()
         with self.memory.transaction(self.tenant_id) as conn:
             heads = conn.execute(
-                "SELECT source, content_hash, chunking, bytes FROM memory_documents"
-                " WHERE component = %s AND tenant IS NOT DISTINCT FROM %s ORDER BY source",
-                owner,
+                f"SELECT source, content_hash, chunking, bytes FROM memory_documents WHERE {owner} ORDER BY source",  # noqa: S608
+                params,
             ).fetchall()
         for source, content_hash, chunking, size in heads:
             with self.memory.transaction(self.tenant_id) as conn:
+                columns = "id, position, content_hash, content"
                 chunks = conn.execute(
-                    "SELECT id, position, content_hash, content FROM memory_chunks"
-                    " WHERE component = %s AND tenant IS NOT DISTINCT FROM %s AND source = %s ORDER BY position",
-                    (*owner, source),
+                    f"SELECT {columns} FROM memory_chunks WHERE {owner} AND source = %s ORDER BY position",  # noqa: S608
+                    (*params, source),
                 ).fetchall()
             yield Document(source, content_hash, chunking, int(size), tuple(Chunk(*chunk) for chunk in chunks))
 
