@@ -205,7 +205,7 @@ class PostgresMemory:
 
         ``search`` keeps the planner on the text index: for common words it would otherwise read the
         table in order until the budget is filled, paying the tenant and text filters on every row
-        (25 % slower at the median, 100,000 chunks, docs/benchmarks.md).
+        (about 20 % slower at the median at 40,000 chunks, docs/benchmarks.md).
         """
         try:
             with _pool(self.url, self.pool_size, self.timeout).connection() as conn:
