@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.config import Settings
+from app.config import MEMORY_URL_SCHEMES, Settings
 from app.errors import ContexisError, SettingsError
 from app.memory.config import SEARCH_MODES
 
 if TYPE_CHECKING:
-    from app.memory import Embedder, Progress
+    from app.memory import Memory, Progress
 
 # gunicorn's settings ship inside the package (not next to this file), so a source tree, an
 # installed wheel and the image serve alike; CMP_GUNICORN_CONFIG names a file that replaces them.
@@ -42,6 +42,13 @@ def _positive(raw: str) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {raw!r}")
     return int(raw)
+
+
+def _postgres_url(value: str) -> str:
+    """A `--to` URL; checked by the same rule as CMP_MEMORY_URL, and never echoed (it may hold a password)."""
+    if not value.startswith(MEMORY_URL_SCHEMES):
+        raise argparse.ArgumentTypeError("expected a postgresql:// URL")
+    return value
 
 
 def _fail(message: str, code: int) -> int:
@@ -251,18 +258,17 @@ def _progress_bar(unit: str) -> Iterator[Progress]:
         yield progress
 
 
-def _embedder(settings: Settings) -> Embedder | None:
-    """The configured embedder for a one-off command (one connection), or None."""
+def _memory(settings: Settings) -> Memory:
+    """The configured memory backend for a one-off command, with the embedder (one connection) if any."""
+    from app.memory import open_memory
     from app.providers import build_embedder
 
-    return build_embedder(settings.replace(threads=1))
+    return open_memory(settings, build_embedder(settings.replace(threads=1)))
 
 
 def cmd_memory_ingest(args: argparse.Namespace, settings: Settings) -> int:
     """Add documents to a component's memory (unchanged files skipped), then embed the chunks that need it."""
-    from app.memory import open_store
-
-    store = open_store(settings.project_root, args.component, args.tenant or None, _embedder(settings))
+    store = _memory(settings).store(args.component, args.tenant or None)
     missing = [str(path) for path in args.paths if not path.exists()]
     if missing:
         return _fail(f"no such file or directory: {', '.join(missing)}", 2)
@@ -283,9 +289,8 @@ def cmd_memory_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_memory_search(args: argparse.Namespace, settings: Settings) -> int:
     """Ranked matches for a query, as a table or JSON."""
-    from app.memory import open_store
 
-    store = open_store(settings.project_root, args.component, args.tenant or None, _embedder(settings))
+    store = _memory(settings).store(args.component, args.tenant or None)
     retrieval = store.retrieve(args.query, args.top_k, args.mode)
     if retrieval.degraded:
         print(f"ctx: the query could not be embedded: {retrieval.degraded}", file=sys.stderr)
@@ -303,9 +308,8 @@ def cmd_memory_search(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_memory_stats(args: argparse.Namespace, settings: Settings) -> int:
     """Documents, chunks and sizes of every store under the root."""
-    from app.memory import list_stores
 
-    stores = [store.stats() for store in list_stores(settings.project_root)]
+    stores = [store.stats() for store in _memory(settings).stores()]
     print(
         f"{'component':<20} {'tenant':<16} {'documents':>9} {'chunks':>9} {'vectors':>9} {'db bytes':>12}  "
         "embedding model (dimension)"
@@ -321,10 +325,47 @@ def cmd_memory_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_memory_delete(args: argparse.Namespace, settings: Settings) -> int:
     """Remove one source's chunks, or the whole store's."""
-    from app.memory import open_store
+    from app.memory import open_memory
 
-    removed = open_store(settings.project_root, args.component, args.tenant or None).delete(args.source)
+    removed = open_memory(settings).store(args.component, args.tenant or None).delete(args.source)
     print(f"deleted {removed} documents")
+    return 0
+
+
+def cmd_memory_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Create or upgrade the PostgreSQL schema of CMP_MEMORY_URL; safe to repeat (the chart's hook Job)."""
+    if not settings.memory_url:
+        print("CMP_MEMORY_URL is not set: SQLite memory needs no migration")
+        return 0
+    from app.memory.postgres import LEAKPROOF_MATCH, PostgresMemory
+
+    memory = PostgresMemory(settings)
+    before, after = memory.migrate()
+    state = "up to date" if before == after else f"migrated from version {before}"
+    print(f"memory schema version {after} ({state}) in {memory.where}")
+    if not memory.index_usable():
+        print(
+            f"warning: searches cannot use the full-text index; a superuser must run: {LEAKPROOF_MATCH}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_memory_copy(args: argparse.Namespace, settings: Settings) -> int:
+    """Copy every SQLite store under a project root into PostgreSQL, chunks as they are (no re-chunking)."""
+    from app.memory import copy_memory, open_memory
+    from app.memory.postgres import PostgresMemory
+
+    target = PostgresMemory(settings.replace(memory_url=args.to, project_root=args.source_root))
+    problem = target.problem()
+    if problem:
+        return _fail(problem, 1)
+    report = copy_memory(open_memory(settings.replace(memory_url="", project_root=args.source_root)), target)
+    target.analyze()
+    print(
+        f"copied {report.copied} documents ({report.chunks} chunks) of {report.stores} stores, "
+        f"{report.unchanged} unchanged -> {target.where}"
+    )
     return 0
 
 
@@ -397,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     delete = memory.add_parser("delete", parents=[owner], help="remove a source, or every document")
     delete.add_argument("--source", help="the file to remove (default: everything in the store)")
     delete.set_defaults(handler=cmd_memory_delete)
+    migrate = memory.add_parser("migrate", parents=[common], help="create or upgrade the schema of CMP_MEMORY_URL")
+    migrate.set_defaults(handler=cmd_memory_migrate)
+    copy = memory.add_parser("copy", parents=[common], help="copy SQLite memory into PostgreSQL as stored")
+    copy.add_argument("--from", dest="source_root", type=Path, required=True, help="project root holding memory/")
+    copy.add_argument("--to", type=_postgres_url, required=True, help="postgresql://... (migrated)")
+    copy.set_defaults(handler=cmd_memory_copy)
     return parser
 
 

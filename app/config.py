@@ -145,6 +145,17 @@ def _cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:
     return origins
 
 
+MEMORY_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _memory_url(env: Mapping[str, str]) -> str:
+    """Empty (SQLite under the project root) or a PostgreSQL URL; the URL may hold a password, never echoed."""
+    raw = _text(env, "CMP_MEMORY_URL")
+    if raw and not raw.startswith(MEMORY_URL_SCHEMES):
+        raise SettingsError("CMP_MEMORY_URL must be empty (SQLite) or start with postgresql:// or postgres://")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the runtime reads from its environment, validated up front."""
@@ -188,6 +199,9 @@ class Settings:
     hf_embed_batch: int = 32
     hf_embed_query_timeout: float = 2.0
     test_concurrency: int = 4  # `ctx test` cases in flight at once: each may hold one model call
+    memory_url: str = field(default="", repr=False)
+    memory_timeout: float = 2.0
+    memory_pool_size: int = 0  # 0: one connection per thread (`threads`)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -238,6 +252,9 @@ class Settings:
             hf_embed_batch=_number(env, "HF_EMBED_BATCH", 32, kind=int, minimum=1),
             hf_embed_query_timeout=_number(env, "HF_EMBED_QUERY_TIMEOUT", 2.0, minimum=0.001),
             test_concurrency=_number(env, "CMP_TEST_CONCURRENCY", cls.test_concurrency, kind=int, minimum=1),
+            memory_url=_memory_url(env),
+            memory_timeout=_number(env, "CMP_MEMORY_TIMEOUT", 2.0, minimum=0.001),
+            memory_pool_size=_number(env, "CMP_MEMORY_POOL_SIZE", 0, kind=int),
         ).checked()
 
     def checked(self) -> Settings:

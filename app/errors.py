@@ -137,6 +137,13 @@ class MemoryStoreBroken(MemoryStoreError):
     code = "memory_unavailable"
 
 
+class MemoryUnavailable(MemoryStoreError):
+    """The memory database cannot answer in time (down, unreachable, slow, or its schema not migrated)."""
+
+    status = 503
+    code = "memory_unavailable"
+
+
 class InvalidNameError(MemoryStoreError):
     """A component or tenant name cannot safely become a path segment."""
 

@@ -15,7 +15,7 @@ from opentelemetry.util.types import AttributeValue
 from app.config import Settings
 from app.contexts import ContextStore
 from app.errors import BadRequest
-from app.memory import Retrieval, SearchResult, open_store
+from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
 from app.providers import build_embedder, build_provider
@@ -66,17 +66,28 @@ class Runtime:
         self.prompts = PromptRenderer(settings.project_root, settings.max_prompt_chars, settings.render_timeout)
         self.provider = build_provider(settings, self.metrics)
         self.embedder = build_embedder(settings, self.metrics)
+        self.memory = open_memory(settings, self.embedder)
+
+    def problems(self) -> list[str]:
+        """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
+        problems = self.contexts.problems()
+        memory = self.memory.problem()
+        return [*problems, memory] if memory else problems
 
     def search(self, request: ChatRequest, component: str = "") -> Retrieval:
         """The memory matches of `component` (the request's by default) for the request's query (none without one)."""
         component = component or request.component
         if not request.query.strip():
             return Retrieval([], "keyword")
-        attributes: dict[str, AttributeValue] = {"memory.component": component, "memory.top_k": request.top_k}
+        attributes: dict[str, AttributeValue] = {
+            "memory.component": component,
+            "memory.top_k": request.top_k,
+            "db.system": self.memory.system,
+        }
         with _tracer.start_as_current_span("memory.search", attributes=attributes) as span:
             started = time.perf_counter()
             try:
-                store = open_store(self.settings.project_root, component, request.tenant_id or None, self.embedder)
+                store = self.memory.store(component, request.tenant_id or None)
                 retrieval = store.retrieve(request.query, request.top_k)
             except Exception:
                 self.metrics.memory_search_errors.labels(component=component).inc()

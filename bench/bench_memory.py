@@ -32,8 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from app.memory import open_store
-from app.memory.sqlite import STOP_WORDS
+from app.memory.sqlite import STOP_WORDS, SqliteStore
 
 SECTIONS_PER_DOC = 10
 SECTION_CHARS = 600
@@ -164,7 +163,7 @@ def main() -> int:
         corpus_bytes = write_corpus(workdir / "corpus", args.chunks, rng, words, cum)
         generate_seconds = time.perf_counter() - started
 
-        store = open_store(workdir / "project", "Bench")
+        store = SqliteStore(workdir / "project", "Bench")
         cpu_started = time.process_time()
         report = store.ingest([workdir / "corpus"])
         ingest_cpu = time.process_time() - cpu_started
@@ -181,7 +180,7 @@ def main() -> int:
             vectors = GeneratedVectors(args.dimensions)
             vectors.queries = {query: vectors._vector("query " + query) for query in batch}
             keyword_bytes = checkpointed_bytes(store.path)
-            hybrid_store = open_store(workdir / "project", "Bench", embedder=vectors)
+            hybrid_store = SqliteStore(workdir / "project", "Bench", embedder=vectors)
             embedded = hybrid_store.ingest([workdir / "corpus"])
             vector_bytes = checkpointed_bytes(store.path) - keyword_bytes
             loaded = time.perf_counter()

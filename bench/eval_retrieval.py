@@ -34,7 +34,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e")]
 import infinity  # noqa: E402 - the repository's folders are put on the path first
 
 from app.config import Settings  # noqa: E402
-from app.memory import open_store  # noqa: E402
+from app.memory.sqlite import SqliteStore  # noqa: E402
 from app.providers import build_embedder  # noqa: E402
 
 SET = REPO / "bench" / "retrieval"
@@ -116,7 +116,7 @@ def run(endpoint: str, model: str, workdir: Path) -> dict:
     shutil.copy(REPO / "examples/quickstart/memory/CustomerDocs/memory_config.yaml", project / "memory" / "Eval")
     env = {"HF_TOKEN": "local", "HF_EMBED_MODEL_ID": model, "HF_EMBED_ENDPOINT": endpoint}
     settings = Settings.from_env({**env, "HF_EMBED_QUERY_TIMEOUT": "30"}, dotenv_path=None)
-    store = open_store(project, "Eval", embedder=build_embedder(settings))
+    store = SqliteStore(project, "Eval", embedder=build_embedder(settings))
     report = store.ingest([docs])
     if report.embed_error or report.failed:
         raise SystemExit(f"ingest failed: {report.embed_error or report.failed}")

@@ -26,3 +26,5 @@ chart-check: $(HELM)
 	  --set ingress.enabled=true --set autoscaling.enabled=true --set serviceMonitor.enabled=true
 	$(HELM) lint --strict $(CHART_DIR) \
 	  --set serviceMonitor.enabled=true --set prometheusRule.enabled=true --set grafanaDashboard.enabled=true
+	$(HELM) lint --strict $(CHART_DIR) --set memory.backend=postgresql --set memory.url=postgresql://db/memory
+	$(HELM) lint --strict $(CHART_DIR) --set memory.backend=postgresql --set externalSecrets.enabled=true

@@ -1,12 +1,13 @@
-"""Shared fixtures: a copy of the example project, apps built on it, and captured spans."""
+"""Shared fixtures: a copy of the example project, apps built on it, captured spans, and both memory backends."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN
+from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN, Postgres
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -14,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from app import create_app
 from app.config import Settings
+from app.memory import Memory, open_memory
 
 _SPANS = InMemorySpanExporter()
 _provider = TracerProvider()
@@ -54,3 +56,32 @@ def client(settings: Settings):
 @pytest.fixture
 def hf_app(hf_settings: Settings):
     return create_app(hf_settings)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL for the session, its schema migrated by the runtime's own migration."""
+    from app.memory.postgres import PostgresMemory
+
+    server = Postgres()
+    try:
+        PostgresMemory(Settings(memory_url=server.url)).migrate()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def memory_url(request: pytest.FixtureRequest) -> str:
+    """CMP_MEMORY_URL of each backend: "" (SQLite files under the root), then an emptied PostgreSQL."""
+    if request.param == "sqlite":
+        return ""
+    server: Postgres = request.getfixturevalue("postgres")
+    server.reset()
+    return server.url
+
+
+@pytest.fixture
+def memory_at(memory_url: str) -> Callable[[Path], Memory]:
+    """The memory of a project root, on the backend under test."""
+    return lambda root: open_memory(Settings(project_root=root, memory_url=memory_url))

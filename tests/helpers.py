@@ -40,6 +40,16 @@ SUPPORTBOT_SYSTEM = (
     "- Hands off to a human for refunds over 500 USD"
 )
 
+# The guide's request with a memory query: the example's CustomerDocs answer it from returns.md.
+SEARCH_BODY = {
+    **GUIDE_BODY,
+    "component": "CustomerDocs",
+    "prompt_file": "search_response.md",
+    "query": "how do I get a refund",
+    "top_k": 2,
+    "data": {"user_input": "Can I get a refund?"},
+}
+
 # API keys of the auth tests: one tenant-bound chat key, one metrics key, one key for any tenant.
 ACME_KEY = "ctx_live_ACME_secret_0123456789"
 METRICS_KEY = "ctx_live_METRICS_secret_0123456789"
@@ -162,3 +172,65 @@ class Server:
         self.proc.send_signal(signal.SIGTERM)
         output, _ = self.proc.communicate(timeout=40)
         return self.proc.returncode, output
+
+
+class Postgres:
+    """A real PostgreSQL 16 with pgvector (PyPI `pgserver`), on a unix socket in a temp dir of its own.
+
+    The runtime connects as `contexis`, an ordinary role that owns the database (as in a deployment):
+    row-level security applies to it, where the `postgres` superuser would bypass it. The schema is
+    migrated once; `reset()` empties the tables between tests, `stop()`/`start()` take the server away
+    and bring it back on the same socket.
+    """
+
+    ROLE = "contexis"
+
+    def __init__(self) -> None:
+        import tempfile
+
+        # Not under pytest's tmp dirs: as root, pgserver runs postgres as its own user, which needs to reach it.
+        self.pgdata = Path(tempfile.mkdtemp(prefix="contexis-pg-"))
+        self.start()
+        self.admin(f"CREATE ROLE {self.ROLE} LOGIN")
+        self.url = self.database(self.ROLE)
+
+    def admin(self, sql: str, database: str = "postgres") -> list[tuple]:
+        """Run `sql` as the superuser (past row-level security) and return its rows."""
+        import psycopg
+
+        with psycopg.connect(self.admin_url.replace("/postgres?", f"/{database}?"), autocommit=True) as conn:
+            cursor = conn.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+    def database(self, name: str) -> str:
+        """A new database owned by the runtime's role, prepared as a DBA does once (pgvector is not a
+        trusted extension; the text match operator marked leakproof); the role's URL to it."""
+        from app.memory.postgres import LEAKPROOF_MATCH
+
+        self.admin(f"CREATE DATABASE {name} OWNER {self.ROLE}")
+        self.admin("CREATE EXTENSION vector", database=name)
+        self.admin(LEAKPROOF_MATCH, database=name)
+        host = self.admin_url.split("host=", 1)[1]
+        return f"postgresql://{self.ROLE}@/{name}?host={host}"
+
+    def start(self) -> None:
+        import pgserver
+
+        self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        self.admin_url = self.server.get_uri()
+
+    def stop(self) -> None:
+        import atexit
+
+        self.server.cleanup()
+        atexit.unregister(self.server._cleanup)  # stopped already; its exit hook would log to closed streams
+
+    def reset(self) -> None:
+        """Empty every memory table of the role's database."""
+        self.admin("TRUNCATE memory_documents, memory_chunks", database=self.ROLE)
+
+    def close(self) -> None:
+        import shutil
+
+        self.stop()
+        shutil.rmtree(self.pgdata, ignore_errors=True)

@@ -30,6 +30,7 @@ CORE_KINDS = {
     "HorizontalPodAutoscaler",
     "PodDisruptionBudget",
     "ConfigMap",
+    "Job",
 }
 
 # The guide's Helm values (docs: Hugging Face integration, "Kubernetes (Helm)").
@@ -49,8 +50,13 @@ SENTINELS = {
     "HF_ENDPOINT": "https://sentinel-endpoint.invalid/models",
 }
 
+MEMORY_URL = "postgresql://contexis:SENTINEL_DB_PASSWORD@db.internal:5432/memory"
+POSTGRES = ["--set", "memory.backend=postgresql", "--set", f"memory.url={MEMORY_URL}"]
+
 VALUE_SETS = {
     "defaults": [],
+    "postgresql": POSTGRES,
+    "postgresql-external-secrets": ["--set", "memory.backend=postgresql", "--set", "externalSecrets.enabled=true"],
     "external-secrets": ["--set", "externalSecrets.enabled=true"],
     "ingress-hpa-servicemonitor": [
         "--set", "ingress.enabled=true",
@@ -63,10 +69,20 @@ VALUE_SETS = {
         "--set", "grafanaDashboard.enabled=true",
     ],
 }  # fmt: skip
+# Lists, not sets: the PostgreSQL backend adds a second Secret (or ExternalSecret) for its migration hook.
 EXPECTED_KINDS = {
-    "defaults": {"Deployment", "Service", "Secret", "PodDisruptionBudget"},
-    "external-secrets": {"Deployment", "Service", "ExternalSecret", "PodDisruptionBudget"},
-    "ingress-hpa-servicemonitor": {
+    "defaults": ["Deployment", "Service", "Secret", "PodDisruptionBudget"],
+    "postgresql": ["Deployment", "Service", "Secret", "PodDisruptionBudget", "Secret", "Job"],
+    "postgresql-external-secrets": [
+        "Deployment",
+        "Service",
+        "ExternalSecret",
+        "PodDisruptionBudget",
+        "ExternalSecret",
+        "Job",
+    ],
+    "external-secrets": ["Deployment", "Service", "ExternalSecret", "PodDisruptionBudget"],
+    "ingress-hpa-servicemonitor": [
         "Deployment",
         "Service",
         "Secret",
@@ -74,8 +90,8 @@ EXPECTED_KINDS = {
         "Ingress",
         "HorizontalPodAutoscaler",
         "ServiceMonitor",
-    },
-    "operations": {
+    ],
+    "operations": [
         "Deployment",
         "Service",
         "Secret",
@@ -83,7 +99,7 @@ EXPECTED_KINDS = {
         "ServiceMonitor",
         "PrometheusRule",
         "ConfigMap",
-    },
+    ],
 }
 
 
@@ -166,7 +182,7 @@ def test_core_kinds_match_the_kubernetes_schema(name: str) -> None:
         if doc["kind"] in CORE_KINDS:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
             validated.add(doc["kind"])
-    assert validated == EXPECTED_KINDS[name] & CORE_KINDS
+    assert validated == set(EXPECTED_KINDS[name]) & CORE_KINDS
 
 
 def test_values_hold_the_guide_blocks(chart_values: dict[str, Any]) -> None:
@@ -497,3 +513,100 @@ def test_no_rate_limit_and_no_redis_by_default() -> None:
     docs = render()
     assert "CMP_RATE_LIMIT" not in env_of(docs)
     assert "CMP_RATE_LIMIT_STORAGE_URI" not in env_of(docs)
+
+
+# -- memory backends ----------------------------------------------------------------------
+
+
+def hooks(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The hook objects by kind and name."""
+    return {
+        f"{doc['kind']}/{doc['metadata']['name']}": doc
+        for doc in docs
+        if "helm.sh/hook" in doc["metadata"].get("annotations", {})
+    }
+
+
+def test_sqlite_by_default_has_no_database_url_and_no_jobs() -> None:
+    docs = render()
+    assert "CMP_MEMORY_URL" not in env_of(docs)
+    assert not hooks(docs)
+
+
+def test_postgresql_url_lives_in_the_secret_only() -> None:
+    docs = render(*POSTGRES)
+    secret = next(d for d in docs if d["kind"] == "Secret" and not d["metadata"].get("annotations"))
+    assert base64.b64decode(secret["data"]["CMP_MEMORY_URL"]).decode() == MEMORY_URL
+    env = env_of(docs)
+    reference = {"name": secret["metadata"]["name"], "key": "CMP_MEMORY_URL"}
+    assert env["CMP_MEMORY_URL"]["valueFrom"]["secretKeyRef"] == reference
+    assert env["CMP_MEMORY_TIMEOUT"]["value"] == "2"
+    for doc in docs:
+        if doc["kind"] not in ("Secret",):
+            assert "SENTINEL_DB_PASSWORD" not in yaml.safe_dump(doc)
+
+
+def test_migration_hook_runs_before_install_and_upgrade_with_its_own_secret() -> None:
+    found = hooks(render(*POSTGRES))
+    job = found["Job/demo-contexis-app-memory-migrate"]
+    secret = found["Secret/demo-contexis-app-memory-migrate"]
+    for doc in (job, secret):
+        assert doc["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"]["helm.sh/hook-weight"]
+    )
+    pod = job["spec"]["template"]["spec"]
+    (migrate,) = pod["containers"]
+    assert migrate["args"] == ["memory", "migrate"]
+    env = {var["name"]: var for var in migrate["env"]}
+    assert env["CMP_MEMORY_URL"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+    assert pod["restartPolicy"] == "Never" and migrate["securityContext"]["readOnlyRootFilesystem"] is True
+    # The Service and the PDB select the Deployment's pods only, never a Job's.
+    assert "app.kubernetes.io/name" not in job["spec"]["template"]["metadata"]["labels"]
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
+def test_external_secrets_carry_the_database_url(chart_values: dict[str, Any]) -> None:
+    docs = render(*VALUE_SETS["postgresql-external-secrets"])
+    main = next(d for d in docs if d["kind"] == "ExternalSecret" and not d["metadata"].get("annotations"))
+    ref = chart_values["memory"]["remoteRef"]
+    assert {"secretKey": "CMP_MEMORY_URL", "remoteRef": ref} in main["spec"]["data"]
+    hook = hooks(docs)["ExternalSecret/demo-contexis-app-memory-migrate"]
+    assert hook["spec"]["data"] == [{"secretKey": "CMP_MEMORY_URL", "remoteRef": ref}]
+    assert hook["spec"]["target"]["name"] == "demo-contexis-app-memory-migrate"
+
+
+def test_postgresql_needs_a_postgresql_url() -> None:
+    missing = helm("template", RELEASE, str(CHART), "--set", "memory.backend=postgresql")
+    assert missing.returncode != 0 and "memory.url is required" in missing.stderr
+    wrong = helm("template", RELEASE, str(CHART), "--set", "memory.backend=postgresql", "--set", "memory.url=mysql://x")
+    assert wrong.returncode != 0
+
+
+@pytest.mark.parametrize(
+    ("documents", "volume"),
+    [
+        ({"image": "registry/docs:7", "imagePath": "/srv/docs"}, {"emptyDir": {}}),
+        ({"volume": {"persistentVolumeClaim": {"claimName": "d"}}}, {"persistentVolumeClaim": {"claimName": "d"}}),
+    ],
+)
+def test_ingest_job_reads_documents_from_an_image_or_a_volume(
+    tmp_path: Path, documents: dict[str, Any], volume: dict[str, Any]
+) -> None:
+    ingest = {"enabled": True, "component": "CustomerDocs", "tenant": "acme", "paths": ["faq", "policies/"]}
+    ingest.update(documents)
+    values = {"memory": {"backend": "postgresql", "url": MEMORY_URL, "ingest": ingest}}
+    result = helm("lint", "--strict", str(CHART), *values_file(tmp_path, values))
+    assert result.returncode == 0, result.stdout + result.stderr
+    job = hooks(render(*values_file(tmp_path, values)))["Job/demo-contexis-app-memory-ingest"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    pod = job["spec"]["template"]["spec"]
+    (app,) = pod["containers"]
+    assert app["args"] == [
+        "memory", "ingest", "--component", "CustomerDocs", "--tenant", "acme", "/documents/faq", "/documents/policies",
+    ]  # fmt: skip
+    assert {k: v for k, v in pod["volumes"][0].items() if k != "name"} == volume
+    if "image" in documents:
+        (init,) = pod["initContainers"]
+        assert init["image"] == "registry/docs:7" and init["command"] == ["cp", "-R", "/srv/docs/.", "/copy/"]
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)

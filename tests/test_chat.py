@@ -202,11 +202,11 @@ def test_unexpected_errors_are_json_without_traceback(client, monkeypatch, caplo
     assert "RuntimeError: internal detail" in line["exc_info"]
 
 
-def test_integral_float_top_k_is_taken_as_an_integer(client, project):
+def test_integral_float_top_k_is_taken_as_an_integer(client, settings, project):
     # Found by fuzzing: JSON Schema accepts 2.0 as an integer, and memory search then failed with a 500.
-    from app.memory import open_store
+    from app.memory import open_memory
 
-    open_store(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
+    open_memory(settings).store("CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
     body = {**GUIDE_BODY, "component": "CustomerDocs", "prompt_file": "search_response.md", "query": "refund"}
     response = post(client, {**body, "top_k": 2.0})
     assert response.status_code == 200, response.get_json()

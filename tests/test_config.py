@@ -109,7 +109,15 @@ def test_repr_hides_the_token():
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("HF_TIMEOUT", "x"), ("HF_MAX_RETRIES", "-1"), ("CMP_MAX_BODY_BYTES", "1.5"), ("CMP_TEST_CONCURRENCY", "0")],
+    [
+        ("HF_TIMEOUT", "x"),
+        ("HF_MAX_RETRIES", "-1"),
+        ("CMP_MAX_BODY_BYTES", "1.5"),
+        ("CMP_TEST_CONCURRENCY", "0"),
+        ("CMP_MEMORY_TIMEOUT", "0"),
+        ("CMP_MEMORY_POOL_SIZE", "-2"),
+        ("CMP_MEMORY_URL", "sqlite:///memory.db"),
+    ],
 )
 def test_bad_values_raise_naming_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
@@ -122,3 +130,11 @@ def test_environment_wins_over_dotenv(tmp_path):
     settings = Settings.from_env({"HF_MODEL_ID": "from-env"}, dotenv_path=str(dotenv))
     assert settings.hf_model_id == "from-env"
     assert settings.hf_timeout == 9.0
+
+
+def test_memory_defaults_to_sqlite_and_reads_its_postgresql_settings():
+    settings = Settings.from_env({}, dotenv_path=None)
+    assert (settings.memory_url, settings.memory_timeout, settings.memory_pool_size) == ("", 2.0, 0)
+    env = {"CMP_MEMORY_URL": "postgres://db/m", "CMP_MEMORY_TIMEOUT": "0.5", "CMP_MEMORY_POOL_SIZE": "16"}
+    settings = Settings.from_env(env, dotenv_path=None)
+    assert (settings.memory_url, settings.memory_timeout, settings.memory_pool_size) == ("postgres://db/m", 0.5, 16)

@@ -18,7 +18,7 @@ from app.config import Settings
 from app.contexts import CASE_ASSERTIONS, ContextStore
 from app.evaluation import ERROR, FAILED, PASSED, SKIPPED, Report, SetupError, json_report, junit_xml, run_tests
 from app.evaluation.assertions import ASSERTIONS
-from app.memory import open_store
+from app.memory.sqlite import SqliteStore
 from app.runtime import Runtime
 
 CONTEXT_FILE = Path("contexts") / "SupportBot" / "supportbot.ctx"
@@ -116,7 +116,7 @@ def test_prompt_assertions_pass_and_fail_saying_what_came_back(settings, passing
 
 
 def test_expect_sources_checks_the_memory_the_answer_cites(settings):
-    open_store(settings.project_root, "CustomerDocs").ingest([settings.project_root / "docs" / "CustomerDocs"])
+    SqliteStore(settings.project_root, "CustomerDocs").ingest([settings.project_root / "docs" / "CustomerDocs"])
     search = {"component": "CustomerDocs", "prompt_file": "search_response.md", "query": "refund", "top_k": 3}
     cases = [
         {"name": "cites", "input": "Can I get a refund?", "expect_sources": "returns.md", **search},

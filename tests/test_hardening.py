@@ -14,10 +14,10 @@ import time
 
 import pytest
 from fake_hf import FakeHF, Stream, chat_events
-from helpers import GUIDE_BODY, chat, metric, run, sse_events
+from helpers import GUIDE_BODY, SEARCH_BODY, chat, metric, run, sse_events
 
 from app import create_app
-from app.memory import open_store
+from app.memory.sqlite import SqliteStore
 
 STREAM_BODY = {**GUIDE_BODY, "stream": True}
 KEEPALIVE = ": keepalive\n\n"
@@ -93,13 +93,7 @@ def test_a_chat_body_not_sent_as_json_is_415(client):
 
 # -- 6. symlinks under memory/ and contexts/ ------------------------------------------------------------------
 
-SEARCH_BODY = {
-    **GUIDE_BODY,
-    "component": "CustomerDocs",
-    "prompt_file": "search_response.md",
-    "query": "refund",
-    "data": {"user_input": "Can I get a refund?"},
-}
+REFUND_SEARCH = {**SEARCH_BODY, "query": "refund"}
 
 
 @pytest.fixture
@@ -108,7 +102,7 @@ def outside_store(tmp_path):
     other = tmp_path / "other"
     (other / "docs").mkdir(parents=True)
     (other / "docs" / "secret.md").write_text("The refund override code is OUTSIDE-SECRET-42.\n")
-    open_store(other, "CustomerDocs").ingest([other / "docs"])
+    SqliteStore(other, "CustomerDocs").ingest([other / "docs"])
     return other / "memory" / "CustomerDocs"
 
 
@@ -124,19 +118,19 @@ def assert_refused(response, outside, wording: str) -> None:
 def test_a_component_folder_linked_outside_the_root_is_refused(project, client, outside_store):
     shutil.rmtree(project / "memory" / "CustomerDocs")
     (project / "memory" / "CustomerDocs").symlink_to(outside_store, target_is_directory=True)
-    response = chat(client, SEARCH_BODY)
+    response = chat(client, REFUND_SEARCH)
     assert_refused(response, outside_store, "memory/CustomerDocs leads outside the project root")
 
 
 def test_a_memory_db_linked_outside_the_root_is_refused(project, client, outside_store):
     (project / "memory" / "CustomerDocs" / "memory.db").symlink_to(outside_store / "memory.db")
-    response = chat(client, SEARCH_BODY)
+    response = chat(client, REFUND_SEARCH)
     assert_refused(response, outside_store, "memory/CustomerDocs/memory.db leads outside the project root")
 
 
 def test_a_memory_db_that_is_no_database_is_a_clear_error_in_chat_and_stats(project, client):
     (project / "memory" / "CustomerDocs" / "memory.db").write_text("root:x:0:0:root:/root:/bin/bash\n" * 100)
-    response = chat(client, SEARCH_BODY)
+    response = chat(client, REFUND_SEARCH)
     assert_refused(response, project, "memory/CustomerDocs/memory.db is not a usable memory database")
     stats = run("memory", "stats", "--root", str(project))
     assert stats.returncode == 1

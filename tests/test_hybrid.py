@@ -10,26 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fake_hf import FakeHF, RawHF, Reply, feature_extraction, openai_embeddings
-from helpers import GUIDE_BODY, TOKEN, chat, metric, run
+from helpers import SEARCH_BODY, TOKEN, chat, metric, run
 
 from app import create_app
 from app.config import Settings
 from app.errors import MemoryConfigError
-from app.memory import SearchResult, open_store, vectors
+from app.memory import SearchResult, vectors
 from app.memory.fusion import reciprocal_rank_fusion
+from app.memory.sqlite import SqliteStore
 from app.providers.huggingface import HuggingFaceEmbedder
 
 EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Shares no word with returns.md (nor a stem: "reimbursed" is not "reimbursement" to the porter stemmer).
 PARAPHRASE = "will I be repaid?"
-SEARCH_BODY = {
-    **GUIDE_BODY,
-    "component": "CustomerDocs",
-    "prompt_file": "search_response.md",
-    "query": PARAPHRASE,
-    "top_k": 2,
-    "data": {"user_input": PARAPHRASE},
-}
+PARAPHRASE_SEARCH = {**SEARCH_BODY, "query": PARAPHRASE, "data": {"user_input": PARAPHRASE}}
 
 
 @pytest.fixture
@@ -59,7 +53,7 @@ def inputs(fake: FakeHF) -> list[int]:
 
 
 def test_ingest_embeds_in_batches_and_only_new_or_changed_chunks(project, embed_settings, fake):
-    store = open_store(project, "CustomerDocs", embedder=embedder(embed_settings, hf_embed_batch=3))
+    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings, hf_embed_batch=3))
     report = store.ingest([docs(project)])
     chunks = report.chunks_added
     assert report.chunks_embedded == chunks and not report.embed_error
@@ -81,7 +75,7 @@ def test_ingest_embeds_in_batches_and_only_new_or_changed_chunks(project, embed_
 def test_an_interrupted_ingest_keeps_its_batches_and_a_rerun_continues(project, embed_settings):
     failing = [Reply(body=feature_extraction), Reply(status=400, body={"error": "Input validation error"})]
     with FakeHF(*failing, Reply(body=feature_extraction)) as fake:
-        store = open_store(project, "CustomerDocs", embedder=embedder(embed_settings, hf_embed_endpoint=fake.url))
+        store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings, hf_embed_endpoint=fake.url))
         store.embedder.batch_size = 4
         report = store.ingest([docs(project)])
         assert report.embed_error.startswith("hf_bad_request:")
@@ -95,20 +89,20 @@ def test_an_interrupted_ingest_keeps_its_batches_and_a_rerun_continues(project, 
 
 
 def test_another_model_re_embeds_everything(project, embed_settings, fake):
-    open_store(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
+    SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
     fake.seen.clear()
-    store = open_store(project, "CustomerDocs", embedder=embedder(embed_settings, hf_embed_model_id="BAAI/bge-small"))
+    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings, hf_embed_model_id="BAAI/bge-small"))
     report = store.ingest([docs(project)])
     assert report.ingested == 0 and report.chunks_embedded == store.stats().chunks > 0
     assert store.stats().embed_model == "BAAI/bge-small"
     assert fake.seen[0].path == "/BAAI/bge-small/pipeline/feature-extraction"
     # The old model's query vectors no longer match anything: vector search finds nothing rather than nonsense.
-    old = open_store(project, "CustomerDocs", embedder=embedder(embed_settings))
+    old = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings))
     assert old.search(PARAPHRASE, mode="vector") == []
 
 
 def test_hybrid_finds_by_meaning_what_keywords_miss(project, embed_settings):
-    store = open_store(project, "CustomerDocs", embedder=embedder(embed_settings))
+    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings))
     store.ingest([docs(project)])
     assert store.search(PARAPHRASE, mode="keyword") == []
     for mode in ("vector", "hybrid"):
@@ -123,13 +117,13 @@ def test_hybrid_finds_by_meaning_what_keywords_miss(project, embed_settings):
 
 def test_search_mode_from_memory_config_and_its_validation(project, embed_settings):
     config = project / "memory" / "CustomerDocs" / "memory_config.yaml"
-    store = open_store(project, "CustomerDocs", embedder=embedder(embed_settings))
+    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings))
     store.ingest([docs(project)])
     config.write_text(config.read_text() + "search_mode: keyword\n")
-    assert open_store(project, "CustomerDocs", embedder=store.embedder).retrieve(PARAPHRASE).mode == "keyword"
+    assert SqliteStore(project, "CustomerDocs", embedder=store.embedder).retrieve(PARAPHRASE).mode == "keyword"
     config.write_text(config.read_text().replace("search_mode: keyword", "search_mode: semantic"))
     with pytest.raises(MemoryConfigError, match="search_mode must be one of keyword, vector, hybrid"):
-        open_store(project, "CustomerDocs")
+        SqliteStore(project, "CustomerDocs")
 
 
 def test_vectors_are_per_tenant_like_chunks(project, embed_settings, tmp_path):
@@ -137,17 +131,17 @@ def test_vectors_are_per_tenant_like_chunks(project, embed_settings, tmp_path):
     secret.parent.mkdir()
     secret.write_text("# Acme reimbursement\n\nAcme customers are repaid in gold coins.\n")
     vectors = embedder(embed_settings)
-    open_store(project, "CustomerDocs", embedder=vectors).ingest([docs(project)])
-    open_store(project, "CustomerDocs", "acme", vectors).ingest([secret])
-    acme = open_store(project, "CustomerDocs", "acme", vectors).search(PARAPHRASE, 10, mode="vector")
+    SqliteStore(project, "CustomerDocs", embedder=vectors).ingest([docs(project)])
+    SqliteStore(project, "CustomerDocs", "acme", vectors).ingest([secret])
+    acme = SqliteStore(project, "CustomerDocs", "acme", vectors).search(PARAPHRASE, 10, mode="vector")
     assert {r.source for r in acme} >= {secret.as_posix(), "docs/CustomerDocs/returns.md"}
     for tenant in ("globex", None):
-        found = open_store(project, "CustomerDocs", tenant, vectors).search(PARAPHRASE, 50, mode="vector")
+        found = SqliteStore(project, "CustomerDocs", tenant, vectors).search(PARAPHRASE, 50, mode="vector")
         assert found and all("gold" not in r.content for r in found)
 
 
 def test_deleting_a_document_deletes_its_vectors(project, embed_settings):
-    store = open_store(project, "CustomerDocs", embedder=embedder(embed_settings))
+    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings))
     report = store.ingest([docs(project)])
     returns = store.search(PARAPHRASE, 50, mode="vector")
     assert store.delete("docs/CustomerDocs/returns.md") == 1
@@ -172,22 +166,22 @@ def test_reciprocal_rank_fusion_rewards_agreement():
 
 def test_a_chat_query_sharing_no_word_cites_the_right_document_first(project, embed_settings, fake):
     app = create_app(embed_settings)
-    open_store(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
-    response = chat(app, SEARCH_BODY)
+    SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
+    response = chat(app, PARAPHRASE_SEARCH)
     assert response.status_code == 200
     assert response.get_json()["sources"][0]["source"] == "docs/CustomerDocs/returns.md"
     assert "X-Contexis-Degraded" not in response.headers
     assert metric(app, "cmp_hf_embed_latency_seconds_count", model=EMBED_MODEL) == 1
     # The same query again is answered from the process's cache.
     calls = len(fake.seen)
-    chat(app, SEARCH_BODY)
+    chat(app, PARAPHRASE_SEARCH)
     assert len(fake.seen) == calls
 
 
 @pytest.mark.parametrize("fault", ["refused", "slow", "error"])
 def test_the_embedder_down_or_slow_still_answers_from_keywords(project, embed_settings, fault, caplog):
-    open_store(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
-    body = {**SEARCH_BODY, "query": "refund"}
+    SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
+    body = {**PARAPHRASE_SEARCH, "query": "refund"}
     with RawHF(lambda conn: None, listening=False) as refused, FakeHF(
         Reply(delay=5, body=feature_extraction) if fault == "slow" else Reply(status=500, body={"error": "boom"})
     ) as broken:
@@ -212,20 +206,20 @@ def test_the_embedder_down_or_slow_still_answers_from_keywords(project, embed_se
 
 
 def test_without_an_embedding_model_search_is_todays_keywords(project, client):
-    open_store(project, "CustomerDocs").ingest([docs(project)])
-    response = chat(client, SEARCH_BODY)
+    SqliteStore(project, "CustomerDocs").ingest([docs(project)])
+    response = chat(client, PARAPHRASE_SEARCH)
     assert response.status_code == 200 and response.get_json()["sources"] == []
     assert "X-Contexis-Degraded" not in response.headers
-    assert open_store(project, "CustomerDocs").stats().embed_model is None
+    assert SqliteStore(project, "CustomerDocs").stats().embed_model is None
 
 
 @pytest.mark.parametrize(
     "query", ['"', "refund OR *", "NEAR(refund warranty)", "-refund", ")(", "\u0000\n\r", "ü" * 3000, "<script>"]
 )
 def test_hostile_queries_are_200_and_sent_as_plain_text(project, embed_settings, fake, query):
-    open_store(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
+    SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
     fake.seen.clear()
-    response = chat(create_app(embed_settings), {**SEARCH_BODY, "query": query})
+    response = chat(create_app(embed_settings), {**PARAPHRASE_SEARCH, "query": query})
     assert response.status_code == 200 and "X-Contexis-Degraded" not in response.headers
     for source in response.get_json()["sources"]:
         assert source["source"].startswith("docs/CustomerDocs/")
@@ -287,12 +281,12 @@ def test_large_stores_rank_by_sign_bits_then_exactly():
 
 
 def test_a_model_whose_dimension_changes_between_ingests_is_refused(project, embed_settings):
-    store = open_store(project, "CustomerDocs", embedder=embedder(embed_settings))
+    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings))
     store.ingest([docs(project)])
     returns = docs(project) / "returns.md"
     returns.write_text(returns.read_text() + "\n## New\n\nA new section.\n")
     with FakeHF(Reply(body=lambda request: [[1.0, 0.0]] * len(request["inputs"]))) as other:
-        report = open_store(
+        report = SqliteStore(
             project, "CustomerDocs", embedder=embedder(embed_settings, hf_embed_endpoint=other.url)
         ).ingest([returns])
     assert "2-dimensional vectors where the store holds 64-dimensional ones" in report.embed_error
@@ -301,12 +295,12 @@ def test_a_model_whose_dimension_changes_between_ingests_is_refused(project, emb
 
 def test_a_store_made_before_vectors_is_upgraded_by_the_next_ingest(project, embed_settings):
     db = project / "memory" / "CustomerDocs" / "memory.db"
-    open_store(project, "CustomerDocs").ingest([docs(project)])
+    SqliteStore(project, "CustomerDocs").ingest([docs(project)])
     with sqlite3.connect(db) as conn:  # as schema 1 left it: no meta, no vectors
         conn.executescript(
             "DROP TRIGGER chunks_vector_ad; DROP TABLE vectors; DROP TABLE meta; PRAGMA user_version = 1;"
         )
-    store = open_store(project, "CustomerDocs", embedder=embedder(embed_settings))
+    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings))
     degraded_free = store.retrieve(PARAPHRASE, 3)
     assert degraded_free.mode == "hybrid" and degraded_free.results == []  # keywords find nothing, no vectors yet
     report = store.ingest([docs(project)])
@@ -315,17 +309,17 @@ def test_a_store_made_before_vectors_is_upgraded_by_the_next_ingest(project, emb
 
 
 def test_an_asked_for_vector_search_also_falls_back_to_keywords(project, embed_settings):
-    open_store(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
+    SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
     with RawHF(lambda conn: None, listening=False) as refused:
         down = embedder(embed_settings, hf_embed_endpoint=refused.url, hf_max_retries=0)
-        retrieval = open_store(project, "CustomerDocs", embedder=down).retrieve("refund", 2, "vector")
+        retrieval = SqliteStore(project, "CustomerDocs", embedder=down).retrieve("refund", 2, "vector")
     assert (retrieval.mode, retrieval.degraded) == ("keyword", "memory-keywords-only")
     assert retrieval.results[0].source == "docs/CustomerDocs/returns.md"
 
 
 def test_a_store_removed_and_made_anew_is_not_served_from_the_old_vectors(project, embed_settings, tmp_path):
     money, parcels = "## Money\n\nRefunds and reimbursement.\n", "## Parcels\n\nParcel delivery by courier.\n"
-    store = open_store(project, "CustomerDocs", embedder=embedder(embed_settings))
+    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings))
     first, second = tmp_path / "first.md", tmp_path / "second.md"
     first.write_text(f"{money}\n{parcels}")
     store.ingest([first])

@@ -1,4 +1,7 @@
-"""Behaviour of the memory store: chunking, ingest, ranked search, isolation, hostile queries, concurrency."""
+"""Behaviour of the memory store: chunking, ingest, ranked search, isolation, hostile queries, concurrency.
+
+Every test that stores takes `memory_at` and so runs on both backends: SQLite files and PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from app.config import Settings
 from app.errors import DocumentError, InvalidNameError, MemoryConfigError, MemoryStoreError
-from app.memory import SearchResult, list_stores, open_store, sqlite
+from app.memory import SearchResult, open_memory, sqlite
 from app.memory.chunking import chunk_text
 from app.memory.config import MemoryConfig
 from app.memory.extract import extract_text
-from app.memory.sqlite import MAX_QUERY_TERMS, query_terms
+from app.memory.sqlite import MAX_QUERY_TERMS, SqliteStore, query_terms
 
 
 def write(path: Path, text: str) -> Path:
@@ -107,14 +111,17 @@ def test_extract_text_strips_html_and_reads_jsonl() -> None:
 # -- ingest -------------------------------------------------------------------
 
 
-def test_ingest_counts_skips_unchanged_and_replaces_changed(project: Path) -> None:
-    store = open_store(project, "CustomerDocs")
+def test_ingest_counts_skips_unchanged_and_replaces_changed(memory_at, memory_url: str, project: Path) -> None:
+    store = memory_at(project).store("CustomerDocs")
     seen: list[tuple[int, int, str]] = []
     first = store.ingest([project / "docs"], progress=lambda done, total, source: seen.append((done, total, source)))
     assert (first.ingested, first.unchanged, first.unsupported, first.failed) == (5, 0, 1, [])
     assert first.chunks_added >= 5
     assert [s[0] for s in seen] == [1, 2, 3, 4, 5] and {s[1] for s in seen} == {5}
-    assert store.path == project / "memory" / "CustomerDocs" / "memory.db"
+    if memory_url:  # PostgreSQL: no SQLite file is created
+        assert not (project / "memory").exists()
+    else:
+        assert store.location == str(project / "memory" / "CustomerDocs" / "memory.db")
 
     again = store.ingest([project / "docs"])
     assert (again.ingested, again.unchanged, again.chunks_added) == (0, 5, 0)
@@ -126,25 +133,25 @@ def test_ingest_counts_skips_unchanged_and_replaces_changed(project: Path) -> No
     assert store.search("express", 5) == []
 
 
-def test_same_file_given_as_file_or_directory_is_one_document(project: Path) -> None:
-    store = open_store(project, "CustomerDocs")
+def test_same_file_given_as_file_or_directory_is_one_document(memory_at, project: Path) -> None:
+    store = memory_at(project).store("CustomerDocs")
     store.ingest([project / "docs"])
     report = store.ingest([project / "docs" / "returns.md"])
     assert report.unchanged == 1 and store.stats().documents == 5
 
 
-def test_ingest_reports_bad_files_and_missing_paths(project: Path) -> None:
+def test_ingest_reports_bad_files_and_missing_paths(memory_at, project: Path) -> None:
     write(project / "docs" / "broken.jsonl", "{not json}\n")
     (project / "docs" / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
-    report = open_store(project, "CustomerDocs").ingest([project / "docs"])
+    report = memory_at(project).store("CustomerDocs").ingest([project / "docs"])
     assert report.ingested == 5
     assert sorted(source for source, _ in report.failed) == ["docs/broken.jsonl", "docs/latin1.txt"]
     with pytest.raises(MemoryStoreError, match="no such file"):
-        open_store(project, "CustomerDocs").ingest([project / "missing"])
+        memory_at(project).store("CustomerDocs").ingest([project / "missing"])
 
 
-def test_chunk_ids_are_stable_and_carry_position(project: Path) -> None:
-    store = open_store(project, "CustomerDocs")
+def test_chunk_ids_are_stable_and_carry_position(memory_at, project: Path) -> None:
+    store = memory_at(project).store("CustomerDocs")
     store.ingest([project / "docs"])
     before = {r.id for r in store.search("refunds returns receipt", 10)}
     store.delete()
@@ -156,10 +163,10 @@ def test_chunk_ids_are_stable_and_carry_position(project: Path) -> None:
 # -- config -------------------------------------------------------------------
 
 
-def test_config_sets_chunking_and_default_top_k(project: Path) -> None:
+def test_config_sets_chunking_and_default_top_k(memory_at, project: Path) -> None:
     write(project / "memory" / "CustomerDocs" / "memory_config.yaml", "chunk_size: 100\nchunk_overlap: 0\ntop_k: 2\n")
     write(project / "long" / "a.md", " ".join(f"Refund rule {i} applies." for i in range(40)))
-    store = open_store(project, "CustomerDocs")
+    store = memory_at(project).store("CustomerDocs")
     assert store.config == MemoryConfig(chunk_size=100, chunk_overlap=0, top_k=2)
     report = store.ingest([project / "long"])
     assert report.chunks_added >= 8
@@ -182,18 +189,18 @@ def test_config_sets_chunking_and_default_top_k(project: Path) -> None:
         ("chunk_size: [\n", "cannot read memory config"),
     ],
 )
-def test_bad_config_is_a_clear_error(project: Path, content: str, message: str) -> None:
+def test_bad_config_is_a_clear_error(memory_at, project: Path, content: str, message: str) -> None:
     write(project / "memory" / "CustomerDocs" / "memory_config.yaml", content)
     with pytest.raises(MemoryConfigError, match=re.escape(message)):
-        open_store(project, "CustomerDocs")
+        memory_at(project).store("CustomerDocs")
 
 
 # -- search -------------------------------------------------------------------
 
 
-def test_search_ranks_the_most_relevant_chunk_first(project: Path) -> None:
+def test_search_ranks_the_most_relevant_chunk_first(memory_at, project: Path) -> None:
     write(project / "docs" / "misc.md", "Returns are mentioned here once among many other unrelated words.\n")
-    store = open_store(project, "CustomerDocs")
+    store = memory_at(project).store("CustomerDocs")
     store.ingest([project / "docs"])
 
     results = store.search("How do I return an item? refund", 3)
@@ -207,49 +214,49 @@ def test_search_ranks_the_most_relevant_chunk_first(project: Path) -> None:
     assert store.search("zebra", 5) == []
 
 
-def test_missing_component_returns_nothing_and_creates_nothing(tmp_path: Path) -> None:
-    assert open_store(tmp_path, "Nobody").search("anything", 5) == []
-    assert open_store(tmp_path, "Nobody", "acme").search("anything", 5) == []
-    assert open_store(tmp_path, "Nobody").delete("x.md") == 0
-    assert open_store(tmp_path, "Nobody").stats().documents == 0
+def test_missing_component_returns_nothing_and_creates_nothing(memory_at, tmp_path: Path) -> None:
+    assert memory_at(tmp_path).store("Nobody").search("anything", 5) == []
+    assert memory_at(tmp_path).store("Nobody", "acme").search("anything", 5) == []
+    assert memory_at(tmp_path).store("Nobody").delete("x.md") == 0
+    assert memory_at(tmp_path).store("Nobody").stats().documents == 0
     assert not (tmp_path / "memory").exists()
 
 
-def test_tenants_see_their_own_and_shared_documents_only(tmp_path: Path) -> None:
+def test_tenants_see_their_own_and_shared_documents_only(memory_at, memory_url: str, tmp_path: Path) -> None:
     shared = write(tmp_path / "shared" / "hours.md", "Opening hours: the helpdesk opens at eight.\n")
     secret_a = write(tmp_path / "a" / "plan.md", "Acme helpdesk escalation codeword is aardvark.\n")
     secret_b = write(tmp_path / "b" / "plan.md", "Globex helpdesk escalation codeword is bumblebee.\n")
-    open_store(tmp_path, "Support").ingest([shared])
-    open_store(tmp_path, "Support", "acme").ingest([secret_a])
-    open_store(tmp_path, "Support", "globex").ingest([secret_b])
+    memory_at(tmp_path).store("Support").ingest([shared])
+    memory_at(tmp_path).store("Support", "acme").ingest([secret_a])
+    memory_at(tmp_path).store("Support", "globex").ingest([secret_b])
 
     def sources(tenant: str | None, query: str) -> set[str]:
-        return {r.source for r in open_store(tmp_path, "Support", tenant).search(query, 50)}
+        return {r.source for r in memory_at(tmp_path).store("Support", tenant).search(query, 50)}
 
     assert sources("acme", "helpdesk codeword aardvark bumblebee") == {"a/plan.md", "shared/hours.md"}
     assert sources("globex", "helpdesk codeword aardvark bumblebee") == {"b/plan.md", "shared/hours.md"}
     assert sources(None, "helpdesk codeword aardvark bumblebee") == {"shared/hours.md"}
     assert sources("initech", "aardvark bumblebee") == set()
     assert sources("", "helpdesk") == {"shared/hours.md"}
-    assert (tmp_path / "memory" / "Support" / "tenant_acme" / "memory.db").is_file()
+    assert (tmp_path / "memory" / "Support" / "tenant_acme" / "memory.db").is_file() != bool(memory_url)
 
 
-def test_tenant_and_shared_results_merge_by_score(tmp_path: Path) -> None:
+def test_tenant_and_shared_results_merge_by_score(memory_at, tmp_path: Path) -> None:
     write(tmp_path / "s" / "strong.md", "Llama llama llama care guide.\n")
     write(tmp_path / "t" / "weak.md", "A long note that mentions a llama once among many many other words here.\n")
-    open_store(tmp_path, "Zoo").ingest([tmp_path / "s"])
-    open_store(tmp_path, "Zoo", "t1").ingest([tmp_path / "t"])
-    results = open_store(tmp_path, "Zoo", "t1").search("llama", 1)
+    memory_at(tmp_path).store("Zoo").ingest([tmp_path / "s"])
+    memory_at(tmp_path).store("Zoo", "t1").ingest([tmp_path / "t"])
+    results = memory_at(tmp_path).store("Zoo", "t1").search("llama", 1)
     assert [r.source for r in results] == ["s/strong.md"]
 
 
 @pytest.mark.parametrize("name", ["..", ".", "a/b", "../etc", "", "x" * 129, "tenant one", "a\\b"])
-def test_unsafe_names_are_rejected(tmp_path: Path, name: str) -> None:
+def test_unsafe_names_are_rejected(memory_at, tmp_path: Path, name: str) -> None:
     with pytest.raises(InvalidNameError):
-        open_store(tmp_path, name)
+        memory_at(tmp_path).store(name)
     if name:  # an empty tenant means the shared store
         with pytest.raises(InvalidNameError):
-            open_store(tmp_path, "Ok", name)
+            memory_at(tmp_path).store("Ok", name)
 
 
 HOSTILE = [
@@ -281,11 +288,11 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("query", HOSTILE)
-def test_hostile_queries_never_raise_or_widen(tmp_path: Path, query: str) -> None:
+def test_hostile_queries_never_raise_or_widen(memory_at, tmp_path: Path, query: str) -> None:
     docs = tmp_path / "docs"
     for name, text in {"alpha": "alpha stuff", "beta": "beta stuff", "gamma": "gamma stuff", "cafe": "café"}.items():
         write(docs / f"{name}.md", text + "\n")
-    store = open_store(tmp_path, "Hostile")
+    store = memory_at(tmp_path).store("Hostile")
     store.ingest([docs])
 
     results = store.search(query, 10)
@@ -312,7 +319,7 @@ def test_budgeted_scoring_matches_exhaustive_ranking(tmp_path: Path, monkeypatch
     for i in range(40):
         body = "common " * (1 + i % 5) + ("rare " * (i % 3) if i % 4 == 0 else "") + f"filler{i}"
         write(docs / f"d{i:02d}.md", body + "\n")
-    store = open_store(tmp_path, "Budget")
+    store = SqliteStore(tmp_path, "Budget")
     store.ingest([docs])
     for query in ("common rare", "rare", "common", "common filler7 rare"):
         exhaustive = store.search(query, 5)
@@ -327,12 +334,12 @@ def test_budgeted_scoring_matches_exhaustive_ranking(tmp_path: Path, monkeypatch
 # -- concurrency ----------------------------------------------------------------
 
 
-def test_readers_never_see_a_half_ingested_document(tmp_path: Path) -> None:
+def test_readers_never_see_a_half_ingested_document(memory_at, tmp_path: Path) -> None:
     """A writer re-ingests a many-chunk document while a reader counts its chunks in search results."""
     doc = tmp_path / "docs" / "big.md"
     write(tmp_path / "docs" / "other.md", "quokka lives elsewhere\n")
     sections = 30
-    store = open_store(tmp_path, "Race")
+    store = memory_at(tmp_path).store("Race")
     store.ingest([tmp_path / "docs" / "other.md"])
     stop = threading.Event()
     seen: list[int] = []
@@ -341,7 +348,7 @@ def test_readers_never_see_a_half_ingested_document(tmp_path: Path) -> None:
     def reader() -> None:
         try:
             while not stop.is_set():
-                results = open_store(tmp_path, "Race").search("quokka", 50)
+                results = memory_at(tmp_path).store("Race").search("quokka", 50)
                 seen.append(sum(r.source == "docs/big.md" for r in results))
         except (sqlite3.Error, MemoryStoreError) as exc:  # reported below, not lost in the thread
             errors.append(exc)
@@ -364,18 +371,19 @@ def test_readers_never_see_a_half_ingested_document(tmp_path: Path) -> None:
     assert sections in seen and set(seen) <= {0, sections}
 
 
-def _count_in_child(root: Path, queue: multiprocessing.Queue) -> None:
-    queue.put(len(open_store(root, "Forked").search("quokka", 10)))
+def _count_in_child(root: Path, url: str, queue: multiprocessing.Queue) -> None:
+    memory = open_memory(Settings(project_root=root, memory_url=url))
+    queue.put(len(memory.store("Forked").search("quokka", 10)))
 
 
-def test_a_forked_worker_opens_its_own_connection(tmp_path: Path) -> None:
+def test_a_forked_worker_opens_its_own_connection(memory_at, memory_url: str, tmp_path: Path) -> None:
     """gunicorn forks workers after the app is loaded; a parent's cached connection must not be reused."""
-    store = open_store(tmp_path, "Forked")
+    store = memory_at(tmp_path).store("Forked")
     store.ingest([write(tmp_path / "docs" / "q.md", "quokka\n")])
     assert len(store.search("quokka", 10)) == 1  # the parent now holds a cached connection
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    child = context.Process(target=_count_in_child, args=(tmp_path, queue))
+    child = context.Process(target=_count_in_child, args=(tmp_path, memory_url, queue))
     child.start()
     child.join(30)
     assert child.exitcode == 0 and queue.get(timeout=5) == 1
@@ -385,8 +393,8 @@ def test_a_forked_worker_opens_its_own_connection(tmp_path: Path) -> None:
 # -- maintenance ----------------------------------------------------------------
 
 
-def test_delete_and_stats(project: Path) -> None:
-    store = open_store(project, "CustomerDocs")
+def test_delete_and_stats(memory_at, project: Path) -> None:
+    store = memory_at(project).store("CustomerDocs")
     report = store.ingest([project / "docs"])
     stats = store.stats()
     assert (stats.documents, stats.chunks) == (5, report.chunks_added)
@@ -401,13 +409,14 @@ def test_delete_and_stats(project: Path) -> None:
     assert (store.stats().documents, store.stats().chunks) == (0, 0)
 
 
-def test_list_stores_finds_shared_and_tenant_stores(project: Path) -> None:
-    open_store(project, "CustomerDocs").ingest([project / "docs" / "returns.md"])
-    open_store(project, "CustomerDocs", "acme").ingest([project / "docs" / "shipping.txt"])
-    open_store(project, "Other", "beta").ingest([project / "docs" / "warranty.rst"])
-    (project / "memory" / "Empty").mkdir()
+def test_list_stores_finds_shared_and_tenant_stores(memory_at, memory_url: str, project: Path) -> None:
+    memory_at(project).store("CustomerDocs").ingest([project / "docs" / "returns.md"])
+    memory_at(project).store("CustomerDocs", "acme").ingest([project / "docs" / "shipping.txt"])
+    memory_at(project).store("Other", "beta").ingest([project / "docs" / "warranty.rst"])
+    (project / "memory" / "Empty").mkdir(parents=True)
 
-    listed = [(s.component, s.tenant_id) for s in list_stores(project)]
+    listed = [(s.component, s.tenant_id) for s in memory_at(project).stores()]
     assert listed == [("CustomerDocs", None), ("CustomerDocs", "acme"), ("Other", "beta")]
-    assert [s.stats().documents for s in list_stores(project)] == [1, 1, 1]
-    assert list_stores(project / "nowhere") == []
+    assert [s.stats().documents for s in memory_at(project).stores()] == [1, 1, 1]
+    # SQLite stores live under the root; PostgreSQL's are the database's, whatever the root.
+    assert len(memory_at(project / "nowhere").stores()) == (3 if memory_url else 0)

@@ -1,29 +1,28 @@
-"""Memory in the chat route and the `ctx memory` commands: results, sources, tenants, hostile queries."""
+"""Memory in the chat route and the `ctx memory` commands: results, sources, tenants, hostile queries.
+
+`settings` carries `memory_url`, so every test here runs on both backends (SQLite, PostgreSQL).
+"""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from helpers import GUIDE_BODY, chat, run
+from helpers import GUIDE_BODY, SEARCH_BODY, chat, run
 
-from app.memory import open_store
-
-SEARCH_BODY = {
-    **GUIDE_BODY,
-    "component": "CustomerDocs",
-    "prompt_file": "search_response.md",
-    "query": "how do I get a refund",
-    "top_k": 2,
-    "data": {"user_input": "Can I get a refund?"},
-}
+from app.config import Settings
+from app.memory import open_memory
 
 
 @pytest.fixture
-def docs_project(project):
-    open_store(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
-    return project
+def settings(project, memory_url):
+    return Settings.from_env({"CMP_PROJECT_ROOT": str(project), "CMP_MEMORY_URL": memory_url}, dotenv_path=None)
 
+
+@pytest.fixture
+def docs_project(project, settings):
+    open_memory(settings).store("CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
+    return project
 
 
 def test_matches_reach_the_template_and_the_response_cites_them(docs_project, client):
@@ -60,10 +59,10 @@ def test_a_component_without_memory_and_a_request_without_query_have_no_results(
     assert chat(client, GUIDE_BODY).get_json()["sources"] == []
 
 
-def test_tenant_documents_never_reach_another_tenant(docs_project, client, tmp_path):
+def test_tenant_documents_never_reach_another_tenant(docs_project, settings, client, tmp_path):
     secret = tmp_path / "acme.md"
     secret.write_text("# Acme only\n\nThe acme loyalty discount code is ZEBRA-42 for refund cases.\n")
-    open_store(docs_project, "CustomerDocs", "acme").ingest([secret])
+    open_memory(settings).store("CustomerDocs", "acme").ingest([secret])
     body = {**SEARCH_BODY, "query": "zebra loyalty discount refund", "top_k": 10}
     acme = chat(client, {**body, "tenant_id": "acme"}).get_json()
     globex = chat(client, {**body, "tenant_id": "globex"}).get_json()
@@ -87,6 +86,7 @@ def test_search_is_measured_and_traced(docs_project, settings, spans):
     assert span.attributes["memory.component"] == "CustomerDocs"
     assert span.attributes["memory.top_k"] == 2
     assert span.attributes["memory.results"] == 2
+    assert span.attributes["db.system"] == ("postgresql" if settings.memory_url else "sqlite")
 
 
 def test_broken_memory_config_is_a_clear_json_error(docs_project, client):
@@ -96,27 +96,28 @@ def test_broken_memory_config_is_a_clear_json_error(docs_project, client):
     assert response.get_json()["error"]["code"] == "invalid_memory_config"
 
 
-def test_memory_commands_ingest_search_stats_and_delete(project):
-    root = ["--root", str(project)]
+def test_memory_commands_ingest_search_stats_and_delete(project, memory_url):
+    root = ["--root", str(project), "--component", "CustomerDocs"]
+    env = {"CMP_MEMORY_URL": memory_url}
     docs = str(project / "docs" / "CustomerDocs")
-    first = run("memory", "ingest", *root, "--component", "CustomerDocs", docs)
+    first = run("memory", "ingest", *root, docs, env=env)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("ingested 4 files (")
-    again = run("memory", "ingest", *root, "--component", "CustomerDocs", docs)
+    again = run("memory", "ingest", *root, docs, env=env)
     assert "ingested 0 files" in again.stdout and "4 unchanged" in again.stdout
 
-    found = run("memory", "search", *root, "--component", "CustomerDocs", "--query", "refund", "--json")
+    found = run("memory", "search", *root, "--query", "refund", "--json", env=env)
     results = json.loads(found.stdout)
     assert results[0]["source"] == "docs/CustomerDocs/returns.md"
-    table = run("memory", "search", *root, "--component", "CustomerDocs", "--query", "refund", "--top-k", "1")
+    table = run("memory", "search", *root, "--query", "refund", "--top-k", "1", env=env)
     assert len(table.stdout.strip().splitlines()) == 2 and "returns.md" in table.stdout
 
-    stats = run("memory", "stats", *root)
+    stats = run("memory", "stats", "--root", str(project), env=env)
     assert "CustomerDocs" in stats.stdout and "(shared)" in stats.stdout
 
-    gone = run("memory", "delete", *root, "--component", "CustomerDocs", "--source", "docs/CustomerDocs/returns.md")
+    gone = run("memory", "delete", *root, "--source", "docs/CustomerDocs/returns.md", env=env)
     assert gone.stdout.strip() == "deleted 1 documents"
-    after = run("memory", "search", *root, "--component", "CustomerDocs", "--query", "refund", "--json")
+    after = run("memory", "search", *root, "--query", "refund", "--json", env=env)
     assert all(r["source"] != "docs/CustomerDocs/returns.md" for r in json.loads(after.stdout))
 
 

@@ -189,9 +189,9 @@ def test_the_access_log_and_spans_name_the_context_as_for_api_v1_chat(serve, cap
 
 
 def test_runtime_fields_ride_in_extra_body_and_the_last_user_message_searches_memory(serve, project):
-    from app.memory import open_store
+    from app.memory.sqlite import SqliteStore
 
-    open_store(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
+    SqliteStore(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
     fake, live, _ = serve(Reply(body=completion("ok")))
     client = sdk(live)
     refund = [{"role": "user", "content": "How do I get a refund?"}]

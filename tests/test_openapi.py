@@ -14,7 +14,7 @@ from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSE
 
 from app import create_app
 from app.config import Settings
-from app.memory import open_store
+from app.memory import open_memory
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 
@@ -28,10 +28,10 @@ def routes(app) -> dict[str, set[str]]:
 
 @pytest.fixture
 def fuzz_app(project):
-    open_store(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
     settings = Settings.from_env(
         {"CMP_PROJECT_ROOT": str(project), "CMP_AUTH_ENABLED": "true", "CMP_API_KEYS": KEYS_JSON}, dotenv_path=None
     )
+    open_memory(settings).store("CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
     return create_app(settings)
 
 

@@ -11,7 +11,7 @@ from helpers import GUIDE_BODY, MODEL, SUPPORTBOT_SYSTEM, TOKEN, chat, metric, s
 
 from app import create_app
 from app.config import Settings, SettingsError
-from app.memory import open_store
+from app.memory import open_memory
 from app.providers.base import GenerationParams, Usage
 from app.providers.huggingface import HuggingFaceClient
 from app.providers.huggingface.errors import HINT_UNAVAILABLE
@@ -274,8 +274,8 @@ def test_stream_without_a_model_sends_the_rendered_prompt_as_one_delta(client):
     assert events[1][1] == {"done": True, "model": None, "sources": [], "request_id": response.headers["X-Request-ID"]}
 
 
-def test_streamed_done_event_names_the_memory_sources(client, project):
-    open_store(project, "CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
+def test_streamed_done_event_names_the_memory_sources(client, settings, project):
+    open_memory(settings).store("CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
     body = {**GUIDE_BODY, "component": "CustomerDocs", "prompt_file": "search_response.md", "query": "refund"}
     plain = client.post("/api/v1/chat", json=body).get_json()
     events = sse_events(client.post("/api/v1/chat", json={**body, "stream": True}))

@@ -14,7 +14,6 @@ vector write) changes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sqlite3
@@ -25,19 +24,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from app.errors import DocumentError, MemoryStoreBroken, MemoryStoreError
-from app.memory.chunking import chunk_text
 from app.memory.config import load_config
-from app.memory.extract import extract_text
 from app.memory.hybrid import PendingChunk, embed_pending, retrieve
 from app.memory.store import (
+    Chunk,
+    Document,
     Embedder,
     IngestReport,
+    MemoryStore,
     Progress,
     Retrieval,
     SearchResult,
     StoreStats,
+    build_document,
     check_name,
     collect_files,
+    file_digest,
+    source_name,
 )
 from app.memory.vectors import VectorIndex, to_blob
 from app.names import is_safe_name
@@ -123,11 +126,6 @@ SCORE_BUDGET = 2000
 _COUNT_SQL = "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?"
 _RANK_SQL = "SELECT rowid, -rank FROM chunks_fts WHERE chunks_fts MATCH ? AND rowid > ? ORDER BY rank LIMIT ?"
 _FLOOR_SQL = "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?"
-
-
-def _digest(text: str) -> str:
-    """A stable short fingerprint for ids and change detection (not a security boundary)."""
-    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
 
 def query_terms(query: str) -> list[str]:
@@ -235,6 +233,35 @@ def _write(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
+def _replace(conn: sqlite3.Connection, document: Document) -> int:
+    """Write ``document`` over any earlier version of it in one transaction; the number of chunks removed.
+
+    Chunks whose text did not change keep their vectors: only new text is embedded again.
+    """
+    source = document.source
+    with _write(conn):
+        kept = conn.execute(
+            "SELECT c.content_hash, v.vector FROM chunks c JOIN vectors v ON v.rowid = c.rowid WHERE c.source = ?",
+            (source,),
+        ).fetchall()
+        removed = conn.execute("DELETE FROM chunks WHERE source = ?", (source,)).rowcount
+        conn.executemany(
+            "INSERT INTO chunks (id, source, position, content_hash, content) VALUES (?, ?, ?, ?, ?)",
+            [(c.id, source, c.position, c.content_hash, c.content) for c in document.chunks],
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO vectors (rowid, vector)"
+            " SELECT rowid, ? FROM chunks WHERE source = ? AND content_hash = ?",
+            [(vector, source, content_hash) for content_hash, vector in dict(kept).items()],
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO documents (source, content_hash, chunking, bytes, chunks, ingested_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (source, document.content_hash, document.chunking, document.bytes, len(document.chunks), time.time()),
+        )
+    return removed
+
+
 def _file_bytes(path: Path) -> int:
     """Disk use of a database: recent writes live in its WAL file until a checkpoint."""
     return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
@@ -327,16 +354,8 @@ class SqliteStore:
         return [shared] if self.tenant_id is None else [self.path, shared]
 
     def source_name(self, path: Path) -> str:
-        """How a file is named in the store: relative to the project root when under it, else absolute.
-
-        The same file gets the same name however it was given (file or directory, any cwd), which is
-        what makes re-ingest replace instead of duplicate.
-        """
-        resolved = Path(path).resolve()
-        try:
-            return resolved.relative_to(self.root.resolve()).as_posix()
-        except ValueError:
-            return resolved.as_posix()
+        """The stored name of a file (see ``store.source_name``)."""
+        return source_name(self.root, path)
 
     # -- ingest ------------------------------------------------------------
 
@@ -375,42 +394,39 @@ class SqliteStore:
 
     def _ingest_file(self, conn: sqlite3.Connection, file: Path, source: str, report: IngestReport) -> None:
         data = file.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        chunking = self.config.chunking
         row = conn.execute("SELECT content_hash, chunking FROM documents WHERE source = ?", (source,)).fetchone()
-        if row == (digest, chunking):
+        if row == (file_digest(data), self.config.chunking):
             report.unchanged += 1
             return
-        text = extract_text(file, data)
-        chunks = chunk_text(text, self.config.chunk_size, self.config.chunk_overlap)
-        prefix = _digest(source)[:12]
-        rows = [
-            (f"{prefix}-{position}", source, position, _digest(chunk)[:16], chunk)
-            for position, chunk in enumerate(chunks)
-        ]
-        with _write(conn):
-            # Chunks whose text did not change keep their vectors: only new text is embedded again.
-            kept = conn.execute(
-                "SELECT c.content_hash, v.vector FROM chunks c JOIN vectors v ON v.rowid = c.rowid WHERE c.source = ?",
-                (source,),
-            ).fetchall()
-            removed = conn.execute("DELETE FROM chunks WHERE source = ?", (source,)).rowcount
-            conn.executemany(
-                "INSERT INTO chunks (id, source, position, content_hash, content) VALUES (?, ?, ?, ?, ?)", rows
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO vectors (rowid, vector)"
-                " SELECT rowid, ? FROM chunks WHERE source = ? AND content_hash = ?",
-                [(vector, source, content_hash) for content_hash, vector in dict(kept).items()],
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO documents (source, content_hash, chunking, bytes, chunks, ingested_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (source, digest, chunking, len(data), len(rows), time.time()),
-            )
+        document = build_document(file, data, source, self.config)
+        removed = _replace(conn, document)
         report.ingested += 1
-        report.chunks_added += len(rows)
+        report.chunks_added += len(document.chunks)
         report.chunks_removed += removed
+
+    def documents(self) -> Iterator[Document]:
+        """Every document of this store with its chunks, in source order (none without a database)."""
+        with self._open(self.path, create=False) as conn:
+            if conn is None:
+                return
+            for source, content_hash, chunking, size in conn.execute(
+                "SELECT source, content_hash, chunking, bytes FROM documents ORDER BY source"
+            ).fetchall():
+                chunks = conn.execute(
+                    "SELECT id, position, content_hash, content FROM chunks WHERE source = ? ORDER BY position",
+                    (source,),
+                ).fetchall()
+                yield Document(source, content_hash, chunking, size, tuple(Chunk(*chunk) for chunk in chunks))
+
+    def put(self, document: Document) -> bool:
+        """Store ``document`` as it is; False when this version of it is already stored."""
+        with self._open(self.path, create=True) as conn:
+            assert conn is not None
+            row = conn.execute("SELECT content_hash, chunking FROM documents WHERE source = ?", (document.source,))
+            if row.fetchone() == (document.content_hash, document.chunking):
+                return False
+            _replace(conn, document)
+            return True
 
     # -- search ------------------------------------------------------------
 
@@ -580,7 +596,7 @@ class SqliteStore:
         return StoreStats(
             component=self.component,
             tenant_id=self.tenant_id,
-            path=self.path,
+            location=self.location,
             documents=documents,
             chunks=chunks,
             source_bytes=source_bytes,
@@ -591,7 +607,7 @@ class SqliteStore:
         )
 
 
-def list_sqlite_stores(root: Path) -> list[SqliteStore]:
+def list_sqlite_stores(root: Path, embedder: Embedder | None = None) -> list[SqliteStore]:
     """Every store with a database under ``root/memory``, shared before tenants, for ``ctx memory stats``."""
     stores: list[SqliteStore] = []
     base = Path(root) / "memory"
@@ -599,9 +615,29 @@ def list_sqlite_stores(root: Path) -> list[SqliteStore]:
         return stores
     for component_dir in sorted(p for p in base.iterdir() if p.is_dir() and is_safe_name(p.name)):
         if (component_dir / DB_NAME).is_file():
-            stores.append(SqliteStore(root, component_dir.name))
+            stores.append(SqliteStore(root, component_dir.name, None, embedder))
         for tenant_dir in sorted(component_dir.glob(f"tenant_*/{DB_NAME}")):
             tenant = tenant_dir.parent.name.removeprefix("tenant_")
             if is_safe_name(tenant):
-                stores.append(SqliteStore(root, component_dir.name, tenant))
+                stores.append(SqliteStore(root, component_dir.name, tenant, embedder))
     return stores
+
+
+class SqliteMemory:
+    """The embedded backend: one SQLite database per component and owner under the project root."""
+
+    system = "sqlite"
+
+    def __init__(self, root: Path, embedder: Embedder | None = None) -> None:
+        self.root = Path(root)
+        self.embedder = embedder
+
+    def store(self, component: str, tenant_id: str | None = None) -> MemoryStore:
+        return SqliteStore(self.root, component, tenant_id, self.embedder)
+
+    def stores(self) -> list[MemoryStore]:
+        return list(list_sqlite_stores(self.root, self.embedder))
+
+    def problem(self) -> str | None:
+        """Nothing to wait for: databases are files, created on first ingest."""
+        return None

@@ -1,22 +1,24 @@
 """The memory store interface the runtime and the CLI use, and the types every backend returns.
 
-A backend (`sqlite` today) stores a component's chunks per owner (shared, or one
+A backend (`sqlite`, `postgres`) stores a component's chunks per owner (shared, or one
 tenant's) and searches the caller's own and the shared chunks, never another
-tenant's. `app.memory.open_store` picks the backend; nothing above this package names one.
+tenant's. `app.memory.open_memory` picks the backend; nothing above this package names one.
 With an `Embedder`, a backend also stores one vector per chunk and ranks by them;
 `app.memory.hybrid` holds what every backend shares (embedding at ingest, fusion, degradation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from app.errors import InvalidNameError, MemoryStoreError
+from app.memory.chunking import chunk_text
 from app.memory.config import MemoryConfig
-from app.memory.extract import SUPPORTED_SUFFIXES
+from app.memory.extract import SUPPORTED_SUFFIXES, extract_text
 from app.names import is_safe_name
 
 Progress = Callable[[int, int, str], None]
@@ -83,11 +85,11 @@ class IngestReport:
 
 @dataclass(frozen=True)
 class StoreStats:
-    """Size of one store; ``db_bytes`` counts the database with its WAL file."""
+    """Size of one store; ``db_bytes`` is what its rows take (SQLite: the database with its WAL file)."""
 
     component: str
     tenant_id: str | None
-    path: Path
+    location: str
     documents: int
     chunks: int
     source_bytes: int
@@ -98,7 +100,67 @@ class StoreStats:
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready summary."""
-        return {**asdict(self), "path": str(self.path)}
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One stored piece of a document; ``id`` derives from the source and position, so it is stable."""
+
+    id: str
+    position: int
+    content_hash: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document as every backend stores it: what ``ingest`` writes and ``ctx memory copy`` moves."""
+
+    source: str
+    content_hash: str
+    chunking: str
+    bytes: int
+    chunks: tuple[Chunk, ...]
+
+
+def fingerprint(text: str) -> str:
+    """A stable short fingerprint for ids and change detection (not a security boundary)."""
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def file_digest(data: bytes) -> str:
+    """What decides whether a file changed since it was ingested."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def build_document(file: Path, data: bytes, source: str, config: MemoryConfig) -> Document:
+    """The chunks of a file's bytes, with the ids and hashes every backend stores."""
+    chunks = chunk_text(extract_text(file, data), config.chunk_size, config.chunk_overlap)
+    prefix = fingerprint(source)[:12]
+    return Document(
+        source=source,
+        content_hash=file_digest(data),
+        chunking=config.chunking,
+        bytes=len(data),
+        chunks=tuple(
+            Chunk(f"{prefix}-{position}", position, fingerprint(chunk)[:16], chunk)
+            for position, chunk in enumerate(chunks)
+        ),
+    )
+
+
+def source_name(root: Path, path: Path) -> str:
+    """How a file is named in a store: relative to the project root when under it, else absolute.
+
+    The same file gets the same name however it was given (file or directory, any cwd), which is
+    what makes re-ingest replace instead of duplicate.
+    """
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return resolved.as_posix()
 
 
 def check_name(kind: str, name: str) -> str:
@@ -167,4 +229,30 @@ class MemoryStore(Protocol):
 
     def stats(self) -> StoreStats:
         """Documents, chunks and sizes of the owner's store."""
+        ...
+
+    def documents(self) -> Iterator[Document]:
+        """Every document of the owner's store with its chunks, for ``ctx memory copy``."""
+        ...
+
+    def put(self, document: Document) -> bool:
+        """Store a document as it is (no re-chunking); False when the same version is already stored."""
+        ...
+
+
+class Memory(Protocol):
+    """A memory backend for one project root: the stores of every component and owner."""
+
+    system: str  # OpenTelemetry's db.system: "sqlite" or "postgresql"
+
+    def store(self, component: str, tenant_id: str | None = None) -> MemoryStore:
+        """The store of `component` for `tenant_id` (None or "": the shared store)."""
+        ...
+
+    def stores(self) -> list[MemoryStore]:
+        """Every store that holds data, shared before tenants, for `ctx memory stats` and copies."""
+        ...
+
+    def problem(self) -> str | None:
+        """Why memory cannot serve now (for `/readyz`), or None."""
         ...

@@ -27,8 +27,8 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready: the project root is readable and every context in it is valid."""
-    problems = get_runtime().contexts.problems()
+    """Ready: the project root is readable, every context in it is valid and memory answers."""
+    problems = get_runtime().problems()
     if problems:
         return jsonify(status="unavailable", reason="; ".join(problems)), 503
     return jsonify(status="ok")

@@ -36,6 +36,8 @@ _ERROR_STATUSES = {
     "429": "The key (or client address) exceeded CMP_RATE_LIMIT; `Retry-After` says when to retry.",
     "500": "The project is broken (invalid context, template error, unusable memory store) or the runtime failed.",
     "502": "Hugging Face failed or answered something unusable (codes `hf_*`).",
+    "503": "The request has a `query` and the memory database (CMP_MEMORY_URL) is down, unreachable or too slow "
+    "(`memory_unavailable`); requests without a query still work.",
     "504": "Hugging Face did not answer within HF_TIMEOUT.",
 }
 _REQUEST_ID = {
@@ -224,7 +226,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
         f"strings of at most {settings.max_string_chars} characters."
     )
     gate = (["401", "403"] if auth else []) + (["429"] if limited else [])
-    chat_errors = ["400", *gate, "404", "413", "415", "422", "500", "502", "504"]
+    chat_errors = ["400", *gate, "404", "413", "415", "422", "500", "502", "503", "504"]
 
     def secured(scope: str) -> dict[str, Any]:
         return {"security": [{"bearerAuth": [scope]}]} if auth else {}
@@ -305,7 +307,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
             },
             "/readyz": {
                 "get": {
-                    "summary": "Readiness: the project root is readable and every context is valid",
+                    "summary": "Readiness: the project root is readable, every context is valid and memory answers",
                     "operationId": "readyz",
                     "responses": {
                         "200": _json(status_ok, "Ready"),
@@ -315,7 +317,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                                 "required": ["status", "reason"],
                                 "properties": {"status": {"const": "unavailable"}, "reason": {"type": "string"}},
                             },
-                            "Not ready: the reason names the broken files",
+                            "Not ready: the reason names the broken files or the unavailable memory backend",
                         ),
                         **_errors("500"),
                     },

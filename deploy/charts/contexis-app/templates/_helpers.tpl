@@ -53,3 +53,25 @@ not known at render time).
 {{- include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
 {{- end }}
 {{- end }}
+
+{{/* CMP_MEMORY_URL of an inline Secret: required, and a PostgreSQL URL. */}}
+{{- define "contexis-app.memoryUrl" -}}
+{{- $url := required "memory.url is required when memory.backend is postgresql (or use externalSecrets)" .Values.memory.url }}
+{{- if not (or (hasPrefix "postgresql://" $url) (hasPrefix "postgres://" $url)) }}
+{{- fail "memory.url must start with postgresql:// or postgres://" }}
+{{- end }}
+{{- $url }}
+{{- end }}
+
+{{/* Pod settings the memory Jobs share with the Deployment. */}}
+{{- define "contexis-app.jobPod" -}}
+restartPolicy: Never
+automountServiceAccountToken: false
+enableServiceLinks: false
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}

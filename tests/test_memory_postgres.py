@@ -1,0 +1,279 @@
+"""What only the PostgreSQL backend has: row-level security, migrations, copies from SQLite, replicas
+sharing one database, and a database that goes away or stalls and comes back.
+
+The behaviour both backends share is tested on both in test_memory.py and test_memory_chat.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import requests
+from helpers import EXAMPLE, GUIDE_BODY, SEARCH_BODY, Postgres, Server, chat, run
+
+from app import create_app
+from app.config import Settings
+from app.errors import SettingsError
+from app.memory import open_memory
+from app.memory import postgres as pg_backend
+from app.memory.postgres import SCHEMA_VERSION, PostgresMemory
+
+DOCS = "docs/CustomerDocs"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def pg(postgres: Postgres) -> Postgres:
+    """The session's PostgreSQL, emptied."""
+    postgres.reset()
+    return postgres
+
+
+def pg_settings(root: Path, url: str, **changes: object) -> Settings:
+    return Settings.from_env({"CMP_PROJECT_ROOT": str(root), "CMP_MEMORY_URL": url}, dotenv_path=None).replace(
+        **changes
+    )
+
+
+# -- tenants, enforced by the table -------------------------------------------------
+
+
+def test_row_level_security_holds_when_a_query_forgets_its_filter(pg: Postgres, tmp_path: Path) -> None:
+    memory = PostgresMemory(pg_settings(tmp_path, pg.url))
+    memory.store("Support").ingest([write(tmp_path / "shared.md", "helpdesk hours\n")])
+    memory.store("Support", "acme").ingest([write(tmp_path / "acme.md", "acme codeword aardvark\n")])
+    memory.store("Support", "globex").ingest([write(tmp_path / "globex.md", "globex codeword bumblebee\n")])
+
+    def unfiltered(tenant: str | None, table: str) -> set[str]:
+        with memory.transaction(tenant) as conn:
+            return {row[0] for row in conn.execute(f"SELECT source FROM {table}")}  # noqa: S608 - no filter, on purpose
+
+    for table in ("memory_chunks", "memory_documents"):
+        assert unfiltered("acme", table) == {"shared.md", "acme.md"}
+        assert unfiltered("globex", table) == {"shared.md", "globex.md"}
+        assert unfiltered(None, table) == {"shared.md"}
+    with psycopg.connect(pg.url) as conn:  # no tenant set at all: the shared rows only
+        assert conn.execute("SELECT source FROM memory_chunks").fetchall() == [("shared.md",)]
+        assert conn.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user").fetchone() == (
+            False,
+            False,
+        )
+
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), memory.transaction("acme") as conn:
+        conn.execute(
+            "INSERT INTO memory_chunks (tenant, component, source, position, id, content_hash, content)"
+            " VALUES ('globex', 'Support', 'planted.md', 0, 'x-0', 'x', 'planted')"
+        )
+    with memory.transaction("acme") as conn:  # a delete without a filter removes acme's rows only
+        conn.execute("DELETE FROM memory_chunks")
+        conn.execute("DELETE FROM memory_documents")
+    assert memory.store("Support", "globex").search("codeword bumblebee helpdesk", 5)[0].source == "globex.md"
+    assert [s.tenant_id for s in memory.stores()] == [None, "globex"]
+
+
+def test_text_postgres_cannot_store_is_a_failed_file_not_an_error(pg: Postgres, tmp_path: Path) -> None:
+    write(tmp_path / "docs" / "nul.txt", "before\x00after\n")
+    write(tmp_path / "docs" / "fine.md", "fine words\n")
+    report = PostgresMemory(pg_settings(tmp_path, pg.url)).store("Docs").ingest([tmp_path / "docs"])
+    assert report.ingested == 1 and [source for source, _ in report.failed] == ["docs/nul.txt"]
+    assert "NUL" in report.failed[0][1]
+
+
+def test_searches_use_the_text_index_under_row_level_security(pg: Postgres, tmp_path: Path) -> None:
+    memory = PostgresMemory(pg_settings(tmp_path, pg.url))
+    assert memory.index_usable()
+    with memory.transaction("acme") as conn:
+        conn.execute("SET LOCAL enable_seqscan = off")  # a tiny table: make the planner show what it can use
+        plan = "\n".join(row[0] for row in conn.execute(
+            "EXPLAIN SELECT id FROM memory_chunks WHERE tsv @@ websearch_to_tsquery('english', 'refund')"
+        ))
+    assert "memory_chunks_tsv" in plan
+
+
+def test_over_the_budget_chunks_holding_every_word_are_ranked_first(
+    pg: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(12):
+        write(tmp_path / "docs" / f"common{i:02d}.md", f"llama note number {i}\n")
+    write(tmp_path / "docs" / "zz-both.md", "llama alpaca care\n")
+    store = PostgresMemory(pg_settings(tmp_path, pg.url)).store("Zoo")
+    store.ingest([tmp_path / "docs"])
+    monkeypatch.setattr(pg_backend, "SCORE_BUDGET", 3)
+    results = store.search("llama alpaca", 5)
+    assert results[0].source == "docs/zz-both.md" and len(results) == 4
+
+
+# -- schema -------------------------------------------------------------------------
+
+
+def test_migrate_creates_the_schema_once_and_serving_never_migrates(postgres: Postgres, project: Path) -> None:
+    url = postgres.database("fresh")
+    client = create_app(pg_settings(project, url)).test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "run `ctx memory migrate`" in ready.get_json()["reason"]
+    missing = chat(client, SEARCH_BODY)
+    assert missing.status_code == 503 and missing.get_json()["error"]["code"] == "memory_unavailable"
+    assert postgres.admin("SELECT to_regclass('memory_chunks')::text", database="fresh") == [(None,)]
+
+    first = run("memory", "migrate", env={"CMP_MEMORY_URL": url})
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith(f"memory schema version {SCHEMA_VERSION} (migrated from version 0) in ")
+    again = run("memory", "migrate", env={"CMP_MEMORY_URL": url})
+    assert f"version {SCHEMA_VERSION} (up to date)" in again.stdout and not again.stderr
+    # Run by an ordinary role where no DBA marked the text match leakproof: searches would scan, say so.
+    postgres.admin("ALTER FUNCTION ts_match_vq(tsvector, tsquery) NOT LEAKPROOF", database="fresh")
+    warned = run("memory", "migrate", env={"CMP_MEMORY_URL": url})
+    assert warned.returncode == 0 and "LEAKPROOF" in warned.stderr
+    assert client.get("/readyz").status_code == 200
+
+    tables = postgres.admin(
+        "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class"
+        " WHERE relname IN ('memory_chunks', 'memory_documents') ORDER BY relname",
+        database="fresh",
+    )
+    assert tables == [("memory_chunks", True, True), ("memory_documents", True, True)]
+    indexes = dict(
+        postgres.admin("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'memory_chunks'", "fresh")
+    )
+    assert "USING gin (tsv)" in indexes["memory_chunks_tsv"]
+    assert "USING hnsw (embedding vector_cosine_ops)" in indexes["memory_chunks_embedding"]
+    assert run("memory", "migrate").stdout.startswith("CMP_MEMORY_URL is not set")
+
+
+def test_copy_moves_sqlite_memory_without_rechunking(pg: Postgres, project: Path) -> None:
+    sqlite = open_memory(pg_settings(project, ""))
+    sqlite.store("CustomerDocs").ingest([project / DOCS])
+    sqlite.store("CustomerDocs", "acme").ingest([write(project / "acme" / "deal.md", "acme refund deal\n")])
+    # Chunking settings changed after the ingest: the copy keeps the stored chunks all the same.
+    write(project / "memory" / "CustomerDocs" / "memory_config.yaml", "chunk_size: 100\nchunk_overlap: 0\n")
+
+    copied = run("memory", "copy", "--from", str(project), "--to", pg.url)
+    assert copied.returncode == 0, copied.stderr
+    chunks = sum(s.stats().chunks for s in sqlite.stores())
+    assert copied.stdout.startswith(f"copied 5 documents ({chunks} chunks) of 2 stores, 0 unchanged -> ")
+    assert "contexis@" not in copied.stdout  # the target is named without its user or password
+
+    postgres = open_memory(pg_settings(project, pg.url))
+    for tenant in (None, "acme"):
+        on_sqlite = sqlite.store("CustomerDocs", tenant).search("refund receipt", 10)
+        on_postgres = postgres.store("CustomerDocs", tenant).search("refund receipt", 10)
+        assert {(r.id, r.content) for r in on_postgres} == {(r.id, r.content) for r in on_sqlite}
+    assert "5 unchanged" in run("memory", "copy", "--from", str(project), "--to", pg.url).stdout
+    refused = run("memory", "copy", "--from", str(project), "--to", "mysql://x")
+    assert refused.returncode == 2 and "postgresql://" in refused.stderr
+
+
+# -- replicas, and a database that goes away ---------------------------------------------
+
+
+def test_two_servers_share_one_database_and_both_survive_its_outage(project: Path, tmp_path: Path) -> None:
+    """The issue's acceptance run: migrate and ingest through the CLI, two `ctx serve` with different roots
+    and the same CMP_MEMORY_URL, tenants, a delete, then PostgreSQL stopped and started again."""
+    other_root = tmp_path / "replica-b"
+    shutil.copytree(EXAMPLE, other_root, ignore=shutil.ignore_patterns("*.db", "*.db-*"))
+    database = Postgres()
+    servers: list[Server] = []
+    try:
+        env = {"CMP_MEMORY_URL": database.url, "CMP_MEMORY_TIMEOUT": "1"}
+        assert run("memory", "migrate", env=env).returncode == 0
+        owner = ["--root", str(project), "--component", "CustomerDocs"]
+        ingest = run("memory", "ingest", *owner, str(project / DOCS), env=env)
+        assert ingest.returncode == 0, ingest.stderr
+        assert not (project / "memory" / "CustomerDocs" / "memory.db").exists()
+        secret = write(tmp_path / "acme.md", "# Acme\n\nThe acme refund code is ZEBRA-42.\n")
+        assert run("memory", "ingest", *owner, "--tenant", "acme", str(secret), env=env).returncode == 0
+
+        flags = ("--workers", "1", "--threads", "4")
+        servers = [Server("--root", str(root), *flags, env=env) for root in (project, other_root)]
+
+        def answer(server: Server, body: dict[str, object]) -> requests.Response:
+            return requests.post(f"{server.url}/api/v1/chat", json=body, timeout=30)
+
+        def sources(server: Server, **extra: object) -> list[str]:
+            response = answer(server, {**SEARCH_BODY, **extra})
+            assert response.status_code == 200, response.text
+            return [s["source"] for s in response.json()["sources"]]
+
+        first = [sources(server) for server in servers]
+        assert first[0] == first[1] and first[0][0] == f"{DOCS}/returns.md"
+        refund = {"query": "refund code zebra", "top_k": 10}
+        assert all(str(secret) in sources(server, tenant_id="acme", **refund) for server in servers)
+        assert all(str(secret) not in sources(server, tenant_id="globex", **refund) for server in servers)
+        gone = run("memory", "delete", *owner, "--source", f"{DOCS}/returns.md", env=env)
+        assert gone.stdout.strip() == "deleted 1 documents"
+        assert all(f"{DOCS}/returns.md" not in sources(server) for server in servers)
+
+        database.stop()
+        for server in servers:
+            started = time.monotonic()
+            down = answer(server, SEARCH_BODY)
+            assert time.monotonic() - started < 5
+            assert down.status_code == 503, down.text
+            error = down.json()["error"]
+            assert error["code"] == "memory_unavailable" and "unavailable" in error["message"]
+            assert "contexis@" not in error["message"] and "host=" not in error["message"]
+            assert answer(server, GUIDE_BODY).status_code == 200  # no query, no memory needed
+            ready = requests.get(f"{server.url}/readyz", timeout=10)
+            assert ready.status_code == 503 and "memory database postgresql://" in ready.json()["reason"]
+
+        database.start()
+        for server in servers:
+            deadline = time.monotonic() + 20
+            while requests.get(f"{server.url}/readyz", timeout=10).status_code != 200:
+                assert time.monotonic() < deadline, "memory did not recover"
+                time.sleep(0.2)
+            assert sources(server)  # the remaining documents answer again, without a restart
+    finally:
+        for server in servers:
+            server.stop()
+        database.close()
+
+
+def test_a_stalled_database_is_503_within_the_timeout(pg: Postgres, project: Path) -> None:
+    settings = pg_settings(project, pg.url, memory_timeout=0.5)
+    open_memory(settings).store("CustomerDocs").ingest([project / DOCS])
+    client = create_app(settings).test_client()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with psycopg.connect(pg.admin_url.replace("/postgres?", f"/{Postgres.ROLE}?")) as conn:
+            conn.execute("LOCK TABLE memory_chunks IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        started = time.monotonic()
+        stalled = chat(client, SEARCH_BODY)
+        assert time.monotonic() - started < 3
+        assert stalled.status_code == 503 and "statement timeout" in stalled.get_json()["error"]["message"]
+    finally:
+        release.set()
+        holder.join()
+    assert chat(client, SEARCH_BODY).status_code == 200
+
+
+# -- settings -----------------------------------------------------------------------------
+
+
+def test_memory_url_is_checked_and_never_shown() -> None:
+    url = "postgresql://app:s3cret-pw@db.internal:5433/memory"
+    settings = Settings.from_env({"CMP_MEMORY_URL": url}, dotenv_path=None)
+    assert "s3cret" not in repr(settings)
+    store = PostgresMemory(settings).store("Docs", "acme")
+    assert store.location == "postgresql://db.internal:5433/memory (Docs, tenant acme)"
+    with pytest.raises(SettingsError) as bad:
+        Settings.from_env({"CMP_MEMORY_URL": "mysql://app:s3cret-pw@db/memory"}, dotenv_path=None)
+    assert "s3cret" not in str(bad.value)
