@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.config import MEMORY_URL_SCHEMES, Settings
+from app.config import MEMORY_URL_SCHEMES, Settings, public_url
 from app.errors import ContexisError, SettingsError
 from app.memory.config import SEARCH_MODES
 
@@ -120,7 +120,8 @@ def cmd_hf_test_model(args: argparse.Namespace, settings: Settings) -> int:
 
     client = HuggingFaceClient(settings, pool_size=1)
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
-    print(f"ctx: POST {client.url} ({settings.hf_wire_api}, model {settings.hf_model_id})", file=sys.stderr)
+    where = public_url(client.url)
+    print(f"ctx: POST {where} ({settings.hf_wire_api}, model {settings.hf_model_id})", file=sys.stderr)
     started = time.perf_counter()
     printed = False
     try:

@@ -106,6 +106,8 @@ class ProviderError(ContexisError):
 
     status = 502
     code = "provider_error"
+    # Whether the same request may succeed later; a client is told not to retry one that cannot.
+    retryable = True
 
     def __init__(self, message: str, *, metric_code: str, upstream_status: int | None = None) -> None:
         super().__init__(message)

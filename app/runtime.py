@@ -102,11 +102,13 @@ class Runtime:
     def render(self, request: ChatRequest) -> Rendered:
         """Resolve the context, search memory and render the prompt for `request`.
 
-        Memory is the context's `memory.component` when it names one (so a client that names only the
-        context, as OpenAI clients do, still gets retrieval), else the request's component.
+        Memory is the request's component when it names one other than its context; otherwise the
+        context's `memory.component` when it names one (so a client that names only the context, as OpenAI
+        clients do, still gets retrieval), else the request's component.
         """
         context = self.contexts.resolve(request.context, request.tenant_id)
-        retrieval = self.search(request, (context.get("memory") or {}).get("component", ""))
+        named = request.component != request.context
+        retrieval = self.search(request, "" if named else (context.get("memory") or {}).get("component", ""))
         variables = {
             **request.data,
             # The runtime's own variables win over same-named keys in `data`.

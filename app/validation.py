@@ -62,6 +62,8 @@ OPENAI_CHAT_SCHEMA: dict[str, Any] = {
         "messages": {
             "type": "array",
             "minItems": 1,
+            # The last user message is the input: a conversation without one has nothing to answer.
+            "contains": {"type": "object", "properties": {"role": {"const": "user"}}, "required": ["role"]},
             "description": "The conversation; the last user message is the input, the others its history.",
             "items": {
                 "type": "object",
@@ -141,6 +143,8 @@ def _describe(error: ValidationError) -> str:
     where = ".".join(str(p) for p in error.absolute_path) or "body"
     if error.validator == "pattern" and isinstance(error.instance, str):
         return f"{where}: {error.instance!r} is not a valid name (1-128 of A-Z a-z 0-9 _ . -, not '.' or '..')"
+    if error.validator == "contains":
+        return f"{where}: no message has the role user (its last one is the input)"
     return f"{where}: {error.message}"
 
 
@@ -183,7 +187,7 @@ def parse_openai_request(body: Any) -> ChatRequest:
     """An OpenAI chat-completion body as a `ChatRequest`: `model` is the context, the last user message the input.
 
     The input's text is `user_input` for the template (unless `data` sets it) and the memory query (unless
-    `query` is given; empty when no message is the user's); every other message is the history, in order.
+    `query` is given); every other message is the history, in order.
     Unknown fields are ignored, as OpenAI-compatible servers do.
     """
     _check(_openai_check, body)
@@ -191,8 +195,8 @@ def parse_openai_request(body: Any) -> ChatRequest:
         {"role": "system" if m["role"] == "developer" else m["role"], "content": _text(m.get("content"))}
         for m in body["messages"]
     ]
-    users = [i for i, turn in enumerate(turns) if turn["role"] == "user"]
-    user_input = turns.pop(users[-1])["content"] if users else ""
+    users = [i for i, turn in enumerate(turns) if turn["role"] == "user"]  # at least one: the schema says so
+    user_input = turns.pop(users[-1])["content"]
     native = {name: body[name] for name in RUNTIME_FIELDS if name in body}
     chat_request = parse_chat_request(
         {

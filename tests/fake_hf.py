@@ -81,6 +81,13 @@ def chat_events(pieces: list[str], usage: dict | None = None) -> list[str]:
     return [*events, sse("[DONE]")]
 
 
+# What the router answers (402) when the account's monthly Inference Providers credits are spent.
+CREDITS_BODY = {
+    "error": "You have exceeded your monthly included credits for Inference Providers. "
+    "Subscribe to PRO to get 20x more monthly included credits."
+}
+
+
 def completion(
     content: object = "Hello from the chat model", usage: dict | None = None, finish_reason: str = "stop"
 ) -> dict:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 from fake_hf import FakeHF, Stream, chat_events
-from helpers import GUIDE_BODY, SEARCH_BODY, chat, metric, run, sse_events
+from helpers import GUIDE_BODY, MODEL, SEARCH_BODY, TOKEN, chat, metric, run, sse_events
 
 from app import create_app
 from app.memory.sqlite import SqliteStore
@@ -72,9 +72,13 @@ def test_credentials_in_hf_endpoint_are_never_shown(hf_settings, spans, caplog):
         client = app.test_client()
         version = client.get("/version")
         assert client.post("/api/v1/chat", json=GUIDE_BODY).status_code == 200
-    assert version.get_json()["hf_endpoint"] == f"{fake.url}/models"
+        assert version.get_json()["hf_endpoint"] == f"{fake.url}/models"
+        env = {"HF_TOKEN": TOKEN, "HF_MODEL_ID": MODEL, "HF_ENDPOINT": endpoint, "HF_API": "text-generation"}
+        tested = run("hf", "test-model", "hi", env=env)
     assert "s3cr3t" not in repr(app.config["SETTINGS"])
-    seen = [version.get_data(as_text=True), caplog.text]
+    assert tested.returncode == 0, tested.stderr
+    assert f"ctx: POST {fake.url}/models/{MODEL} " in tested.stderr
+    seen = [version.get_data(as_text=True), caplog.text, tested.stdout, tested.stderr]
     seen += [str(dict(span.attributes or {})) for span in spans.get_finished_spans()]
     assert not [text for text in seen if "s3cr3t" in text]
 

@@ -35,6 +35,15 @@ def test_third_request_in_the_window_is_429_with_retry_after(settings, caplog):
     assert [(a["reason"], a["status"]) for a in audit] == [("rate_limited", 429)]
 
 
+def test_one_budget_covers_every_route_of_a_client(settings):
+    client = limited_app(settings).test_client()
+    openai = {"model": "SupportBot", "messages": [{"role": "user", "content": "hello"}]}
+    assert post(client).status_code == 200
+    assert client.post("/v1/chat/completions", json=openai).status_code == 200
+    assert client.get("/v1/models").status_code == 429
+    assert post(client).status_code == 429
+
+
 def test_probes_and_metrics_are_never_limited(settings):
     client = limited_app(settings).test_client()
     for path in ["/healthz", "/readyz", "/metrics"]:

@@ -126,3 +126,21 @@ def test_memory_commands_reject_bad_names_and_paths(project):
     assert bad.returncode == 1 and "invalid_request" in bad.stderr
     missing = run("memory", "ingest", "--root", str(project), "--component", "CustomerDocs", str(project / "nope"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_a_named_component_is_searched_rather_than_the_context_memory(docs_project, settings, client):
+    import shutil
+
+    # Another component with its own template and documents: naming it must search its memory, not CustomerDocs'.
+    shutil.copytree(docs_project / "prompts" / "CustomerDocs", docs_project / "prompts" / "Policies")
+    policy = docs_project / "docs" / "Policies" / "refund-policy.md"
+    policy.parent.mkdir(parents=True)
+    policy.write_text("# Refund policy\n\nA refund is paid back within 14 days to the original card.\n")
+    open_memory(settings).store("Policies").ingest([policy.parent])
+    response = chat(client, {**SEARCH_BODY, "component": "Policies"})
+    assert response.status_code == 200, response.get_json()
+    assert [s["source"] for s in response.get_json()["sources"]] == ["docs/Policies/refund-policy.md"]
+    # Naming only the context still searches the context's memory.component (CustomerDocs).
+    context_only = {k: v for k, v in SEARCH_BODY.items() if k not in ("component", "prompt_file")}
+    sources = chat(client, context_only).get_json()["sources"]
+    assert sources and all(s["source"].startswith("docs/CustomerDocs/") for s in sources)

@@ -12,7 +12,7 @@ from contextlib import ExitStack
 
 import openai
 import pytest
-from fake_hf import FakeHF, Reply, Stream, chat_events, completion, sse
+from fake_hf import CREDITS_BODY, FakeHF, Reply, Stream, chat_events, completion, sse
 from helpers import (
     ACME_KEY,
     KEYS_JSON,
@@ -219,6 +219,7 @@ def test_without_a_model_the_rendered_prompt_is_the_content(client):
         ([{"role": "tool", "content": "42"}, *HELLO], "messages", "is not one of"),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages", "messages.0"),
         ([], "messages", "should be non-empty"),
+        ([{"role": "system", "content": "Be brief."}], "messages", "no message has the role user"),
     ],
 )
 def test_bad_requests_are_bad_request_errors_in_openais_shape(serve, messages, param, needle):
@@ -281,6 +282,19 @@ def test_the_models_failures_are_server_errors_with_the_hf_codes(serve, reply, s
         assert raised.value.status_code == status
         assert (raised.value.body["type"], raised.value.body["code"]) == ("server_error", code)
         assert "hf_SECRET" not in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("reply", "calls"),
+    [(Reply(status=402, body=CREDITS_BODY), 1), (Reply(status=503, body={"error": "overloaded"}), 3)],
+)
+def test_the_sdk_retries_only_what_may_succeed_later(serve, reply, calls):
+    fake, live, _ = serve(reply, hf_max_retries=0)
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=2, timeout=10)
+    with pytest.raises(openai.InternalServerError) as raised:
+        client.chat.completions.create(model="SupportBot", messages=HELLO)
+    assert raised.value.response.headers.get("x-should-retry") == (None if calls > 1 else "false")
+    assert len(fake.seen) == calls
 
 
 def test_keys_scopes_and_tenants_raise_the_sdks_auth_errors(authed):

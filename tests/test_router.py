@@ -13,7 +13,7 @@ import os
 import pytest
 import requests
 import responses
-from fake_hf import FakeHF, Reply, Stream, chat_events
+from fake_hf import CREDITS_BODY, FakeHF, Reply, Stream, chat_events
 from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN, Server, chat, free_port, metric, run
 
 import cli
@@ -44,10 +44,6 @@ RETIRED_BODY = {
 RETIRED_BODY_SLASHES = {
     "error": "https://api-inference.huggingface.co/ is no longer supported. "
     "Please use https://router.huggingface.co/ instead."
-}
-CREDITS_BODY = {
-    "error": "You have exceeded your monthly included credits for Inference Providers. "
-    "Subscribe to PRO to get 20x more monthly included credits."
 }
 KWARGS_BODY = {
     "error": "The following `model_kwargs` are not used by the model: ['return_full_text', 'watermark'] "

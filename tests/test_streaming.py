@@ -14,7 +14,7 @@ import threading
 
 import pytest
 import requests
-from fake_hf import FakeHF, Stream, chat_events, sse, tgi_events
+from fake_hf import FakeHF, Reply, Stream, chat_events, completion, sse, tgi_events
 from helpers import EXAMPLE, GUIDE_BODY, MODEL, REPO, TOKEN, Server, metric, sse_events
 
 from app import create_app
@@ -58,6 +58,25 @@ def test_deltas_arrive_in_order_and_the_inference_span_covers_the_stream(hf_sett
     # The request's span ends when the view returns (Flask 3.1 tears the request down then);
     # the inference span goes on until the last delta: three gaps between four deltas.
     assert generate.end_time - generate.start_time >= 0.06e9
+
+
+def test_an_upstream_that_answers_a_stream_whole_is_relayed_as_one_delta(hf_settings):
+    with FakeHF(Reply(body=completion("The whole answer", usage={"prompt_tokens": 5, "completion_tokens": 3}))) as fake:
+        app = create_app(hf_settings.replace(hf_endpoint=f"{fake.url}/v1"))
+        response = open_stream(app)
+        events = sse_events(b"".join(response.response))
+    assert fake.seen[0].body["stream"] is True
+    assert [data for _, data in events] == [
+        {"delta": "The whole answer"},
+        {
+            "done": True,
+            "model": MODEL,
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3},
+            "sources": [],
+            "request_id": response.headers["X-Request-ID"],
+        },
+    ]
+    assert metric(app, "cmp_hf_tokens_total", model=MODEL, kind="completion") == 3
 
 
 def test_first_event_is_relayed_before_the_upstream_sends_the_rest(hf_settings):

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from app.errors import ContexisError
+from app.errors import ContexisError, ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ContexisError)
     def _contexis(exc: ContexisError) -> tuple[Response, int]:
-        return error_response(exc.status, exc.code, exc.message, exc.param)
+        response, status = error_response(exc.status, exc.code, exc.message, exc.param)
+        if isinstance(exc, ProviderError) and not exc.retryable:
+            # OpenAI's SDKs retry every 5xx unless told not to; a refused token or spent credits stay refused.
+            response.headers["x-should-retry"] = "false"
+        return response, status
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[Response, int]:

@@ -75,7 +75,8 @@ def init_limits(app: Flask, settings: Settings, metrics: RuntimeMetrics) -> None
     limiter = Limiter(
         client_identity,
         app=app,
-        default_limits=[settings.rate_limit],
+        # One budget per client across every route (default_limits would give each route its own).
+        application_limits=[settings.rate_limit],
         storage_uri=settings.rate_limit_storage_uri,
         storage_options=REDIS_TIMEOUTS if redis else {},
         strategy="moving-window",

@@ -71,7 +71,32 @@ class HuggingFaceClient:
             observed.failed(exc)
             observed.end()
             raise
+        if response.headers.get("Content-Type", "").startswith("application/json"):
+            # An endpoint that ignores `stream` answers whole: relay that answer as the stream's one piece.
+            return TokenStream(self._whole(response, observed), self.model_id)
         return TokenStream(self._pieces(response, observed, deadline_at), self.model_id)
+
+    def _whole(
+        self, response: requests.Response, observed: CallTelemetry
+    ) -> Iterator[str | Usage | ServedBy | Finish]:
+        """A whole answer to a streamed call, as the pieces a stream of it would have given."""
+        try:
+            generation = self.wire.parse(self.transport.read_json(response))
+            observed.first_token()
+            observed.succeeded(generation.usage)
+        except HFError as exc:
+            observed.failed(exc)
+            raise
+        finally:
+            response.close()
+            observed.end()
+        yield generation.text
+        if generation.model:
+            yield ServedBy(generation.model)
+        if generation.usage:
+            yield generation.usage
+        if generation.finish_reason:
+            yield Finish(generation.finish_reason)
 
     def _send(
         self, prompt: str, system: str, params: GenerationParams, history: Sequence[Turn], stream: bool

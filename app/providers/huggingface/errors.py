@@ -75,14 +75,17 @@ class HFError(ProviderError):
 
 class HFUnauthorized(HFError):
     code, hint = "hf_unauthorized", HINT_AUTH
+    retryable = False
 
 
 class HFForbidden(HFError):
     code, hint = "hf_forbidden", HINT_AUTH
+    retryable = False
 
 
 class HFModelNotFound(HFError):
     code, hint = "hf_model_not_found", HINT_MODEL
+    retryable = False
 
 
 class HFRateLimited(HFError):
@@ -95,14 +98,17 @@ class HFUnavailable(HFError):
 
 class HFBadRequest(HFError):
     code, hint = "hf_bad_request", HINT_REQUEST
+    retryable = False
 
 
 class HFPaymentRequired(HFError):
     code, hint = "hf_payment_required", HINT_PAYMENT
+    retryable = False
 
 
 class HFEndpointRetired(HFError):
     code, hint = "hf_endpoint_retired", HINT_RETIRED
+    retryable = False
 
 
 class HFBadResponse(HFError):
@@ -117,33 +123,31 @@ class HFTimeout(HFError):
     status, code, hint = 504, "hf_timeout", HINT_TIMEOUT
 
 
-# status → (error, retried). A status not listed is HFUnavailable when >= 500, HFBadResponse otherwise.
-STATUS_ERRORS: dict[int, tuple[type[HFError], bool]] = {
-    400: (HFBadRequest, False),
-    401: (HFUnauthorized, False),
-    402: (HFPaymentRequired, False),
-    403: (HFForbidden, False),
-    404: (HFModelNotFound, False),
-    410: (HFEndpointRetired, False),
-    422: (HFBadRequest, False),
-    429: (HFRateLimited, True),
-    500: (HFUnavailable, True),
-    502: (HFUnavailable, True),
-    503: (HFUnavailable, True),
-    504: (HFUnavailable, True),
+# status → error; the statuses whose error is `retryable` are retried. A status not listed is HFUnavailable
+# when >= 500, HFBadResponse otherwise.
+STATUS_ERRORS: dict[int, type[HFError]] = {
+    400: HFBadRequest,
+    401: HFUnauthorized,
+    402: HFPaymentRequired,
+    403: HFForbidden,
+    404: HFModelNotFound,
+    410: HFEndpointRetired,
+    422: HFBadRequest,
+    429: HFRateLimited,
+    500: HFUnavailable,
+    502: HFUnavailable,
+    503: HFUnavailable,
+    504: HFUnavailable,
 }
 # What `metric_code` holds when no status explains the failure.
 FAILURE_KINDS = ("timeout", "connection_error", "invalid_response", "stream_error")
-RETRY_STATUSES = frozenset(status for status, (_, retried) in STATUS_ERRORS.items() if retried)
+RETRY_STATUSES = frozenset(status for status, error in STATUS_ERRORS.items() if error.retryable)
 KNOWN_ERROR_CODES = (*(str(status) for status in STATUS_ERRORS), *FAILURE_KINDS)
 
 
 def error_class(status: int) -> type[HFError]:
     """The error an upstream status becomes."""
-    known = STATUS_ERRORS.get(status)
-    if known:
-        return known[0]
-    return HFUnavailable if status >= 500 else HFBadResponse
+    return STATUS_ERRORS.get(status) or (HFUnavailable if status >= 500 else HFBadResponse)
 
 
 def bad_response(what: str) -> HFBadResponse:
