@@ -114,6 +114,14 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**base, **extra}
 
 
+def find_helm() -> str | None:
+    """helm from $HELM (a relative path is the repository's) or `.tools/helm` (`make helm`); None without one."""
+    path = Path(os.environ.get("HELM") or REPO / ".tools" / "helm")
+    if not path.is_absolute():
+        path = REPO / path
+    return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+
+
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """`python cli.py ARGS` as a user runs it, without the runtime's variables of this environment."""
     return subprocess.run(

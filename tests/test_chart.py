@@ -9,7 +9,6 @@ ServiceMonitor) are checked field by field here.
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from helpers import REPO, find_helm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 CHART = ROOT / "deploy" / "charts" / "contexis-app"
 RELEASE = "demo"
 K8S_VERSION = "1.30.0"
@@ -103,15 +103,7 @@ EXPECTED_KINDS = {
 }
 
 
-def _find_helm() -> str | None:
-    candidate = os.environ.get("HELM") or str(ROOT / ".tools" / "helm")
-    path = Path(candidate)
-    if not path.is_absolute():
-        path = ROOT / path
-    return str(path) if path.is_file() and os.access(path, os.X_OK) else None
-
-
-HELM = _find_helm()
+HELM = find_helm()
 pytestmark = pytest.mark.skipif(HELM is None, reason="helm not found: set HELM or run `make helm` to fetch .tools/helm")
 
 

@@ -3,8 +3,9 @@
 - The rules are the chart's (files/prometheus-rules.yaml, rendered by a real helm into the
   PrometheusRule): `promtool check rules`, then `promtool test rules` with tests/prometheus/rules_test.yaml.
 - A real Prometheus (Debian's) scrapes a real `ctx serve` (three gunicorn workers, multiprocess
-  metrics) while a short, bounded load goes through a local fake model that answers successes,
-  streams and errors; every recording rule, alert expression and dashboard query is then
+  metrics) while a short, bounded load, on both API surfaces, goes through a local fake model that
+  answers successes, streams and errors, and embeds memory queries (failing some, so retrieval
+  degrades to keywords); every recording rule, alert expression and dashboard query is then
   evaluated through Prometheus' HTTP API, and must return data.
 - docs/operations.md has an entry for every alert's runbook_url.
 
@@ -31,8 +32,8 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from fake_hf import chat_events
-from helpers import EXAMPLE, REPO, clean_env, free_port, metric, run
+from fake_hf import chat_events, feature_extraction
+from helpers import EXAMPLE, REPO, clean_env, find_helm, free_port, metric, run
 
 ROOT = REPO
 CHART = ROOT / "deploy" / "charts" / "contexis-app"
@@ -43,16 +44,9 @@ RELEASE, NAMESPACE = "demo", "contexis"
 JOB = f"{RELEASE}-contexis-app"  # the job a ServiceMonitor gives the release's Service
 POD = f"{JOB}-0"
 MODEL = "test-org/Test-Model-1.0"
+EMBED_MODEL = "test-org/Test-Embed-1.0"
 RATE_INTERVAL = "30s"  # what Grafana's $__rate_interval stands for in the live check
 LOAD_SECONDS = 8
-
-
-def _find_helm() -> str | None:
-    candidate = os.environ.get("HELM") or str(ROOT / ".tools" / "helm")
-    path = Path(candidate)
-    if not path.is_absolute():
-        path = ROOT / path
-    return str(path) if path.is_file() and os.access(path, os.X_OK) else None
 
 
 def _need(tool: str | None, what: str) -> str:
@@ -63,7 +57,7 @@ def _need(tool: str | None, what: str) -> str:
     pytest.skip(f"{what} not found: apt-get install prometheus, or run make test")
 
 
-HELM = _find_helm()
+HELM = find_helm()
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
 
@@ -127,6 +121,22 @@ def test_failed_memory_searches_are_counted(settings) -> None:
     (Path(project) / "memory" / "CustomerDocs" / "memory_config.yaml").write_text("top_k: lots\n")
     assert client.post("/api/v1/chat", json={**body, "tenant_id": ""}).status_code == 500
     assert metric(app, "cmp_memory_search_errors_total", component="CustomerDocs") == 2
+
+
+def test_scrapes_of_metrics_are_not_counted(settings, caplog: pytest.LogCaptureFixture) -> None:
+    from app import create_app
+
+    app = create_app(settings)
+    client = app.test_client()
+    with caplog.at_level("INFO", logger="contexis.access"):
+        assert client.get("/healthz").status_code == 200
+        client.get("/metrics")
+        text = client.get("/metrics").get_data(as_text=True)
+    assert 'url_rule="/healthz"' in text
+    assert 'url_rule="/metrics"' not in text
+    assert metric(app, "flask_http_request_total", method="GET", status="200") == 1
+    # The access log still has a line per scrape.
+    assert [record.fields["path"] for record in caplog.records] == ["/healthz", "/metrics", "/metrics"]
 
 
 def test_process_tree_collector_reports_master_and_workers() -> None:
@@ -273,8 +283,23 @@ def test_dashboard_is_sound() -> None:
             assert "[$__rate_interval]" in target["expr"] or "rate(" not in target["expr"], panel["title"]
     titles = " | ".join(panel["title"] for panel in panels(board)).lower()
     for needed in ("request rate", "latency", "errors", "model", "tokens", "first token", "prompt render",
-                   "memory search", "cpu", "memory"):  # fmt: skip
+                   "memory search", "embedding errors", "embedding latency", "cpu", "memory"):  # fmt: skip
         assert needed in titles, needed
+
+
+def test_api_error_ratio_counts_every_api_route(rule_groups: list[dict[str, Any]]) -> None:
+    """The alert and the dashboard's ratio match the same routes: /api and the OpenAI-compatible /v1."""
+    from app import create_app
+    from app.config import Settings
+
+    (alert,) = [a for a in alerts_of(rule_groups) if a["alert"] == "ContexisAPIErrorRatioHigh"]
+    (panel,) = [p for p in panels(dashboard()) if p["title"] == "API 5xx ratio"]
+    matchers = set(re.findall(r'url_rule=~"([^"]+)"', alert["expr"]))
+    assert matchers == set(re.findall(r'url_rule=~"([^"]+)"', panel["targets"][0]["expr"]))
+    (routes,) = matchers
+    app = create_app(Settings.from_env({"CMP_PROJECT_ROOT": str(EXAMPLE)}, dotenv_path=None))
+    api = {rule.rule for rule in app.url_map.iter_rules() if re.fullmatch(routes, rule.rule)}
+    assert api == {"/api/v1/chat", "/v1/chat/completions", "/v1/models"}
 
 
 def test_dashboard_config_map_for_the_grafana_sidecar() -> None:
@@ -292,10 +317,11 @@ def test_dashboard_config_map_for_the_grafana_sidecar() -> None:
 
 
 class ScriptedModel:
-    """An OpenAI-compatible chat-completions endpoint whose answer the prompt picks.
+    """An OpenAI-compatible chat-completions endpoint whose answer the prompt picks, and an embedder.
 
     `status:NNN` in the prompt: that status; `slow`: an answer later than the runtime's HF_TIMEOUT;
-    `"stream": true`: a chat stream with usage; otherwise a JSON answer with usage.
+    `"stream": true`: a chat stream with usage; otherwise a JSON answer with usage. Feature extraction
+    (`/{model}/pipeline/feature-extraction`) answers fake_hf's vectors, or status NNN for `embed:NNN` in an input.
     """
 
     def __init__(self) -> None:
@@ -308,6 +334,13 @@ class ScriptedModel:
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 body = json.loads(raw or b"{}")
+                if self.path.endswith("/pipeline/feature-extraction"):
+                    failing = re.search(r"embed:(\d{3})", json.dumps(body["inputs"]))
+                    if failing:
+                        self._send(int(failing.group(1)), {"error": "scripted failure"})
+                    else:
+                        self._send(200, feature_extraction(body))
+                    return
                 prompt = json.dumps(body.get("messages", []))
                 status = re.search(r"status:(\d{3})", prompt)
                 if status:
@@ -335,7 +368,7 @@ class ScriptedModel:
                     usage = {"prompt_tokens": 12, "completion_tokens": 5}
                     self._send(200, {"choices": [{"message": {"content": "Hi from the model"}}], "usage": usage})
 
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
+            def _send(self, status: int, payload: Any) -> None:
                 data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
@@ -380,8 +413,8 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def _project(tmp_path: Path) -> Path:
-    """The quickstart with its documents ingested, and a tenant whose memory store is corrupt."""
+def _project(tmp_path: Path, env: dict[str, str]) -> Path:
+    """The quickstart with its documents ingested (embedded under `env`), and a tenant whose memory store is corrupt."""
     project = tmp_path / "project"
     shutil.copytree(EXAMPLE, project)
     ingest = run(
@@ -392,6 +425,7 @@ def _project(tmp_path: Path) -> Path:
         "--component",
         "CustomerDocs",
         str(project / "docs" / "CustomerDocs"),
+        env=env,
     )
     assert ingest.returncode == 0, ingest.stderr
     broken = project / "memory" / "CustomerDocs" / "tenant_broken" / "memory.db"
@@ -404,12 +438,18 @@ def _chat(user_input: str, **extra: Any) -> dict[str, Any]:
     return {"context": "SupportBot", "data": {"user_input": user_input}, **extra}
 
 
+def _openai_chat(content: str) -> dict[str, Any]:
+    return {"model": "SupportBot", "messages": [{"role": "user", "content": content}]}
+
+
 MEMORY_CHAT = {"component": "CustomerDocs", "prompt_file": "search_response.md", "query": "refund", "top_k": 3}
 LOAD = [
     ("POST", "/api/v1/chat", _chat("hello"), 200),
     ("POST", "/api/v1/chat", _chat("hello", stream=True), 200),
     ("POST", "/api/v1/chat", _chat("Can I get a refund?", **MEMORY_CHAT), 200),
     ("POST", "/api/v1/chat", _chat("refund", tenant_id="broken", **MEMORY_CHAT), 500),
+    # The query's embedding fails: the chat answers from keywords only (X-Contexis-Degraded).
+    ("POST", "/api/v1/chat", _chat("Can I get a refund?", **{**MEMORY_CHAT, "query": "refund embed:503"}), 200),
     ("POST", "/api/v1/chat", _chat("status:401"), 502),
     ("POST", "/api/v1/chat", _chat("status:402"), 502),
     ("POST", "/api/v1/chat", _chat("status:410"), 502),
@@ -417,13 +457,18 @@ LOAD = [
     ("POST", "/api/v1/chat", _chat("status:503"), 502),
     ("POST", "/api/v1/chat", _chat("slow"), 504),
     ("POST", "/api/v1/chat", {"context": "../etc"}, 400),
+    ("POST", "/v1/chat/completions", _openai_chat("hello"), 200),
+    ("POST", "/v1/chat/completions", _openai_chat("status:503"), 502),
+    ("GET", "/v1/models", None, 200),
     ("GET", "/readyz", None, None),
     ("GET", "/healthz", None, 200),
 ]
 
 
 def _load(base: str, project: Path, seconds: float, threads: int = 6) -> dict[tuple[str, int], int]:
-    """Every kind of request, round robin from a few threads, for `seconds`; readiness fails midway."""
+    """Every kind of request, round robin from a few threads, for `seconds`; readiness fails midway.
+
+    What it saw: answers by (path, status), a degraded answer's path followed by its X-Contexis-Degraded."""
     seen: dict[tuple[str, int], int] = {}
     lock = threading.Lock()
     stop = time.monotonic() + seconds
@@ -442,8 +487,9 @@ def _load(base: str, project: Path, seconds: float, threads: int = 6) -> dict[tu
                 return
             if expected is not None and response.status_code != expected:
                 failures.append(f"{method} {path} {body}: {response.status_code} {response.text[:200]}")
+            key = (" ".join(filter(None, (path, response.headers.get("X-Contexis-Degraded")))), response.status_code)
             with lock:
-                seen[(path, response.status_code)] = seen.get((path, response.status_code), 0) + 1
+                seen[key] = seen.get(key, 0) + 1
 
     broken = project / "contexts" / "Broken" / "broken.ctx"
     workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
@@ -490,9 +536,12 @@ def _finite(result: list[dict[str, Any]]) -> bool:
 def live(tmp_path: Path, rules_file: Path):
     """Prometheus scraping `ctx serve` every second, after a bounded load; yields the API and what the load saw."""
     prometheus = _need(PROMETHEUS, "prometheus")
-    project = _project(tmp_path)
     model = ScriptedModel()
+    embedder = {"HF_TOKEN": "hf_dummy", "HF_EMBED_MODEL_ID": EMBED_MODEL, "HF_EMBED_ENDPOINT": model.url,
+                "HF_EMBED_API": "feature-extraction"}  # fmt: skip
+    project = _project(tmp_path, embedder)
     env = {
+        **embedder,
         "HF_TOKEN": "hf_dummy", "HF_MODEL_ID": MODEL, "HF_ENDPOINT": model.url + "/v1", "HF_MAX_RETRIES": "0",
         "HF_TIMEOUT": "0.3", "CMP_PROJECT_ROOT": str(project), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
         "OTEL_TRACES_EXPORTER": "none",
@@ -545,6 +594,7 @@ def test_live_prometheus_sees_every_rule_alert_and_panel(live, rule_groups: list
     api, seen = live
     # The load covered what the panels and alerts need.
     assert seen[("/readyz", 503)] and seen[("/readyz", 200)], seen
+    assert seen[("/api/v1/chat memory-keywords-only", 200)] and seen[("/v1/chat/completions", 502)], seen
     (target,) = api.get("/api/v1/targets")["activeTargets"]
     assert target["health"] == "up", target
     assert target["labels"]["job"] == JOB
@@ -559,6 +609,11 @@ def test_live_prometheus_sees_every_rule_alert_and_panel(live, rule_groups: list
     assert set(evaluated) == {r.get("alert") or r.get("record") for g in rule_groups for r in g["rules"]}
     for name, rule in evaluated.items():
         assert rule["health"] == "ok", f"{name}: {rule['health']} {rule.get('lastError')}"
+
+    # Scrapes are not requests of the HTTP series; the OpenAI routes are, and embedding failures are counted.
+    assert not api.query('flask_http_request_duration_seconds_count{url_rule="/metrics"}')
+    assert api.query('contexis:http_requests:rate5m{url_rule="/v1/chat/completions", status="502"} > 0')
+    assert api.query('sum(cmp_hf_embed_errors_total{code="503"}) > 0')
 
     # Every recording rule recorded data.
     for record in records_of(rule_groups):

@@ -19,6 +19,8 @@ from app.config import Settings
 from app.observability import ProcessTreeCollector, RuntimeMetrics, configure_tracing, tracing_enabled
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+# The exporter's endpoint serving /metrics: its scrapes are logged, not counted in the HTTP series.
+_METRICS_ENDPOINT = "prometheus_metrics"
 
 
 class _Exporter(PrometheusMetrics):
@@ -40,7 +42,8 @@ def init_observability(app: Flask, settings: Settings, metrics: RuntimeMetrics) 
     if tracing_enabled():
         FlaskInstrumentor().instrument_app(app, excluded_urls="healthz,readyz,metrics", enable_commenter=False)
     # The exporter serves /metrics (every worker's files in multiprocess mode); the request series
-    # themselves are `RuntimeMetrics.observe_request`, recorded with the access line below.
+    # themselves are `RuntimeMetrics.observe_request`, recorded with the access line below for every
+    # route but /metrics (a scrape would otherwise count itself).
     _Exporter(app, registry=metrics.registry, export_defaults=False)
     access = logging.getLogger("contexis.access")
 
@@ -56,7 +59,8 @@ def init_observability(app: Flask, settings: Settings, metrics: RuntimeMetrics) 
         request_id = g.get("request_id") or uuid.uuid4().hex
         response.headers["X-Request-ID"] = request_id
         seconds = time.perf_counter() - g.get("started", time.perf_counter())
-        metrics.observe_request(request.method, str(request.url_rule), response.status_code, seconds)
+        if request.endpoint != _METRICS_ENDPOINT:
+            metrics.observe_request(request.method, str(request.url_rule), response.status_code, seconds)
         fields = {
             "request_id": request_id,
             "method": request.method,
