@@ -374,6 +374,11 @@ def test_service_and_ingress_reach_the_pods(tmp_path: Path) -> None:
     assert path["backend"]["service"] == {"name": service["metadata"]["name"], "port": {"name": "http"}}
 
 
+def test_the_default_ingress_routes_both_apis_and_not_the_metrics() -> None:
+    (rule,) = one(render("--set", "ingress.enabled=true"), "Ingress")["spec"]["rules"]
+    assert [path["path"] for path in rule["http"]["paths"]] == ["/api", "/v1"]
+
+
 def test_pdb_uses_min_available_when_set() -> None:
     assert one(render(), "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     spec = one(render("--set", "podDisruptionBudget.minAvailable=50%"), "PodDisruptionBudget")["spec"]
