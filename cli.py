@@ -361,7 +361,7 @@ def cmd_memory_copy(args: argparse.Namespace, settings: Settings) -> int:
     if problem:
         return _fail(problem, 1)
     report = copy_memory(open_memory(settings.replace(memory_url="", project_root=args.source_root)), target)
-    target.analyze()
+    target.prepare_searches()
     print(
         f"copied {report.copied} documents ({report.chunks} chunks) of {report.stores} stores, "
         f"{report.unchanged} unchanged -> {target.where}"
