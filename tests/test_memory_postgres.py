@@ -259,6 +259,12 @@ def test_migrate_upgrades_a_version_1_database_keeping_its_memory(postgres: Post
         assert store.search("refund", 1, mode="keyword")[0].source == "old.md"
         assert store.ingest([]).chunks_embedded == 1  # the old chunk, embedded by the next ingest
         assert store.search("money back", 1, mode="vector")[0].source == "old.md"
+    # An index the ingest could not build (another role) or that was dropped: migrate builds it.
+    index = "SELECT to_regclass('memory_vectors_hnsw_64') IS NOT NULL"
+    assert postgres.admin(index, "upgrade") == [(True,)]
+    postgres.admin("DROP INDEX memory_vectors_hnsw_64", "upgrade")
+    assert run("memory", "migrate", env={"CMP_MEMORY_URL": url}).returncode == 0
+    assert postgres.admin(index, "upgrade") == [(True,)]
 
 
 def test_copy_moves_sqlite_memory_without_rechunking(pg: Postgres, project: Path, fake: FakeHF) -> None:

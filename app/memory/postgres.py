@@ -80,6 +80,25 @@ _VISIBLE = (
     " OR current_setting('contexis.all_tenants', true) = 'on'"
 )
 
+
+
+def _row_security(table: str, write_check: str = _OWNER) -> str:
+    """Row-level security as every memory table has it: forced (the owning role too), reads of the
+    transaction's tenant's and the shared rows, writes of its own (and whatever `write_check` adds)."""
+    return f"""
+    ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+    ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
+    CREATE POLICY tenant_reads ON {table} FOR SELECT USING ({_VISIBLE});
+    CREATE POLICY owner_writes ON {table} USING ({_OWNER}) WITH CHECK ({write_check});
+    """
+
+
+# A vector belongs to its chunk's owner: no one attaches vectors to chunks of another owner.
+_VECTOR_WRITES = f"""{_OWNER} AND EXISTS (
+    SELECT 1 FROM memory_chunks c WHERE c.pk = memory_vectors.chunk
+    AND c.component = memory_vectors.component AND c.tenant IS NOT DISTINCT FROM memory_vectors.tenant
+)"""  # noqa: S608 - constants only
+
 # MIGRATIONS[n] brings the schema from version n to n + 1; released entries never change.
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -119,7 +138,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE POLICY tenant_reads ON memory_chunks FOR SELECT USING ({_VISIBLE});
     CREATE POLICY owner_writes ON memory_chunks USING ({_OWNER}) WITH CHECK ({_OWNER});
     """,
-    f"""
+    """
     -- Vectors of any dimension in a table of their own; migration 1's vector(384) column was never written.
     ALTER TABLE memory_chunks DROP COLUMN embedding;
     -- Each owner's embedding model, and the dimension of its vectors once it has some.
@@ -139,19 +158,9 @@ MIGRATIONS: tuple[str, ...] = (
         dimension  integer NOT NULL GENERATED ALWAYS AS (vector_dims(embedding)) STORED
     );
     CREATE INDEX memory_vectors_owner ON memory_vectors (component, tenant, model);
-    ALTER TABLE memory_embeddings ENABLE ROW LEVEL SECURITY;
-    ALTER TABLE memory_embeddings FORCE ROW LEVEL SECURITY;
-    ALTER TABLE memory_vectors ENABLE ROW LEVEL SECURITY;
-    ALTER TABLE memory_vectors FORCE ROW LEVEL SECURITY;
-    CREATE POLICY tenant_reads ON memory_embeddings FOR SELECT USING ({_VISIBLE});
-    CREATE POLICY owner_writes ON memory_embeddings USING ({_OWNER}) WITH CHECK ({_OWNER});
-    CREATE POLICY tenant_reads ON memory_vectors FOR SELECT USING ({_VISIBLE});
-    -- A vector belongs to its chunk's owner: no one attaches vectors to chunks of another owner.
-    CREATE POLICY owner_writes ON memory_vectors USING ({_OWNER}) WITH CHECK ({_OWNER} AND EXISTS (
-        SELECT 1 FROM memory_chunks c WHERE c.pk = memory_vectors.chunk
-        AND c.component = memory_vectors.component AND c.tenant IS NOT DISTINCT FROM memory_vectors.tenant
-    ));
-    """,  # noqa: S608 - constants only
+    """
+    + _row_security("memory_embeddings")
+    + _row_security("memory_vectors", _VECTOR_WRITES),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
