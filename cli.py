@@ -334,7 +334,8 @@ def cmd_memory_delete(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_memory_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    """Create or upgrade the PostgreSQL schema of CMP_MEMORY_URL; safe to repeat (the chart's hook Job)."""
+    """Create or upgrade the PostgreSQL schema of CMP_MEMORY_URL, and build any missing vector index; safe to
+    repeat (the chart's hook Job)."""
     if not settings.memory_url:
         print("CMP_MEMORY_URL is not set: SQLite memory needs no migration")
         return 0
@@ -342,6 +343,7 @@ def cmd_memory_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
     memory = PostgresMemory(settings)
     before, after = memory.migrate()
+    memory.prepare_searches()  # the vector index of a dimension an ingest could not index (not the owner)
     state = "up to date" if before == after else f"migrated from version {before}"
     print(f"memory schema version {after} ({state}) in {memory.where}")
     if not memory.index_usable():
@@ -362,7 +364,7 @@ def cmd_memory_copy(args: argparse.Namespace, settings: Settings) -> int:
     if problem:
         return _fail(problem, 1)
     report = copy_memory(open_memory(settings.replace(memory_url="", project_root=args.source_root)), target)
-    target.analyze()
+    target.prepare_searches()
     print(
         f"copied {report.copied} documents ({report.chunks} chunks) of {report.stores} stores, "
         f"{report.unchanged} unchanged -> {target.where}"

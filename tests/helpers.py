@@ -235,7 +235,7 @@ class Postgres:
 
     def reset(self) -> None:
         """Empty every memory table of the role's database."""
-        self.admin("TRUNCATE memory_documents, memory_chunks", database=self.ROLE)
+        self.admin("TRUNCATE memory_documents, memory_chunks, memory_vectors, memory_embeddings", database=self.ROLE)
 
     def close(self) -> None:
         import shutil

@@ -592,7 +592,8 @@ def test_ingest_job_reads_documents_from_an_image_or_a_volume(
 ) -> None:
     ingest = {"enabled": True, "component": "CustomerDocs", "tenant": "acme", "paths": ["faq", "policies/"]}
     ingest.update(documents)
-    values = {"memory": {"backend": "postgresql", "url": MEMORY_URL, "ingest": ingest}}
+    embedding = [{"name": "HF_EMBED_MODEL_ID", "value": "BAAI/bge-small-en-v1.5"}]
+    values = {"memory": {"backend": "postgresql", "url": MEMORY_URL, "ingest": ingest}, "env": embedding}
     result = helm("lint", "--strict", str(CHART), *values_file(tmp_path, values))
     assert result.returncode == 0, result.stdout + result.stderr
     job = hooks(render(*values_file(tmp_path, values)))["Job/demo-contexis-app-memory-ingest"]
@@ -603,6 +604,10 @@ def test_ingest_job_reads_documents_from_an_image_or_a_volume(
         "memory", "ingest", "--component", "CustomerDocs", "--tenant", "acme", "/documents/faq", "/documents/policies",
     ]  # fmt: skip
     assert {k: v for k, v in pod["volumes"][0].items() if k != "name"} == volume
+    # The pods' embedding model and its token: the Job stores the vectors the pods search.
+    env = {var["name"]: var for var in app["env"]}
+    assert env["HF_EMBED_MODEL_ID"] == embedding[0]
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "demo-contexis-app-hf", "key": "HF_TOKEN"}
     if "image" in documents:
         (init,) = pod["initContainers"]
         assert init["image"] == "registry/docs:7" and init["command"] == ["cp", "-R", "/srv/docs/.", "/copy/"]

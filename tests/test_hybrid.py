@@ -1,8 +1,13 @@
-"""Memory by meaning: vectors at ingest (batches, resume, model change), hybrid retrieval, isolation, degradation."""
+"""Memory by meaning: vectors at ingest (batches, resume, model change), hybrid retrieval, isolation, degradation.
+
+`embed_settings` carries `memory_url`, so the tests that take it run on both backends (SQLite, PostgreSQL);
+those of SQLite's own storage (files, sign bits, schema upgrade) take `sqlite_embed_settings`.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -15,7 +20,7 @@ from helpers import SEARCH_BODY, TOKEN, chat, metric, run
 from app import create_app
 from app.config import Settings
 from app.errors import MemoryConfigError
-from app.memory import SearchResult, vectors
+from app.memory import MemoryStore, SearchResult, copy_memory, open_memory, vectors
 from app.memory.fusion import reciprocal_rank_fusion
 from app.memory.sqlite import SqliteStore
 from app.providers.huggingface import HuggingFaceEmbedder
@@ -33,14 +38,30 @@ def fake():
 
 
 @pytest.fixture
-def embed_settings(settings: Settings, fake: FakeHF) -> Settings:
+def sqlite_embed_settings(settings: Settings, fake: FakeHF) -> Settings:
     return settings.replace(
         hf_token=TOKEN, hf_embed_model_id=EMBED_MODEL, hf_embed_endpoint=fake.url, hf_backoff_factor=0
     )
 
 
+@pytest.fixture
+def embed_settings(sqlite_embed_settings: Settings, memory_url: str) -> Settings:
+    """Embeddings from the fake server, memory on the backend under test."""
+    return sqlite_embed_settings.replace(memory_url=memory_url)
+
+
 def embedder(settings: Settings, **changes) -> HuggingFaceEmbedder:
     return HuggingFaceEmbedder(settings.replace(**changes))
+
+
+def store(settings: Settings, tenant: str | None = None, **changes) -> MemoryStore:
+    """CustomerDocs (of `tenant`) on the settings' backend, embedding with their model as `changes` alter it."""
+    return open_memory(settings, embedder(settings, **changes)).store("CustomerDocs", tenant)
+
+
+def keywords_only(settings: Settings) -> MemoryStore:
+    """CustomerDocs on the settings' backend without an embedder."""
+    return open_memory(settings).store("CustomerDocs")
 
 
 def docs(project: Path) -> Path:
@@ -53,102 +74,135 @@ def inputs(fake: FakeHF) -> list[int]:
 
 
 def test_ingest_embeds_in_batches_and_only_new_or_changed_chunks(project, embed_settings, fake):
-    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings, hf_embed_batch=3))
-    report = store.ingest([docs(project)])
+    customer_docs = store(embed_settings, hf_embed_batch=3)
+    report = customer_docs.ingest([docs(project)])
     chunks = report.chunks_added
     assert report.chunks_embedded == chunks and not report.embed_error
     assert inputs(fake) == [3] * (chunks // 3) + ([chunks % 3] if chunks % 3 else [])
-    stats = store.stats()
+    stats = customer_docs.stats()
     assert (stats.embed_model, stats.embed_dimension, stats.chunks_with_vectors) == (EMBED_MODEL, 64, chunks)
 
     fake.seen.clear()
-    assert store.ingest([docs(project)]).chunks_embedded == 0 and fake.seen == []
+    assert customer_docs.ingest([docs(project)]).chunks_embedded == 0 and fake.seen == []
 
     # One section of one file changes: only its chunk is embedded again, the file's other chunks keep theirs.
     returns = docs(project) / "returns.md"
     returns.write_text(returns.read_text().replace("final sale", "final sale and never exchanged"))
-    assert store.ingest([returns]).chunks_embedded == 1
+    assert customer_docs.ingest([returns]).chunks_embedded == 1
     assert inputs(fake) == [1]
-    assert store.stats().chunks_with_vectors == chunks
+    assert customer_docs.stats().chunks_with_vectors == chunks
+    assert customer_docs.search(PARAPHRASE, 1, mode="vector")[0].source == "docs/CustomerDocs/returns.md"
 
 
 def test_an_interrupted_ingest_keeps_its_batches_and_a_rerun_continues(project, embed_settings):
     failing = [Reply(body=feature_extraction), Reply(status=400, body={"error": "Input validation error"})]
     with FakeHF(*failing, Reply(body=feature_extraction)) as fake:
-        store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings, hf_embed_endpoint=fake.url))
-        store.embedder.batch_size = 4
-        report = store.ingest([docs(project)])
+        customer_docs = store(embed_settings, hf_embed_endpoint=fake.url, hf_embed_batch=4)
+        report = customer_docs.ingest([docs(project)])
         assert report.embed_error.startswith("hf_bad_request:")
-        assert report.chunks_embedded == 4 == store.stats().chunks_with_vectors
+        assert report.chunks_embedded == 4 == customer_docs.stats().chunks_with_vectors
 
         fake.seen.clear()
-        rerun = store.ingest([docs(project)])
+        rerun = customer_docs.ingest([docs(project)])
     assert (rerun.ingested, rerun.chunks_embedded, rerun.embed_error) == (0, report.chunks_added - 4, "")
     assert sum(inputs(fake)) == report.chunks_added - 4
-    assert store.stats().chunks_with_vectors == report.chunks_added
+    assert customer_docs.stats().chunks_with_vectors == report.chunks_added
 
 
 def test_another_model_re_embeds_everything(project, embed_settings, fake):
-    SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
+    store(embed_settings).ingest([docs(project)])
     fake.seen.clear()
-    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings, hf_embed_model_id="BAAI/bge-small"))
-    report = store.ingest([docs(project)])
-    assert report.ingested == 0 and report.chunks_embedded == store.stats().chunks > 0
-    assert store.stats().embed_model == "BAAI/bge-small"
+    other = store(embed_settings, hf_embed_model_id="BAAI/bge-small")
+    report = other.ingest([docs(project)])
+    assert report.ingested == 0 and report.chunks_embedded == other.stats().chunks > 0
+    assert other.stats().embed_model == "BAAI/bge-small"
+    assert other.stats().chunks_with_vectors == other.stats().chunks
     assert fake.seen[0].path == "/BAAI/bge-small/pipeline/feature-extraction"
     # The old model's query vectors no longer match anything: vector search finds nothing rather than nonsense.
-    old = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings))
-    assert old.search(PARAPHRASE, mode="vector") == []
+    assert store(embed_settings).search(PARAPHRASE, mode="vector") == []
+    assert other.search(PARAPHRASE, 1, mode="vector")[0].source == "docs/CustomerDocs/returns.md"
 
 
 def test_hybrid_finds_by_meaning_what_keywords_miss(project, embed_settings):
-    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings))
-    store.ingest([docs(project)])
-    assert store.search(PARAPHRASE, mode="keyword") == []
+    customer_docs = store(embed_settings)
+    customer_docs.ingest([docs(project)])
+    assert customer_docs.search(PARAPHRASE, mode="keyword") == []
     for mode in ("vector", "hybrid"):
-        retrieval = store.retrieve(PARAPHRASE, 3, mode)
+        retrieval = customer_docs.retrieve(PARAPHRASE, 3, mode)
         assert retrieval.mode == mode and not retrieval.degraded
         assert retrieval.results[0].source == "docs/CustomerDocs/returns.md"
         assert "Refunds" in retrieval.results[0].content
+    # Scores are cosines, best first; hybrid's are fused reciprocal ranks.
+    scores = [r.score for r in customer_docs.search(PARAPHRASE, 5, mode="vector")]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
     # Hybrid is the default with an embedder; a keyword match still ranks high.
-    hybrid = store.retrieve("tracking link carrier", 3)
+    hybrid = customer_docs.retrieve("tracking link carrier", 3)
     assert hybrid.mode == "hybrid" and hybrid.results[0].source == "docs/CustomerDocs/shipping.md"
 
 
 def test_search_mode_from_memory_config_and_its_validation(project, embed_settings):
     config = project / "memory" / "CustomerDocs" / "memory_config.yaml"
-    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings))
-    store.ingest([docs(project)])
+    store(embed_settings).ingest([docs(project)])
     config.write_text(config.read_text() + "search_mode: keyword\n")
-    assert SqliteStore(project, "CustomerDocs", embedder=store.embedder).retrieve(PARAPHRASE).mode == "keyword"
+    assert store(embed_settings).retrieve(PARAPHRASE).mode == "keyword"
     config.write_text(config.read_text().replace("search_mode: keyword", "search_mode: semantic"))
     with pytest.raises(MemoryConfigError, match="search_mode must be one of keyword, vector, hybrid"):
-        SqliteStore(project, "CustomerDocs")
+        store(embed_settings)
 
 
 def test_vectors_are_per_tenant_like_chunks(project, embed_settings, tmp_path):
     secret = tmp_path / "acme" / "refund-terms.md"
     secret.parent.mkdir()
     secret.write_text("# Acme reimbursement\n\nAcme customers are repaid in gold coins.\n")
-    vectors = embedder(embed_settings)
-    SqliteStore(project, "CustomerDocs", embedder=vectors).ingest([docs(project)])
-    SqliteStore(project, "CustomerDocs", "acme", vectors).ingest([secret])
-    acme = SqliteStore(project, "CustomerDocs", "acme", vectors).search(PARAPHRASE, 10, mode="vector")
+    store(embed_settings).ingest([docs(project)])
+    store(embed_settings, "acme").ingest([secret])
+    acme = store(embed_settings, "acme").search(PARAPHRASE, 10, mode="vector")
     assert {r.source for r in acme} >= {secret.as_posix(), "docs/CustomerDocs/returns.md"}
+    assert store(embed_settings, "acme").stats().chunks_with_vectors == 1
     for tenant in ("globex", None):
-        found = SqliteStore(project, "CustomerDocs", tenant, vectors).search(PARAPHRASE, 50, mode="vector")
+        found = store(embed_settings, tenant).search(PARAPHRASE, 50, mode="vector")
         assert found and all("gold" not in r.content for r in found)
 
 
 def test_deleting_a_document_deletes_its_vectors(project, embed_settings):
-    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings))
-    report = store.ingest([docs(project)])
-    returns = store.search(PARAPHRASE, 50, mode="vector")
-    assert store.delete("docs/CustomerDocs/returns.md") == 1
-    left = store.stats()
+    customer_docs = store(embed_settings)
+    report = customer_docs.ingest([docs(project)])
+    returns = customer_docs.search(PARAPHRASE, 50, mode="vector")
+    assert customer_docs.delete("docs/CustomerDocs/returns.md") == 1
+    left = customer_docs.stats()
     assert left.chunks_with_vectors == left.chunks < report.chunks_added
-    assert all(r.source != "docs/CustomerDocs/returns.md" for r in store.search(PARAPHRASE, 50, mode="vector"))
-    assert len(returns) > len(store.search(PARAPHRASE, 50, mode="vector"))
+    assert all(r.source != "docs/CustomerDocs/returns.md" for r in customer_docs.search(PARAPHRASE, 50, mode="vector"))
+    assert len(returns) > len(customer_docs.search(PARAPHRASE, 50, mode="vector"))
+    customer_docs.delete()
+    assert customer_docs.stats().chunks_with_vectors == 0 and customer_docs.search(PARAPHRASE, mode="vector") == []
+
+
+def test_a_copy_carries_the_vectors_and_embeds_nothing_again(project, embed_settings, fake, tmp_path):
+    """`ctx memory copy` (SQLite into the backend under test): chunks and their vectors, as stored."""
+    source = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings))
+    source.ingest([docs(project)])
+    target = tmp_path / "target"  # the same documents under another root: the same source names
+    shutil.copytree(project, target, ignore=shutil.ignore_patterns("*.db", "*.db-*"))
+    target_settings = embed_settings.replace(project_root=target)
+    fake.seen.clear()
+    report = copy_memory(open_memory(embed_settings.replace(memory_url="")), open_memory(target_settings))
+    assert (report.copied, fake.seen) == (4, [])
+    copied = store(target_settings)
+    assert copied.stats().chunks_with_vectors == source.stats().chunks_with_vectors > 0
+    assert (copied.stats().embed_model, copied.stats().embed_dimension) == (EMBED_MODEL, 64)
+    found, expected = (s.search(PARAPHRASE, 5, mode="vector") for s in (copied, source))
+    assert [(r.id, r.source) for r in found] == [(r.id, r.source) for r in expected]
+    assert [r.score for r in found] == pytest.approx([r.score for r in expected], abs=1e-3)
+    fake.seen.clear()
+    assert copied.ingest([docs(target)]).unchanged == 4 and fake.seen == []
+    # Vectors of another model than the target's stay behind: the target's next ingest embeds those chunks.
+    other = store(target_settings, "acme", hf_embed_model_id="BAAI/bge-small")
+    other.ingest([docs(target) / "shipping.md"])
+    store(embed_settings.replace(memory_url=""), "acme").ingest([docs(project) / "returns.md"])
+    copy_memory(open_memory(embed_settings.replace(memory_url="")), open_memory(target_settings))
+    assert other.stats().chunks_with_vectors < other.stats().chunks
+    assert other.ingest([docs(target) / "returns.md"]).chunks_embedded > 0
+    assert other.stats().chunks_with_vectors == other.stats().chunks
 
 
 def test_reciprocal_rank_fusion_rewards_agreement():
@@ -166,7 +220,7 @@ def test_reciprocal_rank_fusion_rewards_agreement():
 
 def test_a_chat_query_sharing_no_word_cites_the_right_document_first(project, embed_settings, fake):
     app = create_app(embed_settings)
-    SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
+    store(embed_settings).ingest([docs(project)])
     response = chat(app, PARAPHRASE_SEARCH)
     assert response.status_code == 200
     assert response.get_json()["sources"][0]["source"] == "docs/CustomerDocs/returns.md"
@@ -180,7 +234,7 @@ def test_a_chat_query_sharing_no_word_cites_the_right_document_first(project, em
 
 @pytest.mark.parametrize("fault", ["refused", "slow", "error"])
 def test_the_embedder_down_or_slow_still_answers_from_keywords(project, embed_settings, fault, caplog):
-    SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
+    store(embed_settings).ingest([docs(project)])
     body = {**PARAPHRASE_SEARCH, "query": "refund"}
     with RawHF(lambda conn: None, listening=False) as refused, FakeHF(
         Reply(delay=5, body=feature_extraction) if fault == "slow" else Reply(status=500, body={"error": "boom"})
@@ -205,19 +259,21 @@ def test_the_embedder_down_or_slow_still_answers_from_keywords(project, embed_se
     assert completion.headers["X-Contexis-Degraded"] == "memory-keywords-only"
 
 
-def test_without_an_embedding_model_search_is_todays_keywords(project, client):
-    SqliteStore(project, "CustomerDocs").ingest([docs(project)])
-    response = chat(client, PARAPHRASE_SEARCH)
+def test_without_an_embedding_model_search_is_todays_keywords(project, settings, memory_url):
+    plain = settings.replace(memory_url=memory_url)
+    keywords_only(plain).ingest([docs(project)])
+    response = chat(create_app(plain), PARAPHRASE_SEARCH)
     assert response.status_code == 200 and response.get_json()["sources"] == []
     assert "X-Contexis-Degraded" not in response.headers
-    assert SqliteStore(project, "CustomerDocs").stats().embed_model is None
+    stats = keywords_only(plain).stats()
+    assert (stats.embed_model, stats.chunks_with_vectors) == (None, 0)
 
 
 @pytest.mark.parametrize(
     "query", ['"', "refund OR *", "NEAR(refund warranty)", "-refund", ")(", "\u0000\n\r", "ü" * 3000, "<script>"]
 )
 def test_hostile_queries_are_200_and_sent_as_plain_text(project, embed_settings, fake, query):
-    SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
+    store(embed_settings).ingest([docs(project)])
     fake.seen.clear()
     response = chat(create_app(embed_settings), {**PARAPHRASE_SEARCH, "query": query})
     assert response.status_code == 200 and "X-Contexis-Degraded" not in response.headers
@@ -229,9 +285,14 @@ def test_hostile_queries_are_200_and_sent_as_plain_text(project, embed_settings,
 # -- the command line --------------------------------------------------------
 
 
-def test_memory_commands_with_an_openai_compatible_server(project):
+def test_memory_commands_with_an_openai_compatible_server(project, memory_url):
     with FakeHF(Reply(body=openai_embeddings)) as fake:
-        env = {"HF_TOKEN": TOKEN, "HF_EMBED_MODEL_ID": EMBED_MODEL, "HF_EMBED_ENDPOINT": f"{fake.url}/v1"}
+        env = {
+            "HF_TOKEN": TOKEN,
+            "HF_EMBED_MODEL_ID": EMBED_MODEL,
+            "HF_EMBED_ENDPOINT": f"{fake.url}/v1",
+            "CMP_MEMORY_URL": memory_url,
+        }
         root = ("--root", str(project))
         ingest = run("memory", "ingest", *root, "--component", "CustomerDocs", str(docs(project)), env=env)
         assert ingest.returncode == 0, ingest.stderr
@@ -250,9 +311,14 @@ def test_memory_commands_with_an_openai_compatible_server(project):
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
-def test_an_ingest_whose_embedder_fails_says_so_and_exits_1(project):
+def test_an_ingest_whose_embedder_fails_says_so_and_exits_1(project, memory_url):
     with FakeHF(Reply(status=404, body={"error": "Model not found"})) as fake:
-        env = {"HF_TOKEN": TOKEN, "HF_EMBED_MODEL_ID": "nobody/nothing", "HF_EMBED_ENDPOINT": fake.url}
+        env = {
+            "HF_TOKEN": TOKEN,
+            "HF_EMBED_MODEL_ID": "nobody/nothing",
+            "HF_EMBED_ENDPOINT": fake.url,
+            "CMP_MEMORY_URL": memory_url,
+        }
         root = ("--root", str(project))
         ingest = run("memory", "ingest", *root, "--component", "CustomerDocs", str(docs(project)), env=env)
     assert ingest.returncode == 1
@@ -281,26 +347,25 @@ def test_large_stores_rank_by_sign_bits_then_exactly():
 
 
 def test_a_model_whose_dimension_changes_between_ingests_is_refused(project, embed_settings):
-    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings))
-    store.ingest([docs(project)])
+    customer_docs = store(embed_settings)
+    customer_docs.ingest([docs(project)])
     returns = docs(project) / "returns.md"
     returns.write_text(returns.read_text() + "\n## New\n\nA new section.\n")
     with FakeHF(Reply(body=lambda request: [[1.0, 0.0]] * len(request["inputs"]))) as other:
-        report = SqliteStore(
-            project, "CustomerDocs", embedder=embedder(embed_settings, hf_embed_endpoint=other.url)
-        ).ingest([returns])
+        report = store(embed_settings, hf_embed_endpoint=other.url).ingest([returns])
     assert "2-dimensional vectors where the store holds 64-dimensional ones" in report.embed_error
-    assert store.search(PARAPHRASE, 1, mode="vector")[0].source == "docs/CustomerDocs/returns.md"
+    assert customer_docs.stats().embed_dimension == 64
+    assert customer_docs.search(PARAPHRASE, 1, mode="vector")[0].source == "docs/CustomerDocs/returns.md"
 
 
-def test_a_store_made_before_vectors_is_upgraded_by_the_next_ingest(project, embed_settings):
+def test_a_store_made_before_vectors_is_upgraded_by_the_next_ingest(project, sqlite_embed_settings):
     db = project / "memory" / "CustomerDocs" / "memory.db"
     SqliteStore(project, "CustomerDocs").ingest([docs(project)])
     with sqlite3.connect(db) as conn:  # as schema 1 left it: no meta, no vectors
         conn.executescript(
             "DROP TRIGGER chunks_vector_ad; DROP TABLE vectors; DROP TABLE meta; PRAGMA user_version = 1;"
         )
-    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings))
+    store = SqliteStore(project, "CustomerDocs", embedder=embedder(sqlite_embed_settings))
     degraded_free = store.retrieve(PARAPHRASE, 3)
     assert degraded_free.mode == "hybrid" and degraded_free.results == []  # keywords find nothing, no vectors yet
     report = store.ingest([docs(project)])
@@ -309,17 +374,17 @@ def test_a_store_made_before_vectors_is_upgraded_by_the_next_ingest(project, emb
 
 
 def test_an_asked_for_vector_search_also_falls_back_to_keywords(project, embed_settings):
-    SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings)).ingest([docs(project)])
+    store(embed_settings).ingest([docs(project)])
     with RawHF(lambda conn: None, listening=False) as refused:
-        down = embedder(embed_settings, hf_embed_endpoint=refused.url, hf_max_retries=0)
-        retrieval = SqliteStore(project, "CustomerDocs", embedder=down).retrieve("refund", 2, "vector")
+        down = store(embed_settings, hf_embed_endpoint=refused.url, hf_max_retries=0)
+        retrieval = down.retrieve("refund", 2, "vector")
     assert (retrieval.mode, retrieval.degraded) == ("keyword", "memory-keywords-only")
     assert retrieval.results[0].source == "docs/CustomerDocs/returns.md"
 
 
-def test_a_store_removed_and_made_anew_is_not_served_from_the_old_vectors(project, embed_settings, tmp_path):
+def test_a_store_removed_and_made_anew_is_not_served_from_the_old_vectors(project, sqlite_embed_settings, tmp_path):
     money, parcels = "## Money\n\nRefunds and reimbursement.\n", "## Parcels\n\nParcel delivery by courier.\n"
-    store = SqliteStore(project, "CustomerDocs", embedder=embedder(embed_settings))
+    store = SqliteStore(project, "CustomerDocs", embedder=embedder(sqlite_embed_settings))
     first, second = tmp_path / "first.md", tmp_path / "second.md"
     first.write_text(f"{money}\n{parcels}")
     store.ingest([first])

@@ -1,7 +1,7 @@
-"""What only the PostgreSQL backend has: row-level security, migrations, copies from SQLite, replicas
-sharing one database, and a database that goes away or stalls and comes back.
+"""What only the PostgreSQL backend has: row-level security, migrations, vector indexes, copies from SQLite,
+replicas sharing one database, and a database that goes away or stalls and comes back.
 
-The behaviour both backends share is tested on both in test_memory.py and test_memory_chat.py.
+The behaviour both backends share is tested on both in test_memory.py, test_memory_chat.py and test_hybrid.py.
 """
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 import requests
-from helpers import EXAMPLE, GUIDE_BODY, SEARCH_BODY, Postgres, Server, chat, run
+from fake_hf import FakeHF, Reply, fake_vector, feature_extraction
+from helpers import EXAMPLE, GUIDE_BODY, SEARCH_BODY, TOKEN, Postgres, Server, chat, run
 
 from app import create_app
 from app.config import Settings
@@ -22,8 +24,10 @@ from app.errors import SettingsError
 from app.memory import open_memory
 from app.memory import postgres as pg_backend
 from app.memory.postgres import SCHEMA_VERSION, PostgresMemory
+from app.providers.huggingface import HuggingFaceEmbedder
 
 DOCS = "docs/CustomerDocs"
+EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def write(path: Path, text: str) -> Path:
@@ -43,6 +47,23 @@ def pg_settings(root: Path, url: str, **changes: object) -> Settings:
     return Settings.from_env({"CMP_PROJECT_ROOT": str(root), "CMP_MEMORY_URL": url}, dotenv_path=None).replace(
         **changes
     )
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeHF]:
+    with FakeHF(Reply(body=feature_extraction)) as server:
+        yield server
+
+
+def embed_settings(root: Path, url: str, fake: FakeHF) -> Settings:
+    """Memory on `url` (SQLite when empty), embedding with the fake server's model."""
+    return pg_settings(root, url, hf_token=TOKEN, hf_embed_model_id=EMBED_MODEL, hf_embed_endpoint=fake.url)
+
+
+def embedding(root: Path, url: str, fake: FakeHF) -> PostgresMemory:
+    """PostgreSQL memory on `url` that embeds with the fake server's model."""
+    settings = embed_settings(root, url, fake)
+    return PostgresMemory(settings, HuggingFaceEmbedder(settings))
 
 
 # -- tenants, enforced by the table -------------------------------------------------
@@ -79,6 +100,69 @@ def test_row_level_security_holds_when_a_query_forgets_its_filter(pg: Postgres, 
         conn.execute("DELETE FROM memory_documents")
     assert memory.store("Support", "globex").search("codeword bumblebee helpdesk", 5)[0].source == "globex.md"
     assert [s.tenant_id for s in memory.stores()] == [None, "globex"]
+
+
+def test_row_level_security_holds_for_vectors_and_embedding_models(pg: Postgres, tmp_path: Path, fake: FakeHF) -> None:
+    memory = embedding(tmp_path, pg.url, fake)
+    memory.store("Support").ingest([write(tmp_path / "shared.md", "refunds in five days\n")])
+    memory.store("Support", "acme").ingest([write(tmp_path / "acme.md", "acme refunds in gold\n")])
+    memory.store("Support", "globex").ingest([write(tmp_path / "globex.md", "globex refunds in silver\n")])
+
+    def owners(tenant: str | None, table: str) -> set[str | None]:
+        with memory.transaction(tenant) as conn:
+            return {row[0] for row in conn.execute(f"SELECT tenant FROM {table}")}  # noqa: S608 - no filter, on purpose
+
+    for table in ("memory_vectors", "memory_embeddings"):
+        assert owners("acme", table) == {None, "acme"}
+        assert owners("globex", table) == {None, "globex"}
+        assert owners(None, table) == {None}
+    chunks = dict(pg.admin("SELECT tenant, pk FROM memory_chunks", database=Postgres.ROLE))
+    attach = (
+        "INSERT INTO memory_vectors (chunk, tenant, component, model, embedding)"
+        " VALUES (%s, %s, 'Support', 'm', '[1,0]')"
+    )
+    # Acme can neither write as globex, nor attach its vectors to globex's or the shared chunks.
+    for owner, chunk in (("globex", chunks["globex"]), ("acme", chunks["globex"]), ("acme", chunks[None])):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), memory.transaction("acme") as conn:
+            conn.execute(attach, (chunk, owner))
+    with memory.transaction("acme") as conn:  # unfiltered writes touch acme's rows only
+        assert conn.execute("UPDATE memory_vectors SET embedding = embedding").rowcount == 1
+        conn.execute("DELETE FROM memory_embeddings")
+        conn.execute("DELETE FROM memory_vectors")
+    assert pg.admin("SELECT tenant, count(*) FROM memory_vectors GROUP BY 1 ORDER BY 1", Postgres.ROLE) == [
+        ("globex", 1),
+        (None, 1),
+    ]
+    globex = memory.store("Support", "globex").search("money back", 5, mode="vector")
+    assert sorted(r.source for r in globex) == ["globex.md", "shared.md"]
+
+
+def test_vector_searches_use_the_dimensions_index_and_stay_exact_when_other_owners_fill_it(
+    pg: Postgres, tmp_path: Path, fake: FakeHF, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every globex chunk is nearer the query than any of acme's: the index's candidates are globex's, which
+    acme cannot read, so acme's search is answered by an exact scan of its own and the shared vectors."""
+    sections = [f"## Globex\n\nrefund refund refund g{i}" for i in range(300)]
+    write(tmp_path / "globex.md", "\n\n".join(sections) + "\n")
+    write(tmp_path / "acme.md", "\n\n".join(f"## Acme\n\nrefund{' filler' * i}" for i in range(100)) + "\n")
+    memory = embedding(tmp_path, pg.url, fake)
+    assert memory.store("Support", "globex").ingest([tmp_path / "globex.md"]).chunks_embedded == 300
+    assert memory.store("Support", "acme").ingest([tmp_path / "acme.md"]).chunks_embedded == 100
+
+    query = "[" + ",".join(map(str, fake_vector("refund"))) + "]"
+    with memory.transaction("acme", search=True) as conn:  # a quarter of the rows are acme's: the index serves
+        plan = "\n".join(row[0] for row in conn.execute(
+            "EXPLAIN SELECT chunk FROM memory_vectors WHERE component = 'Support'"
+            " AND (tenant IS NULL OR tenant = 'acme') AND model = %s AND dimension = 64"
+            " ORDER BY embedding::vector(64) <=> %s::vector(64) LIMIT 10",
+            (EMBED_MODEL, query),
+        ))
+    assert "Index Scan using memory_vectors_hnsw_64" in plan
+
+    monkeypatch.setattr(pg_backend, "EF_SEARCH", 10)
+    found = memory.store("Support", "acme").search("refund", 10, mode="vector")
+    assert [r.content for r in found] == [f"## Acme\n\nrefund{' filler' * i}" for i in range(10)]
+    assert [r.source for r in memory.store("Support", "globex").search("refund", 3, mode="vector")] == ["globex.md"] * 3
 
 
 def test_text_postgres_cannot_store_is_a_failed_file_not_an_error(pg: Postgres, tmp_path: Path) -> None:
@@ -138,21 +222,56 @@ def test_migrate_creates_the_schema_once_and_serving_never_migrates(postgres: Po
 
     tables = postgres.admin(
         "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class"
-        " WHERE relname IN ('memory_chunks', 'memory_documents') ORDER BY relname",
+        " WHERE relname LIKE 'memory\\_%' AND relkind = 'r' AND relname <> 'memory_schema' ORDER BY relname",
         database="fresh",
     )
-    assert tables == [("memory_chunks", True, True), ("memory_documents", True, True)]
-    indexes = dict(
-        postgres.admin("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'memory_chunks'", "fresh")
-    )
+    assert tables == [
+        (table, True, True) for table in ("memory_chunks", "memory_documents", "memory_embeddings", "memory_vectors")
+    ]
+    indexes = dict(postgres.admin("SELECT indexname, indexdef FROM pg_indexes WHERE tablename LIKE 'memory%'", "fresh"))
     assert "USING gin (tsv)" in indexes["memory_chunks_tsv"]
-    assert "USING hnsw (embedding vector_cosine_ops)" in indexes["memory_chunks_embedding"]
+    assert "memory_chunks_embedding" not in indexes  # migration 1's fixed-size vector column is gone
+    columns = "SELECT column_name FROM information_schema.columns WHERE table_name = 'memory_chunks'"
+    assert ("embedding",) not in postgres.admin(columns, "fresh")
     assert run("memory", "migrate").stdout.startswith("CMP_MEMORY_URL is not set")
 
 
-def test_copy_moves_sqlite_memory_without_rechunking(pg: Postgres, project: Path) -> None:
+def test_migrate_upgrades_a_version_1_database_keeping_its_memory(postgres: Postgres, project: Path) -> None:
+    url = postgres.database("upgrade")
+    with psycopg.connect(url) as conn:  # as the keyword-only release left it, with one document
+        conn.execute("CREATE TABLE memory_schema (version integer NOT NULL); INSERT INTO memory_schema VALUES (1)")
+        conn.execute(pg_backend.MIGRATIONS[0])
+        conn.execute("SELECT set_config('contexis.tenant', '', false)")
+        conn.execute(
+            "INSERT INTO memory_documents (component, source, content_hash, chunking, bytes, chunks)"
+            " VALUES ('CustomerDocs', 'old.md', 'h', '800/100', 40, 1);"
+            " INSERT INTO memory_chunks (component, source, position, id, content_hash, content)"
+            " VALUES ('CustomerDocs', 'old.md', 0, 'old-0', 'c', 'Refunds take five days.')"
+        )
+    ready = create_app(pg_settings(project, url)).test_client().get("/readyz")
+    assert ready.status_code == 503 and "is version 1, expected 2" in ready.get_json()["reason"]
+
+    upgraded = run("memory", "migrate", env={"CMP_MEMORY_URL": url})
+    assert upgraded.stdout.startswith("memory schema version 2 (migrated from version 1) in "), upgraded.stderr
+    with FakeHF(Reply(body=feature_extraction)) as fake:
+        memory = embedding(project, url, fake)
+        store = memory.store("CustomerDocs")
+        assert store.search("refund", 1, mode="keyword")[0].source == "old.md"
+        assert store.ingest([]).chunks_embedded == 1  # the old chunk, embedded by the next ingest
+        assert store.search("money back", 1, mode="vector")[0].source == "old.md"
+    # An index the ingest could not build (another role) or that was dropped: migrate builds it.
+    index = "SELECT to_regclass('memory_vectors_hnsw_64') IS NOT NULL"
+    assert postgres.admin(index, "upgrade") == [(True,)]
+    postgres.admin("DROP INDEX memory_vectors_hnsw_64", "upgrade")
+    assert run("memory", "migrate", env={"CMP_MEMORY_URL": url}).returncode == 0
+    assert postgres.admin(index, "upgrade") == [(True,)]
+
+
+def test_copy_moves_sqlite_memory_without_rechunking(pg: Postgres, project: Path, fake: FakeHF) -> None:
     sqlite = open_memory(pg_settings(project, ""))
-    sqlite.store("CustomerDocs").ingest([project / DOCS])
+    # The shared store with its vectors (copied along, not embedded again), the tenant's without.
+    embedded = embed_settings(project, "", fake)
+    open_memory(embedded, HuggingFaceEmbedder(embedded)).store("CustomerDocs").ingest([project / DOCS])
     sqlite.store("CustomerDocs", "acme").ingest([write(project / "acme" / "deal.md", "acme refund deal\n")])
     # Chunking settings changed after the ingest: the copy keeps the stored chunks all the same.
     write(project / "memory" / "CustomerDocs" / "memory_config.yaml", "chunk_size: 100\nchunk_overlap: 0\n")
@@ -168,6 +287,12 @@ def test_copy_moves_sqlite_memory_without_rechunking(pg: Postgres, project: Path
         on_sqlite = sqlite.store("CustomerDocs", tenant).search("refund receipt", 10)
         on_postgres = postgres.store("CustomerDocs", tenant).search("refund receipt", 10)
         assert {(r.id, r.content) for r in on_postgres} == {(r.id, r.content) for r in on_sqlite}
+    shared = [store.stats() for store in (sqlite.store("CustomerDocs"), postgres.store("CustomerDocs"))]
+    assert [(s.embed_model, s.embed_dimension, s.chunks_with_vectors) for s in shared] == [
+        (EMBED_MODEL, 64, shared[0].chunks)
+    ] * 2
+    assert postgres.store("CustomerDocs", "acme").stats().chunks_with_vectors == 0
+    assert pg.admin("SELECT to_regclass('memory_vectors_hnsw_64') IS NOT NULL", Postgres.ROLE) == [(True,)]
     assert "5 unchanged" in run("memory", "copy", "--from", str(project), "--to", pg.url).stdout
     refused = run("memory", "copy", "--from", str(project), "--to", "mysql://x")
     assert refused.returncode == 2 and "postgresql://" in refused.stderr

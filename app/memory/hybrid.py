@@ -15,7 +15,15 @@ from typing import Protocol
 from app.errors import MemoryStoreError, ProviderError
 from app.memory.config import MemoryConfig
 from app.memory.fusion import reciprocal_rank_fusion
-from app.memory.store import DEGRADED_KEYWORDS_ONLY, Embedder, IngestReport, Progress, Retrieval, SearchResult
+from app.memory.store import (
+    DEGRADED_KEYWORDS_ONLY,
+    Document,
+    Embedder,
+    IngestReport,
+    Progress,
+    Retrieval,
+    SearchResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +88,39 @@ def embed_pending(
         report.embed_error = f"{exc.code}: {exc.message}"
 
 
+def check_batch(
+    location: str, held_model: str | None, held_dimension: int | None, model_id: str, dimension: int
+) -> None:
+    """Refuse to save vectors of `model_id` into a store that holds another model's, or another dimension.
+
+    Another model means a concurrent ingest switched the store; another dimension under the same name
+    means another model answers under it, and mixing the two would rank nonsense.
+    """
+    if held_model != model_id:
+        raise MemoryStoreError(f"{location}: another ingest switched the embedding model meanwhile")
+    if held_dimension is not None and held_dimension != dimension:
+        raise MemoryStoreError(
+            f"{model_id!r} now gives {dimension}-dimensional vectors where the store holds "
+            f"{held_dimension}-dimensional ones: another model answers under that name; "
+            "delete the store's documents (ctx memory delete) and ingest them again"
+        )
+
+
+def copied_dimension(document: Document, held_model: str | None, held_dimension: int | None) -> int | None:
+    """The dimension of a copied `document`'s vectors when the store takes them, else None.
+
+    A store takes them when it holds no model yet (it adopts the document's) or the same model and
+    dimension; otherwise the chunks are stored without vectors and the next ingest embeds them.
+    """
+    vectors = [chunk.vector for chunk in document.chunks if chunk.vector is not None]
+    if document.embed_model is None or not vectors:
+        return None
+    dimension = len(vectors[0])
+    if held_model not in (None, document.embed_model) or held_dimension not in (None, dimension):
+        return None
+    return dimension
+
+
 def resolve_mode(config: MemoryConfig, embedder: Embedder | None, mode: str | None) -> str:
     """The mode a search runs in: asked for, else the component's, else hybrid; keyword without an embedder."""
     if embedder is None:
@@ -88,14 +129,26 @@ def resolve_mode(config: MemoryConfig, embedder: Embedder | None, mode: str | No
 
 
 def retrieve(
-    backend: VectorBackend, embedder: Embedder | None, config: MemoryConfig, query: str, top_k: int, mode: str | None
+    backend: VectorBackend,
+    embedder: Embedder | None,
+    config: MemoryConfig,
+    query: str,
+    top_k: int | None,
+    mode: str | None,
 ) -> Retrieval:
-    """The `top_k` best chunks for `query` in the resolved mode, best first.
+    """The `top_k` best chunks for an untrusted `query` in the resolved mode, best first.
 
+    `top_k` 0 or None is the component's default; an empty query finds nothing (and embeds nothing).
     Hybrid fuses the keyword and the vector rankings with reciprocal rank fusion. When the query cannot
     be embedded (the embedder is down, slow or answers nonsense) the search falls back to keywords and
     says so in `degraded`: the answer is worse, but it is still an answer, within the query's deadline.
     """
+    if top_k is None or top_k == 0:
+        top_k = config.top_k
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    if not query.strip():
+        return Retrieval([], "keyword")
     mode = resolve_mode(config, embedder, mode)
     if embedder is None or mode == "keyword":
         return Retrieval(backend.keyword_ranking(query, top_k), "keyword")

@@ -6,6 +6,12 @@ forced on the table owner too, lets it read only that tenant's and the shared ro
 own: a query that forgot its filter still cannot reach another tenant. The schema is versioned and
 created or upgraded by ``ctx memory migrate`` only; serving never migrates.
 
+Vectors (``memory_vectors``, one per chunk with the model that made it, of any dimension) are deleted
+with their chunk by the foreign key; ``memory_embeddings`` records each owner's model and dimension.
+Nearest neighbours come from an HNSW index per dimension (``prepare_searches`` builds it after the
+ingest that stores the dimension's first vectors), or from an exact scan of the owner's and the shared
+vectors where the index cannot serve (see ``PostgresStore.vector_ranking``); docs/retrieval.md has figures.
+
 Connections come from one ``psycopg_pool`` pool per process and URL, opened on first use, so a forked
 gunicorn worker opens its own. Every wait is bounded by ``CMP_MEMORY_TIMEOUT`` (pool checkout, connect,
 statement timeout): a database that is down or slow is ``MemoryUnavailable`` (503), never a hung thread,
@@ -15,11 +21,12 @@ and the pool reconnects by itself when it is back.
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,6 +37,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from app.config import Settings
 from app.errors import DocumentError, MemoryUnavailable
 from app.memory.config import load_config
+from app.memory.hybrid import PendingChunk, check_batch, copied_dimension, embed_pending, retrieve
 from app.memory.sqlite import query_terms
 from app.memory.store import (
     Chunk,
@@ -48,9 +56,20 @@ from app.memory.store import (
     source_name,
 )
 
-SCHEMA_VERSION = 1
-# The vector column's size: the embedding model of hybrid retrieval must produce this many dimensions.
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+# Migration 1's vector column (never written: vectors came with migration 2) had this size.
 EMBEDDING_DIMENSIONS = 384
+# pgvector indexes `vector` values of at most this many dimensions with HNSW; larger ones are ranked exactly.
+HNSW_MAX_DIMENSIONS = 2000
+# Candidates an HNSW search keeps (pgvector's hnsw.ef_search, 40 by default; at least the limit asked for):
+# more is slower and nearer the exact ranking. docs/retrieval.md has the figures that chose it.
+EF_SEARCH = 100
+# Building an HNSW index holds its graph in maintenance_work_mem; one that does not fit is built on disk,
+# 4x slower here. A build raises it to the graph's estimated size (per vector: its floats and ~600 bytes of
+# links), up to this cap, and never lowers the server's setting.
+INDEX_BUILD_MEMORY_CAP = 2 * 1024**3
 # Text search configuration of the generated tsvector and of queries: English stemming and stop words.
 TS_CONFIG = "english"
 
@@ -60,6 +79,25 @@ _VISIBLE = (
     "tenant IS NULL OR tenant = current_setting('contexis.tenant', true)"
     " OR current_setting('contexis.all_tenants', true) = 'on'"
 )
+
+
+
+def _row_security(table: str, write_check: str = _OWNER) -> str:
+    """Row-level security as every memory table has it: forced (the owning role too), reads of the
+    transaction's tenant's and the shared rows, writes of its own (and whatever `write_check` adds)."""
+    return f"""
+    ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+    ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
+    CREATE POLICY tenant_reads ON {table} FOR SELECT USING ({_VISIBLE});
+    CREATE POLICY owner_writes ON {table} USING ({_OWNER}) WITH CHECK ({write_check});
+    """
+
+
+# A vector belongs to its chunk's owner: no one attaches vectors to chunks of another owner.
+_VECTOR_WRITES = f"""{_OWNER} AND EXISTS (
+    SELECT 1 FROM memory_chunks c WHERE c.pk = memory_vectors.chunk
+    AND c.component = memory_vectors.component AND c.tenant IS NOT DISTINCT FROM memory_vectors.tenant
+)"""  # noqa: S608 - constants only
 
 # MIGRATIONS[n] brings the schema from version n to n + 1; released entries never change.
 MIGRATIONS: tuple[str, ...] = (
@@ -100,6 +138,29 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE POLICY tenant_reads ON memory_chunks FOR SELECT USING ({_VISIBLE});
     CREATE POLICY owner_writes ON memory_chunks USING ({_OWNER}) WITH CHECK ({_OWNER});
     """,
+    """
+    -- Vectors of any dimension in a table of their own; migration 1's vector(384) column was never written.
+    ALTER TABLE memory_chunks DROP COLUMN embedding;
+    -- Each owner's embedding model, and the dimension of its vectors once it has some.
+    CREATE TABLE memory_embeddings (
+        tenant     text,
+        component  text NOT NULL,
+        model      text,
+        dimension  integer,
+        UNIQUE NULLS NOT DISTINCT (component, tenant)
+    );
+    CREATE TABLE memory_vectors (
+        chunk      bigint PRIMARY KEY REFERENCES memory_chunks (pk) ON DELETE CASCADE,
+        tenant     text,
+        component  text NOT NULL,
+        model      text NOT NULL,
+        embedding  vector NOT NULL,
+        dimension  integer NOT NULL GENERATED ALWAYS AS (vector_dims(embedding)) STORED
+    );
+    CREATE INDEX memory_vectors_owner ON memory_vectors (component, tenant, model);
+    """
+    + _row_security("memory_embeddings")
+    + _row_security("memory_vectors", _VECTOR_WRITES),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -121,6 +182,21 @@ FROM (({_CANDIDATES.format("all")}) UNION ({_CANDIDATES.format("any")})) AS cand
 ORDER BY score DESC, pk
 LIMIT %(top_k)s
 """  # noqa: S608 - constants only; the query's words are bound parameters
+
+# The nearest vectors of the owner and the shared store, by cosine distance. `{embedding}` and `{vector}`
+# are either `embedding::vector(N)` and `vector(N)`, the expression of the dimension's HNSW index (and
+# `dimension = N` its predicate), or the bare column, which no index serves: an exact scan.
+_NEAREST_SQL = """
+SELECT c.id, c.content, 1 - nearest.distance, c.source
+FROM (
+    SELECT chunk, {embedding} <=> %(vector)s::{vector} AS distance FROM memory_vectors
+    WHERE component = %(component)s AND (tenant IS NULL OR tenant = %(tenant)s)
+      AND model = %(model)s AND dimension = {dimension}
+    ORDER BY distance
+    LIMIT %(limit)s
+) AS nearest JOIN memory_chunks c ON c.pk = nearest.chunk
+ORDER BY nearest.distance, c.pk
+"""
 
 # Under row-level security PostgreSQL uses an index only for leakproof operators, and the text match
 # operator (tsvector @@ tsquery, function ts_match_vq) is not marked so by default: without this, every
@@ -201,23 +277,25 @@ class PostgresMemory:
 
     @contextmanager
     def transaction(
-        self, tenant_id: str | None, *, all_tenants: bool = False, search: bool = False
+        self, tenant_id: str | None, *, all_tenants: bool = False, search: bool = False, ef_search: int = 0
     ) -> Iterator[psycopg.Connection]:
         """One transaction acting for ``tenant_id`` (None: the shared owner); every database failure,
         timeout or a schema not yet migrated is ``MemoryUnavailable``, without the URL or its password.
 
-        ``search`` keeps the planner on the text index: for common words it would otherwise read the
-        table in order until the budget is filled, paying the tenant and text filters on every row
-        (about 20 % slower at the median at 40,000 chunks, docs/benchmarks.md).
+        ``search`` keeps the planner on the indexes: for common words it would otherwise read the table
+        in order until the budget is filled, paying the tenant and text filters on every row (about 20 %
+        slower at the median at 40,000 chunks, docs/benchmarks.md). ``ef_search`` sets the candidates of
+        an HNSW search.
         """
+        settings = {"contexis.tenant": tenant_id or "", "contexis.all_tenants": "on" if all_tenants else "off"}
+        if search:
+            settings["enable_seqscan"] = "off"
+        if ef_search:
+            settings["hnsw.ef_search"] = str(ef_search)
         try:
             with _pool(self.url, self.pool_size, self.timeout).connection() as conn:
-                conn.execute(
-                    "SELECT set_config('contexis.tenant', %s, true), set_config('contexis.all_tenants', %s, true),"
-                    " set_config('enable_seqscan', CASE WHEN %s THEN 'off' ELSE current_setting('enable_seqscan')"
-                    " END, true)",
-                    (tenant_id or "", "on" if all_tenants else "off", search),
-                )
+                calls = ", ".join("set_config(%s, %s, true)" for _ in settings)
+                conn.execute(f"SELECT {calls}", [value for pair in settings.items() for value in pair])
                 yield conn
         except psycopg.errors.UndefinedTable as exc:
             raise MemoryUnavailable(f"memory schema missing in {self.where}: run `ctx memory migrate`") from exc
@@ -238,11 +316,54 @@ class PostgresMemory:
             ).fetchall()
         return [PostgresStore(self, component, tenant) for component, tenant in owners]
 
-    def analyze(self) -> None:
-        """Refresh the planner's statistics after a bulk write. Without them (a table filled faster than
-        autovacuum looks) the planner scans every chunk of the component instead of using the text index."""
+    def prepare_searches(self) -> None:
+        """After a bulk write: an HNSW index for each dimension of stored vectors that has none yet, then
+        fresh planner statistics. Without them (a table filled faster than autovacuum looks) the planner
+        scans every chunk of the component instead of using the text index.
+
+        Both need the tables' owner; run by another role, searches stay correct and scan instead.
+        """
+        with self.transaction(None, all_tenants=True) as conn:
+            dimensions = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT dimension FROM memory_embeddings WHERE dimension <= %s"
+                    " AND to_regclass(format('memory_vectors_hnsw_%%s', dimension)) IS NULL ORDER BY 1",
+                    (HNSW_MAX_DIMENSIONS,),
+                )
+            ]
+        for dimension in dimensions:
+            try:
+                self._build_index(dimension)
+            except psycopg.errors.InsufficientPrivilege:
+                log.warning(
+                    "cannot index the memory vectors: only the tables' owner can; searches scan them instead",
+                    extra={"fields": {"dimension": dimension}},
+                )
         with self.transaction(None) as conn:
-            conn.execute("ANALYZE memory_documents, memory_chunks")
+            conn.execute("ANALYZE memory_documents, memory_chunks, memory_vectors")
+
+    def _build_index(self, dimension: int) -> None:
+        """The HNSW index (cosine) of the ``dimension``-dimensional vectors: an expression index, as the
+        column has no fixed dimension, and partial, so each dimension has its own.
+
+        Built once, after the ingest that stored the first vectors (a build is much faster than as many
+        inserts); PostgreSQL keeps it current after. Searches go on meanwhile; other writers of vectors
+        wait for it, so the build has no statement timeout.
+        """
+        with self.transaction(None, all_tenants=True) as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('contexis.memory_vectors_index'))")
+            count = conn.execute("SELECT count(*) FROM memory_vectors WHERE dimension = %s", (dimension,)).fetchone()
+            graph = min((count[0] if count else 0) * (4 * dimension + 600), INDEX_BUILD_MEMORY_CAP)
+            conn.execute(
+                "SELECT set_config('statement_timeout', '0', true), set_config('maintenance_work_mem',"
+                " greatest(pg_size_bytes(current_setting('maintenance_work_mem')), %s::bigint) / 1024 || 'kB', true)",
+                (graph,),
+            )
+            conn.execute(
+                f"CREATE INDEX IF NOT EXISTS memory_vectors_hnsw_{dimension} ON memory_vectors"
+                f" USING hnsw ((embedding::vector({dimension})) vector_cosine_ops) WHERE dimension = {dimension}"
+            )
 
     def schema_version(self) -> int:
         """The schema version the database holds; 0 before the first migration."""
@@ -305,18 +426,24 @@ class PostgresStore:
         owner = f"tenant {self.tenant_id}" if self.tenant_id else "shared"
         return f"{self.memory.where} ({self.component}, {owner})"
 
-    def _owner(self) -> tuple[str, tuple[str, ...]]:
-        """The owner's rows as a condition the unique index serves (``IS NOT DISTINCT FROM`` would scan)."""
+    def _owner(self, alias: str = "") -> tuple[str, tuple[str, ...]]:
+        """The owner's rows (of the table named ``alias``, if given) as a condition the unique index serves
+        (``IS NOT DISTINCT FROM`` would scan)."""
+        prefix = f"{alias}." if alias else ""
         if self.tenant_id is None:
-            return "component = %s AND tenant IS NULL", (self.component,)
-        return "component = %s AND tenant = %s", (self.component, self.tenant_id)
+            return f"{prefix}component = %s AND {prefix}tenant IS NULL", (self.component,)
+        return f"{prefix}component = %s AND {prefix}tenant = %s", (self.component, self.tenant_id)
 
     # -- ingest ------------------------------------------------------------
 
     def ingest(
         self, paths: Iterable[Path], progress: Progress | None = None, embed_progress: Progress | None = None
     ) -> IngestReport:
-        """Add files and directories, one transaction per document; unchanged files are skipped."""
+        """Add files and directories, one transaction per document; unchanged files are skipped.
+
+        With an embedder, then embed the chunks without a vector of its model (``hybrid.embed_pending``);
+        a failure there is reported in ``embed_error`` and the next ingest continues where it stopped.
+        """
         started = time.perf_counter()
         report = IngestReport()
         files = collect_files(paths, report)
@@ -330,8 +457,10 @@ class PostgresStore:
                 report.failed.append((source, str(exc)))
             if progress is not None:
                 progress(done, len(files), source)
-        if report.ingested:
-            self.memory.analyze()
+        if self.embedder is not None:
+            embed_pending(self, self.embedder, report, embed_progress)
+        if report.ingested or report.chunks_embedded:
+            self.memory.prepare_searches()
         report.seconds = time.perf_counter() - started
         return report
 
@@ -357,11 +486,20 @@ class PostgresStore:
     def _write(self, conn: psycopg.Connection, document: Document) -> int:
         """Write ``document`` over its earlier version within ``conn``'s transaction; the chunks removed.
 
-        The commit does not wait for the WAL flush (like SQLite's ``synchronous=NORMAL``): a crash may
-        lose the last documents written, never half of one, and a re-ingest adds them again.
+        Chunks whose text did not change keep their vectors (deleted with the old chunks, written again
+        for the new ones), so only new text is embedded again; a copied document's own vectors are stored
+        when the owner takes them (``hybrid.copied_dimension``). The commit does not wait for the WAL
+        flush (like SQLite's ``synchronous=NORMAL``): a crash may lose the last documents written, never
+        half of one, and a re-ingest adds them again.
         """
         conn.execute("SET LOCAL synchronous_commit = off")
         owner, params = self._owner()
+        chunk_owner, _ = self._owner("c")
+        kept = conn.execute(
+            "SELECT DISTINCT ON (c.content_hash) c.content_hash, v.model, v.embedding::text FROM memory_chunks c"  # noqa: S608
+            f" JOIN memory_vectors v ON v.chunk = c.pk WHERE {chunk_owner} AND c.source = %s",
+            (*params, document.source),
+        ).fetchall()
         removed = conn.execute(
             f"DELETE FROM memory_chunks WHERE {owner} AND source = %s",  # noqa: S608 - constants only
             (*params, document.source),
@@ -375,6 +513,27 @@ class PostgresStore:
                     for c in document.chunks
                 ],
             )
+            # The chunks' own tenant and component, so the vectors' owner is their chunk's by construction.
+            attach = (
+                "INSERT INTO memory_vectors (chunk, tenant, component, model, embedding)"  # noqa: S608
+                f" SELECT pk, tenant, component, %s, %s::vector FROM memory_chunks WHERE {owner} AND source = %s"
+            )
+            cur.executemany(
+                f"{attach} AND content_hash = %s",
+                [(model, vector, *params, document.source, digest) for digest, model, vector in kept],
+            )
+            dimension = copied_dimension(document, *self._hold_embedding(conn)) if document.embed_model else None
+            if dimension is not None:
+                self._set_embedding(conn, document.embed_model, dimension)
+                cur.executemany(
+                    f"{attach} AND position = %s"
+                    " ON CONFLICT (chunk) DO UPDATE SET model = excluded.model, embedding = excluded.embedding",
+                    [
+                        (document.embed_model, _literal(c.vector), *params, document.source, c.position)
+                        for c in document.chunks
+                        if c.vector is not None
+                    ],
+                )
         conn.execute(
             "INSERT INTO memory_documents (tenant, component, source, content_hash, chunking, bytes, chunks)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s)"
@@ -392,21 +551,80 @@ class PostgresStore:
         )
         return removed
 
+    # -- vectors at ingest (hybrid.embed_pending) -----------------------------
+
+    def _hold_embedding(self, conn: psycopg.Connection) -> tuple[str | None, int | None]:
+        """The owner's embedding model and dimension (None before it has them), its row locked until the
+        transaction ends, so the writers of one owner's vectors take turns."""
+        row = conn.execute(
+            "INSERT INTO memory_embeddings (tenant, component) VALUES (%s, %s) ON CONFLICT (component, tenant)"
+            " DO UPDATE SET model = memory_embeddings.model RETURNING model, dimension",
+            (self.tenant_id, self.component),
+        ).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def _set_embedding(self, conn: psycopg.Connection, model: str | None, dimension: int | None) -> None:
+        owner, params = self._owner()
+        conn.execute(
+            f"UPDATE memory_embeddings SET model = %s, dimension = %s WHERE {owner}",  # noqa: S608 - constants only
+            (model, dimension, *params),
+        )
+
+    def start_embedding(self, model_id: str) -> int:
+        """Switch the owner to ``model_id`` (dropping another model's vectors); the chunks still to embed."""
+        owner, params = self._owner()
+        chunk_owner, _ = self._owner("c")
+        with self.memory.transaction(self.tenant_id) as conn:
+            if self._hold_embedding(conn)[0] != model_id:
+                conn.execute(f"DELETE FROM memory_vectors WHERE {owner}", params)  # noqa: S608 - constants only
+                self._set_embedding(conn, model_id, None)
+            row = conn.execute(
+                f"SELECT count(*) FROM memory_chunks c WHERE {chunk_owner}"  # noqa: S608 - constants only
+                " AND NOT EXISTS (SELECT 1 FROM memory_vectors v WHERE v.chunk = c.pk)",
+                params,
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def pending_chunks(self, after: int, limit: int) -> list[PendingChunk]:
+        chunk_owner, params = self._owner("c")
+        with self.memory.transaction(self.tenant_id) as conn:
+            rows = conn.execute(
+                f"SELECT c.pk, c.content_hash, c.content FROM memory_chunks c WHERE {chunk_owner} AND c.pk > %s"  # noqa: S608
+                " AND NOT EXISTS (SELECT 1 FROM memory_vectors v WHERE v.chunk = c.pk) ORDER BY c.pk LIMIT %s",
+                (*params, after, limit),
+            ).fetchall()
+        return [PendingChunk(key=pk, content_hash=digest, text=content) for pk, digest, content in rows]
+
+    def store_vectors(self, model_id: str, vectors: Sequence[tuple[PendingChunk, list[float]]]) -> int:
+        """Save a batch in one transaction; a chunk replaced meanwhile (another hash, or gone) gets none."""
+        owner, params = self._owner()
+        dimension = len(vectors[0][1]) if vectors else 0
+        with self.memory.transaction(self.tenant_id) as conn:
+            held_model, held_dimension = self._hold_embedding(conn)
+            check_batch(self.location, held_model, held_dimension, model_id, dimension)
+            if held_dimension is None:
+                self._set_embedding(conn, model_id, dimension)
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO memory_vectors (chunk, tenant, component, model, embedding)"  # noqa: S608
+                    f" SELECT pk, tenant, component, %s, %s::vector FROM memory_chunks WHERE {owner}"
+                    " AND pk = %s AND content_hash = %s"
+                    " ON CONFLICT (chunk) DO UPDATE SET model = excluded.model, embedding = excluded.embedding",
+                    [(model_id, _literal(vector), *params, chunk.key, chunk.content_hash) for chunk, vector in vectors],
+                )
+                return max(cur.rowcount, 0)
+
     # -- search ------------------------------------------------------------
 
     def retrieve(self, query: str, top_k: int | None = None, mode: str | None = None) -> Retrieval:
-        """The ``top_k`` best chunks for an untrusted query, best first; ``top_k`` 0/None: the default."""
-        if top_k is None or top_k == 0:
-            top_k = self.config.top_k
-        if top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {top_k}")
-        return Retrieval(self.keyword_ranking(query, top_k), "keyword")
+        """The ``top_k`` best chunks for an untrusted query, best first (``hybrid.retrieve``: defaults, modes)."""
+        return retrieve(self, self.embedder, self.config, query, top_k, mode)
 
     def search(self, query: str, top_k: int | None = None, mode: str | None = None) -> list[SearchResult]:
         return self.retrieve(query, top_k, mode).results
 
-    def keyword_ranking(self, query: str, top_k: int) -> list[SearchResult]:
-        """The ``top_k`` best chunks of the tenant's and the shared rows, by ``ts_rank`` (higher is better)."""
+    def keyword_ranking(self, query: str, limit: int) -> list[SearchResult]:
+        """The ``limit`` best chunks of the tenant's and the shared rows, by ``ts_rank`` (higher is better)."""
         terms = query_terms(query)
         if not terms:
             return []
@@ -416,16 +634,46 @@ class PostgresStore:
             "component": self.component,
             "tenant": self.tenant_id,
             "budget": SCORE_BUDGET,
-            "top_k": top_k,
+            "top_k": limit,
         }
         with self.memory.transaction(self.tenant_id, search=True) as conn:
             rows = conn.execute(_SEARCH_SQL, params).fetchall()
         return [SearchResult(id=i, content=content, score=float(score), source=src) for i, content, score, src in rows]
 
+    def vector_ranking(self, vector: Sequence[float], model_id: str, limit: int) -> list[SearchResult]:
+        """The ``limit`` chunks of the tenant's and the shared rows nearest ``vector`` by cosine (the score),
+        among the vectors of ``model_id`` and of the query's dimension.
+
+        The dimension's HNSW index, when it has one, ranks every owner's vectors, and the rows of other
+        owners are filtered out after: when that leaves fewer than ``limit`` (the index's candidates were
+        mostly other tenants' or components', or the store is small), the same query is answered by an
+        exact scan of the owner's and the shared vectors instead.
+        """
+        dimension = len(vector)
+        params = {
+            "vector": _literal(vector),
+            "component": self.component,
+            "tenant": self.tenant_id,
+            "model": model_id,
+            "limit": limit,
+        }
+        indexed = _NEAREST_SQL.format(
+            embedding=f"embedding::vector({dimension})", vector=f"vector({dimension})", dimension=dimension
+        )
+        with self.memory.transaction(self.tenant_id, search=True, ef_search=max(EF_SEARCH, limit)) as conn:
+            rows = conn.execute(indexed, params).fetchall()
+            if len(rows) < limit:
+                exact = _NEAREST_SQL.format(embedding="embedding", vector="vector", dimension=dimension)
+                rows = conn.execute(exact, params).fetchall()
+        return [SearchResult(id=i, content=content, score=float(score), source=src) for i, content, score, src in rows]
+
     # -- maintenance -------------------------------------------------------
 
     def delete(self, source: str | None = None) -> int:
-        """Remove one document (by stored name or path) or, with None, all of the owner's; documents removed."""
+        """Remove one document (by stored name or path) or, with None, all of the owner's; documents removed.
+
+        Their vectors go with their chunks (the foreign key cascades).
+        """
         where, params = self._owner()
         if source is not None:
             where += " AND source IN (%s, %s)"
@@ -435,7 +683,7 @@ class PostgresStore:
             return conn.execute(f"DELETE FROM memory_documents WHERE {where}", params).rowcount  # noqa: S608
 
     def stats(self) -> StoreStats:
-        """Documents, chunks and sizes of the owner's rows (``db_bytes``: their size in the tables)."""
+        """Documents, chunks, vectors and sizes of the owner's rows (``db_bytes``: their size in the tables)."""
         owner, params = self._owner()
         with self.memory.transaction(self.tenant_id) as conn:
             totals = "count(*), coalesce(sum(chunks), 0), coalesce(sum(bytes), 0)"
@@ -443,10 +691,16 @@ class PostgresStore:
                 f"SELECT {totals} FROM memory_documents WHERE {owner}",  # noqa: S608 - constants only
                 params,
             ).fetchone() or (0, 0, 0)
-            row = conn.execute(
-                f"SELECT coalesce(sum(pg_column_size(c.*)), 0) FROM memory_chunks c WHERE {owner}",  # noqa: S608
+            chunk_bytes, vectors, vector_bytes = conn.execute(
+                f"SELECT (SELECT coalesce(sum(pg_column_size(c.*)), 0) FROM memory_chunks c WHERE {owner}),"  # noqa: S608
+                f" count(*), coalesce(sum(pg_column_size(v.*)), 0) FROM memory_vectors v WHERE {owner}",
+                params + params,
+            ).fetchone() or (0, 0, 0)
+            embedding = conn.execute(
+                f"SELECT model, dimension FROM memory_embeddings WHERE {owner}",  # noqa: S608 - constants only
                 params,
             ).fetchone()
+        model, dimension = embedding or (None, None)
         return StoreStats(
             component=self.component,
             tenant_id=self.tenant_id,
@@ -454,30 +708,56 @@ class PostgresStore:
             documents=int(documents),
             chunks=int(chunks),
             source_bytes=int(source_bytes),
-            db_bytes=int(row[0]) if row else 0,
+            db_bytes=int(chunk_bytes) + int(vector_bytes),
+            embed_model=model,
+            embed_dimension=dimension,
+            chunks_with_vectors=int(vectors),
         )
 
     def documents(self) -> Iterator[Document]:
-        """Every document of the owner with its chunks, in source order."""
+        """Every document of the owner with its chunks and their vectors, in source order."""
         owner, params = self._owner()
+        chunk_owner, _ = self._owner("c")
         with self.memory.transaction(self.tenant_id) as conn:
             heads = conn.execute(
                 f"SELECT source, content_hash, chunking, bytes FROM memory_documents WHERE {owner} ORDER BY source",  # noqa: S608
                 params,
             ).fetchall()
+            embedding = conn.execute(
+                f"SELECT model FROM memory_embeddings WHERE {owner}",  # noqa: S608 - constants only
+                params,
+            ).fetchone()
+        model = embedding[0] if embedding else None
         for source, content_hash, chunking, size in heads:
             with self.memory.transaction(self.tenant_id) as conn:
-                columns = "id, position, content_hash, content"
-                chunks = conn.execute(
-                    f"SELECT {columns} FROM memory_chunks WHERE {owner} AND source = %s ORDER BY position",  # noqa: S608
-                    (*params, source),
+                rows = conn.execute(
+                    "SELECT c.id, c.position, c.content_hash, c.content, v.embedding::text"  # noqa: S608
+                    f" FROM memory_chunks c LEFT JOIN memory_vectors v ON v.chunk = c.pk AND v.model = %s"
+                    f" WHERE {chunk_owner} AND c.source = %s ORDER BY c.position",
+                    (model, *params, source),
                 ).fetchall()
-            yield Document(source, content_hash, chunking, int(size), tuple(Chunk(*chunk) for chunk in chunks))
+            chunks = tuple(
+                Chunk(i, position, digest, content, None if vector is None else _values(vector))
+                for i, position, digest, content, vector in rows
+            )
+            embedded = any(chunk.vector is not None for chunk in chunks)
+            yield Document(source, content_hash, chunking, int(size), chunks, model if embedded else None)
 
     def put(self, document: Document) -> bool:
-        """Store ``document`` as it is (ids and chunks kept); False when this version is already stored."""
+        """Store ``document`` as it is (ids, chunks and the vectors the owner takes); False when this version
+        is already stored."""
         with self.memory.transaction(self.tenant_id) as conn:
             if self._stored_version(conn, document.source) == (document.content_hash, document.chunking):
                 return False
             self._write(conn, document)
         return True
+
+
+def _literal(vector: Sequence[float]) -> str:
+    """pgvector's text form of a vector, bound as a parameter and cast to ``vector``."""
+    return "[" + ",".join(map(str, map(float, vector))) + "]"
+
+
+def _values(literal: str) -> tuple[float, ...]:
+    """A vector's values from pgvector's text form."""
+    return tuple(map(float, literal.strip("[]").split(",")))

@@ -23,9 +23,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.errors import DocumentError, MemoryStoreBroken, MemoryStoreError
+from app.errors import DocumentError, MemoryStoreBroken
 from app.memory.config import load_config
-from app.memory.hybrid import PendingChunk, embed_pending, retrieve
+from app.memory.hybrid import PendingChunk, check_batch, copied_dimension, embed_pending, retrieve
 from app.memory.store import (
     Chunk,
     Document,
@@ -42,7 +42,7 @@ from app.memory.store import (
     file_digest,
     source_name,
 )
-from app.memory.vectors import VectorIndex, to_blob
+from app.memory.vectors import VectorIndex, from_blob, to_blob
 from app.names import is_safe_name
 
 DB_NAME = "memory.db"
@@ -236,7 +236,8 @@ def _write(conn: sqlite3.Connection) -> Iterator[None]:
 def _replace(conn: sqlite3.Connection, document: Document) -> int:
     """Write ``document`` over any earlier version of it in one transaction; the number of chunks removed.
 
-    Chunks whose text did not change keep their vectors: only new text is embedded again.
+    Chunks whose text did not change keep their vectors: only new text is embedded again. A copied
+    document's own vectors are stored when the store takes them (``hybrid.copied_dimension``).
     """
     source = document.source
     with _write(conn):
@@ -254,6 +255,17 @@ def _replace(conn: sqlite3.Connection, document: Document) -> int:
             " SELECT rowid, ? FROM chunks WHERE source = ? AND content_hash = ?",
             [(vector, source, content_hash) for content_hash, vector in dict(kept).items()],
         )
+        dimension = copied_dimension(document, *_embedding(_meta(conn))) if document.embed_model else None
+        if dimension is not None:
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [("embed_model", document.embed_model), ("embed_dimension", dimension)],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO vectors (rowid, vector)"
+                " SELECT rowid, ? FROM chunks WHERE source = ? AND position = ?",
+                [(to_blob(c.vector), source, c.position) for c in document.chunks if c.vector is not None],
+            )
         conn.execute(
             "INSERT OR REPLACE INTO documents (source, content_hash, chunking, bytes, chunks, ingested_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -275,6 +287,12 @@ def _meta(conn: sqlite3.Connection) -> dict[str, object]:
         if "no such table" in str(exc):
             return {}
         raise
+
+
+def _embedding(meta: dict[str, object]) -> tuple[str | None, int | None]:
+    """The model and dimension of the store's vectors, as far as it has recorded them."""
+    model, dimension = meta.get("embed_model"), meta.get("embed_dimension")
+    return model if isinstance(model, str) else None, dimension if isinstance(dimension, int) else None
 
 
 # (pid, database) -> (vectors_version, its index): one index per store and process, shared by its threads.
@@ -405,18 +423,25 @@ class SqliteStore:
         report.chunks_removed += removed
 
     def documents(self) -> Iterator[Document]:
-        """Every document of this store with its chunks, in source order (none without a database)."""
+        """Every document of this store with its chunks and their vectors, in source order (none without a
+        database)."""
         with self._open(self.path, create=False) as conn:
             if conn is None:
                 return
+            model = _embedding(_meta(conn))[0]
             for source, content_hash, chunking, size in conn.execute(
                 "SELECT source, content_hash, chunking, bytes FROM documents ORDER BY source"
             ).fetchall():
-                chunks = conn.execute(
-                    "SELECT id, position, content_hash, content FROM chunks WHERE source = ? ORDER BY position",
-                    (source,),
-                ).fetchall()
-                yield Document(source, content_hash, chunking, size, tuple(Chunk(*chunk) for chunk in chunks))
+                chunks = tuple(
+                    Chunk(i, position, digest, content, None if blob is None else from_blob(blob))
+                    for i, position, digest, content, blob in conn.execute(
+                        "SELECT c.id, c.position, c.content_hash, c.content, v.vector FROM chunks c"
+                        " LEFT JOIN vectors v ON v.rowid = c.rowid WHERE c.source = ? ORDER BY c.position",
+                        (source,),
+                    )
+                )
+                embedded = any(chunk.vector is not None for chunk in chunks)
+                yield Document(source, content_hash, chunking, size, chunks, model if embedded else None)
 
     def put(self, document: Document) -> bool:
         """Store ``document`` as it is; False when this version of it is already stored."""
@@ -431,17 +456,10 @@ class SqliteStore:
     # -- search ------------------------------------------------------------
 
     def retrieve(self, query: str, top_k: int | None = None, mode: str | None = None) -> Retrieval:
-        """The ``top_k`` best chunks for an untrusted query, best first; ``top_k`` 0/None: the default.
+        """The ``top_k`` best chunks for an untrusted query, best first (``hybrid.retrieve``: defaults, modes).
 
-        ``mode`` (keyword, vector, hybrid; None: the component's) is resolved by ``hybrid.retrieve``.
-        No database, or an empty query, gives no results; nothing is created.
+        No database gives no results; nothing is created.
         """
-        if top_k is None or top_k == 0:
-            top_k = self.config.top_k
-        if top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {top_k}")
-        if not query.strip():
-            return Retrieval([], "keyword")
         return retrieve(self, self.embedder, self.config, query, top_k, mode)
 
     def search(self, query: str, top_k: int | None = None, mode: str | None = None) -> list[SearchResult]:
@@ -543,16 +561,8 @@ class SqliteStore:
         conn = _connection(self.path, create=True)
         assert conn is not None
         with _write(conn):
-            meta = _meta(conn)
-            if meta.get("embed_model") != model_id:
-                raise MemoryStoreError(f"{self.location}: another ingest switched the embedding model meanwhile")
             dimension = len(vectors[0][1]) if vectors else 0
-            if meta.setdefault("embed_dimension", dimension) != dimension:
-                raise MemoryStoreError(
-                    f"{model_id!r} now gives {dimension}-dimensional vectors where the store holds "
-                    f"{meta['embed_dimension']}-dimensional ones: another model answers under that name; "
-                    "delete the store's documents (ctx memory delete) and ingest them again"
-                )
+            check_batch(self.location, *_embedding(_meta(conn)), model_id, dimension)
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('embed_dimension', ?)", (dimension,))
             return sum(
                 conn.execute(
@@ -592,7 +602,7 @@ class SqliteStore:
                 meta = _meta(conn)
                 if meta:
                     with_vectors = conn.execute("SELECT count(*) FROM vectors").fetchone()[0]
-        model, dimension = meta.get("embed_model"), meta.get("embed_dimension")
+        model, dimension = _embedding(meta)
         return StoreStats(
             component=self.component,
             tenant_id=self.tenant_id,
@@ -601,8 +611,8 @@ class SqliteStore:
             chunks=chunks,
             source_bytes=source_bytes,
             db_bytes=_file_bytes(self.path) if conn is not None else 0,
-            embed_model=model if isinstance(model, str) else None,
-            embed_dimension=dimension if isinstance(dimension, int) else None,
+            embed_model=model,
+            embed_dimension=dimension,
             chunks_with_vectors=with_vectors,
         )
 

@@ -105,23 +105,32 @@ class StoreStats:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One stored piece of a document; ``id`` derives from the source and position, so it is stable."""
+    """One stored piece of a document; ``id`` derives from the source and position, so it is stable.
+
+    ``vector`` is its embedding by the document's ``embed_model``, when it has one (read for copies).
+    """
 
     id: str
     position: int
     content_hash: str
     content: str
+    vector: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
 class Document:
-    """A document as every backend stores it: what ``ingest`` writes and ``ctx memory copy`` moves."""
+    """A document as every backend stores it: what ``ingest`` writes and ``ctx memory copy`` moves.
+
+    ``embed_model`` names the model of its chunks' vectors (None: they have none), so a copy moves
+    them without embedding again.
+    """
 
     source: str
     content_hash: str
     chunking: str
     bytes: int
     chunks: tuple[Chunk, ...]
+    embed_model: str | None = None
 
 
 def fingerprint(text: str) -> str:
@@ -232,11 +241,12 @@ class MemoryStore(Protocol):
         ...
 
     def documents(self) -> Iterator[Document]:
-        """Every document of the owner's store with its chunks, for ``ctx memory copy``."""
+        """Every document of the owner's store with its chunks and their vectors, for ``ctx memory copy``."""
         ...
 
     def put(self, document: Document) -> bool:
-        """Store a document as it is (no re-chunking); False when the same version is already stored."""
+        """Store a document as it is (no re-chunking), its vectors too when the store takes them
+        (`hybrid.copied_dimension`); False when the same version is already stored."""
         ...
 
 

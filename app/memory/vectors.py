@@ -24,6 +24,11 @@ def to_blob(vector: Sequence[float]) -> bytes:
     return np.asarray(vector, dtype=STORED_DTYPE).tobytes()
 
 
+def from_blob(blob: bytes) -> tuple[float, ...]:
+    """A stored vector's values, for a copy into another store."""
+    return tuple(np.frombuffer(blob, dtype=STORED_DTYPE).astype(np.float32).tolist())
+
+
 class VectorIndex:
     """One store's vectors, searchable by cosine similarity (the vectors are unit length)."""
 
