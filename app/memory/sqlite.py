@@ -274,6 +274,15 @@ def _replace(conn: sqlite3.Connection, document: Document) -> int:
     return removed
 
 
+def _contents(conn: sqlite3.Connection, rowids: list[int]) -> dict[int, tuple[str, str, str]]:
+    """The id, content and source of the chunks ``rowids``, by rowid (none for an empty list)."""
+    if not rowids:
+        return {}
+    marks = ",".join("?" * len(rowids))
+    rows = conn.execute(f"SELECT rowid, id, content, source FROM chunks WHERE rowid IN ({marks})", rowids)  # noqa: S608
+    return {rowid: (i, content, source) for rowid, i, content, source in rows}
+
+
 def _file_bytes(path: Path) -> int:
     """Disk use of a database: recent writes live in its WAL file until a checkpoint."""
     return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
@@ -465,69 +474,60 @@ class SqliteStore:
     def search(self, query: str, top_k: int | None = None, mode: str | None = None) -> list[SearchResult]:
         return self.retrieve(query, top_k, mode).results
 
+    @contextmanager
+    def _snapshot(self, path: Path) -> Iterator[sqlite3.Connection | None]:
+        """One read transaction on ``path`` (None without a database): a ranking and the content of its
+        chunks come from the same snapshot."""
+        with self._open(path, create=False) as conn:
+            if conn is None:
+                yield None
+                return
+            try:
+                conn.execute("BEGIN")
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
     def keyword_ranking(self, query: str, limit: int) -> list[SearchResult]:
         """The best chunks by BM25 (scores negated: higher is better), merged across the tenant's and the
         shared store; a query without searchable words gives ``[]``."""
-        top_k = limit
         terms = query_terms(query)
         if not terms:
             return []
         results: list[SearchResult] = []
         for path in self.search_paths:
-            with self._open(path, create=False) as conn:
+            with self._snapshot(path) as conn:
                 if conn is None:
                     continue
                 try:
-                    # One read transaction: ranking and content come from the same snapshot.
-                    conn.execute("BEGIN")
-                    ranked = _rank(conn, terms, top_k)
-                    marks = ",".join("?" * len(ranked))
-                    rows = conn.execute(
-                        f"SELECT rowid, id, content, source FROM chunks WHERE rowid IN ({marks})",  # noqa: S608
-                        [rowid for rowid, _ in ranked],
-                    ).fetchall()
+                    ranked = _rank(conn, terms, limit)
+                    found = _contents(conn, [rowid for rowid, _ in ranked])
                 except sqlite3.OperationalError as exc:
                     if "no such table" in str(exc):  # created by a concurrent ingest, schema not yet committed
                         continue
                     raise
-                finally:
-                    if conn.in_transaction:
-                        conn.execute("COMMIT")
-                found = {rowid: (i, content, source) for rowid, i, content, source in rows}
-                results.extend(
-                    SearchResult(id=found[r][0], content=found[r][1], score=score, source=found[r][2])
-                    for r, score in ranked
-                    if r in found
-                )
+            results.extend(
+                SearchResult(found[r][0], found[r][1], score, found[r][2]) for r, score in ranked if r in found
+            )
         results.sort(key=lambda r: r.score, reverse=True)
-        return results[:top_k]
+        return results[:limit]
 
     def vector_ranking(self, vector: Sequence[float], model_id: str, limit: int) -> list[SearchResult]:
         """The chunks nearest ``vector`` by cosine (vectors are unit length), across the tenant's and the
         shared store; a store embedded by another model, or of another dimension, has none to offer."""
         results: list[SearchResult] = []
         for path in self.search_paths:
-            with self._open(path, create=False) as conn:
+            with self._snapshot(path) as conn:  # the matrix's version and the chunks' content from one snapshot
                 if conn is None:
                     continue
-                try:
-                    conn.execute("BEGIN")  # the matrix's version and the chunks' content from one snapshot
-                    meta = _meta(conn)
-                    if meta.get("embed_model") != model_id or meta.get("embed_dimension") != len(vector):
-                        continue
-                    version = (meta.get("store_id"), meta["vectors_version"])
-                    ranked = dict(_vector_index(conn, path, version, len(vector)).nearest(vector, limit))
-                    if not ranked:
-                        continue
-                    marks = ",".join("?" * len(ranked))
-                    rows = conn.execute(
-                        f"SELECT rowid, id, content, source FROM chunks WHERE rowid IN ({marks})",  # noqa: S608
-                        list(ranked),
-                    ).fetchall()
-                finally:
-                    if conn.in_transaction:
-                        conn.execute("COMMIT")
-            results.extend(SearchResult(id=i, content=c, score=ranked[r], source=s) for r, i, c, s in rows)
+                meta = _meta(conn)
+                if meta.get("embed_model") != model_id or meta.get("embed_dimension") != len(vector):
+                    continue
+                version = (meta.get("store_id"), meta["vectors_version"])
+                ranked = dict(_vector_index(conn, path, version, len(vector)).nearest(vector, limit))
+                found = _contents(conn, list(ranked))
+            results.extend(SearchResult(i, content, ranked[r], source) for r, (i, content, source) in found.items())
         results.sort(key=lambda r: r.score, reverse=True)
         return results[:limit]
 

@@ -76,9 +76,7 @@ class HuggingFaceClient:
             return TokenStream(self._whole(response, observed), self.model_id)
         return TokenStream(self._pieces(response, observed, deadline_at), self.model_id)
 
-    def _whole(
-        self, response: requests.Response, observed: CallTelemetry
-    ) -> Iterator[str | Usage | ServedBy | Finish]:
+    def _whole(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Usage | ServedBy | Finish]:
         """A whole answer to a streamed call, as the pieces a stream of it would have given."""
         try:
             generation = self.wire.parse(self.transport.read_json(response))
@@ -91,12 +89,7 @@ class HuggingFaceClient:
             response.close()
             observed.end()
         yield generation.text
-        if generation.model:
-            yield ServedBy(generation.model)
-        if generation.usage:
-            yield generation.usage
-        if generation.finish_reason:
-            yield Finish(generation.finish_reason)
+        yield from _late_pieces(generation.model, generation.usage, generation.finish_reason)
 
     def _send(
         self, prompt: str, system: str, params: GenerationParams, history: Sequence[Turn], stream: bool
@@ -142,15 +135,20 @@ class HuggingFaceClient:
                     if piece.done:
                         break
             observed.succeeded(usage)
-            if model:
-                yield ServedBy(model)
-            if usage:
-                yield usage
-            if finish:
-                yield Finish(finish)
+            yield from _late_pieces(model, usage, finish)
         except HFError as exc:
             observed.failed(exc)
             raise
         finally:
             response.close()
             observed.end()
+
+
+def _late_pieces(model: str | None, usage: Usage | None, finish: str | None) -> Iterator[ServedBy | Usage | Finish]:
+    """What a stream reports after its text, when the endpoint said it: the serving model, usage, why it ended."""
+    if model:
+        yield ServedBy(model)
+    if usage:
+        yield usage
+    if finish:
+        yield Finish(finish)
