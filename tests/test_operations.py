@@ -346,7 +346,7 @@ class ScriptedModel:
                 if status:
                     self._send(int(status.group(1)), {"error": "scripted failure"})
                 elif "slow" in prompt:
-                    time.sleep(0.6)
+                    time.sleep(3)  # well past HF_TIMEOUT, which stays long enough for a loaded machine
                     self._send(200, {"choices": [{"message": {"content": "too late"}}]})
                 elif body.get("stream"):
                     self.send_response(200)
@@ -543,7 +543,7 @@ def live(tmp_path: Path, rules_file: Path):
     env = {
         **embedder,
         "HF_TOKEN": "hf_dummy", "HF_MODEL_ID": MODEL, "HF_ENDPOINT": model.url + "/v1", "HF_MAX_RETRIES": "0",
-        "HF_TIMEOUT": "0.3", "CMP_PROJECT_ROOT": str(project), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        "HF_TIMEOUT": "1.5", "CMP_PROJECT_ROOT": str(project), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
         "OTEL_TRACES_EXPORTER": "none",
     }  # fmt: skip
     # Not helpers.Server: its output is a pipe nobody reads during the load, and the memory failures' tracebacks
