@@ -69,7 +69,7 @@ MEMORY_FIGURES = (
     "hybrid_p50_ms",
     "hybrid_p99_ms",
 )
-MARK_START, MARK_END = "<!-- bench:figures:start -->", "<!-- bench:figures:end -->"
+MARKS = ("<!-- bench:figures:start -->", "<!-- bench:figures:end -->")
 
 
 def free_port() -> int:
@@ -249,16 +249,23 @@ def model_files() -> dict[str, str]:
 
 
 def wrk(
-    url: str, connections: int, duration: int, body: dict[str, Any], threads: int = 1, server: Server | None = None
+    url: str,
+    connections: int,
+    duration: int,
+    body: dict[str, Any],
+    threads: int = 1,
+    server: Server | None = None,
+    authorization: str = "",
 ) -> dict[str, Any]:
-    """One wrk run POSTing `body`; requests/s, latency percentiles in ms, errors (non-2xx included), and
-    with `server` the CPU it spent per request, a figure other load on the machine disturbs much less."""
+    """One wrk run POSTing `body` (with an `Authorization` header when given); requests/s, latency percentiles
+    in ms, errors (non-2xx included), and with `server` the CPU it spent per request, a figure other load on
+    the machine disturbs much less."""
     cpu_before = server.cpu_seconds() if server else 0.0
     body_file = OUT / "body.json"
     body_file.write_text(json.dumps(body))
     cmd = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s"]
     cmd += ["-s", str(BENCH / "post.lua"), url]
-    env = {**os.environ, "BENCH_BODY_FILE": str(body_file)}
+    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_AUTHORIZATION": authorization}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60, check=True)
     line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH_JSON "))
     raw = json.loads(line.removeprefix("BENCH_JSON "))
@@ -283,16 +290,22 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**merged, "connections": runs[0]["connections"], "rounds": len(runs)}
 
 
-def alternate(targets: dict[str, tuple[Server, str, dict[str, Any]]], connections: int) -> dict[str, dict[str, Any]]:
-    """Each target in turn for ROUNDS short wrk runs (DURATION in all), and the median of its runs.
+def alternate(
+    targets: dict[str, tuple[Server, str, dict[str, Any]]],
+    connections: int,
+    authorization: dict[str, str] | None = None,
+    seconds: int = max(DURATION // ROUNDS, 2),
+) -> dict[str, dict[str, Any]]:
+    """Each target in turn for ROUNDS short wrk runs (of `seconds`: DURATION in all), and the median of its runs.
 
-    Alternating rounds mean a burst of other load on the machine hits every target alike.
+    Alternating rounds mean a burst of other load on the machine hits every target alike. `authorization`
+    holds the header some targets need, by name.
     """
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
-    seconds = max(DURATION // ROUNDS, 2)
     for _ in range(ROUNDS):
         for name, (server, url, body) in targets.items():
-            runs[name].append(wrk(url, connections, seconds, body, server=server))
+            header = (authorization or {}).get(name, "")
+            runs[name].append(wrk(url, connections, seconds, body, server=server, authorization=header))
     return {name: median_run(found) for name, found in runs.items()}
 
 
@@ -423,10 +436,32 @@ def bench_stream(settings: tuple[int, int]) -> dict[str, Any]:
     }
 
 
-def _peak(sample: Callable[[], int], stop: threading.Event, into: list[int]) -> None:
+def _sample(sample: Callable[[], int], stop: threading.Event, into: list[int]) -> None:
     while not stop.wait(0.5):
         with contextlib.suppress(OSError):
             into.append(sample())
+
+
+@contextlib.contextmanager
+def rss_peaks(servers: dict[str, Server]) -> Iterator[dict[str, float]]:
+    """Each server's peak resident memory in MB (all its processes, sampled every 0.5 s) while the block
+    runs; the figures are there once it has ended."""
+    samples: dict[str, list[int]] = {name: [] for name in servers}
+    peaks: dict[str, float] = {}
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_sample, args=(server.rss, stop, samples[name]), daemon=True)
+        for name, server in servers.items()
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield peaks
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        peaks.update({name: round(max(found, default=0) / 2**20, 1) for name, found in samples.items()})
 
 
 def bench_slow(settings: tuple[int, int]) -> dict[str, Any]:
@@ -438,13 +473,8 @@ def bench_slow(settings: tuple[int, int]) -> dict[str, Any]:
         env = {**hf_env(f"{slow.url}/models"), "HF_TIMEOUT": "30"}
         with serving(runtime(f"runtime-slow-{settings[0]}x{settings[1]}", settings, env)) as rt:
             before = requests.get(f"{slow.url}/stats", timeout=5).json()
-            samples: list[int] = []
-            stop = threading.Event()
-            sampler = threading.Thread(target=_peak, args=(rt.rss, stop, samples), daemon=True)
-            sampler.start()
-            result = wrk(f"{rt.url}/api/v1/chat", SLOW_CLIENTS, SLOW_DURATION, GUIDE_BODY, threads=2)
-            stop.set()
-            sampler.join()
+            with rss_peaks({"runtime": rt}) as peaks:
+                result = wrk(f"{rt.url}/api/v1/chat", SLOW_CLIENTS, SLOW_DURATION, GUIDE_BODY, threads=2)
             after = requests.get(f"{slow.url}/stats", timeout=5).json()
     capacity = SLOW_CLIENTS / SLOW_DELAY
     return {
@@ -454,7 +484,7 @@ def bench_slow(settings: tuple[int, int]) -> dict[str, Any]:
         "duration_s": SLOW_DURATION,
         **result,
         "throughput_share": ratio(result["rps"], capacity),
-        "rss_mb_peak": round(max(samples, default=0) / 2**20, 1),
+        "rss_mb_peak": peaks["runtime"],
         # The second /stats call opened one connection of its own.
         "connections_to_model": after["connections"] - before["connections"] - 1,
         "connection_limit": settings[0] * settings[1],
@@ -666,14 +696,23 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def update_doc(results: dict[str, Any]) -> None:
-    """Replace the figures section of docs/benchmarks.md with this run's."""
-    text = DOC.read_text()
-    head, rest = text.split(MARK_START, 1)
-    _, tail = rest.split(MARK_END, 1)
+def run_info() -> dict[str, Any]:
+    """When and where a run was measured."""
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    }
+
+
+def update_doc(results: dict[str, Any], text: str, marks: tuple[str, str] = MARKS) -> None:
+    """Replace a generated section of docs/benchmarks.md (between `marks`) with `text`, headed by the run's date."""
+    start, end = marks
+    doc = DOC.read_text()
+    head, rest = doc.split(start, 1)
+    _, tail = rest.split(end, 1)
     machine = results["machine"]
     figures = f"Latest run: {results['date']} on {machine['cpus']} CPUs, Python {machine['python']}.\n\n"
-    DOC.write_text(f"{head}{MARK_START}\n{figures}{table(results)}\n{MARK_END}{tail}")
+    DOC.write_text(f"{head}{start}\n{figures}{text}\n{end}{tail}")
 
 
 def main() -> int:
@@ -688,11 +727,7 @@ def main() -> int:
     everything = ["render", "model", "stream", "slow", "memory", "cold"]
     chosen = args.only.split(",") if args.only else everything
     OUT.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "durations_s": {"wrk": DURATION, "slow": SLOW_DURATION},
-    }
+    results: dict[str, Any] = {**run_info(), "durations_s": {"wrk": DURATION, "slow": SLOW_DURATION}}
     steps: dict[str, Callable[[], Any]] = {
         "render": lambda: [bench_render(s) for s in SETTINGS],
         "model": lambda: [bench_model(s) for s in SETTINGS],
@@ -709,7 +744,7 @@ def main() -> int:
     if chosen == everything:
         (BENCH / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         plot(results, BENCH / "latency.png")
-        update_doc(results)
+        update_doc(results, table(results))
         print("\nwrote bench/results.json, bench/latency.png, docs/benchmarks.md", file=sys.stderr)
     else:
         (OUT / "results-partial.json").write_text(json.dumps(results, indent=2) + "\n")
