@@ -71,7 +71,8 @@ class HeaderTimeoutWorker(ThreadWorker):
             return
         conn.head = b""
         conn.head_deadline = time.monotonic() + self.header_timeout
-        conn.sock.setblocking(False)
+        if conn.sock.getblocking():  # gthread hands most connections over non-blocking already (a syscall saved)
+            conn.sock.setblocking(False)
         # A kept-alive connection comes here once it is readable, and its next head has nearly always arrived
         # whole: it goes to a thread at once, without a round through the poller.
         state = self._receive(conn)
