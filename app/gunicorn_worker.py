@@ -59,7 +59,12 @@ class HeaderTimeoutWorker(ThreadWorker):
 
     def _guarded(self, conn: Any) -> bool:
         """Plain HTTP/1 whose next head is not yet read (TLS and HTTP/2 keep gthread's own path)."""
-        if self.cfg.is_ssl or negotiation.prior_knowledge_allowed(self.cfg, conn.client):
+        plain = getattr(conn, "plain_http1", None)
+        if plain is None:  # the same for every request of a connection: asked once (gunicorn's settings are slow)
+            plain = conn.plain_http1 = not (
+                self.cfg.is_ssl or negotiation.prior_knowledge_allowed(self.cfg, conn.client)
+            )
+        if not plain:
             return False
         buffered = conn.parser is not None and conn.parser.unreader.buf.getvalue()
         return not buffered and getattr(conn, "head", None) is None
