@@ -14,7 +14,7 @@ PIP_PIN := pip==26.3
 UV_COMPILE = $(BIN)/uv pip compile setup.cfg --quiet --generate-hashes --python-version 3.11 \
 	--python-platform linux --custom-compile-command 'make lock'
 
-.PHONY: install serve test test-tools lint lock dist e2e eval bench bench-tools bench-profile
+.PHONY: install serve test test-tools lint lock dist e2e eval bench bench-tools bench-profile bench-peers
 
 include deploy/helm.mk
 
@@ -114,3 +114,16 @@ bench: bench-tools
 
 bench-profile: bench-tools
 	$(BIN)/python bench/profile.py
+
+# Opt-in, not part of `make test`: the runtime against LiteLLM's proxy (docs/benchmarks.md), the proxy in a venv
+# of its own. 1.108.0 is the newest whose `proxy` extra resolves from PyPI (later ones pin proxy packages that are
+# not published there).
+LITELLM_VENV ?= .venv-litellm
+
+$(LITELLM_VENV)/.installed:
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install --quiet 'litellm[proxy]==1.108.0'
+	touch $@
+
+bench-peers: bench-tools $(LITELLM_VENV)/.installed
+	$(BIN)/python bench/peers.py --litellm $(LITELLM_VENV)/bin/litellm

@@ -179,8 +179,9 @@ class ContextStore:
         _check_case_names(self._rel(resolved), context)
         with self._lock:
             # Keyed by the path as asked for, so a hit costs one stat per file and no realpath walk;
-            # that path is in the signature too, and stat follows it if a symlink is re-pointed.
-            self._cache[path] = (_signature([path, *files]), context)
+            # that path is in the signature too (once: it is most often the first file itself), and stat
+            # follows it if a symlink is re-pointed.
+            self._cache[path] = (_signature(list(dict.fromkeys([path, *files]))), context)
         return context
 
     def _cached(self, path: Path) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ import orjson
 from opentelemetry import trace
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from app.config import Settings
@@ -49,7 +50,6 @@ class RuntimeMetrics:
         self.http_total = Counter(
             "flask_http_request_total", "Total number of HTTP requests", ["method", "status"], registry=self.registry
         )
-        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.hf_latency = Histogram(
             "cmp_hf_inference_latency_seconds",
             "Latency of Hugging Face inference calls, retries included; a streamed call until its last token.",
@@ -116,16 +116,21 @@ class RuntimeMetrics:
         )
         # Outside multiprocess mode the app's registry is what /metrics serves: the process is its own server.
         self.registry.register(ProcessTreeCollector(multiprocess=False))
+        self._children: dict[tuple[MetricWrapperBase, tuple[object, ...]], Any] = {}
+
+    def child(self, metric: MetricWrapperBase, *values: object) -> Any:
+        """`metric.labels(*values)`, bound once per label set: `labels()` checks and locks on every call, and
+        the series on a request's path are observed on every request."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def observe_request(self, method: str, rule: str, status: int, seconds: float) -> None:
         """One answered request: its duration by route and status, and the count."""
-        key = (method, rule, status)
-        children = self._http_children.get(key)
-        if children is None:
-            children = (self.http_duration.labels(method, rule, status), self.http_total.labels(method, status))
-            self._http_children[key] = children
-        children[0].observe(seconds)
-        children[1].inc()
+        self.child(self.http_duration, method, rule, status).observe(seconds)
+        self.child(self.http_total, method, status).inc()
 
 
 class ProcessTreeCollector:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 import re
 import string
@@ -209,15 +210,27 @@ class Watchdog:
         self._wake = threading.Event()
         self._deadlines: dict[int, float] = {}
         self._pid = 0
+        self._next_at = math.inf  # when the watching thread looks at the deadlines next, unless woken
+        self._seconds = 0.0  # the latest timeout armed: how long (a second at least) it waits with no render
 
     def arm(self, seconds: float) -> None:
         """This thread gets `RenderTimeout` once `seconds` have passed, unless it calls `disarm` first."""
+        deadline_at = time.monotonic() + seconds
         with self._lock:
             if self._pid != os.getpid():  # first use, or a fork (gunicorn's workers) left the thread behind
                 self._pid = os.getpid()
+                self._next_at = math.inf
                 threading.Thread(target=self._watch, name="render-watchdog", daemon=True).start()
-            self._deadlines[threading.get_ident()] = time.monotonic() + seconds
-        self._wake.set()
+            self._deadlines[threading.get_ident()] = deadline_at
+            self._seconds = seconds
+            # Renders share one timeout, so a new deadline falls after the time the thread already waits for
+            # (the earliest deadline, or one timeout after it last looked): it is woken only for an earlier one,
+            # not for every render (two thread switches each).
+            wake = deadline_at < self._next_at
+            if wake:
+                self._next_at = deadline_at
+        if wake:
+            self._wake.set()
 
     def disarm(self) -> None:
         """End this thread's deadline; `RenderTimeout` if it passed, even when the render ended just before."""
@@ -237,7 +250,7 @@ class Watchdog:
                     if deadline_at <= now:
                         del self._deadlines[thread_id]
                         _raise_in(thread_id, RenderTimeout)
-                next_at = min(self._deadlines.values(), default=now + 60)
+                next_at = self._next_at = min(self._deadlines.values(), default=now + max(self._seconds, 1.0))
             self._wake.wait(next_at - now)
 
 

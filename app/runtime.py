@@ -92,7 +92,7 @@ class Runtime:
             except Exception:
                 self.metrics.memory_search_errors.labels(component=component).inc()
                 raise
-            self.metrics.memory_search.labels(component=component).observe(time.perf_counter() - started)
+            self.metrics.child(self.metrics.memory_search, component).observe(time.perf_counter() - started)
             span.set_attribute("memory.results", len(retrieval.results))
             span.set_attribute("memory.mode", retrieval.mode)
             if retrieval.degraded:
@@ -122,7 +122,7 @@ class Runtime:
         }
         started = time.perf_counter()
         prompt = self.prompts.render(request.component, request.prompt_file, variables)
-        self.metrics.prompt_render.labels(component=request.component).observe(time.perf_counter() - started)
+        self.metrics.child(self.metrics.prompt_render, request.component).observe(time.perf_counter() - started)
         return Rendered(context=context, results=retrieval.results, prompt=prompt, degraded=retrieval.degraded)
 
     def answer(self, request: ChatRequest) -> Answer:

@@ -1,10 +1,15 @@
--- wrk script: POST the JSON body from the file named by BENCH_BODY_FILE, then print one
--- machine-readable summary line (latencies in microseconds) for bench/run.py to parse.
+-- wrk script: POST the JSON body from the file named by BENCH_BODY_FILE (with the Authorization header in
+-- BENCH_AUTHORIZATION, when set), then print one machine-readable summary line (latencies in microseconds)
+-- for bench/run.py to parse.
 local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 wrk.headers["Content-Type"] = "application/json"
 f:close()
+local authorization = os.getenv("BENCH_AUTHORIZATION")
+if authorization and authorization ~= "" then
+  wrk.headers["Authorization"] = authorization
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -39,6 +40,11 @@ from guide import GUIDE_BODY  # noqa: E402 - the tests folder is not a package
 MODEL_ID = "bench/model"
 GENERATED = "Hello! I am SupportBot from Acme Cloud. How can I help you with your account today?"
 
+
+def parse_settings(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(n) for n in item.split("x")) for item in text.split(",") if item]  # type: ignore[misc]
+
+
 DURATION = int(os.environ.get("BENCH_DURATION", "10"))
 SLOW_DURATION = int(os.environ.get("BENCH_SLOW_DURATION", "30"))
 CONCURRENCIES = [int(c) for c in os.environ.get("BENCH_CONCURRENCIES", "8,32,64").split(",")]
@@ -46,12 +52,13 @@ ROUNDS = 3  # alternating rounds of the compared servers, per concurrency (measu
 MODEL_CONCURRENCY = 32
 SLOW_CLIENTS = 200
 SLOW_DELAY = 1.0
-# (workers, threads) of measurements 1 and 2, and the default of 3: app/gunicorn_conf.py's defaults
-# (WEB_CONCURRENCY, GUNICORN_THREADS) unless BENCH_SETTINGS says otherwise, e.g. "2x8".
-_workers, _threads = os.environ.get("BENCH_SETTINGS", "2x128").split("x")
-SETTINGS = (int(_workers), int(_threads))
+STREAM_TOKENS = 200
+# (workers, threads) of measurements 1, 2 and 6: the CPU-bound setting and app/gunicorn_conf.py's default
+# (WEB_CONCURRENCY, GUNICORN_THREADS), each measured in turn; BENCH_SETTINGS="2x32" measures others.
+SETTINGS = parse_settings(os.environ.get("BENCH_SETTINGS", "2x8,2x128"))
+DEFAULT_SETTINGS = (2, 128)  # measurement 3's, unless BENCH_SLOW_SETTINGS says otherwise
 LIFETIME = 900  # seconds any server started here may live
-GOALS = {"ratio": 0.8, "slow_throughput": 0.9, "rss_mb": 500}
+GOALS = {"render": 0.6, "model": 0.85, "stream_cpu": 1.5, "slow_throughput": 0.9, "rss_mb": 500}
 MEMORY_FIGURES = (
     "chunks",
     "ingest_seconds",
@@ -62,7 +69,7 @@ MEMORY_FIGURES = (
     "hybrid_p50_ms",
     "hybrid_p99_ms",
 )
-MARK_START, MARK_END = "<!-- bench:figures:start -->", "<!-- bench:figures:end -->"
+MARKS = ("<!-- bench:figures:start -->", "<!-- bench:figures:end -->")
 
 
 def free_port() -> int:
@@ -191,28 +198,74 @@ def bare(name: str, settings: tuple[int, int], env: dict[str, str]) -> Server:
     return Server(name, [*argv, "bare_app:app"], port, {**env, "GUNICORN_THREADS": str(threads)})
 
 
-def nginx(body: str) -> Server:
-    """Debian's nginx answering every request at once with `body` (bench/nginx.conf.template)."""
+def nginx(files: dict[str, str]) -> Server:
+    """Debian's nginx answering every request at once with a fixed body (bench/nginx.conf.template).
+
+    `files` maps each path served to its body; a path under `/stream/` is served as `text/event-stream`.
+    """
     port = free_port()
     prefix = OUT / "nginx"
-    prefix.mkdir(parents=True, exist_ok=True)
+    www = prefix / "www"
+    shutil.rmtree(www, ignore_errors=True)
+    for path, body in files.items():
+        target = www / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(body)
     template = (BENCH / "nginx.conf.template").read_text()
-    conf = template.replace("$prefix", str(prefix)).replace("$port", str(port)).replace("$body", body)
+    conf = template.replace("$prefix", str(prefix)).replace("$port", str(port))
     (prefix / "nginx.conf").write_text(conf)
     return Server("nginx", ["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf")], port)
 
 
+def model_files() -> dict[str, str]:
+    """What the instant model answers: a text-generation body, and an OpenAI chat completion whole and streamed
+    (STREAM_TOKENS chunks of one token each, then the finish reason, the usage and `[DONE]`)."""
+    head = {"id": "chatcmpl-bench", "created": 0, "model": MODEL_ID}
+    message = {"role": "assistant", "content": GENERATED}
+    completion = {
+        **head,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 60, "completion_tokens": 20, "total_tokens": 80},
+    }
+    chunk = {**head, "object": "chat.completion.chunk"}
+    words = GENERATED.split()
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> str:
+        return f"data: {json.dumps({**chunk, 'choices': choices, **extra})}\n\n"
+
+    events = [
+        event([{"index": 0, "delta": {"content": f" {words[i % len(words)]}"}, "finish_reason": None}])
+        for i in range(STREAM_TOKENS)
+    ]
+    events.append(event([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+    usage = {"prompt_tokens": 60, "completion_tokens": STREAM_TOKENS, "total_tokens": 60 + STREAM_TOKENS}
+    events.append(event([], usage=usage))
+    return {
+        f"/models/{MODEL_ID}": json.dumps([{"generated_text": GENERATED}]),
+        "/openai/v1/chat/completions": json.dumps(completion),
+        "/stream/v1/chat/completions": "".join(events) + "data: [DONE]\n\n",
+    }
+
+
 def wrk(
-    url: str, connections: int, duration: int, body: dict[str, Any], threads: int = 1, server: Server | None = None
+    url: str,
+    connections: int,
+    duration: int,
+    body: dict[str, Any],
+    threads: int = 1,
+    server: Server | None = None,
+    authorization: str = "",
 ) -> dict[str, Any]:
-    """One wrk run POSTing `body`; requests/s, latency percentiles in ms, errors (non-2xx included), and
-    with `server` the CPU it spent per request, a figure other load on the machine disturbs much less."""
+    """One wrk run POSTing `body` (with an `Authorization` header when given); requests/s, latency percentiles
+    in ms, errors (non-2xx included), and with `server` the CPU it spent per request, a figure other load on
+    the machine disturbs much less."""
     cpu_before = server.cpu_seconds() if server else 0.0
     body_file = OUT / "body.json"
     body_file.write_text(json.dumps(body))
     cmd = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s"]
     cmd += ["-s", str(BENCH / "post.lua"), url]
-    env = {**os.environ, "BENCH_BODY_FILE": str(body_file)}
+    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_AUTHORIZATION": authorization}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60, check=True)
     line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH_JSON "))
     raw = json.loads(line.removeprefix("BENCH_JSON "))
@@ -237,17 +290,28 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**merged, "connections": runs[0]["connections"], "rounds": len(runs)}
 
 
-def alternate(targets: dict[str, tuple[Server, str, dict[str, Any]]], connections: int) -> dict[str, dict[str, Any]]:
-    """Each target in turn for ROUNDS short wrk runs (DURATION in all), and the median of its runs.
+def alternate(
+    targets: dict[str, tuple[Server, str, dict[str, Any]]],
+    connections: int,
+    authorization: dict[str, str] | None = None,
+    seconds: int = max(DURATION // ROUNDS, 2),
+) -> dict[str, dict[str, Any]]:
+    """Each target in turn for ROUNDS short wrk runs (of `seconds`: DURATION in all), and the median of its runs.
 
-    Alternating rounds mean a burst of other load on the machine hits every target alike.
+    Alternating rounds mean a burst of other load on the machine hits every target alike. `authorization`
+    holds the header some targets need, by name.
     """
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
-    seconds = max(DURATION // ROUNDS, 2)
     for _ in range(ROUNDS):
         for name, (server, url, body) in targets.items():
-            runs[name].append(wrk(url, connections, seconds, body, server=server))
+            header = (authorization or {}).get(name, "")
+            runs[name].append(wrk(url, connections, seconds, body, server=server, authorization=header))
     return {name: median_run(found) for name, found in runs.items()}
+
+
+def instant_model() -> contextlib.AbstractContextManager[Server]:
+    """nginx serving `model_files()`, once it answers."""
+    return serving(nginx(model_files()), f"/models/{MODEL_ID}")
 
 
 def hf_payload(inputs: str) -> dict[str, Any]:
@@ -300,8 +364,7 @@ def bench_render(settings: tuple[int, int]) -> dict[str, Any]:
 
 def bench_model(settings: tuple[int, int]) -> dict[str, Any]:
     """(2) Through a model endpoint that answers at once (nginx): runtime vs a bare forwarding Flask app."""
-    body = json.dumps([{"generated_text": GENERATED}])
-    with serving(nginx(body), "/") as ng:
+    with instant_model() as ng:
         endpoint = f"{ng.url}/models"
         with (
             serving(runtime("runtime-model", settings, hf_env(endpoint))) as rt,
@@ -339,10 +402,66 @@ def bench_model(settings: tuple[int, int]) -> dict[str, Any]:
     }
 
 
-def _peak(sample: Callable[[], int], stop: threading.Event, into: list[int]) -> None:
+def bench_stream(settings: tuple[int, int]) -> dict[str, Any]:
+    """(6) Relaying a STREAM_TOKENS-token stream (nginx's OpenAI chunks, all at once): the runtime's
+    `/api/v1/chat` with `"stream": true` against a bare Flask relay (requests + a generator), CPU per event."""
+    body = {**GUIDE_BODY, "stream": True}
+    with instant_model() as ng:
+        endpoint = f"{ng.url}/stream/v1"
+        env = {"BARE_MODE": "relay", "BARE_HF_URL": f"{endpoint}/chat/completions"}
+        with (
+            serving(runtime("runtime-stream", settings, hf_env(endpoint))) as rt,
+            serving(bare("bare-stream", settings, env), "/api/v1/chat", GUIDE_BODY) as base,
+        ):
+            events = {
+                name: requests.post(f"{server.url}/api/v1/chat", json=body, timeout=10).text.count("data: ")
+                for name, server in (("runtime", rt), ("bare", base))
+            }
+            targets = {
+                name: (server, f"{server.url}/api/v1/chat", body) for name, server in (("runtime", rt), ("bare", base))
+            }
+            for _, url, request_body in targets.values():
+                wrk(url, 8, 3, request_body)  # warm up
+            loaded = alternate(targets, MODEL_CONCURRENCY)
+    per_event = {name: round(loaded[name]["cpu_ms_per_request"] * 1000 / events[name], 2) for name in loaded}
+    return {
+        "workers": settings[0],
+        "threads": settings[1],
+        "tokens": STREAM_TOKENS,
+        "events": events,
+        "loaded": loaded,
+        "cpu_us_per_event": per_event,
+        "cpu_ratio": ratio(per_event["runtime"], per_event["bare"]),
+        "ratio": ratio(loaded["runtime"]["rps"], loaded["bare"]["rps"]),
+    }
+
+
+def _sample(sample: Callable[[], int], stop: threading.Event, into: list[int]) -> None:
     while not stop.wait(0.5):
         with contextlib.suppress(OSError):
             into.append(sample())
+
+
+@contextlib.contextmanager
+def rss_peaks(servers: dict[str, Server]) -> Iterator[dict[str, float]]:
+    """Each server's peak resident memory in MB (all its processes, sampled every 0.5 s) while the block
+    runs; the figures are there once it has ended."""
+    samples: dict[str, list[int]] = {name: [] for name in servers}
+    peaks: dict[str, float] = {}
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_sample, args=(server.rss, stop, samples[name]), daemon=True)
+        for name, server in servers.items()
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield peaks
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        peaks.update({name: round(max(found, default=0) / 2**20, 1) for name, found in samples.items()})
 
 
 def bench_slow(settings: tuple[int, int]) -> dict[str, Any]:
@@ -354,13 +473,8 @@ def bench_slow(settings: tuple[int, int]) -> dict[str, Any]:
         env = {**hf_env(f"{slow.url}/models"), "HF_TIMEOUT": "30"}
         with serving(runtime(f"runtime-slow-{settings[0]}x{settings[1]}", settings, env)) as rt:
             before = requests.get(f"{slow.url}/stats", timeout=5).json()
-            samples: list[int] = []
-            stop = threading.Event()
-            sampler = threading.Thread(target=_peak, args=(rt.rss, stop, samples), daemon=True)
-            sampler.start()
-            result = wrk(f"{rt.url}/api/v1/chat", SLOW_CLIENTS, SLOW_DURATION, GUIDE_BODY, threads=2)
-            stop.set()
-            sampler.join()
+            with rss_peaks({"runtime": rt}) as peaks:
+                result = wrk(f"{rt.url}/api/v1/chat", SLOW_CLIENTS, SLOW_DURATION, GUIDE_BODY, threads=2)
             after = requests.get(f"{slow.url}/stats", timeout=5).json()
     capacity = SLOW_CLIENTS / SLOW_DELAY
     return {
@@ -370,7 +484,7 @@ def bench_slow(settings: tuple[int, int]) -> dict[str, Any]:
         "duration_s": SLOW_DURATION,
         **result,
         "throughput_share": ratio(result["rps"], capacity),
-        "rss_mb_peak": round(max(samples, default=0) / 2**20, 1),
+        "rss_mb_peak": peaks["runtime"],
         # The second /stats call opened one connection of its own.
         "connections_to_model": after["connections"] - before["connections"] - 1,
         "connection_limit": settings[0] * settings[1],
@@ -412,17 +526,36 @@ def _ms(run: dict[str, Any]) -> str:
 
 
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each goal of issue 7 with the measured value and whether it is met."""
+    """Each goal (issues 7 and 17) with the measured value and whether it is met."""
     found = []
-    if "render" in results:
-        worst = min(r["ratio"] for r in results["render"]["runs"])
-        found.append({"goal": "render-only ratio >= 0.8 (worst concurrency)", "value": worst, "met": worst >= 0.8})
-    if "model" in results:
-        value = results["model"]["ratio"]
-        found.append({"goal": "through-model ratio >= 0.8", "value": value, "met": value >= GOALS["ratio"]})
-        headroom = results["model"]["nginx_headroom"]
+    for r in results.get("render", []):
+        worst = min(run["ratio"] for run in r["runs"])
         found.append(
-            {"goal": "nginx not the bottleneck (nginx/runtime req/s > 2)", "value": headroom, "met": headroom > 2}
+            {
+                "goal": f"render-only {r['workers']}x{r['threads']}: ratio >= {GOALS['render']} (worst concurrency)",
+                "value": worst,
+                "met": worst >= GOALS["render"],
+            }
+        )
+    for m in results.get("model", []):
+        name = f"through the model {m['workers']}x{m['threads']}"
+        found.append(
+            {"goal": f"{name}: ratio >= {GOALS['model']}", "value": m["ratio"], "met": m["ratio"] >= GOALS["model"]}
+        )
+        found.append(
+            {
+                "goal": f"{name}: nginx not the bottleneck (nginx/runtime req/s > 2)",
+                "value": m["nginx_headroom"],
+                "met": m["nginx_headroom"] > 2,
+            }
+        )
+    for st in results.get("stream", []):
+        found.append(
+            {
+                "goal": f"stream {st['workers']}x{st['threads']}: CPU per event <= {GOALS['stream_cpu']}x bare relay",
+                "value": st["cpu_ratio"],
+                "met": st["cpu_ratio"] <= GOALS["stream_cpu"],
+            }
         )
     if "slow" in results:
         for run in results["slow"]:
@@ -455,8 +588,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
 def table(results: dict[str, Any]) -> str:
     """The figures as a Markdown table: readable on a terminal and in docs/benchmarks.md."""
     rows: list[tuple[str, str, str]] = []
-    if "render" in results:
-        r = results["render"]
+    for r in results.get("render", []):
         for run in r["runs"]:
             rows.append(
                 (
@@ -467,20 +599,23 @@ def table(results: dict[str, Any]) -> str:
             )
             rows.append(("", "bare Flask", _ms(run["bare"])))
             rows.append(("", "ratio runtime/bare", f"{run['ratio']:.2f} (CPU per request: {run['cpu_ratio']:.2f})"))
-    if "model" in results:
-        m = results["model"]
+    for m in results.get("model", []):
+        where = f"{m['workers']}x{m['threads']}"
         for name in ("nginx", "runtime", "bare"):
             rows.append(
                 (
-                    f"2 via model endpoint, c={MODEL_CONCURRENCY}" if name == "nginx" else "",
+                    f"2 via model endpoint, c={MODEL_CONCURRENCY} ({where})" if name == "nginx" else "",
                     name,
                     _ms(m["loaded"][name]),
                 )
             )
-        rows.append(("", "ratio runtime/bare", f"{m['ratio']:.2f}"))
+        cpu = ratio(m["loaded"]["bare"]["cpu_ms_per_request"], m["loaded"]["runtime"]["cpu_ms_per_request"])
+        rows.append(("", "ratio runtime/bare", f"{m['ratio']:.2f} (CPU per request: {cpu:.2f})"))
         rows.append(("", "nginx headroom (nginx/runtime)", f"{m['nginx_headroom']:.1f}x"))
         for name in ("nginx", "runtime", "bare"):
-            rows.append(("2 via model endpoint, c=1" if name == "nginx" else "", name, _ms(m["single"][name])))
+            rows.append(
+                (f"2 via model endpoint, c=1 ({where})" if name == "nginx" else "", name, _ms(m["single"][name]))
+            )
         a = m["added_latency"]
         rows.append(
             ("", "runtime adds vs nginx", f"p50 {a['p50_ms_vs_nginx']:.2f} ms, p99 {a['p99_ms_vs_nginx']:.2f} ms")
@@ -499,6 +634,18 @@ def table(results: dict[str, Any]) -> str:
         rows.append(
             ("", "TCP connections to model", f"{run['connections_to_model']} (limit {run['connection_limit']})")
         )
+    for st in results.get("stream", []):
+        for name in ("runtime", "bare"):
+            rows.append(
+                (
+                    f"6 stream of {st['tokens']} tokens, c={MODEL_CONCURRENCY} ({st['workers']}x{st['threads']})"
+                    if name == "runtime"
+                    else "",
+                    name if name == "runtime" else "bare relay",
+                    f"{_ms(st['loaded'][name])}, {st['cpu_us_per_event'][name]:.1f} µs CPU/event",
+                )
+            )
+        rows.append(("", "runtime/bare", f"req/s {st['ratio']:.2f}, CPU per event {st['cpu_ratio']:.2f}x"))
     if "memory" in results:
         mem = results["memory"]
         if mem.get("available"):
@@ -518,66 +665,73 @@ def table(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Latency percentiles against concurrency, runtime and bare baseline (measurement 1)."""
+    """Latency percentiles and throughput against concurrency, runtime and bare baseline (measurement 1),
+    one row per gunicorn setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = results["render"]["runs"]
-    xs = [r["connections"] for r in runs]
-    fig, (lat, thr) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, color in (("runtime", "tab:blue"), ("bare", "tab:gray")):
-        for pct, style in (("p50", "-"), ("p90", ":"), ("p99", "--")):
-            lat.plot(xs, [r[name][f"{pct}_ms"] for r in runs], style, color=color, marker="o", label=f"{name} {pct}")
-        thr.plot(xs, [r[name]["rps"] for r in runs], "-", color=color, marker="o", label=name)
-    lat.set(xlabel="concurrent connections (wrk)", ylabel="latency (ms)", title="Render-only latency", xticks=xs)
-    thr.set(xlabel="concurrent connections (wrk)", ylabel="requests/s", title="Render-only throughput", xticks=xs)
-    thr.set_ylim(bottom=0)
-    for ax in (lat, thr):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    r = results["render"]
-    fig.suptitle(f"gunicorn gthread {r['workers']} workers x {r['threads']} threads, {results['machine']['cpus']} CPUs")
+    measured = results["render"]
+    fig, axes = plt.subplots(len(measured), 2, figsize=(11, 4.2 * len(measured)), squeeze=False)
+    for (lat, thr), r in zip(axes, measured, strict=True):
+        runs = r["runs"]
+        xs = [run["connections"] for run in runs]
+        for name, color in (("runtime", "tab:blue"), ("bare", "tab:gray")):
+            for pct, style in (("p50", "-"), ("p90", ":"), ("p99", "--")):
+                ys = [run[name][f"{pct}_ms"] for run in runs]
+                lat.plot(xs, ys, style, color=color, marker="o", label=f"{name} {pct}")
+            thr.plot(xs, [run[name]["rps"] for run in runs], "-", color=color, marker="o", label=name)
+        where = f"{r['workers']} workers x {r['threads']} threads"
+        lat.set(xlabel="concurrent connections (wrk)", ylabel="latency (ms)", title=f"Render-only latency, {where}")
+        thr.set(xlabel="concurrent connections (wrk)", ylabel="requests/s", title=f"Render-only throughput, {where}")
+        thr.set_ylim(bottom=0)
+        for ax in (lat, thr):
+            ax.set_xticks(xs)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle(f"gunicorn gthread, {results['machine']['cpus']} CPUs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def update_doc(results: dict[str, Any]) -> None:
-    """Replace the figures section of docs/benchmarks.md with this run's."""
-    text = DOC.read_text()
-    head, rest = text.split(MARK_START, 1)
-    _, tail = rest.split(MARK_END, 1)
+def run_info() -> dict[str, Any]:
+    """When and where a run was measured."""
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    }
+
+
+def update_doc(results: dict[str, Any], text: str, marks: tuple[str, str] = MARKS) -> None:
+    """Replace a generated section of docs/benchmarks.md (between `marks`) with `text`, headed by the run's date."""
+    start, end = marks
+    doc = DOC.read_text()
+    head, rest = doc.split(start, 1)
+    _, tail = rest.split(end, 1)
     machine = results["machine"]
     figures = f"Latest run: {results['date']} on {machine['cpus']} CPUs, Python {machine['python']}.\n\n"
-    DOC.write_text(f"{head}{MARK_START}\n{figures}{table(results)}\n{MARK_END}{tail}")
-
-
-def parse_settings(text: str) -> list[tuple[int, int]]:
-    return [tuple(int(n) for n in item.split("x")) for item in text.split(",") if item]  # type: ignore[misc]
+    DOC.write_text(f"{head}{start}\n{figures}{text}\n{end}{tail}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated subset of render,model,slow,memory,cold")
+    parser.add_argument("--only", help="comma-separated subset of render,model,stream,slow,memory,cold")
     parser.add_argument(
         "--slow-settings",
-        default=os.environ.get("BENCH_SLOW_SETTINGS", f"{SETTINGS[0]}x{SETTINGS[1]}"),
+        default=os.environ.get("BENCH_SLOW_SETTINGS", "{}x{}".format(*DEFAULT_SETTINGS)),
         help="WORKERSxTHREADS list for measurement 3 (default %(default)s)",
     )
     args = parser.parse_args()
-    everything = ["render", "model", "slow", "memory", "cold"]
+    everything = ["render", "model", "stream", "slow", "memory", "cold"]
     chosen = args.only.split(",") if args.only else everything
     OUT.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "durations_s": {"wrk": DURATION, "slow": SLOW_DURATION},
-    }
+    results: dict[str, Any] = {**run_info(), "durations_s": {"wrk": DURATION, "slow": SLOW_DURATION}}
     steps: dict[str, Callable[[], Any]] = {
-        "render": lambda: bench_render(SETTINGS),
-        "model": lambda: bench_model(SETTINGS),
+        "render": lambda: [bench_render(s) for s in SETTINGS],
+        "model": lambda: [bench_model(s) for s in SETTINGS],
+        "stream": lambda: [bench_stream(s) for s in SETTINGS],
         "slow": lambda: [bench_slow(s) for s in parse_settings(args.slow_settings)],
         "memory": bench_memory,
         "cold": bench_cold,
@@ -590,7 +744,7 @@ def main() -> int:
     if chosen == everything:
         (BENCH / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         plot(results, BENCH / "latency.png")
-        update_doc(results)
+        update_doc(results, table(results))
         print("\nwrote bench/results.json, bench/latency.png, docs/benchmarks.md", file=sys.stderr)
     else:
         (OUT / "results-partial.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -63,7 +63,7 @@ class CallTelemetry:
             self.first_token_seen = True
             if self.metrics:
                 elapsed = time.perf_counter() - self.started
-                self.metrics.hf_time_to_first_token.labels(model=self.model_id).observe(elapsed)
+                self.metrics.child(self.metrics.hf_time_to_first_token, self.model_id).observe(elapsed)
 
     def succeeded(self, usage: Usage | None) -> None:
         self.span.set_attribute("gen_ai.response.model", self.model_id)
@@ -76,7 +76,7 @@ class CallTelemetry:
             if count is not None:
                 self.span.set_attribute(attribute, count)
                 if self.metrics:
-                    self.metrics.hf_tokens.labels(model=self.model_id, kind=kind).inc(count)
+                    self.metrics.child(self.metrics.hf_tokens, self.model_id, kind).inc(count)
 
     def failed(self, exc: ProviderError) -> None:
         self.span.record_exception(exc)
@@ -90,7 +90,7 @@ class CallTelemetry:
             return
         self.ended = True
         if self.metrics:
-            self.metrics.hf_latency.labels(model=self.model_id).observe(time.perf_counter() - self.started)
+            self.metrics.child(self.metrics.hf_latency, self.model_id).observe(time.perf_counter() - self.started)
         self.span.end()
 
 
