@@ -116,8 +116,8 @@ bench-profile: bench-tools
 	$(BIN)/python bench/profile.py
 
 # Opt-in, not part of `make test`: the runtime against LiteLLM's proxy (docs/benchmarks.md), the proxy in a venv
-# of its own. 1.108.0 is the newest whose `proxy` extra resolves from PyPI (later ones pin proxy packages that are
-# not published there).
+# of its own. 1.108.0: the `proxy` extra of 1.108.14, 1.109 and 1.110 pins companion packages (litellm-proxy,
+# litellm-proxy-extras) at versions PyPI does not have.
 LITELLM_VENV ?= .venv-litellm
 
 $(LITELLM_VENV)/.installed:
