@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 
@@ -78,16 +79,10 @@ class HuggingFaceClient:
 
     def _whole(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Usage | ServedBy | Finish]:
         """A whole answer to a streamed call, as the pieces a stream of it would have given."""
-        try:
+        with _reading(response, observed):
             generation = self.wire.parse(self.transport.read_json(response))
             observed.first_token()
             observed.succeeded(generation.usage)
-        except HFError as exc:
-            observed.failed(exc)
-            raise
-        finally:
-            response.close()
-            observed.end()
         yield generation.text
         yield from _late_pieces(generation.model, generation.usage, generation.finish_reason)
 
@@ -117,7 +112,7 @@ class HuggingFaceClient:
         usage: Usage | None = None
         model: str | None = None
         finish: str | None = None
-        try:
+        with _reading(response, observed):
             with self.transport.errors():
                 chunks = self.transport.guarded(response.iter_content(chunk_size=None), deadline_at)
                 for event in SSEClient(chunks).events():
@@ -136,12 +131,19 @@ class HuggingFaceClient:
                         break
             observed.succeeded(usage)
             yield from _late_pieces(model, usage, finish)
-        except HFError as exc:
-            observed.failed(exc)
-            raise
-        finally:
-            response.close()
-            observed.end()
+
+
+@contextlib.contextmanager
+def _reading(response: requests.Response, observed: CallTelemetry) -> Iterator[None]:
+    """An answer being read: a failure is counted on the call, and the connection and the call end either way."""
+    try:
+        yield
+    except HFError as exc:
+        observed.failed(exc)
+        raise
+    finally:
+        response.close()
+        observed.end()
 
 
 def _late_pieces(model: str | None, usage: Usage | None, finish: str | None) -> Iterator[ServedBy | Usage | Finish]:
