@@ -73,19 +73,22 @@ class HFError(ProviderError):
         )
 
 
-class HFUnauthorized(HFError):
+class HFRefused(HFError):
+    """The upstream refused the call as sent (credentials, model, payload, billing): the same call fails again."""
+
+    retryable = False
+
+
+class HFUnauthorized(HFRefused):
     code, hint = "hf_unauthorized", HINT_AUTH
-    retryable = False
 
 
-class HFForbidden(HFError):
+class HFForbidden(HFRefused):
     code, hint = "hf_forbidden", HINT_AUTH
-    retryable = False
 
 
-class HFModelNotFound(HFError):
+class HFModelNotFound(HFRefused):
     code, hint = "hf_model_not_found", HINT_MODEL
-    retryable = False
 
 
 class HFRateLimited(HFError):
@@ -96,19 +99,16 @@ class HFUnavailable(HFError):
     code, hint = "hf_unavailable", HINT_UNAVAILABLE
 
 
-class HFBadRequest(HFError):
+class HFBadRequest(HFRefused):
     code, hint = "hf_bad_request", HINT_REQUEST
-    retryable = False
 
 
-class HFPaymentRequired(HFError):
+class HFPaymentRequired(HFRefused):
     code, hint = "hf_payment_required", HINT_PAYMENT
-    retryable = False
 
 
-class HFEndpointRetired(HFError):
+class HFEndpointRetired(HFRefused):
     code, hint = "hf_endpoint_retired", HINT_RETIRED
-    retryable = False
 
 
 class HFBadResponse(HFError):
