@@ -10,6 +10,8 @@ The request-side hooks (HTTP metrics, Flask spans, the access log) are
 
 from __future__ import annotations
 
+import atexit
+import collections
 import logging
 import os
 import sys
@@ -204,24 +206,25 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+_second: tuple[int, str] = (-1, "")
+
+
+def iso_timestamp(seconds: float) -> str:
+    """`seconds` since the epoch as `2026-01-31T12:00:00.123Z`; the date part is formatted once per second."""
+    global _second
+    whole = int(seconds)
+    cached = _second
+    if cached[0] != whole:
+        cached = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{cached[1]}.{int((seconds - whole) * 1000):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, so log pipelines need no parsing rules.
-
-    It runs once per request (the access line): the timestamp's seconds are formatted once per
-    second, and orjson writes the line.
-    """
-
-    _second: tuple[int, str] = (-1, "")
-
-    def _timestamp(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
-        if self._second[0] != second:
-            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-        return f"{self._second[1]}.{int(record.msecs):03d}Z"
+    """One JSON object per line, so log pipelines need no parsing rules."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": self._timestamp(record),
+            "ts": iso_timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -232,6 +235,89 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class AccessLog:
+    """The one JSON line per request, as `JsonFormatter` writes records, without a record or a write per request.
+
+    The request's thread only builds the line (orjson) and queues it; a thread of the process's own writes
+    the queue to stderr every `interval` seconds, in writes of whole lines up to `PIPE_BUF` bytes (a pipe
+    keeps those whole among other processes' writes). Writing per request cost a `logging` record and a
+    system call that gave up the GIL: ~0.1 ms of CPU per request under gunicorn's threads
+    (docs/benchmarks.md). The queue is written at exit; a process killed outright loses at most `interval`.
+    `CMP_LOG_LEVEL` above INFO (or the `contexis.access` logger's own level) turns the lines off.
+    """
+
+    NAME = "contexis.access"
+    PIPE_BUF = 4096
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self._logger = logging.getLogger(self.NAME)
+        self._lines: collections.deque[bytes] = collections.deque()
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._write_lock = threading.Lock()
+        atexit.register(self.flush)
+        os.register_at_fork(after_in_child=self._forked)
+
+    def write(self, fields: dict[str, Any]) -> None:
+        """Queue the line of one answered request (`fields` after the usual ts, level, logger and message)."""
+        if not self._logger.isEnabledFor(logging.INFO):
+            return
+        entry = {"ts": iso_timestamp(time.time()), "level": "INFO", "logger": self.NAME, "message": "request"}
+        entry.update(fields)
+        self._lines.append(orjson.dumps(entry, default=str) + b"\n")
+        if not self._wake.is_set():
+            if self._writer is None:
+                self._start()
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Write every queued line now (at exit, and for whoever must read them at once)."""
+        with self._write_lock:
+            stream = sys.stderr
+            out = getattr(stream, "buffer", None)
+            batch = b""
+            while self._lines:
+                line = self._lines.popleft()
+                if batch and len(batch) + len(line) > self.PIPE_BUF:
+                    self._emit(stream, out, batch)
+                    batch = b""
+                batch += line
+            if batch:
+                self._emit(stream, out, batch)
+
+    @staticmethod
+    def _emit(stream: Any, out: Any, batch: bytes) -> None:
+        try:
+            if out is not None:
+                out.write(batch)
+            else:
+                stream.write(batch.decode())
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr closed or gone: logging would have reported it to that same stderr
+
+    def _start(self) -> None:
+        with self._write_lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._run, name="contexis-access-log", daemon=True)
+                self._writer.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self.interval)  # let a batch gather
+            self._wake.clear()
+            self.flush()
+
+    def _forked(self) -> None:
+        """A forked child (a gunicorn worker) has no writer thread yet, and its parent's lines are not its own."""
+        self._lines.clear()
+        self._wake = threading.Event()
+        self._writer = None
+        self._write_lock = threading.Lock()
+
+
 def configure_logging(level: str) -> None:
     """Send every log record to stderr as JSON (once per process)."""
     root = logging.getLogger()
@@ -240,6 +326,10 @@ def configure_logging(level: str) -> None:
         handler.setFormatter(JsonFormatter())
         root.addHandler(handler)
     root.setLevel(level)
+
+
+# One per process: its lines go where the process's stderr goes.
+access_log = AccessLog()
 
 
 def tracing_enabled() -> bool:

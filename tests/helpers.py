@@ -102,6 +102,14 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+def access_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    """The access lines this process has written to stderr since the last read (queued ones written now)."""
+    from app.observability import access_log
+
+    access_log.flush()
+    return [line for line in json_lines(capsys.readouterr().err) if line.get("logger") == "contexis.access"]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -6,7 +6,18 @@ import json
 import logging
 
 import pytest
-from helpers import ACME_KEY, ALL_KEYS, GUIDE_BODY, KEYS_JSON, METRICS_KEY, STAR_KEY, bearer, json_lines, sha
+from helpers import (
+    ACME_KEY,
+    ALL_KEYS,
+    GUIDE_BODY,
+    KEYS_JSON,
+    METRICS_KEY,
+    STAR_KEY,
+    access_lines,
+    bearer,
+    json_lines,
+    sha,
+)
 
 from app import create_app
 from app.config import Settings, SettingsError
@@ -120,8 +131,9 @@ def test_unknown_route_is_404_not_401(auth_app):
     assert auth_app.test_client().get("/admin").status_code == 404
 
 
-def test_keys_never_reach_logs_responses_audit_or_settings(auth_app, caplog):
+def test_keys_never_reach_logs_responses_audit_or_settings(auth_app, caplog, capsys):
     caplog.set_level(logging.DEBUG)
+    access_lines(capsys)
     client = auth_app.test_client()
     responses = [
         chat(auth_app, ACME_KEY, "globex"),
@@ -133,7 +145,9 @@ def test_keys_never_reach_logs_responses_audit_or_settings(auth_app, caplog):
         client.get("/version"),
     ]
     formatted = "\n".join(JsonFormatter().format(r) for r in caplog.records)
-    outputs = [formatted, caplog.text, repr(auth_app.extensions["contexis"].settings)]
+    access = access_lines(capsys)
+    assert len(access) == len(responses)
+    outputs = [formatted, caplog.text, json.dumps(access), repr(auth_app.extensions["contexis"].settings)]
     outputs += [r.get_data(as_text=True) + str(r.headers) for r in responses]
     for text in outputs:
         for key in ALL_KEYS:

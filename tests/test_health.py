@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import logging
-
-from helpers import GUIDE_BODY
+from helpers import GUIDE_BODY, access_lines
 
 from app import create_app
 
@@ -37,14 +34,10 @@ def test_version_names_the_model_but_not_the_token(hf_app):
     assert body["version"]
 
 
-def test_one_json_log_line_per_request(client, caplog):
-    caplog.set_level(logging.INFO, logger="contexis.access")
+def test_one_json_log_line_per_request(client, capsys):
+    access_lines(capsys)
     client.post("/api/v1/chat", json={**GUIDE_BODY, "tenant_id": "acme"}, headers={"X-Request-ID": "req-1"})
-    records = [r for r in caplog.records if r.name == "contexis.access"]
-    assert len(records) == 1
-    from app.observability import JsonFormatter
-
-    line = json.loads(JsonFormatter().format(records[0]))
+    (line,) = access_lines(capsys)
     assert line | {"ts": None, "duration_ms": None} == {
         "ts": None,
         "level": "INFO",

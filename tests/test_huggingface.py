@@ -40,6 +40,16 @@ def test_guide_payload_url_and_token(hf_app):
 
 
 @responses.activate
+def test_a_cookie_an_upstream_sets_is_never_sent_back(hf_app):
+    # One session serves every tenant's calls: a cookie from one answer must not ride on the next call.
+    answer = [{"generated_text": "Hi"}]
+    responses.post(URL, json=answer, headers={"Set-Cookie": "AWSALB=sticky-1; Path=/"})
+    responses.post(URL, json=answer)
+    assert chat(hf_app).status_code == chat(hf_app).status_code == 200
+    assert [call.request.headers.get("Cookie") for call in responses.calls] == [None, None]
+
+
+@responses.activate
 def test_request_body_cannot_change_endpoint_model_or_token(hf_app):
     responses.post(URL, json=[{"generated_text": "ok"}])
     body = {**GUIDE_BODY, "model": "evil/model", "endpoint": "http://evil", "hf_token": "x", "HF_TOKEN": "x"}

@@ -6,7 +6,6 @@ upstream received as well as what the SDK made of the answer.
 
 from __future__ import annotations
 
-import logging
 import shutil
 from contextlib import ExitStack
 
@@ -23,6 +22,7 @@ from helpers import (
     TOKEN,
     LiveApp,
     Server,
+    access_lines,
     metric,
 )
 
@@ -172,14 +172,11 @@ def test_on_the_text_generation_route_greedy_and_stop_are_tgis_own_and_length_is
     assert "temperature" not in parameters  # TGI refuses 0: greedy decoding is its do_sample=false
 
 
-def test_the_access_log_and_spans_name_the_context_as_for_api_v1_chat(serve, caplog, spans):
-    caplog.set_level(logging.INFO)
+def test_the_access_log_and_spans_name_the_context_as_for_api_v1_chat(serve, capsys, spans):
     _, live, _ = serve(Reply(body=completion("ok")))
     sdk(live).chat.completions.create(model="SupportBot", messages=HELLO)
-    access = next(
-        r for r in caplog.records if r.name == "contexis.access" and r.fields["path"] == "/v1/chat/completions"
-    )
-    assert {k: access.fields[k] for k in ("status", "context", "component", "model")} == {
+    access = next(line for line in access_lines(capsys) if line["path"] == "/v1/chat/completions")
+    assert {k: access[k] for k in ("status", "context", "component", "model")} == {
         "status": 200,
         "context": "SupportBot",
         "component": "SupportBot",

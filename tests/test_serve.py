@@ -6,11 +6,12 @@ import json
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from fake_hf import FakeHF, Reply
-from helpers import EXAMPLE, GUIDE_BODY, MODEL, TOKEN, Server, free_port, run
+from helpers import EXAMPLE, GUIDE_BODY, MODEL, TOKEN, Server, free_port, json_lines, run
 
 
 def test_guide_curl_against_real_gunicorn_then_clean_sigterm():
@@ -123,6 +124,29 @@ def test_every_scrape_counts_every_request_across_two_workers(tmp_path):
     assert len(writers) == 2, "both workers should have answered some requests"
     assert counts == [float(n)] * 8
     assert code == 0
+
+
+def test_every_request_has_one_whole_access_line_across_two_workers():
+    # Lines are queued and written in batches by each worker: none may be lost at SIGTERM, torn or doubled.
+    server = Server("--root", str(EXAMPLE), "--workers", "2", "--threads", "4")
+    sent = [f"rid-{n}" for n in range(400)]
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(
+                pool.map(
+                    lambda rid: requests.post(
+                        f"{server.url}/api/v1/chat", json=GUIDE_BODY, headers={"X-Request-ID": rid}, timeout=30
+                    ).status_code,
+                    sent,
+                )
+            )
+    finally:
+        code, output = server.stop()
+    assert code == 0
+    assert statuses == [200] * len(sent)
+    lines = json_lines(output)  # a torn line would fail to parse here
+    logged = [line["request_id"] for line in lines if line.get("logger") == "contexis.access"]
+    assert sorted(rid for rid in logged if rid.startswith("rid-")) == sorted(sent)
 
 
 def test_json_access_log_and_nothing_threaded_in_the_master():

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import orjson
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import DecodeError, MaxRetryError, NewConnectionError, ReadTimeoutError, ResponseError
@@ -78,6 +79,7 @@ class Transport:
         self.model_id = model_id
         self.pool_size = pool_size or settings.threads
         self._session: requests.Session | None = None
+        self._template = requests.PreparedRequest()
         self._session_lock = threading.Lock()
 
     @property
@@ -118,6 +120,11 @@ class Transport:
         if self.settings.hf_bill_to:
             # Inference Providers bill this organisation instead of the token's owner.
             session.headers["X-HF-Bill-To"] = self.settings.hf_bill_to
+        # The URL and headers never change: prepared once, each call copies them and sets its body. Every
+        # call is the token's alone: a cookie an upstream sets (a load balancer's) is never sent back.
+        self._template = session.prepare_request(
+            requests.Request("POST", self.url, headers={"Content-Type": "application/json"})
+        )
         return session
 
     def close(self) -> None:
@@ -133,12 +140,16 @@ class Transport:
 
         The body is left unread: `read_json` reads it capped, a stream's reader piece by piece.
         """
+        session = self.session
+        prepared = self._template.copy()
+        prepared.prepare_body(data=orjson.dumps(payload), files=None)
         with self.errors():
-            response = self.session.post(
-                self.url,
-                json=payload,
-                timeout=(self.settings.hf_connect_timeout, self.settings.hf_timeout),
+            # `send`, not `post`: `post` would parse the URL, merge headers and scan the environment again.
+            response = session.send(
+                prepared,
                 stream=True,
+                timeout=(self.settings.hf_connect_timeout, self.settings.hf_timeout),
+                proxies=session.proxies,
             )
             self.raise_for_status(response)
         return response
