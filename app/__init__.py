@@ -18,7 +18,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the app for one project root; settings default to the environment and `.env`."""
     from app.observability import configure_logging
     from app.runtime import Runtime
-    from app.web import init_web
+    from app.web import WebApp, init_web
 
     from_environment = settings is None
     settings = settings or Settings.from_env()
@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if from_environment and settings.hf_endpoint_warning:
         # `gunicorn wsgi:app` reads the environment here; `ctx` has already warned before passing its settings.
         logging.getLogger(__name__).warning(settings.hf_endpoint_warning)
-    app = Flask(__name__, static_folder=None)
+    app = WebApp(__name__, static_folder=None)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, SETTINGS=settings)
     init_web(app, settings, Runtime(settings))
     return app

@@ -8,6 +8,7 @@ and re-read only when one of their files changes on disk.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -143,6 +144,8 @@ class ContextStore:
         self.contexts_dir = self.root / "contexts"
         self._cache: dict[Path, tuple[Signature, dict[str, Any]]] = {}
         self._lock = threading.Lock()
+        # A request names its context every time: the same Path, built once (and its hash computed once).
+        self._shared_path = functools.lru_cache(maxsize=1024)(self._shared_file)
 
     def path_for(self, name: str, tenant_id: str = "") -> Path:
         """The file that defines `name` for `tenant_id` (the tenant's copy wins when present)."""
@@ -150,6 +153,9 @@ class ContextStore:
             tenant_file = self.contexts_dir / "tenants" / tenant_id / f"{name}.ctx"
             if tenant_file.is_file():
                 return tenant_file
+        return self._shared_path(name)
+
+    def _shared_file(self, name: str) -> Path:
         return self.contexts_dir / name / f"{name.lower()}.ctx"
 
     def resolve(self, name: str, tenant_id: str = "") -> dict[str, Any]:

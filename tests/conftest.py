@@ -16,11 +16,19 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from app import create_app
 from app.config import Settings
 from app.memory import Memory, open_memory
+from app.observability import access_log
 
 _SPANS = InMemorySpanExporter()
 _provider = TracerProvider()
 _provider.add_span_processor(SimpleSpanProcessor(_SPANS))
 trace.set_tracer_provider(_provider)
+
+
+@pytest.fixture(autouse=True)
+def _access_lines_stay_with_their_test() -> Iterator[None]:
+    """Write a test's queued access lines while its output is still captured, not into the next one's."""
+    yield
+    access_log.flush()
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ pipeline through `get_runtime()`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 
@@ -16,6 +17,23 @@ if TYPE_CHECKING:
     from app.runtime import Runtime
 
 _RUNTIME = "contexis"
+
+
+class WebApp(Flask):
+    """Flask, asking once per function rather than on every call whether it is a coroutine function.
+
+    Flask asks it of every hook and view it runs, five per chat request here, and `inspect` is not free.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        found = self._sync.get(func)
+        if found is None:
+            found = self._sync[func] = super().ensure_sync(func)
+        return found
 
 
 def get_runtime() -> Runtime:

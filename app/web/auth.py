@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from flask import Flask, Response, current_app, g, request
+from flask.globals import request_ctx
 
 from app.config import Settings
 from app.errors import AuthDenied
@@ -99,12 +100,14 @@ def tenant_for(requested: str) -> str:
 
 def bind_tenant(chat_request: ChatRequest) -> ChatRequest:
     """The request as its key may make it (`tenant_for`)."""
-    return replace(chat_request, tenant_id=tenant_for(chat_request.tenant_id))
+    tenant = tenant_for(chat_request.tenant_id)
+    return chat_request if tenant == chat_request.tenant_id else replace(chat_request, tenant_id=tenant)
 
 
 def _enforce() -> None:
-    endpoint = request.endpoint
-    if endpoint is None or endpoint in PUBLIC_ENDPOINTS or request.method == "OPTIONS":
+    asked = request_ctx.request
+    endpoint = asked.endpoint
+    if endpoint is None or endpoint in PUBLIC_ENDPOINTS or asked.method == "OPTIONS":
         return  # unrouted paths answer 404/405, which says nothing about keys
     identity = current_identity()
     if identity is None:
@@ -136,7 +139,8 @@ def _enforce() -> None:
 def init_auth(app: Flask, settings: Settings) -> None:
     """Check keys before every request when auth is on; render and audit every denial."""
     app.extensions["contexis_keys"] = KeyStore(settings.api_keys) if settings.auth_enabled else None
-    app.before_request(_enforce)
+    if settings.auth_enabled:
+        app.before_request(_enforce)
 
     @app.errorhandler(AuthDenied)
     def _denied(exc: AuthDenied) -> tuple[Response, int]:

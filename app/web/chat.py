@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify
+from flask.globals import request_ctx
 
 from app.errors import BadRequest, UnsupportedMediaType
 from app.runtime import Runtime
@@ -23,9 +24,10 @@ def json_body() -> Any:
 
     Browsers send text/plain and form types cross-site without a preflight; only JSON may reach the runtime.
     """
-    if not request.is_json:
+    asked = request_ctx.request
+    if not asked.is_json:
         raise UnsupportedMediaType("the body must be sent with Content-Type: application/json")
-    body = request.get_json(silent=True)
+    body = asked.get_json(silent=True)
     if body is None:
         raise BadRequest("the body must be a JSON object", code="invalid_json")
     return body
