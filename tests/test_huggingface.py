@@ -105,6 +105,15 @@ def test_unexpected_answers_are_bad_response_not_a_crash(hf_app, raw):
 
 
 @responses.activate
+def test_json_that_only_the_standard_library_reads_is_still_an_answer(hf_app):
+    # orjson reads answers first; a NaN (which Python's json accepts and TGI's details may hold) still parses.
+    responses.post(URL, body=b'[{"generated_text": "Hi", "details": {"top_logprob": NaN}}]', status=200)
+    response = chat(hf_app)
+    assert response.status_code == 200
+    assert response.get_json()["rendered"] == "Hi"
+
+
+@responses.activate
 def test_retries_stop_after_hf_max_retries(hf_app):
     responses.post(URL, status=503, json={"error": "overloaded"})
     assert chat(hf_app).status_code == 502

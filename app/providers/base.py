@@ -94,14 +94,14 @@ class TokenStream:
 
     def __iter__(self) -> Iterator[str]:
         for piece in itertools.chain(self._first, self._pieces):
-            if isinstance(piece, Usage):
+            if isinstance(piece, str):  # nearly every piece: asked first
+                yield piece
+            elif isinstance(piece, Usage):
                 self.usage = piece
             elif isinstance(piece, ServedBy):
                 self.response_model = piece.model
             elif isinstance(piece, Finish):
                 self.finish_reason = piece.reason
-            else:
-                yield piece
 
     def close(self) -> None:
         close = getattr(self._pieces, "close", None)

@@ -258,7 +258,16 @@ class Transport:
 
 
 def decode(body: bytes | str) -> Any:
-    """JSON from the endpoint; anything else is `hf_bad_response`."""
+    """JSON from the endpoint; anything else is `hf_bad_response`.
+
+    orjson reads it (a streamed answer is one decode per token); what orjson refuses and the standard library
+    takes (NaN, a lone surrogate) is still read as before. orjson reads an integer past 64 bits as a float,
+    which no field read here can hold.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(body)
     except ValueError:
