@@ -7,7 +7,7 @@ import re
 import time
 import uuid
 
-from flask import Flask, Response, request
+from flask import Flask, Response
 from flask.globals import app_ctx, request_ctx
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from prometheus_client import CollectorRegistry
@@ -56,7 +56,7 @@ def init_observability(app: Flask, settings: Settings, metrics: RuntimeMetrics) 
     def _start() -> None:
         ours = app_ctx.g  # one context lookup, not one per attribute as through `g`
         ours.started = time.perf_counter()
-        incoming = request.headers.get("X-Request-ID", "")
+        incoming = request_ctx.request.environ.get("HTTP_X_REQUEST_ID", "")
         ours.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         ours.log_fields = {"tenant": None, "context": None, "component": None, "model": None}
 
