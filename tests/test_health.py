@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from helpers import GUIDE_BODY, access_lines
 
 from app import create_app
@@ -54,3 +56,15 @@ def test_one_json_log_line_per_request(client, capsys):
         "model": None,
     }
     assert line["duration_ms"] >= 0
+
+
+def test_a_log_level_above_info_turns_the_access_lines_off(settings, capsys):
+    root = logging.getLogger()
+    level = root.level
+    try:
+        client = create_app(settings.replace(log_level="WARNING")).test_client()
+        access_lines(capsys)
+        assert client.post("/api/v1/chat", json=GUIDE_BODY).status_code == 200
+        assert access_lines(capsys) == []
+    finally:
+        root.setLevel(level)
