@@ -144,8 +144,6 @@ class ContextStore:
         self.contexts_dir = self.root / "contexts"
         self._cache: dict[Path, tuple[Signature, dict[str, Any]]] = {}
         self._lock = threading.Lock()
-        # A request names its context every time: the same Path, built once (and its hash computed once).
-        self._shared_path = functools.lru_cache(maxsize=1024)(self._shared_file)
 
     def path_for(self, name: str, tenant_id: str = "") -> Path:
         """The file that defines `name` for `tenant_id` (the tenant's copy wins when present)."""
@@ -153,10 +151,7 @@ class ContextStore:
             tenant_file = self.contexts_dir / "tenants" / tenant_id / f"{name}.ctx"
             if tenant_file.is_file():
                 return tenant_file
-        return self._shared_path(name)
-
-    def _shared_file(self, name: str) -> Path:
-        return self.contexts_dir / name / f"{name.lower()}.ctx"
+        return _shared_file(self.contexts_dir, name)
 
     def resolve(self, name: str, tenant_id: str = "") -> dict[str, Any]:
         """The merged, validated context; `NotFound` when it does not exist."""
@@ -305,6 +300,12 @@ def _check_case_names(rel: str, context: dict[str, Any]) -> None:
 def _field(error) -> str:
     path = ".".join(str(p) for p in error.absolute_path)
     return path or "document"
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared_file(contexts_dir: Path, name: str) -> Path:
+    """A request names its context every time: the same Path, built once (and its hash computed once)."""
+    return contexts_dir / name / f"{name.lower()}.ctx"
 
 
 def _signature(files: list[Path]) -> Signature:

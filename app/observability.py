@@ -239,18 +239,21 @@ class AccessLog:
     """The one JSON line per request, as `JsonFormatter` writes records, without a record or a write per request.
 
     The request's thread only builds the line (orjson) and queues it; a thread of the process's own writes
-    the queue to stderr every `interval` seconds, in writes of whole lines up to `PIPE_BUF` bytes (a pipe
-    keeps those whole among other processes' writes). Writing per request cost a `logging` record and a
-    system call that gave up the GIL: ~0.1 ms of CPU per request under gunicorn's threads
+    the queue to stderr every `interval` seconds, in writes of whole lines of at most `PIPE_BUF` bytes (a
+    pipe keeps each such write whole among other processes' writes). Writing per request cost a `logging`
+    record and a system call that gave up the GIL: ~0.1 ms of CPU per request under gunicorn's threads
     (docs/benchmarks.md). The queue is written at exit; a process killed outright loses at most `interval`.
-    `CMP_LOG_LEVEL` above INFO (or the `contexis.access` logger's own level) turns the lines off.
+    Past `max_queued` lines (stderr not keeping up), the request's thread writes the queue itself, as a
+    `logging` handler would: memory stays bounded and nothing is dropped. Only the `contexis.access`
+    logger's level applies (`CMP_LOG_LEVEL` above INFO turns the lines off); its handlers and filters do not.
     """
 
     NAME = "contexis.access"
     PIPE_BUF = 4096
 
-    def __init__(self, interval: float = 0.05) -> None:
+    def __init__(self, interval: float = 0.05, max_queued: int = 10_000) -> None:
         self.interval = interval
+        self.max_queued = max_queued
         self._logger = logging.getLogger(self.NAME)
         self._lines: collections.deque[bytes] = collections.deque()
         self._wake = threading.Event()
@@ -266,40 +269,29 @@ class AccessLog:
         entry = {"ts": iso_timestamp(time.time()), "level": "INFO", "logger": self.NAME, "message": "request"}
         entry.update(fields)
         self._lines.append(orjson.dumps(entry, default=str) + b"\n")
-        if not self._wake.is_set():
-            if self._writer is None:
+        if len(self._lines) > self.max_queued:
+            self.flush()
+        elif not self._wake.is_set():
+            if self._writer is None or not self._writer.is_alive():
                 self._start()
             self._wake.set()
 
     def flush(self) -> None:
         """Write every queued line now (at exit, and for whoever must read them at once)."""
         with self._write_lock:
-            stream = sys.stderr
-            out = getattr(stream, "buffer", None)
             batch = b""
             while self._lines:
                 line = self._lines.popleft()
                 if batch and len(batch) + len(line) > self.PIPE_BUF:
-                    self._emit(stream, out, batch)
+                    _write_stderr(batch)
                     batch = b""
                 batch += line
             if batch:
-                self._emit(stream, out, batch)
-
-    @staticmethod
-    def _emit(stream: Any, out: Any, batch: bytes) -> None:
-        try:
-            if out is not None:
-                out.write(batch)
-            else:
-                stream.write(batch.decode())
-            stream.flush()
-        except (OSError, ValueError):
-            pass  # stderr closed or gone: logging would have reported it to that same stderr
+                _write_stderr(batch)
 
     def _start(self) -> None:
         with self._write_lock:
-            if self._writer is None:
+            if self._writer is None or not self._writer.is_alive():
                 self._writer = threading.Thread(target=self._run, name="contexis-access-log", daemon=True)
                 self._writer.start()
 
@@ -316,6 +308,29 @@ class AccessLog:
         self._wake = threading.Event()
         self._writer = None
         self._write_lock = threading.Lock()
+
+
+def _write_stderr(data: bytes) -> None:
+    """`data` to stderr in one system call where it is a file (so a pipe keeps a write of up to PIPE_BUF whole),
+    through the stream where it is not (a test's capture); nowhere, quietly, when stderr is closed or gone."""
+    stream = sys.stderr
+    if stream is None:
+        return
+    try:
+        stream.flush()  # what logging wrote through the stream goes first
+        fd = stream.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        fd = -1
+    try:
+        if fd < 0:
+            stream.write(data.decode())
+            stream.flush()
+            return
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except (OSError, ValueError):
+        pass  # stderr closed: logging would have reported it to that same stderr
 
 
 def configure_logging(level: str) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from helpers import GUIDE_BODY, access_lines
+from helpers import GUIDE_BODY, access_lines, json_lines
 
 from app import create_app
+from app.observability import AccessLog
 
 
 def test_healthz_is_always_ok(client):
@@ -68,3 +69,16 @@ def test_a_log_level_above_info_turns_the_access_lines_off(settings, capsys):
         assert access_lines(capsys) == []
     finally:
         root.setLevel(level)
+
+
+def test_access_lines_queued_past_the_bound_are_written_by_the_request_thread(capsys):
+    # stderr not keeping up must not grow a worker's memory without bound: the request's thread writes.
+    log = AccessLog(interval=3600, max_queued=2)
+    capsys.readouterr()
+    for n in range(3):
+        log.write({"request_id": f"r{n}"})
+    assert [line["request_id"] for line in json_lines(capsys.readouterr().err)] == ["r0", "r1", "r2"]
+    log.write({"request_id": "r3"})
+    assert capsys.readouterr().err == ""  # queued for the writer thread
+    log.flush()
+    assert [line["request_id"] for line in json_lines(capsys.readouterr().err)] == ["r3"]

@@ -44,9 +44,10 @@ def test_a_cookie_an_upstream_sets_is_never_sent_back(hf_app):
     # One session serves every tenant's calls: a cookie from one answer must not ride on the next call.
     answer = [{"generated_text": "Hi"}]
     responses.post(URL, json=answer, headers={"Set-Cookie": "AWSALB=sticky-1; Path=/"})
-    responses.post(URL, json=answer)
+    responses.post(URL, status=307, headers={"Location": f"{URL}-moved"})  # nor on a redirected call
+    responses.post(f"{URL}-moved", json=answer)
     assert chat(hf_app).status_code == chat(hf_app).status_code == 200
-    assert [call.request.headers.get("Cookie") for call in responses.calls] == [None, None]
+    assert [call.request.headers.get("Cookie") for call in responses.calls] == [None, None, None]
 
 
 @responses.activate

@@ -6,6 +6,8 @@ pipeline through `get_runtime()`.
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,17 +25,23 @@ class WebApp(Flask):
     """Flask, asking once per function rather than on every call whether it is a coroutine function.
 
     Flask asks it of every hook and view it runs, five per chat request here, and `inspect` is not free.
+    The answers are kept by the function (a bound method's own function), weakly: a function made per
+    request (`after_this_request`, a class-based view's method) takes its answer with it when it goes.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+        self._coroutine: weakref.WeakKeyDictionary[Callable[..., Any], bool] = weakref.WeakKeyDictionary()
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        found = self._sync.get(func)
-        if found is None:
-            found = self._sync[func] = super().ensure_sync(func)
-        return found
+        plain = getattr(func, "__func__", func)
+        try:
+            is_coroutine = self._coroutine.get(plain)
+        except TypeError:  # not weakly referenceable: asked every time, as Flask does
+            return super().ensure_sync(func)
+        if is_coroutine is None:
+            is_coroutine = self._coroutine[plain] = inspect.iscoroutinefunction(func)
+        return self.async_to_sync(func) if is_coroutine else func
 
 
 def get_runtime() -> Runtime:

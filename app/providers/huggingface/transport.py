@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 
 import orjson
@@ -120,8 +121,9 @@ class Transport:
         if self.settings.hf_bill_to:
             # Inference Providers bill this organisation instead of the token's owner.
             session.headers["X-HF-Bill-To"] = self.settings.hf_bill_to
-        # The URL and headers never change: prepared once, each call copies them and sets its body. Every
-        # call is the token's alone: a cookie an upstream sets (a load balancer's) is never sent back.
+        # Every call is the token's alone: a cookie an upstream sets (a load balancer's) is never kept.
+        session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        # The URL and headers never change: prepared once, each call copies them and sets its body.
         self._template = session.prepare_request(
             requests.Request("POST", self.url, headers={"Content-Type": "application/json"})
         )
