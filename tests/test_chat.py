@@ -57,6 +57,17 @@ def test_malformed_json_is_400(client, raw):
     assert_error(response, 400, "invalid_json")
 
 
+@pytest.mark.parametrize("route", ["/api/v1/chat", "/v1/chat/completions"])
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_numbers_json_does_not_have_are_400(client, route, constant):
+    # Python's json would read them, and a temperature of NaN would be sent on to the model.
+    raw = '{"context": "SupportBot", "model": "SupportBot", "messages": [{"role": "user", "content": "hi"}], '
+    raw += f'"data": {{"user_input": "hi"}}, "temperature": {constant}}}'
+    response = client.post(route, data=raw, content_type="application/json")
+    assert response.status_code == 400
+    assert f"{constant.lstrip('-')} is not valid JSON" in response.get_json()["error"]["message"]
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -14,7 +14,7 @@ import orjson
 from flask import Response
 from flask.json.provider import DefaultJSONProvider
 
-from app.errors import PayloadTooDeep
+from app.errors import BadRequest, PayloadTooDeep
 
 
 def dumps_bytes(obj: Any) -> bytes:
@@ -22,8 +22,13 @@ def dumps_bytes(obj: Any) -> bytes:
     return orjson.dumps(obj, default=DefaultJSONProvider.default)
 
 
+def _not_json(constant: str) -> Any:
+    """Python's json reads NaN and Infinity, which JSON has not: a temperature of NaN must not reach a model."""
+    raise BadRequest(f"{constant} is not valid JSON: numbers must be finite", code="invalid_json")
+
+
 class JSONProvider(DefaultJSONProvider):
-    """orjson for answers; a body nested past Python's recursion limit is a 400, not a RecursionError (500)."""
+    """orjson for answers; a body nested past Python's recursion limit, or holding NaN or Infinity, is a 400."""
 
     sort_keys = False
 
@@ -34,7 +39,7 @@ class JSONProvider(DefaultJSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         try:
-            return super().loads(s, **kwargs)
+            return super().loads(s, parse_constant=_not_json, **kwargs)
         except RecursionError:
             raise PayloadTooDeep("the body nests too deeply to be decoded") from None
 
