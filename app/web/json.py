@@ -8,6 +8,7 @@ answer, every streamed event), and there orjson's output is the same JSON, UTF-8
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -27,6 +28,10 @@ def _not_json(constant: str) -> Any:
     raise BadRequest(f"{constant} is not valid JSON: numbers must be finite", code="invalid_json")
 
 
+# One decoder for every body: json.loads with an option builds a decoder per call.
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
+
+
 class JSONProvider(DefaultJSONProvider):
     """orjson for answers; a body nested past Python's recursion limit, or holding NaN or Infinity, is a 400."""
 
@@ -39,7 +44,11 @@ class JSONProvider(DefaultJSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         try:
-            return super().loads(s, parse_constant=_not_json, **kwargs)
+            if kwargs:
+                return super().loads(s, parse_constant=_not_json, **kwargs)
+            if isinstance(s, bytes | bytearray):  # as json.loads reads bytes
+                s = s.decode(json.detect_encoding(s), "surrogatepass")
+            return _DECODER.decode(s)
         except RecursionError:
             raise PayloadTooDeep("the body nests too deeply to be decoded") from None
 
