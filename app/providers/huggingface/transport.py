@@ -79,20 +79,19 @@ class Transport:
         self.url = url
         self.model_id = model_id
         self.pool_size = pool_size or settings.threads
-        self._session: requests.Session | None = None
-        self._template = requests.PreparedRequest()
+        # The process's session and the call it sends, prepared once (the URL and headers never change).
+        self._session: tuple[requests.Session, requests.PreparedRequest] | None = None
         self._session_lock = threading.Lock()
 
-    @property
-    def session(self) -> requests.Session:
-        """The process's session, made on first use so it is born in the worker, not the master."""
+    def _ready(self) -> tuple[requests.Session, requests.PreparedRequest]:
+        """The session and prepared call, made on first use so they are born in the worker, not the master."""
         if self._session is None:
             with self._session_lock:
                 if self._session is None:
                     self._session = self._new_session()
         return self._session
 
-    def _new_session(self) -> requests.Session:
+    def _new_session(self) -> tuple[requests.Session, requests.PreparedRequest]:
         retry = DeadlineRetry(
             total=self.settings.hf_max_retries,
             connect=self.settings.hf_max_retries,
@@ -123,15 +122,13 @@ class Transport:
             session.headers["X-HF-Bill-To"] = self.settings.hf_bill_to
         # Every call is the token's alone: a cookie an upstream sets (a load balancer's) is never kept.
         session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-        # The URL and headers never change: prepared once, each call copies them and sets its body.
-        self._template = session.prepare_request(
+        return session, session.prepare_request(
             requests.Request("POST", self.url, headers={"Content-Type": "application/json"})
         )
-        return session
 
     def close(self) -> None:
         if self._session is not None:
-            self._session.close()
+            self._session[0].close()
 
     def read_json(self, response: requests.Response) -> Any:
         """The decoded JSON of a successful, whole answer, read within HF_MAX_RESPONSE_BYTES and the deadline."""
@@ -142,8 +139,8 @@ class Transport:
 
         The body is left unread: `read_json` reads it capped, a stream's reader piece by piece.
         """
-        session = self.session
-        prepared = self._template.copy()
+        session, template = self._ready()
+        prepared = template.copy()  # each call sets its own body on a copy of the prepared call
         prepared.prepare_body(data=orjson.dumps(payload), files=None)
         with self.errors():
             # `send`, not `post`: `post` would parse the URL, merge headers and scan the environment again.
