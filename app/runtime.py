@@ -133,7 +133,8 @@ class Runtime:
         sources = _sources(rendered)
         if self.provider is None:
             return Answer(rendered=rendered.prompt, model=None, sources=sources, degraded=rendered.degraded)
-        generation = structured.generate(self.provider, rendered.prompt, *_inference_inputs(rendered.context, request))
+        inputs = _inference_inputs(rendered.context, request)
+        generation = structured.generate(self.provider, rendered.prompt, *inputs, budget=self.settings.hf_deadline)
         return Answer(
             rendered=generation.text,
             model=self.provider.model_id,
