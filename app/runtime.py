@@ -80,6 +80,16 @@ class Runtime:
         memory = self.memory.problem()
         return [*problems, memory] if memory else problems
 
+    def chains(self) -> dict[str, list[dict[str, str]]]:
+        """Each valid context's models in the order they are tried (`/version`): its chain, or HF_MODEL_ID."""
+        provider = self.provider
+        default = [{"id": provider.model_id, "endpoint": self.settings.hf_endpoint_public}] if provider else []
+        found = {}
+        for name, path in self.contexts.available().items():
+            chain = chain_of(self.contexts.load(path))
+            found[name] = chain.describe(self.settings) if chain else default
+        return found
+
     def search(self, request: ChatRequest, component: str = "") -> Retrieval:
         """The memory matches of `component` (the request's by default) for the request's query (none without one)."""
         component = component or request.component

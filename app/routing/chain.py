@@ -66,6 +66,10 @@ class ModelChain:
     def primary(self) -> ChainEntry:
         return self.entries[0]
 
+    def describe(self, settings: Settings) -> list[dict[str, str]]:
+        """Each entry and where its calls go, as `/version` shows them (no credentials)."""
+        return [{"id": entry.id, "endpoint": entry.endpoint_of(settings)} for entry in self.entries]
+
 
 def _entry(raw: str | dict[str, Any]) -> ChainEntry:
     if isinstance(raw, str):
