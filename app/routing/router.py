@@ -23,7 +23,7 @@ from app.errors import ModelsUnavailable, ProviderError
 from app.observability import RuntimeMetrics
 from app.providers.base import Generation, GenerationParams, Provider, TokenStream, Turn
 from app.providers.huggingface import HuggingFaceClient
-from app.providers.huggingface.catalog import Catalog
+from app.providers.huggingface.catalog import Catalog, CatalogError
 from app.providers.huggingface.transport import deadline, remaining
 from app.routing.breaker import Breakers
 from app.routing.chain import ChainEntry, ModelChain
@@ -39,6 +39,7 @@ class Attempt:
     """What became of one entry: `served`, or why it was passed over, with the error's message if it failed."""
 
     model: str
+    endpoint: str  # where its calls go, without credentials
     outcome: str
     detail: str = ""
 
@@ -121,6 +122,18 @@ class ModelRouter:
         routed.result.model = routed.served
         return routed
 
+    def read_catalog(self) -> str:
+        """Read the router's catalog now rather than in the background (`ctx hf test-model --context`); why it
+        could not be read, or ""."""
+        if self.catalog is None:
+            return ""
+        self._catalog_started = True
+        try:
+            self.catalog.refresh()
+        except CatalogError as exc:
+            return str(exc)
+        return ""
+
     def close(self) -> None:
         if self.catalog is not None:
             self.catalog.close()
@@ -157,7 +170,7 @@ class ModelRouter:
                 if permit == "open":
                     reason = "circuit_open"
                 if reason:
-                    attempts.append(Attempt(entry.id, reason))
+                    attempts.append(Attempt(entry.id, entry.endpoint_of(self.settings), reason))
                     passed = (entry.id, reason)
                     continue
                 try:
@@ -172,11 +185,11 @@ class ModelRouter:
                         self.breakers.failed(key, entry.id, entry.endpoint_of(self.settings))
                     if found.token_refused:
                         refused.add(entry.token_of())
-                    attempts.append(Attempt(entry.id, found.reason, exc.message))
+                    attempts.append(Attempt(entry.id, entry.endpoint_of(self.settings), found.reason, exc.message))
                     last_error, passed = exc, (entry.id, found.reason)
                     continue
                 self.breakers.succeeded(key, entry.id, permit)
-                attempts.append(Attempt(entry.id, "served"))
+                attempts.append(Attempt(entry.id, entry.endpoint_of(self.settings), "served"))
                 span.set_attribute("gen_ai.response.model", entry.id)
                 span.set_attribute("contexis.fallback.attempts", len(attempts))
                 return Routed(result, entry.id, tuple(attempts))

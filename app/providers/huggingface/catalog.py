@@ -150,11 +150,11 @@ class Catalog:
             self._thread.start()
 
     def close(self) -> None:
-        """Stop the refresher (the table stays readable)."""
+        """Stop the refresher (the table stays readable); a read under way is given a second to end."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(FETCH_TIMEOUT[0] + FETCH_TIMEOUT[1] + 1)
+            thread.join(1.0)
 
     def _run(self) -> None:
         while not self._stop.is_set():
