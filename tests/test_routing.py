@@ -283,27 +283,28 @@ def test_the_catalog_is_read_in_the_background_once_a_chain_is_used(project, set
         catalog.close()
 
 
-def test_a_request_with_tools_skips_a_provider_without_them(project, settings):
-    """Tools reach the chain through `GenerationParams`; a provider the catalog says has none is passed over."""
-    from dataclasses import dataclass
-
+def test_a_request_with_tools_or_a_schema_skips_a_provider_without_them(settings):
+    """A provider the catalog says lacks tools (or structured output) is passed over for a request that needs them."""
     from app.providers.base import GenerationParams
     from app.routing import ModelRouter, chain_of
 
-    @dataclass(frozen=True)
-    class WithTools(GenerationParams):
-        tools: tuple[dict, ...] = ({"type": "function", "function": {"name": "lookup"}},)
-
     nebius_up = copy.deepcopy(ROUTER_CATALOG)
-    nebius_up["data"][0]["providers"][2]["status"] = "live"
-    no_tools, tools = "meta-llama/Llama-3.3-70B-Instruct:nebius", "meta-llama/Llama-3.3-70B-Instruct:together"
+    nebius_up["data"][0]["providers"][2]["status"] = "live"  # no tools, structured output
+    groq, nebius, together = (f"meta-llama/Llama-3.3-70B-Instruct:{p}" for p in ("groq", "nebius", "together"))
+    tools = GenerationParams(tools=({"type": "function", "function": {"name": "lookup", "parameters": {}}},))
+    schema = GenerationParams(response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": {}}})
     with FakeHF(Reply(200, completion())) as router:
-        chat = settings.replace(hf_token=TOKEN, hf_endpoint=f"{router.url}/v1")
-        models = ModelRouter(chat)
+        models = ModelRouter(settings.replace(hf_token=TOKEN, hf_endpoint=f"{router.url}/v1"))
         models.catalog.load(nebius_up)
-        found = chain_of({"model": {"id": no_tools, "fallbacks": [tools]}})
-        assert models.generate(found, "hi", WithTools()).served == tools
-        assert models.generate(found, "hi", GenerationParams()).served == no_tools
+        found = chain_of({"model": {"id": nebius, "fallbacks": [groq, together]}})
+        attempts: list = []
+        assert models.generate(found, "hi", tools, attempts=attempts).served == groq
+        assert [a.outcome for a in attempts] == ["no_tools", "served"]
+        found = chain_of({"model": {"id": groq, "fallbacks": [together]}})
+        assert models.generate(found, "hi", schema).served == together
+        assert models.generate(found, "hi", GenerationParams(response_format={"type": "text"})).served == groq
+        assert [seen.body["model"] for seen in router.seen] == [groq, together, groq]
+        assert router.seen[0].body["tools"] == list(tools.tools)
         models.close()
 
 

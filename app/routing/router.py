@@ -98,12 +98,13 @@ class ModelRouter:
         params: GenerationParams,
         system: str = "",
         history: Sequence[Turn] = (),
+        after: Sequence[Turn] = (),
         attempts: list[Attempt] | None = None,
     ) -> Routed[Generation]:
         """The first answer of the chain; `attempts` (when given) says what became of each entry, even when
         the chain fails."""
         return self._run(
-            chain, _needs(params), lambda provider: provider.generate(prompt, params, system, history), attempts
+            chain, _needs(params), lambda provider: provider.generate(prompt, params, system, history, after), attempts
         )
 
     def stream(
@@ -113,11 +114,12 @@ class ModelRouter:
         params: GenerationParams,
         system: str = "",
         history: Sequence[Turn] = (),
+        after: Sequence[Turn] = (),
         attempts: list[Attempt] | None = None,
     ) -> Routed[TokenStream]:
         """The first stream of the chain to give its first token; its `model` is the entry that gave it."""
         routed = self._run(
-            chain, _needs(params), lambda provider: provider.stream(prompt, params, system, history), attempts
+            chain, _needs(params), lambda provider: provider.stream(prompt, params, system, history, after), attempts
         )
         routed.result.model = routed.served
         return routed
@@ -228,8 +230,7 @@ class ModelRouter:
 
 
 def _needs(params: GenerationParams) -> Needs:
-    """Tools and a response format, when the request's parameters carry them."""
-    return Needs(
-        tools=bool(getattr(params, "tools", None)),
-        structured_output=getattr(params, "response_format", None) is not None,
-    )
+    """Tools, and a response format other than plain text, when the request asks for them."""
+    response_format = params.response_format
+    structured = response_format is not None and response_format.get("type") != "text"
+    return Needs(tools=bool(params.tools), structured_output=structured)
