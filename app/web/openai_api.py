@@ -96,7 +96,7 @@ def chat_completions():
             return sse_event(openai_error(exc.status, exc.code, exc.message, exc.param))
 
         response = event_stream(stream, events(), error_event, g.request_id)
-        mark_model(response, stream.model, streamed.served)
+        mark_model(response, streamed.served)
         return mark_degraded(response, streamed.degraded)
     answer = runtime.answer(chat_request)
     response = jsonify(
@@ -113,7 +113,7 @@ def chat_completions():
         usage=_usage(answer.usage),
         sources=answer.sources,
     )
-    mark_model(response, answer.model, answer.served)
+    mark_model(response, answer.served)
     return mark_degraded(response, answer.degraded)
 
 
