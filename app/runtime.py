@@ -80,6 +80,10 @@ class Runtime:
         memory = self.memory.problem()
         return [*problems, memory] if memory else problems
 
+    def calls_model(self, context: dict[str, Any]) -> bool:
+        """Whether requests to `context` reach a model: its chain, or HF_MODEL_ID."""
+        return bool(self.provider or (self.router and chain_of(context)))
+
     def chains(self) -> dict[str, list[dict[str, str]]]:
         """Each valid context's models in the order they are tried (`/version`): its chain, or HF_MODEL_ID."""
         provider = self.provider

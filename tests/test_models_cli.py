@@ -113,3 +113,12 @@ def test_validate_keeps_model_params_under_the_guardrails_ceilings(project):
     context["model"]["params"]["temperature"] = 0.4
     path.write_text(yaml.safe_dump(context))
     assert run("context", "validate", "--root", str(project)).returncode == 0
+
+
+def test_ctx_test_runs_model_cases_through_the_chain(project):
+    with FakeHF(Reply(503, {"error": "down"})) as failing, FakeHF(Reply(200, completion("Hello there"))) as healthy:
+        name_models(project, chain(healthy.url))
+        env = {"HF_TOKEN": TOKEN, "HF_ENDPOINT": f"{failing.url}/v1", "TGI_TOKEN": LOCAL_TOKEN, "HF_MAX_RETRIES": "0"}
+        result = run("test", "--root", str(project), "--context", "SupportBot", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(healthy.seen) == 2  # both `mode: model` cases, answered by the chain's fallback
