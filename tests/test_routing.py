@@ -317,3 +317,20 @@ def test_version_lists_each_contexts_chain(project, settings):
         {"id": BACKUP, "endpoint": "http://tgi.internal:8080/v1"},
     ]
     assert "pw" not in json.dumps(chains)
+
+
+def test_no_token_reaches_answers_logs_metrics_or_spans(chained, spans, caplog, capsys):
+    # Each endpoint echoes the token it was sent (the local one never gets HF_TOKEN).
+    echo = {"error": f"Invalid token: Bearer {LOCAL_TOKEN}"}
+    with FakeHF(Reply(401, {"error": f"bad token {TOKEN}"})) as failing, FakeHF(Reply(401, echo)) as healthy:
+        app = chained(failing, healthy)
+        client = app.test_client()
+        answers = [client.post("/api/v1/chat", json=GUIDE_BODY), client.post("/v1/chat/completions", json=OPENAI_BODY)]
+        scraped = client.get("/metrics").get_data(as_text=True)
+        version = client.get("/version").get_data(as_text=True)
+    assert [answer.status_code for answer in answers] == [502, 502]
+    exported = [str(dict(s.attributes or {})) + str(s.events) + str(s.status) for s in spans.get_finished_spans()]
+    outputs = [a.get_data(as_text=True) + str(a.headers) for a in answers]
+    outputs += [scraped, version, caplog.text, *capsys.readouterr(), *exported]
+    for secret in (TOKEN, LOCAL_TOKEN):
+        assert not [output for output in outputs if secret in output], secret
