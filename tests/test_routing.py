@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import responses
 import yaml
 from fake_hf import CREDITS_BODY, ROUTER_CATALOG, FakeHF, Reply, Stream, chat_events, completion, sse
 from helpers import GUIDE_BODY, TOKEN, LiveApp, free_port, metric, sse_events
@@ -334,3 +335,37 @@ def test_no_token_reaches_answers_logs_metrics_or_spans(chained, spans, caplog, 
     outputs += [scraped, version, caplog.text, *capsys.readouterr(), *exported]
     for secret in (TOKEN, LOCAL_TOKEN):
         assert not [output for output in outputs if secret in output], secret
+
+
+@responses.activate
+def test_the_routers_own_refusals_move_the_chain_on(project, settings):
+    """The router's real bodies: a model no enabled provider serves, spent credits, a provider it reports down."""
+    from app.config import ROUTER_CHAT_ENDPOINT
+
+    dropped, spent = "org/dropped-model:together", "meta-llama/Llama-3.3-70B-Instruct:together"
+    down = "meta-llama/Llama-3.3-70B-Instruct:nebius"
+    served = "meta-llama/Llama-3.3-70B-Instruct:groq"
+    name_models(project, {"id": dropped, "fallbacks": [spent, down, served]})
+    not_supported = copy.deepcopy(NOT_SUPPORTED)
+    not_supported["error"]["message"] = not_supported["error"]["message"].replace(PRIMARY, dropped)
+    bodies = {dropped: (400, not_supported), spent: (402, CREDITS_BODY), served: (200, completion("from groq"))}
+
+    def answer(request):
+        status, body = bodies[json.loads(request.body)["model"]]
+        return status, {}, json.dumps(body)
+
+    responses.add_callback(responses.POST, f"{ROUTER_CHAT_ENDPOINT}/chat/completions", callback=answer)
+    responses.get(f"{ROUTER_CHAT_ENDPOINT}/models", json=ROUTER_CATALOG)
+    app = create_app(settings.replace(hf_token=TOKEN, hf_backoff_factor=0))
+    assert app.extensions["contexis"].router.read_catalog() == ""
+    response = app.test_client().post("/api/v1/chat", json=GUIDE_BODY)
+    assert response.get_json()["model"] == served
+    called = [json.loads(call.request.body)["model"] for call in responses.calls if call.request.method == "POST"]
+    assert called == [dropped, spent, served]  # the provider the catalog reports down is not called
+    reasons = [
+        ("model_not_supported", dropped, spent),
+        ("payment_required", spent, down),
+        ("provider_down", down, served),
+    ]
+    for reason, from_model, to_model in reasons:
+        assert metric(app, "cmp_model_fallbacks_total", from_model=from_model, to_model=to_model, reason=reason) == 1
