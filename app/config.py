@@ -148,11 +148,11 @@ def _cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:
 MEMORY_URL_SCHEMES = ("postgresql://", "postgres://")
 
 
-def _memory_url(env: Mapping[str, str]) -> str:
+def _memory_url(env: Mapping[str, str], name: str = "CMP_MEMORY_URL") -> str:
     """Empty (SQLite under the project root) or a PostgreSQL URL; the URL may hold a password, never echoed."""
-    raw = _text(env, "CMP_MEMORY_URL")
+    raw = _text(env, name)
     if raw and not raw.startswith(MEMORY_URL_SCHEMES):
-        raise SettingsError("CMP_MEMORY_URL must be empty (SQLite) or start with postgresql:// or postgres://")
+        raise SettingsError(f"{name} must be empty (SQLite) or start with postgresql:// or postgres://")
     return raw
 
 
@@ -202,6 +202,9 @@ class Settings:
     memory_url: str = field(default="", repr=False)
     memory_timeout: float = 2.0
     memory_pool_size: int = 0  # 0: one connection per thread (`threads`)
+    usage_url: str = field(default="", repr=False)  # CMP_USAGE_URL: a PostgreSQL URL, or "" (embedded SQLite)
+    state_dir: Path | None = None  # CMP_STATE_DIR: where embedded databases live; None: <project root>/.contexis
+    responses_ttl: float = 30 * 24 * 3600  # CMP_RESPONSES_TTL: seconds a stored Responses API response is kept
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -255,6 +258,9 @@ class Settings:
             memory_url=_memory_url(env),
             memory_timeout=_number(env, "CMP_MEMORY_TIMEOUT", 2.0, minimum=0.001),
             memory_pool_size=_number(env, "CMP_MEMORY_POOL_SIZE", 0, kind=int),
+            usage_url=_memory_url(env, "CMP_USAGE_URL"),
+            state_dir=Path(_text(env, "CMP_STATE_DIR")) if _text(env, "CMP_STATE_DIR") else None,
+            responses_ttl=_number(env, "CMP_RESPONSES_TTL", cls.responses_ttl, minimum=1),
         ).checked()
 
     def checked(self) -> Settings:
@@ -298,6 +304,11 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (the CLI's flags override the environment)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def state_path(self) -> Path:
+        """Where the runtime keeps its embedded databases (stored responses): CMP_STATE_DIR, else under the root."""
+        return self.state_dir if self.state_dir is not None else Path(self.project_root) / ".contexis"
 
     @property
     def hf_enabled(self) -> bool:

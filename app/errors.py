@@ -151,3 +151,10 @@ class InvalidNameError(MemoryStoreError):
 
     status = 400
     code = "invalid_request"
+
+
+class StoreUnavailable(ContexisError):
+    """The database of stored responses cannot answer in time (down, unreachable, slow, locked or unusable)."""
+
+    status = 503
+    code = "store_unavailable"

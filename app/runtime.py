@@ -19,7 +19,7 @@ from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
 from app.providers import build_embedder, build_provider
-from app.providers.base import GenerationParams, TokenStream, Turn, Usage
+from app.providers.base import GenerationParams, TokenStream, ToolCall, Turn, Usage
 from app.validation import ChatRequest
 
 _tracer = trace.get_tracer(__name__)
@@ -45,6 +45,7 @@ class Answer:
     usage: Usage | None = None
     finish_reason: str = "stop"
     degraded: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()  # the functions the model asks the client to call
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class Runtime:
             usage=generation.usage,
             finish_reason=generation.finish_reason or "stop",
             degraded=rendered.degraded,
+            tool_calls=generation.tool_calls,
         )
 
     def stream(self, request: ChatRequest) -> StreamedAnswer:

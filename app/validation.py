@@ -163,6 +163,11 @@ def _check(schema: SchemaCheck, body: Any) -> None:
         )
 
 
+def check_body(schema: SchemaCheck, body: Any) -> None:
+    """`BadRequest` naming every field `body` gets wrong against another surface's schema (the Responses API's)."""
+    _check(schema, body)
+
+
 def parse_chat_request(body: Any) -> ChatRequest:
     """Check a decoded JSON body and build the request, or raise `BadRequest` naming the field."""
     _check(_chat_check, body)
