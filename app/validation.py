@@ -148,6 +148,11 @@ def _describe(error: ValidationError) -> str:
         return f"{where}: {error.instance!r} is not a valid name (1-128 of A-Z a-z 0-9 _ . -, not '.' or '..')"
     if error.validator == "contains":
         return f"{where}: no message has the role user (its last one is the input)"
+    if error.validator == "anyOf":
+        if "$comment" in error.schema:  # a rule across fields, explained by the schema itself
+            return f"{where}: {error.schema['$comment']}"
+        if error.context:  # the alternative that got furthest, named where it failed
+            return _describe(max(error.context, key=lambda e: len(e.path)))
     return f"{where}: {error.message}"
 
 

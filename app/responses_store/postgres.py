@@ -60,15 +60,17 @@ class PostgresResponseStore:
     def _transaction(self, tenant: str, all_tenants: bool = False) -> Iterator[psycopg.Connection]:
         """One transaction acting for `tenant`; every database failure is `StoreUnavailable`, without the URL's
         password."""
+        creating = not self._ready
         try:
             with _pool(self.url, self.pool_size, self.timeout).connection() as conn:
                 conn.execute(
                     "SELECT set_config('contexis.tenant', %s, true), set_config('contexis.all_tenants', %s, true)",
                     (tenant, "on" if all_tenants else "off"),
                 )
-                if not self._ready:
+                if creating:
                     self._create(conn)
                 yield conn
+            self._ready = True  # once the transaction that created the table (or saw it) committed
         except PoolTimeout:
             raise StoreUnavailable(f"the response store {self.where} is unavailable: no connection in time") from None
         except psycopg.errors.QueryCanceled:
@@ -83,7 +85,6 @@ class PostgresResponseStore:
         exists = conn.execute("SELECT to_regclass('stored_responses') IS NOT NULL").fetchone()
         if not (exists and exists[0]):
             conn.execute(_SCHEMA)
-        self._ready = True
 
     def put(self, stored: StoredResponse) -> None:
         row = (

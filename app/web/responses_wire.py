@@ -25,6 +25,8 @@ from app.validation import OPENAI_CHAT_SCHEMA, RUNTIME_FIELDS, SchemaCheck, chec
 from app.web.sse import sse_event
 
 _TEXT_PARTS = ("input_text", "output_text")
+# What OpenAI allows as a function's or a JSON schema's name.
+_FUNCTION_NAME = "^[A-Za-z0-9_-]{1,64}$"
 _PART = {
     "type": "object",
     "required": ["type"],
@@ -73,7 +75,7 @@ _TOOL = {
     "required": ["type"],
     "properties": {
         "type": {"const": "function", "description": "Only function tools: the client runs them"},
-        "name": {"type": "string", "minLength": 1},
+        "name": {"type": "string", "pattern": _FUNCTION_NAME},
         "description": {"type": ["string", "null"]},
         "parameters": {"type": ["object", "null"]},
         "strict": {"type": ["boolean", "null"]},
@@ -85,7 +87,7 @@ _FORMAT = {
     "required": ["type"],
     "properties": {
         "type": {"enum": ["text", "json_object", "json_schema"]},
-        "name": {"type": "string"},
+        "name": {"type": "string", "pattern": _FUNCTION_NAME},
         "schema": {"type": "object"},
         "strict": {"type": ["boolean", "null"]},
         "description": {"type": "string"},
@@ -93,10 +95,28 @@ _FORMAT = {
     "allOf": [_when("json_schema", ["name", "schema"])],
 }
 _chat = OPENAI_CHAT_SCHEMA["properties"]
+_USER_MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {"type": {"const": "message"}, "role": {"const": "user"}},
+}
+_NO_USER = (
+    "input: no message has the role user (its last one is the input; with previous_response_id, the stored "
+    "conversation counts)"
+)
 RESPONSES_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "required": ["model"],
+    "$comment": "needs a user message in `input` (its last one is the input), or a `previous_response_id` "
+    "whose stored conversation has one",
+    "anyOf": [
+        {"required": ["previous_response_id"], "properties": {"previous_response_id": {"type": "string"}}},
+        {
+            "required": ["input"],
+            "properties": {"input": {"anyOf": [{"type": "string"}, {"type": "array", "contains": _USER_MESSAGE}]}},
+        },
+    ],
     "properties": {
         "model": {"type": "string", "pattern": NAME_PATTERN, "description": "The context to answer as."},
         "input": {
@@ -129,7 +149,7 @@ RESPONSES_SCHEMA: dict[str, Any] = {
             "maxProperties": 16,
             "additionalProperties": {"type": "string", "maxLength": 512},
         },
-        "user": {"type": ["string", "null"]},
+        "user": {"type": ["string", "null"], "maxLength": 256},
         **{name: _chat[name] for name in RUNTIME_FIELDS},
     },
 }
@@ -269,12 +289,7 @@ def chat_body(call: ResponsesCall, items: list[dict[str, Any]], tenant: str) -> 
     body = call.body
     messages = _messages(body.get("instructions"), items)
     if not any(m["role"] == "user" for m in messages):
-        raise BadRequest(
-            "input: no message has the role user (its last one is the input; with previous_response_id, the "
-            "stored conversation counts)",
-            code="invalid_request",
-            param="input",
-        )
+        raise BadRequest(_NO_USER, code="invalid_request", param="input")
     chat: dict[str, Any] = {
         **{name: body[name] for name in RUNTIME_FIELDS if name in body},
         "tenant_id": tenant,
@@ -516,5 +531,10 @@ class ResponseEvents:
 
     def failed(self, exc: ContexisError) -> str:
         """The event that ends a stream the runtime could not finish: `response.failed`, saying why."""
+        if self._text is not None:  # the message cut short, with its text so far
+            index = len(self.output) - 1
+            self.output[index] = message_item(self.id, index, "".join(self._text), "incomplete")
+        for index in self._calls.values():
+            self.output[index] = {**self.output[index], "status": "incomplete"}
         error = {"code": exc.code, "message": exc.message}
         return self._event("response.failed", response=self._response("failed", error=error))
