@@ -149,8 +149,9 @@ def _describe(error: ValidationError) -> str:
     if error.validator == "contains":
         return f"{where}: no message has the role user (its last one is the input)"
     if error.validator == "anyOf":
-        if "$comment" in error.schema:  # a rule across fields, explained by the schema itself
-            return f"{where}: {error.schema['$comment']}"
+        explained = error.schema.get("$comment") if isinstance(error.schema, dict) else None
+        if explained:  # a rule across fields, explained by the schema itself
+            return f"{where}: {explained}"
         if error.context:  # the alternative that got furthest, named where it failed
             return _describe(max(error.context, key=lambda e: len(e.path)))
     return f"{where}: {error.message}"
