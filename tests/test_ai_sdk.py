@@ -1,0 +1,82 @@
+"""The Vercel AI SDK's default OpenAI provider (`openai(id)`, the Responses API) against `ctx serve`.
+
+`tests/js` pins `ai` and `@ai-sdk/openai` (installed by `make test-tools` with `npm ci`); each case of
+`ai_sdk_responses.mjs` runs in node against the served runtime, in front of a fake chat model on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from fake_hf import FakeHF, Reply, Stream, chat_events, completion, sse
+from helpers import MODEL, REPO, TOKEN, Server
+
+JS = REPO / "tests" / "js"
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or not (JS / "node_modules").is_dir(),
+    reason="needs node and tests/js/node_modules (make test-tools)",
+)
+USAGE = {"prompt_tokens": 87, "completion_tokens": 12}
+
+
+@pytest.fixture
+def served(project):
+    """Run one case of the script against a served runtime whose fake model answers `replies`: its outcome, the fake."""
+
+    def run(case: str, *replies: Reply | Stream) -> tuple[dict, FakeHF]:
+        with FakeHF(*replies) as fake:
+            env = {"HF_TOKEN": TOKEN, "HF_MODEL_ID": MODEL, "HF_ENDPOINT": f"{fake.url}/v1", "HF_MAX_RETRIES": "0"}
+            server = Server("--root", str(project), "--workers", "1", "--threads", "4", env=env)
+            try:
+                done = subprocess.run(
+                    ["node", str(JS / "ai_sdk_responses.mjs"), f"{server.url}/v1", case],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+            finally:
+                assert server.stop()[0] == 0
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1]), fake
+
+    return run
+
+
+def test_generate_text_reads_the_response_object(served):
+    outcome, fake = served("generate", Reply(body=completion("Hello there", USAGE)))
+    assert outcome["text"] == "Hello there"
+    assert outcome["finishReason"] == "stop"
+    assert outcome["usage"] == {"input": 87, "output": 12}
+    assert outcome["responseId"].startswith("resp_")
+    assert outcome["modelId"] == "SupportBot"
+    sent = fake.seen[0].body["messages"]
+    assert [m["role"] for m in sent] == ["system", "system", "user"]
+    assert sent[1]["content"] == "Be brief."  # the SDK's system message, after the context's own
+
+
+def test_stream_text_relays_every_delta_and_the_usage(served):
+    outcome, _ = served("stream", Stream(chat_events(["Hel", "lo", "!"], USAGE)))
+    assert outcome["deltas"] == ["Hel", "lo", "!"]
+    assert (outcome["text"], outcome["finishReason"]) == ("Hello!", "stop")
+    assert (outcome["usage"]["inputTokens"], outcome["usage"]["outputTokens"]) == (87, 12)
+
+
+def test_a_conversation_refers_to_the_stored_answer_and_the_model_gets_it_as_a_turn(served):
+    # The SDK sends its earlier assistant reply back as an `item_reference` to the stored response's item.
+    outcome, fake = served("conversation", Reply(body=completion("Packed.")), Reply(body=completion("Tomorrow.")))
+    assert outcome == {"first": "Packed.", "second": "Tomorrow."}
+    sent = fake.seen[1].body["messages"]
+    assert sent[1:3] == [
+        {"role": "user", "content": "Where is order 1234?"},
+        {"role": "assistant", "content": "Packed."},
+    ]
+
+
+def test_a_failure_mid_stream_reaches_the_sdk_as_an_error(served):
+    events = [*chat_events(["Hel"])[:2], sse({"error": {"message": "CUDA out of memory"}})]
+    outcome, _ = served("failure", Stream(events))
+    assert outcome["text"] == "Hel"
+    assert any("CUDA out of memory" in error for error in outcome["errors"])
