@@ -22,10 +22,10 @@ METHODS = {"get", "post", "put", "patch", "delete"}
 
 
 def routes(app) -> dict[str, set[str]]:
-    """Each route's methods, its path as OpenAPI writes it (`<converter:name>` is `{name}`)."""
+    """Each route's methods, its path as OpenAPI writes it (Flask's `<name>` is OpenAPI's `{name}`)."""
     found: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
-        path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         found.setdefault(path, set()).update(m.lower() for m in rule.methods if m.lower() in METHODS)
     return found
 

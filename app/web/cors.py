@@ -17,6 +17,7 @@ CORS_ROUTES = (
     r"^/api/v1/chat$",
     r"^/v1/chat/completions$",
     r"^/v1/models$",
+    r"^/v1/models/[^/]+$",
     r"^/v1/responses$",
     r"^/v1/responses/[^/]+$",
 )
