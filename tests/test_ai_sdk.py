@@ -80,3 +80,32 @@ def test_a_failure_mid_stream_reaches_the_sdk_as_an_error(served):
     outcome, _ = served("failure", Stream(events))
     assert outcome["text"] == "Hel"
     assert any("CUDA out of memory" in error for error in outcome["errors"])
+
+
+def test_generate_text_runs_a_client_tool_and_answers_with_its_result(served):
+    call = completion(None, finish_reason="tool_calls")
+    call["choices"][0]["message"]["tool_calls"] = [
+        {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    ]
+    outcome, fake = served("tools", Reply(body=call), Reply(body=completion("Sunny in Paris.")))
+    assert outcome["text"] == "Sunny in Paris."
+    assert outcome["steps"] == [
+        {"finishReason": "tool-calls", "calls": [{"name": "weather", "input": {"city": "Paris"}}]},
+        {"finishReason": "stop", "calls": []},
+    ]
+    assert fake.seen[0].body["tools"][0]["function"]["name"] == "weather"
+    sent = fake.seen[1].body["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "tool"]
+    assert sent[2]["tool_calls"][0]["id"] == "call_1"
+    assert (sent[3]["tool_call_id"], json.loads(sent[3]["content"])) == (
+        "call_1",
+        {"city": "Paris", "forecast": "sunny"},
+    )
+
+
+def test_output_object_sends_the_schema_and_reads_the_json_answer(served):
+    outcome, fake = served("object", Reply(body=completion('{"city": "Paris"}')))
+    assert outcome == {"output": {"city": "Paris"}}
+    response_format = fake.seen[0].body["response_format"]
+    assert response_format["type"] == "json_schema"
+    assert response_format["json_schema"]["schema"]["required"] == ["city"]

@@ -34,7 +34,7 @@ _PART = {
         "type": {"enum": ["input_text", "output_text", "refusal", "input_image"]},
         "text": {"type": "string"},
         "refusal": {"type": "string"},
-        "image_url": {"type": "string"},
+        "image_url": {"type": "string", "minLength": 1},
         "detail": {"enum": ["auto", "low", "high"]},
     },
     "allOf": [
@@ -130,7 +130,7 @@ RESPONSES_SCHEMA: dict[str, Any] = {
         "max_output_tokens": _chat["max_completion_tokens"],
         "temperature": _chat["temperature"],
         "top_p": _chat["top_p"],
-        "tools": {"type": ["array", "null"], "items": _TOOL},
+        "tools": {"type": ["array", "null"], "maxItems": 128, "items": _TOOL},
         "tool_choice": {
             "anyOf": [
                 {"enum": ["none", "auto", "required"]},
