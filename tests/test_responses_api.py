@@ -290,6 +290,21 @@ def test_a_failure_before_the_first_event_is_an_http_error_and_after_it_response
         ({"model": "SupportBot", "input": [{"role": "user"}]}, "input", "'content' is a required property"),
         ({"model": "SupportBot", "input": "hi", "tools": [{"type": "web_search"}]}, "tools", "'function' was expected"),
         ({"model": "SupportBot", "input": "hi", "max_output_tokens": 0}, "max_output_tokens", "less than the minimum"),
+        (
+            {
+                "model": "SupportBot",
+                "input": [
+                    {"role": "user", "content": "x"},
+                    {
+                        "type": "function_call_output",
+                        "call_id": "c",
+                        "output": [{"type": "input_image", "image_url": "u"}],
+                    },
+                ],
+            },
+            "input",
+            "input.1.output.0.type: 'input_image' is not one of",
+        ),
         ({"model": "../etc", "input": "hi"}, "model", "not a valid name"),
     ],
 )
@@ -476,3 +491,17 @@ def test_responses_parse_with_a_pydantic_model_sends_the_json_schema_and_parses_
     assert response_format["json_schema"]["name"] == "City"
     assert response_format["json_schema"]["schema"]["required"] == ["name", "country"]
     assert response_format["json_schema"]["strict"] is True
+
+
+def test_an_input_image_goes_with_the_rendered_prompt_as_an_image_part(serve):
+    fake, live, _ = serve(Reply(body=completion("A cat.")))
+    content = [
+        {"type": "input_text", "text": "What is in this picture?"},
+        {"type": "input_image", "image_url": "https://example.com/cat.png", "detail": "low"},
+    ]
+    answer = sdk(live).responses.create(model="SupportBot", input=[{"role": "user", "content": content}])
+    assert answer.output_text == "A cat."
+    sent = fake.seen[0].body["messages"][-1]["content"]
+    assert sent[0]["type"] == "text"
+    assert sent[0]["text"].endswith("User: What is in this picture?\nAssistant:\n")
+    assert sent[1:] == [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}}]

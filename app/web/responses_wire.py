@@ -44,6 +44,13 @@ _PART = {
     ],
 }
 _CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": _PART}]}
+# A function's output is text on the chat wire: a string, or text parts.
+_TEXT_PART = {
+    "type": "object",
+    "required": ["type", "text"],
+    "properties": {"type": {"enum": list(_TEXT_PARTS)}, "text": {"type": "string"}},
+}
+_OUTPUT = {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]}
 
 
 def _when(kind: str, required: list[str]) -> dict[str, Any]:
@@ -60,7 +67,7 @@ _ITEM = {
         "call_id": {"type": "string", "minLength": 1},
         "name": {"type": "string", "minLength": 1},
         "arguments": {"type": "string"},
-        "output": _CONTENT,
+        "output": _OUTPUT,
     },
     "allOf": [
         # A message may leave out its type (EasyInputMessage): then it has a role and a content.
