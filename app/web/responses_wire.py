@@ -131,7 +131,7 @@ RESPONSES_SCHEMA: dict[str, Any] = {
             "description": "The user's text, or input items: the last user message is the input, the rest history.",
         },
         "instructions": {"type": ["string", "null"], "description": "A system message before the input."},
-        "previous_response_id": {"type": ["string", "null"], "maxLength": 128},
+        "previous_response_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 128},
         "store": {"type": ["boolean", "null"], "description": "Keep the response for GET and continuations."},
         "stream": {"type": ["boolean", "null"]},
         "max_output_tokens": _chat["max_completion_tokens"],
