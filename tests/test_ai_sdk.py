@@ -26,10 +26,10 @@ USAGE = {"prompt_tokens": 87, "completion_tokens": 12}
 def served(project):
     """Run one case of the script against a served runtime whose fake model answers `replies`: its outcome, the fake."""
 
-    def run(case: str, *replies: Reply | Stream) -> tuple[dict, FakeHF]:
+    def run(case: str, *replies: Reply | Stream, workers: int = 1) -> tuple[dict, FakeHF]:
         with FakeHF(*replies) as fake:
             env = {"HF_TOKEN": TOKEN, "HF_MODEL_ID": MODEL, "HF_ENDPOINT": f"{fake.url}/v1", "HF_MAX_RETRIES": "0"}
-            server = Server("--root", str(project), "--workers", "1", "--threads", "4", env=env)
+            server = Server("--root", str(project), "--workers", str(workers), "--threads", "4", env=env)
             try:
                 done = subprocess.run(
                     ["node", str(JS / "ai_sdk_responses.mjs"), f"{server.url}/v1", case],
@@ -66,7 +66,9 @@ def test_stream_text_relays_every_delta_and_the_usage(served):
 
 def test_a_conversation_refers_to_the_stored_answer_and_the_model_gets_it_as_a_turn(served):
     # The SDK sends its earlier assistant reply back as an `item_reference` to the stored response's item.
-    outcome, fake = served("conversation", Reply(body=completion("Packed.")), Reply(body=completion("Tomorrow.")))
+    # Two workers: each turn may reach either, and both read the one SQLite store of the pod.
+    replies = (Reply(body=completion("Packed.")), Reply(body=completion("Tomorrow.")))
+    outcome, fake = served("conversation", *replies, workers=2)
     assert outcome == {"first": "Packed.", "second": "Tomorrow."}
     sent = fake.seen[1].body["messages"]
     assert sent[1:3] == [
