@@ -11,7 +11,7 @@ import shutil
 import subprocess
 
 import pytest
-from fake_hf import FakeHF, Reply, Stream, chat_events, completion, sse
+from fake_hf import FakeHF, Reply, Stream, chat_events, completion, openai_model, sse
 from helpers import MODEL, REPO, TOKEN, Server
 
 JS = REPO / "tests" / "js"
@@ -85,28 +85,21 @@ def test_a_failure_mid_stream_reaches_the_sdk_as_an_error(served):
 
 
 def test_generate_text_runs_a_client_tool_and_answers_with_its_result(served):
-    call = completion(None, finish_reason="tool_calls")
-    call["choices"][0]["message"]["tool_calls"] = [
-        {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
-    ]
-    outcome, fake = served("tools", Reply(body=call), Reply(body=completion("Sunny in Paris.")))
-    assert outcome["text"] == "Sunny in Paris."
+    # The stand-in model calls the tool the prompt names, then answers the tool's result.
+    outcome, fake = served("tools", Reply(body=openai_model))
     assert outcome["steps"] == [
         {"finishReason": "tool-calls", "calls": [{"name": "weather", "input": {"city": "Paris"}}]},
         {"finishReason": "stop", "calls": []},
     ]
+    assert outcome["text"] == 'Tool results: call_0_weather={"city":"Paris","forecast":"sunny"}'
     assert fake.seen[0].body["tools"][0]["function"]["name"] == "weather"
     sent = fake.seen[1].body["messages"]
     assert [m["role"] for m in sent] == ["system", "user", "assistant", "tool"]
-    assert sent[2]["tool_calls"][0]["id"] == "call_1"
-    assert (sent[3]["tool_call_id"], json.loads(sent[3]["content"])) == (
-        "call_1",
-        {"city": "Paris", "forecast": "sunny"},
-    )
+    assert sent[2]["tool_calls"][0]["id"] == sent[3]["tool_call_id"] == "call_0_weather"
 
 
 def test_output_object_sends_the_schema_and_reads_the_json_answer(served):
-    outcome, fake = served("object", Reply(body=completion('{"city": "Paris"}')))
+    outcome, fake = served("object", Reply(body=openai_model))
     assert outcome == {"output": {"city": "Paris"}}
     response_format = fake.seen[0].body["response_format"]
     assert response_format["type"] == "json_schema"

@@ -6,13 +6,14 @@ received (the one pipeline: context, system message, history as turns) and what 
 
 from __future__ import annotations
 
+import functools
 import json
 from contextlib import ExitStack
 
 import openai
 import pytest
 import requests
-from fake_hf import FakeHF, Reply, Stream, chat_events, completion, sse
+from fake_hf import FakeHF, Reply, Stream, chat_events, completion, openai_model, openai_stream, sse
 from helpers import (
     ACME_KEY,
     KEYS_JSON,
@@ -376,102 +377,60 @@ WEATHER = {
 }
 
 
-def calls_completion(*calls: tuple[str, str, str]) -> dict:
-    """A chat completion whose assistant calls tools: (id, name, arguments) each."""
-    body = completion(None, finish_reason="tool_calls")
-    body["choices"][0]["message"]["tool_calls"] = [
-        {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
-        for id_, name, arguments in calls
-    ]
-    return body
-
-
 def test_a_function_call_round_trip_with_function_call_output_whole_and_by_previous_response_id(serve):
-    fake, live, _ = serve(
-        Reply(body=calls_completion(("call_1", "get_weather", '{"city": "Paris"}'))),
-        Reply(body=completion("It is sunny in Paris.")),
-        Reply(body=completion("Still sunny.")),
-    )
+    # The stand-in model calls the tools its input names, and answers tool results with them.
+    fake, live, _ = serve(Reply(body=openai_model))
     client = sdk(live)
+    asked = "Weather? get_weather(city=Paris)"
     first = client.responses.create(
-        model="SupportBot",
-        input="Weather in Paris?",
-        tools=[WEATHER],
-        tool_choice={"type": "function", "name": "get_weather"},
+        model="SupportBot", input=asked, tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"}
     )
     [call] = first.output
-    assert (call.type, call.call_id, call.name, call.arguments) == (
-        "function_call",
-        "call_1",
-        "get_weather",
-        '{"city": "Paris"}',
-    )
+    assert (call.type, call.name, call.arguments) == ("function_call", "get_weather", '{"city": "Paris"}')
+    assert call.call_id == "call_0_get_weather"
     assert (first.status, first.output_text) == ("completed", "")
     upstream = fake.seen[0].body
     assert upstream["tools"] == [
-        {
-            "type": "function",
-            "function": {k: WEATHER[k] for k in ("name", "description", "parameters")},
-        }
+        {"type": "function", "function": {k: WEATHER[k] for k in ("name", "description", "parameters")}}
     ]
     assert upstream["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
     # The client runs the function and answers with its output, sending the conversation back (store or not).
-    result = {"type": "function_call_output", "call_id": "call_1", "output": '{"forecast": "sunny"}'}
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}
     second = client.responses.create(
-        model="SupportBot",
-        input=[{"role": "user", "content": "Weather in Paris?"}, *first.output, result],
-        tools=[WEATHER],
+        model="SupportBot", input=[{"role": "user", "content": asked}, *first.output, result], tools=[WEATHER]
     )
-    assert second.output_text == "It is sunny in Paris."
     continued = client.responses.create(
         model="SupportBot", input=[result], previous_response_id=first.id, tools=[WEATHER]
     )
-    assert continued.output_text == "Still sunny."
+    for answer in (second, continued):
+        assert answer.output_text == "Tool results: call_0_get_weather=sunny"
     for seen in fake.seen[1:]:
         sent = seen.body["messages"]
         assert [m["role"] for m in sent] == ["system", "user", "assistant", "tool"]  # the turns after the input
         assert sent[2]["tool_calls"] == [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+            {"id": call.call_id, "type": "function", "function": {"name": "get_weather", "arguments": call.arguments}}
         ]
-        assert sent[3] == {"role": "tool", "tool_call_id": "call_1", "content": '{"forecast": "sunny"}'}
-
-
-def tool_call_chunks(*deltas: dict) -> list[str]:
-    """An OpenAI-style stream of tool-call deltas (`{"index", ...}` as OpenAI frames them), ending in tool_calls."""
-    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "m"}
-    events = [sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})]
-    events += [
-        sse({**chunk, "choices": [{"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None}]})
-        for delta in deltas
-    ]
-    events.append(sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}))
-    return [*events, sse("[DONE]")]
+        assert sent[3] == {"role": "tool", "tool_call_id": call.call_id, "content": "sunny"}
 
 
 def test_streamed_parallel_function_calls_are_rebuilt_by_the_sdks_stream_helper(serve):
-    deltas = (
-        {"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": ""}},
-        {"index": 1, "id": "call_b", "type": "function", "function": {"name": "get_weather", "arguments": '{"ci'}},
-        {"index": 0, "function": {"arguments": '{"city": '}},
-        {"index": 1, "function": {"arguments": 'ty": "Oslo"}'}},
-        {"index": 0, "function": {"arguments": '"Paris"}'}},
-    )
-    _, live, _ = serve(Stream(tool_call_chunks(*deltas)))
-    with sdk(live).responses.stream(model="SupportBot", input="Paris and Oslo?", tools=[WEATHER]) as stream:
+    # Both calls' first deltas, then their argument pieces in turn, as some servers interleave them.
+    _, live, _ = serve(Stream(functools.partial(openai_stream, interleave=True)))
+    asked = "get_weather(city=Paris) and get_weather(city=Oslo)"
+    with sdk(live).responses.stream(model="SupportBot", input=asked, tools=[WEATHER]) as stream:
         events = list(stream)
         final = stream.get_final_response()
     assert [(c.call_id, c.name, c.arguments) for c in final.output] == [
-        ("call_a", "get_weather", '{"city": "Paris"}'),
-        ("call_b", "get_weather", '{"city": "Oslo"}'),
+        ("call_0_get_weather", "get_weather", '{"city": "Paris"}'),
+        ("call_1_get_weather", "get_weather", '{"city": "Oslo"}'),
     ]
     kinds = [e.type for e in events]
     assert kinds.count("response.output_item.added") == 2
     assert kinds.count("response.function_call_arguments.done") == 2
     assert kinds[-1] == "response.completed"
-    snapshots = [
-        e.snapshot for e in events if e.type == "response.function_call_arguments.delta" and e.output_index == 0
-    ]
-    assert snapshots == ['{"city": ', '{"city": "Paris"}']
+    deltas = [e for e in events if e.type == "response.function_call_arguments.delta"]
+    assert [e.output_index for e in deltas] == [0, 1, 0, 1, 0, 1]  # interleaved, each by its item
+    assert [e.snapshot for e in deltas if e.output_index == 0][-1] == '{"city": "Paris"}'
     done = [e for e in events if e.type == "response.output_item.done"]
     assert [(e.output_index, e.item.status) for e in done] == [(0, "completed"), (1, "completed")]
 
@@ -483,8 +442,8 @@ def test_responses_parse_with_a_pydantic_model_sends_the_json_schema_and_parses_
         name: str
         country: str
 
-    fake, live, _ = serve(Reply(body=completion('{"name": "Paris", "country": "France"}')))
-    parsed = sdk(live).responses.parse(model="SupportBot", input="The capital of France?", text_format=City)
+    fake, live, _ = serve(Reply(body=openai_model))
+    parsed = sdk(live).responses.parse(model="SupportBot", input="name=Paris country=France", text_format=City)
     assert parsed.output_parsed == City(name="Paris", country="France")
     response_format = fake.seen[0].body["response_format"]
     assert response_format["type"] == "json_schema"

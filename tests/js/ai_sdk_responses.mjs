@@ -39,7 +39,7 @@ const cases = {
       inputSchema: jsonSchema({ type: "object", properties: { city: { type: "string" } }, required: ["city"] }),
       execute: async ({ city }) => ({ city, forecast: "sunny" }),
     });
-    const result = await generateText({ model, prompt: "Weather in Paris?", tools: { weather }, stopWhen: stepCountIs(3) });
+    const result = await generateText({ model, prompt: "Weather? weather(city=Paris)", tools: { weather }, stopWhen: stepCountIs(3) });
     return {
       text: result.text,
       steps: result.steps.map((step) => ({
@@ -50,7 +50,7 @@ const cases = {
   },
   async object() {
     const schema = jsonSchema({ type: "object", properties: { city: { type: "string" } }, required: ["city"], additionalProperties: false });
-    const result = await generateText({ model, prompt: "Which city?", output: Output.object({ schema }) });
+    const result = await generateText({ model, prompt: "Which city? city=Paris", output: Output.object({ schema }) });
     return { output: result.output };
   },
   async failure() {
