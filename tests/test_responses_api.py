@@ -307,6 +307,8 @@ def test_a_failure_before_the_first_event_is_an_http_error_and_after_it_response
             "input.1.output.0.type: 'input_image' is not one of",
         ),
         ({"model": "../etc", "input": "hi"}, "model", "not a valid name"),
+        ({"model": "SupportBot", "input": "hi", "background": True}, "background", "True is not one of"),
+        ({"model": "SupportBot", "input": "hi", "conversation": "conv_1"}, "conversation", "is not of type 'null'"),
     ],
 )
 def test_bad_requests_are_bad_request_errors_in_openais_shape(serve, body, param, needle):

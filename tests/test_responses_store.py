@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,20 @@ def test_an_unusable_store_is_unavailable_not_a_traceback(tmp_path, postgres):
         open_response_store(Settings(usage_url=down, memory_timeout=0.5)).get("acme", "resp_1")
     assert raised.value.status == 503
     assert "s3cret-pw" not in raised.value.message
+
+
+def test_the_settings_name_the_store_its_directory_and_ttl(tmp_path):
+    from app.errors import SettingsError
+
+    env = {"CMP_PROJECT_ROOT": str(tmp_path), "CMP_STATE_DIR": "/var/lib/contexis", "CMP_RESPONSES_TTL": "3600"}
+    settings = Settings.from_env(env, dotenv_path=None)
+    assert (settings.state_path, settings.responses_ttl, settings.usage_url) == (Path("/var/lib/contexis"), 3600, "")
+    assert Settings.from_env({"CMP_PROJECT_ROOT": str(tmp_path)}, dotenv_path=None).state_path == tmp_path / ".contexis"
+    url = "postgresql://contexis:s3cret-pw@db:5432/contexis"
+    with_url = Settings.from_env({**env, "CMP_USAGE_URL": url}, dotenv_path=None)
+    assert with_url.usage_url == url
+    assert "s3cret-pw" not in repr(with_url)
+    with pytest.raises(SettingsError, match="CMP_USAGE_URL must be empty"):
+        Settings.from_env({**env, "CMP_USAGE_URL": "mysql://db"}, dotenv_path=None)
+    with pytest.raises(SettingsError, match="CMP_RESPONSES_TTL must be at least 1"):
+        Settings.from_env({**env, "CMP_RESPONSES_TTL": "0"}, dotenv_path=None)

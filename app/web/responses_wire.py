@@ -157,6 +157,10 @@ RESPONSES_SCHEMA: dict[str, Any] = {
             "additionalProperties": {"type": "string", "maxLength": 512},
         },
         "user": {"type": ["string", "null"], "maxLength": 256},
+        # What the runtime does not do is refused, never ignored: answers are made in the request, and a
+        # conversation continues by `previous_response_id`.
+        "background": {"enum": [False, None], "description": "Not supported: responses are made in the request"},
+        "conversation": {"type": "null", "description": "Not supported: continue by previous_response_id"},
         **{name: _chat[name] for name in RUNTIME_FIELDS},
     },
 }
