@@ -466,3 +466,18 @@ def test_an_input_image_goes_with_the_rendered_prompt_as_an_image_part(serve):
     assert sent[0]["type"] == "text"
     assert sent[0]["text"].endswith("User: What is in this picture?\nAssistant:\n")
     assert sent[1:] == [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}}]
+
+
+def test_echoed_values_orjson_cannot_write_are_still_answered_as_the_client_sent_them(client):
+    # An integer past 64 bits and a lone surrogate are valid JSON; the response echoes the tools as sent.
+    raw = (
+        '{"model": "SupportBot", "input": "hi", "metadata": {"note": "\\ud800"},'
+        ' "tools": [{"type": "function", "name": "f", "parameters": {"maximum": 123456789012345678901234567890}}]}'
+    )
+    for stream in ("false", "true"):
+        answered = client.post(
+            "/v1/responses", data=raw.replace("}]}", f'}}], "stream": {stream}}}'), content_type="application/json"
+        )
+        assert answered.status_code == 200
+        assert b"123456789012345678901234567890" in answered.data
+        assert b"\\ud800" in answered.data
