@@ -120,3 +120,16 @@ def test_the_settings_name_the_store_its_directory_and_ttl(tmp_path):
         Settings.from_env({**env, "CMP_USAGE_URL": "mysql://db"}, dotenv_path=None)
     with pytest.raises(SettingsError, match="CMP_RESPONSES_TTL must be at least 1"):
         Settings.from_env({**env, "CMP_RESPONSES_TTL": "0"}, dotenv_path=None)
+
+
+def test_removing_the_sqlite_file_forgets_every_response_and_the_next_write_starts_a_new_one(tmp_path):
+    store = open_response_store(Settings(project_root=tmp_path))
+    old = stored("acme")
+    store.put(old)
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / ".contexis" / f"responses.db{suffix}").unlink(missing_ok=True)
+    assert store.get("acme", old.id) is None
+    new = stored("acme")
+    store.put(new)
+    assert store.get("acme", new.id) is not None
+    assert (tmp_path / ".contexis" / "responses.db").is_file()

@@ -49,6 +49,9 @@ class SQLiteResponseStore:
     def _connection(self) -> sqlite3.Connection:
         cache: dict[int, sqlite3.Connection] = self._local.__dict__.setdefault("connections", {})
         conn = cache.get(os.getpid())
+        if conn is not None and not self.path.exists():
+            conn.close()  # the file was removed (forgetting every response): start a new one
+            conn = None
         if conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: transactions are explicit; the timeout bounds every wait on a lock.
