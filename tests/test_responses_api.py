@@ -481,3 +481,20 @@ def test_echoed_values_orjson_cannot_write_are_still_answered_as_the_client_sent
         assert answered.status_code == 200
         assert b"123456789012345678901234567890" in answered.data
         assert b"\\ud800" in answered.data
+
+
+def test_a_store_that_cannot_be_written_is_503_whole_and_response_failed_streamed(serve, tmp_path):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the state directory should be")
+    _, live, _ = serve(
+        Reply(body=completion("ok")), Stream(chat_events(["o", "k"])), Reply(body=completion("ok")), state_dir=blocked
+    )
+    client = sdk(live)
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.responses.create(model="SupportBot", input="hi")
+    assert (raised.value.status_code, raised.value.body["code"]) == (503, "store_unavailable")
+    with client.responses.stream(model="SupportBot", input="hi") as stream:
+        last = list(stream)[-1]
+    assert (last.type, last.response.error.code) == ("response.failed", "store_unavailable")
+    # Nothing to keep, nothing to read: the route still answers.
+    assert client.responses.create(model="SupportBot", input="hi", store=False).output_text == "ok"
