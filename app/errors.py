@@ -176,6 +176,13 @@ class InvalidNameError(MemoryStoreError):
     code = "invalid_request"
 
 
+class ModelsUnavailable(ProviderError):
+    """Every model of a context's chain was passed over without a call (circuits open, providers down)."""
+
+    status = 503
+    code = "models_unavailable"
+
+
 class StoreUnavailable(ContexisError):
     """The database of stored responses cannot answer in time (down, unreachable, slow, locked or unusable)."""
 
