@@ -13,7 +13,8 @@ from contextlib import ExitStack
 import openai
 import pytest
 import requests
-from fake_hf import FakeHF, Reply, Stream, chat_events, completion, openai_model, openai_stream, sse
+import yaml
+from fake_hf import CREDITS_BODY, FakeHF, Reply, Stream, chat_events, completion, openai_model, openai_stream, sse
 from helpers import (
     ACME_KEY,
     KEYS_JSON,
@@ -498,3 +499,24 @@ def test_a_store_that_cannot_be_written_is_503_whole_and_response_failed_streame
     assert (last.type, last.response.error.code) == ("response.failed", "store_unavailable")
     # Nothing to keep, nothing to read: the route still answers.
     assert client.responses.create(model="SupportBot", input="hi", store=False).output_text == "ok"
+
+
+def test_a_context_that_names_its_models_answers_as_the_entry_that_served(project, hf_settings, monkeypatch):
+    monkeypatch.setenv("TGI_TOKEN", "tgi_SECRET_local_token_42")
+    path = project / "contexts" / "SupportBot" / "supportbot.ctx"
+    with (
+        FakeHF(Reply(402, CREDITS_BODY)) as failing,
+        FakeHF(Reply(body=completion("From the backup")), Stream(chat_events(["From ", "the backup"]))) as healthy,
+    ):
+        backup = {"id": "local-llama", "endpoint": f"{healthy.url}/v1", "token_env": "TGI_TOKEN"}
+        model = {"id": "meta-llama/Llama-3.3-70B-Instruct:groq", "fallbacks": [backup]}
+        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "model": model}))
+        client = create_app(hf_settings.replace(hf_endpoint=f"{failing.url}/v1")).test_client()
+        whole = client.post("/v1/responses", json={"model": "SupportBot", "input": "hello"})
+        assert (whole.get_json()["model"], whole.get_json()["output_text"]) == ("local-llama", "From the backup")
+        assert whole.headers["X-Contexis-Model"] == "local-llama"
+        streamed = client.post("/v1/responses", json={"model": "SupportBot", "input": "hello", "stream": True})
+        assert streamed.headers["X-Contexis-Model"] == "local-llama"
+        events = sse_events(streamed)
+        assert events[-1][1]["response"]["model"] == "local-llama"
+        assert events[-1][1]["response"]["output_text"] == "From the backup"

@@ -21,7 +21,7 @@ from app.names import is_safe_name
 from app.responses_store import ResponseStore, StoredResponse, new_response_id, open_response_store
 from app.validation import parse_openai_request
 from app.web.auth import tenant_for
-from app.web.chat import admit, json_body, mark_degraded
+from app.web.chat import admit, json_body, mark_degraded, mark_model
 from app.web.responses_wire import (
     ResponseEvents,
     ResponsesCall,
@@ -106,8 +106,11 @@ def create_response():
 
     if call.stream:
         streamed = runtime.stream(chat_request)
-        events = ResponseEvents(call, response_id, streamed.stream, keep, sources=streamed.sources)
+        # A context that names its models answers as the one that served; others as the context.
+        model = streamed.served or chat_request.context
+        events = ResponseEvents(call, response_id, streamed.stream, keep, sources=streamed.sources, model=model)
         answered = event_stream(streamed.stream, iter(events), events.failed, g.request_id)
+        mark_model(answered, streamed.served)
         return mark_degraded(answered, streamed.degraded)
     answer = runtime.answer(chat_request)
     status, incomplete = status_of(answer.finish_reason)
@@ -120,9 +123,12 @@ def create_response():
         incomplete_details=incomplete,
         usage=usage_object(answer.usage),
         sources=answer.sources,
+        model=answer.served or chat_request.context,
     )
     keep(response)
-    return mark_degraded(jsonify(response), answer.degraded)
+    answered = jsonify(response)
+    mark_model(answered, answer.served)
+    return mark_degraded(answered, answer.degraded)
 
 
 def _tenant() -> str:
