@@ -181,3 +181,10 @@ class ModelsUnavailable(ProviderError):
 
     status = 503
     code = "models_unavailable"
+
+
+class StoreUnavailable(ContexisError):
+    """The database of stored responses cannot answer in time (down, unreachable, slow, locked or unusable)."""
+
+    status = 503
+    code = "store_unavailable"

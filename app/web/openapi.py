@@ -20,6 +20,7 @@ from app.names import NAME_PATTERN
 from app.validation import CHAT_REQUEST_SCHEMA, OPENAI_CHAT_SCHEMA
 from app.web import get_runtime
 from app.web.health import runtime_version
+from app.web.responses_wire import RESPONSES_SCHEMA
 
 bp = Blueprint("openapi", __name__)
 
@@ -269,6 +270,124 @@ def _openai_schemas(max_string_chars: int) -> dict[str, Any]:
     }
 
 
+_RESPONSE_ID = {
+    "name": "response_id",
+    "in": "path",
+    "required": True,
+    "description": "A stored response's id (`resp_...`)",
+    "schema": {"type": "string"},
+}
+_TENANT_QUERY = {
+    "name": "tenant_id",
+    "in": "query",
+    "required": False,
+    "description": "The tenant whose response it is (by default a tenant-bound key's own)",
+    "schema": {"type": "string", "pattern": NAME_PATTERN},
+}
+
+
+def _responses_paths(
+    secured: dict[str, Any], chat_errors: list[str], gate: list[str], max_string_chars: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Responses API's paths and schemas: its request (the validator's schema), the response object, errors."""
+    request_schema = copy.deepcopy(RESPONSES_SCHEMA)
+    request_schema.pop("$schema", None)
+    request_schema["properties"]["query"]["maxLength"] = max_string_chars
+    created = _json({"$ref": "#/components/schemas/Response"}, "A `response` object, with `sources`")
+    created["content"]["text/event-stream"] = {
+        "schema": {
+            "description": 'With `"stream": true`, the Responses API\'s events (`event:` names them, `data` carries '
+            "`type` and `sequence_number`): `response.created`, `response.in_progress`, per output item "
+            "`response.output_item.added`, its content events and `response.output_item.done`, then "
+            "`response.completed` (`response.incomplete` when cut at max_output_tokens); a failure after the first "
+            "event ends the stream with `response.failed`.",
+            "type": "object",
+            "required": ["data"],
+            "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+        }
+    }
+    errors = _errors(*chat_errors, shape="OpenAIError")
+    errors["404"]["description"] += " Or `previous_response_id`, an `item_reference`, is not the tenant's."
+    errors["503"]["description"] += " Or the response store (CMP_USAGE_URL, CMP_MEMORY_URL or SQLite) is."
+    stored_errors = _errors("400", *gate, "404", "500", "503", shape="OpenAIError")
+    stored_errors["404"]["description"] = "The tenant has no unexpired stored response by that id."
+    stored_errors["503"]["description"] = "The response store is down, unreachable or too slow."
+    parameters = [_RESPONSE_ID, _TENANT_QUERY]
+    paths = {
+        "/v1/responses": {
+            "post": {
+                "summary": "OpenAI Responses: `model` names a context, the last user message of `input` is the input",
+                "operationId": "create_response",
+                **secured,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResponseRequest"}}},
+                },
+                "responses": {"200": created, **errors},
+            }
+        },
+        "/v1/responses/{response_id}": {
+            "get": {
+                "summary": "A stored response of the caller's tenant",
+                "operationId": "get_response",
+                **secured,
+                "parameters": parameters,
+                "responses": {"200": _json({"$ref": "#/components/schemas/Response"}, "As answered"), **stored_errors},
+            },
+            "delete": {
+                "summary": "Delete a stored response of the caller's tenant",
+                "operationId": "delete_response",
+                **secured,
+                "parameters": parameters,
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["id", "object", "deleted"],
+                            "properties": {
+                                "id": {"type": "string"},
+                                "object": {"const": "response.deleted"},
+                                "deleted": {"const": True},
+                            },
+                        },
+                        "Deleted",
+                    ),
+                    **stored_errors,
+                },
+            },
+        },
+    }
+    item = {"type": "object", "required": ["type", "id"], "properties": {"type": {"type": "string"}}}
+    schemas = {
+        "ResponseRequest": request_schema,
+        "Response": {
+            "type": "object",
+            "required": ["id", "object", "created_at", "status", "model", "output", "output_text", "usage", "error"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "response"},
+                "created_at": {"type": "integer"},
+                "status": {"enum": ["completed", "incomplete", "failed", "in_progress"]},
+                "model": {"type": "string", "description": "The context that answered"},
+                "output": {"type": "array", "items": item, "description": "`message` and `function_call` items"},
+                "output_text": {"type": "string", "description": "The text of every message, joined"},
+                "usage": {
+                    "type": ["object", "null"],
+                    "required": ["input_tokens", "output_tokens", "total_tokens"],
+                    "properties": {
+                        name: {"type": "integer"} for name in ("input_tokens", "output_tokens", "total_tokens")
+                    },
+                },
+                "error": {"type": ["object", "null"]},
+                "previous_response_id": {"type": ["string", "null"]},
+                "store": {"type": "boolean"},
+                "sources": {"$ref": "#/components/schemas/Sources"},
+            },
+        },
+    }
+    return paths, schemas
+
+
 def build_document(settings: Settings, version: str) -> dict[str, Any]:
     """The contract of an app built with `settings`."""
     auth = settings.auth_enabled
@@ -296,6 +415,9 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
         }
 
     status_ok = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+    responses_paths, responses_schemas = _responses_paths(
+        secured(SCOPE_CHAT), chat_errors, gate, settings.max_string_chars
+    )
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -333,6 +455,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                     "responses": {"200": _completion_answer(), **_errors(*chat_errors, shape="OpenAIError")},
                 }
             },
+            **responses_paths,
             "/v1/models": {
                 "get": {
                     "summary": "OpenAI models: the contexts the caller's tenant may use",
@@ -448,6 +571,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
         "components": {
             "schemas": {
                 **_openai_schemas(settings.max_string_chars),
+                **responses_schemas,
                 "ChatRequest": request_schema,
                 "ChatResponse": {
                     "type": "object",
