@@ -241,6 +241,25 @@ class Postgres:
         self.server.cleanup()
         atexit.unregister(self.server._cleanup)  # stopped already; its exit hook would log to closed streams
 
+    def processes(self) -> list[int]:
+        """The postmaster's pid and its children's (backends, checkpointer, ...)."""
+        postmaster = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        return [postmaster, *map(int, children)]
+
+    def freeze(self) -> list[int]:
+        """Stop every process of the server (SIGSTOP), as a frozen host does: sockets stay open, nothing
+        answers, no reset is sent; the pids to `thaw`."""
+        pids = self.processes()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    @staticmethod
+    def thaw(pids: list[int]) -> None:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
     def reset(self) -> None:
         """Empty every memory table of the role's database."""
         self.admin("TRUNCATE memory_documents, memory_chunks, memory_vectors, memory_embeddings", database=self.ROLE)
