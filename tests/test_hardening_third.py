@@ -1,19 +1,45 @@
 """Hardening, third pass (issue 24): what a fault and abuse probe broke, on real parts.
 
-SQLite memory under a low open-file limit in a real gunicorn; (PostgreSQL stopped with SIGSTOP is in
-test_memory_postgres.py).
+SQLite memory under a low open-file limit in a real gunicorn, an upstream on a bare socket that drips its
+head or a stream inside one HTTP chunk, gzips a stream, sends huge chunks or bytes that are not UTF-8.
+(PostgreSQL stopped with SIGSTOP is in test_memory_postgres.py.)
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import shutil
+import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import requests
-from helpers import EXAMPLE, SEARCH_BODY, Server
+from fake_hf import STREAM_HEAD, RawHF, chat_events, http_chunk, raw
+from helpers import EXAMPLE, GUIDE_BODY, SEARCH_BODY, Server, metric
 
+from app import create_app
 from app.memory.sqlite import SqliteStore
+
+OPENAI_BODY = {"model": "SupportBot", "messages": [{"role": "user", "content": "hello"}]}
+ROUTES = {"native": ("/api/v1/chat", GUIDE_BODY), "openai": ("/v1/chat/completions", OPENAI_BODY)}
+FIRST_DELTA = "".join(chat_events(["Hel"])[:2]).encode()
+
+
+def ask(app, route: str, stream: bool) -> tuple[int, str, float]:
+    """(status, body, seconds) of one chat on `route` ("native" or "openai")."""
+    path, body = ROUTES[route]
+    started = time.monotonic()
+    response = app.test_client().post(path, json={**body, "stream": stream}, buffered=False)
+    text = b"".join(response.response).decode()
+    response.close()
+    return response.status_code, text, time.monotonic() - started
+
+
+def upstream_app(hf_settings, upstream: RawHF, **changes):
+    return create_app(hf_settings.replace(hf_endpoint=f"{upstream.url}/v1", **changes))
 
 # -- 2. SQLite connections are bounded per process -----------------------------------------------------------
 
@@ -52,3 +78,97 @@ def test_many_tenant_stores_under_a_low_open_file_limit_all_answer(tmp_path: Pat
         assert open_files(worker) - before < 150, "connections are not bounded"
     finally:
         server.stop()
+
+
+# -- 3. a gzip-encoded stream is inflated a piece at a time ---------------------------------------------------
+
+
+def test_a_gzipped_stream_is_inflated_in_pieces_within_the_response_cap(hf_settings) -> None:
+    """~64 KB of gzip holding 64 MB of keepalive comments, sent as one HTTP chunk: inflated whole it adds
+    64 MB to the worker; in pieces the cap stops it at HF_MAX_RESPONSE_BYTES."""
+    bomb = gzip.compress(FIRST_DELTA + b": keepalive\n\n" * (64 * 1024 * 1024 // 13), compresslevel=9)
+    head = STREAM_HEAD + b"Content-Encoding: gzip\r\n\r\n"
+    with RawHF(raw(head, http_chunk(bomb), b"0\r\n\r\n")) as upstream:
+        app = upstream_app(hf_settings, upstream, hf_max_response_bytes=1_000_000)
+        ask(app, "native", stream=True)  # warm: imports and first-use allocations are not the stream's
+        tracemalloc.start()
+        try:
+            status, text, _ = ask(app, "native", stream=True)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert status == 200 and '"delta": "Hel"' in text.replace('":"', '": "')
+    assert "hf_bad_response" in text and "HF_MAX_RESPONSE_BYTES=1000000" in text
+    assert peak < 16 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"
+
+
+# -- 4. HF_DEADLINE holds while the upstream drips its response head ----------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_dripping_response_head_ends_at_the_deadline(hf_settings, stream: bool) -> None:
+    """Two bytes a second of header, each read well within HF_TIMEOUT: only the deadline can end it."""
+    drip = [b"HTTP/1.1 200 OK\r\nX-Drip: "] + [b"ab", 0.5] * 16
+    with RawHF(raw(drip)) as upstream:
+        app = upstream_app(hf_settings, upstream, hf_deadline=1.5, hf_timeout=2.0, hf_max_retries=0)
+        status, text, seconds = ask(app, "native", stream)
+    assert seconds < 3, f"held {seconds:.1f}s past HF_DEADLINE=1.5s"
+    assert status == 504 and json.loads(text)["error"]["code"] == "hf_timeout"
+    assert "HF_DEADLINE=1.5s" in json.loads(text)["error"]["message"]
+    assert metric(app, "cmp_hf_inference_errors_total", code="timeout") == 1
+
+
+# -- 5. a stream that drips inside one HTTP chunk ends at the deadline ----------------------------------------
+
+
+@pytest.mark.parametrize("route", ["native", "openai"])
+def test_a_stream_dripping_inside_one_chunk_ends_at_the_deadline(hf_settings, route: str) -> None:
+    """One chunk declared 1 MB long: the first event, then a byte every 0.1 s (each read within HF_TIMEOUT)."""
+    parts = [STREAM_HEAD, b"\r\n", b"%x\r\n" % 1_000_000, FIRST_DELTA] + [b":", 0.1] * 60
+    with RawHF(raw(parts)) as upstream:
+        app = upstream_app(hf_settings, upstream, hf_deadline=1.5, hf_timeout=2.0)
+        status, text, seconds = ask(app, route, stream=True)
+    assert status == 200 and "Hel" in text
+    assert "hf_timeout" in text and "HF_DEADLINE=1.5s" in text
+    assert seconds < 3, f"held {seconds:.1f}s past HF_DEADLINE=1.5s"
+
+
+# -- 6. a stream's cap holds inside a huge chunk --------------------------------------------------------------
+
+
+def test_a_huge_chunk_is_read_in_pieces_and_stopped_at_the_cap(hf_settings) -> None:
+    """A chunk of 24 MB of comments: read whole before the cap was checked; now a piece at a time."""
+    comments = b": " + b"x" * (24 * 1024 * 1024) + b"\n\n"
+    with RawHF(raw(STREAM_HEAD, b"\r\n", http_chunk(FIRST_DELTA + comments), b"0\r\n\r\n")) as upstream:
+        app = upstream_app(hf_settings, upstream, hf_max_response_bytes=1_000_000)
+        ask(app, "native", stream=True)
+        tracemalloc.start()
+        try:
+            status, text, _ = ask(app, "native", stream=True)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert status == 200 and "hf_bad_response" in text and "HF_MAX_RESPONSE_BYTES=1000000" in text
+    assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_a_chunk_declaring_32_gb_is_the_cap_not_a_memory_error(hf_settings) -> None:
+    endless = [b": "] + [b"x" * 65536] * 64  # 4 MB of a chunk that says it holds 32 GB
+    with RawHF(raw(STREAM_HEAD, b"\r\n", b"%x\r\n" % (32 * 1024**3), FIRST_DELTA, endless)) as upstream:
+        app = upstream_app(hf_settings, upstream, hf_max_response_bytes=1_000_000)
+        status, text, _ = ask(app, "native", stream=True)
+    assert status == 200 and "hf_bad_response" in text and "internal_error" not in text
+
+
+# -- 9. bytes that are not UTF-8 in a stream event ------------------------------------------------------------
+
+
+def test_invalid_utf8_in_a_stream_event_is_a_bad_response(hf_settings, caplog) -> None:
+    broken = b'data: {"choices": [{"index": 0, "delta": {"content": "\xff\xfe"}}]}\n\n'
+    with RawHF(raw(STREAM_HEAD, b"\r\n", http_chunk(FIRST_DELTA), http_chunk(broken), b"0\r\n\r\n")) as upstream:
+        app = upstream_app(hf_settings, upstream)
+        status, text, _ = ask(app, "native", stream=True)
+    assert status == 200 and "Hel" in text
+    assert "hf_bad_response" in text and "UTF-8" in text and "internal_error" not in text
+    assert "Traceback" not in caplog.text
+    assert metric(app, "cmp_hf_inference_errors_total", code="invalid_response") == 1
