@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import threading
 import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
@@ -172,3 +173,62 @@ def test_invalid_utf8_in_a_stream_event_is_a_bad_response(hf_settings, caplog) -
     assert "hf_bad_response" in text and "UTF-8" in text and "internal_error" not in text
     assert "Traceback" not in caplog.text
     assert metric(app, "cmp_hf_inference_errors_total", code="invalid_response") == 1
+
+
+# -- 7. templates and contexts edited in place -------------------------------------------------------------
+
+
+def rewrite_in_place(path: Path, versions: list[str], stop: threading.Event) -> int:
+    """Rewrite `path` in place (truncate, then write, as an editor without atomic saves does), alternating
+    `versions` until `stop`; how many rewrites were made."""
+    count = 0
+    while not stop.is_set():
+        with path.open("w", encoding="utf-8") as file:
+            file.flush()
+            time.sleep(0.002)  # the moment the file is empty, made long enough to be met
+            file.write(versions[count % len(versions)])
+        count += 1
+        time.sleep(0.001)
+    return count
+
+
+def test_a_template_rewritten_in_place_never_gives_an_empty_or_broken_prompt(project: Path, settings) -> None:
+    template = project / "prompts" / "SupportBot" / "edited.md"
+    versions = ["Version one: {{ user_input }}", "Version two: {{ user_input }}"]
+    template.write_text(versions[0])
+    client = create_app(settings).test_client()
+    assert client.post("/api/v1/chat", json={**GUIDE_BODY, "prompt_file": "edited.md"}).status_code == 200
+    stop = threading.Event()
+    writer = threading.Thread(target=rewrite_in_place, args=(template, versions, stop))
+    writer.start()
+    try:
+        answers = [client.post("/api/v1/chat", json={**GUIDE_BODY, "prompt_file": "edited.md"}) for _ in range(400)]
+    finally:
+        stop.set()
+        writer.join()
+    rendered = [(answer.status_code, answer.get_json().get("rendered", str(answer.get_json()))) for answer in answers]
+    assert all(status == 200 for status, _ in rendered), [r for r in rendered if r[0] != 200][:3]
+    assert {prompt for _, prompt in rendered} <= {"Version one: hello", "Version two: hello"}
+    assert len({prompt for _, prompt in rendered}) == 2  # edits are still picked up
+
+
+def test_a_context_rewritten_in_place_keeps_answering_with_a_whole_version(project: Path, settings) -> None:
+    context = project / "contexts" / "SupportBot" / "supportbot.ctx"
+    original = context.read_text()
+    versions = [original, original.replace("Tone: warm", "Tone: brisk").replace("warm and professional", "brisk")]
+    client = create_app(settings).test_client()
+    assert client.post("/api/v1/chat", json=GUIDE_BODY).status_code == 200
+    stop = threading.Event()
+    writer = threading.Thread(target=rewrite_in_place, args=(context, versions, stop))
+    writer.start()
+    try:
+        answers = [client.post("/api/v1/chat", json=GUIDE_BODY) for _ in range(400)]
+    finally:
+        stop.set()
+        writer.join()
+    failed = [answer.get_json() for answer in answers if answer.status_code != 200]
+    assert not failed, failed[:3]
+    assert all("SupportBot" in answer.get_json()["rendered"] for answer in answers)
+    context.write_text("name: [unclosed\n")  # broken for good: requests keep the last version, /readyz names it
+    assert client.post("/api/v1/chat", json=GUIDE_BODY).status_code == 200
+    assert client.get("/readyz").status_code == 503
