@@ -232,3 +232,38 @@ def test_a_context_rewritten_in_place_keeps_answering_with_a_whole_version(proje
     context.write_text("name: [unclosed\n")  # broken for good: requests keep the last version, /readyz names it
     assert client.post("/api/v1/chat", json=GUIDE_BODY).status_code == 200
     assert client.get("/readyz").status_code == 503
+
+
+# -- 8. a JSON-escaped lone surrogate ------------------------------------------------------------------------
+
+LONE = "\\ud800"  # as a client writes it in JSON: six characters, an escape of half a pair
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/chat", '{"context": "SupportBot", "data": {"user_input": "%s"}}'),
+        ("/api/v1/chat", '{"context": "SupportBot", "data": {"user_input": "hi"}, "stop": ["%s"]}'),
+        ("/api/v1/chat", '{"context": "SupportBot", "data": {"user_input": "hi"},'
+         ' "messages": [{"role": "user", "content": "%s"}]}'),
+        ("/api/v1/chat", '{"context": "SupportBot", "data": {"user_input": "hi"}, "query": "x%s"}'),
+        ("/v1/chat/completions", '{"model": "SupportBot", "messages": [{"role": "user", "content": "%s"}]}'),
+        ("/v1/chat/completions", '{"model": "SupportBot", "messages": [{"role": "user", "content": "hi"}],'
+         ' "stop": "%s"}'),
+        ("/v1/chat/completions", '{"model": "SupportBot", "messages": [{"role": "user", "content": "hi"}],'
+         ' "user": "%s"}'),
+    ],
+)  # fmt: skip
+def test_a_lone_surrogate_is_a_400_invalid_json_on_both_apis(hf_app, path: str, body: str, caplog) -> None:
+    for text in (LONE, "\\udfff tail", "a\\uDBFFb"):
+        response = hf_app.test_client().post(path, data=body % text, content_type="application/json")
+        assert response.status_code == 400, response.get_data(as_text=True)
+        error = response.get_json()["error"]
+        assert error["code"] == "invalid_json" and "surrogate" in error["message"]
+    assert "Traceback" not in caplog.text
+
+
+def test_a_surrogate_pair_is_text_and_passes(client) -> None:
+    body = '{"context": "SupportBot", "data": {"user_input": "smile \\ud83d\\ude00"}}'
+    response = client.post("/api/v1/chat", data=body, content_type="application/json")
+    assert response.status_code == 200 and "smile \U0001f600" in response.get_json()["rendered"]
