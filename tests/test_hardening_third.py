@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from fake_hf import STREAM_HEAD, RawHF, chat_events, http_chunk, raw
-from helpers import EXAMPLE, GUIDE_BODY, SEARCH_BODY, Server, metric
+from fake_hf import STREAM_HEAD, FakeHF, RawHF, Reply, chat_events, http_chunk, raw
+from helpers import EXAMPLE, GUIDE_BODY, KEYS_JSON, METRICS_KEY, MODEL, SEARCH_BODY, TOKEN, Server, bearer, metric
 
 from app import create_app
+from app.config import Settings
 from app.memory.sqlite import SqliteStore
 
 OPENAI_BODY = {"model": "SupportBot", "messages": [{"role": "user", "content": "hello"}]}
@@ -267,3 +268,65 @@ def test_a_surrogate_pair_is_text_and_passes(client) -> None:
     body = '{"context": "SupportBot", "data": {"user_input": "smile \\ud83d\\ude00"}}'
     response = client.post("/api/v1/chat", data=body, content_type="application/json")
     assert response.status_code == 200 and "smile \U0001f600" in response.get_json()["rendered"]
+
+
+# -- risks: busy is not dead; /readyz in public; contract nits -----------------------------------------------
+
+
+def test_with_every_thread_busy_probes_answer_and_a_queued_request_gets_a_503_with_retry_after() -> None:
+    """Two threads, both waiting on a 6 s model: /healthz and /readyz are answered by the poller at once,
+    and a third chat waits GUNICORN_QUEUE_TIMEOUT, not for a thread."""
+    with FakeHF(*[Reply(delay=6)] * 4) as fake:
+        env = {"HF_TOKEN": TOKEN, "HF_MODEL_ID": MODEL, "HF_ENDPOINT": fake.url, "GUNICORN_QUEUE_TIMEOUT": "1"}
+        server = Server("--root", str(EXAMPLE), "--workers", "1", "--threads", "2", env=env)
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                slow = [pool.submit(requests.post, f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=20)]
+                slow.append(pool.submit(requests.post, f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=20))
+                time.sleep(0.5)  # both threads are waiting on the model now
+                for path, status in (("/healthz", 200), ("/readyz", 200)):
+                    started = time.monotonic()
+                    probe = requests.get(f"{server.url}{path}", timeout=10)
+                    assert (probe.status_code, time.monotonic() - started < 1) == (status, True), path
+                    assert probe.json() == {"status": "ok"}
+                started = time.monotonic()
+                queued = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)
+                waited = time.monotonic() - started
+                assert queued.status_code == 503 and queued.headers["Retry-After"] == "1"
+                assert queued.json()["error"]["code"] == "service_unavailable"
+                assert "GUNICORN_QUEUE_TIMEOUT=1s" in queued.json()["error"]["message"]
+                assert 0.9 < waited < 3
+                assert [future.result().status_code for future in slow] == [200, 200]
+            assert requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=20).status_code == 200
+        finally:
+            server.stop()
+
+
+def test_readyz_tells_why_only_to_a_key_with_metrics_read(project: Path, caplog) -> None:
+    (project / "contexts" / "tenants" / "acme").mkdir(parents=True)
+    (project / "contexts" / "tenants" / "acme" / "SupportBot.ctx").write_text("name: [unclosed\n")
+    env = {"CMP_PROJECT_ROOT": str(project), "CMP_AUTH_ENABLED": "true", "CMP_API_KEYS": KEYS_JSON}
+    app = create_app(Settings.from_env(env, dotenv_path=None))
+    anonymous = app.test_client().get("/readyz")
+    assert anonymous.status_code == 503 and anonymous.get_json() == {"status": "unavailable"}
+    logged = [getattr(record, "fields", {}).get("reason", "") for record in caplog.records]
+    assert any("contexts/tenants/acme" in reason for reason in logged)  # the operator finds it in the logs
+    told = app.test_client().get("/readyz", headers=bearer(METRICS_KEY))
+    assert told.status_code == 503 and "contexts/tenants/acme/SupportBot.ctx" in told.get_json()["reason"]
+
+
+def test_an_empty_tenant_id_in_the_query_is_refused(client) -> None:
+    response = client.get("/v1/models?tenant_id=")
+    assert response.status_code in (400, 422), response.get_data(as_text=True)
+    assert response.get_json()["error"]["code"]
+
+
+def test_an_over_long_query_breaks_the_schema_and_is_a_400(client) -> None:
+    """The contract gives `query` a maxLength: schemathesis (and any client) reads a longer one as invalid
+    input, which is 400 or 422, not 413 (that is for a body past CMP_MAX_BODY_BYTES)."""
+    contract = client.get("/openapi.json").get_json()
+    limit = contract["components"]["schemas"]["ChatRequest"]["properties"]["query"]["maxLength"]
+    response = client.post("/api/v1/chat", json={**SEARCH_BODY, "query": "q" * (limit + 1)})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_request" and "query" in error["message"]
