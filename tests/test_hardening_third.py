@@ -330,3 +330,65 @@ def test_an_over_long_query_breaks_the_schema_and_is_a_400(client) -> None:
     assert response.status_code == 400, response.get_data(as_text=True)
     error = response.get_json()["error"]
     assert error["code"] == "invalid_request" and "query" in error["message"]
+
+
+SHORTAGE_SCRIPT = r"""
+import json, os, resource, sys
+from pathlib import Path
+from app import create_app
+from app.config import Settings
+
+root = Path(sys.argv[1])
+tenants = [f"t{n:02d}" for n in range(24)]
+client = create_app(Settings.from_env({"CMP_PROJECT_ROOT": str(root)}, dotenv_path=None)).test_client()
+
+def ask(tenant):
+    body = {"context": "SupportBot", "component": "CustomerDocs", "prompt_file": "search_response.md",
+            "query": f"refund code {tenant}", "tenant_id": tenant, "data": {"user_input": "refund?"}}
+    response = client.post("/api/v1/chat", json=body)
+    return response.status_code, (response.get_json().get("error") or {}).get("code")
+
+for tenant in tenants[:-1]:
+    assert ask(tenant)[0] == 200  # idle connections of many stores are now open
+hog = []
+try:
+    while True:  # every descriptor left, taken
+        hog.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+short = ask(tenants[-1])  # a store not open yet: room is made by closing idle connections
+for fd in hog:
+    os.close(fd)
+print(json.dumps({"short": short, "after": ask(tenants[0]), "hogged": len(hog)}))
+"""
+
+
+def test_a_file_descriptor_shortage_closes_idle_connections_and_memory_recovers(project: Path) -> None:
+    import resource
+    import subprocess
+    import sys
+
+    from helpers import REPO, clean_env
+
+    for tenant in [f"t{n:02d}" for n in range(24)]:  # stored here: the served process holds no connection yet
+        note = project / f"{tenant}.md"
+        note.write_text(f"The refund code of {tenant} is R-{tenant}.\n")
+        SqliteStore(project, "CustomerDocs", tenant).ingest([note])
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    done = subprocess.run(
+        [sys.executable, "-c", SHORTAGE_SCRIPT, str(project)],
+        env=clean_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["hogged"] > 0
+    assert result["short"] == [200, None], result
+    assert result["after"] == [200, None], result
