@@ -20,7 +20,7 @@ from helpers import EXAMPLE, GUIDE_BODY, SEARCH_BODY, TOKEN, Postgres, Server, c
 
 from app import create_app
 from app.config import Settings
-from app.errors import SettingsError
+from app.errors import MemoryUnavailable, SettingsError
 from app.memory import open_memory
 from app.memory import postgres as pg_backend
 from app.memory.postgres import SCHEMA_VERSION, PostgresMemory
@@ -424,6 +424,10 @@ def test_a_frozen_database_is_503_within_the_timeout_and_its_connections_are_rep
             assert status == 503 and body["error"]["code"] == "memory_unavailable", body
             assert seconds < 1.8
             assert "contexis@" not in body["error"]["message"] and "host=" not in body["error"]["message"]
+        started = time.monotonic()
+        with pytest.raises(MemoryUnavailable):  # an ingest (a bulk write) is bounded wait by wait
+            open_memory(settings).store("CustomerDocs", "acme").ingest([write(project / "new.md", "new words\n")])
+        assert time.monotonic() - started < 2.5
     finally:
         pg.thaw(pids)
     started = time.monotonic()

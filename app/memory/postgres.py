@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -207,8 +207,8 @@ ORDER BY nearest.distance, c.pk
 # search reads the whole table. Only a superuser may mark it; `migrate` does when it runs as one.
 LEAKPROOF_MATCH = "ALTER FUNCTION ts_match_vq(tsvector, tsquery) LEAKPROOF"
 
-_RV = TypeVar("_RV")
-# The monotonic time by which the calling thread's memory transaction must end (unset: no bound).
+# The calling thread's bounds: `at`, the monotonic time by which its transaction must end, and `each`, the
+# most one wait on the server may take (unset or None: no bound).
 _deadline = threading.local()
 
 
@@ -225,10 +225,11 @@ class _BoundedConnection(psycopg.Connection[Any]):
     """
 
     def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        bounds = [timeout, getattr(_deadline, "each", None)]
         deadline: float | None = getattr(_deadline, "at", None)
         if deadline is not None:
-            left = max(deadline - time.monotonic(), 0.001)
-            timeout = left if timeout is None else min(timeout, left)
+            bounds.append(max(deadline - time.monotonic(), 0.001))
+        timeout = min((bound for bound in bounds if bound is not None), default=None)
         try:
             return super().wait(gen, interval, timeout)
         except psycopg.errors._WaitTimeout as exc:  # psycopg's own: its wait timed out
@@ -237,14 +238,16 @@ class _BoundedConnection(psycopg.Connection[Any]):
 
 
 @contextmanager
-def _bounded(seconds: float | None) -> Iterator[float | None]:
-    """Bound this thread's memory waits to ``seconds`` from now (None: unbounded) until the block ends."""
-    previous = getattr(_deadline, "at", None)
-    _deadline.at = None if seconds is None else time.monotonic() + seconds
+def _bounded(whole: float | None, each: float | None) -> Iterator[float | None]:
+    """Until the block ends, this thread's memory waits end ``whole`` seconds from now, and each one after
+    ``each`` seconds (None: no such bound); the deadline, if any."""
+    previous = getattr(_deadline, "at", None), getattr(_deadline, "each", None)
+    _deadline.at = None if whole is None else time.monotonic() + whole
+    _deadline.each = each
     try:
         yield _deadline.at
     finally:
-        _deadline.at = previous
+        _deadline.at, _deadline.each = previous
 
 
 _pools: dict[tuple[int, str, int, float], ConnectionPool[_BoundedConnection]] = {}
@@ -332,13 +335,16 @@ class PostgresMemory:
         all_tenants: bool = False,
         search: bool = False,
         ef_search: int = 0,
-        bounded: bool = True,
+        bulk: bool = False,
+        unbounded: bool = False,
     ) -> Iterator[psycopg.Connection]:
         """One transaction acting for ``tenant_id`` (None: the shared owner); every database failure,
         timeout or a schema not yet migrated is ``MemoryUnavailable``, without the URL or its password.
 
-        The whole transaction (checkout, statements, commit) ends within ``CMP_MEMORY_TIMEOUT``, unless
-        ``bounded`` is False (an index build, which may take minutes, from the CLI only).
+        The whole transaction (checkout, statements, commit) ends within ``CMP_MEMORY_TIMEOUT``. A ``bulk``
+        one (writing a document, a batch of vectors: ingest and copies, not requests) may take longer in all,
+        but each of its waits on the server ends within the timeout, as each statement does on the server;
+        ``unbounded`` is for an index build, which may take minutes, from the CLI only.
 
         ``search`` keeps the planner on the indexes: for common words it would otherwise read the table
         in order until the budget is filled, paying the tenant and text filters on every row (about 20 %
@@ -351,7 +357,8 @@ class PostgresMemory:
         if ef_search:
             settings["hnsw.ef_search"] = str(ef_search)
         try:
-            with _bounded(self.timeout if bounded else None) as deadline:
+            whole = None if bulk or unbounded else self.timeout
+            with _bounded(whole, None if unbounded else self.timeout) as deadline:
                 wait = self.timeout if deadline is None else deadline - time.monotonic()
                 with _pool(self.url, self.pool_size, self.timeout).connection(timeout=wait) as conn:
                     calls = ", ".join("set_config(%s, %s, true)" for _ in settings)
@@ -402,7 +409,7 @@ class PostgresMemory:
                     "cannot index the memory vectors: only the tables' owner can; searches scan them instead",
                     extra={"fields": {"dimension": dimension}},
                 )
-        with self.transaction(None) as conn:
+        with self.transaction(None, bulk=True) as conn:
             conn.execute("ANALYZE memory_documents, memory_chunks, memory_vectors")
 
     def _build_index(self, dimension: int) -> None:
@@ -413,7 +420,7 @@ class PostgresMemory:
         inserts); PostgreSQL keeps it current after. Searches go on meanwhile; other writers of vectors
         wait for it, so the build has no statement timeout.
         """
-        with self.transaction(None, all_tenants=True, bounded=False) as conn:
+        with self.transaction(None, all_tenants=True, unbounded=True) as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('contexis.memory_vectors_index'))")
             count = conn.execute("SELECT count(*) FROM memory_vectors WHERE dimension = %s", (dimension,)).fetchone()
             graph = min((count[0] if count else 0) * (4 * dimension + 600), INDEX_BUILD_MEMORY_CAP)
@@ -449,7 +456,7 @@ class PostgresMemory:
 
     def migrate(self) -> tuple[int, int]:
         """Create or upgrade the schema, one transaction under an advisory lock; (version before, after)."""
-        with self.transaction(None) as conn:
+        with self.transaction(None, bulk=True) as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('contexis.memory_schema'))")
             conn.execute("CREATE TABLE IF NOT EXISTS memory_schema (version integer NOT NULL)")
             row = conn.execute("SELECT max(version) FROM memory_schema").fetchone()
@@ -528,7 +535,7 @@ class PostgresStore:
 
     def _ingest_file(self, file: Path, source: str, report: IngestReport) -> None:
         data = file.read_bytes()
-        with self.memory.transaction(self.tenant_id) as conn:
+        with self.memory.transaction(self.tenant_id, bulk=True) as conn:
             if self._stored_version(conn, source) == (file_digest(data), self.config.chunking):
                 report.unchanged += 1
                 return
@@ -661,7 +668,7 @@ class PostgresStore:
         """Save a batch in one transaction; a chunk replaced meanwhile (another hash, or gone) gets none."""
         owner, params = self._owner()
         dimension = len(vectors[0][1]) if vectors else 0
-        with self.memory.transaction(self.tenant_id) as conn:
+        with self.memory.transaction(self.tenant_id, bulk=True) as conn:
             held_model, held_dimension = self._hold_embedding(conn)
             check_batch(self.location, held_model, held_dimension, model_id, dimension)
             if held_dimension is None:
@@ -808,7 +815,7 @@ class PostgresStore:
     def put(self, document: Document) -> bool:
         """Store ``document`` as it is (ids, chunks and the vectors the owner takes); False when this version
         is already stored."""
-        with self.memory.transaction(self.tenant_id) as conn:
+        with self.memory.transaction(self.tenant_id, bulk=True) as conn:
             if self._stored_version(conn, document.source) == (document.content_hash, document.chunking):
                 return False
             self._write(conn, document)
