@@ -290,6 +290,11 @@ def _pool(url: str, size: int, timeout: float) -> ConnectionPool[_BoundedConnect
                     # A host that stops answering (no reset, no ACK) drops the connection instead of
                     # holding a thread until the kernel gives up, minutes later. TCP only.
                     "tcp_user_timeout": limit_ms,
+                    # An idle pooled connection whose peer vanished is found by keepalives, not by a request.
+                    "keepalives": 1,
+                    "keepalives_idle": max(1, math.ceil(timeout)),
+                    "keepalives_interval": 1,
+                    "keepalives_count": 3,
                     "options": f"-c statement_timeout={statement_ms}"
                     f" -c idle_in_transaction_session_timeout={limit_ms * 5}",
                     "application_name": "contexis-runtime",

@@ -38,7 +38,8 @@ _ERROR_STATUSES = {
     "500": "The project is broken (invalid context, template error, unusable memory store) or the runtime failed.",
     "502": "Hugging Face failed or answered something unusable (codes `hf_*`).",
     "503": "The request has a `query` and the memory database (CMP_MEMORY_URL) is down, unreachable or too slow "
-    "(`memory_unavailable`); requests without a query still work.",
+    "(`memory_unavailable`); requests without a query still work. Or every request thread stayed busy for "
+    "GUNICORN_QUEUE_TIMEOUT (`service_unavailable`, with `Retry-After`).",
     "504": "Hugging Face did not answer within HF_TIMEOUT.",
 }
 _REQUEST_ID = {
@@ -315,10 +316,11 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                         "503": _json(
                             {
                                 "type": "object",
-                                "required": ["status", "reason"],
+                                "required": ["status"],
                                 "properties": {"status": {"const": "unavailable"}, "reason": {"type": "string"}},
                             },
-                            "Not ready: the reason names the broken files or the unavailable memory backend",
+                            "Not ready: the reason names the broken files or the unavailable memory backend; with"
+                            " CMP_AUTH_ENABLED it is given to a key with metrics:read only",
                         ),
                         **_errors("500"),
                     },
