@@ -51,11 +51,11 @@ def write_json(sock: socket.socket, status_int: int, reason: str, body: bytes, e
 
 
 def _probe(head: bytes) -> bytes:
-    """`/healthz` or `/readyz` when `head` is a GET (or HEAD) of one of them, else b""."""
+    """`/healthz` or `/readyz` when `head` is a GET of one of them (what probes send), else b""."""
     line = head[: head.find(b"\r\n")]
     method, _, rest = line.partition(b" ")
     path = rest.partition(b" ")[0].partition(b"?")[0]
-    return path if method in (b"GET", b"HEAD") and path in (b"/healthz", b"/readyz") else b""
+    return path if method == b"GET" and path in (b"/healthz", b"/readyz") else b""
 
 
 class HeaderTimeoutWorker(ThreadWorker):
