@@ -189,14 +189,18 @@ class HeaderTimeoutWorker(ThreadWorker):
         `GUNICORN_QUEUE_TIMEOUT` (a JSON 503 with Retry-After), then closed."""
         super().murder_pending()
         now = time.monotonic()
+        message = f"every request thread stayed busy for GUNICORN_QUEUE_TIMEOUT={self.queue_timeout:g}s"
+        shed = 0
         while self.waiting_for_thread and self.waiting_for_thread[0].queued_at + self.queue_timeout <= now:
             conn = self.waiting_for_thread.popleft()
             self.nr_conns -= 1
-            message = f"every request thread stayed busy for GUNICORN_QUEUE_TIMEOUT={self.queue_timeout:g}s"
+            shed += 1
             with contextlib.suppress(OSError):
                 if getattr(conn, "plain_http1", False):  # TLS and HTTP/2 are closed without a plain-text answer
                     write_json_error(conn.sock, 503, "Service Unavailable", message, "Retry-After: 1\r\n")
             conn.close()
+        if shed:  # at most one line a second (the loop's pace), whatever the load
+            self.log.warning("503 to %d request(s): %s (%d still waiting)", shed, message, len(self.waiting_for_thread))
         while self.reading_heads and self.reading_heads[0].head_deadline <= now:
             conn = self.reading_heads.popleft()
             self.poller.unregister(conn.sock)

@@ -299,7 +299,8 @@ def test_with_every_thread_busy_probes_answer_and_a_queued_request_gets_a_503_wi
                 assert [future.result().status_code for future in slow] == [200, 200]
             assert requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=20).status_code == 200
         finally:
-            server.stop()
+            _, output = server.stop()
+    assert "503 to 1 request(s): every request thread stayed busy for GUNICORN_QUEUE_TIMEOUT=1s" in output
 
 
 def test_readyz_tells_why_only_to_a_key_with_metrics_read(project: Path, caplog) -> None:
