@@ -114,7 +114,7 @@ def test_a_dripping_response_head_ends_at_the_deadline(hf_settings, stream: bool
     with RawHF(raw(drip)) as upstream:
         app = upstream_app(hf_settings, upstream, hf_deadline=1.5, hf_timeout=2.0, hf_max_retries=0)
         status, text, seconds = ask(app, "native", stream)
-    assert seconds < 3, f"held {seconds:.1f}s past HF_DEADLINE=1.5s"
+    assert seconds < 4, f"held {seconds:.1f}s past HF_DEADLINE=1.5s"
     assert status == 504 and json.loads(text)["error"]["code"] == "hf_timeout"
     assert "HF_DEADLINE=1.5s" in json.loads(text)["error"]["message"]
     assert metric(app, "cmp_hf_inference_errors_total", code="timeout") == 1
@@ -132,7 +132,7 @@ def test_a_stream_dripping_inside_one_chunk_ends_at_the_deadline(hf_settings, ro
         status, text, seconds = ask(app, route, stream=True)
     assert status == 200 and "Hel" in text
     assert "hf_timeout" in text and "HF_DEADLINE=1.5s" in text
-    assert seconds < 3, f"held {seconds:.1f}s past HF_DEADLINE=1.5s"
+    assert seconds < 4, f"held {seconds:.1f}s past HF_DEADLINE=1.5s"
 
 
 # -- 6. a stream's cap holds inside a huge chunk --------------------------------------------------------------
@@ -287,7 +287,7 @@ def test_with_every_thread_busy_probes_answer_and_a_queued_request_gets_a_503_wi
                 for path, status in (("/healthz", 200), ("/readyz", 200)):
                     started = time.monotonic()
                     probe = requests.get(f"{server.url}{path}", timeout=10)
-                    assert (probe.status_code, time.monotonic() - started < 1) == (status, True), path
+                    assert (probe.status_code, time.monotonic() - started < 2) == (status, True), path
                     assert probe.json() == {"status": "ok"}
                 started = time.monotonic()
                 queued = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)

@@ -414,15 +414,15 @@ def test_a_frozen_database_is_503_within_the_timeout_and_its_connections_are_rep
             asker.start()
         started = time.monotonic()
         assert chat(app, GUIDE_BODY).status_code == 200  # no query: memory is never waited on
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 1
         ready = app.test_client().get("/readyz")
-        assert ready.status_code == 503 and time.monotonic() - started < 2.5
+        assert ready.status_code == 503 and time.monotonic() - started < 3
         for asker in askers:
             asker.join(5)
         assert len(answers) == 6, "memory operations still waiting on a frozen database"
         for seconds, status, body in answers:
             assert status == 503 and body["error"]["code"] == "memory_unavailable", body
-            assert seconds < 1.8
+            assert seconds < 2.5  # CMP_MEMORY_TIMEOUT=1, with room for a loaded machine
             assert "contexis@" not in body["error"]["message"] and "host=" not in body["error"]["message"]
         started = time.monotonic()
         with pytest.raises(MemoryUnavailable):  # an ingest (a bulk write) is bounded wait by wait
