@@ -25,13 +25,13 @@ from app.web.responses_wire import RESPONSES_SCHEMA
 bp = Blueprint("openapi", __name__)
 
 _ERROR_STATUSES = {
-    "400": "The body is not JSON, breaks the schema, or `data` nests deeper than CMP_MAX_DATA_DEPTH; a field the "
-    "wire format cannot carry (`unsupported_by_endpoint`, e.g. `tools` with HF_API=text-generation) or the model's "
-    "provider refuses (`unsupported_by_model`, with `param`).",
+    "400": "The body is not JSON, breaks the schema (a `query` longer than CMP_MAX_STRING_CHARS too), or `data` "
+    "nests deeper than CMP_MAX_DATA_DEPTH; a field the wire format cannot carry (`unsupported_by_endpoint`, e.g. "
+    "`tools` with HF_API=text-generation) or the model's provider refuses (`unsupported_by_model`, with `param`).",
     "401": "No API key, or one that is not valid (only with CMP_AUTH_ENABLED).",
     "403": "The key lacks the route's scope or may not act for the requested tenant.",
     "404": "The context (model), component or prompt file does not exist, or the key's tenant may not use it.",
-    "413": "The body exceeds CMP_MAX_BODY_BYTES, or `query`, a string or the number of values in `data` exceed "
+    "413": "The body exceeds CMP_MAX_BODY_BYTES, or a string or the number of values in `data` exceed "
     "CMP_MAX_STRING_CHARS or CMP_MAX_DATA_ITEMS, or the history exceeds CMP_MAX_MESSAGES or CMP_MAX_HISTORY_CHARS.",
     "415": "The body is not sent as `application/json`.",
     "422": "The template needs a variable that `data` does not provide, or the render goes past CMP_MAX_PROMPT_CHARS "
@@ -44,7 +44,8 @@ _ERROR_STATUSES = {
     "as the upstream's 429 or 503 sent it.",
     "503": "The request has a `query` and the memory database (CMP_MEMORY_URL) is down, unreachable or too slow "
     "(`memory_unavailable`); requests without a query still work. Or every model of the context's chain was "
-    "passed over without a call (`models_unavailable`: circuits open, providers down).",
+    "passed over without a call (`models_unavailable`: circuits open, providers down). Or every request thread "
+    "stayed busy for GUNICORN_QUEUE_TIMEOUT (`service_unavailable`, with `Retry-After`).",
     "504": "Hugging Face did not answer within HF_TIMEOUT.",
 }
 _REQUEST_ID = {
@@ -513,10 +514,11 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                         "503": _json(
                             {
                                 "type": "object",
-                                "required": ["status", "reason"],
+                                "required": ["status"],
                                 "properties": {"status": {"const": "unavailable"}, "reason": {"type": "string"}},
                             },
-                            "Not ready: the reason names the broken files or the unavailable memory backend",
+                            "Not ready: the reason names the broken files or the unavailable memory backend; with"
+                            " CMP_AUTH_ENABLED it is given to a key with metrics:read only",
                         ),
                         **_errors("500"),
                     },
