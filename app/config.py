@@ -156,6 +156,16 @@ def _memory_url(env: Mapping[str, str]) -> str:
     return raw
 
 
+def _usage_url(env: Mapping[str, str]) -> str:
+    """Where the usage ledger lives: "" (SQLite in the state directory), `off`, or a PostgreSQL URL (never echoed)."""
+    raw = _text(env, "CMP_USAGE_URL")
+    if raw.lower() == "off":
+        return "off"
+    if raw and not raw.startswith(MEMORY_URL_SCHEMES):
+        raise SettingsError("CMP_USAGE_URL must be empty (SQLite), off, or start with postgresql:// or postgres://")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the runtime reads from its environment, validated up front."""
@@ -202,6 +212,13 @@ class Settings:
     memory_url: str = field(default="", repr=False)
     memory_timeout: float = 2.0
     memory_pool_size: int = 0  # 0: one connection per thread (`threads`)
+    usage_url: str = field(default="", repr=False)  # "" SQLite under state_dir, "off", or postgresql://
+    state_dir: Path | None = None  # None: <project_root>/state
+    usage_timeout: float = 2.0
+    budgets_file: str = ""
+    model_prices_file: str = ""
+    bill_to_by_tenant_file: str = ""
+    budget_cache_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -255,6 +272,13 @@ class Settings:
             memory_url=_memory_url(env),
             memory_timeout=_number(env, "CMP_MEMORY_TIMEOUT", 2.0, minimum=0.001),
             memory_pool_size=_number(env, "CMP_MEMORY_POOL_SIZE", 0, kind=int),
+            usage_url=_usage_url(env),
+            state_dir=Path(_text(env, "CMP_STATE_DIR")) if _text(env, "CMP_STATE_DIR") else None,
+            usage_timeout=_number(env, "CMP_USAGE_TIMEOUT", 2.0, minimum=0.001),
+            budgets_file=_text(env, "CMP_BUDGETS"),
+            model_prices_file=_text(env, "CMP_MODEL_PRICES"),
+            bill_to_by_tenant_file=_text(env, "CMP_BILL_TO_BY_TENANT"),
+            budget_cache_seconds=_number(env, "CMP_BUDGET_CACHE_SECONDS", 1.0),
         ).checked()
 
     def checked(self) -> Settings:
@@ -326,6 +350,12 @@ class Settings:
     def hf_endpoint_public(self) -> str:
         """`HF_ENDPOINT` as it may be shown (`/version`, logs): without `user:password@`."""
         return public_url(self.hf_endpoint)
+
+    @property
+    def state_path(self) -> Path:
+        """Where the runtime keeps what it writes of its own (the SQLite usage ledger): `CMP_STATE_DIR`, else
+        `state/` under the project root."""
+        return self.state_dir if self.state_dir is not None else self.project_root / "state"
 
     @property
     def embed_enabled(self) -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from opentelemetry import trace
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -114,6 +114,26 @@ class RuntimeMetrics:
             "cmp_memory_search_errors_total",
             "Memory searches that failed (unreadable or corrupt store), by component.",
             ["component"],
+            registry=self.registry,
+        )
+        self.model_cost = Counter(
+            "cmp_model_cost_usd",
+            "What model calls cost in USD (calls whose model has a price), by the model asked and the context.",
+            ["model", "context"],
+            registry=self.registry,
+        )
+        self.budget_rejections = Counter(
+            "cmp_budget_rejections",
+            "Requests and model calls refused because a budget of CMP_BUDGETS is spent (tenant, key or default).",
+            ["scope"],
+            registry=self.registry,
+        )
+        self.budget_used_ratio = Gauge(
+            "cmp_budget_used_ratio",
+            "Share of each configured budget spent in its period, from the usage ledger (default: its most spent "
+            "tenant).",
+            ["scope", "name", "limit"],
+            multiprocess_mode="livemax",
             registry=self.registry,
         )
         # Outside multiprocess mode the app's registry is what /metrics serves: the process is its own server.

@@ -20,6 +20,7 @@ from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
 from app.providers import build_embedder, build_provider
 from app.providers.base import GenerationParams, TokenStream, Usage
+from app.usage import open_meter
 from app.validation import ChatRequest
 
 _tracer = trace.get_tracer(__name__)
@@ -67,12 +68,13 @@ class Runtime:
         self.provider = build_provider(settings, self.metrics)
         self.embedder = build_embedder(settings, self.metrics)
         self.memory = open_memory(settings, self.embedder)
+        self.meter = open_meter(settings, self.metrics, metered=self.provider is not None)
 
     def problems(self) -> list[str]:
         """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
         problems = self.contexts.problems()
-        memory = self.memory.problem()
-        return [*problems, memory] if memory else problems
+        found = [self.memory.problem(), self.meter.problem()]
+        return [*problems, *(problem for problem in found if problem)]
 
     def search(self, request: ChatRequest, component: str = "") -> Retrieval:
         """The memory matches of `component` (the request's by default) for the request's query (none without one)."""
@@ -127,6 +129,7 @@ class Runtime:
 
     def answer(self, request: ChatRequest) -> Answer:
         """The model's text when a model is configured, the rendered prompt otherwise."""
+        self.meter.open(request)
         rendered = self.render(request)
         sources = _sources(rendered)
         if self.provider is None:
@@ -143,6 +146,7 @@ class Runtime:
 
     def stream(self, request: ChatRequest) -> StreamedAnswer:
         """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model."""
+        self.meter.open(request)
         rendered = self.render(request)
         if self.provider is None:
             prompt_only = TokenStream(iter([rendered.prompt]), model=None)

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from app.errors import ContexisError, ProviderError
+from app.errors import BudgetExceeded, ContexisError, ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ContexisError)
     def _contexis(exc: ContexisError) -> tuple[Response, int]:
         response, status = error_response(exc.status, exc.code, exc.message, exc.param)
-        if isinstance(exc, ProviderError) and not exc.retryable:
+        if isinstance(exc, ProviderError | BudgetExceeded) and not exc.retryable:
             # OpenAI's SDKs retry every 5xx unless told not to; a refused token or spent credits stay refused.
             response.headers["x-should-retry"] = "false"
+        if isinstance(exc, BudgetExceeded):
+            response.headers["Retry-After"] = str(exc.retry_after)
         return response, status
 
     @app.errorhandler(HTTPException)

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 import requests
 from sseclient import SSEClient
 
-from app.config import Settings
+from app.config import Settings, public_url
 from app.observability import RuntimeMetrics
 from app.providers.base import Finish, Generation, GenerationParams, ServedBy, TokenStream, Turn, Usage
 from app.providers.huggingface.errors import HFError
@@ -27,6 +27,7 @@ class HuggingFaceClient:
         self.wire = WIRE_FORMATS[settings.hf_wire_api](settings)
         self.history_in_turns = self.wire.history_in_turns
         self.url = self.wire.url
+        self.public_url = public_url(self.url)
         self.metrics = metrics
         self.transport = Transport(settings, self.url, self.model_id, pool_size)
         if metrics:
@@ -35,8 +36,11 @@ class HuggingFaceClient:
     def close(self) -> None:
         self.transport.close()
 
-    def _telemetry(self, params: GenerationParams) -> CallTelemetry:
-        return CallTelemetry(self.metrics, self.model_id, self.wire.operation, params)
+    def _telemetry(
+        self, params: GenerationParams, prompt: str, system: str, history: Sequence[Turn], stream: bool
+    ) -> CallTelemetry:
+        sent = (system, *(turn["content"] for turn in history), prompt)
+        return CallTelemetry(self.metrics, self.model_id, self.wire.operation, params, sent, self.public_url, stream)
 
     def generate(
         self, prompt: str, params: GenerationParams, system: str = "", history: Sequence[Turn] = ()
@@ -46,12 +50,12 @@ class HuggingFaceClient:
         `system` (who the agent is) becomes the system message of a chat completion; the classic
         route has no place for it, its rendered prompt already says it. So it is with `history`.
         """
-        observed = self._telemetry(params)
+        observed = self._telemetry(params, prompt, system, history, stream=False)
         try:
             with observed.active(self.settings.hf_deadline):
                 response = self._send(prompt, system, params, history, stream=False)
                 generation = self.wire.parse(self.transport.read_json(response))
-            observed.succeeded(generation.usage)
+            observed.succeeded(generation.usage, generation.model, generation.text)
             return generation
         except HFError as exc:
             observed.failed(exc)
@@ -63,7 +67,7 @@ class HuggingFaceClient:
         self, prompt: str, params: GenerationParams, system: str = "", history: Sequence[Turn] = ()
     ) -> TokenStream:
         """The model's answer as it is generated, once its first piece has arrived; `HFError` before that."""
-        observed = self._telemetry(params)
+        observed = self._telemetry(params, prompt, system, history, stream=True)
         deadline_at = time.monotonic() + self.settings.hf_deadline
         try:
             with observed.active(self.settings.hf_deadline):
@@ -82,7 +86,7 @@ class HuggingFaceClient:
         with _reading(response, observed):
             generation = self.wire.parse(self.transport.read_json(response))
             observed.first_token()
-            observed.succeeded(generation.usage)
+            observed.succeeded(generation.usage, generation.model, generation.text)
         yield generation.text
         yield from _late_pieces(generation.model, generation.usage, generation.finish_reason)
 
@@ -125,11 +129,11 @@ class HuggingFaceClient:
                     usage, model = piece.usage or usage, piece.model or model
                     finish = piece.finish_reason or finish
                     if piece.text:
-                        observed.first_token()
+                        observed.first_token(piece.text)
                         yield piece.text
                     if piece.done:
                         break
-            observed.succeeded(usage)
+            observed.succeeded(usage, model)
             yield from _late_pieces(model, usage, finish)
 
 

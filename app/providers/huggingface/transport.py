@@ -39,6 +39,7 @@ from app.providers.huggingface.errors import (
     error_class,
     error_text,
 )
+from app.usage import scope as usage_scope
 
 # When the current call must give up; read by the retry policy of whichever thread runs it.
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar("hf_deadline")
@@ -142,6 +143,10 @@ class Transport:
         session, template = self._ready()
         prepared = template.copy()  # each call sets its own body on a copy of the prepared call
         prepared.prepare_body(data=orjson.dumps(payload), files=None)
+        bound = usage_scope.current()
+        if bound is not None and bound.bill_to:
+            # CMP_BILL_TO_BY_TENANT: this tenant's organisation pays, not HF_BILL_TO's.
+            prepared.headers["X-HF-Bill-To"] = bound.bill_to
         with self.errors():
             # `send`, not `post`: `post` would parse the URL, merge headers and scan the environment again.
             response = session.send(
