@@ -136,7 +136,7 @@ class Meter:
             if prompt is None:
                 prompt, estimated = count_tokens(call.model, call.prompt), True
             if completion is None:
-                completion, estimated = count_tokens(call.model, [text] if text else call.pieces), True
+                completion, estimated = count_tokens(call.model, [text or "".join(call.pieces)]), True
         cost = self.prices.cost(call.model, prompt, completion, cached)
         bound = call.scope
         if cost and self.metrics is not None:

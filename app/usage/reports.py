@@ -48,7 +48,8 @@ def build_report(
     start = parse_moment(since, now, "since")
     end = parse_moment(until, now, "until") if until else now + 1
     groups = ledger.report(start, end, by, tenant)
-    total: dict[str, Any] = {name: sum(g[name] for g in groups) for name in (*REPORT_FIELDS[1:], "total_tokens")}
+    counted = [name for name in (*REPORT_FIELDS[1:], "total_tokens") if name != "cost_usd"]
+    total: dict[str, Any] = {name: sum(g[name] for g in groups) for name in counted}
     costs = [g["cost_usd"] for g in groups if g["cost_usd"] is not None]
     total["cost_usd"] = sum(costs) if costs else None
     return {
