@@ -20,6 +20,7 @@ from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
 from app.providers import build_embedder, build_provider
 from app.providers.base import GenerationParams, TokenStream, Usage
+from app.routing import ModelChain, ModelRouter, chain_of
 from app.usage import open_meter
 from app.validation import ChatRequest
 
@@ -34,6 +35,7 @@ class Rendered:
     results: list[SearchResult]
     prompt: str
     degraded: str = ""  # why memory searched keywords only, when it had to
+    chain: ModelChain | None = None  # the context's models, when its file names them (`model:`)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Answer:
     usage: Usage | None = None
     finish_reason: str = "stop"
     degraded: str = ""
+    served: str | None = None  # the chain entry that answered, when the context names its models
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class StreamedAnswer:
     stream: TokenStream
     sources: list[dict[str, Any]]
     degraded: str = ""
+    served: str | None = None  # as `Answer.served`
 
 
 class Runtime:
@@ -66,15 +70,28 @@ class Runtime:
         self.contexts = ContextStore(settings.project_root)
         self.prompts = PromptRenderer(settings.project_root, settings.max_prompt_chars, settings.render_timeout)
         self.provider = build_provider(settings, self.metrics)
+        # Contexts that name their models (`model:`) go through it; models are called only with HF_TOKEN.
+        self.router = ModelRouter(settings, self.metrics) if settings.hf_token else None
         self.embedder = build_embedder(settings, self.metrics)
         self.memory = open_memory(settings, self.embedder)
-        self.meter = open_meter(settings, self.metrics, metered=self.provider is not None)
+        catalog = self.router.catalog if self.router else None
+        self.meter = open_meter(settings, self.metrics, catalog, metered=bool(self.provider or self.router))
 
     def problems(self) -> list[str]:
         """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
         problems = self.contexts.problems()
         found = [self.memory.problem(), self.meter.problem()]
         return [*problems, *(problem for problem in found if problem)]
+
+    def chains(self) -> dict[str, list[dict[str, str]]]:
+        """Each valid context's models in the order they are tried (`/version`): its chain, or HF_MODEL_ID."""
+        provider = self.provider
+        default = [{"id": provider.model_id, "endpoint": self.settings.hf_endpoint_public}] if provider else []
+        found = {}
+        for name, path in self.contexts.available().items():
+            chain = chain_of(self.contexts.load(path))
+            found[name] = chain.describe(self.settings) if chain else default
+        return found
 
     def search(self, request: ChatRequest, component: str = "") -> Retrieval:
         """The memory matches of `component` (the request's by default) for the request's query (none without one)."""
@@ -109,6 +126,7 @@ class Runtime:
         clients do, still gets retrieval), else the request's component.
         """
         context = self.contexts.resolve(request.context, request.tenant_id)
+        chain = chain_of(context) if self.router else None
         named = request.component != request.context
         retrieval = self.search(request, "" if named else (context.get("memory") or {}).get("component", ""))
         variables = {
@@ -120,39 +138,55 @@ class Runtime:
             "query": request.query,
             "messages": [dict(message) for message in request.messages],
             # True when the model gets the history as turns, so a template need not repeat it.
-            "history_in_turns": bool(self.provider and self.provider.history_in_turns),
+            "history_in_turns": self._history_in_turns(chain),
         }
         started = time.perf_counter()
         prompt = self.prompts.render(request.component, request.prompt_file, variables)
         self.metrics.child(self.metrics.prompt_render, request.component).observe(time.perf_counter() - started)
-        return Rendered(context=context, results=retrieval.results, prompt=prompt, degraded=retrieval.degraded)
+        return Rendered(context, retrieval.results, prompt, retrieval.degraded, chain)
+
+    def _history_in_turns(self, chain: ModelChain | None) -> bool:
+        if chain and self.router:
+            return self.router.history_in_turns(chain)
+        return bool(self.provider and self.provider.history_in_turns)
 
     def answer(self, request: ChatRequest) -> Answer:
         """The model's text when a model is configured, the rendered prompt otherwise."""
         self.meter.open(request)
         rendered = self.render(request)
         sources = _sources(rendered)
-        if self.provider is None:
+        inputs = _inference_inputs(rendered, request)
+        served = None
+        if rendered.chain and self.router:
+            routed = self.router.generate(rendered.chain, rendered.prompt, *inputs)
+            generation, model, served = routed.result, routed.served, routed.served
+        elif self.provider is None:
             return Answer(rendered=rendered.prompt, model=None, sources=sources, degraded=rendered.degraded)
-        generation = self.provider.generate(rendered.prompt, *_inference_inputs(rendered.context, request))
+        else:
+            generation, model = self.provider.generate(rendered.prompt, *inputs), self.provider.model_id
         return Answer(
             rendered=generation.text,
-            model=self.provider.model_id,
+            model=model,
             sources=sources,
             usage=generation.usage,
             finish_reason=generation.finish_reason or "stop",
             degraded=rendered.degraded,
+            served=served,
         )
 
     def stream(self, request: ChatRequest) -> StreamedAnswer:
         """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model."""
         self.meter.open(request)
         rendered = self.render(request)
-        if self.provider is None:
-            prompt_only = TokenStream(iter([rendered.prompt]), model=None)
-            return StreamedAnswer(prompt_only, _sources(rendered), rendered.degraded)
-        stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered.context, request))
-        return StreamedAnswer(stream, _sources(rendered), rendered.degraded)
+        served = None
+        if rendered.chain and self.router:
+            stream = self.router.stream(rendered.chain, rendered.prompt, *_inference_inputs(rendered, request)).result
+            served = stream.model
+        elif self.provider is None:
+            stream = TokenStream(iter([rendered.prompt]), model=None)
+        else:
+            stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered, request))
+        return StreamedAnswer(stream, _sources(rendered), rendered.degraded, served)
 
 
 def _sources(rendered: Rendered) -> list[dict[str, Any]]:
@@ -161,16 +195,19 @@ def _sources(rendered: Rendered) -> list[dict[str, Any]]:
 
 
 def _inference_inputs(
-    context: dict[str, Any], request: ChatRequest
+    rendered: Rendered, request: ChatRequest
 ) -> tuple[GenerationParams, str, tuple[dict[str, str], ...]]:
     """What goes with the rendered prompt: sampling parameters, the chat system message and the history."""
-    return _params(context, request), system_message(context), request.messages
+    return _params(rendered, request), system_message(rendered.context), request.messages
 
 
-def _params(context: dict[str, Any], request: ChatRequest) -> GenerationParams:
-    """The guardrails' sampling, with what the client asked for where it stays within `guardrails.client_max`."""
+def _params(rendered: Rendered, request: ChatRequest) -> GenerationParams:
+    """The guardrails' sampling (the chain's `model.params` first), with what the client asked for where it
+    stays within `guardrails.client_max`."""
+    context = rendered.context
     guardrails = context.get("guardrails") or {}
-    params = GenerationParams.from_guardrails(guardrails)
+    defaults = {**guardrails, **rendered.chain.params} if rendered.chain else guardrails
+    params = GenerationParams.from_guardrails(defaults)
     overrides = request.overrides
     for name, ceiling in guardrails.get("client_max", {}).items():
         if overrides.get(name, 0) > ceiling:

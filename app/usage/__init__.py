@@ -25,7 +25,7 @@ from app.usage.billing import load_bill_to
 from app.usage.budgets import BudgetFile, BudgetGuard
 from app.usage.estimate import count_tokens
 from app.usage.ledger import Ledger, Row
-from app.usage.prices import CatalogPrice, Prices, load_prices
+from app.usage.prices import PriceCatalog, Prices, load_prices
 from app.usage.scope import Caller, CallScope, bind_caller
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def open_ledger(settings: Settings) -> Ledger | None:
 
 
 def open_meter(
-    settings: Settings, metrics: RuntimeMetrics | None = None, catalog: CatalogPrice | None = None, metered: bool = True
+    settings: Settings, metrics: RuntimeMetrics | None = None, catalog: PriceCatalog | None = None, metered: bool = True
 ) -> Meter:
     """The process's meter: a ledger when it has model calls to count (`metered`), budgets and billing when their
     files are set. A render-only runtime makes no model call: it opens nothing."""
@@ -98,6 +98,7 @@ class Meter:
         self.bill_to = bill_to
         self.enabled = bool(ledger or guard or bill_to)
         self._gauges: threading.Thread | None = None
+        self._prices_started = False
         os.register_at_fork(after_in_child=self._forked)
 
     def open(self, request: ChatRequest) -> None:
@@ -115,6 +116,9 @@ class Meter:
             self.bill_to.get(request.tenant_id, ""),
         )
         scope.bind(bound)
+        if not self._prices_started:
+            self._prices_started = True
+            self.prices.start()
         if self.guard is not None:
             if self._gauges is None and self.metrics is not None:
                 self._start_gauges()
@@ -181,6 +185,7 @@ class Meter:
 
     def _forked(self) -> None:
         self._gauges = None
+        self._prices_started = False
 
 
 class Call:

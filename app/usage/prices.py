@@ -8,17 +8,22 @@ served from its cache; without it they cost the input price.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from app.errors import SettingsError
 
-# The router catalog's lookup: (input, output) USD per million tokens, or None when it lists no price.
-CatalogPrice = Callable[[str], "tuple[float, float] | None"]
+class PriceCatalog(Protocol):
+    """The router's catalog (`app.providers.huggingface.catalog.Catalog`), read by a thread of its own."""
+
+    def price(self, model_id: str) -> tuple[float, float] | None:
+        """(input, output) USD per million tokens, or None when it lists no price."""
+        ...
+
+    def start(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -74,9 +79,14 @@ def load_prices(path: str) -> dict[str, Price]:
 class Prices:
     """A model id's price: the file's entry for it (or for it without its `:provider` suffix), else the catalog's."""
 
-    def __init__(self, overrides: dict[str, Price], catalog: CatalogPrice | None = None) -> None:
+    def __init__(self, overrides: dict[str, Price], catalog: PriceCatalog | None = None) -> None:
         self.overrides = overrides
         self.catalog = catalog
+
+    def start(self) -> None:
+        """Have the catalog read in the background (never on a request's path), from the first metered request."""
+        if self.catalog is not None:
+            self.catalog.start()
 
     def price(self, model: str) -> Price | None:
         found = self.overrides.get(model) or self.overrides.get(model.partition(":")[0])
@@ -84,7 +94,7 @@ class Prices:
             return found
         if self.catalog is None:
             return None
-        listed = self.catalog(model)
+        listed = self.catalog.price(model)
         return Price(*listed) if listed is not None else None
 
     def cost(self, model: str, prompt: int | None, completion: int | None, cached: int | None = None) -> float | None:

@@ -20,7 +20,7 @@ from app.providers.base import Usage
 from app.validation import parse_openai_request
 from app.web import get_runtime
 from app.web.auth import tenant_for
-from app.web.chat import admit, json_body, mark_degraded
+from app.web.chat import admit, json_body, mark_degraded, mark_model
 from app.web.sse import event_stream, sse_event
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -58,7 +58,8 @@ def chat_completions():
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         streamed = runtime.stream(chat_request)
         stream = streamed.stream
-        chunk = {**head, "object": "chat.completion.chunk"}
+        # A context that names its models answers as the one that served; others as the context.
+        chunk = {**head, "model": streamed.served or chat_request.context, "object": "chat.completion.chunk"}
 
         def choice(delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
@@ -79,10 +80,12 @@ def chat_completions():
             # A chunk of `{"error": ...}` is what OpenAI's SDKs raise as an APIError mid-stream.
             return sse_event(openai_error(exc.status, exc.code, exc.message, exc.param))
 
-        return mark_degraded(event_stream(stream, events(), error_event, g.request_id), streamed.degraded)
+        response = event_stream(stream, events(), error_event, g.request_id)
+        mark_model(response, stream.model, streamed.served)
+        return mark_degraded(response, streamed.degraded)
     answer = runtime.answer(chat_request)
     response = jsonify(
-        **head,
+        **{**head, "model": answer.served or chat_request.context},
         object="chat.completion",
         choices=[
             {
@@ -95,6 +98,7 @@ def chat_completions():
         usage=_usage(answer.usage),
         sources=answer.sources,
     )
+    mark_model(response, answer.model, answer.served)
     return mark_degraded(response, answer.degraded)
 
 

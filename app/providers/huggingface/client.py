@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator, Sequence
 
 import requests
@@ -14,7 +13,7 @@ from app.observability import RuntimeMetrics
 from app.providers.base import Finish, Generation, GenerationParams, ServedBy, TokenStream, Turn, Usage
 from app.providers.huggingface.errors import HFError
 from app.providers.huggingface.telemetry import CallTelemetry, precreate_series
-from app.providers.huggingface.transport import Transport, decode
+from app.providers.huggingface.transport import Transport, deadline_at, decode
 from app.providers.huggingface.wire import WIRE_FORMATS
 
 
@@ -68,7 +67,7 @@ class HuggingFaceClient:
     ) -> TokenStream:
         """The model's answer as it is generated, once its first piece has arrived; `HFError` before that."""
         observed = self._telemetry(params, prompt, system, history, stream=True)
-        deadline_at = time.monotonic() + self.settings.hf_deadline
+        ends_at = deadline_at(self.settings.hf_deadline)
         try:
             with observed.active(self.settings.hf_deadline):
                 response = self._send(prompt, system, params, history, stream=True)
@@ -79,7 +78,7 @@ class HuggingFaceClient:
         if response.headers.get("Content-Type", "").startswith("application/json"):
             # An endpoint that ignores `stream` answers whole: relay that answer as the stream's one piece.
             return TokenStream(self._whole(response, observed), self.model_id)
-        return TokenStream(self._pieces(response, observed, deadline_at), self.model_id)
+        return TokenStream(self._pieces(response, observed, ends_at), self.model_id)
 
     def _whole(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Usage | ServedBy | Finish]:
         """A whole answer to a streamed call, as the pieces a stream of it would have given."""
