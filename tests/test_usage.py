@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from fake_hf import FakeHF, Reply, Stream, chat_events, completion
+from fake_hf import ROUTER_CATALOG, FakeHF, Reply, Stream, chat_events, completion
 from helpers import (
     ACME_KEY,
     GUIDE_BODY,
@@ -179,6 +179,47 @@ def test_a_model_without_a_price_costs_null_never_zero(project):
     report = run("usage", "report", "--json", "--root", str(project))
     assert report.returncode == 0, report.stdout + report.stderr
     assert json.loads(report.stdout)["total"]["cost_usd"] is None
+
+
+def chained_app(project: Path, primary_url: str, backup_url: str, **extra: str):
+    """SupportBot names its models: groq's Llama on `primary_url` (HF_ENDPOINT), then a local model."""
+    path = project / "contexts" / "SupportBot" / "supportbot.ctx"
+    context = yaml.safe_load(path.read_text())
+    section = {"id": ROUTED, "fallbacks": [{"id": "local-llama", "endpoint": f"{backup_url}/v1"}]}
+    path.write_text(yaml.safe_dump({**context, "model": section}))
+    env = usage_env(project, primary_url, HF_MAX_RETRIES="0", **extra)
+    del env["HF_MODEL_ID"]
+    (project / "prices.yaml").write_text(yaml.safe_dump({"local-llama": PRICE}))
+    return create_app(Settings.from_env(env, dotenv_path=None))
+
+
+ROUTED = "meta-llama/Llama-3.3-70B-Instruct:groq"
+
+
+def test_each_attempt_of_a_model_chain_has_its_row(project):
+    with FakeHF(Reply(503, {"error": "down"})) as primary, FakeHF(Reply(body=completion("Hi", usage=USAGE))) as backup:
+        app = chained_app(project, primary.url, backup.url)
+        response = chat(app, tenant_id="acme")
+    assert response.status_code == 200, response.json
+    failed, served = rows(app)
+    assert (failed["model"], failed["outcome"], failed["cost_usd"]) == (ROUTED, "503", None)
+    assert (served["model"], served["outcome"], served["endpoint"]) == (
+        "local-llama",
+        "ok",
+        f"{backup.url}/v1/chat/completions",
+    )
+    assert served["cost_usd"] == pytest.approx(COST)
+    assert failed["request_id"] == served["request_id"] == response.headers["X-Request-ID"]
+
+
+def test_a_router_model_is_priced_from_the_router_catalog(project):
+    with FakeHF(Reply(body=completion("Hi", usage=USAGE))) as primary, FakeHF() as backup:
+        app = chained_app(project, primary.url, backup.url)
+        app.extensions["contexis"].router.catalog.load(ROUTER_CATALOG)  # what its thread reads from the router
+        assert chat(app).status_code == 200
+    (row,) = rows(app)
+    assert row["model"] == ROUTED
+    assert row["cost_usd"] == pytest.approx((12 * 0.59 + 5 * 0.79) / 1e6)  # groq's pricing in the catalog
 
 
 def test_a_failed_call_has_a_row_with_its_code_and_no_tokens(project):

@@ -16,8 +16,9 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
 
-from app.config import Settings
+from app.config import ROUTER_CHAT_ENDPOINT, Settings
 from app.errors import SettingsError
 from app.observability import RuntimeMetrics
 from app.usage import scope
@@ -75,7 +76,8 @@ def open_meter(
             raise SettingsError("CMP_BUDGETS needs the usage ledger, which CMP_USAGE_URL=off turns off")
         if ledger is not None:
             guard = BudgetGuard(BudgetFile(settings.budgets_file), ledger, settings.budget_cache_seconds, metrics)
-    prices = Prices(load_prices(settings.model_prices_file) if settings.model_prices_file else {}, catalog)
+    router = urlsplit(settings.hf_endpoint).hostname == urlsplit(ROUTER_CHAT_ENDPOINT).hostname
+    prices = Prices(load_prices(settings.model_prices_file) if settings.model_prices_file else {}, catalog, router)
     bill_to = load_bill_to(settings.bill_to_by_tenant_file) if settings.bill_to_by_tenant_file else {}
     return Meter(metrics, ledger, prices, guard, bill_to)
 

@@ -16,6 +16,7 @@ import yaml
 
 from app.errors import SettingsError
 
+
 class PriceCatalog(Protocol):
     """The router's catalog (`app.providers.huggingface.catalog.Catalog`), read by a thread of its own."""
 
@@ -79,13 +80,14 @@ def load_prices(path: str) -> dict[str, Price]:
 class Prices:
     """A model id's price: the file's entry for it (or for it without its `:provider` suffix), else the catalog's."""
 
-    def __init__(self, overrides: dict[str, Price], catalog: PriceCatalog | None = None) -> None:
+    def __init__(self, overrides: dict[str, Price], catalog: PriceCatalog | None = None, read: bool = False) -> None:
         self.overrides = overrides
         self.catalog = catalog
+        self.read = read  # whether the catalog is worth reading: the router's lists prices, other endpoints' do not
 
     def start(self) -> None:
         """Have the catalog read in the background (never on a request's path), from the first metered request."""
-        if self.catalog is not None:
+        if self.catalog is not None and self.read:
             self.catalog.start()
 
     def price(self, model: str) -> Price | None:
