@@ -545,6 +545,23 @@ def test_two_runtimes_on_postgresql_share_one_budget_and_it_stays_spent(project,
     assert json.loads(report.stdout)["total"]["cost_usd"] == pytest.approx(5 * COST)
 
 
+def test_a_ledger_that_cannot_be_reached_lets_calls_through_and_keeps_their_rows(project, caplog):
+    from helpers import free_port
+
+    down = f"postgresql://contexis@127.0.0.1:{free_port()}/usage"
+    path = budgets(project, {"default": {"tokens_per_day": 1000}})
+    with FakeHF(Reply(body=completion("Hi", usage=USAGE))) as fake:
+        app = usage_app(project, fake.url, CMP_USAGE_URL=down, CMP_BUDGETS=path, CMP_USAGE_TIMEOUT="0.5")
+        assert chat(app, tenant_id="acme").status_code == 200
+        assert app.test_client().get("/readyz").status_code == 200
+        ledger = app.extensions["contexis"].meter.ledger
+        assert ledger.flush() is False  # refused: kept for the next try
+    assert len(ledger._rows) == 1
+    assert "budget not read from the ledger" in caplog.text and "usage ledger not written" in caplog.text
+    assert "contexis@" not in caplog.text
+    ledger._rows.clear()  # nothing left for this process's exit to try again
+
+
 def test_an_unmigrated_postgresql_ledger_is_named_by_readyz(project, postgres):
     url = postgres.database("usage_unmigrated")
     with FakeHF(Reply(body=completion("Hi", usage=USAGE))) as fake:

@@ -195,7 +195,17 @@ class BudgetGuard:
         cached = self._cache.get(key)
         if cached is None or cached[0] <= now:
             _, _, flushed_tokens, flushed_usd = self.ledger.own(kind, name)  # read first: counted twice, not missed
-            tokens, usd = self.ledger.spent(kind, name, first_day)
+            try:
+                tokens, usd = self.ledger.spent(kind, name, first_day)
+            except Exception as exc:  # noqa: BLE001 - fail open: a database hiccup must not stop every tenant
+                log.warning(
+                    "budget not read from the ledger, the call goes ahead",
+                    extra={"fields": {"kind": kind, "error": type(exc).__name__}},
+                )
+                if cached is None:
+                    tokens, usd, flushed_tokens, flushed_usd = 0.0, 0.0, 0.0, 0.0  # this process's own calls
+                else:
+                    tokens, usd, flushed_tokens, flushed_usd = cached[1], cached[2], cached[3], cached[4]
             cached = self._cache[key] = (now + self.ttl, tokens, usd, flushed_tokens, flushed_usd)
         recorded_tokens, recorded_usd, _, _ = self.ledger.own(kind, name)
         return cached[1] + recorded_tokens - cached[3], cached[2] + recorded_usd - cached[4]

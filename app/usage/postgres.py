@@ -142,7 +142,10 @@ class PostgresLedger(Ledger):
         return int(row[0] or 0)
 
     def problem(self) -> str | None:
-        """Why rows cannot be written (database away, schema behind); checked at most every 10 s."""
+        """Why rows cannot be written: a schema behind (`ctx usage migrate`), checked at most every 10 s.
+
+        A database away is not a problem for `/readyz`: rows wait in the queue and budgets fail open, so the
+        pods keep serving (the writer's warnings say it)."""
         checked, problem = self._problem
         if time.monotonic() - checked < PROBLEM_CHECK_SECONDS:
             return problem
@@ -152,8 +155,8 @@ class PostgresLedger(Ledger):
             if version != SCHEMA_VERSION:
                 problem = f"usage ledger schema in {self.where} is version {version}, expected {SCHEMA_VERSION}: "
                 problem += "run `ctx usage migrate`"
-        except psycopg.Error as exc:
-            problem = f"usage ledger {self.where} unavailable ({type(exc).__name__})"
+        except psycopg.Error:
+            problem = None
         self._problem = (time.monotonic(), problem)
         return problem
 
