@@ -17,6 +17,7 @@ budget is crossed by at most the calls in flight and those other processes made 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -159,8 +160,13 @@ class BudgetFile:
 
 def period_bounds(period: str, now: float) -> tuple[str, datetime]:
     """The first day (`YYYY-MM-DD`) of the day or month containing `now`, and when that period ends (UTC)."""
-    moment = datetime.fromtimestamp(now, UTC)
-    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return _bounds(period, int(now // 86400))
+
+
+@functools.lru_cache(maxsize=8)
+def _bounds(period: str, day_number: int) -> tuple[str, datetime]:
+    """`period_bounds` of a UTC day (days since the epoch): worked out once a day, not at every check."""
+    day = datetime.fromtimestamp(day_number * 86400, UTC)
     if period == "day":
         return day.strftime("%Y-%m-%d"), datetime.fromtimestamp(day.timestamp() + 86400, UTC)
     first = day.replace(day=1)
