@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +27,7 @@ from helpers import (
     GUIDE_BODY,
     KEYS_JSON,
     MODEL,
+    REPO,
     STAR_KEY,
     TOKEN,
     Postgres,
@@ -569,3 +572,11 @@ def test_an_unmigrated_postgresql_ledger_is_named_by_readyz(project, postgres):
         ready = app.test_client().get("/readyz")
     assert ready.status_code == 503
     assert "run `ctx usage migrate`" in ready.json["reason"]
+
+
+def test_ctx_usage_leaves_prometheus_unimported_until_serve_sets_it_up():
+    # `ctx serve` builds the whole parser before gunicorn's config picks the multiprocess directory;
+    # prometheus_client imported earlier would keep each worker's metrics in memory, out of /metrics.
+    code = "from app.cli import build_parser; build_parser(); import sys; print('prometheus_client' in sys.modules)"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert found.stdout.strip() == "False"

@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 
 from app.config import ROUTER_CHAT_ENDPOINT, Settings
 from app.errors import SettingsError
-from app.observability import RuntimeMetrics
 from app.usage import scope
 from app.usage.billing import load_bill_to
 from app.usage.budgets import BudgetFile, BudgetGuard
@@ -29,7 +28,8 @@ from app.usage.ledger import Ledger, Row
 from app.usage.prices import PriceCatalog, Prices, load_prices
 from app.usage.scope import Caller, CallScope, bind_caller
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not imported at run time: `ctx` builds its parser before gunicorn's multiprocess set-up
+    from app.observability import RuntimeMetrics
     from app.validation import ChatRequest
 
 __all__ = ["Call", "Meter", "bind_caller", "open_ledger", "open_meter", "start_call"]

@@ -26,12 +26,14 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
 from app.errors import BudgetExceeded, SettingsError
-from app.observability import RuntimeMetrics
+
+if TYPE_CHECKING:
+    from app.observability import RuntimeMetrics
 
 log = logging.getLogger(__name__)
 
