@@ -133,6 +133,13 @@ class BudgetExceeded(ContexisError):
         self.retry_after = retry_after
 
 
+class UsageUnavailable(ContexisError):
+    """The usage ledger cannot answer a report now (database down or slow, its schema not migrated)."""
+
+    status = 503
+    code = "usage_unavailable"
+
+
 class MemoryStoreError(ContexisError):
     """Base of every memory failure the caller can report (bad config, bad path, bad name)."""
 

@@ -255,7 +255,7 @@ def test_no_model_means_no_ledger_at_all(settings):
     app = create_app(settings)
     assert chat(app).status_code == 200
     assert app.extensions["contexis"].meter.enabled is False
-    assert not (settings.project_root / "state").exists()
+    assert not (settings.project_root / "state" / "usage.db").exists()
 
 
 # -- budgets -----------------------------------------------------------------------------------------
@@ -572,6 +572,10 @@ def test_an_unmigrated_postgresql_ledger_is_named_by_readyz(project, postgres):
         ready = app.test_client().get("/readyz")
     assert ready.status_code == 503
     assert "run `ctx usage migrate`" in ready.json["reason"]
+    report = run("usage", "report", env={"CMP_USAGE_URL": url})
+    assert report.returncode == 1
+    assert "usage_unavailable: usage ledger schema missing" in report.stderr and "Traceback" not in report.stderr
+    assert "contexis@" not in report.stderr
 
 
 def test_ctx_usage_leaves_prometheus_unimported_until_serve_sets_it_up():
@@ -580,3 +584,24 @@ def test_ctx_usage_leaves_prometheus_unimported_until_serve_sets_it_up():
     code = "from app.cli import build_parser; build_parser(); import sys; print('prometheus_client' in sys.modules)"
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert found.stdout.strip() == "False"
+
+
+def test_each_serving_worker_reads_the_router_catalog_for_prices(project, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    # Importing gunicorn's settings picks a multiprocess directory unless one is set: keep it to this test.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    from app import gunicorn_conf
+
+    with FakeHF(Reply(body=completion("Hi", usage=USAGE))) as fake:
+        app = usage_app(project, fake.url)
+        prices = app.extensions["contexis"].meter.prices
+        gunicorn_conf.post_worker_init(SimpleNamespace(wsgi=app))
+        assert fake.catalog_reads == 0  # not the router: its /models lists no prices
+        prices.read = True  # as for HF_ENDPOINT on router.huggingface.co
+        gunicorn_conf.post_worker_init(SimpleNamespace(wsgi=app))
+        deadline = time.monotonic() + 5
+        while fake.catalog_reads == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        prices.catalog.close()
+    assert fake.catalog_reads == 1

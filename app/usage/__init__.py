@@ -100,7 +100,6 @@ class Meter:
         self.bill_to = bill_to
         self.enabled = bool(ledger or guard or bill_to)
         self._gauges: threading.Thread | None = None
-        self._prices_started = False
         os.register_at_fork(after_in_child=self._forked)
 
     def open(self, request: ChatRequest) -> None:
@@ -118,9 +117,6 @@ class Meter:
             self.bill_to.get(request.tenant_id, ""),
         )
         scope.bind(bound)
-        if not self._prices_started:
-            self._prices_started = True
-            self.prices.start()
         if self.guard is not None:
             if self._gauges is None and self.metrics is not None:
                 self._start_gauges()
@@ -187,7 +183,6 @@ class Meter:
 
     def _forked(self) -> None:
         self._gauges = None
-        self._prices_started = False
 
 
 class Call:

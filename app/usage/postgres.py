@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 
 from app.config import public_url
+from app.errors import UsageUnavailable
 from app.usage.ledger import COLUMNS, GROUPS, REPORT_SELECT, Ledger, Row, daily_totals, report_rows, row_values
 
 SCHEMA_VERSION = 1
@@ -105,12 +106,20 @@ class PostgresLedger(Ledger):
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._read_lock:
             if self._reader is None or self._reader.closed:
-                self._reader = self._connect()
+                try:
+                    self._reader = self._connect()
+                except psycopg.OperationalError:
+                    raise UsageUnavailable(f"usage ledger {self.where} unavailable: connection failed") from None
             try:
                 return self._reader.execute(sql, params).fetchall()
+            except psycopg.errors.UndefinedTable:
+                missing = f"usage ledger schema missing in {self.where}: run `ctx usage migrate`"
+                raise UsageUnavailable(missing) from None
+            except psycopg.errors.QueryCanceled:
+                raise UsageUnavailable(f"usage ledger {self.where} too slow: statement timeout") from None
             except psycopg.OperationalError:
                 self._reader.close()
-                raise
+                raise UsageUnavailable(f"usage ledger {self.where} unavailable: connection failed") from None
 
     def spent(self, kind: str, name: str, first_day: str) -> tuple[float, float]:
         (found,) = self._read(
@@ -155,7 +164,7 @@ class PostgresLedger(Ledger):
             if version != SCHEMA_VERSION:
                 problem = f"usage ledger schema in {self.where} is version {version}, expected {SCHEMA_VERSION}: "
                 problem += "run `ctx usage migrate`"
-        except psycopg.Error:
+        except UsageUnavailable:
             problem = None
         self._problem = (time.monotonic(), problem)
         return problem

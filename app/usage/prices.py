@@ -86,7 +86,8 @@ class Prices:
         self.read = read  # whether the catalog is worth reading: the router's lists prices, other endpoints' do not
 
     def start(self) -> None:
-        """Have the catalog read in the background (never on a request's path), from the first metered request."""
+        """Have the catalog read in the background, never on a request's path: each serving worker starts it
+        (`app/gunicorn_conf.py`), so neither a test's app nor a one-off command reads the router."""
         if self.catalog is not None and self.read:
             self.catalog.start()
 

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from app.errors import SettingsError
+from app.errors import SettingsError, UsageUnavailable
 from app.usage.ledger import COLUMNS, GROUPS, REPORT_SELECT, Ledger, Row, daily_totals, report_rows, row_values
 
 DB_NAME = "usage.db"
@@ -100,9 +100,12 @@ class SQLiteLedger(Ledger):
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._read_lock:
-            if self._reader is None:
-                self._reader = self._connect()
-            return self._reader.execute(sql, params).fetchall()
+            try:
+                if self._reader is None:
+                    self._reader = self._connect()
+                return self._reader.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise UsageUnavailable(f"usage ledger {self.where} cannot be read ({exc})") from None
 
     def spent(self, kind: str, name: str, first_day: str) -> tuple[float, float]:
         (found,) = self._read(
