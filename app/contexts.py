@@ -85,17 +85,17 @@ _MODEL_ENDPOINT: dict[str, Any] = {
     "token_env": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
     "api": {"enum": ["text-generation", "chat-completion", "auto"]},
 }
+# A model id on HF_ENDPOINT, or one on an endpoint of its own (if/then/else, so errors name the field at fault).
 _MODEL_ENTRY = {
-    "anyOf": [
-        _MODEL_ID,
-        {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["id"],
-            "properties": {"id": _MODEL_ID, **_MODEL_ENDPOINT},
-            "dependentRequired": {"token_env": ["endpoint"], "api": ["endpoint"]},
-        },
-    ]
+    "type": ["string", "object"],
+    "if": {"type": "string"},
+    "then": _MODEL_ID,
+    "else": {
+        "additionalProperties": False,
+        "required": ["id"],
+        "properties": {"id": _MODEL_ID, **_MODEL_ENDPOINT},
+        "dependentRequired": {"token_env": ["endpoint"], "api": ["endpoint"]},
+    },
 }
 _SAMPLING: dict[str, Any] = {
     "max_tokens": {"type": "integer", "minimum": 1, "maximum": 32768},

@@ -19,7 +19,7 @@ from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
 from app.providers import build_embedder, build_provider
-from app.providers.base import GenerationParams, TokenStream, Usage
+from app.providers.base import GenerationParams, TokenStream, Turn, Usage
 from app.routing import ModelChain, ModelRouter, chain_of
 from app.usage import open_meter
 from app.validation import ChatRequest
@@ -82,6 +82,10 @@ class Runtime:
         problems = self.contexts.problems()
         found = [self.memory.problem(), self.meter.problem()]
         return [*problems, *(problem for problem in found if problem)]
+
+    def calls_model(self, context: dict[str, Any]) -> bool:
+        """Whether requests to `context` reach a model: its chain, or HF_MODEL_ID."""
+        return bool(self.provider or (self.router and chain_of(context)))
 
     def chains(self) -> dict[str, list[dict[str, str]]]:
         """Each valid context's models in the order they are tried (`/version`): its chain, or HF_MODEL_ID."""
@@ -196,9 +200,10 @@ def _sources(rendered: Rendered) -> list[dict[str, Any]]:
 
 def _inference_inputs(
     rendered: Rendered, request: ChatRequest
-) -> tuple[GenerationParams, str, tuple[dict[str, str], ...]]:
-    """What goes with the rendered prompt: sampling parameters, the chat system message and the history."""
-    return _params(rendered, request), system_message(rendered.context), request.messages
+) -> tuple[GenerationParams, str, tuple[Turn, ...], tuple[Turn, ...]]:
+    """What goes with the rendered prompt: sampling parameters, the chat system message, the history and the
+    turns after the input."""
+    return _params(rendered, request), system_message(rendered.context), request.messages, request.after
 
 
 def _params(rendered: Rendered, request: ChatRequest) -> GenerationParams:

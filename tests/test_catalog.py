@@ -131,3 +131,17 @@ def test_an_unreachable_catalog_is_logged_without_the_token(hf_settings, caplog)
     catalog.close()
     assert "Router catalog not refreshed from http://127.0.0.1:9/v1/models" in caplog.text
     assert TOKEN not in caplog.text
+
+
+def test_an_endpoint_without_a_catalog_is_not_asked_again(hf_settings, caplog):
+    caplog.set_level("INFO")
+    with FakeHF() as fake:  # answers 404 to GET .../models
+        catalog = Catalog(hf_settings.replace(hf_endpoint=f"{fake.url}/v1"), interval=0.05)
+        catalog.start()
+        deadline = time.monotonic() + 5
+        while "No catalog at" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        catalog.close()
+        assert fake.catalog_reads == 1
+    assert "not refreshed" not in caplog.text

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import responses
 import yaml
 from fake_hf import CREDITS_BODY, ROUTER_CATALOG, FakeHF, Reply, Stream, chat_events, completion, sse
 from helpers import GUIDE_BODY, TOKEN, LiveApp, free_port, metric, sse_events
@@ -209,7 +210,7 @@ def test_a_context_without_a_chain_is_served_as_before(hf_settings, spans):
         app = create_app(hf_settings.replace(hf_endpoint=f"{fake.url}/v1"))
         response = app.test_client().post("/api/v1/chat", json=GUIDE_BODY)
         assert response.get_json()["model"] == hf_settings.hf_model_id
-        assert response.headers["X-Contexis-Model"] == hf_settings.hf_model_id
+        assert "X-Contexis-Model" not in response.headers
         response = app.test_client().post("/v1/chat/completions", json=OPENAI_BODY)
         assert response.get_json()["model"] == "SupportBot"
         assert fake.catalog_reads == 0  # the catalog is read only for chains
@@ -283,27 +284,28 @@ def test_the_catalog_is_read_in_the_background_once_a_chain_is_used(project, set
         catalog.close()
 
 
-def test_a_request_with_tools_skips_a_provider_without_them(project, settings):
-    """Tools reach the chain through `GenerationParams`; a provider the catalog says has none is passed over."""
-    from dataclasses import dataclass
-
+def test_a_request_with_tools_or_a_schema_skips_a_provider_without_them(settings):
+    """A provider the catalog says lacks tools (or structured output) is passed over for a request that needs them."""
     from app.providers.base import GenerationParams
     from app.routing import ModelRouter, chain_of
 
-    @dataclass(frozen=True)
-    class WithTools(GenerationParams):
-        tools: tuple[dict, ...] = ({"type": "function", "function": {"name": "lookup"}},)
-
     nebius_up = copy.deepcopy(ROUTER_CATALOG)
-    nebius_up["data"][0]["providers"][2]["status"] = "live"
-    no_tools, tools = "meta-llama/Llama-3.3-70B-Instruct:nebius", "meta-llama/Llama-3.3-70B-Instruct:together"
+    nebius_up["data"][0]["providers"][2]["status"] = "live"  # no tools, structured output
+    groq, nebius, together = (f"meta-llama/Llama-3.3-70B-Instruct:{p}" for p in ("groq", "nebius", "together"))
+    tools = GenerationParams(tools=({"type": "function", "function": {"name": "lookup", "parameters": {}}},))
+    schema = GenerationParams(response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": {}}})
     with FakeHF(Reply(200, completion())) as router:
-        chat = settings.replace(hf_token=TOKEN, hf_endpoint=f"{router.url}/v1")
-        models = ModelRouter(chat)
+        models = ModelRouter(settings.replace(hf_token=TOKEN, hf_endpoint=f"{router.url}/v1"))
         models.catalog.load(nebius_up)
-        found = chain_of({"model": {"id": no_tools, "fallbacks": [tools]}})
-        assert models.generate(found, "hi", WithTools()).served == tools
-        assert models.generate(found, "hi", GenerationParams()).served == no_tools
+        found = chain_of({"model": {"id": nebius, "fallbacks": [groq, together]}})
+        attempts: list = []
+        assert models.generate(found, "hi", tools, attempts=attempts).served == groq
+        assert [a.outcome for a in attempts] == ["no_tools", "served"]
+        found = chain_of({"model": {"id": groq, "fallbacks": [together]}})
+        assert models.generate(found, "hi", schema).served == together
+        assert models.generate(found, "hi", GenerationParams(response_format={"type": "text"})).served == groq
+        assert [seen.body["model"] for seen in router.seen] == [groq, together, groq]
+        assert router.seen[0].body["tools"] == list(tools.tools)
         models.close()
 
 
@@ -316,3 +318,54 @@ def test_version_lists_each_contexts_chain(project, settings):
         {"id": BACKUP, "endpoint": "http://tgi.internal:8080/v1"},
     ]
     assert "pw" not in json.dumps(chains)
+
+
+def test_no_token_reaches_answers_logs_metrics_or_spans(chained, spans, caplog, capsys):
+    # Each endpoint echoes the token it was sent (the local one never gets HF_TOKEN).
+    echo = {"error": f"Invalid token: Bearer {LOCAL_TOKEN}"}
+    with FakeHF(Reply(401, {"error": f"bad token {TOKEN}"})) as failing, FakeHF(Reply(401, echo)) as healthy:
+        app = chained(failing, healthy)
+        client = app.test_client()
+        answers = [client.post("/api/v1/chat", json=GUIDE_BODY), client.post("/v1/chat/completions", json=OPENAI_BODY)]
+        scraped = client.get("/metrics").get_data(as_text=True)
+        version = client.get("/version").get_data(as_text=True)
+    assert [answer.status_code for answer in answers] == [502, 502]
+    exported = [str(dict(s.attributes or {})) + str(s.events) + str(s.status) for s in spans.get_finished_spans()]
+    outputs = [a.get_data(as_text=True) + str(a.headers) for a in answers]
+    outputs += [scraped, version, caplog.text, *capsys.readouterr(), *exported]
+    for secret in (TOKEN, LOCAL_TOKEN):
+        assert not [output for output in outputs if secret in output], secret
+
+
+@responses.activate
+def test_the_routers_own_refusals_move_the_chain_on(project, settings):
+    """The router's real bodies: a model no enabled provider serves, spent credits, a provider it reports down."""
+    from app.config import ROUTER_CHAT_ENDPOINT
+
+    dropped, spent = "org/dropped-model:together", "meta-llama/Llama-3.3-70B-Instruct:together"
+    down = "meta-llama/Llama-3.3-70B-Instruct:nebius"
+    served = "meta-llama/Llama-3.3-70B-Instruct:groq"
+    name_models(project, {"id": dropped, "fallbacks": [spent, down, served]})
+    not_supported = copy.deepcopy(NOT_SUPPORTED)
+    not_supported["error"]["message"] = not_supported["error"]["message"].replace(PRIMARY, dropped)
+    bodies = {dropped: (400, not_supported), spent: (402, CREDITS_BODY), served: (200, completion("from groq"))}
+
+    def answer(request):
+        status, body = bodies[json.loads(request.body)["model"]]
+        return status, {}, json.dumps(body)
+
+    responses.add_callback(responses.POST, f"{ROUTER_CHAT_ENDPOINT}/chat/completions", callback=answer)
+    responses.get(f"{ROUTER_CHAT_ENDPOINT}/models", json=ROUTER_CATALOG)
+    app = create_app(settings.replace(hf_token=TOKEN, hf_backoff_factor=0))
+    assert app.extensions["contexis"].router.read_catalog() == ""
+    response = app.test_client().post("/api/v1/chat", json=GUIDE_BODY)
+    assert response.get_json()["model"] == served
+    called = [json.loads(call.request.body)["model"] for call in responses.calls if call.request.method == "POST"]
+    assert called == [dropped, spent, served]  # the provider the catalog reports down is not called
+    reasons = [
+        ("model_not_supported", dropped, spent),
+        ("payment_required", spent, down),
+        ("provider_down", down, served),
+    ]
+    for reason, from_model, to_model in reasons:
+        assert metric(app, "cmp_model_fallbacks_total", from_model=from_model, to_model=to_model, reason=reason) == 1

@@ -23,7 +23,7 @@ from app.errors import ModelsUnavailable, ProviderError
 from app.observability import RuntimeMetrics
 from app.providers.base import Generation, GenerationParams, Provider, TokenStream, Turn
 from app.providers.huggingface import HuggingFaceClient
-from app.providers.huggingface.catalog import Catalog
+from app.providers.huggingface.catalog import Catalog, CatalogError
 from app.providers.huggingface.transport import deadline, remaining
 from app.routing.breaker import Breakers
 from app.routing.chain import ChainEntry, ModelChain
@@ -39,6 +39,7 @@ class Attempt:
     """What became of one entry: `served`, or why it was passed over, with the error's message if it failed."""
 
     model: str
+    endpoint: str  # where its calls go, without credentials
     outcome: str
     detail: str = ""
 
@@ -97,12 +98,13 @@ class ModelRouter:
         params: GenerationParams,
         system: str = "",
         history: Sequence[Turn] = (),
+        after: Sequence[Turn] = (),
         attempts: list[Attempt] | None = None,
     ) -> Routed[Generation]:
         """The first answer of the chain; `attempts` (when given) says what became of each entry, even when
         the chain fails."""
         return self._run(
-            chain, _needs(params), lambda provider: provider.generate(prompt, params, system, history), attempts
+            chain, _needs(params), lambda provider: provider.generate(prompt, params, system, history, after), attempts
         )
 
     def stream(
@@ -112,14 +114,27 @@ class ModelRouter:
         params: GenerationParams,
         system: str = "",
         history: Sequence[Turn] = (),
+        after: Sequence[Turn] = (),
         attempts: list[Attempt] | None = None,
     ) -> Routed[TokenStream]:
         """The first stream of the chain to give its first token; its `model` is the entry that gave it."""
         routed = self._run(
-            chain, _needs(params), lambda provider: provider.stream(prompt, params, system, history), attempts
+            chain, _needs(params), lambda provider: provider.stream(prompt, params, system, history, after), attempts
         )
         routed.result.model = routed.served
         return routed
+
+    def read_catalog(self) -> str:
+        """Read the router's catalog now rather than in the background (`ctx hf test-model --context`); why it
+        could not be read, or ""."""
+        if self.catalog is None:
+            return ""
+        self._catalog_started = True
+        try:
+            self.catalog.refresh()
+        except CatalogError as exc:
+            return str(exc)
+        return ""
 
     def close(self) -> None:
         if self.catalog is not None:
@@ -157,7 +172,7 @@ class ModelRouter:
                 if permit == "open":
                     reason = "circuit_open"
                 if reason:
-                    attempts.append(Attempt(entry.id, reason))
+                    attempts.append(Attempt(entry.id, entry.endpoint_of(self.settings), reason))
                     passed = (entry.id, reason)
                     continue
                 try:
@@ -172,11 +187,11 @@ class ModelRouter:
                         self.breakers.failed(key, entry.id, entry.endpoint_of(self.settings))
                     if found.token_refused:
                         refused.add(entry.token_of())
-                    attempts.append(Attempt(entry.id, found.reason, exc.message))
+                    attempts.append(Attempt(entry.id, entry.endpoint_of(self.settings), found.reason, exc.message))
                     last_error, passed = exc, (entry.id, found.reason)
                     continue
                 self.breakers.succeeded(key, entry.id, permit)
-                attempts.append(Attempt(entry.id, "served"))
+                attempts.append(Attempt(entry.id, entry.endpoint_of(self.settings), "served"))
                 span.set_attribute("gen_ai.response.model", entry.id)
                 span.set_attribute("contexis.fallback.attempts", len(attempts))
                 return Routed(result, entry.id, tuple(attempts))
@@ -215,8 +230,7 @@ class ModelRouter:
 
 
 def _needs(params: GenerationParams) -> Needs:
-    """Tools and a response format, when the request's parameters carry them."""
-    return Needs(
-        tools=bool(getattr(params, "tools", None)),
-        structured_output=getattr(params, "response_format", None) is not None,
-    )
+    """Tools, and a response format other than plain text, when the request asks for them."""
+    response_format = params.response_format
+    structured = response_format is not None and response_format.get("type") != "text"
+    return Needs(tools=bool(params.tools), structured_output=structured)

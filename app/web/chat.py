@@ -18,7 +18,7 @@ from app.web.sse import sse_response
 bp = Blueprint("chat", __name__, url_prefix="/api/v1")
 # Set, with the reason, when the answer was built from less than the configured memory search.
 DEGRADED_HEADER = "X-Contexis-Degraded"
-# The model that answered: HF_MODEL_ID, or the entry of the context's chain that served.
+# The entry of the context's model chain that answered.
 MODEL_HEADER = "X-Contexis-Model"
 
 
@@ -61,7 +61,7 @@ def chat():
     if chat_request.stream:
         streamed = runtime.stream(chat_request)
         response = sse_response(streamed.stream, sources=streamed.sources, request_id=g.request_id)
-        mark_model(response, streamed.stream.model, streamed.served)
+        mark_model(response, streamed.served)
         degraded = streamed.degraded
     else:
         answer = runtime.answer(chat_request)
@@ -69,16 +69,16 @@ def chat():
         response = jsonify(
             rendered=answer.rendered, model=answer.model, sources=answer.sources, **usage, request_id=g.request_id
         )
-        mark_model(response, answer.model, answer.served)
+        mark_model(response, answer.served)
         degraded = answer.degraded
     return mark_degraded(response, degraded)
 
 
-def mark_model(response: Response, model: str | None, served: str | None) -> None:
-    """Name the model that answered on the response; in the request log too when a chain picked it."""
-    if model:
-        response.headers[MODEL_HEADER] = model
+def mark_model(response: Response, served: str | None) -> None:
+    """Name the entry of the context's chain that answered, on the response and in the request log (a context
+    without a chain pays nothing: its model is HF_MODEL_ID, already logged)."""
     if served:
+        response.headers[MODEL_HEADER] = served
         g.log_fields.update(model=served)
 
 

@@ -76,8 +76,8 @@ def _errors(*statuses: str, shape: str = "Error") -> dict[str, Any]:
 
 
 _MODEL_HEADER = {
-    "description": "The model that answered: HF_MODEL_ID, or the entry of the context's `model:` chain that served "
-    "(docs/models.md).",
+    "description": "The entry of the context's `model:` chain that answered (docs/models.md); absent for a context "
+    "without one.",
     "schema": {"type": "string"},
 }
 

@@ -39,6 +39,10 @@ POLICIES = ("fastest", "cheapest", "preferred")
 class CatalogError(Exception):
     """The catalog could not be read (unreachable, an error status, a body of another shape)."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the endpoint's answer, when it answered with an error status
+
 
 @dataclass(frozen=True)
 class Offer:
@@ -150,11 +154,11 @@ class Catalog:
             self._thread.start()
 
     def close(self) -> None:
-        """Stop the refresher (the table stays readable)."""
+        """Stop the refresher (the table stays readable); a read under way is given a second to end."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(FETCH_TIMEOUT[0] + FETCH_TIMEOUT[1] + 1)
+            thread.join(1.0)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -162,6 +166,9 @@ class Catalog:
             try:
                 self.refresh()
             except CatalogError as exc:
+                if exc.status == 404:  # an endpoint without a catalog (not the router): nothing to skip, ever
+                    log.info("No catalog at %s: no provider of a chain is skipped", public_url(self.url))
+                    return
                 log.warning("Router catalog not refreshed from %s: %s", public_url(self.url), exc)
                 wait = min(self.interval, RETRY_SECONDS)
             self._stop.wait(wait)
@@ -180,7 +187,7 @@ class Catalog:
                     self.url, headers=headers, timeout=FETCH_TIMEOUT, stream=True, proxies=proxies, verify=verify
                 ) as response:
                     if response.status_code != 200:
-                        raise CatalogError(f"the endpoint answered {response.status_code}")
+                        raise CatalogError(f"the endpoint answered {response.status_code}", response.status_code)
                     body = response.raw.read(MAX_CATALOG_BYTES + 1, decode_content=True)
             except (requests.RequestException, Urllib3Error, OSError) as exc:
                 raise CatalogError(f"the endpoint is unreachable ({type(exc).__name__})") from None
