@@ -383,6 +383,16 @@ def test_each_tenant_is_billed_to_its_organisation_others_to_hf_bill_to(project)
     assert [seen.headers.get("X-HF-Bill-To") for seen in fake.seen] == ["acme-corp", "platform-org", "acme-corp"]
 
 
+def test_a_chain_entrys_own_endpoint_never_gets_a_tenants_organisation(project):
+    bill_to = project / "bill-to.yaml"
+    bill_to.write_text(yaml.safe_dump({"acme": "acme-corp"}))
+    with FakeHF(Reply(503, {"error": "down"})) as primary, FakeHF(Reply(body=completion("Hi", usage=USAGE))) as backup:
+        app = chained_app(project, primary.url, backup.url, CMP_BILL_TO_BY_TENANT=str(bill_to))
+        assert chat(app, tenant_id="acme").status_code == 200
+    assert primary.seen[0].headers.get("X-HF-Bill-To") == "acme-corp"
+    assert "X-HF-Bill-To" not in backup.seen[0].headers
+
+
 # -- reports -----------------------------------------------------------------------------------------
 
 

@@ -157,8 +157,9 @@ class Transport:
         prepared = template.copy()  # each call sets its own body on a copy of the prepared call
         prepared.prepare_body(data=orjson.dumps(payload), files=None)
         bound = usage_scope.current()
-        if bound is not None and bound.bill_to:
-            # CMP_BILL_TO_BY_TENANT: this tenant's organisation pays, not HF_BILL_TO's.
+        if bound is not None and bound.bill_to and self.settings.bill_to_by_tenant_file:
+            # CMP_BILL_TO_BY_TENANT: this tenant's organisation pays, not HF_BILL_TO's (never sent to an endpoint
+            # of a chain entry's own, whose settings name no such file).
             prepared.headers["X-HF-Bill-To"] = bound.bill_to
         with self.errors():
             # `send`, not `post`: `post` would parse the URL, merge headers and scan the environment again.
