@@ -34,6 +34,7 @@ from helpers import (
     Server,
     bearer,
     chat,
+    json_lines,
     metric,
     run,
     sha,
@@ -463,20 +464,28 @@ def test_two_gunicorn_workers_share_one_ledger_and_one_budget_across_a_restart(p
     path = budgets(project, {"tenants": {"acme": {"tokens_per_day": 170}}})  # ten calls of 17 tokens
     with FakeHF(Reply(body=completion("Hi", usage=USAGE))) as fake:
         env = usage_env(project, fake.url, CMP_BUDGETS=path, CMP_BUDGET_CACHE_SECONDS="0")
-        server = Server("--workers", "2", "--threads", "4", env=env)
-        statuses = []
+        server = Server("--workers", "2", "--threads", "4", env={**env, "GUNICORN_ACCESSLOG": "-"})
+        statuses = {}
         try:
-            for _ in range(14):
+            for n in range(54):
                 # A fresh connection each time, so either worker answers; spaced past the ledger's batches.
                 response = requests.post(
-                    f"{server.url}/api/v1/chat", json={**GUIDE_BODY, "tenant_id": "acme"}, timeout=30
+                    f"{server.url}/api/v1/chat",
+                    json={**GUIDE_BODY, "tenant_id": "acme"},
+                    headers={"X-Request-ID": f"rid-{n}"},
+                    timeout=30,
                 )
-                statuses.append(response.status_code)
-                time.sleep(0.3)
+                statuses[f"rid-{n}"] = response.status_code
+                if n < 14:
+                    time.sleep(0.3)
         finally:
             code, output = server.stop()
         assert code == 0, output[-2000:]
-        assert statuses == [200] * 10 + [429] * 4
+        assert list(statuses.values()) == [200] * 10 + [429] * 44
+        # Both workers refused: each saw the other's spending (gunicorn's access log names the worker).
+        answered = [line for line in json_lines(output) if line.get("request_id") in statuses and "worker_pid" in line]
+        refusing = {line["worker_pid"] for line in answered if line["status"] == 429}
+        assert len(refusing) == 2, answered
         restarted = Server("--workers", "2", env=env)
         try:
             again = requests.post(f"{restarted.url}/api/v1/chat", json={**GUIDE_BODY, "tenant_id": "acme"}, timeout=30)
