@@ -202,6 +202,8 @@ class Settings:
     memory_url: str = field(default="", repr=False)
     memory_timeout: float = 2.0
     memory_pool_size: int = 0  # 0: one connection per thread (`threads`)
+    tool_max_response_bytes: int = 256 * 1024  # most of a tool's answer read (HTTP body, MCP message)
+    mcp_list_ttl: float = 300.0  # seconds an MCP server's tool list is kept per process
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -255,6 +257,8 @@ class Settings:
             memory_url=_memory_url(env),
             memory_timeout=_number(env, "CMP_MEMORY_TIMEOUT", 2.0, minimum=0.001),
             memory_pool_size=_number(env, "CMP_MEMORY_POOL_SIZE", 0, kind=int),
+            tool_max_response_bytes=_number(env, "CMP_TOOL_MAX_RESPONSE_BYTES", 256 * 1024, kind=int, minimum=1),
+            mcp_list_ttl=_number(env, "CMP_MCP_LIST_TTL", 300.0),
         ).checked()
 
     def checked(self) -> Settings:
