@@ -133,8 +133,9 @@ def cmd_hf_test_model(args: argparse.Namespace, settings: Settings) -> int:
         stream = client.stream(args.prompt, params)
         try:
             for delta in stream:
-                print(delta, end="", flush=True)
-                printed = True
+                if isinstance(delta, str):
+                    print(delta, end="", flush=True)
+                    printed = True
         finally:
             stream.close()
         print()

@@ -19,7 +19,7 @@ from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
 from app.providers import build_embedder, build_provider
-from app.providers.base import GenerationParams, TokenStream, Usage
+from app.providers.base import GenerationParams, TokenStream, Turn, Usage
 from app.validation import ChatRequest
 
 _tracer = trace.get_tracer(__name__)
@@ -158,9 +158,10 @@ def _sources(rendered: Rendered) -> list[dict[str, Any]]:
 
 def _inference_inputs(
     context: dict[str, Any], request: ChatRequest
-) -> tuple[GenerationParams, str, tuple[dict[str, str], ...]]:
-    """What goes with the rendered prompt: sampling parameters, the chat system message and the history."""
-    return _params(context, request), system_message(context), request.messages
+) -> tuple[GenerationParams, str, tuple[Turn, ...], tuple[Turn, ...]]:
+    """What goes with the rendered prompt: sampling parameters, the chat system message, the history and the
+    turns after the input."""
+    return _params(context, request), system_message(context), request.messages, request.after
 
 
 def _params(context: dict[str, Any], request: ChatRequest) -> GenerationParams:

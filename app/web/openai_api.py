@@ -16,7 +16,7 @@ from flask import Blueprint, g, jsonify, request
 
 from app.errors import BadRequest, ContexisError
 from app.names import is_safe_name
-from app.providers.base import Usage
+from app.providers.base import ChoiceDelta, ToolCallDelta, Usage
 from app.validation import parse_openai_request
 from app.web import get_runtime
 from app.web.auth import tenant_for
@@ -48,6 +48,18 @@ def _usage(usage: Usage | None) -> dict[str, int] | None:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def _piece_choice(piece: ToolCallDelta | ChoiceDelta) -> dict[str, Any]:
+    """A chunk's choice for a piece other than the first choice's plain text: a tool call's, another choice's."""
+    if isinstance(piece, ToolCallDelta):
+        return {
+            "index": piece.choice,
+            "delta": {"tool_calls": [piece.as_openai()]},
+            "logprobs": None,
+            "finish_reason": None,
+        }
+    return {"index": piece.choice, "delta": {"content": piece.text}, "logprobs": piece.logprobs, "finish_reason": None}
+
+
 @bp.post("/chat/completions")
 def chat_completions():
     """Answer the last user message as the context `model`, whole or as `chat.completion.chunk` events."""
@@ -69,7 +81,10 @@ def chat_completions():
                 {**chunk, "choices": [choice({"role": "assistant", "content": ""})], "sources": streamed.sources}
             )
             for delta in stream:
-                yield sse_event({**chunk, "choices": [choice({"content": delta})]})
+                if isinstance(delta, str):  # nearly every piece
+                    yield sse_event({**chunk, "choices": [choice({"content": delta})]})
+                else:
+                    yield sse_event({**chunk, "choices": [_piece_choice(delta)]})
             yield sse_event({**chunk, "choices": [choice({}, stream.finish_reason or "stop")]})
             if include_usage:
                 yield sse_event({**chunk, "choices": [], "usage": _usage(stream.usage)})
