@@ -151,3 +151,10 @@ class InvalidNameError(MemoryStoreError):
 
     status = 400
     code = "invalid_request"
+
+
+class ToolStepsExceeded(ContexisError):
+    """The model kept calling a context's tools past `guardrails.max_tool_steps` without answering."""
+
+    status = 502
+    code = "tool_steps_exceeded"

@@ -20,6 +20,7 @@ from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
 from app.providers import build_embedder, build_provider
 from app.providers.base import GenerationParams, TokenStream, Turn, Usage
+from app.tools import Inputs, Toolbox, ToolRun
 from app.validation import ChatRequest
 
 _tracer = trace.get_tracer(__name__)
@@ -45,6 +46,7 @@ class Answer:
     usage: Usage | None = None
     finish_reason: str = "stop"
     degraded: str = ""
+    tools: list[dict[str, Any]] | None = None  # the context tools called, when the context has tools
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class StreamedAnswer:
     stream: TokenStream
     sources: list[dict[str, Any]]
     degraded: str = ""
+    tools: list[dict[str, Any]] | None = None  # the context tools called, filled in as each call ends
 
 
 class Runtime:
@@ -67,6 +70,7 @@ class Runtime:
         self.provider = build_provider(settings, self.metrics)
         self.embedder = build_embedder(settings, self.metrics)
         self.memory = open_memory(settings, self.embedder)
+        self.tools = Toolbox(settings, self.metrics)
 
     def problems(self) -> list[str]:
         """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
@@ -125,30 +129,63 @@ class Runtime:
         self.metrics.child(self.metrics.prompt_render, request.component).observe(time.perf_counter() - started)
         return Rendered(context=context, results=retrieval.results, prompt=prompt, degraded=retrieval.degraded)
 
-    def answer(self, request: ChatRequest) -> Answer:
-        """The model's text when a model is configured, the rendered prompt otherwise."""
+    def answer(self, request: ChatRequest, request_id: str = "") -> Answer:
+        """The model's text when a model is configured, the rendered prompt otherwise; a context's tools run
+        in the tool loop first (`request_id` goes with each call)."""
         rendered = self.render(request)
         sources = _sources(rendered)
         if self.provider is None:
             return Answer(rendered=rendered.prompt, model=None, sources=sources, degraded=rendered.degraded)
-        generation = self.provider.generate(rendered.prompt, *_inference_inputs(rendered.context, request))
+        run = self._tool_run(rendered, request, request_id)
+        if run is None:
+            generation = self.provider.generate(rendered.prompt, *_inference_inputs(rendered.context, request))
+        else:
+            generation = run.generate(
+                self.provider, Inputs(rendered.prompt, *_inference_inputs(rendered.context, request))
+            )
         return Answer(
             rendered=generation.text,
             model=self.provider.model_id,
             sources=sources,
             usage=generation.usage,
             finish_reason=generation.finish_reason or "stop",
-            degraded=rendered.degraded,
+            degraded=_degraded(rendered, run),
+            tools=run.calls if run else None,
         )
 
-    def stream(self, request: ChatRequest) -> StreamedAnswer:
-        """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model."""
+    def stream(self, request: ChatRequest, request_id: str = "", progress: bool = False) -> StreamedAnswer:
+        """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model.
+        With `progress`, the stream has an empty piece after each tool call (`StreamedAnswer.tools` says which)."""
         rendered = self.render(request)
         if self.provider is None:
             prompt_only = TokenStream(iter([rendered.prompt]), model=None)
             return StreamedAnswer(prompt_only, _sources(rendered), rendered.degraded)
-        stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered.context, request))
-        return StreamedAnswer(stream, _sources(rendered), rendered.degraded)
+        run = self._tool_run(rendered, request, request_id)
+        if run is None:
+            stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered.context, request))
+            return StreamedAnswer(stream, _sources(rendered), rendered.degraded)
+        inputs = Inputs(rendered.prompt, *_inference_inputs(rendered.context, request))
+        stream = run.stream(self.provider, inputs, progress)
+        return StreamedAnswer(stream, _sources(rendered), _degraded(rendered, run), run.calls)
+
+    def _tool_run(self, rendered: Rendered, request: ChatRequest, request_id: str) -> ToolRun | None:
+        """The tool loop of a context with tools (None without: the request pays nothing more); its memory
+        search is the request's own component and tenant, as retrieval's."""
+        toolset = self.tools.of(rendered.context)
+        if toolset is None:
+            return None
+        component = (rendered.context.get("memory") or {}).get("component") or request.component
+
+        def search(query: str, top_k: int) -> list[dict[str, Any]]:
+            found = self.search(replace(request, query=query, top_k=top_k), component)
+            return [result.as_dict() for result in found.results]
+
+        return ToolRun.start(toolset, request_id, request.tenant_id, self.settings.hf_deadline, search)
+
+
+def _degraded(rendered: Rendered, run: ToolRun | None) -> str:
+    """Why the answer had less than configured: memory searched keywords only, an MCP server was down."""
+    return ",".join(filter(None, (rendered.degraded, run.degraded if run else "")))
 
 
 def _sources(rendered: Rendered) -> list[dict[str, Any]]:

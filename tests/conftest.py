@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN, Postgres
+from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN, McpProcess, Postgres, mcp1_python
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -93,3 +94,19 @@ def memory_url(request: pytest.FixtureRequest) -> str:
 def memory_at(memory_url: str) -> Callable[[Path], Memory]:
     """The memory of a project root, on the backend under test."""
     return lambda root: open_memory(Settings(project_root=root, memory_url=memory_url))
+
+
+@pytest.fixture(scope="session", params=["mcp-2", "mcp-1"])
+def mcp_server(request: pytest.FixtureRequest) -> Iterator[McpProcess]:
+    """A real MCP server (tests/mcp_server.py) on each SDK major: the venv's 2.x, and 1.x as servers in the field
+    run (a venv built once from PyPI; skipped only when it cannot be built)."""
+    python = sys.executable
+    if request.param == "mcp-1":
+        python = mcp1_python() or ""
+        if not python:
+            pytest.skip("the mcp<2 venv (.venv-mcp1) cannot be built: no package index reachable")
+    server = McpProcess(python)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -48,7 +48,9 @@ def recording(app):
     async def wrapped(scope, receive, send):
         if scope["type"] == "http" and scope["path"] == "/seen":
             body = json.dumps(seen).encode()
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
             await send({"type": "http.response.body", "body": body})
             return
         if scope["type"] == "http" and scope["method"] == "POST":

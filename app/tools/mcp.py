@@ -49,7 +49,6 @@ T = TypeVar("T")
 LIST_RETRY_SECONDS = 5.0
 # Past its deadline, the waiting thread gives the loop this long to cancel the call before it leaves.
 _CANCEL_GRACE = 0.5
-DEGRADED = "mcp-unavailable"
 
 
 class EventLoop:

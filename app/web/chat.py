@@ -52,14 +52,22 @@ def chat():
     """Render the context's prompt for the request and, when configured, ask the model (streamed on request)."""
     runtime, chat_request = admit(parse_chat_request(json_body()))
     if chat_request.stream:
-        streamed = runtime.stream(chat_request)
-        response = sse_response(streamed.stream, sources=streamed.sources, request_id=g.request_id)
+        streamed = runtime.stream(chat_request, g.request_id, progress=True)
+        response = sse_response(
+            streamed.stream, tools=streamed.tools, sources=streamed.sources, request_id=g.request_id
+        )
         degraded = streamed.degraded
     else:
-        answer = runtime.answer(chat_request)
+        answer = runtime.answer(chat_request, g.request_id)
         usage = {"usage": answer.usage.as_dict()} if answer.usage else {}
+        tools = {"tools": answer.tools} if answer.tools is not None else {}
         response = jsonify(
-            rendered=answer.rendered, model=answer.model, sources=answer.sources, **usage, request_id=g.request_id
+            rendered=answer.rendered,
+            model=answer.model,
+            sources=answer.sources,
+            **usage,
+            **tools,
+            request_id=g.request_id,
         )
         degraded = answer.degraded
     return mark_degraded(response, degraded)

@@ -68,7 +68,7 @@ def chat_completions():
     head = {"id": f"chatcmpl-{g.request_id}", "created": int(time.time()), "model": chat_request.context}
     if chat_request.stream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        streamed = runtime.stream(chat_request)
+        streamed = runtime.stream(chat_request, g.request_id)
         stream = streamed.stream
         chunk = {**head, "object": "chat.completion.chunk"}
 
@@ -95,7 +95,7 @@ def chat_completions():
             return sse_event(openai_error(exc.status, exc.code, exc.message, exc.param))
 
         return mark_degraded(event_stream(stream, events(), error_event, g.request_id), streamed.degraded)
-    answer = runtime.answer(chat_request)
+    answer = runtime.answer(chat_request, g.request_id)
     response = jsonify(
         **head,
         object="chat.completion",
