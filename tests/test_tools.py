@@ -75,13 +75,15 @@ def test_a_context_with_the_three_kinds_of_tools_is_valid(tmp_path: Path, monkey
         ("  - name: a\n    parameters: {type: object, properties: {host: {type: string}}}\n"
          "    http: {url: 'https://{host}/x'}\n",
          "contexts/Bot/bot.ctx: tools.0.http.url: the scheme, host and port are the operator's"),
-        ("  - name: a\n    http: {url: 'ftp://h/x'}\n", "contexts/Bot/bot.ctx: tools.0.http.url: 'ftp://h/x' does not match"),
+        ("  - name: a\n    http: {url: 'ftp://h/x'}\n",
+         "contexts/Bot/bot.ctx: tools.0.http.url: 'ftp://h/x' does not match"),
         ("  - name: a\n    http: {url: 'https://h/x', method: TRACE}\n", "contexts/Bot/bot.ctx: tools.0.http.method:"),
         ("  - name: 'has space'\n    http: {url: 'https://h/x'}\n", "contexts/Bot/bot.ctx: tools.0.name: 'has space'"),
         ("  - name: a\n    parameters: {type: 12}\n    http: {url: 'https://h/x'}\n",
          "contexts/Bot/bot.ctx: tools.0.parameters.type:"),
         ("  - description: what\n", "contexts/Bot/bot.ctx: tools.0: needs one of http, mcp, builtin"),
-        ("  - mcp: {url: 'http://w/mcp', tools: []}\n", "contexts/Bot/bot.ctx: tools.0.mcp.tools: [] should be non-empty"),
+        ("  - mcp: {url: 'http://w/mcp', tools: []}\n",
+         "contexts/Bot/bot.ctx: tools.0.mcp.tools: [] should be non-empty"),
         ("  - name: a\n    http: {url: 'https://h/x'}\n    mcp: {url: 'http://w/mcp'}\n",
          "contexts/Bot/bot.ctx: tools.0: Additional properties are not allowed ('mcp' was unexpected)"),
     ],
@@ -95,7 +97,7 @@ def test_tool_problems_name_the_file_and_field(tmp_path: Path, tools: str, probl
 
 def test_max_tool_steps_is_bounded(tmp_path: Path) -> None:
     write_context(tmp_path, "  - memory_search\n", extra="guardrails: {max_tool_steps: 0}\n")
-    with pytest.raises(ContextInvalid, match="guardrails.max_tool_steps: 0 is less than the minimum of 1"):
+    with pytest.raises(ContextInvalid, match=r"guardrails\.max_tool_steps: 0 is less than the minimum of 1"):
         ContextStore(tmp_path).resolve("Bot")
 
 
@@ -121,7 +123,12 @@ def http_tool(url: str, method: str = "GET", timeout: float = 5, **settings: obj
             "properties": {"order_id": {"type": "string"}, "verbose": {"type": "boolean"}},
             "required": ["order_id"],
         },
-        "http": {"method": method, "url": url, "headers": {"Authorization": "Bearer ${ORDERS_TOKEN}"}, "timeout": timeout},
+        "http": {
+            "method": method,
+            "url": url,
+            "headers": {"Authorization": "Bearer ${ORDERS_TOKEN}"},
+            "timeout": timeout,
+        },
     }
     return HttpTool(spec, Settings().replace(**settings), HttpSession(4))
 
@@ -147,7 +154,11 @@ def test_an_http_tool_fills_its_path_and_query_and_sends_the_request_headers(bac
 
 @pytest.mark.parametrize(
     ("order_id", "path"),
-    [("../../admin", "/orders/..%2F..%2Fadmin"), ("a/b?c=d#e", "/orders/a%2Fb%3Fc%3Dd%23e"), ("%2E%2E", "/orders/%252E%252E")],
+    [
+        ("../../admin", "/orders/..%2F..%2Fadmin"),
+        ("a/b?c=d#e", "/orders/a%2Fb%3Fc%3Dd%23e"),
+        ("%2E%2E", "/orders/%252E%252E"),
+    ],
 )  # fmt: skip
 def test_arguments_are_one_encoded_path_segment(backend: ToolBackend, order_id: str, path: str) -> None:
     tool = http_tool(f"{backend.url}/orders/{{order_id}}")
