@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from opentelemetry import trace
@@ -18,10 +19,10 @@ from app.errors import BadRequest
 from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
-from app.providers import build_embedder, build_provider
-from app.providers.base import GenerationParams, TokenStream, Turn, Usage
+from app.providers import build_embedder, build_provider, structured
+from app.providers.base import Choice, GenerationParams, TokenStream, ToolCall, Turn, Usage
 from app.tools import Inputs, Toolbox, ToolRun
-from app.validation import ChatRequest
+from app.validation import ChatRequest, content_text
 
 _tracer = trace.get_tracer(__name__)
 
@@ -46,7 +47,9 @@ class Answer:
     usage: Usage | None = None
     finish_reason: str = "stop"
     degraded: str = ""
-    tools: list[dict[str, Any]] | None = None  # the context tools called, when the context has tools
+    tool_calls: tuple[ToolCall, ...] = ()  # the tools the model asks the client to call (`finish_reason` says so)
+    choices: tuple[Choice, ...] = ()  # every answer of the model (n of them), the first included; () without one
+    tools: list[dict[str, Any]] | None = None  # the context's own tools the runtime called, when it has tools
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ class Runtime:
             "results": [result.as_dict() for result in retrieval.results],
             "tenant_id": request.tenant_id,
             "query": request.query,
-            "messages": [dict(message) for message in request.messages],
+            "messages": [{**message, "content": content_text(message["content"])} for message in request.messages],
             # True when the model gets the history as turns, so a template need not repeat it.
             "history_in_turns": bool(self.provider and self.provider.history_in_turns),
         }
@@ -136,13 +139,12 @@ class Runtime:
         sources = _sources(rendered)
         if self.provider is None:
             return Answer(rendered=rendered.prompt, model=None, sources=sources, degraded=rendered.degraded)
+        inputs = _inference_inputs(rendered.context, request)
         run = self._tool_run(rendered, request, request_id)
         if run is None:
-            generation = self.provider.generate(rendered.prompt, *_inference_inputs(rendered.context, request))
+            generation = structured.generate(self.provider, rendered.prompt, *inputs)
         else:
-            generation = run.generate(
-                self.provider, Inputs(rendered.prompt, *_inference_inputs(rendered.context, request))
-            )
+            generation = run.generate(partial(structured.generate, self.provider), Inputs(rendered.prompt, *inputs))
         return Answer(
             rendered=generation.text,
             model=self.provider.model_id,
@@ -150,6 +152,8 @@ class Runtime:
             usage=generation.usage,
             finish_reason=generation.finish_reason or "stop",
             degraded=_degraded(rendered, run),
+            tool_calls=generation.tool_calls,
+            choices=generation.choices,
             tools=run.calls if run else None,
         )
 
@@ -160,12 +164,13 @@ class Runtime:
         if self.provider is None:
             prompt_only = TokenStream(iter([rendered.prompt]), model=None)
             return StreamedAnswer(prompt_only, _sources(rendered), rendered.degraded)
+        inputs = _inference_inputs(rendered.context, request)
         run = self._tool_run(rendered, request, request_id)
         if run is None:
-            stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered.context, request))
+            stream = structured.stream(self.provider, rendered.prompt, *inputs)
             return StreamedAnswer(stream, _sources(rendered), rendered.degraded)
-        inputs = Inputs(rendered.prompt, *_inference_inputs(rendered.context, request))
-        stream = run.stream(self.provider, inputs, progress)
+        call = partial(structured.stream, self.provider)
+        stream = run.stream(call, self.provider.model_id, Inputs(rendered.prompt, *inputs), progress)
         return StreamedAnswer(stream, _sources(rendered), _degraded(rendered, run), run.calls)
 
     def _tool_run(self, rendered: Rendered, request: ChatRequest, request_id: str) -> ToolRun | None:
@@ -202,20 +207,27 @@ def _inference_inputs(
 
 
 def _params(context: dict[str, Any], request: ChatRequest) -> GenerationParams:
-    """The guardrails' sampling, with what the client asked for where it stays within `guardrails.client_max`."""
+    """The guardrails' sampling, with what the client asked for where it stays within `guardrails.client_max`
+    (a 400 past it) or, for `max_tokens` without one, within the context's own `max_tokens` (its ceiling); and
+    the OpenAI fields the client set."""
     guardrails = context.get("guardrails") or {}
     params = GenerationParams.from_guardrails(guardrails)
     overrides = request.overrides
-    for name, ceiling in guardrails.get("client_max", {}).items():
+    limits = guardrails.get("client_max", {})
+    for name, ceiling in limits.items():
         if overrides.get(name, 0) > ceiling:
             raise BadRequest(
                 f"{name}: {overrides[name]} is more than context {context['name']!r} allows ({ceiling})",
                 code="invalid_request",
                 param=name,
             )
+    max_tokens = overrides.get("max_tokens", params.max_new_tokens)
+    if "max_tokens" in guardrails and "max_tokens" not in limits:
+        max_tokens = min(max_tokens, guardrails["max_tokens"])
     return replace(
         params,
-        max_new_tokens=overrides.get("max_tokens", params.max_new_tokens),
+        **request.options,
+        max_new_tokens=max_tokens,
         temperature=overrides.get("temperature", params.temperature),
         top_p=overrides.get("top_p", params.top_p),
         stop=overrides.get("stop", params.stop),

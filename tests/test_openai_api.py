@@ -145,7 +145,14 @@ def test_sampling_options_override_the_guardrails_within_the_contexts_limits(ser
     fake, live, _ = serve(Reply(body=completion("ok")))
     client = sdk(live)
     client.chat.completions.create(
-        model="SupportBot", messages=HELLO, temperature=0, max_completion_tokens=100, top_p=0.5, stop="\n\n", seed=7
+        model="SupportBot",
+        messages=HELLO,
+        temperature=0,
+        max_completion_tokens=100,
+        top_p=0.5,
+        stop="\n\n",
+        seed=7,
+        logit_bias={"50256": -100},
     )
     upstream = fake.seen[0].body
     assert (upstream["temperature"], upstream["max_tokens"], upstream["top_p"], upstream["stop"]) == (
@@ -154,7 +161,8 @@ def test_sampling_options_override_the_guardrails_within_the_contexts_limits(ser
         0.5,
         ["\n\n"],
     )
-    assert "seed" not in upstream  # unknown OpenAI fields are ignored, never passed on
+    assert upstream["seed"] == 7  # OpenAI's fields are passed on (docs/api.md)
+    assert "logit_bias" not in upstream  # unknown ones are ignored, never passed on
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(model="SupportBot", messages=HELLO, max_tokens=4096)
     assert raised.value.body["param"] == "max_tokens"
@@ -213,8 +221,10 @@ def test_without_a_model_the_rendered_prompt_is_the_content(client):
 @pytest.mark.parametrize(
     ("messages", "param", "needle"),
     [
-        ([{"role": "tool", "content": "42"}, *HELLO], "messages", "is not one of"),
-        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages", "messages.0"),
+        ([{"role": "tool", "content": "42"}, *HELLO], "messages", "'tool_call_id' is a required property"),
+        ([{"role": "robot", "content": "42"}, *HELLO], "messages", "is not one of"),
+        ([{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}], "messages", "messages.0"),
+        ([{"role": "user", "content": [{"type": "image_url"}]}], "messages", "messages.0"),
         ([], "messages", "should be non-empty"),
         ([{"role": "system", "content": "Be brief."}], "messages", "no message has the role user"),
     ],
@@ -282,15 +292,20 @@ def test_the_models_failures_are_server_errors_with_the_hf_codes(serve, reply, s
 
 
 @pytest.mark.parametrize(
-    ("reply", "calls"),
-    [(Reply(status=402, body=CREDITS_BODY), 1), (Reply(status=503, body={"error": "overloaded"}), 3)],
+    ("reply", "retries", "calls"),
+    [
+        (Reply(status=402, body=CREDITS_BODY), 0, 1),
+        # Without retries of its own the runtime leaves them to the client; with them, the client must not add its.
+        (Reply(status=503, body={"error": "overloaded"}), 0, 3),
+        (Reply(status=503, body={"error": "overloaded"}), 1, 2),
+    ],
 )
-def test_the_sdk_retries_only_what_may_succeed_later(serve, reply, calls):
-    fake, live, _ = serve(reply, hf_max_retries=0)
+def test_the_sdk_retries_only_what_may_succeed_later_and_retries_never_multiply(serve, reply, retries, calls):
+    fake, live, _ = serve(reply, hf_max_retries=retries, hf_backoff_factor=0)
     client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=2, timeout=10)
     with pytest.raises(openai.InternalServerError) as raised:
         client.chat.completions.create(model="SupportBot", messages=HELLO)
-    assert raised.value.response.headers.get("x-should-retry") == (None if calls > 1 else "false")
+    assert raised.value.response.headers.get("x-should-retry") == (None if calls == 3 else "false")
     assert len(fake.seen) == calls
 
 

@@ -10,7 +10,7 @@ Token usage is summed over the steps: each model call is paid for.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,7 +19,6 @@ from app.providers.base import (
     Finish,
     Generation,
     GenerationParams,
-    Provider,
     ServedBy,
     StreamPiece,
     TokenStream,
@@ -30,6 +29,10 @@ from app.providers.base import (
 )
 from app.tools.base import CallContext, Search
 from app.tools.toolset import Offer, Ran, Toolset
+
+# The provider's calls, as the runtime makes them: (prompt, params, system, history, after).
+Generate = Callable[[str, GenerationParams, str, Sequence[Turn], Sequence[Turn]], Generation]
+Stream = Callable[[str, GenerationParams, str, Sequence[Turn], Sequence[Turn]], TokenStream]
 
 
 @dataclass(frozen=True)
@@ -86,13 +89,14 @@ class ToolRun:
             f"without answering; tools called: {called}"
         )
 
-    def generate(self, provider: Provider, inputs: Inputs) -> Generation:
-        """The model's final whole answer (or one calling the client's tools), after the context's tools ran."""
+    def generate(self, generate: Generate, inputs: Inputs) -> Generation:
+        """The model's final whole answer (or one calling the client's tools), after the context's tools ran;
+        `generate` is the provider's call (as the runtime makes it: structured output checked)."""
         offer, inputs, client = self._offer(inputs)
         turns: list[Turn] = list(inputs.after)
         usage: Usage | None = None
         for _ in range(self.toolset.max_steps):
-            generation = provider.generate(inputs.prompt, inputs.params, inputs.system, inputs.history, tuple(turns))
+            generation = generate(inputs.prompt, inputs.params, inputs.system, inputs.history, tuple(turns))
             usage = _add(usage, generation.usage)
             calls = generation.tool_calls
             # Calls of the client's tools make the answer the client's to act on, with only those calls: the
@@ -104,19 +108,19 @@ class ToolRun:
                 pass
         raise self._exceeded()
 
-    def stream(self, provider: Provider, inputs: Inputs, progress: bool) -> TokenStream:
+    def stream(self, stream: Stream, model_id: str, inputs: Inputs, progress: bool) -> TokenStream:
         """The final answer as a stream: tool steps first (with `progress`, an empty piece after each call,
         for the native stream to show it), then the last model call's pieces as they arrive."""
-        return TokenStream(self._pieces(provider, inputs, progress), provider.model_id)
+        return TokenStream(self._pieces(stream, inputs, progress), model_id)
 
     def _pieces(
-        self, provider: Provider, inputs: Inputs, progress: bool
+        self, call: Stream, inputs: Inputs, progress: bool
     ) -> Iterator[StreamPiece | Usage | ServedBy | Finish]:
         offer, inputs, client = self._offer(inputs)
         turns: list[Turn] = list(inputs.after)
         usage: Usage | None = None
         for _ in range(self.toolset.max_steps):
-            stream = provider.stream(inputs.prompt, inputs.params, inputs.system, inputs.history, tuple(turns))
+            stream = call(inputs.prompt, inputs.params, inputs.system, inputs.history, tuple(turns))
             text = ""
             relayed: dict[int, bool] = {}  # each call of the first choice: relayed (the client's) or kept (ours)
             try:

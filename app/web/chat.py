@@ -59,15 +59,13 @@ def chat():
         degraded = streamed.degraded
     else:
         answer = runtime.answer(chat_request, g.request_id)
-        usage = {"usage": answer.usage.as_dict()} if answer.usage else {}
-        tools = {"tools": answer.tools} if answer.tools is not None else {}
+        extra: dict[str, Any] = {"usage": answer.usage.as_dict()} if answer.usage else {}
+        if answer.tool_calls:  # the tools the model asks the client to call, with the finish reason saying so
+            extra.update(tool_calls=list(answer.tool_calls), finish_reason=answer.finish_reason)
+        if answer.tools is not None:  # the context's own tools the runtime called
+            extra["tools"] = answer.tools
         response = jsonify(
-            rendered=answer.rendered,
-            model=answer.model,
-            sources=answer.sources,
-            **usage,
-            **tools,
-            request_id=g.request_id,
+            rendered=answer.rendered, model=answer.model, sources=answer.sources, **extra, request_id=g.request_id
         )
         degraded = answer.degraded
     return mark_degraded(response, degraded)
