@@ -151,7 +151,7 @@ class Runtime:
             sources=sources,
             usage=generation.usage,
             finish_reason=generation.finish_reason or "stop",
-            degraded=_degraded(rendered, run),
+            degraded=rendered.degraded if run is None else _degraded(rendered, run),
             tool_calls=generation.tool_calls,
             choices=generation.choices,
             tools=run.calls if run else None,
@@ -188,9 +188,9 @@ class Runtime:
         return ToolRun.start(toolset, request_id, request.tenant_id, self.settings.hf_deadline, search)
 
 
-def _degraded(rendered: Rendered, run: ToolRun | None) -> str:
+def _degraded(rendered: Rendered, run: ToolRun) -> str:
     """Why the answer had less than configured: memory searched keywords only, an MCP server was down."""
-    return ",".join(filter(None, (rendered.degraded, run.degraded if run else "")))
+    return ",".join(filter(None, (rendered.degraded, run.degraded)))
 
 
 def _sources(rendered: Rendered) -> list[dict[str, Any]]:

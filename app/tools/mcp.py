@@ -44,6 +44,10 @@ from app.tools.base import (
 )
 
 log = logging.getLogger(__name__)
+# httpx2 logs every request's URL at INFO, and a tool's URL may hold a secret (`${VAR}`); the SDK's own errors
+# are reported here as results and a warning of ours, without their text.
+logging.getLogger("httpx2").setLevel(logging.WARNING)
+logging.getLogger("mcp").setLevel(logging.CRITICAL)
 T = TypeVar("T")
 # Seconds a failed listing is remembered: the server is asked again after it, not on every request meanwhile.
 LIST_RETRY_SECONDS = 5.0
