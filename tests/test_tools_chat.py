@@ -79,12 +79,8 @@ def desk_app(project: Path, model: ToolModel, backend: ToolBackend, mcp_url: str
     prompt.parent.mkdir(parents=True)
     prompt.write_text("You are {{ context.name }}.\n\nUser: {{ user_input }}\n")
     base = Settings.from_env({"CMP_PROJECT_ROOT": str(project)}, dotenv_path=None)
-    return create_app(
-        base.replace(
-            hf_token=TOKEN, hf_model_id="m", hf_endpoint=model.url, hf_api="chat-completion", hf_backoff_factor=0,
-            **settings,
-        )
-    )  # fmt: skip
+    model_settings = {"hf_token": TOKEN, "hf_model_id": "m", "hf_endpoint": model.url, "hf_api": "chat-completion"}
+    return create_app(base.replace(**{**model_settings, "hf_backoff_factor": 0, **settings}))
 
 
 @pytest.fixture
@@ -364,3 +360,55 @@ def test_the_example_answers_through_both_apis_whole_and_streamed(
     assert tested.returncode == 1, tested.stdout + tested.stderr  # the model stand-in calls no tool for plain words
     assert "looks-the-order-up" in tested.stdout and "expected calls of ['order_status']" in tested.stdout
     assert "greets-without-tools" in tested.stdout
+
+
+CLIENT_TOOL = {
+    "type": "function",
+    "function": {"name": "open_ticket", "description": "The client's own", "parameters": {"type": "object"}},
+}
+
+
+def test_client_tools_and_context_tools_in_one_request(app, model: ToolModel):
+    def complete(content: str):
+        body = {"model": "Desk", "tools": [CLIENT_TOOL], "messages": [{"role": "user", "content": content}]}
+        return app.test_client().post("/v1/chat/completions", json=body)
+
+    # A context tool: run by the runtime; the model was offered the client's tool and the context's.
+    ours = complete(use("stock_level", sku="A-1"))
+    assert ours.status_code == 200, ours.json
+    assert ours.json["choices"][0]["message"]["content"] == 'Tool results: {"sku": "A-1", "units": 12}'
+    assert model.offered(0)[0] == "open_ticket" and "stock_level" in model.offered(0)
+    # A client tool: the answer is the client's to act on, with only its own calls.
+    theirs = complete(use("open_ticket") + " " + use("stock_level", sku="A-1"))
+    assert theirs.status_code == 200, theirs.json
+    choice = theirs.json["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert [c["function"]["name"] for c in choice["message"]["tool_calls"]] == ["open_ticket"]
+    assert len(model.seen) == 3  # no second model call for that answer: nothing ran
+
+
+def test_a_context_with_tools_needs_a_model_route_that_carries_them(project: Path, model: ToolModel, backend):
+    app = desk_app(project, model, backend, "http://127.0.0.1:9/mcp", hf_api="text-generation")
+    response = ask(app, "hello")
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "unsupported_by_endpoint"
+    assert model.seen == []
+
+
+def test_the_step_limit_in_streams(app, model: ToolModel):
+    # OpenAI: no event is sent before the loop ends, so the limit is still a 502.
+    openai = app.test_client().post(
+        "/v1/chat/completions",
+        json={"model": "Desk", "stream": True, "messages": [{"role": "user", "content": use("flaky") + " use:again"}]},
+    )
+    assert openai.status_code == 502
+    assert openai.json["error"]["code"] == "tool_steps_exceeded"
+    # Native: the calls were already shown, so the stream ends with the error event.
+    native = ask(app, use("flaky") + " use:again", stream=True)
+    assert native.status_code == 200
+    events = sse_events(native)
+    assert [data["tool"] for _, data in events if "tool" in data] == ["flaky"] * 3
+    assert events[-1] == (
+        "error",
+        {"error": {"code": "tool_steps_exceeded", "message": events[-1][1]["error"]["message"]}},
+    )
