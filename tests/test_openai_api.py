@@ -7,7 +7,6 @@ upstream received as well as what the SDK made of the answer.
 from __future__ import annotations
 
 import shutil
-from contextlib import ExitStack
 
 import openai
 import pytest
@@ -24,6 +23,7 @@ from helpers import (
     Server,
     access_lines,
     metric,
+    sdk,
 )
 
 from app import create_app
@@ -34,28 +34,10 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture
-def serve(hf_settings):
-    """Start a fake chat model with `replies` and the app in front of it: returns (fake, live app, app)."""
-    stack = ExitStack()
-
-    def start(*replies: Reply | Stream, **changes):
-        fake = stack.enter_context(FakeHF(*replies))
-        app = create_app(hf_settings.replace(hf_endpoint=f"{fake.url}/v1", **changes))
-        return fake, stack.enter_context(LiveApp(app)), app
-
-    yield start
-    stack.close()
-
-
-@pytest.fixture
 def authed(serve):
     """The app with keys on (see helpers.KEYS_JSON) and a one-answer fake model."""
     keys = tuple(keys_from_json(KEYS_JSON, "CMP_API_KEYS"))
     return serve(Reply(body=completion("Hi")), auth_enabled=True, api_keys=keys)
-
-
-def sdk(live: LiveApp, key: str = "no-key-needed") -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live.url}/v1", api_key=key, max_retries=0, timeout=10)
 
 
 def test_a_whole_answer_is_a_chat_completion_and_the_upstream_gets_system_then_prompt(serve):
@@ -371,10 +353,26 @@ def test_models_lists_the_contexts_the_callers_tenant_may_use(tenant_project, au
         sdk(live, STAR_KEY).chat.completions.create(model="BillingBot", messages=HELLO)
 
 
+def test_models_retrieve_follows_the_lists_visibility(tenant_project, authed):
+    _, live, _ = authed
+    billing = sdk(live, ACME_KEY).models.retrieve("BillingBot")
+    assert (billing.id, billing.object, billing.owned_by) == ("BillingBot", "model", "acme")
+    assert isinstance(billing.created, int)
+    assert sdk(live, STAR_KEY).models.retrieve("SupportBot").owned_by == "contexis"
+    for key, name in ((STAR_KEY, "BillingBot"), (ACME_KEY, "Broken"), (ACME_KEY, "Nope")):
+        with pytest.raises(openai.NotFoundError) as raised:
+            sdk(live, key).models.retrieve(name)
+        assert raised.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk(live, METRICS_KEY).models.retrieve("SupportBot")
+
+
 def test_models_without_auth_lists_shared_contexts_or_a_named_tenants(tenant_project, client):
     assert [m["id"] for m in client.get("/v1/models").get_json()["data"]] == ["SupportBot"]
     acme = client.get("/v1/models?tenant_id=acme").get_json()["data"]
     assert [m["id"] for m in acme] == ["BillingBot", "SupportBot"]
+    assert client.get("/v1/models/BillingBot").status_code == 404
+    assert client.get("/v1/models/BillingBot?tenant_id=acme").get_json()["owned_by"] == "acme"
     bad = client.get("/v1/models?tenant_id=../x")
     assert bad.status_code == 400
     assert bad.get_json()["error"]["param"] == "tenant_id"

@@ -1,0 +1,123 @@
+"""What a wire format cannot carry or an upstream refuses: a clear 400 naming the field, never a silent drop.
+
+`responses` plays the endpoints with the bodies they send: the classic text-generation route, and the router's
+400 from a provider without tool calling.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import responses
+from helpers import ENDPOINT, GUIDE_BODY, MODEL, TOKEN, chat
+
+from app import create_app
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.test/a.png"}}
+CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+ROUTER = "https://router.test/v1"
+# What the router answers when the provider it picked does not do tool calling.
+NO_TOOLS_BODY = {
+    "error": {
+        "message": f"Provider 'featherless-ai' does not support tools for model '{MODEL}' (token {TOKEN})",
+        "type": "invalid_request_error",
+        "param": "tools",
+        "code": None,
+    }
+}
+
+
+def openai(client, **body):
+    return client.post("/v1/chat/completions", json={"model": "SupportBot", **body})
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": HI, "tools": [WEATHER]}, "tools"),
+        ({"messages": HI, "tool_choice": "required"}, "tool_choice"),
+        ({"messages": HI, "parallel_tool_calls": False}, "parallel_tool_calls"),
+        ({"messages": HI, "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": HI, "n": 2}, "n"),
+        ({"messages": HI, "logprobs": True}, "logprobs"),
+        ({"messages": HI, "top_logprobs": 2}, "top_logprobs"),
+        ({"messages": HI, "presence_penalty": 1}, "presence_penalty"),
+        ({"messages": HI, "frequency_penalty": 1}, "frequency_penalty"),
+        ({"messages": HI, "user": "u1"}, "user"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "see"}, IMAGE]}]}, "messages"),
+        ({"messages": [{"role": "user", "content": [IMAGE]}, {"role": "assistant", "content": "ok"}, *HI]}, "messages"),
+        ({"messages": [*HI, {"role": "assistant", "content": "Sure, "}]}, "messages"),
+        (
+            {
+                "messages": [
+                    *HI,
+                    {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                    {"role": "tool", "tool_call_id": "c1", "content": "sun"},
+                    *HI,
+                ]
+            },
+            "messages",
+        ),
+    ],
+)
+@responses.activate
+def test_the_text_generation_route_refuses_what_it_cannot_carry_by_name(hf_settings, body, param):
+    response = openai(create_app(hf_settings).test_client(), **body)
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert (error["code"], error["param"], error["type"]) == ("unsupported_by_endpoint", param, "invalid_request_error")
+    assert "HF_API=chat-completion" in error["message"]
+    assert len(responses.calls) == 0  # refused before any call
+
+
+@responses.activate
+def test_the_native_api_on_text_generation_refuses_tools_in_its_own_shape(hf_settings):
+    response = chat(create_app(hf_settings), {**GUIDE_BODY, "tools": [WEATHER]})
+    assert response.status_code == 400
+    assert response.get_json() == {
+        "error": {
+            "code": "unsupported_by_endpoint",
+            "message": "tools: tools cannot be sent with HF_API=text-generation, which carries only a prompt and "
+            "sampling parameters; HF_API=chat-completion (the router, TGI's and vLLM's /v1) serves it.",
+        }
+    }
+    assert len(responses.calls) == 0
+
+
+@responses.activate
+def test_seed_and_stop_are_the_classic_routes_own(hf_settings):
+    responses.post(f"{ENDPOINT}/{MODEL}", json=[{"generated_text": "ok"}])
+    response = openai(create_app(hf_settings).test_client(), messages=HI, seed=11, stop=["\n"])
+    assert response.status_code == 200
+    parameters = json.loads(responses.calls[0].request.body)["parameters"]
+    assert (parameters["seed"], parameters["stop"]) == (11, ["\n"])
+
+
+@responses.activate
+def test_a_provider_without_tools_is_a_clear_400_naming_tools_not_a_502(hf_settings):
+    responses.post(f"{ROUTER}/chat/completions", status=400, json=NO_TOOLS_BODY)
+    app = create_app(hf_settings.replace(hf_endpoint=ROUTER))
+    response = openai(app.test_client(), messages=HI, tools=[WEATHER])
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert (error["code"], error["param"], error["type"]) == ("unsupported_by_model", "tools", "invalid_request_error")
+    assert "does not support tools" in error["message"]
+    assert "supports_tools" in error["message"]  # the hint says how to find a provider that does
+    assert TOKEN not in json.dumps(response.get_json())
+    assert response.headers["x-should-retry"] == "false"
+    assert len(responses.calls) == 1  # a refusal is not retried
+    native = chat(app, {**GUIDE_BODY, "tools": [WEATHER]})
+    assert (native.status_code, native.get_json()["error"]["code"]) == (400, "unsupported_by_model")
+
+
+@responses.activate
+def test_a_400_naming_another_field_stays_the_endpoints_refusal(hf_settings):
+    body = {"error": {"message": "model is not supported", "type": "invalid_request_error", "param": "model"}}
+    responses.post(f"{ROUTER}/chat/completions", status=400, json=body)
+    response = openai(create_app(hf_settings.replace(hf_endpoint=ROUTER)).test_client(), messages=HI)
+    assert (response.status_code, response.get_json()["error"]["code"]) == (502, "hf_bad_request")
