@@ -17,6 +17,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit, urlunsplit
 
 import orjson
 import requests
+from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 from requests.adapters import HTTPAdapter
 
 from app.config import Settings
@@ -114,15 +115,18 @@ class HttpTool:
             if remaining <= 0:
                 return failure(f"no answer within {self.timeout:g}s", TIMEOUT)
             try:
-                response = self._session.get().request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=body,
-                    timeout=(min(self.connect_timeout, remaining), remaining),
-                    allow_redirects=False,
-                    stream=True,
-                )
+                # The `execute_tool` span stands for the call: the requests instrumentation's own span would
+                # carry the URL, whose path and query hold the model's arguments.
+                with suppress_http_instrumentation():
+                    response = self._session.get().request(
+                        method,
+                        url,
+                        headers=headers,
+                        data=body,
+                        timeout=(min(self.connect_timeout, remaining), remaining),
+                        allow_redirects=False,
+                        stream=True,
+                    )
             except requests.Timeout:
                 return failure(f"no answer within {self.timeout:g}s", TIMEOUT)
             except requests.RequestException as exc:

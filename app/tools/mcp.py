@@ -27,6 +27,7 @@ import orjson
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from opentelemetry import context as otel_context
 
 from app.config import Settings
 from app.contexts import DEFAULT_TOOL_TIMEOUT
@@ -73,10 +74,16 @@ class EventLoop:
         return self._loop
 
     def run(self, make: Callable[[], Awaitable[T]], timeout: float) -> T:
-        """`make()`'s result within `timeout` seconds; `TimeoutError` (the call cancelled) past it."""
+        """`make()`'s result within `timeout` seconds; `TimeoutError` (the call cancelled) past it. The caller's
+        trace context goes with it, so the SDK's spans nest under the tool call's."""
+        parent = otel_context.get_current()
 
         async def bounded() -> T:
-            return await asyncio.wait_for(make(), timeout)
+            token = otel_context.attach(parent)
+            try:
+                return await asyncio.wait_for(make(), timeout)
+            finally:
+                otel_context.detach(token)
 
         future = asyncio.run_coroutine_threadsafe(bounded(), self._ready())
         try:
