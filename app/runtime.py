@@ -211,7 +211,6 @@ def _params(context: dict[str, Any], request: ChatRequest) -> GenerationParams:
     (a 400 past it) or, for `max_tokens` without one, within the context's own `max_tokens` (its ceiling); and
     the OpenAI fields the client set."""
     guardrails = context.get("guardrails") or {}
-    params = GenerationParams.from_guardrails(guardrails)
     overrides = request.overrides
     limits = guardrails.get("client_max", {})
     for name, ceiling in limits.items():
@@ -221,14 +220,15 @@ def _params(context: dict[str, Any], request: ChatRequest) -> GenerationParams:
                 code="invalid_request",
                 param=name,
             )
-    max_tokens = overrides.get("max_tokens", params.max_new_tokens)
-    if "max_tokens" in guardrails and "max_tokens" not in limits:
-        max_tokens = min(max_tokens, guardrails["max_tokens"])
-    return replace(
-        params,
-        **request.options,
+    context_max = guardrails.get("max_tokens")
+    max_tokens = overrides.get("max_tokens", context_max or GenerationParams.max_new_tokens)
+    if context_max and "max_tokens" not in limits:
+        max_tokens = min(max_tokens, context_max)
+    # Built once: twenty fields, so a replace() of the guardrails' parameters would cost twice.
+    return GenerationParams(
         max_new_tokens=max_tokens,
-        temperature=overrides.get("temperature", params.temperature),
-        top_p=overrides.get("top_p", params.top_p),
-        stop=overrides.get("stop", params.stop),
+        temperature=overrides.get("temperature", guardrails.get("temperature", GenerationParams.temperature)),
+        top_p=overrides.get("top_p", guardrails.get("top_p", GenerationParams.top_p)),
+        stop=overrides.get("stop", ()),
+        **request.options,
     )

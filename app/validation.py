@@ -6,6 +6,7 @@ bodies (`parse_openai_request`), which become the same `ChatRequest`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -53,6 +54,20 @@ _TOOL_CALL = {
         },
     },
 }
+# A tool's result names the call it answers; only an assistant's turn calls tools. Per message these rules would
+# double the compiled check's cost, so it leaves them to `_turn_rules_hold` (the schema keeps them for the
+# contract and for jsonschema's explanation); `_describe` reports their last branch's error, which says what
+# is missing.
+_TOOL_RESULT_RULE: dict[str, Any] = {
+    "anyOf": [
+        {"properties": {"role": {"enum": ["system", "developer", "user", "assistant"]}}},
+        {"required": ["tool_call_id", "content"]},
+    ]
+}
+_TOOL_CALLS_RULE: dict[str, Any] = {
+    "anyOf": [{"properties": {"tool_calls": False}}, {"properties": {"role": {"const": "assistant"}}}]
+}
+_TURN_RULES = [_TOOL_RESULT_RULE, _TOOL_CALLS_RULE]
 MESSAGE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["role"],
@@ -69,11 +84,7 @@ MESSAGE_SCHEMA: dict[str, Any] = {
         "tool_calls": {"type": "array", "items": _TOOL_CALL},
         "tool_call_id": {"type": "string", "minLength": 1},
     },
-    "allOf": [
-        # A tool's result names the call it answers; only an assistant's turn calls tools.
-        {"if": {"properties": {"role": {"const": "tool"}}}, "then": {"required": ["tool_call_id", "content"]}},
-        {"if": {"required": ["tool_calls"]}, "then": {"properties": {"role": {"const": "assistant"}}}},
-    ],
+    "allOf": _TURN_RULES,
 }
 _NAMED_FUNCTION = {
     "type": "object",
@@ -241,24 +252,52 @@ class SchemaCheck:
     compiled check rejects but jsonschema accepts is accepted.
     """
 
-    def __init__(self, schema: dict[str, Any]) -> None:
-        self._fast = fastjsonschema.compile(schema)
+    def __init__(self, schema: dict[str, Any], rules: Callable[[Any], bool] | None = None) -> None:
+        # `rules` checks in Python what the compiled check leaves out (the per-message rules, see above).
+        self._fast = fastjsonschema.compile(_without_turn_rules(schema) if rules else schema)
+        self._rules = rules
         self._explain = Draft202012Validator(schema)
 
     def errors(self, instance: Any) -> list[ValidationError]:
         """Every violation, ordered by where it is; [] when `instance` is valid."""
         try:
             self._fast(instance)
-            return []
+            if self._rules is None or self._rules(instance):
+                return []
         except fastjsonschema.JsonSchemaException:
-            return sorted(self._explain.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
+            pass
+        return sorted(self._explain.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
 
 
-_chat_check = SchemaCheck(CHAT_REQUEST_SCHEMA)
-_openai_check = SchemaCheck(OPENAI_CHAT_SCHEMA)
+def _without_turn_rules(schema: Any) -> Any:
+    """A copy of `schema` whose messages lack the per-message rules (`_turn_rules_hold` checks them)."""
+    if isinstance(schema, dict):
+        return {k: _without_turn_rules(v) for k, v in schema.items() if not (k == "allOf" and v is _TURN_RULES)}
+    if isinstance(schema, list):
+        return [_without_turn_rules(item) for item in schema]
+    return schema
+
+
+def _turn_rules_hold(body: Any) -> bool:
+    """The rules of `_TURN_RULES` for every message of a body the compiled check accepted."""
+    for name in ("messages", "after"):
+        for message in body.get(name, ()):
+            role = message["role"]
+            if role == "tool":
+                if "tool_call_id" not in message or "content" not in message:
+                    return False
+            elif role != "assistant" and "tool_calls" in message:
+                return False
+    return True
+
+
+_chat_check = SchemaCheck(CHAT_REQUEST_SCHEMA, _turn_rules_hold)
+_openai_check = SchemaCheck(OPENAI_CHAT_SCHEMA, _turn_rules_hold)
 
 
 def _describe(error: ValidationError) -> str:
+    if error.schema in (_TOOL_RESULT_RULE, _TOOL_CALLS_RULE) and error.context:
+        error = error.context[-1]
     where = ".".join(str(p) for p in error.absolute_path) or "body"
     if error.validator == "pattern" and isinstance(error.instance, str):
         return f"{where}: {error.instance!r} is not a valid name (1-128 of A-Z a-z 0-9 _ . -, not '.' or '..')"

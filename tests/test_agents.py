@@ -445,3 +445,37 @@ def test_an_upstream_error_event_mid_stream_never_shows_the_token(serve):
     with pytest.raises(openai.APIError) as raised:
         list(sdk(live).chat.completions.create(model="SupportBot", messages=ask("hi"), tools=[WEATHER], stream=True))
     assert TOKEN not in str(raised.value.body)
+
+
+def test_tool_calls_from_a_tgi_style_server_are_made_openai_shaped(serve):
+    """TGI answers `arguments` as an object and some servers send no call id: clients get JSON text and an id."""
+    message = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}],
+    }
+    body = {
+        **completion(None, finish_reason="tool_calls"),
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+    }
+    first = {"index": 0, "type": "function", "function": {"name": "get_weather", "arguments": '{"city": '}}
+    more = {"index": 0, "function": {"arguments": '"Oslo"}'}}
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m"}
+    events = [
+        sse({**chunk, "choices": [{"index": 0, "delta": {"tool_calls": [first]}, "finish_reason": None}]}),
+        sse({**chunk, "choices": [{"index": 0, "delta": {"tool_calls": [more]}, "finish_reason": "tool_calls"}]}),
+        sse("[DONE]"),
+    ]
+    _, live, _ = serve(Reply(body=body), Stream(events))
+    client = sdk(live)
+    [call] = (
+        client.chat.completions.create(model="SupportBot", messages=ask("x"), tools=[WEATHER])
+        .choices[0]
+        .message.tool_calls
+    )
+    assert (call.function.arguments, call.id.startswith("call_")) == ('{"city": "Oslo"}', True)
+    with client.chat.completions.stream(model="SupportBot", messages=ask("x"), tools=[WEATHER]) as stream:
+        final = stream.get_final_completion()
+    [call] = final.choices[0].message.tool_calls
+    assert (call.function.arguments, call.id.startswith("call_")) == ('{"city": "Oslo"}', True)
+    assert final.choices[0].finish_reason == "tool_calls"

@@ -285,8 +285,18 @@ class ChatCompletion(WireFormat):
         (tool call pieces, other choices, logprobs) as `pieces`; the last chunk may carry only `usage`."""
         if not isinstance(data, dict) or not isinstance(data.get("choices", []), list):
             raise bad_response("a stream event that is not a chat completion chunk")
-        choices = data.get("choices") or ()
-        usage = _openai_usage(data) if "usage" in data else None
+        choices: list[Any] = data.get("choices") or []
+        usage = _openai_usage(data)
+        if len(choices) == 1:  # nearly every chunk: the first choice's text, nothing else
+            choice = choices[0]
+            if isinstance(choice, dict) and not choice.get("index") and not choice.get("logprobs"):
+                delta = choice.get("delta")
+                if not isinstance(delta, dict) or not delta.get("tool_calls"):
+                    text = delta.get("content") if isinstance(delta, dict) else None
+                    finish = _text_or_none(choice.get("finish_reason"))
+                    return StreamEvent(
+                        text if isinstance(text, str) else "", usage, model=_model(data), finish_reason=finish
+                    )
         text, finish = "", None
         pieces: list[ToolCallDelta | ChoiceDelta | Finish] = []
         for choice in choices:
