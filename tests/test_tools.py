@@ -15,9 +15,10 @@ from app.config import Settings
 from app.contexts import ContextStore
 from app.errors import ContextInvalid
 from app.observability import RuntimeMetrics
-from app.tools.base import INVALID, OK, TIMEOUT, CallContext
+from app.tools.base import INVALID, OK, TIMEOUT, CallContext, ToolResult
 from app.tools.http import HttpSession, HttpTool
 from app.tools.mcp import McpServer
+from app.tools.toolset import Toolset, ToolThreads
 
 SECRET = "orders-SECRET-token-0123456789"
 
@@ -316,3 +317,37 @@ def test_mcp_calls_from_many_threads_share_the_loop(mcp_server: McpProcess) -> N
     for thread in threads:
         thread.join(20)
     assert [json.loads(r) for r in results] == [{"sku": "B-2", "units": 0}] * 6
+
+
+# -- running a step's calls ---------------------------------------------------------------------------------
+
+
+class Sleepy:
+    """A tool that ignores every deadline (as a buggy one would): the step must not wait for it."""
+
+    kind = "builtin"
+
+    def __init__(self, name: str, seconds: float) -> None:
+        self.name, self.seconds = name, seconds
+
+    def definition(self) -> dict:
+        return {"type": "function", "function": {"name": self.name, "parameters": {"type": "object"}}}
+
+    def call(self, arguments: dict, context: CallContext) -> ToolResult:
+        time.sleep(self.seconds)
+        return ToolResult('"done"')
+
+
+def test_a_step_ends_at_the_request_deadline_whatever_a_tool_does() -> None:
+    metrics = RuntimeMetrics()
+    tools = {"quick": Sleepy("quick", 0), "stuck": Sleepy("stuck", 3)}
+    toolset = Toolset(tools, [], 5, metrics, ToolThreads())
+    offer = toolset.offer(call_context())
+    calls = [{"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": "{}"}} for i, n in
+             enumerate(["stuck", "quick", "nope"])]  # fmt: skip
+    started = time.monotonic()
+    ran = list(toolset.run(offer, calls, call_context(seconds=0.5)))
+    assert time.monotonic() - started < 1.5
+    outcomes = {r.call["id"]: (r.name, r.result.outcome) for r in ran}
+    assert outcomes == {"c0": ("stuck", TIMEOUT), "c1": ("quick", OK), "c2": ("unknown", INVALID)}
+    assert json.loads(ran[-1].result.content) == {"error": "no answer before the request's deadline"}

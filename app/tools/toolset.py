@@ -69,7 +69,7 @@ class Toolset:
     servers: list[McpServer]
     max_steps: int
     metrics: RuntimeMetrics
-    _pool: _Pool = field(repr=False)
+    _pool: ToolThreads = field(repr=False)
 
     def offer(self, context: CallContext) -> Offer:
         tools = dict(self.static)
@@ -89,16 +89,20 @@ class Toolset:
         futures = {
             self._pool.get().submit(self._one, offer, call, context, parent): call for call in calls
         }  # fmt: skip
+        pending = dict(futures)
         try:
             for future in concurrent.futures.as_completed(futures, timeout=max(context.remaining(), 0)):
+                del pending[future]
                 yield future.result()
         except TimeoutError:
-            for future, call in futures.items():
-                if not future.done():
-                    future.cancel()
-                    name = _name(call)
-                    label = name if name in offer.tools else UNKNOWN_TOOL
-                    yield Ran(call, label, failure("no answer before the request's deadline", TIMEOUT), 0.0)
+            for future, call in pending.items():
+                if future.done():  # ended just as the wait did
+                    yield future.result()
+                    continue
+                future.cancel()
+                name = _name(call)
+                label = name if name in offer.tools else UNKNOWN_TOOL
+                yield Ran(call, label, failure("no answer before the request's deadline", TIMEOUT), 0.0)
 
     def _one(self, offer: Offer, call: ToolCall, context: CallContext, parent: otel_context.Context) -> Ran:
         name = _name(call)
@@ -134,7 +138,7 @@ def _name(call: ToolCall) -> str:
     return name if isinstance(name, str) else ""
 
 
-class _Pool:
+class ToolThreads:
     """The process's tool threads, started on first use (in the worker) and anew after a fork."""
 
     def __init__(self) -> None:
@@ -161,7 +165,7 @@ class Toolbox:
         self.settings = settings
         self.metrics = metrics
         self._http = HttpSession(settings.threads)
-        self._pool = _Pool()
+        self._pool = ToolThreads()
         # By the resolved context's identity: the context store hands out the same dict until a file changes.
         self._built: dict[int, tuple[dict[str, Any], Toolset]] = {}
         self._lock = threading.Lock()
