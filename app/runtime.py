@@ -142,9 +142,10 @@ class Runtime:
         inputs = _inference_inputs(rendered.context, request)
         run = self._tool_run(rendered, request, request_id)
         if run is None:
-            generation = structured.generate(self.provider, rendered.prompt, *inputs)
+            generation = structured.generate(self.provider, rendered.prompt, *inputs, budget=self.settings.hf_deadline)
         else:
-            generation = run.generate(partial(structured.generate, self.provider), Inputs(rendered.prompt, *inputs))
+            call = partial(structured.generate, self.provider, budget=self.settings.hf_deadline)
+            generation = run.generate(call, Inputs(rendered.prompt, *inputs))
         return Answer(
             rendered=generation.text,
             model=self.provider.model_id,

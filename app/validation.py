@@ -341,6 +341,8 @@ def _turn(message: dict[str, Any]) -> dict[str, Any]:
     tool result answers; any other key is dropped (history never changes the model, endpoint or token)."""
     role = message["role"]
     content = message.get("content")
+    if isinstance(content, list) and all(part["type"] == "text" for part in content):
+        content = content_text(content)  # text parts alone are one text, as OpenAI reads them
     turn = {"role": "system" if role == "developer" else role, "content": "" if content is None else content}
     if "tool_calls" in message:
         turn["tool_calls"] = message["tool_calls"]
@@ -392,8 +394,8 @@ def parse_openai_request(body: Any) -> ChatRequest:
             "context": body["model"],
             "query": native.get("query", user_input),
             "data": {"user_input": user_input, **native.get("data", {})},
-            "messages": [_text_only(m) for m in messages[:last_user]],
-            "after": [_text_only(m) for m in messages[last_user + 1 :]],
+            "messages": [_with_content(m) for m in messages[:last_user]],
+            "after": [_with_content(m) for m in messages[last_user + 1 :]],
             "stream": bool(body.get("stream")),
         }
     )
@@ -417,11 +419,8 @@ def parse_openai_request(body: Any) -> ChatRequest:
 _OPENAI_OPTIONS = {**TOOL_FIELDS, **OPENAI_FIELDS}
 
 
-def _text_only(message: dict[str, Any]) -> dict[str, Any]:
-    """A message whose content is only text parts as one string (as OpenAI reads it); with images, as sent."""
-    content = message.get("content")
-    if isinstance(content, list) and all(part["type"] == "text" for part in content):
-        return {**message, "content": content_text(content)}
+def _with_content(message: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI message as the native body takes it: `content` may be left out on `/v1`, not there."""
     return message if "content" in message else {**message, "content": None}
 
 

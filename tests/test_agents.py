@@ -479,3 +479,15 @@ def test_tool_calls_from_a_tgi_style_server_are_made_openai_shaped(serve):
     [call] = final.choices[0].message.tool_calls
     assert (call.function.arguments, call.id.startswith("call_")) == ('{"city": "Oslo"}', True)
     assert final.choices[0].finish_reason == "tool_calls"
+
+
+def test_the_second_try_shares_the_requests_deadline(serve):
+    """HF_DEADLINE bounds the request, not each try: without a second left there is no second try."""
+    fake, live, _ = serve(Reply(body=completion("not json"), delay=0.5), hf_deadline=1.2)
+    with pytest.raises(openai.InternalServerError) as raised:
+        sdk(live).chat.completions.create(
+            model="SupportBot", messages=ask("hi"), response_format={"type": "json_object"}
+        )
+    assert raised.value.body["code"] == "structured_output_invalid"
+    assert "no time left to ask once more" in raised.value.body["message"]
+    assert len(fake.seen) == 1

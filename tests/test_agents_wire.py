@@ -7,12 +7,16 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import responses
+from fake_hf import RawHF, drip
 from helpers import ENDPOINT, GUIDE_BODY, MODEL, TOKEN, chat
 
 from app import create_app
+from app.providers.base import GenerationParams
+from app.providers.huggingface import HFError, HuggingFaceClient
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.test/a.png"}}
@@ -121,3 +125,14 @@ def test_a_400_naming_another_field_stays_the_endpoints_refusal(hf_settings):
     responses.post(f"{ROUTER}/chat/completions", status=400, json=body)
     response = openai(create_app(hf_settings.replace(hf_endpoint=ROUTER)).test_client(), messages=HI)
     assert (response.status_code, response.get_json()["error"]["code"]) == (502, "hf_bad_request")
+
+
+def test_a_call_ends_at_the_requests_deadline_when_it_is_sooner_than_hf_deadline(hf_settings):
+    with RawHF(drip(5, 0.05)) as raw:
+        client = HuggingFaceClient(hf_settings.replace(hf_endpoint=raw.url, hf_deadline=30), pool_size=1)
+        started = time.monotonic()
+        with pytest.raises(HFError) as raised:
+            client.generate("p", GenerationParams(deadline_at=started + 0.5))
+        client.close()
+    assert raised.value.code == "hf_timeout"
+    assert time.monotonic() - started < 2

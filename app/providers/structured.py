@@ -11,7 +11,10 @@ A request without `response_format` (or one that only calls tools) costs one tes
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -102,16 +105,22 @@ def generate(
     system: str = "",
     history: Sequence[Turn] = (),
     after: Sequence[Turn] = (),
+    budget: float = math.inf,
 ) -> Generation:
     """`provider.generate`, its answer checked against `params.response_format`: asked once more with the
-    validator's message after a mismatch, `StructuredOutputInvalid` after a second one."""
+    validator's message after a mismatch, within what is left of `budget` seconds (the request's deadline),
+    `StructuredOutputInvalid` after a second one or when no time is left for it."""
     check = check_for(params)
+    started = time.monotonic()
     generation = provider.generate(prompt, params, system, history, after)
     if check is None:
         return generation
     problem = _problem(check, generation)
     if problem is None:
         return generation
+    deadline_at = started + budget
+    if deadline_at - time.monotonic() < 1:
+        raise invalid(check, problem, "with no time left to ask once more")
     again = (
         *after,
         {"role": "assistant", "content": generation.text},
@@ -121,7 +130,8 @@ def generate(
             "Answer again with only JSON that matches it.",
         },
     )
-    generation = provider.generate(prompt, params, system, history, again)
+    retry = dataclasses.replace(params, deadline_at=deadline_at) if budget != math.inf else params
+    generation = provider.generate(prompt, retry, system, history, again)
     problem = _problem(check, generation)
     if problem is not None:
         raise invalid(check, problem, "also when asked once more")

@@ -3,8 +3,8 @@ the assistant's `tool_calls` turn and the `tool` results after the input, and ca
 
 It ends when the model answers with text, when it calls a tool the *client* sent (that answer goes back to the
 client, which runs it: OpenAI's protocol), or after `guardrails.max_tool_steps` model calls (`ToolStepsExceeded`,
-a 502 naming the tools called: never an endless loop). Every step runs within the request's deadline.
-Token usage is summed over the steps: each model call is paid for.
+a 502 naming the tools called: never an endless loop). Every model call and tool call of the loop shares the
+request's deadline (`HF_DEADLINE` from its start, `GenerationParams.deadline_at`). Token usage is summed over the steps: each model call is paid for.
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ class ToolRun:
         self.degraded = offer.degraded
         client = {_name(tool) for tool in inputs.params.tools}
         own = tuple(d for d in offer.definitions if _name(d) not in client)
-        return offer, replace(inputs, params=replace(inputs.params, tools=(*inputs.params.tools, *own))), client
+        # Every model call of the loop shares the request's deadline, as its tool calls do.
+        params = replace(inputs.params, tools=(*inputs.params.tools, *own), deadline_at=self.context.deadline_at)
+        return offer, replace(inputs, params=params), client
 
     def _step(self, offer: Offer, turns: list[Turn], text: str, calls: Sequence[ToolCall]) -> Iterator[Ran]:
         """Run one step's calls, yielding each as it finishes; then append the assistant turn and the results."""

@@ -47,6 +47,12 @@ class HuggingFaceClient:
     def close(self) -> None:
         self.transport.close()
 
+    def _seconds(self, params: GenerationParams) -> float:
+        """HF_DEADLINE, or what is left of the request's when it ends sooner (`params.deadline_at`)."""
+        if params.deadline_at is None:
+            return self.settings.hf_deadline
+        return max(0.0, min(self.settings.hf_deadline, params.deadline_at - time.monotonic()))
+
     def _telemetry(self, params: GenerationParams) -> CallTelemetry:
         return CallTelemetry(self.metrics, self.model_id, self.wire.operation, params)
 
@@ -67,7 +73,7 @@ class HuggingFaceClient:
         self.wire.check(params, history, after)
         observed = self._telemetry(params)
         try:
-            with observed.active(self.settings.hf_deadline):
+            with observed.active(self._seconds(params)):
                 response = self._send(prompt, system, params, history, after, stream=False)
                 generation = self.wire.parse(self.transport.read_json(response))
             observed.succeeded(generation.usage)
@@ -89,9 +95,10 @@ class HuggingFaceClient:
         """The model's answer as it is generated, once its first piece has arrived; `HFError` before that."""
         self.wire.check(params, history, after)
         observed = self._telemetry(params)
-        deadline_at = time.monotonic() + self.settings.hf_deadline
+        seconds = self._seconds(params)
+        deadline_at = time.monotonic() + seconds
         try:
-            with observed.active(self.settings.hf_deadline):
+            with observed.active(seconds):
                 response = self._send(prompt, system, params, history, after, stream=True)
         except HFError as exc:
             observed.failed(exc)
