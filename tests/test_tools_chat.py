@@ -420,3 +420,15 @@ def test_the_step_limit_in_streams(app, model: ToolModel):
         "error",
         {"error": {"code": "tool_steps_exceeded", "message": events[-1][1]["error"]["message"]}},
     )
+
+
+def test_the_loop_shares_one_deadline(project: Path, model: ToolModel, backend: ToolBackend):
+    app = desk_app(project, model, backend, "http://127.0.0.1:9/mcp", hf_deadline=0.4)
+    ask(app, "hello")  # the first request of a process with MCP tools imports the SDK and lists them
+    model.seen.clear()
+    started = time.monotonic()
+    # The tool (0.5 s timeout, a backend slower still) is cut at the deadline: the model's next call has no time.
+    response = ask(app, use("slow"))
+    assert time.monotonic() - started < 2
+    assert response.status_code == 504, response.json
+    assert response.json["error"]["code"] == "hf_timeout"
