@@ -181,3 +181,10 @@ class ToolStepsExceeded(ContexisError):
 
     status = 502
     code = "tool_steps_exceeded"
+
+
+class ModelsUnavailable(ProviderError):
+    """Every model of a context's chain was passed over without a call (circuits open, providers down)."""
+
+    status = 503
+    code = "models_unavailable"

@@ -20,7 +20,8 @@ from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
 from app.providers import build_embedder, build_provider, structured
-from app.providers.base import Choice, GenerationParams, TokenStream, ToolCall, Turn, Usage
+from app.providers.base import Choice, Generation, GenerationParams, TokenStream, ToolCall, Turn, Usage
+from app.routing import ModelChain, ModelRouter, chain_of
 from app.tools import Inputs, Toolbox, ToolRun
 from app.validation import ChatRequest, content_text
 
@@ -35,6 +36,7 @@ class Rendered:
     results: list[SearchResult]
     prompt: str
     degraded: str = ""  # why memory searched keywords only, when it had to
+    chain: ModelChain | None = None  # the context's models, when its file names them (`model:`)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Answer:
     usage: Usage | None = None
     finish_reason: str = "stop"
     degraded: str = ""
+    served: str | None = None  # the chain entry that answered, when the context names its models
     tool_calls: tuple[ToolCall, ...] = ()  # the tools the model asks the client to call (`finish_reason` says so)
     choices: tuple[Choice, ...] = ()  # every answer of the model (n of them), the first included; () without one
     tools: list[dict[str, Any]] | None = None  # the context's own tools the runtime called, when it has tools
@@ -59,6 +62,7 @@ class StreamedAnswer:
     stream: TokenStream
     sources: list[dict[str, Any]]
     degraded: str = ""
+    served: str | None = None  # as `Answer.served`
     tools: list[dict[str, Any]] | None = None  # the context tools called, filled in as each call ends
 
 
@@ -71,6 +75,8 @@ class Runtime:
         self.contexts = ContextStore(settings.project_root)
         self.prompts = PromptRenderer(settings.project_root, settings.max_prompt_chars, settings.render_timeout)
         self.provider = build_provider(settings, self.metrics)
+        # Contexts that name their models (`model:`) go through it; models are called only with HF_TOKEN.
+        self.router = ModelRouter(settings, self.metrics) if settings.hf_token else None
         self.embedder = build_embedder(settings, self.metrics)
         self.memory = open_memory(settings, self.embedder)
         self.tools = Toolbox(settings, self.metrics)
@@ -80,6 +86,20 @@ class Runtime:
         problems = self.contexts.problems()
         memory = self.memory.problem()
         return [*problems, memory] if memory else problems
+
+    def calls_model(self, context: dict[str, Any]) -> bool:
+        """Whether requests to `context` reach a model: its chain, or HF_MODEL_ID."""
+        return bool(self.provider or (self.router and chain_of(context)))
+
+    def chains(self) -> dict[str, list[dict[str, str]]]:
+        """Each valid context's models in the order they are tried (`/version`): its chain, or HF_MODEL_ID."""
+        provider = self.provider
+        default = [{"id": provider.model_id, "endpoint": self.settings.hf_endpoint_public}] if provider else []
+        found = {}
+        for name, path in self.contexts.available().items():
+            chain = chain_of(self.contexts.load(path))
+            found[name] = chain.describe(self.settings) if chain else default
+        return found
 
     def search(self, request: ChatRequest, component: str = "") -> Retrieval:
         """The memory matches of `component` (the request's by default) for the request's query (none without one)."""
@@ -114,6 +134,7 @@ class Runtime:
         clients do, still gets retrieval), else the request's component.
         """
         context = self.contexts.resolve(request.context, request.tenant_id)
+        chain = chain_of(context) if self.router else None
         named = request.component != request.context
         retrieval = self.search(request, "" if named else (context.get("memory") or {}).get("component", ""))
         variables = {
@@ -125,34 +146,51 @@ class Runtime:
             "query": request.query,
             "messages": [{**message, "content": content_text(message["content"])} for message in request.messages],
             # True when the model gets the history as turns, so a template need not repeat it.
-            "history_in_turns": bool(self.provider and self.provider.history_in_turns),
+            "history_in_turns": self._history_in_turns(chain),
         }
         started = time.perf_counter()
         prompt = self.prompts.render(request.component, request.prompt_file, variables)
         self.metrics.child(self.metrics.prompt_render, request.component).observe(time.perf_counter() - started)
-        return Rendered(context=context, results=retrieval.results, prompt=prompt, degraded=retrieval.degraded)
+        return Rendered(context, retrieval.results, prompt, retrieval.degraded, chain)
+
+    def _history_in_turns(self, chain: ModelChain | None) -> bool:
+        if chain and self.router:
+            return self.router.history_in_turns(chain)
+        return bool(self.provider and self.provider.history_in_turns)
 
     def answer(self, request: ChatRequest, request_id: str = "") -> Answer:
-        """The model's text when a model is configured, the rendered prompt otherwise; a context's tools run
-        in the tool loop first (`request_id` goes with each call)."""
+        """The model's text when a model is configured, the rendered prompt otherwise; an answer that must match
+        the request's `response_format` is checked (`app.providers.structured`); a context's tools run in the tool
+        loop first (`request_id` goes with each call)."""
         rendered = self.render(request)
         sources = _sources(rendered)
-        if self.provider is None:
+        inputs = _inference_inputs(rendered, request)
+        chain, router, served = rendered.chain, self.router, []
+        if chain and router:
+
+            def generate(*args: Any) -> Generation:  # the chain, called as a provider is
+                routed = router.generate(chain, *args)
+                served.append(routed.served)
+                return routed.result
+
+        elif self.provider is None:
             return Answer(rendered=rendered.prompt, model=None, sources=sources, degraded=rendered.degraded)
-        inputs = _inference_inputs(rendered.context, request)
+        else:
+            generate = self.provider.generate
         run = self._tool_run(rendered, request, request_id)
         if run is None:
-            generation = structured.generate(self.provider, rendered.prompt, *inputs, budget=self.settings.hf_deadline)
+            generation = structured.generate(generate, rendered.prompt, *inputs, budget=self.settings.hf_deadline)
         else:
-            call = partial(structured.generate, self.provider, budget=self.settings.hf_deadline)
+            call = partial(structured.generate, generate, budget=self.settings.hf_deadline)
             generation = run.generate(call, Inputs(rendered.prompt, *inputs))
         return Answer(
             rendered=generation.text,
-            model=self.provider.model_id,
+            model=served[-1] if served else self.provider.model_id if self.provider else None,
             sources=sources,
             usage=generation.usage,
             finish_reason=generation.finish_reason or "stop",
             degraded=rendered.degraded if run is None else _degraded(rendered, run),
+            served=served[-1] if served else None,
             tool_calls=generation.tool_calls,
             choices=generation.choices,
             tools=run.calls if run else None,
@@ -162,17 +200,28 @@ class Runtime:
         """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model.
         With `progress`, the stream has an empty piece after each tool call (`StreamedAnswer.tools` says which)."""
         rendered = self.render(request)
-        if self.provider is None:
-            prompt_only = TokenStream(iter([rendered.prompt]), model=None)
-            return StreamedAnswer(prompt_only, _sources(rendered), rendered.degraded)
-        inputs = _inference_inputs(rendered.context, request)
+        chain, router = rendered.chain, self.router
+        if chain and router:
+
+            def open_stream(*args: Any) -> TokenStream:  # the chain, called as a provider is
+                return router.stream(chain, *args).result
+
+        elif self.provider is None:
+            return StreamedAnswer(
+                TokenStream(iter([rendered.prompt]), model=None), _sources(rendered), rendered.degraded
+            )
+        else:
+            open_stream = self.provider.stream
+        inputs = _inference_inputs(rendered, request)
+        served = None
         run = self._tool_run(rendered, request, request_id)
         if run is None:
-            stream = structured.stream(self.provider, rendered.prompt, *inputs)
-            return StreamedAnswer(stream, _sources(rendered), rendered.degraded)
-        call = partial(structured.stream, self.provider)
-        stream = run.stream(call, self.provider.model_id, Inputs(rendered.prompt, *inputs), progress)
-        return StreamedAnswer(stream, _sources(rendered), _degraded(rendered, run), run.calls)
+            stream = structured.stream(open_stream, rendered.prompt, *inputs)
+            served = stream.model if chain else None
+            return StreamedAnswer(stream, _sources(rendered), rendered.degraded, served)
+        stream = run.stream(partial(structured.stream, open_stream), Inputs(rendered.prompt, *inputs), progress)
+        served = stream.model if chain else None
+        return StreamedAnswer(stream, _sources(rendered), _degraded(rendered, run), served, run.calls)
 
     def _tool_run(self, rendered: Rendered, request: ChatRequest, request_id: str) -> ToolRun | None:
         """The tool loop of a context with tools (None without: the request pays nothing more); its memory
@@ -200,18 +249,20 @@ def _sources(rendered: Rendered) -> list[dict[str, Any]]:
 
 
 def _inference_inputs(
-    context: dict[str, Any], request: ChatRequest
+    rendered: Rendered, request: ChatRequest
 ) -> tuple[GenerationParams, str, tuple[Turn, ...], tuple[Turn, ...]]:
     """What goes with the rendered prompt: sampling parameters, the chat system message, the history and the
     turns after the input."""
-    return _params(context, request), system_message(context), request.messages, request.after
+    return _params(rendered, request), system_message(rendered.context), request.messages, request.after
 
 
-def _params(context: dict[str, Any], request: ChatRequest) -> GenerationParams:
-    """The guardrails' sampling, with what the client asked for where it stays within `guardrails.client_max`
-    (a 400 past it) or, for `max_tokens` without one, within the context's own `max_tokens` (its ceiling); and
-    the OpenAI fields the client set."""
+def _params(rendered: Rendered, request: ChatRequest) -> GenerationParams:
+    """The guardrails' sampling (the chain's `model.params` first), with what the client asked for where it
+    stays within `guardrails.client_max` (a 400 past it) or, for `max_tokens` without one, within the context's
+    own `max_tokens` (its ceiling); and the OpenAI fields the client set."""
+    context = rendered.context
     guardrails = context.get("guardrails") or {}
+    defaults = {**guardrails, **rendered.chain.params} if rendered.chain else guardrails
     overrides = request.overrides
     limits = guardrails.get("client_max", {})
     for name, ceiling in limits.items():
@@ -222,14 +273,14 @@ def _params(context: dict[str, Any], request: ChatRequest) -> GenerationParams:
                 param=name,
             )
     context_max = guardrails.get("max_tokens")
-    max_tokens = overrides.get("max_tokens", context_max or GenerationParams.max_new_tokens)
+    max_tokens = overrides.get("max_tokens", defaults.get("max_tokens", GenerationParams.max_new_tokens))
     if context_max and "max_tokens" not in limits:
         max_tokens = min(max_tokens, context_max)
     # Built once: twenty fields, so a replace() of the guardrails' parameters would cost twice.
     return GenerationParams(
         max_new_tokens=max_tokens,
-        temperature=overrides.get("temperature", guardrails.get("temperature", GenerationParams.temperature)),
-        top_p=overrides.get("top_p", guardrails.get("top_p", GenerationParams.top_p)),
+        temperature=overrides.get("temperature", defaults.get("temperature", GenerationParams.temperature)),
+        top_p=overrides.get("top_p", defaults.get("top_p", GenerationParams.top_p)),
         stop=overrides.get("stop", ()),
         **request.options,
     )

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fake_hf import FakeHF, Reply, Stream
 from flask import Flask
-from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN, LiveApp, McpProcess, Postgres, mcp1_python
+from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN, LiveApp, McpProcess, Postgres, Redis, mcp1_python
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -112,6 +112,14 @@ def memory_url(request: pytest.FixtureRequest) -> str:
 def memory_at(memory_url: str) -> Callable[[Path], Memory]:
     """The memory of a project root, on the backend under test."""
     return lambda root: open_memory(Settings(project_root=root, memory_url=memory_url))
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Redis]:
+    """A throwaway Debian redis-server on a free port (stopped, and resumed if paused, at the end)."""
+    server = Redis(str(tmp_path))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session", params=["mcp-2", "mcp-1"])

@@ -320,11 +320,11 @@ def test_dashboard_config_map_for_the_grafana_sidecar() -> None:
 class ScriptedModel:
     """An OpenAI-compatible chat-completions endpoint whose answer the prompt picks, and an embedder.
 
-    `status:NNN` in the prompt: that status; `slow`: an answer later than the runtime's HF_TIMEOUT;
-    `"stream": true`: a chat stream with usage; `use:TOOL`: fake_hf.ToolModel's tool calls, then its answer from
-    the results; otherwise a JSON answer with usage. It is also the tools' backend: GET `/tool/ok` answers 200,
-    `/tool/fail` 500. Feature extraction
-    (`/{model}/pipeline/feature-extraction`) answers fake_hf's vectors, or status NNN for `embed:NNN` in an input.
+    A model id ending `:failing`: 503; `status:NNN` in the prompt: that status; `slow`: an answer later than
+    the runtime's HF_TIMEOUT; `"stream": true`: a chat stream with usage; `use:TOOL`: fake_hf.ToolModel's tool
+    calls, then its answer from the results; otherwise a JSON answer with usage. It is also the tools' backend:
+    GET `/tool/ok` answers 200, `/tool/fail` 500. Feature extraction (`/{model}/pipeline/feature-extraction`)
+    answers fake_hf's vectors, or status NNN for `embed:NNN` in an input.
     """
 
     def __init__(self) -> None:
@@ -352,7 +352,9 @@ class ScriptedModel:
                     return
                 prompt = json.dumps(body.get("messages", []))
                 status = re.search(r"status:(\d{3})", prompt)
-                if status:
+                if str(body.get("model", "")).endswith(":failing"):  # ChainBot's first model: always down
+                    self._send(503, {"error": "scripted failure"})
+                elif status:
                     self._send(int(status.group(1)), {"error": "scripted failure"})
                 elif "use:" in prompt:
                     calls, text = ToolModel.decide(body["messages"])
@@ -454,6 +456,13 @@ def _project(tmp_path: Path, env: dict[str, str], tools_url: str) -> Path:
     broken = project / "memory" / "CustomerDocs" / "tenant_broken" / "memory.db"
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"this is not an SQLite database" * 100)
+    # A context whose first model is always down: its circuit opens and its requests fall back.
+    chained = project / "contexts" / "ChainBot" / "chainbot.ctx"
+    chained.parent.mkdir()
+    chained.write_text(
+        "extends: ../SupportBot/supportbot.ctx\nname: ChainBot\n"
+        f"model:\n  id: {MODEL}:failing\n  fallbacks: [{MODEL}]\n"
+    )
     return project
 
 
@@ -482,6 +491,7 @@ LOAD = [
     ("POST", "/api/v1/chat", {"context": "../etc"}, 400),
     # A context's tools: one answers, one fails (a result the model reads: the request is a 200).
     ("POST", "/api/v1/chat", {"context": "Tooled", "data": {"user_input": "use:ok_tool use:bad_tool"}}, 200),
+    ("POST", "/api/v1/chat", {**_chat("hello"), "context": "ChainBot", "component": "SupportBot"}, 200),
     ("POST", "/v1/chat/completions", _openai_chat("hello"), 200),
     ("POST", "/v1/chat/completions", _openai_chat("status:503"), 502),
     ("GET", "/v1/models", None, 200),

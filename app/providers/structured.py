@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -29,7 +29,6 @@ from app.providers.base import (
     Finish,
     Generation,
     GenerationParams,
-    Provider,
     ServedBy,
     StreamPiece,
     TokenStream,
@@ -98,8 +97,13 @@ def _problem(check: Check, generation: Generation) -> str | None:
     return None
 
 
+# What is checked: a provider's `generate` or `stream`, or anything called as they are (a chain of models).
+Generate = Callable[[str, GenerationParams, str, Sequence[Turn], Sequence[Turn]], Generation]
+Stream = Callable[[str, GenerationParams, str, Sequence[Turn], Sequence[Turn]], TokenStream]
+
+
 def generate(
-    provider: Provider,
+    call: Generate,
     prompt: str,
     params: GenerationParams,
     system: str = "",
@@ -107,12 +111,12 @@ def generate(
     after: Sequence[Turn] = (),
     budget: float = math.inf,
 ) -> Generation:
-    """`provider.generate`, its answer checked against `params.response_format`: asked once more with the
+    """`call` (a provider's `generate`), its answer checked against `params.response_format`: asked once more with the
     validator's message after a mismatch, within what is left of `budget` seconds (the request's deadline),
     `StructuredOutputInvalid` after a second one or when no time is left for it."""
     check = check_for(params)
     started = time.monotonic()
-    generation = provider.generate(prompt, params, system, history, after)
+    generation = call(prompt, params, system, history, after)
     if check is None:
         return generation
     problem = _problem(check, generation)
@@ -131,7 +135,7 @@ def generate(
         },
     )
     retry = dataclasses.replace(params, deadline_at=deadline_at) if budget != math.inf else params
-    generation = provider.generate(prompt, retry, system, history, again)
+    generation = call(prompt, retry, system, history, again)
     problem = _problem(check, generation)
     if problem is not None:
         raise invalid(check, problem, "also when asked once more")
@@ -139,16 +143,16 @@ def generate(
 
 
 def stream(
-    provider: Provider,
+    call: Stream,
     prompt: str,
     params: GenerationParams,
     system: str = "",
     history: Sequence[Turn] = (),
     after: Sequence[Turn] = (),
 ) -> TokenStream:
-    """`provider.stream`, relayed as it comes and checked against `params.response_format` at its end."""
+    """`call` (a provider's `stream`), relayed as it comes and checked against `params.response_format` at its end."""
     check = check_for(params)
-    tokens = provider.stream(prompt, params, system, history, after)
+    tokens = call(prompt, params, system, history, after)
     if check is None:
         return tokens
     return TokenStream(_checked(tokens, check), tokens.model)

@@ -4,7 +4,8 @@ the assistant's `tool_calls` turn and the `tool` results after the input, and ca
 It ends when the model answers with text, when it calls a tool the *client* sent (that answer goes back to the
 client, which runs it: OpenAI's protocol), or after `guardrails.max_tool_steps` model calls (`ToolStepsExceeded`,
 a 502 naming the tools called: never an endless loop). Every model call and tool call of the loop shares the
-request's deadline (`HF_DEADLINE` from its start, `GenerationParams.deadline_at`). Token usage is summed over the steps: each model call is paid for.
+request's deadline (`HF_DEADLINE` from its start, `GenerationParams.deadline_at`). Token usage is summed over the
+steps: each model call is paid for.
 """
 
 from __future__ import annotations
@@ -110,19 +111,24 @@ class ToolRun:
                 pass
         raise self._exceeded()
 
-    def stream(self, stream: Stream, model_id: str, inputs: Inputs, progress: bool) -> TokenStream:
+    def stream(self, stream: Stream, inputs: Inputs, progress: bool) -> TokenStream:
         """The final answer as a stream: tool steps first (with `progress`, an empty piece after each call,
-        for the native stream to show it), then the last model call's pieces as they arrive."""
-        return TokenStream(self._pieces(stream, inputs, progress), model_id)
+        for the native stream to show it), then the last model call's pieces as they arrive. Its `model` is
+        the model of the first call (the first piece has arrived by then); a chain's may differ later."""
+        streams: list[TokenStream] = []
+        outer = TokenStream(self._pieces(stream, inputs, progress, streams), None)
+        outer.model = streams[0].model if streams else None
+        return outer
 
     def _pieces(
-        self, call: Stream, inputs: Inputs, progress: bool
+        self, call: Stream, inputs: Inputs, progress: bool, streams: list[TokenStream]
     ) -> Iterator[StreamPiece | Usage | ServedBy | Finish]:
         offer, inputs, client = self._offer(inputs)
         turns: list[Turn] = list(inputs.after)
         usage: Usage | None = None
         for _ in range(self.toolset.max_steps):
             stream = call(inputs.prompt, inputs.params, inputs.system, inputs.history, tuple(turns))
+            streams.append(stream)
             text = ""
             relayed: dict[int, bool] = {}  # each call of the first choice: relayed (the client's) or kept (ours)
             try:

@@ -22,7 +22,7 @@ from app.providers.base import Choice, ChoiceDelta, ToolCallDelta, Usage
 from app.validation import parse_openai_request
 from app.web import get_runtime
 from app.web.auth import tenant_for
-from app.web.chat import admit, json_body, mark_degraded
+from app.web.chat import admit, json_body, mark_degraded, mark_model
 from app.web.sse import event_stream, sse_event
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -72,7 +72,8 @@ def chat_completions():
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         streamed = runtime.stream(chat_request, g.request_id)
         stream = streamed.stream
-        chunk = {**head, "object": "chat.completion.chunk"}
+        # A context that names its models answers as the one that served; others as the context.
+        chunk = {**head, "model": streamed.served or chat_request.context, "object": "chat.completion.chunk"}
         indexes = range(chat_request.options.get("n", 1))
 
         def choice(delta: dict[str, str], finish: str | None = None, index: int = 0) -> dict[str, Any]:
@@ -101,11 +102,13 @@ def chat_completions():
             # A chunk of `{"error": ...}` is what OpenAI's SDKs raise as an APIError mid-stream.
             return sse_event(openai_error(exc.status, exc.code, exc.message, exc.param))
 
-        return mark_degraded(event_stream(stream, events(), error_event, g.request_id), streamed.degraded)
+        response = event_stream(stream, events(), error_event, g.request_id)
+        mark_model(response, streamed.served)
+        return mark_degraded(response, streamed.degraded)
     answer = runtime.answer(chat_request, g.request_id)
     choices = answer.choices or (Choice(answer.rendered, finish_reason=answer.finish_reason),)
     response = jsonify(
-        **head,
+        **{**head, "model": answer.served or chat_request.context},
         object="chat.completion",
         choices=[
             {
@@ -119,6 +122,7 @@ def chat_completions():
         usage=_usage(answer.usage),
         sources=answer.sources,
     )
+    mark_model(response, answer.served)
     return mark_degraded(response, answer.degraded)
 
 

@@ -26,7 +26,7 @@ from app.providers.base import (
 )
 from app.providers.huggingface.errors import HFError
 from app.providers.huggingface.telemetry import CallTelemetry, precreate_series
-from app.providers.huggingface.transport import Transport, decode
+from app.providers.huggingface.transport import Transport, deadline_at, decode
 from app.providers.huggingface.wire import WIRE_FORMATS, new_call_id
 
 
@@ -96,7 +96,7 @@ class HuggingFaceClient:
         self.wire.check(params, history, after)
         observed = self._telemetry(params)
         seconds = self._seconds(params)
-        deadline_at = time.monotonic() + seconds
+        ends_at = deadline_at(seconds)
         try:
             with observed.active(seconds):
                 response = self._send(prompt, system, params, history, after, stream=True)
@@ -107,7 +107,7 @@ class HuggingFaceClient:
         if response.headers.get("Content-Type", "").startswith("application/json"):
             # An endpoint that ignores `stream` answers whole: relay that answer as the stream's one piece.
             return TokenStream(self._whole(response, observed), self.model_id)
-        return TokenStream(self._pieces(response, observed, deadline_at), self.model_id)
+        return TokenStream(self._pieces(response, observed, ends_at), self.model_id)
 
     def _whole(
         self, response: requests.Response, observed: CallTelemetry
