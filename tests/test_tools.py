@@ -347,7 +347,7 @@ def test_a_step_ends_at_the_request_deadline_whatever_a_tool_does() -> None:
              enumerate(["stuck", "quick", "nope"])]  # fmt: skip
     started = time.monotonic()
     ran = list(toolset.run(offer, calls, call_context(seconds=0.5)))
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 2.5  # not the stuck tool's 3 s
     outcomes = {r.call["id"]: (r.name, r.result.outcome) for r in ran}
     assert outcomes == {"c0": ("stuck", TIMEOUT), "c1": ("quick", OK), "c2": ("unknown", INVALID)}
     assert json.loads(ran[-1].result.content) == {"error": "no answer before the request's deadline"}
