@@ -429,6 +429,6 @@ def test_the_loop_shares_one_deadline(project: Path, model: ToolModel, backend: 
     started = time.monotonic()
     # The tool (0.5 s timeout, a backend slower still) is cut at the deadline: the model's next call has no time.
     response = ask(app, use("slow"))
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 2.8  # the backend answers after 3 s
     assert response.status_code == 504, response.json
     assert response.json["error"]["code"] == "hf_timeout"
