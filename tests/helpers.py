@@ -271,7 +271,8 @@ class ToolBackend:
     """A real HTTP server on 127.0.0.1 behind the HTTP tools: it notes each request and answers by path.
 
     `/orders/<id>`: the order as JSON; `/fail`: 500; `/slow`: answers after 3 s; `/away`: a redirect to another
-    host; `/moved/<id>`: a redirect to `/orders/<id>`; `/big`: 1 MB; anything else echoes what it got.
+    host; `/moved/<id>`: a redirect to `/orders/<id>`; `/big`: 1 MB; anything else echoes what it got. Each
+    request is noted with when it arrived (`at`, monotonic).
     """
 
     def __init__(self) -> None:
@@ -291,7 +292,7 @@ class ToolBackend:
                 path, _, query = self.path.partition("?")
                 backend.seen.append(
                     {"method": self.command, "path": path, "query": query, "headers": dict(self.headers),
-                     "body": json.loads(raw) if raw else None}
+                     "body": json.loads(raw) if raw else None, "at": time.monotonic()}
                 )  # fmt: skip
                 if path.startswith("/orders/"):
                     self._send(200, {"order": path.removeprefix("/orders/"), "status": "shipped"})
