@@ -11,7 +11,8 @@ import time
 
 import pytest
 import responses
-from fake_hf import RawHF, drip
+import yaml
+from fake_hf import FakeHF, RawHF, Reply, completion, drip, openai_model
 from helpers import ENDPOINT, GUIDE_BODY, MODEL, TOKEN, chat
 
 from app import create_app
@@ -136,3 +137,26 @@ def test_a_call_ends_at_the_requests_deadline_when_it_is_sooner_than_hf_deadline
         client.close()
     assert raised.value.code == "hf_timeout"
     assert time.monotonic() - started < 2
+
+
+def test_a_chain_moves_past_a_provider_without_tools_and_checks_structured_output(project, hf_settings):
+    """With a `model:` chain the provider that refuses `tools` is passed for the next entry (not counted
+    against its circuit), and a structured answer is checked whichever entry gives it."""
+    path = project / "contexts" / "SupportBot" / "supportbot.ctx"
+    with FakeHF(Reply(400, NO_TOOLS_BODY)) as refusing, FakeHF(Reply(body=openai_model)) as agent:
+        chain = {"id": "org/model:featherless-ai", "fallbacks": [{"id": "local", "endpoint": f"{agent.url}/v1"}]}
+        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "model": chain}))
+        app = create_app(hf_settings.replace(hf_endpoint=f"{refusing.url}/v1"))
+        client = app.test_client()
+        asked = [{"role": "user", "content": "get_weather(city=Oslo)"}]
+        answer = openai(client, messages=asked, tools=[WEATHER]).get_json()
+        assert answer["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+        assert answer["model"] == "local"
+        assert len(refusing.seen) == 1 and agent.seen[0].body["tools"] == [WEATHER]
+        schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+        response_format = {"type": "json_schema", "json_schema": {"name": "N", "schema": schema}}
+        ok = openai(client, messages=[{"role": "user", "content": "n=3"}], response_format=response_format)
+        assert json.loads(ok.get_json()["choices"][0]["message"]["content"]) == {"n": 3}
+        agent.replies = [Reply(body=completion('{"n": "three"}'))]
+        bad = openai(client, messages=[{"role": "user", "content": "n=3"}], response_format=response_format)
+        assert (bad.status_code, bad.get_json()["error"]["code"]) == (502, "structured_output_invalid")
