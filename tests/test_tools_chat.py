@@ -434,3 +434,16 @@ def test_the_loop_shares_one_deadline(project: Path, model: ToolModel, backend: 
     assert time.monotonic() - started < 2.8  # the backend answers after 3 s
     assert response.status_code == 504, response.json
     assert response.json["error"]["code"] == "hf_timeout"
+
+
+def test_a_context_with_a_model_chain_runs_its_tools_through_the_chain(project: Path, model: ToolModel, backend):
+    app = desk_app(project, model, backend, "http://127.0.0.1:9/mcp")
+    path = project / "contexts" / "Desk" / "desk.ctx"
+    path.write_text(path.read_text() + "model:\n  id: org/chained-model\n")
+    response = ask(app, use("order_status", order_id="C-3"))
+    assert response.status_code == 200, response.json
+    assert response.json["rendered"] == 'Tool results: {"order": "C-3", "status": "shipped"}'
+    assert response.headers["X-Contexis-Model"] == "org/chained-model"
+    assert [seen["model"] for seen in model.seen] == ["org/chained-model"] * 2
+    streamed = ask(app, use("order_status", order_id="C-4"), stream=True)
+    assert [data["tool"] for _, data in sse_events(streamed) if "tool" in data] == ["order_status"]
