@@ -129,7 +129,7 @@ def test_prompt_render_uses_cmp_project_root():
 def test_context_validate_passes_on_the_example_and_fails_with_file_field_problem(project):
     good = run("context", "validate", "--root", str(project))
     assert good.returncode == 0, good.stderr
-    assert "1 contexts valid" in good.stdout
+    assert "1 context valid" in good.stdout
     ctx = project / "contexts" / "SupportBot" / "supportbot.ctx"
     ctx.write_text(ctx.read_text().replace("max_tokens: 256", "max_tokens: lots"))
     bad = run("context", "validate", "--root", str(project))

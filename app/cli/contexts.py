@@ -37,7 +37,8 @@ def cmd_context_validate(args: argparse.Namespace, settings: Settings) -> int:
         print(problem, file=sys.stderr)
     if problems:
         return 1
-    print(f"{sum(1 for _ in store.iter_files())} contexts valid in {store.root}")
+    count = len(store.discover()[0])
+    print(f"{count} context{'' if count == 1 else 's'} valid in {store.root}")
     return 0
 
 
