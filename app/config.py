@@ -202,6 +202,7 @@ class Settings:
     memory_url: str = field(default="", repr=False)
     memory_timeout: float = 2.0
     memory_pool_size: int = 0  # 0: one connection per thread (`threads`)
+    locked: bool = False  # CMP_LOCKED: not ready while the project differs from its context.lock.json
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -233,6 +234,7 @@ class Settings:
             threads=_number(env, "GUNICORN_THREADS", cls.threads, kind=int, minimum=1),
             header_timeout=_number(env, "GUNICORN_HEADER_TIMEOUT", cls.header_timeout, minimum=0.001),
             auth_enabled=_flag(env, "CMP_AUTH_ENABLED"),
+            locked=_flag(env, "CMP_LOCKED"),
             api_keys=_api_keys(env),
             rate_limit=_rate_limit(env),
             rate_limit_storage_uri=_storage_uri(env),

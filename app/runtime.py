@@ -15,6 +15,7 @@ from opentelemetry.util.types import AttributeValue
 from app.config import Settings
 from app.contexts import ContextStore
 from app.errors import BadRequest
+from app.lock import ProjectLock
 from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
@@ -67,12 +68,14 @@ class Runtime:
         self.provider = build_provider(settings, self.metrics)
         self.embedder = build_embedder(settings, self.metrics)
         self.memory = open_memory(settings, self.embedder)
+        self.lock = ProjectLock(settings.project_root)
 
     def problems(self) -> list[str]:
         """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
         problems = self.contexts.problems()
         memory = self.memory.problem()
-        return [*problems, memory] if memory else problems
+        locked = self.lock.problem() if self.settings.locked else ""
+        return [*problems, *(problem for problem in (memory, locked) if problem)]
 
     def search(self, request: ChatRequest, component: str = "") -> Retrieval:
         """The memory matches of `component` (the request's by default) for the request's query (none without one)."""
@@ -107,6 +110,9 @@ class Runtime:
         clients do, still gets retrieval), else the request's component.
         """
         context = self.contexts.resolve(request.context, request.tenant_id)
+        if self.lock.started_hash:
+            # Which sources answered: the request's span carries the lock the server started with.
+            trace.get_current_span().set_attribute("contexis.lock", self.lock.started_hash)
         named = request.component != request.context
         retrieval = self.search(request, "" if named else (context.get("memory") or {}).get("component", ""))
         variables = {

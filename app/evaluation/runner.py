@@ -117,7 +117,8 @@ def run_tests(
     report = Report([results[i] for i in range(len(cases))], 0.0, baseline_mode)
     if baseline_mode == "update":
         model = runtime.provider.model_id if runtime.provider else None
-        report.baselines_written = [_record(suite, report.results, model, embeddings) for suite in suites]
+        lock = runtime.lock.current().hash
+        report.baselines_written = [_record(suite, report.results, model, embeddings, lock) for suite in suites]
     report.seconds = time.perf_counter() - started
     return report
 
@@ -204,7 +205,9 @@ def _compare(text: str, recorded: dict[str, Any], testing: dict[str, Any], embed
     return Drift("difflib ratio", similarity, testing.get("text_drift_threshold", DEFAULT_TEXT_DRIFT_THRESHOLD))
 
 
-def _record(suite: _Suite, results: list[CaseResult], model: str | None, embeddings: Embeddings | None) -> Path:
+def _record(
+    suite: _Suite, results: list[CaseResult], model: str | None, embeddings: Embeddings | None, lock: str
+) -> Path:
     """Write the suite's answered cases; a case that errored or was skipped keeps its previous entry."""
     previous: dict[str, dict[str, Any]] = {}
     if suite.baseline_file.is_file():
@@ -224,5 +227,5 @@ def _record(suite: _Suite, results: list[CaseResult], model: str | None, embeddi
         entries[name] = {"answer": seen.text}
         if embeddings is not None:
             entries[name]["embedding"] = embeddings.of(seen.text)
-    write_baseline(suite.baseline_file, suite.context, model, entries)
+    write_baseline(suite.baseline_file, suite.context, model, entries, lock)
     return suite.baseline_file

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from flask import Blueprint, jsonify
 
 from app.config import public_url
+from app.lock import runtime_version
 from app.web import get_runtime
 
 bp = Blueprint("health", __name__)
-
-
-def runtime_version() -> str:
-    try:
-        return version("contexis-runtime")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 @bp.get("/healthz")
@@ -47,4 +39,6 @@ def version_info():
         hf_endpoint=runtime.settings.hf_endpoint_public if provider else None,
         hf_api=runtime.settings.hf_wire_api if provider else None,
         hf_url=public_url(provider.url) if provider else None,
+        # The hash of the project's context.lock.json when the server started (null without one).
+        lock=runtime.lock.started_hash,
     )

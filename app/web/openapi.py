@@ -16,10 +16,10 @@ from flask import Blueprint, jsonify
 
 from app.config import Settings
 from app.keys import SCOPE_CHAT, SCOPE_METRICS
+from app.lock import runtime_version
 from app.names import NAME_PATTERN
 from app.validation import CHAT_REQUEST_SCHEMA, OPENAI_CHAT_SCHEMA
 from app.web import get_runtime
-from app.web.health import runtime_version
 
 bp = Blueprint("openapi", __name__)
 
@@ -327,7 +327,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                 "Version: what is running",
                 {
                     "type": "object",
-                    "required": ["name", "version", "model", "hf_endpoint", "hf_api", "hf_url"],
+                    "required": ["name", "version", "model", "hf_endpoint", "hf_api", "hf_url", "lock"],
                     "properties": {
                         "name": {"type": "string"},
                         "version": {"type": "string"},
@@ -335,6 +335,10 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                         "hf_endpoint": {"type": ["string", "null"]},
                         "hf_api": {"type": ["string", "null"], "enum": ["text-generation", "chat-completion", None]},
                         "hf_url": {"type": ["string", "null"]},
+                        "lock": {
+                            "type": ["string", "null"],
+                            "description": "sha256 of the project's context.lock.json when the server started",
+                        },
                     },
                 },
             ),

@@ -13,8 +13,7 @@ from app.config import ROUTER_CHAT_ENDPOINT
 from app.errors import ProviderError
 
 HINT_AUTH = (
-    "Verify HF_TOKEN scope and validity; a fine-grained token needs the "
-    '"Make calls to Inference Providers" permission.'
+    'Verify HF_TOKEN scope and validity; a fine-grained token needs the "Make calls to Inference Providers" permission.'
 )
 HINT_MODEL = "Check HF_MODEL_ID spelling and access."
 HINT_TIMEOUT = "Raise HF_TIMEOUT, confirm the model is available, or try a smaller model."
@@ -35,7 +34,6 @@ HINT_PAYMENT = (
     "The token's Inference Providers credits are spent: add credits or a plan at "
     "https://huggingface.co/settings/billing, or bill an organisation with HF_BILL_TO."
 )
-
 
 
 class HFError(ProviderError):
