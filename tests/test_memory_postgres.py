@@ -335,7 +335,7 @@ def test_two_servers_share_one_database_and_both_survive_its_outage(project: Pat
         assert all(str(secret) in sources(server, tenant_id="acme", **refund) for server in servers)
         assert all(str(secret) not in sources(server, tenant_id="globex", **refund) for server in servers)
         gone = run("memory", "delete", *owner, "--source", f"{DOCS}/returns.md", env=env)
-        assert gone.stdout.strip() == "deleted 1 documents"
+        assert gone.stdout.strip() == "deleted 1 document"
         assert all(f"{DOCS}/returns.md" not in sources(server) for server in servers)
 
         database.stop()

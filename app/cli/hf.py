@@ -83,8 +83,9 @@ def _suggest_providers(settings: Settings) -> None:
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     hf = commands.add_parser("hf", help="Hugging Face utilities").add_subparsers(dest="hf_command", required=True)
-    test_model = hf.add_parser("test-model", parents=[common], help="send a prompt to HF_MODEL_ID and print the text")
-    test_model.add_argument("prompt")
-    test_model.add_argument("--max-new-tokens", type=int, default=128)
+    # No --root: the model is the environment's (HF_TOKEN, HF_MODEL_ID, HF_ENDPOINT), not a project's.
+    test_model = hf.add_parser("test-model", help="send a prompt to HF_MODEL_ID and print the text")
+    test_model.add_argument("prompt", help="the text sent as it is (no context, no template)")
+    test_model.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate (default 128)")
     test_model.add_argument("--stream", action="store_true", help="print the text as the model generates it")
     test_model.set_defaults(handler=cmd_hf_test_model)
