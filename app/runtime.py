@@ -18,7 +18,7 @@ from app.errors import BadRequest
 from app.lock import ProjectLock
 from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
-from app.prompts import PromptRenderer, system_message
+from app.prompts import PromptRenderer, TemplateData, system_message
 from app.providers import build_embedder, build_provider
 from app.providers.base import GenerationParams, TokenStream, Usage
 from app.validation import ChatRequest
@@ -119,6 +119,7 @@ class Runtime:
             **request.data,
             # The runtime's own variables win over same-named keys in `data`.
             "context": context,
+            "data": TemplateData(request.data),  # `{{ data.key }}` as well as `{{ key }}`
             "results": [result.as_dict() for result in retrieval.results],
             "tenant_id": request.tenant_id,
             "query": request.query,
