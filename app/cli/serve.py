@@ -76,7 +76,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     serve = commands.add_parser("serve", parents=[common], help="serve the HTTP API with gunicorn")
-    serve.add_argument("--addr", type=parse_addr, default=parse_addr(":8000"), help="[HOST]:PORT (default :8000)")
+    serve.add_argument("--addr", type=parse_addr, default=":8000", help="[HOST]:PORT (default :8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default: WEB_CONCURRENCY or the config)")
     serve.add_argument("--threads", type=int, help="threads per worker (default: GUNICORN_THREADS or the config)")
     serve.add_argument("--dev", action="store_true", help="Flask's development server with the reloader")
