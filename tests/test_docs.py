@@ -79,3 +79,21 @@ def test_docs_name_the_example_commands_that_exist():
     for group in set(re.findall(r"ctx ([a-z-]+)", README)) - {"command"}:
         assert group in choices, group
     assert Path(REPO / "docs" / "cli.md").is_file()
+
+
+def test_pytest_output_is_its_progress_and_summary_not_log_lines():
+    """`make test` shows pytest's dots and summary: no JSON access line of a test's requests gets among them."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_health.py", "tests/test_chat.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    progress = re.compile(r"^[.sxFE]+\s*(\[\s*\d+%\])?$|^\d+ passed")
+    assert [line for line in result.stdout.splitlines() if line and not progress.match(line)] == []
+    assert result.stderr == ""
