@@ -179,6 +179,7 @@ class Settings:
     traces_exporter: str = "none"
     threads: int = 128  # gunicorn threads per worker (app/gunicorn_conf.py), and model connections per worker
     header_timeout: float = 10.0  # seconds a client has to send its request head (app/gunicorn_worker.py)
+    queue_timeout: float = 10.0  # seconds a request may wait for a free thread before a 503 (app/gunicorn_worker.py)
     auth_enabled: bool = False
     api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
     rate_limit: str = ""
@@ -233,6 +234,7 @@ class Settings:
             traces_exporter=_text(env, "OTEL_TRACES_EXPORTER", "none").lower(),
             threads=_number(env, "GUNICORN_THREADS", cls.threads, kind=int, minimum=1),
             header_timeout=_number(env, "GUNICORN_HEADER_TIMEOUT", cls.header_timeout, minimum=0.001),
+            queue_timeout=_number(env, "GUNICORN_QUEUE_TIMEOUT", cls.queue_timeout, minimum=0.001),
             auth_enabled=_flag(env, "CMP_AUTH_ENABLED"),
             locked=_flag(env, "CMP_LOCKED"),
             api_keys=_api_keys(env),

@@ -223,7 +223,9 @@ def parse_openai_request(body: Any) -> ChatRequest:
 def check_payload(chat_request: ChatRequest, settings: Settings) -> None:
     """Raise when `query` or `data` exceeds the configured depth, item count or string length."""
     if len(chat_request.query) > settings.max_string_chars:
-        raise PayloadTooLarge(f"query: longer than CMP_MAX_STRING_CHARS={settings.max_string_chars} characters")
+        # The contract gives `query` this maxLength, so a longer one breaks the schema: a 400, as the contract says.
+        message = f"query: longer than CMP_MAX_STRING_CHARS={settings.max_string_chars} characters"
+        raise BadRequest(message, code="invalid_request", param="query")
     _check_messages(chat_request.messages, settings)
     items = 0
     # Iterative walk: a recursive one would let a deep payload exhaust the stack before the check fires.

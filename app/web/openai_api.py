@@ -102,7 +102,7 @@ def chat_completions():
 def models():
     """The contexts the caller's tenant may use, tenant overrides included, as OpenAI's model list."""
     requested = request.args.get("tenant_id", "")
-    if requested and not is_safe_name(requested):
+    if "tenant_id" in request.args and not is_safe_name(requested):  # an empty one too: the contract's pattern
         raise BadRequest(f"tenant_id: {requested!r} is not a valid name", code="invalid_request", param="tenant_id")
     tenant = tenant_for(requested)
     g.log_fields.update(tenant=tenant or None)

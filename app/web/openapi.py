@@ -24,11 +24,12 @@ from app.web import get_runtime
 bp = Blueprint("openapi", __name__)
 
 _ERROR_STATUSES = {
-    "400": "The body is not JSON, breaks the schema, or `data` nests deeper than CMP_MAX_DATA_DEPTH.",
+    "400": "The body is not JSON, breaks the schema (a `query` longer than CMP_MAX_STRING_CHARS too), or `data` nests"
+    " deeper than CMP_MAX_DATA_DEPTH.",
     "401": "No API key, or one that is not valid (only with CMP_AUTH_ENABLED).",
     "403": "The key lacks the route's scope or may not act for the requested tenant.",
     "404": "The context, component or prompt file does not exist.",
-    "413": "The body exceeds CMP_MAX_BODY_BYTES, or `query`, a string or the number of values in `data` exceed "
+    "413": "The body exceeds CMP_MAX_BODY_BYTES, or a string or the number of values in `data` exceed "
     "CMP_MAX_STRING_CHARS or CMP_MAX_DATA_ITEMS, or the history exceeds CMP_MAX_MESSAGES or CMP_MAX_HISTORY_CHARS.",
     "415": "The body is not sent as `application/json`.",
     "422": "The template needs a variable that `data` does not provide, or the render goes past CMP_MAX_PROMPT_CHARS "

@@ -106,15 +106,15 @@ class HuggingFaceClient:
         they were reported.
 
         sseclient-py parses the events (multi-line data, comments, CRLF, events split across chunks) from
-        requests' chunks as they arrive (`chunk_size=None`: no waiting for a buffer to fill). Every chunk,
-        comments included, counts against HF_DEADLINE and HF_MAX_RESPONSE_BYTES.
+        the transport's bounded pieces as they arrive (`Transport.stream_body`). Every piece, comments
+        included, counts against HF_DEADLINE and HF_MAX_RESPONSE_BYTES.
         """
         usage: Usage | None = None
         model: str | None = None
         finish: str | None = None
         with _reading(response, observed):
             with self.transport.errors():
-                chunks = self.transport.guarded(response.iter_content(chunk_size=None), deadline_at)
+                chunks = self.transport.stream_body(response, deadline_at)
                 for event in SSEClient(chunks).events():
                     if event.data == self.wire.done_marker:
                         break
