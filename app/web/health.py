@@ -9,9 +9,9 @@ from flask import Blueprint, jsonify
 from app.config import public_url
 from app.keys import SCOPE_METRICS
 from app.lock import runtime_version
-from app.web import get_runtime
 from app.web.auth import current_identity
 from app.web.json import dumps_bytes
+from app.web.runtime import get_runtime
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)

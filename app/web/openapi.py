@@ -19,7 +19,7 @@ from app.keys import SCOPE_CHAT, SCOPE_METRICS
 from app.lock import runtime_version
 from app.names import NAME_PATTERN
 from app.validation import CHAT_REQUEST_SCHEMA, OPENAI_CHAT_SCHEMA
-from app.web import get_runtime
+from app.web.runtime import get_runtime
 
 bp = Blueprint("openapi", __name__)
 
