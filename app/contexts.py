@@ -157,23 +157,32 @@ class ContextStore:
 
     def path_for(self, name: str, tenant_id: str = "") -> Path:
         """The file that defines `name` for `tenant_id` (the tenant's copy wins when present)."""
-        if tenant_id:
-            tenant_file = self.contexts_dir / "tenants" / tenant_id / f"{name}.ctx"
-            if tenant_file.is_file():
-                return tenant_file
+        tenant_file = self._tenant_file(name, tenant_id)
+        return tenant_file or self._shared_path(name)
+
+    def _tenant_file(self, name: str, tenant_id: str) -> Path | None:
+        if not tenant_id:
+            return None
+        path = self.contexts_dir / "tenants" / tenant_id / f"{name}.ctx"
+        return path if path.is_file() else None
+
+    def _shared_path(self, name: str) -> Path:
+        """`contexts/<Name>/<name>.ctx`, or `<Name>.ctx` spelt as the folder when only that one exists."""
         lower = _shared_file(self.contexts_dir, name)
-        if lower.is_file() or name.islower():
+        if name.islower() or lower.is_file():
             return lower
-        return self.contexts_dir / name / f"{name}.ctx"
+        exact = self.contexts_dir / name / f"{name}.ctx"
+        return exact if exact.is_file() else lower
 
     def resolve(self, name: str, tenant_id: str = "") -> dict[str, Any]:
         """The merged, validated context; `NotFound` when it does not exist."""
-        if not tenant_id:
+        path = self._tenant_file(name, tenant_id)
+        if path is None:
             # The hot path: a cached shared context costs the stats of its signature, nothing more.
             cached = self._cached(_shared_file(self.contexts_dir, name))
             if cached is not None:
                 return cached
-        path = self.path_for(name, tenant_id)
+            path = self._shared_path(name)
         cached = self._cached(path)
         if cached is not None:
             return cached

@@ -235,7 +235,8 @@ def test_migrate_creates_the_schema_once_and_serving_never_migrates(postgres: Po
     assert "memory_chunks_embedding" not in indexes  # migration 1's fixed-size vector column is gone
     columns = "SELECT column_name FROM information_schema.columns WHERE table_name = 'memory_chunks'"
     assert ("embedding",) not in postgres.admin(columns, "fresh")
-    assert run("memory", "migrate").stdout.startswith("CMP_MEMORY_URL is not set")
+    unset = run("memory", "migrate")  # nothing to migrate is no success: a hook Job in the wrong place must fail
+    assert unset.returncode == 2 and "set CMP_MEMORY_URL=postgresql://... to migrate its schema" in unset.stderr
 
 
 def test_migrate_upgrades_a_version_1_database_keeping_its_memory(postgres: Postgres, project: Path) -> None:

@@ -134,8 +134,8 @@ def cmd_memory_migrate(args: argparse.Namespace, settings: Settings) -> int:
     """Create or upgrade the PostgreSQL schema of CMP_MEMORY_URL, and build any missing vector index; safe to
     repeat (the chart's hook Job)."""
     if not settings.memory_url:
-        print("CMP_MEMORY_URL is not set: SQLite memory needs no migration")
-        return 0
+        # Nothing to do is not success: a hook Job that runs this against the wrong environment must see it.
+        return fail("set CMP_MEMORY_URL=postgresql://... to migrate its schema (SQLite memory needs no migration)", 2)
     from app.memory.postgres import LEAKPROOF_MATCH, PostgresMemory
 
     memory = PostgresMemory(settings)

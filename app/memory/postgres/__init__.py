@@ -17,7 +17,7 @@ gunicorn worker opens its own. Every wait is bounded by ``CMP_MEMORY_TIMEOUT`` (
 statement timeout): a database that is down or slow is ``MemoryUnavailable`` (503), never a hung thread,
 and the pool reconnects by itself when it is back. The server's timeouts need a server that runs, and TCP's
 a peer that resets: a database that is stopped (SIGSTOP, a frozen VM) or a socket that goes silent answers
-neither, so the client bounds each transaction too (``_BoundedConnection``), and a connection that missed its
+neither, so the client bounds each transaction too (``pool.BoundedConnection``), and a connection that missed its
 deadline is closed, so the pool replaces it.
 
 The package: ``schema`` (tables, policies, migrations, vector indexes), ``pool`` (bounded connections),
