@@ -151,3 +151,10 @@ class InvalidNameError(MemoryStoreError):
 
     status = 400
     code = "invalid_request"
+
+
+class ModelsUnavailable(ProviderError):
+    """Every model of a context's chain was passed over without a call (circuits open, providers down)."""
+
+    status = 503
+    code = "models_unavailable"

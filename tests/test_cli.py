@@ -182,7 +182,7 @@ def test_every_option_of_every_command_says_what_it_is_for():
 
 @pytest.mark.parametrize(
     "argv",
-    [("hf", "test-model", "hi"), ("memory", "migrate"), ("memory", "copy", "--from", ".", "--to", "postgresql://x")],
+    [("hf", "models", "org/model"), ("memory", "migrate"), ("memory", "copy", "--from", ".", "--to", "postgresql://x")],
 )
 def test_a_root_that_would_mean_nothing_is_refused(argv):
     result = run(*argv, "--root", "examples/quickstart")

@@ -58,8 +58,8 @@ def readyz():
 
 @bp.get("/version")
 def version_info():
-    """What is running and where model calls go (the endpoint actually used, after a retired one moved); never
-    the token, nor credentials written into HF_ENDPOINT."""
+    """What is running and where model calls go (the endpoint actually used, after a retired one moved; each
+    context's models in the order they are tried); never the token, nor credentials written into an endpoint."""
     runtime = get_runtime()
     provider = runtime.provider
     return jsonify(
@@ -71,4 +71,5 @@ def version_info():
         hf_url=public_url(provider.url) if provider else None,
         # The hash of the project's context.lock.json when the server started (null without one).
         lock=runtime.lock.started_hash,
+        chains=runtime.chains(),
     )

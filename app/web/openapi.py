@@ -38,7 +38,8 @@ _ERROR_STATUSES = {
     "500": "The project is broken (invalid context, template error, unusable memory store) or the runtime failed.",
     "502": "Hugging Face failed or answered something unusable (codes `hf_*`).",
     "503": "The request has a `query` and the memory database (CMP_MEMORY_URL) is down, unreachable or too slow "
-    "(`memory_unavailable`); requests without a query still work.",
+    "(`memory_unavailable`); requests without a query still work. Or every model of the context's chain was "
+    "passed over without a call (`models_unavailable`: circuits open, providers down).",
     "504": "Hugging Face did not answer within HF_TIMEOUT.",
 }
 _REQUEST_ID = {
@@ -73,6 +74,13 @@ def _errors(*statuses: str, shape: str = "Error") -> dict[str, Any]:
     return responses
 
 
+_MODEL_HEADER = {
+    "description": "The entry of the context's `model:` chain that answered (docs/models.md); absent for a context "
+    "without one.",
+    "schema": {"type": "string"},
+}
+
+
 def _chat_answer() -> dict[str, Any]:
     answer = _json({"$ref": "#/components/schemas/ChatResponse"}, "The model's answer, or the prompt without a model")
     answer["headers"]["X-Contexis-Degraded"] = {
@@ -80,6 +88,7 @@ def _chat_answer() -> dict[str, Any]:
         "(HF_EMBED_QUERY_TIMEOUT) and memory was searched by keywords alone.",
         "schema": {"type": "string", "enum": ["memory-keywords-only"]},
     }
+    answer["headers"]["X-Contexis-Model"] = _MODEL_HEADER
     # As schemathesis reads it, the schema of an event stream describes each event.
     answer["content"]["text/event-stream"] = {
         "schema": {
@@ -122,6 +131,7 @@ def _chat_answer() -> dict[str, Any]:
 
 def _completion_answer() -> dict[str, Any]:
     answer = _json({"$ref": "#/components/schemas/ChatCompletion"}, "A `chat.completion`, with `sources`")
+    answer["headers"]["X-Contexis-Model"] = _MODEL_HEADER
     answer["content"]["text/event-stream"] = {
         "schema": {
             "description": 'With `"stream": true`, `chat.completion.chunk` events (the first with `sources`), a usage '
@@ -339,6 +349,18 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                         "lock": {
                             "type": ["string", "null"],
                             "description": "sha256 of the project's context.lock.json when the server started",
+                        },
+                        "chains": {
+                            "description": "Each context's models in the order they are tried",
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["id", "endpoint"],
+                                    "properties": {"id": {"type": "string"}, "endpoint": {"type": "string"}},
+                                },
+                            },
                         },
                     },
                 },
