@@ -200,6 +200,10 @@ def test_a_context_not_found_says_where_the_project_was_looked_for_and_how_to_na
     for argv in (("context", "validate"), ("test",)):
         lost = run(*argv)
         assert lost.returncode in (1, 2) and "pass --root DIR or set CMP_PROJECT_ROOT" in lost.stderr, argv
+    # serve would start and be unready: it says why before it starts (here it stops at the missing config).
+    served = run("serve", env={"CMP_GUNICORN_CONFIG": "file:/nonexistent.py"})
+    assert served.returncode == 2
+    assert served.stderr.startswith(f"ctx: warning: no contexts/ folder to serve: the project root is {REPO}: pass")
 
 
 def test_memory_commands_that_would_do_nothing_fail_saying_why(project):
