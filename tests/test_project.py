@@ -139,4 +139,14 @@ def test_baselines_record_the_lock_of_the_sources_that_answered(tmp_path):
     run("init", str(root))
     assert run("test", "--root", str(root), "--update-baseline").returncode == 0
     baseline = json.loads((root / "tests" / "baselines" / "SupportBot.json").read_text())
-    assert baseline["lock"] == ProjectLock(root).current().hash
+    recorded = ProjectLock(root).current().hash
+    assert baseline["lock"] == recorded
+    same = run("test", "--root", str(root), "--drift")
+    assert same.returncode == 0 and "sources changed" not in same.stdout, same.stdout + same.stderr
+    prompt = root / "prompts" / "SupportBot" / "agent_response.md"
+    prompt.write_text(prompt.read_text().replace("Assistant:", "Answer:"))
+    drifted = run("test", "--root", str(root), "--drift")
+    now = ProjectLock(root).current().hash
+    assert f"sources changed since the baseline: SupportBot: baseline recorded with sources {recorded}, now {now}" in (
+        drifted.stdout
+    )

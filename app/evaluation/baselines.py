@@ -29,6 +29,16 @@ def read_baseline(path: Path) -> dict[str, dict[str, Any]]:
     return cases
 
 
+def baseline_lock(path: Path) -> str | None:
+    """The hash of the sources a baseline was recorded with (None for one recorded before locks, or unreadable)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    lock = document.get("lock") if isinstance(document, dict) else None
+    return lock if isinstance(lock, str) else None
+
+
 def write_baseline(
     path: Path, context: str, model: str | None, cases: dict[str, dict[str, Any]], lock: str | None = None
 ) -> None:
