@@ -255,7 +255,7 @@ class ContextStore:
             raise ContextInvalid(f"{self._rel(resolved)}: name: required field is missing")
         expected = self._served_name(path)
         if context["name"] != expected:
-            where = "its file's name" if path.parent.parent.name == "tenants" else "its folder's name"
+            where = "its file's name" if path.parent.parent == self.contexts_dir / "tenants" else "its folder's name"
             raise ContextInvalid(
                 f"{self._rel(path)}: name: {context['name']!r} must equal {where} {expected!r}, the name requests use"
             )
@@ -303,7 +303,6 @@ class ContextStore:
             path = self.path_for(entry.name)
             if path.is_file():
                 served.append(Served(entry.name, "", path))
-            if path.is_file():
                 why = f"folder {entry.name!r} serves {path.name}: one context per folder (extend or include the rest)"
             else:
                 why = f"folder {entry.name!r} serves {entry.name.lower()}.ctx, which does not exist"
