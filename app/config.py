@@ -164,11 +164,11 @@ def _state_url(env: Mapping[str, str]) -> str:
     return raw
 
 
-def _memory_url(env: Mapping[str, str]) -> str:
+def _memory_url(env: Mapping[str, str], name: str = "CMP_MEMORY_URL") -> str:
     """Empty (SQLite under the project root) or a PostgreSQL URL; the URL may hold a password, never echoed."""
-    raw = _text(env, "CMP_MEMORY_URL")
+    raw = _text(env, name)
     if raw and not raw.startswith(MEMORY_URL_SCHEMES):
-        raise SettingsError("CMP_MEMORY_URL must be empty (SQLite) or start with postgresql:// or postgres://")
+        raise SettingsError(f"{name} must be empty (SQLite) or start with postgresql:// or postgres://")
     return raw
 
 
@@ -224,6 +224,9 @@ class Settings:
     breaker_failures: int = 3  # consecutive failures that open a model's circuit
     breaker_cooldown: float = 30.0  # seconds a circuit stays open before one trial call
     catalog_refresh: float = 300.0  # seconds between reads of the router's catalog
+    usage_url: str = field(default="", repr=False)  # CMP_USAGE_URL: a PostgreSQL URL, or "" (embedded SQLite)
+    state_dir: Path | None = None  # CMP_STATE_DIR: where embedded databases live; None: <project root>/.contexis
+    responses_ttl: float = 30 * 24 * 3600  # CMP_RESPONSES_TTL: seconds a stored Responses API response is kept
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -283,6 +286,9 @@ class Settings:
             breaker_failures=_number(env, "CMP_BREAKER_FAILURES", cls.breaker_failures, kind=int, minimum=1),
             breaker_cooldown=_number(env, "CMP_BREAKER_COOLDOWN", cls.breaker_cooldown, minimum=0.001),
             catalog_refresh=_number(env, "CMP_CATALOG_REFRESH", cls.catalog_refresh, minimum=1),
+            usage_url=_memory_url(env, "CMP_USAGE_URL"),
+            state_dir=Path(_text(env, "CMP_STATE_DIR")) if _text(env, "CMP_STATE_DIR") else None,
+            responses_ttl=_number(env, "CMP_RESPONSES_TTL", cls.responses_ttl, minimum=1),
         ).checked()
 
     def checked(self) -> Settings:
@@ -326,6 +332,11 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (the CLI's flags override the environment)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def state_path(self) -> Path:
+        """Where the runtime keeps its embedded databases (stored responses): CMP_STATE_DIR, else under the root."""
+        return self.state_dir if self.state_dir is not None else Path(self.project_root) / ".contexis"
 
     @property
     def hf_enabled(self) -> bool:

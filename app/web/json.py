@@ -20,8 +20,15 @@ from app.errors import BadRequest, PayloadTooDeep
 
 
 def dumps_bytes(obj: Any) -> bytes:
-    """`obj` as compact JSON; types orjson does not know go through Flask's defaults (dates, decimals...)."""
-    return orjson.dumps(obj, default=DefaultJSONProvider.default)
+    """`obj` as compact JSON; types orjson does not know go through Flask's defaults (dates, decimals...).
+
+    What orjson cannot write but JSON can, an integer past 64 bits or a lone surrogate that a client's body held
+    (an answer may echo the client's own values), is written by the standard library, escaped to ASCII.
+    """
+    try:
+        return orjson.dumps(obj, default=DefaultJSONProvider.default)
+    except TypeError:
+        return json.dumps(obj, default=DefaultJSONProvider.default, separators=(",", ":")).encode()
 
 
 def _not_json(constant: str) -> Any:
