@@ -20,7 +20,8 @@ from app.names import NAME_PATTERN
 
 SCOPE_CHAT = "chat:invoke"
 SCOPE_METRICS = "metrics:read"
-SCOPES = frozenset({SCOPE_CHAT, SCOPE_METRICS})
+SCOPE_TEST = "test:run"  # `POST /api/v1/test`: a context's test cases, each of which may call the model
+SCOPES = frozenset({SCOPE_CHAT, SCOPE_METRICS, SCOPE_TEST})
 ANY_TENANT = "*"
 _HEX_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
 _TENANT = re.compile(NAME_PATTERN)

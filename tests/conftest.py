@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fake_hf import FakeHF, Reply, Stream
 from flask import Flask
-from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN, LiveApp, Postgres, Redis
+from helpers import CHROMIUM, CHROMIUM_ARGS, ENDPOINT, EXAMPLE, MODEL, TOKEN, LiveApp, Postgres, Redis
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -119,3 +119,18 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
     server = Redis(str(tmp_path))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Debian's Chromium under Playwright, with a fresh profile."""
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing: `make test` installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield context
+        context.close()

@@ -62,6 +62,20 @@ STAR_KEY = "ctx_live_STAR_secret_0123456789"
 ALL_KEYS = (ACME_KEY, METRICS_KEY, STAR_KEY)
 
 
+# Debian's Chromium, which the browser tests drive with Playwright: `make test` installs it.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
 def sha(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 

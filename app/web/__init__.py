@@ -73,3 +73,7 @@ def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    if settings.playground:
+        from app.web import playground
+
+        app.register_blueprint(playground.bp)
