@@ -3,26 +3,16 @@ checked through Flask's client and in Debian's Chromium driven by Playwright (as
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 from fake_hf import FakeHF, Stream, chat_events
-from helpers import ACME_KEY, SEARCH_BODY, STAR_KEY, LiveApp, bearer, sha
+from helpers import ACME_KEY, KEYS_JSON, SEARCH_BODY, STAR_KEY, TESTER_KEY, LiveApp, bearer
 
 from app import create_app
 from app.config import Settings
 from app.memory import open_memory
 
-TEST_KEY = "ctx_live_TESTER_secret_0123456789"
-# The auth tests' chat keys, and one that may also run tests.
-KEYS = json.dumps(
-    [
-        {"key_id": "acme-frontend", "hash": sha(ACME_KEY), "tenant_id": "acme", "scopes": ["chat:invoke"]},
-        {"key_id": "operator", "hash": sha(STAR_KEY), "tenant_id": "*", "scopes": ["chat:invoke"]},
-        {"key_id": "tester", "hash": sha(TEST_KEY), "tenant_id": "*", "scopes": ["chat:invoke", "test:run"]},
-    ]
-)
 REFUND = "how do I get a refund"
 
 
@@ -34,7 +24,7 @@ def on(settings: Settings) -> Settings:
 
 
 def keyed(settings: Settings) -> Settings:
-    env = {"CMP_PROJECT_ROOT": str(settings.project_root), "CMP_AUTH_ENABLED": "true", "CMP_API_KEYS": KEYS}
+    env = {"CMP_PROJECT_ROOT": str(settings.project_root), "CMP_AUTH_ENABLED": "true", "CMP_API_KEYS": KEYS_JSON}
     return Settings.from_env({**env, "CMP_PLAYGROUND": "true"}, dotenv_path=None)
 
 
@@ -143,7 +133,7 @@ def test_with_auth_the_page_is_public_and_the_api_keeps_its_scopes_and_tenants(s
     assert client.post("/api/v1/test", json=body).status_code == 401
     lacking = client.post("/api/v1/test", json=body, headers=bearer(STAR_KEY))
     assert lacking.status_code == 403 and "test:run" in lacking.get_json()["error"]["message"]
-    assert client.post("/api/v1/test", json=body, headers=bearer(TEST_KEY)).status_code == 200
+    assert client.post("/api/v1/test", json=body, headers=bearer(TESTER_KEY)).status_code == 200
     other = client.post("/api/v1/test", json={**body, "tenant_id": "globex"}, headers=bearer(ACME_KEY))
     assert other.status_code == 403  # lacks the scope; a tenant-bound key never acts for another tenant anyway
     render = {**SEARCH_BODY, "tenant_id": "globex"}
@@ -234,10 +224,10 @@ def test_with_auth_the_page_asks_for_a_key_and_keeps_it_for_the_tab(settings, br
         page.goto(f"{live.url}/playground")
         page.wait_for_selector("#key", state="visible")
         assert "needs an API key" in page.inner_text("#status")
-        page.fill("#key", TEST_KEY)
+        page.fill("#key", TESTER_KEY)
         page.keyboard.press("Enter")
         page.wait_for_selector("#context option[value=SupportBot]", state="attached")
-        assert page.evaluate("sessionStorage.getItem('contexis-playground-key')") == TEST_KEY
+        assert page.evaluate("sessionStorage.getItem('contexis-playground-key')") == TESTER_KEY
         send(page, REFUND)
         assert "returns.md" in page.inner_text("#sources")
         page.click("#run-tests")
