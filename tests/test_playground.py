@@ -178,6 +178,7 @@ def test_the_page_streams_an_answer_with_its_prompt_and_sources_and_keeps_the_co
         served = on.replace(hf_token="hf_x", hf_model_id="m", hf_endpoint=f"{fake.url}/v1")
         with LiveApp(create_app(served)) as live:
             page, problems = open_page(browser, live.url)
+            assert page.is_hidden("#key-form")  # no auth: no key asked for
             page.select_option("#context", "SupportBot")
             send(page, REFUND)
             assert page.inner_text(".turn.assistant .content") == "Hello!"
@@ -187,6 +188,8 @@ def test_the_page_streams_an_answer_with_its_prompt_and_sources_and_keeps_the_co
             assert page.inner_text("#model-served") == "m"
             assert page.inner_text("#tokens") == "41 in / 3 out"
             assert page.inner_text("#latency").endswith(")")
+            assert page.inner_text("#tools-none") == "No tool was called."
+            assert page.inner_text("#guardrails-none") == "No guardrail acted."
             send(page, "and shipping?")
             assert page.locator(".turn.assistant .content").all_inner_texts() == ["Hello!", "Again"]
             page.close()

@@ -144,14 +144,16 @@ function showRendered(rendered) {
 
 function resetInspector() {
   for (const id of ["request-id", "model-served", "tokens", "cost", "latency"]) text($(id), "");
-  rows($("tools"), [], () => {});
+  showTools([]);
   $("guardrails").replaceChildren();
+  $("guardrails-none").textContent = "No guardrail acted.";
 }
 
 function guardrail(action) {
   const item = document.createElement("li");
   item.textContent = action;
   $("guardrails").appendChild(item);
+  $("guardrails-none").textContent = "";
 }
 
 function guardrailFromError(error) {
@@ -159,6 +161,8 @@ function guardrailFromError(error) {
 }
 
 function showTools(tools) {
+  $("tools-none").textContent = tools.length ? "" : "No tool was called.";
+  $("tools").hidden = !tools.length;
   rows($("tools"), tools, (row, tool) => {
     cell(row, tool.name);
     cell(row, tool.ok ? "ok" : "failed", tool.ok ? "ok" : "not-ok");
@@ -246,7 +250,7 @@ async function send(message) {
 function verdictWhy(result) {
   if (result.failures.length) return result.failures.map((f) => f.assertion + ": " + f.message).join("; ");
   if (result.error) return result.error;
-  if (result.skipped.length) return result.skipped.join("; ");
+  if (result.skipped.length) return "not judged: " + result.skipped.join("; ");
   return "";
 }
 
