@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from fake_hf import FakeHF, Stream, chat_events
-from helpers import ACME_KEY, KEYS_JSON, SEARCH_BODY, STAR_KEY, TESTER_KEY, LiveApp, bearer
+from fake_hf import CREDITS_BODY, FakeHF, Reply, Stream, chat_events
+from helpers import ACME_KEY, KEYS_JSON, SEARCH_BODY, STAR_KEY, TESTER_KEY, TOKEN, LiveApp, bearer
+from test_routing import BACKUP, LOCAL_TOKEN, PRIMARY, chain, name_models
 
 from app import create_app
 from app.config import Settings
@@ -197,6 +198,22 @@ def test_the_page_streams_an_answer_with_its_prompt_and_sources_and_keeps_the_co
     # The second turn carried the first as history.
     turns = [(m["role"], m["content"]) for m in second["messages"] if m["role"] != "system"]
     assert turns[:2] == [("user", REFUND), ("assistant", "Hello!")]
+    assert problems == []
+
+
+def test_the_page_names_the_models_asked_and_the_fallback_that_served(on, browser, monkeypatch):
+    monkeypatch.setenv("TGI_TOKEN", LOCAL_TOKEN)
+    with FakeHF(Reply(402, CREDITS_BODY)) as failing, FakeHF(Stream(chat_events(["From ", "the backup"]))) as healthy:
+        name_models(on.project_root, chain(healthy.url))
+        app = create_app(on.replace(hf_token=TOKEN, hf_endpoint=f"{failing.url}/v1", hf_backoff_factor=0))
+        with LiveApp(app) as live:
+            page, problems = open_page(browser, live.url)
+            send(page, "hello")
+            assert page.inner_text(".turn.assistant .content") == "From the backup"
+            assert page.inner_text("#models-asked") == f"{PRIMARY} → {BACKUP}"
+            assert page.inner_text("#model-served") == f"{BACKUP} (fallback from {PRIMARY})"
+            assert LOCAL_TOKEN not in page.content() and TOKEN not in page.content()
+            page.close()
     assert problems == []
 
 
