@@ -21,6 +21,7 @@ from app.prompts import PromptRenderer, system_message
 from app.providers import build_embedder, build_provider, structured
 from app.providers.base import Choice, Generation, GenerationParams, TokenStream, ToolCall, Turn, Usage
 from app.routing import ModelChain, ModelRouter, chain_of
+from app.usage import open_meter
 from app.validation import ChatRequest, content_text
 
 _tracer = trace.get_tracer(__name__)
@@ -80,12 +81,14 @@ class Runtime:
         self.router = ModelRouter(settings, self.metrics) if settings.hf_token else None
         self.embedder = build_embedder(settings, self.metrics)
         self.memory = open_memory(settings, self.embedder)
+        catalog = self.router.catalog if self.router else None
+        self.meter = open_meter(settings, self.metrics, catalog, metered=bool(self.provider or self.router))
 
     def problems(self) -> list[str]:
         """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
         problems = self.contexts.problems()
-        memory = self.memory.problem()
-        return [*problems, memory] if memory else problems
+        found = [self.memory.problem(), self.meter.problem()]
+        return [*problems, *(problem for problem in found if problem)]
 
     def calls_model(self, context: dict[str, Any]) -> bool:
         """Whether requests to `context` reach a model: its chain, or HF_MODEL_ID."""
@@ -163,6 +166,7 @@ class Runtime:
     def answer(self, request: ChatRequest) -> Answer:
         """The model's text when a model is configured, the rendered prompt otherwise; an answer that must match
         the request's `response_format` is checked (`app.providers.structured`)."""
+        self.meter.open(request)
         rendered = self.render(request)
         sources = _sources(rendered)
         inputs = _inference_inputs(rendered, request)
@@ -193,6 +197,7 @@ class Runtime:
 
     def stream(self, request: ChatRequest) -> StreamedAnswer:
         """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model."""
+        self.meter.open(request)
         rendered = self.render(request)
         served = None
         chain, router = rendered.chain, self.router

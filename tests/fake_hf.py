@@ -18,7 +18,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -512,6 +512,30 @@ def chunked(size: int) -> Behaviour:
         conn.sendall(b"0\r\n\r\n")
 
     return send
+
+
+def raw(*parts: bytes | float | Iterable[bytes | float]) -> Behaviour:
+    """Exactly these bytes, HTTP framing and all (numbers: pauses in seconds; iterables are flattened), then
+    the connection closes: heads that drip, streams that drip inside one HTTP chunk, chunks of any size."""
+
+    def send(conn: socket.socket) -> None:
+        for part in parts:
+            for item in [part] if isinstance(part, bytes | int | float) else part:
+                if isinstance(item, bytes):
+                    conn.sendall(item)
+                else:
+                    time.sleep(item)
+
+    return send
+
+
+def http_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+# The head of a chunked stream of server-sent events, before its blank line.
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
 
 
 class RawHF:

@@ -191,9 +191,23 @@ class LiveApp:
 class Server:
     """`python cli.py serve` in a subprocess, stopped with SIGTERM like Kubernetes does."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+        open_files: int | None = None,
+    ) -> None:
+        """`open_files`: the server's limit of open file descriptors (`ulimit -n`), when given."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+
+        def limit() -> None:
+            import resource
+
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "cli.py"), "serve", "--addr", f"127.0.0.1:{self.port}", *args],
             env=clean_env(**(env or {})),
@@ -201,6 +215,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=limit if open_files is not None else None,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -211,6 +226,10 @@ class Server:
                 time.sleep(0.1)
         _, output = self.stop()
         pytest.fail(f"server did not become ready:\n{output}")
+
+    def workers(self) -> list[int]:
+        """The pids of gunicorn's workers (the children of the served process)."""
+        return [int(pid) for pid in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()]
 
     def stop(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)
@@ -268,6 +287,25 @@ class Postgres:
 
         self.server.cleanup()
         atexit.unregister(self.server._cleanup)  # stopped already; its exit hook would log to closed streams
+
+    def processes(self) -> list[int]:
+        """The postmaster's pid and its children's (backends, checkpointer, ...)."""
+        postmaster = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        return [postmaster, *map(int, children)]
+
+    def freeze(self) -> list[int]:
+        """Stop every process of the server (SIGSTOP), as a frozen host does: sockets stay open, nothing
+        answers, no reset is sent; the pids to `thaw`."""
+        pids = self.processes()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    @staticmethod
+    def thaw(pids: list[int]) -> None:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
     def reset(self) -> None:
         """Empty every memory table of the role's database."""

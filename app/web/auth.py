@@ -16,7 +16,7 @@ from flask.globals import request_ctx
 
 from app.config import Settings
 from app.errors import AuthDenied
-from app.keys import ANY_TENANT, SCOPE_CHAT, SCOPE_METRICS, SCOPE_TEST, ApiKey, KeyStore
+from app.keys import ANY_TENANT, SCOPE_CHAT, SCOPE_METRICS, SCOPE_TEST, SCOPE_USAGE, ApiKey, KeyStore
 from app.validation import ChatRequest
 from app.web.errors import error_response
 
@@ -29,7 +29,11 @@ PUBLIC_ENDPOINTS = frozenset(
     }
 )
 # Every other route needs a key; this says which scope, and chat:invoke is the default for new API routes.
-ENDPOINT_SCOPES = {"prometheus_metrics": SCOPE_METRICS, "playground.run_context_tests": SCOPE_TEST}
+ENDPOINT_SCOPES = {
+    "prometheus_metrics": SCOPE_METRICS,
+    "usage.usage_report": SCOPE_USAGE,
+    "playground.run_context_tests": SCOPE_TEST,
+}
 
 _audit = logging.getLogger("contexis.audit")
 

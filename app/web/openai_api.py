@@ -154,7 +154,7 @@ def model(model_id: str):
 def _listing_tenant() -> str:
     """The tenant whose contexts a model listing shows: the key's, or the one asked for when the key allows it."""
     requested = request.args.get("tenant_id", "")
-    if requested and not is_safe_name(requested):
+    if "tenant_id" in request.args and not is_safe_name(requested):  # an empty one too: the contract's pattern
         raise BadRequest(f"tenant_id: {requested!r} is not a valid name", code="invalid_request", param="tenant_id")
     tenant = tenant_for(requested)
     g.log_fields.update(tenant=tenant or None)
