@@ -220,6 +220,11 @@ def test_the_page_names_the_models_asked_and_the_fallback_that_served(on, browse
 def test_without_a_model_the_page_answers_the_rendered_prompt_and_runs_the_tests(on, browser):
     with LiveApp(create_app(on)) as live:
         page, problems = open_page(browser, live.url)
+        order = []
+        for _ in range(9):
+            page.keyboard.press("Tab")
+            order.append(page.evaluate("() => document.activeElement.id"))
+        assert order == ["context", "tenant", "top-k", "message", "send", "render", "run-tests", "reset", "prompt"]
         send(page, "hello")
         answer = page.inner_text(".turn.assistant .content")
         assert answer.startswith("You are SupportBot") and answer == page.inner_text("#prompt")
