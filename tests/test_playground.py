@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from fake_hf import CREDITS_BODY, FakeHF, Reply, Stream, chat_events
-from helpers import ACME_KEY, KEYS_JSON, SEARCH_BODY, STAR_KEY, TESTER_KEY, TOKEN, LiveApp, bearer
+from fake_hf import CREDITS_BODY, FakeHF, Reply, Stream, ToolModel, chat_events
+from helpers import ACME_KEY, KEYS_JSON, SEARCH_BODY, STAR_KEY, TESTER_KEY, TOKEN, LiveApp, ToolBackend, bearer
 from test_routing import BACKUP, LOCAL_TOKEN, PRIMARY, chain, name_models
+from test_tools_chat import use
 
 from app import create_app
 from app.config import Settings
@@ -213,6 +214,40 @@ def test_the_page_names_the_models_asked_and_the_fallback_that_served(on, browse
             assert page.inner_text("#models-asked") == f"{PRIMARY} → {BACKUP}"
             assert page.inner_text("#model-served") == f"{BACKUP} (fallback from {PRIMARY})"
             assert LOCAL_TOKEN not in page.content() and TOKEN not in page.content()
+            page.close()
+    assert problems == []
+
+
+DESK = """\
+name: Desk
+role: {{persona: An order desk.}}
+tools:
+  - name: order_status
+    parameters: {{type: object, properties: {{order_id: {{type: string}}}}, required: [order_id]}}
+    http: {{url: "{backend}/orders/{{order_id}}"}}
+  - name: flaky
+    http: {{url: "{backend}/fail"}}
+"""
+
+
+def test_the_page_lists_the_contexts_tool_calls_with_their_timings(on, browser):
+    with ToolModel() as model, ToolBackend() as backend:
+        context = on.project_root / "contexts" / "Desk" / "desk.ctx"
+        context.parent.mkdir(parents=True)
+        context.write_text(DESK.format(backend=backend.url))
+        prompt = on.project_root / "prompts" / "Desk" / "agent_response.md"
+        prompt.parent.mkdir(parents=True)
+        prompt.write_text("You are {{ context.name }}.\n\nUser: {{ user_input }}\n")
+        served = on.replace(hf_token=TOKEN, hf_model_id="m", hf_endpoint=model.url, hf_api="chat-completion")
+        with LiveApp(create_app(served)) as live:
+            page, problems = open_page(browser, live.url)
+            page.select_option("#context", "Desk")
+            send(page, use("order_status", order_id="A-1") + " " + use("flaky"))
+            assert page.inner_text(".turn.assistant .content").startswith('Tool results: {"order": "A-1"')
+            rows = sorted(row.split("\t") for row in page.locator("#tools tbody tr").all_inner_texts())
+            assert [(name, result) for name, result, _ in rows] == [("flaky", "failed"), ("order_status", "ok")]
+            assert all(re.fullmatch(r"\d+ ms", took) for _, _, took in rows), rows
+            assert page.inner_text("#tools-none") == ""
             page.close()
     assert problems == []
 
