@@ -12,6 +12,9 @@ from typing import Any
 
 import fastjsonschema
 from jsonschema import Draft202012Validator, ValidationError
+from jsonschema.protocols import Validator
+from jsonschema.validators import validator_for
+from referencing import Registry
 
 from app.config import Settings
 from app.errors import BadRequest, PayloadTooDeep, PayloadTooLarge
@@ -243,6 +246,14 @@ class ChatRequest:
     overrides: dict[str, Any] = field(default_factory=dict)
     # The OpenAI fields the client set (tools, response_format, n, ...), named as `GenerationParams` names them.
     options: dict[str, Any] = field(default_factory=dict)
+
+
+def local_validator(schema: dict[str, Any]) -> Validator:
+    """A validator for a schema someone else wrote (a client's `response_format`, an MCP server's tool), whose
+    `$ref`s resolve within it and the meta-schemas only: jsonschema's default registry fetches any URL a `$ref`
+    names, which would let a request reach a host the operator did not name."""
+    cls = validator_for(schema, default=Draft202012Validator)
+    return cls(schema, registry=Registry())
 
 
 class SchemaCheck:

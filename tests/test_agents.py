@@ -14,7 +14,7 @@ import json
 import openai
 import pytest
 from fake_hf import Reply, Stream, chat_events, completion, openai_model, openai_stream, sse
-from helpers import SUPPORTBOT_SYSTEM, TOKEN, sdk
+from helpers import SUPPORTBOT_SYSTEM, TOKEN, ToolBackend, sdk
 from pydantic import BaseModel
 
 AGENT = Reply(body=openai_model)
@@ -491,3 +491,43 @@ def test_the_second_try_shares_the_requests_deadline(serve):
     assert raised.value.body["code"] == "structured_output_invalid"
     assert "no time left to ask once more" in raised.value.body["message"]
     assert len(fake.seen) == 1
+
+
+def _schema_format(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "Thing", "schema": schema}}
+
+
+def test_a_schemas_ref_to_another_host_is_refused_and_never_fetched(serve):
+    """jsonschema's default registry fetches any URL a `$ref` names: a client's schema must reach no host."""
+    with ToolBackend() as elsewhere:
+        fake, live, _ = serve(Reply(body=completion('{"a": 1}')))
+        remote = {"type": "object", "properties": {"a": {"$ref": f"{elsewhere.url}/internal/schema"}}}
+        with pytest.raises(openai.BadRequestError) as raised:
+            sdk(live).chat.completions.create(
+                model="SupportBot", messages=ask("hi"), response_format=_schema_format(remote)
+            )
+        assert raised.value.body["param"] == "response_format"
+        assert "only references within the schema" in raised.value.body["message"]
+        assert elsewhere.seen == []
+        assert fake.seen == []
+
+
+def test_a_local_ref_to_nothing_is_a_400_not_a_traceback(serve):
+    _fake, live, _ = serve(Reply(body=completion('{"a": 1}')))
+    dangling = {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk(live).chat.completions.create(
+            model="SupportBot", messages=ask("hi"), response_format=_schema_format(dangling)
+        )
+    assert raised.value.body["param"] == "response_format"
+    assert "names nothing in the schema" in raised.value.body["message"]
+
+
+def test_a_local_ref_is_followed(serve):
+    fake, live, _ = serve(Reply(body=completion('{"a": "one"}')), Reply(body=completion('{"a": 1}')))
+    local = {"$defs": {"n": {"type": "integer"}}, "type": "object", "properties": {"a": {"$ref": "#/$defs/n"}}}
+    answer = sdk(live).chat.completions.create(
+        model="SupportBot", messages=ask("hi"), response_format=_schema_format(local)
+    )
+    assert answer.choices[0].message.content == '{"a": 1}'
+    assert "$.a: 'one' is not of type 'integer'" in fake.seen[1].body["messages"][-1]["content"]

@@ -15,7 +15,7 @@ from app.config import Settings
 from app.contexts import ContextStore
 from app.errors import ContextInvalid
 from app.observability import RuntimeMetrics
-from app.tools.base import INVALID, OK, TIMEOUT, CallContext, ToolResult
+from app.tools.base import INVALID, OK, TIMEOUT, ArgumentCheck, CallContext, ToolResult
 from app.tools.http import HttpSession, HttpTool
 from app.tools.mcp import McpServer
 from app.tools.toolset import Toolset, ToolThreads
@@ -351,3 +351,10 @@ def test_a_step_ends_at_the_request_deadline_whatever_a_tool_does() -> None:
     outcomes = {r.call["id"]: (r.name, r.result.outcome) for r in ran}
     assert outcomes == {"c0": ("stuck", TIMEOUT), "c1": ("quick", OK), "c2": ("unknown", INVALID)}
     assert json.loads(ran[-1].result.content) == {"error": "no answer before the request's deadline"}
+
+
+def test_a_tool_schemas_ref_to_another_host_is_never_fetched(backend: ToolBackend) -> None:
+    """An MCP server's tool schema is checked as it came, but its `$ref`s reach no host: the server checks."""
+    check = ArgumentCheck({"type": "object", "properties": {"a": {"$ref": f"{backend.url}/schema"}}})
+    assert check.problem({"a": 1}) == ""
+    assert backend.seen == []

@@ -18,10 +18,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
-from jsonschema.validators import validator_for
+from referencing.exceptions import Unresolvable
 
 from app.errors import BadRequest, StructuredOutputInvalid
 from app.providers.base import (
@@ -35,6 +34,7 @@ from app.providers.base import (
     Turn,
     Usage,
 )
+from app.validation import local_validator
 
 
 class Check:
@@ -47,17 +47,16 @@ class Check:
             spec = response_format["json_schema"]
             self.name = spec["name"]
             schema = spec.get("schema") or {}
-            cls = validator_for(schema, default=Draft202012Validator)
+            # No format checks, and `$ref`s stay within the schema (as OpenAI's structured outputs allow):
+            # nothing in a client's schema reaches another host.
+            self.validator = local_validator(schema)
             try:
-                cls.check_schema(schema)
+                self.validator.check_schema(schema)
             except SchemaError as exc:
-                raise BadRequest(
-                    f"response_format.json_schema.schema: not a valid JSON Schema: {exc.message}",
-                    code="invalid_request",
-                    param="response_format",
-                ) from None
-            # No format checks and no retrieval of remote `$ref`s: nothing in a schema reaches another host.
-            self.validator = cls(schema)
+                raise _bad_schema(f"not a valid JSON Schema: {exc.message}") from None
+            remote = next(_remote_refs(schema), None)
+            if remote is not None:
+                raise _bad_schema(f"$ref {remote[:200]!r}: only references within the schema (#...) are supported")
 
     def problem(self, text: str) -> str | None:
         """Why `text` is not what was asked for (the validator's first error), or None when it is."""
@@ -67,7 +66,11 @@ class Check:
             return f"the answer is not JSON ({exc})"
         if self.validator is None:
             return None if isinstance(value, dict) else "the answer is not a JSON object"
-        error = next(iter(sorted(self.validator.iter_errors(value), key=lambda e: list(map(str, e.path)))), None)
+        try:
+            errors = sorted(self.validator.iter_errors(value), key=lambda e: list(map(str, e.path)))
+        except Unresolvable as exc:  # a `#...` reference to nothing in the schema: the client's to fix
+            raise _bad_schema(f"$ref {str(exc.ref)[:200]!r} names nothing in the schema") from None
+        error = next(iter(errors), None)
         if error is None:
             return None
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
@@ -75,6 +78,23 @@ class Check:
 
     def described(self) -> str:
         return f"json_schema {self.name!r}" if self.kind == "json_schema" else "json_object"
+
+
+def _bad_schema(problem: str) -> BadRequest:
+    return BadRequest(f"response_format.json_schema.schema: {problem}", code="invalid_request", param="response_format")
+
+
+def _remote_refs(schema: Any) -> Iterator[str]:
+    """Every `$ref` or `$dynamicRef` of `schema` that does not point within it."""
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str) and not value.startswith("#"):
+                yield value
+            else:
+                yield from _remote_refs(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            yield from _remote_refs(item)
 
 
 def check_for(params: GenerationParams) -> Check | None:

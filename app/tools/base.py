@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from jsonschema.protocols import Validator
+from referencing.exceptions import Unresolvable
 
 from app.contexts import ENV_REFERENCE
+from app.validation import local_validator
 
 OK, ERROR, TIMEOUT, INVALID = "ok", "error", "timeout", "invalid"
 OUTCOMES = (OK, ERROR, TIMEOUT, INVALID)
@@ -76,12 +78,13 @@ def function_definition(name: str, description: str, parameters: dict[str, Any])
 
 
 class ArgumentCheck:
-    """A tool's parameters schema, compiled once; a schema that is not one (an MCP server's) checks nothing."""
+    """A tool's parameters schema, compiled once; a schema that is not one (an MCP server's) checks nothing, and
+    its `$ref`s never fetch anything (`local_validator`)."""
 
     def __init__(self, schema: dict[str, Any]) -> None:
+        self._validator: Validator | None = local_validator(schema)
         try:
-            Draft202012Validator.check_schema(schema)
-            self._validator: Draft202012Validator | None = Draft202012Validator(schema)
+            self._validator.check_schema(schema)
         except SchemaError:
             self._validator = None
 
@@ -91,7 +94,10 @@ class ArgumentCheck:
             return "arguments: must be a JSON object"
         if self._validator is None:
             return ""
-        errors = sorted(self._validator.iter_errors(arguments), key=lambda e: [str(p) for p in e.absolute_path])
+        try:
+            errors = sorted(self._validator.iter_errors(arguments), key=lambda e: [str(p) for p in e.absolute_path])
+        except Unresolvable:  # a `$ref` outside the schema, never fetched: the tool's server checks the call
+            return ""
         return "; ".join(f"{'.'.join(map(str, e.absolute_path)) or 'arguments'}: {e.message}" for e in errors)
 
 
