@@ -325,8 +325,8 @@ class ToolBackend:
     """A real HTTP server on 127.0.0.1 behind the HTTP tools: it notes each request and answers by path.
 
     `/orders/<id>`: the order as JSON; `/fail`: 500; `/slow`: answers after 3 s; `/away`: a redirect to another
-    host; `/moved/<id>`: a redirect to `/orders/<id>`; `/big`: 1 MB; anything else echoes what it got. Each
-    request is noted with when it arrived (`at`, monotonic).
+    host; `/moved/<id>`: a redirect to `/orders/<id>`; `/big`: 1 MB; `/drip`: 100 bytes, one per 0.1 s; anything
+    else echoes what it got. Each request is noted with when it arrived (`at`, monotonic).
     """
 
     def __init__(self) -> None:
@@ -361,10 +361,24 @@ class ToolBackend:
                     self._send(302, {}, {"Location": "/orders/" + path.removeprefix("/moved/")})
                 elif path == "/big":
                     self._send(200, {"blob": "x" * 1_000_000})
+                elif path == "/drip":
+                    self._drip(100)
                 else:
                     self._send(200, {"method": self.command, "path": path, "query": query})
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+            def _drip(self, size: int) -> None:
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(size))
+                    self.end_headers()
+                    for _ in range(size):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
             def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()

@@ -358,3 +358,11 @@ def test_a_tool_schemas_ref_to_another_host_is_never_fetched(backend: ToolBacken
     check = ArgumentCheck({"type": "object", "properties": {"a": {"$ref": f"{backend.url}/schema"}}})
     assert check.problem({"a": 1}) == ""
     assert backend.seen == []
+
+
+def test_a_server_that_drips_its_answer_is_cut_off_at_the_timeout(backend: ToolBackend) -> None:
+    """Each byte arriving within the read timeout must not keep the tool's thread past its own timeout."""
+    started = time.monotonic()
+    result = http_tool(f"{backend.url}/drip", timeout=0.5).call({"order_id": "A-1"}, call_context())
+    assert result.outcome == TIMEOUT
+    assert time.monotonic() - started < 2  # the backend takes 10 s to send its 100 bytes

@@ -19,6 +19,7 @@ import orjson
 import requests
 from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from app.config import Settings
 from app.contexts import DEFAULT_TOOL_TIMEOUT, PLACEHOLDER
@@ -151,15 +152,17 @@ class HttpTool:
             return failure(f"answer larger than {self.max_bytes} bytes", status=response.status_code)
         data = b""
         try:
-            for piece in response.iter_content(64 * 1024):
+            # `read1` returns what one read brings: a server that sends a byte now and then cannot hold the
+            # thread past the deadline (`iter_content` waits for each whole chunk, each byte resetting the timeout).
+            while piece := response.raw.read1(64 * 1024, decode_content=True):
                 data += piece
                 if len(data) > self.max_bytes:
                     return failure(f"answer larger than {self.max_bytes} bytes", status=response.status_code)
                 if time.monotonic() > deadline_at:
                     return failure(f"no answer within {self.timeout:g}s", TIMEOUT)
-        except requests.RequestException as exc:
-            if isinstance(exc, requests.ConnectionError) and "timed out" in str(exc).lower():
-                return failure(f"no answer within {self.timeout:g}s", TIMEOUT)
+        except ReadTimeoutError:
+            return failure(f"no answer within {self.timeout:g}s", TIMEOUT)
+        except (HTTPError, OSError) as exc:
             return failure(f"the answer broke off ({type(exc).__name__})")
         text = data.decode("utf-8", errors="replace")
         if 200 <= response.status_code < 300:
