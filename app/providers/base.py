@@ -7,7 +7,7 @@ The runtime, the web layer and the CLI know only these; a provider package
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -221,6 +221,12 @@ class TokenStream:
         close = getattr(self._pieces, "close", None)
         if close:
             close()
+
+
+# A provider's `generate` or `stream` as called, or anything called as they are (a chain of models, the
+# structured-output check): (prompt, params, system, history, after).
+Generate = Callable[[str, GenerationParams, str, Sequence[Turn], Sequence[Turn]], Generation]
+Stream = Callable[[str, GenerationParams, str, Sequence[Turn], Sequence[Turn]], TokenStream]
 
 
 class Provider(Protocol):

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from jsonschema.exceptions import SchemaError
@@ -26,9 +26,11 @@ from app.errors import BadRequest, StructuredOutputInvalid
 from app.providers.base import (
     ChoiceDelta,
     Finish,
+    Generate,
     Generation,
     GenerationParams,
     ServedBy,
+    Stream,
     StreamPiece,
     TokenStream,
     Turn,
@@ -115,11 +117,6 @@ def _problem(check: Check, generation: Generation) -> str | None:
         if problem:
             return f"choices[{index}]: {problem}" if len(choices) > 1 else problem
     return None
-
-
-# What is checked: a provider's `generate` or `stream`, or anything called as they are (a chain of models).
-Generate = Callable[[str, GenerationParams, str, Sequence[Turn], Sequence[Turn]], Generation]
-Stream = Callable[[str, GenerationParams, str, Sequence[Turn], Sequence[Turn]], TokenStream]
 
 
 def generate(

@@ -11,16 +11,18 @@ steps: each model call is paid for.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.errors import ToolStepsExceeded
 from app.providers.base import (
     Finish,
+    Generate,
     Generation,
     GenerationParams,
     ServedBy,
+    Stream,
     StreamPiece,
     TokenStream,
     ToolCall,
@@ -30,10 +32,6 @@ from app.providers.base import (
 )
 from app.tools.base import CallContext, Search
 from app.tools.toolset import Offer, Ran, Toolset
-
-# The provider's calls, as the runtime makes them: (prompt, params, system, history, after).
-Generate = Callable[[str, GenerationParams, str, Sequence[Turn], Sequence[Turn]], Generation]
-Stream = Callable[[str, GenerationParams, str, Sequence[Turn], Sequence[Turn]], TokenStream]
 
 
 @dataclass(frozen=True)
