@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 
 import openai
 import pytest
 from fake_hf import Reply, Stream, chat_events, completion, openai_model, openai_stream, sse
 from helpers import SUPPORTBOT_SYSTEM, TOKEN, ToolBackend, sdk
 from pydantic import BaseModel
+
+from app.errors import StructuredOutputInvalid
+from app.providers import structured
+from app.providers.base import Generation, GenerationParams
 
 AGENT = Reply(body=openai_model)
 AGENT_STREAM = Stream(openai_stream)
@@ -531,3 +536,18 @@ def test_a_local_ref_is_followed(serve):
     )
     assert answer.choices[0].message.content == '{"a": 1}'
     assert "$.a: 'one' is not of type 'integer'" in fake.seen[1].body["messages"][-1]["content"]
+
+
+def test_the_second_try_never_outlives_the_deadline_the_params_carry():
+    """In a tool loop each step's params carry the request's deadline: a re-ask must not get a fresh HF_DEADLINE."""
+    sent: list[float | None] = []
+
+    def call(prompt, params, system, history, after):
+        sent.append(params.deadline_at)
+        return Generation("not json")
+
+    ends_at = time.monotonic() + 0.5
+    params = GenerationParams(response_format={"type": "json_object"}, deadline_at=ends_at)
+    with pytest.raises(StructuredOutputInvalid, match="no time left to ask once more"):
+        structured.generate(call, "hi", params, budget=30)
+    assert sent == [ends_at]

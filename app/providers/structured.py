@@ -139,7 +139,8 @@ def generate(
     problem = _problem(check, generation)
     if problem is None:
         return generation
-    deadline_at = started + budget
+    # The sooner of the budget and the deadline the params carry (a tool loop's step carries the request's).
+    deadline_at = min(started + budget, params.deadline_at or math.inf)
     if deadline_at - time.monotonic() < 1:
         raise invalid(check, problem, "with no time left to ask once more")
     again = (
@@ -151,7 +152,7 @@ def generate(
             "Answer again with only JSON that matches it.",
         },
     )
-    retry = dataclasses.replace(params, deadline_at=deadline_at) if budget != math.inf else params
+    retry = dataclasses.replace(params, deadline_at=deadline_at) if deadline_at != math.inf else params
     generation = call(prompt, retry, system, history, again)
     problem = _problem(check, generation)
     if problem is not None:
