@@ -164,6 +164,17 @@ def _state_url(env: Mapping[str, str]) -> str:
     return raw
 
 
+def _cache_url(env: Mapping[str, str]) -> str:
+    """Where cached answers live (`CMP_CACHE_URL`): empty (SQLite under the state directory), `memory://` or a
+    Redis URL; never echoed (it may hold a password)."""
+    raw = _text(env, "CMP_CACHE_URL")
+    if raw and not raw.startswith(("memory://", *STATE_URL_SCHEMES)):
+        raise SettingsError(
+            "CMP_CACHE_URL must be empty (SQLite), memory://, or start with redis://, rediss:// or unix://"
+        )
+    return raw
+
+
 def _memory_url(env: Mapping[str, str]) -> str:
     """Empty (SQLite under the project root) or a PostgreSQL URL; the URL may hold a password, never echoed."""
     raw = _text(env, "CMP_MEMORY_URL")
@@ -222,6 +233,9 @@ class Settings:
     breaker_failures: int = 3  # consecutive failures that open a model's circuit
     breaker_cooldown: float = 30.0  # seconds a circuit stays open before one trial call
     catalog_refresh: float = 300.0  # seconds between reads of the router's catalog
+    state_dir: Path | None = None  # None: <project_root>/state
+    cache_url: str = field(default="", repr=False)  # "" SQLite under state_dir, memory://, or redis://
+    cache_max_bytes: int = 256 * 1024 * 1024  # cached answers kept by SQLite or memory:// before LRU eviction
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -279,6 +293,9 @@ class Settings:
             breaker_failures=_number(env, "CMP_BREAKER_FAILURES", cls.breaker_failures, kind=int, minimum=1),
             breaker_cooldown=_number(env, "CMP_BREAKER_COOLDOWN", cls.breaker_cooldown, minimum=0.001),
             catalog_refresh=_number(env, "CMP_CATALOG_REFRESH", cls.catalog_refresh, minimum=1),
+            state_dir=Path(_text(env, "CMP_STATE_DIR")) if _text(env, "CMP_STATE_DIR") else None,
+            cache_url=_cache_url(env),
+            cache_max_bytes=_number(env, "CMP_CACHE_MAX_BYTES", cls.cache_max_bytes, kind=int, minimum=1),
         ).checked()
 
     def checked(self) -> Settings:
@@ -322,6 +339,12 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (the CLI's flags override the environment)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def state_path(self) -> Path:
+        """Where the runtime keeps what it writes of its own (the SQLite response cache): `CMP_STATE_DIR`, else
+        `state/` under the project root."""
+        return self.state_dir if self.state_dir is not None else self.project_root / "state"
 
     @property
     def hf_enabled(self) -> bool:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
+from app.cache import CachedAnswer, Lookup, ResponseCache
 from app.config import Settings
 from app.contexts import ContextStore
 from app.errors import BadRequest
@@ -19,7 +20,7 @@ from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
 from app.providers import build_embedder, build_provider
-from app.providers.base import GenerationParams, TokenStream, Turn, Usage
+from app.providers.base import GenerationParams, Provider, TokenStream, Turn, Usage
 from app.routing import ModelChain, ModelRouter, chain_of
 from app.validation import ChatRequest
 
@@ -48,6 +49,7 @@ class Answer:
     finish_reason: str = "stop"
     degraded: str = ""
     served: str | None = None  # the chain entry that answered, when the context names its models
+    cache: str = ""  # what the response cache did (hit, semantic-hit, miss, bypass); "" when the context has none
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class StreamedAnswer:
     sources: list[dict[str, Any]]
     degraded: str = ""
     served: str | None = None  # as `Answer.served`
+    cache: str = ""  # as `Answer.cache`
 
 
 class Runtime:
@@ -73,6 +76,7 @@ class Runtime:
         self.router = ModelRouter(settings, self.metrics) if settings.hf_token else None
         self.embedder = build_embedder(settings, self.metrics)
         self.memory = open_memory(settings, self.embedder)
+        self.cache = ResponseCache(settings, self.metrics, self.embedder)
 
     def problems(self) -> list[str]:
         """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
@@ -155,37 +159,75 @@ class Runtime:
         """The model's text when a model is configured, the rendered prompt otherwise."""
         rendered = self.render(request)
         sources = _sources(rendered)
+        if not (rendered.chain and self.router) and self.provider is None:
+            return Answer(rendered=rendered.prompt, model=None, sources=sources, degraded=rendered.degraded)
         inputs = _inference_inputs(rendered, request)
+        lookup = self._cached(request, rendered, inputs)
+        if lookup and lookup.found:
+            return _replayed(lookup.found, lookup.result, rendered)
         served = None
         if rendered.chain and self.router:
             routed = self.router.generate(rendered.chain, rendered.prompt, *inputs)
             generation, model, served = routed.result, routed.served, routed.served
-        elif self.provider is None:
-            return Answer(rendered=rendered.prompt, model=None, sources=sources, degraded=rendered.degraded)
         else:
-            generation, model = self.provider.generate(rendered.prompt, *inputs), self.provider.model_id
+            provider = cast(Provider, self.provider)  # checked above: there is a model to call
+            generation, model = provider.generate(rendered.prompt, *inputs), provider.model_id
+        finish = generation.finish_reason or "stop"
+        if lookup:
+            usage, calls = generation.usage, generation.tool_calls
+            self.cache.keep(lookup, generation.text, model, served, finish, sources, usage, calls)
         return Answer(
             rendered=generation.text,
             model=model,
             sources=sources,
             usage=generation.usage,
-            finish_reason=generation.finish_reason or "stop",
+            finish_reason=finish,
             degraded=rendered.degraded,
             served=served,
+            cache=lookup.result if lookup else "",
         )
 
     def stream(self, request: ChatRequest) -> StreamedAnswer:
         """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model."""
         rendered = self.render(request)
+        if not (rendered.chain and self.router) and self.provider is None:
+            return StreamedAnswer(
+                TokenStream(iter([rendered.prompt]), model=None), _sources(rendered), rendered.degraded
+            )
+        inputs = _inference_inputs(rendered, request)
+        lookup = self._cached(request, rendered, inputs)
+        if lookup and lookup.found:
+            found = lookup.found
+            return StreamedAnswer(found.stream(), found.sources, rendered.degraded, found.served, lookup.result)
         served = None
         if rendered.chain and self.router:
-            stream = self.router.stream(rendered.chain, rendered.prompt, *_inference_inputs(rendered, request)).result
+            stream = self.router.stream(rendered.chain, rendered.prompt, *inputs).result
             served = stream.model
-        elif self.provider is None:
-            stream = TokenStream(iter([rendered.prompt]), model=None)
         else:
-            stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered, request))
-        return StreamedAnswer(stream, _sources(rendered), rendered.degraded, served)
+            stream = cast(Provider, self.provider).stream(rendered.prompt, *inputs)
+        if lookup:
+            stream = self.cache.recording(lookup, stream, _sources(rendered), served)
+        return StreamedAnswer(stream, _sources(rendered), rendered.degraded, served, lookup.result if lookup else "")
+
+    def _cached(self, request: ChatRequest, rendered: Rendered, inputs: _Inputs) -> Lookup | None:
+        """The response cache's verdict for a request about to reach a model (None: its context has no cache)."""
+        model = repr(rendered.chain.entries) if rendered.chain else self.provider.model_id if self.provider else ""
+        params, system = inputs[0], inputs[1]
+        return self.cache.lookup(request, rendered.context, rendered.prompt, rendered.results, params, system, model)
+
+
+def _replayed(found: CachedAnswer, result: str, rendered: Rendered) -> Answer:
+    """A cached answer as the pipeline's own: nothing generated (usage zero), the sources it was built from."""
+    return Answer(
+        rendered=found.text,
+        model=found.model,
+        sources=found.sources,
+        usage=Usage(0, 0),
+        finish_reason=found.finish_reason,
+        degraded=rendered.degraded,
+        served=found.served,
+        cache=result,
+    )
 
 
 def _sources(rendered: Rendered) -> list[dict[str, Any]]:
@@ -193,9 +235,10 @@ def _sources(rendered: Rendered) -> list[dict[str, Any]]:
     return [{"id": r.id, "source": r.source, "score": r.score} for r in rendered.results]
 
 
-def _inference_inputs(
-    rendered: Rendered, request: ChatRequest
-) -> tuple[GenerationParams, str, tuple[Turn, ...], tuple[Turn, ...]]:
+_Inputs = tuple[GenerationParams, str, tuple[Turn, ...], tuple[Turn, ...]]
+
+
+def _inference_inputs(rendered: Rendered, request: ChatRequest) -> _Inputs:
     """What goes with the rendered prompt: sampling parameters, the chat system message, the history and the
     turns after the input."""
     return _params(rendered, request), system_message(rendered.context), request.messages, request.after

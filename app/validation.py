@@ -116,6 +116,8 @@ class ChatRequest:
     after: tuple[dict[str, Any], ...] = ()
     # Sampling the client asked for (max_tokens, temperature, top_p, stop), within the context's guardrails.
     overrides: dict[str, Any] = field(default_factory=dict)
+    # The client's `Cache-Control` header: `no-store` (never cached) and `no-cache` (answered anew) are read.
+    cache_control: str = ""
 
 
 class SchemaCheck:

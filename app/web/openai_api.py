@@ -20,7 +20,7 @@ from app.providers.base import ChoiceDelta, ToolCallDelta, Usage
 from app.validation import parse_openai_request
 from app.web import get_runtime
 from app.web.auth import tenant_for
-from app.web.chat import admit, json_body, mark_degraded, mark_model
+from app.web.chat import admit, json_body, mark_cache, mark_degraded, mark_model
 from app.web.sse import event_stream, sse_event
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -97,6 +97,7 @@ def chat_completions():
 
         response = event_stream(stream, events(), error_event, g.request_id)
         mark_model(response, streamed.served)
+        mark_cache(response, streamed.cache)
         return mark_degraded(response, streamed.degraded)
     answer = runtime.answer(chat_request)
     response = jsonify(
@@ -114,6 +115,7 @@ def chat_completions():
         sources=answer.sources,
     )
     mark_model(response, answer.served)
+    mark_cache(response, answer.cache)
     return mark_degraded(response, answer.degraded)
 
 
