@@ -161,10 +161,11 @@ class Runtime:
         sources = _sources(rendered)
         if not (rendered.chain and self.router) and self.provider is None:
             return Answer(rendered=rendered.prompt, model=None, sources=sources, degraded=rendered.degraded)
-        inputs = _inference_inputs(rendered, request)
-        lookup = self._cached(request, rendered, inputs)
+        params = _params(rendered, request)
+        lookup = self._cached(request, rendered, params)
         if lookup and lookup.found:
             return _replayed(lookup.found, lookup.result, rendered)
+        inputs = _inference_inputs(rendered, request, params)
         served = None
         if rendered.chain and self.router:
             routed = self.router.generate(rendered.chain, rendered.prompt, *inputs)
@@ -194,11 +195,12 @@ class Runtime:
             return StreamedAnswer(
                 TokenStream(iter([rendered.prompt]), model=None), _sources(rendered), rendered.degraded
             )
-        inputs = _inference_inputs(rendered, request)
-        lookup = self._cached(request, rendered, inputs)
+        params = _params(rendered, request)
+        lookup = self._cached(request, rendered, params)
         if lookup and lookup.found:
             found = lookup.found
             return StreamedAnswer(found.stream(), found.sources, rendered.degraded, found.served, lookup.result)
+        inputs = _inference_inputs(rendered, request, params)
         served = None
         if rendered.chain and self.router:
             stream = self.router.stream(rendered.chain, rendered.prompt, *inputs).result
@@ -209,11 +211,10 @@ class Runtime:
             stream = self.cache.recording(lookup, stream, _sources(rendered), served)
         return StreamedAnswer(stream, _sources(rendered), rendered.degraded, served, lookup.result if lookup else "")
 
-    def _cached(self, request: ChatRequest, rendered: Rendered, inputs: _Inputs) -> Lookup | None:
+    def _cached(self, request: ChatRequest, rendered: Rendered, params: GenerationParams) -> Lookup | None:
         """The response cache's verdict for a request about to reach a model (None: its context has no cache)."""
         model = repr(rendered.chain.entries) if rendered.chain else self.provider.model_id if self.provider else ""
-        params, system = inputs[0], inputs[1]
-        return self.cache.lookup(request, rendered.context, rendered.prompt, rendered.results, params, system, model)
+        return self.cache.lookup(request, rendered.context, rendered.prompt, rendered.results, params, model)
 
 
 def _replayed(found: CachedAnswer, result: str, rendered: Rendered) -> Answer:
@@ -235,13 +236,12 @@ def _sources(rendered: Rendered) -> list[dict[str, Any]]:
     return [{"id": r.id, "source": r.source, "score": r.score} for r in rendered.results]
 
 
-_Inputs = tuple[GenerationParams, str, tuple[Turn, ...], tuple[Turn, ...]]
-
-
-def _inference_inputs(rendered: Rendered, request: ChatRequest) -> _Inputs:
+def _inference_inputs(
+    rendered: Rendered, request: ChatRequest, params: GenerationParams
+) -> tuple[GenerationParams, str, tuple[Turn, ...], tuple[Turn, ...]]:
     """What goes with the rendered prompt: sampling parameters, the chat system message, the history and the
     turns after the input."""
-    return _params(rendered, request), system_message(rendered.context), request.messages, request.after
+    return params, system_message(rendered.context), request.messages, request.after
 
 
 def _params(rendered: Rendered, request: ChatRequest) -> GenerationParams:

@@ -20,7 +20,7 @@ from helpers import GUIDE_BODY, MODEL, TOKEN, Server, free_port, metric, run, ss
 
 from app import create_app
 from app.cache.memory import MemoryCache
-from app.cache.sqlite import SqliteCache
+from app.cache.sqlite import TOUCH_SECONDS, SqliteCache
 from app.cache.store import Entry, pack
 from app.providers.base import GenerationParams
 from app.validation import ChatRequest
@@ -174,14 +174,14 @@ def test_errors_and_tool_calls_are_not_cached(serve):
     runtime = app.extensions["contexis"]
     request = ChatRequest(context=CONTEXT, component=CONTEXT, query="call a tool")
     context = runtime.contexts.resolve(CONTEXT)
-    lookup = runtime.cache.lookup(request, context, "prompt", [], GenerationParams(temperature=0), "", MODEL)
+    lookup = runtime.cache.lookup(request, context, "prompt", [], GenerationParams(temperature=0), MODEL)
     call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
     runtime.cache.keep(lookup, "", MODEL, None, "tool_calls", [], None, (call,))
-    again = runtime.cache.lookup(request, context, "prompt", [], GenerationParams(temperature=0), "", MODEL)
+    again = runtime.cache.lookup(request, context, "prompt", [], GenerationParams(temperature=0), MODEL)
     assert (again.result, again.found) == ("miss", None)
     runtime.cache.keep(lookup, "text", MODEL, None, "stop", [], None)
     assert (
-        runtime.cache.lookup(request, context, "prompt", [], GenerationParams(temperature=0), "", MODEL).result == "hit"
+        runtime.cache.lookup(request, context, "prompt", [], GenerationParams(temperature=0), MODEL).result == "hit"
     )
 
 
@@ -257,6 +257,7 @@ def test_stores_are_bounded_least_recently_used_first(tmp_path, store):
     for name in "abc":
         cache.put(Entry("", CONTEXT, name, b"x" * 1000, 60))
         time.sleep(0.01)
+    time.sleep(TOUCH_SECONDS)  # SQLite moves an answer up the LRU at most once a second
     assert cache.get("", CONTEXT, "a") is not None  # a is now the most recently used
     time.sleep(0.01)
     cache.put(Entry("", CONTEXT, "d", b"x" * 1000, 60))
@@ -276,6 +277,7 @@ def test_ctx_cache_stats_and_clear(serve, project):
     _, app = serve()
     client = app.test_client()
     ask(client, tenant_id="acme")
+    time.sleep(TOUCH_SECONDS)  # hits are written at most once a second per answer
     ask(client, tenant_id="acme")
     ask(client, tenant_id="globex")
     stats = run("cache", "stats", "--root", str(project))
@@ -332,3 +334,12 @@ def test_redis_down_is_a_counted_miss_and_requests_are_answered(serve):
     assert metric(app, "cmp_cache_storage_errors_total") >= 1
     scraped = client.get("/metrics").get_data(as_text=True)
     assert "hunter2secret" not in scraped and "hunter2secret" not in json.dumps([a.json for a in answers])
+
+
+@pytest.mark.parametrize("section", [{"ttl": -1}, {"ttl": 60, "semantic": 1.5}, {"ttl": 60, "size": 3}])
+def test_an_invalid_cache_section_is_refused(project, settings, section):
+    path = project / "contexts" / CONTEXT / "supportbot.ctx"
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "cache": section}))
+    answer = ask(create_app(settings).test_client())
+    assert (answer.status_code, answer.json["error"]["code"]) == (500, "invalid_context")
+    assert "Traceback" not in answer.get_data(as_text=True)

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import orjson
@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 HIT, MISS, SEMANTIC_HIT, BYPASS = "hit", "miss", "semantic-hit", "bypass"
 DEFAULT_MAX_TEMPERATURE = 0.5
 KEY_VERSION = "1"  # bumped when what a key holds changes, so old answers are never read as new ones
+
+# Every field of the sampling and OpenAI parameters is in the key, read shallowly (asdict's deep copy costs a hit
+# more than its render).
+_PARAM_FIELDS = tuple(field.name for field in fields(GenerationParams))
 
 
 def open_store(settings: Settings) -> CacheStore:
@@ -158,7 +162,6 @@ class ResponseCache:
         prompt: str,
         results: Sequence[SearchResult],
         params: GenerationParams,
-        system: str,
         model: str,
     ) -> Lookup | None:
         """The cached answer for this request if there is one; None when its context does not cache."""
@@ -177,7 +180,8 @@ class ResponseCache:
         if not reusable:
             return self._counted(Lookup(BYPASS), name)
         parts = [KEY_VERSION, request.tenant_id, name, self._version(context), request.component, request.prompt_file]
-        parts += [system, _canonical(asdict(params)), model]
+        # The chat system message is the context's (in its version); the prompt and history are the request's.
+        parts += [_canonical([getattr(params, name) for name in _PARAM_FIELDS]), model]
         single_turn = not request.messages and not request.after
         question = request.query or str(request.data.get("user_input", "")) if single_turn else ""
         scope = _digest([*parts, "semantic"]) if policy.semantic and self.embedder and question else ""
@@ -306,8 +310,5 @@ def _canonical(value: Any) -> str:
 
 
 def _digest(parts: Sequence[str]) -> str:
-    hasher = hashlib.sha256()
-    for part in parts:
-        hasher.update(part.encode("utf-8", "surrogatepass"))
-        hasher.update(b"\x00")
-    return hasher.hexdigest()
+    """One digest of `parts`; each is JSON or a name, so a NUL cannot occur in one unescaped."""
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()

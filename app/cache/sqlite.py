@@ -34,6 +34,8 @@ CREATE INDEX IF NOT EXISTS answers_scope ON answers (scope, used) WHERE scope !=
 CREATE INDEX IF NOT EXISTS answers_owner ON answers (tenant, context);
 """
 
+TOUCH_SECONDS = 1.0
+
 
 class SqliteCache:
     """Answers in `path`, at most `max_bytes` of them."""
@@ -43,6 +45,8 @@ class SqliteCache:
         self.location = str(path)
         self.max_bytes = max_bytes
         self._local = threading.local()
+        self._hits: dict[str, int] = {}  # hits not yet written (`_touch`)
+        self._lock = threading.Lock()
 
     def _conn(self) -> sqlite3.Connection:
         held = getattr(self._local, "conn", None)
@@ -61,13 +65,23 @@ class SqliteCache:
             conn = self._conn()
             now = time.time()
             row = conn.execute(
-                "SELECT value FROM answers WHERE digest = ? AND tenant = ? AND context = ? AND expires > ?",
+                "SELECT value, used FROM answers WHERE digest = ? AND tenant = ? AND context = ? AND expires > ?",
                 (digest, tenant, context, now),
             ).fetchone()
             if row is None:
                 return None
-            conn.execute("UPDATE answers SET used = ?, hits = hits + 1 WHERE digest = ?", (now, digest))
+            self._touch(conn, digest, row[1], now)
             return bytes(row[0])
+
+    def _touch(self, conn: sqlite3.Connection, digest: str, used: float, now: float) -> None:
+        """Count a hit, and move the answer up the LRU at most once per `TOUCH_SECONDS`: a write per hit would
+        cost a hit more than the render before it, and serialize the workers on the file's write lock."""
+        with self._lock:
+            hits = self._hits[digest] = self._hits.get(digest, 0) + 1
+            if now - used < TOUCH_SECONDS:
+                return
+            del self._hits[digest]
+        conn.execute("UPDATE answers SET used = ?, hits = hits + ? WHERE digest = ?", (now, hits, digest))
 
     def put(self, entry: Entry) -> None:
         with _guarded():
@@ -107,15 +121,16 @@ class SqliteCache:
         with _guarded():
             conn = self._conn()
             rows = conn.execute(
-                "SELECT digest, vector, value FROM answers WHERE scope = ? AND tenant = ? AND context = ?"
+                "SELECT digest, vector, value, used FROM answers WHERE scope = ? AND tenant = ? AND context = ?"
                 " AND expires > ? ORDER BY used DESC LIMIT ?",
                 (scope, tenant, context, time.time(), SEMANTIC_CANDIDATES),
             ).fetchall()
-            found = best([(bytes(packed), digest) for digest, packed, _ in rows], vector, threshold)
+            found = best([(bytes(packed), digest) for digest, packed, _, _ in rows], vector, threshold)
             if found is None:
                 return None
-            conn.execute("UPDATE answers SET used = ?, hits = hits + 1 WHERE digest = ?", (time.time(), found))
-            return next(bytes(value) for digest, _, value in rows if digest == found)
+            used, value = next((used, value) for digest, _, value, used in rows if digest == found)
+            self._touch(conn, found, used, time.time())
+            return bytes(value)
 
     def stats(self, tenant: str | None = None, context: str | None = None) -> list[CacheStats]:
         with _guarded():
