@@ -175,11 +175,11 @@ def _cache_url(env: Mapping[str, str]) -> str:
     return raw
 
 
-def _memory_url(env: Mapping[str, str]) -> str:
+def _memory_url(env: Mapping[str, str], name: str = "CMP_MEMORY_URL") -> str:
     """Empty (SQLite under the project root) or a PostgreSQL URL; the URL may hold a password, never echoed."""
-    raw = _text(env, "CMP_MEMORY_URL")
+    raw = _text(env, name)
     if raw and not raw.startswith(MEMORY_URL_SCHEMES):
-        raise SettingsError("CMP_MEMORY_URL must be empty (SQLite) or start with postgresql:// or postgres://")
+        raise SettingsError(f"{name} must be empty (SQLite) or start with postgresql:// or postgres://")
     return raw
 
 
@@ -206,6 +206,7 @@ class Settings:
     traces_exporter: str = "none"
     threads: int = 128  # gunicorn threads per worker (app/gunicorn_conf.py), and model connections per worker
     header_timeout: float = 10.0  # seconds a client has to send its request head (app/gunicorn_worker.py)
+    queue_timeout: float = 10.0  # seconds a request may wait for a free thread before a 503 (app/gunicorn_worker.py)
     auth_enabled: bool = False
     api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
     rate_limit: str = ""
@@ -233,7 +234,9 @@ class Settings:
     breaker_failures: int = 3  # consecutive failures that open a model's circuit
     breaker_cooldown: float = 30.0  # seconds a circuit stays open before one trial call
     catalog_refresh: float = 300.0  # seconds between reads of the router's catalog
-    state_dir: Path | None = None  # None: <project_root>/state
+    usage_url: str = field(default="", repr=False)  # CMP_USAGE_URL: a PostgreSQL URL, or "" (embedded SQLite)
+    state_dir: Path | None = None  # CMP_STATE_DIR: where embedded databases live; None: <project root>/.contexis
+    responses_ttl: float = 30 * 24 * 3600  # CMP_RESPONSES_TTL: seconds a stored Responses API response is kept
     cache_url: str = field(default="", repr=False)  # "" SQLite under state_dir, memory://, or redis://
     cache_max_bytes: int = 256 * 1024 * 1024  # cached answers kept by SQLite or memory:// before LRU eviction
 
@@ -266,6 +269,7 @@ class Settings:
             traces_exporter=_text(env, "OTEL_TRACES_EXPORTER", "none").lower(),
             threads=_number(env, "GUNICORN_THREADS", cls.threads, kind=int, minimum=1),
             header_timeout=_number(env, "GUNICORN_HEADER_TIMEOUT", cls.header_timeout, minimum=0.001),
+            queue_timeout=_number(env, "GUNICORN_QUEUE_TIMEOUT", cls.queue_timeout, minimum=0.001),
             auth_enabled=_flag(env, "CMP_AUTH_ENABLED"),
             api_keys=_api_keys(env),
             rate_limit=_rate_limit(env),
@@ -342,9 +346,8 @@ class Settings:
 
     @property
     def state_path(self) -> Path:
-        """Where the runtime keeps what it writes of its own (the SQLite response cache): `CMP_STATE_DIR`, else
-        `state/` under the project root."""
-        return self.state_dir if self.state_dir is not None else self.project_root / "state"
+        """Where the runtime keeps its embedded databases (stored responses): CMP_STATE_DIR, else under the root."""
+        return self.state_dir if self.state_dir is not None else Path(self.project_root) / ".contexis"
 
     @property
     def hf_enabled(self) -> bool:

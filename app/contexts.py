@@ -209,11 +209,25 @@ class ContextStore:
             raise NotFound(f"context {name!r} not found", code="context_not_found")
         return self.load(path)
 
-    def load(self, path: Path) -> dict[str, Any]:
-        """Load one context file with everything it extends or includes, from cache when unchanged."""
+    def load(self, path: Path, *, last_good: bool = True) -> dict[str, Any]:
+        """Load one context file with everything it extends or includes, from cache when unchanged.
+
+        A file rewritten in place is empty or cut short for a moment: while a changed file fails to load,
+        the last version that loaded is served (``last_good``), so requests never see the half-written
+        one; ``problems`` (``/readyz``, ``ctx context validate``) asks with ``last_good=False`` and names it.
+        """
         cached = self._cached(path)
         if cached is not None:
             return cached
+        try:
+            return self._load(path)
+        except ContextInvalid:
+            previous = self._cache.get(path)
+            if last_good and previous is not None:
+                return previous[1]
+            raise
+
+    def _load(self, path: Path) -> dict[str, Any]:
         resolved = path.resolve()
         if not resolved.is_relative_to(self.root):
             # Named as asked for: where the link leads is outside the root and must not be shown.
@@ -275,7 +289,7 @@ class ContextStore:
         found: list[str] = []
         for path in self.iter_files():
             try:
-                self.load(path)
+                self.load(path, last_good=False)
             except ContextInvalid as exc:
                 found.append(exc.message)
         return found

@@ -6,8 +6,8 @@ It knows nothing of HTTP: `app.web` turns requests into `ChatRequest`s and answe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
@@ -19,10 +19,10 @@ from app.errors import BadRequest
 from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
-from app.providers import build_embedder, build_provider
-from app.providers.base import GenerationParams, Provider, TokenStream, Turn, Usage
+from app.providers import build_embedder, build_provider, structured
+from app.providers.base import Choice, Generation, GenerationParams, TokenStream, ToolCall, Turn, Usage
 from app.routing import ModelChain, ModelRouter, chain_of
-from app.validation import ChatRequest
+from app.validation import ChatRequest, content_text
 
 _tracer = trace.get_tracer(__name__)
 
@@ -49,6 +49,8 @@ class Answer:
     finish_reason: str = "stop"
     degraded: str = ""
     served: str | None = None  # the chain entry that answered, when the context names its models
+    tool_calls: tuple[ToolCall, ...] = ()  # the tools the model asks the client to call (`finish_reason` says so)
+    choices: tuple[Choice, ...] = ()  # every answer of the model (n of them), the first included; () without one
     cache: str = ""  # what the response cache did (hit, semantic-hit, miss, bypass); "" when the context has none
 
 
@@ -141,7 +143,7 @@ class Runtime:
             "results": [result.as_dict() for result in retrieval.results],
             "tenant_id": request.tenant_id,
             "query": request.query,
-            "messages": [dict(message) for message in request.messages],
+            "messages": [{**message, "content": content_text(message["content"])} for message in request.messages],
             # True when the model gets the history as turns, so a template need not repeat it.
             "history_in_turns": self._history_in_turns(chain),
         }
@@ -156,27 +158,35 @@ class Runtime:
         return bool(self.provider and self.provider.history_in_turns)
 
     def answer(self, request: ChatRequest) -> Answer:
-        """The model's text when a model is configured, the rendered prompt otherwise."""
+        """The model's text when a model is configured, the rendered prompt otherwise; an answer that must match
+        the request's `response_format` is checked (`app.providers.structured`)."""
         rendered = self.render(request)
         sources = _sources(rendered)
-        if not (rendered.chain and self.router) and self.provider is None:
+        chain, router, served = rendered.chain, self.router, []
+        if chain and router:
+
+            def generate(*args: Any) -> Generation:  # the chain, called as a provider is
+                routed = router.generate(chain, *args)
+                served.append(routed.served)
+                return routed.result
+
+        elif self.provider is None:
             return Answer(rendered=rendered.prompt, model=None, sources=sources, degraded=rendered.degraded)
+        else:
+            generate = self.provider.generate
         params = _params(rendered, request)
         lookup = self._cached(request, rendered, params)
         if lookup and lookup.found:
             return _replayed(lookup.found, lookup.result, rendered)
         inputs = _inference_inputs(rendered, request, params)
-        served = None
-        if rendered.chain and self.router:
-            routed = self.router.generate(rendered.chain, rendered.prompt, *inputs)
-            generation, model, served = routed.result, routed.served, routed.served
-        else:
-            provider = cast(Provider, self.provider)  # checked above: there is a model to call
-            generation, model = provider.generate(rendered.prompt, *inputs), provider.model_id
+        generation = structured.generate(generate, rendered.prompt, *inputs, budget=self.settings.hf_deadline)
+        model = served[-1] if served else self.provider.model_id if self.provider else None
         finish = generation.finish_reason or "stop"
         if lookup:
             usage, calls = generation.usage, generation.tool_calls
-            self.cache.keep(lookup, generation.text, model, served, finish, sources, usage, calls)
+            self.cache.keep(
+                lookup, generation.text, model, served[-1] if served else None, finish, sources, usage, calls
+            )
         return Answer(
             rendered=generation.text,
             model=model,
@@ -184,17 +194,19 @@ class Runtime:
             usage=generation.usage,
             finish_reason=finish,
             degraded=rendered.degraded,
-            served=served,
+            served=served[-1] if served else None,
+            tool_calls=generation.tool_calls,
+            choices=generation.choices,
             cache=lookup.result if lookup else "",
         )
 
     def stream(self, request: ChatRequest) -> StreamedAnswer:
         """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model."""
         rendered = self.render(request)
-        if not (rendered.chain and self.router) and self.provider is None:
-            return StreamedAnswer(
-                TokenStream(iter([rendered.prompt]), model=None), _sources(rendered), rendered.degraded
-            )
+        chain, router, provider = rendered.chain, self.router, self.provider
+        if not (chain and router) and provider is None:
+            prompt_only = TokenStream(iter([rendered.prompt]), model=None)
+            return StreamedAnswer(prompt_only, _sources(rendered), rendered.degraded)
         params = _params(rendered, request)
         lookup = self._cached(request, rendered, params)
         if lookup and lookup.found:
@@ -202,11 +214,11 @@ class Runtime:
             return StreamedAnswer(found.stream(), found.sources, rendered.degraded, found.served, lookup.result)
         inputs = _inference_inputs(rendered, request, params)
         served = None
-        if rendered.chain and self.router:
-            stream = self.router.stream(rendered.chain, rendered.prompt, *inputs).result
+        if chain and router:
+            stream = structured.stream(lambda *args: router.stream(chain, *args).result, rendered.prompt, *inputs)
             served = stream.model
-        else:
-            stream = cast(Provider, self.provider).stream(rendered.prompt, *inputs)
+        elif provider is not None:
+            stream = structured.stream(provider.stream, rendered.prompt, *inputs)
         if lookup:
             stream = self.cache.recording(lookup, stream, _sources(rendered), served)
         return StreamedAnswer(stream, _sources(rendered), rendered.degraded, served, lookup.result if lookup else "")
@@ -246,23 +258,29 @@ def _inference_inputs(
 
 def _params(rendered: Rendered, request: ChatRequest) -> GenerationParams:
     """The guardrails' sampling (the chain's `model.params` first), with what the client asked for where it
-    stays within `guardrails.client_max`."""
+    stays within `guardrails.client_max` (a 400 past it) or, for `max_tokens` without one, within the context's
+    own `max_tokens` (its ceiling); and the OpenAI fields the client set."""
     context = rendered.context
     guardrails = context.get("guardrails") or {}
     defaults = {**guardrails, **rendered.chain.params} if rendered.chain else guardrails
-    params = GenerationParams.from_guardrails(defaults)
     overrides = request.overrides
-    for name, ceiling in guardrails.get("client_max", {}).items():
+    limits = guardrails.get("client_max", {})
+    for name, ceiling in limits.items():
         if overrides.get(name, 0) > ceiling:
             raise BadRequest(
                 f"{name}: {overrides[name]} is more than context {context['name']!r} allows ({ceiling})",
                 code="invalid_request",
                 param=name,
             )
-    return replace(
-        params,
-        max_new_tokens=overrides.get("max_tokens", params.max_new_tokens),
-        temperature=overrides.get("temperature", params.temperature),
-        top_p=overrides.get("top_p", params.top_p),
-        stop=overrides.get("stop", params.stop),
+    context_max = guardrails.get("max_tokens")
+    max_tokens = overrides.get("max_tokens", defaults.get("max_tokens", GenerationParams.max_new_tokens))
+    if context_max and "max_tokens" not in limits:
+        max_tokens = min(max_tokens, context_max)
+    # Built once: twenty fields, so a replace() of the guardrails' parameters would cost twice.
+    return GenerationParams(
+        max_new_tokens=max_tokens,
+        temperature=overrides.get("temperature", defaults.get("temperature", GenerationParams.temperature)),
+        top_p=overrides.get("top_p", defaults.get("top_p", GenerationParams.top_p)),
+        stop=overrides.get("stop", ()),
+        **request.options,
     )

@@ -414,7 +414,7 @@ def bench_cached(settings: tuple[int, int]) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp, instant_model() as ng:
         root = Path(tmp) / "project"
-        shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("*.db", "*.db-*", "state"))
+        shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("*.db", "*.db-*", ".contexis"))
         ctx_file = root / "contexts" / "SupportBot" / "supportbot.ctx"
         ctx_file.write_text(ctx_file.read_text() + "cache:\n  ttl: 3600\n")
         with (

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -24,6 +24,9 @@ import requests
 from flask import Flask
 from guide import GUIDE_BODY
 from werkzeug.serving import make_server
+
+if TYPE_CHECKING:
+    import openai
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "quickstart"
@@ -80,6 +83,13 @@ def chat(target: Any, body: dict[str, Any] | None = None, **extra: Any):
     """POST a chat request (the guide's unless `body` is given, `extra` merged in) to an app or a test client."""
     client = target.test_client() if isinstance(target, Flask) else target
     return client.post("/api/v1/chat", json={**(GUIDE_BODY if body is None else body), **extra})
+
+
+def sdk(live: LiveApp, key: str = "no-key-needed") -> openai.OpenAI:
+    """The real `openai` SDK against a served app's `/v1`, without the SDK's own retries."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{live.url}/v1", api_key=key, max_retries=0, timeout=10)
 
 
 def metric(app: Flask, name: str, **labels: str) -> float:
@@ -165,9 +175,23 @@ class LiveApp:
 class Server:
     """`python cli.py serve` in a subprocess, stopped with SIGTERM like Kubernetes does."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+        open_files: int | None = None,
+    ) -> None:
+        """`open_files`: the server's limit of open file descriptors (`ulimit -n`), when given."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+
+        def limit() -> None:
+            import resource
+
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "cli.py"), "serve", "--addr", f"127.0.0.1:{self.port}", *args],
             env=clean_env(**(env or {})),
@@ -175,6 +199,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=limit if open_files is not None else None,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -185,6 +210,10 @@ class Server:
                 time.sleep(0.1)
         _, output = self.stop()
         pytest.fail(f"server did not become ready:\n{output}")
+
+    def workers(self) -> list[int]:
+        """The pids of gunicorn's workers (the children of the served process)."""
+        return [int(pid) for pid in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()]
 
     def stop(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)
@@ -242,6 +271,25 @@ class Postgres:
 
         self.server.cleanup()
         atexit.unregister(self.server._cleanup)  # stopped already; its exit hook would log to closed streams
+
+    def processes(self) -> list[int]:
+        """The postmaster's pid and its children's (backends, checkpointer, ...)."""
+        postmaster = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        return [postmaster, *map(int, children)]
+
+    def freeze(self) -> list[int]:
+        """Stop every process of the server (SIGSTOP), as a frozen host does: sockets stay open, nothing
+        answers, no reset is sent; the pids to `thaw`."""
+        pids = self.processes()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    @staticmethod
+    def thaw(pids: list[int]) -> None:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
     def reset(self) -> None:
         """Empty every memory table of the role's database."""

@@ -205,7 +205,7 @@ def test_a_context_without_cache_pays_nothing(hf_settings, project):
         client = app.test_client()
         first, second = ask(client), ask(client)
     assert "X-Contexis-Cache" not in first.headers and second.json["rendered"] == "answer 2"
-    assert not (project / "state").exists()  # no store was even opened
+    assert not (project / ".contexis" / "cache.sqlite3").exists()  # no store was even opened
 
 
 def test_semantic_hit_and_near_miss(serve):
@@ -240,7 +240,7 @@ def test_sqlite_is_shared_by_runtimes_of_one_project(serve, project):
     assert ask(app.test_client()).headers["X-Contexis-Cache"] == "miss"
     other = create_app(app.extensions["contexis"].settings)  # another worker of the pod
     assert ask(other.test_client()).headers["X-Contexis-Cache"] == "hit"
-    assert (project / "state" / "cache.sqlite3").is_file()
+    assert (project / ".contexis" / "cache.sqlite3").is_file()
 
 
 def test_memory_url_keeps_answers_per_process(serve):
@@ -318,7 +318,7 @@ def test_redis_is_shared_by_two_gunicorn_workers(project, redis_server):
     assert answers == [(200, "hit", "answer 1")] * 40
     assert len(model.seen) == 1  # not once per worker
     assert f'cmp_cache_requests_total{{context="{CONTEXT}",result="hit"}} 40.0' in scraped
-    assert not (project / "state").exists()  # Redis holds the answers
+    assert not (project / ".contexis" / "cache.sqlite3").exists()  # Redis holds the answers
 
 
 def test_redis_down_is_a_counted_miss_and_requests_are_answered(serve):
@@ -343,3 +343,20 @@ def test_an_invalid_cache_section_is_refused(project, settings, section):
     answer = ask(create_app(settings).test_client())
     assert (answer.status_code, answer.json["error"]["code"]) == (500, "invalid_context")
     assert "Traceback" not in answer.get_data(as_text=True)
+
+
+def test_the_responses_api_is_cached_too(serve):
+    model, app = serve()
+    client = app.test_client()
+    body = {"model": CONTEXT, "input": "where is my parcel"}
+    first, second = (client.post("/v1/responses", json=body) for _ in range(2))
+    assert (first.headers["X-Contexis-Cache"], second.headers["X-Contexis-Cache"]) == ("miss", "hit")
+    text = lambda answer: answer.json["output"][0]["content"][0]["text"]  # noqa: E731
+    assert text(first) == text(second) == "answer 1"
+    assert second.json["usage"]["output_tokens"] == 0
+    streamed = client.post("/v1/responses", json={**body, "stream": True})
+    assert streamed.headers["X-Contexis-Cache"] == "hit"
+    events = [data for _, data in sse_events(streamed)]
+    assert "".join(e.get("delta", "") for e in events if e["type"] == "response.output_text.delta") == "answer 1"
+    assert events[-1]["type"] == "response.completed"
+    assert len(model.seen) == 1

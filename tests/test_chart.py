@@ -293,6 +293,9 @@ def test_security_contexts_and_writable_paths() -> None:
     assert "emptyDir" in volumes[mounts["/tmp"]]
     assert "emptyDir" in volumes[mounts["/tmp/metrics"]]
     assert env_of(docs)["PROMETHEUS_MULTIPROC_DIR"]["value"] == "/tmp/metrics"
+    # Stored responses go to a writable state directory of the pod, not under the read-only project root.
+    assert "emptyDir" in volumes[mounts["/var/lib/contexis"]]
+    assert env_of(docs)["CMP_STATE_DIR"]["value"] == "/var/lib/contexis"
 
 
 def test_probes_hit_health_endpoints_on_the_app_port() -> None:

@@ -47,7 +47,8 @@ KEY_VERSION = "1"  # bumped when what a key holds changes, so old answers are ne
 
 # Every field of the sampling and OpenAI parameters is in the key, read shallowly (asdict's deep copy costs a hit
 # more than its render).
-_PARAM_FIELDS = tuple(field.name for field in fields(GenerationParams))
+# `deadline_at` is when one call must end, not what it asks.
+_PARAM_FIELDS = tuple(field.name for field in fields(GenerationParams) if field.name != "deadline_at")
 
 
 def open_store(settings: Settings) -> CacheStore:

@@ -58,6 +58,7 @@ def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
     from app.web.errors import register_error_handlers, register_error_shape
     from app.web.json import JSONProvider
     from app.web.limits import init_limits
+    from app.web.responses_api import init_responses
     from app.web.telemetry import init_observability
 
     app.json = JSONProvider(app)
@@ -71,5 +72,6 @@ def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
     init_auth(app, settings)
     app.register_blueprint(chat.bp)
     app.register_blueprint(openai_api.bp)
+    init_responses(app, settings)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)

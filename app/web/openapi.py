@@ -20,30 +20,53 @@ from app.names import NAME_PATTERN
 from app.validation import CHAT_REQUEST_SCHEMA, OPENAI_CHAT_SCHEMA
 from app.web import get_runtime
 from app.web.health import runtime_version
+from app.web.responses_wire import RESPONSES_SCHEMA
 
 bp = Blueprint("openapi", __name__)
 
 _ERROR_STATUSES = {
-    "400": "The body is not JSON, breaks the schema, or `data` nests deeper than CMP_MAX_DATA_DEPTH.",
+    "400": "The body is not JSON, breaks the schema (a `query` longer than CMP_MAX_STRING_CHARS too), or `data` "
+    "nests deeper than CMP_MAX_DATA_DEPTH; a field the wire format cannot carry (`unsupported_by_endpoint`, e.g. "
+    "`tools` with HF_API=text-generation) or the model's provider refuses (`unsupported_by_model`, with `param`).",
     "401": "No API key, or one that is not valid (only with CMP_AUTH_ENABLED).",
     "403": "The key lacks the route's scope or may not act for the requested tenant.",
-    "404": "The context, component or prompt file does not exist.",
-    "413": "The body exceeds CMP_MAX_BODY_BYTES, or `query`, a string or the number of values in `data` exceed "
+    "404": "The context (model), component or prompt file does not exist, or the key's tenant may not use it.",
+    "413": "The body exceeds CMP_MAX_BODY_BYTES, or a string or the number of values in `data` exceed "
     "CMP_MAX_STRING_CHARS or CMP_MAX_DATA_ITEMS, or the history exceeds CMP_MAX_MESSAGES or CMP_MAX_HISTORY_CHARS.",
     "415": "The body is not sent as `application/json`.",
     "422": "The template needs a variable that `data` does not provide, or the render goes past CMP_MAX_PROMPT_CHARS "
     "or CMP_RENDER_TIMEOUT.",
     "429": "The key (or client address) exceeded CMP_RATE_LIMIT; `Retry-After` says when to retry.",
     "500": "The project is broken (invalid context, template error, unusable memory store) or the runtime failed.",
-    "502": "Hugging Face failed or answered something unusable (codes `hf_*`).",
+    "502": "Hugging Face failed or answered something unusable (codes `hf_*`; `hf_stream_interrupted` for a stream "
+    "cut mid-answer), or the answer does not match `response_format` after one more try "
+    "(`structured_output_invalid`). `x-should-retry: false` when the runtime has retried already; `Retry-After` "
+    "as the upstream's 429 or 503 sent it.",
     "503": "The request has a `query` and the memory database (CMP_MEMORY_URL) is down, unreachable or too slow "
     "(`memory_unavailable`); requests without a query still work. Or every model of the context's chain was "
-    "passed over without a call (`models_unavailable`: circuits open, providers down).",
+    "passed over without a call (`models_unavailable`: circuits open, providers down). Or every request thread "
+    "stayed busy for GUNICORN_QUEUE_TIMEOUT (`service_unavailable`, with `Retry-After`).",
     "504": "Hugging Face did not answer within HF_TIMEOUT.",
 }
 _REQUEST_ID = {
     "description": "The request's id: the caller's `X-Request-ID` when safe, else a new one.",
     "schema": {"type": "string"},
+}
+
+
+_TOOL_CALL_DELTA = {
+    "type": "object",
+    "required": ["index", "function"],
+    "description": "A call's first piece has `id`, `type` and `function.name`; later ones append `function.arguments`",
+    "properties": {
+        "index": {"type": "integer"},
+        "id": {"type": "string"},
+        "type": {"const": "function"},
+        "function": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+        },
+    },
 }
 
 
@@ -63,6 +86,17 @@ def _errors(*statuses: str, shape: str = "Error") -> dict[str, Any]:
             "description": '`Bearer realm="contexis"`, with `error="invalid_token"` for a wrong key.',
             "schema": {"type": "string"},
             "required": True,
+        }
+    for status in ("502", "504"):
+        if status in responses:
+            responses[status]["headers"]["x-should-retry"] = {
+                "description": "`false`: the runtime retried already (or retrying cannot help); do not retry.",
+                "schema": {"type": "string", "enum": ["false"]},
+            }
+    if "502" in responses:
+        responses["502"]["headers"]["Retry-After"] = {
+            "description": "The upstream's own `Retry-After` on a 429 or 503 (seconds or an HTTP date).",
+            "schema": {"type": "string"},
         }
     if "429" in responses:
         responses["429"]["headers"]["Retry-After"] = {
@@ -116,6 +150,12 @@ def _chat_answer() -> dict[str, Any]:
                             },
                             {
                                 "type": "object",
+                                "description": "A piece of a tool call, framed as OpenAI's `delta.tool_calls`",
+                                "required": ["tool_calls"],
+                                "properties": {"tool_calls": {"type": "array", "items": _TOOL_CALL_DELTA}},
+                            },
+                            {
+                                "type": "object",
                                 "required": ["done", "model", "sources", "request_id"],
                                 "properties": {
                                     "done": {"const": True},
@@ -123,6 +163,8 @@ def _chat_answer() -> dict[str, Any]:
                                     "usage": {"$ref": "#/components/schemas/Usage"},
                                     "sources": {"$ref": "#/components/schemas/Sources"},
                                     "request_id": {"type": "string"},
+                                    "tool_calls": {"$ref": "#/components/schemas/ToolCalls"},
+                                    "finish_reason": {"type": "string"},
                                 },
                             },
                             {"$ref": "#/components/schemas/Error"},
@@ -141,9 +183,11 @@ def _completion_answer() -> dict[str, Any]:
     answer["headers"]["X-Contexis-Cache"] = _CACHE_HEADER
     answer["content"]["text/event-stream"] = {
         "schema": {
-            "description": 'With `"stream": true`, `chat.completion.chunk` events (the first with `sources`), a usage '
+            "description": 'With `"stream": true`, `chat.completion.chunk` events (the first with `sources`; text, '
+            "tool call pieces and logprobs as OpenAI frames them, choices by `index`), a usage "
             "chunk with `stream_options.include_usage`, then `data: [DONE]`; a failure after the first chunk ends "
-            'the stream with a `{"error": ...}` chunk, which OpenAI\'s SDKs raise as an APIError.',
+            'the stream with a `{"error": ...}` chunk, which OpenAI\'s SDKs raise as an APIError (also when the '
+            "answer does not match `response_format`, checked at the end).",
             "type": "object",
             "required": ["data"],
             "properties": {"data": {"type": "string"}},
@@ -183,9 +227,14 @@ def _openai_schemas(max_string_chars: int) -> dict[str, Any]:
                             "message": {
                                 "type": "object",
                                 "required": ["role", "content"],
-                                "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}},
+                                "properties": {
+                                    "role": {"const": "assistant"},
+                                    "content": {"type": ["string", "null"], "description": "null beside tool_calls"},
+                                    "tool_calls": {"$ref": "#/components/schemas/ToolCalls"},
+                                },
                             },
-                            "finish_reason": {"type": "string"},
+                            "logprobs": {"type": ["object", "null"], "description": "As the upstream reported it"},
+                            "finish_reason": {"type": "string", "description": "stop, length or tool_calls"},
                         },
                     },
                 },
@@ -193,24 +242,22 @@ def _openai_schemas(max_string_chars: int) -> dict[str, Any]:
                 "sources": {"$ref": "#/components/schemas/Sources"},
             },
         },
+        "Model": {
+            "type": "object",
+            "required": ["id", "object", "created", "owned_by"],
+            "properties": {
+                "id": {"type": "string", "description": "A context name"},
+                "object": {"const": "model"},
+                "created": {"type": "integer"},
+                "owned_by": {"type": "string", "description": "The tenant of an override, else contexis"},
+            },
+        },
         "ModelList": {
             "type": "object",
             "required": ["object", "data"],
             "properties": {
                 "object": {"const": "list"},
-                "data": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["id", "object", "created", "owned_by"],
-                        "properties": {
-                            "id": {"type": "string", "description": "A context name"},
-                            "object": {"const": "model"},
-                            "created": {"type": "integer"},
-                            "owned_by": {"type": "string", "description": "The tenant of an override, else contexis"},
-                        },
-                    },
-                },
+                "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
             },
         },
         "OpenAIError": {
@@ -230,6 +277,124 @@ def _openai_schemas(max_string_chars: int) -> dict[str, Any]:
             },
         },
     }
+
+
+_RESPONSE_ID = {
+    "name": "response_id",
+    "in": "path",
+    "required": True,
+    "description": "A stored response's id (`resp_...`)",
+    "schema": {"type": "string"},
+}
+_TENANT_QUERY = {
+    "name": "tenant_id",
+    "in": "query",
+    "required": False,
+    "description": "The tenant whose response it is (by default a tenant-bound key's own)",
+    "schema": {"type": "string", "pattern": NAME_PATTERN},
+}
+
+
+def _responses_paths(
+    secured: dict[str, Any], chat_errors: list[str], gate: list[str], max_string_chars: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Responses API's paths and schemas: its request (the validator's schema), the response object, errors."""
+    request_schema = copy.deepcopy(RESPONSES_SCHEMA)
+    request_schema.pop("$schema", None)
+    request_schema["properties"]["query"]["maxLength"] = max_string_chars
+    created = _json({"$ref": "#/components/schemas/Response"}, "A `response` object, with `sources`")
+    created["content"]["text/event-stream"] = {
+        "schema": {
+            "description": 'With `"stream": true`, the Responses API\'s events (`event:` names them, `data` carries '
+            "`type` and `sequence_number`): `response.created`, `response.in_progress`, per output item "
+            "`response.output_item.added`, its content events and `response.output_item.done`, then "
+            "`response.completed` (`response.incomplete` when cut at max_output_tokens); a failure after the first "
+            "event ends the stream with `response.failed`.",
+            "type": "object",
+            "required": ["data"],
+            "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+        }
+    }
+    errors = _errors(*chat_errors, shape="OpenAIError")
+    errors["404"]["description"] += " Or `previous_response_id`, an `item_reference`, is not the tenant's."
+    errors["503"]["description"] += " Or the response store (CMP_USAGE_URL, CMP_MEMORY_URL or SQLite) is."
+    stored_errors = _errors("400", *gate, "404", "500", "503", shape="OpenAIError")
+    stored_errors["404"]["description"] = "The tenant has no unexpired stored response by that id."
+    stored_errors["503"]["description"] = "The response store is down, unreachable or too slow."
+    parameters = [_RESPONSE_ID, _TENANT_QUERY]
+    paths = {
+        "/v1/responses": {
+            "post": {
+                "summary": "OpenAI Responses: `model` names a context, the last user message of `input` is the input",
+                "operationId": "create_response",
+                **secured,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResponseRequest"}}},
+                },
+                "responses": {"200": created, **errors},
+            }
+        },
+        "/v1/responses/{response_id}": {
+            "get": {
+                "summary": "A stored response of the caller's tenant",
+                "operationId": "get_response",
+                **secured,
+                "parameters": parameters,
+                "responses": {"200": _json({"$ref": "#/components/schemas/Response"}, "As answered"), **stored_errors},
+            },
+            "delete": {
+                "summary": "Delete a stored response of the caller's tenant",
+                "operationId": "delete_response",
+                **secured,
+                "parameters": parameters,
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["id", "object", "deleted"],
+                            "properties": {
+                                "id": {"type": "string"},
+                                "object": {"const": "response.deleted"},
+                                "deleted": {"const": True},
+                            },
+                        },
+                        "Deleted",
+                    ),
+                    **stored_errors,
+                },
+            },
+        },
+    }
+    item = {"type": "object", "required": ["type", "id"], "properties": {"type": {"type": "string"}}}
+    schemas = {
+        "ResponseRequest": request_schema,
+        "Response": {
+            "type": "object",
+            "required": ["id", "object", "created_at", "status", "model", "output", "output_text", "usage", "error"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "response"},
+                "created_at": {"type": "integer"},
+                "status": {"enum": ["completed", "incomplete", "failed", "in_progress"]},
+                "model": {"type": "string", "description": "The context that answered"},
+                "output": {"type": "array", "items": item, "description": "`message` and `function_call` items"},
+                "output_text": {"type": "string", "description": "The text of every message, joined"},
+                "usage": {
+                    "type": ["object", "null"],
+                    "required": ["input_tokens", "output_tokens", "total_tokens"],
+                    "properties": {
+                        name: {"type": "integer"} for name in ("input_tokens", "output_tokens", "total_tokens")
+                    },
+                },
+                "error": {"type": ["object", "null"]},
+                "previous_response_id": {"type": ["string", "null"]},
+                "store": {"type": "boolean"},
+                "sources": {"$ref": "#/components/schemas/Sources"},
+            },
+        },
+    }
+    return paths, schemas
 
 
 def build_document(settings: Settings, version: str) -> dict[str, Any]:
@@ -259,6 +424,9 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
         }
 
     status_ok = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+    responses_paths, responses_schemas = _responses_paths(
+        secured(SCOPE_CHAT), chat_errors, gate, settings.max_string_chars
+    )
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -296,6 +464,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                     "responses": {"200": _completion_answer(), **_errors(*chat_errors, shape="OpenAIError")},
                 }
             },
+            **responses_paths,
             "/v1/models": {
                 "get": {
                     "summary": "OpenAI models: the contexts the caller's tenant may use",
@@ -316,6 +485,27 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/models/{model_id}": {
+                "get": {
+                    "summary": "OpenAI model: one context, when the caller's tenant may use it",
+                    "operationId": "model",
+                    **secured(SCOPE_CHAT),
+                    "parameters": [
+                        {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {
+                            "name": "tenant_id",
+                            "in": "query",
+                            "required": False,
+                            "description": "The tenant whose overrides apply (by default a tenant-bound key's own)",
+                            "schema": {"type": "string", "pattern": NAME_PATTERN},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Model"}, "The context, as OpenAI's model"),
+                        **_errors("400", *gate, "404", "500", shape="OpenAIError"),
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "Liveness: the process answers",
@@ -332,10 +522,11 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                         "503": _json(
                             {
                                 "type": "object",
-                                "required": ["status", "reason"],
+                                "required": ["status"],
                                 "properties": {"status": {"const": "unavailable"}, "reason": {"type": "string"}},
                             },
-                            "Not ready: the reason names the broken files or the unavailable memory backend",
+                            "Not ready: the reason names the broken files or the unavailable memory backend; with"
+                            " CMP_AUTH_ENABLED it is given to a key with metrics:read only",
                         ),
                         **_errors("500"),
                     },
@@ -390,6 +581,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
         "components": {
             "schemas": {
                 **_openai_schemas(settings.max_string_chars),
+                **responses_schemas,
                 "ChatRequest": request_schema,
                 "ChatResponse": {
                     "type": "object",
@@ -400,6 +592,25 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                         "sources": {"$ref": "#/components/schemas/Sources"},
                         "usage": {"$ref": "#/components/schemas/Usage"},
                         "request_id": {"type": "string"},
+                        "tool_calls": {"$ref": "#/components/schemas/ToolCalls"},
+                        "finish_reason": {"type": "string", "description": "`tool_calls`, beside them"},
+                    },
+                },
+                "ToolCalls": {
+                    "type": "array",
+                    "description": "The tools the model asks the client to call, OpenAI-shaped",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "type", "function"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "type": {"const": "function"},
+                            "function": {
+                                "type": "object",
+                                "required": ["name", "arguments"],
+                                "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+                            },
+                        },
                     },
                 },
                 "Sources": {
