@@ -22,8 +22,6 @@ from app import create_app
 from app.cache.memory import MemoryCache
 from app.cache.sqlite import TOUCH_SECONDS, SqliteCache
 from app.cache.store import Entry, pack
-from app.providers.base import GenerationParams
-from app.validation import ChatRequest
 
 USAGE = {"prompt_tokens": 40, "completion_tokens": 10}
 CONTEXT = "SupportBot"
@@ -166,23 +164,22 @@ def test_what_is_never_cached_and_cache_control(serve):
 
 
 def test_errors_and_tool_calls_are_not_cached(serve):
-    _, app = serve(Reply(503, {"error": "overloaded"}), numbered(), hf_max_retries=0)
+    calls = completion(None, USAGE, finish_reason="tool_calls")
+    calls["choices"][0]["message"]["tool_calls"] = [
+        {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    ]
+    model, app = serve(Reply(503, {"error": "overloaded"}), Reply(body=calls), numbered(), hf_max_retries=0)
     client = app.test_client()
     assert ask(client).status_code == 502
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    asked = openai(client, tools=tools)
+    assert asked.json["choices"][0]["finish_reason"] == "tool_calls"
+    assert asked.headers["X-Contexis-Cache"] == "miss"
+    again = openai(client, tools=tools)  # the client's tool calls were not kept: the model answers anew
+    assert (again.headers["X-Contexis-Cache"], again.json["choices"][0]["message"]["content"]) == ("miss", "answer 1")
+    assert openai(client, tools=tools).headers["X-Contexis-Cache"] == "hit"
     assert ask(client).headers["X-Contexis-Cache"] == "miss"  # the error was not kept
-    # An answer asking the client to call tools is not kept either (the wire of main carries no tools yet).
-    runtime = app.extensions["contexis"]
-    request = ChatRequest(context=CONTEXT, component=CONTEXT, query="call a tool")
-    context = runtime.contexts.resolve(CONTEXT)
-    lookup = runtime.cache.lookup(request, context, "prompt", [], GenerationParams(temperature=0), MODEL)
-    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
-    runtime.cache.keep(lookup, "", MODEL, None, "tool_calls", [], None, (call,))
-    again = runtime.cache.lookup(request, context, "prompt", [], GenerationParams(temperature=0), MODEL)
-    assert (again.result, again.found) == ("miss", None)
-    runtime.cache.keep(lookup, "text", MODEL, None, "stop", [], None)
-    assert (
-        runtime.cache.lookup(request, context, "prompt", [], GenerationParams(temperature=0), MODEL).result == "hit"
-    )
+    assert len(model.seen) == 4
 
 
 def test_a_context_with_side_effect_tools_is_not_cached(serve, project):
