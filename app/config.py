@@ -230,6 +230,8 @@ class Settings:
     memory_url: str = field(default="", repr=False)
     memory_timeout: float = 2.0
     memory_pool_size: int = 0  # 0: one connection per thread (`threads`)
+    tool_max_response_bytes: int = 256 * 1024  # most of a tool's answer read (HTTP body, MCP message)
+    mcp_list_ttl: float = 300.0  # seconds an MCP server's tool list is kept per process
     state_url: str = field(default="", repr=False)  # Redis for state shared by workers; "" per process
     breaker_failures: int = 3  # consecutive failures that open a model's circuit
     breaker_cooldown: float = 30.0  # seconds a circuit stays open before one trial call
@@ -293,6 +295,8 @@ class Settings:
             memory_url=_memory_url(env),
             memory_timeout=_number(env, "CMP_MEMORY_TIMEOUT", 2.0, minimum=0.001),
             memory_pool_size=_number(env, "CMP_MEMORY_POOL_SIZE", 0, kind=int),
+            tool_max_response_bytes=_number(env, "CMP_TOOL_MAX_RESPONSE_BYTES", 256 * 1024, kind=int, minimum=1),
+            mcp_list_ttl=_number(env, "CMP_MCP_LIST_TTL", 300.0),
             state_url=_state_url(env),
             breaker_failures=_number(env, "CMP_BREAKER_FAILURES", cls.breaker_failures, kind=int, minimum=1),
             breaker_cooldown=_number(env, "CMP_BREAKER_COOLDOWN", cls.breaker_cooldown, minimum=0.001),

@@ -176,6 +176,13 @@ class InvalidNameError(MemoryStoreError):
     code = "invalid_request"
 
 
+class ToolStepsExceeded(ContexisError):
+    """The model kept calling a context's tools past `guardrails.max_tool_steps` without answering."""
+
+    status = 502
+    code = "tool_steps_exceeded"
+
+
 class ModelsUnavailable(ProviderError):
     """Every model of a context's chain was passed over without a call (circuits open, providers down)."""
 

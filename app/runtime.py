@@ -6,7 +6,8 @@ It knows nothing of HTTP: `app.web` turns requests into `ChatRequest`s and answe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from opentelemetry import trace
@@ -22,6 +23,7 @@ from app.prompts import PromptRenderer, system_message
 from app.providers import build_embedder, build_provider, structured
 from app.providers.base import Choice, Generation, GenerationParams, TokenStream, ToolCall, Turn, Usage
 from app.routing import ModelChain, ModelRouter, chain_of
+from app.tools import Inputs, Toolbox, ToolRun
 from app.validation import ChatRequest, content_text
 
 _tracer = trace.get_tracer(__name__)
@@ -51,6 +53,7 @@ class Answer:
     served: str | None = None  # the chain entry that answered, when the context names its models
     tool_calls: tuple[ToolCall, ...] = ()  # the tools the model asks the client to call (`finish_reason` says so)
     choices: tuple[Choice, ...] = ()  # every answer of the model (n of them), the first included; () without one
+    tools: list[dict[str, Any]] | None = None  # the context's own tools the runtime called, when it has tools
     cache: str = ""  # what the response cache did (hit, semantic-hit, miss, bypass); "" when the context has none
 
 
@@ -62,6 +65,7 @@ class StreamedAnswer:
     sources: list[dict[str, Any]]
     degraded: str = ""
     served: str | None = None  # as `Answer.served`
+    tools: list[dict[str, Any]] | None = None  # the context tools called, filled in as each call ends
     cache: str = ""  # as `Answer.cache`
 
 
@@ -79,6 +83,7 @@ class Runtime:
         self.embedder = build_embedder(settings, self.metrics)
         self.memory = open_memory(settings, self.embedder)
         self.cache = ResponseCache(settings, self.metrics, self.embedder)
+        self.tools = Toolbox(settings, self.metrics)
 
     def problems(self) -> list[str]:
         """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
@@ -157,9 +162,10 @@ class Runtime:
             return self.router.history_in_turns(chain)
         return bool(self.provider and self.provider.history_in_turns)
 
-    def answer(self, request: ChatRequest) -> Answer:
+    def answer(self, request: ChatRequest, request_id: str = "") -> Answer:
         """The model's text when a model is configured, the rendered prompt otherwise; an answer that must match
-        the request's `response_format` is checked (`app.providers.structured`)."""
+        the request's `response_format` is checked (`app.providers.structured`); a context's tools run in the tool
+        loop first (`request_id` goes with each call)."""
         rendered = self.render(request)
         sources = _sources(rendered)
         chain, router, served = rendered.chain, self.router, []
@@ -179,7 +185,12 @@ class Runtime:
         if lookup and lookup.found:
             return _replayed(lookup.found, lookup.result, rendered)
         inputs = _inference_inputs(rendered, request, params)
-        generation = structured.generate(generate, rendered.prompt, *inputs, budget=self.settings.hf_deadline)
+        run = self._tool_run(rendered, request, request_id)
+        if run is None:
+            generation = structured.generate(generate, rendered.prompt, *inputs, budget=self.settings.hf_deadline)
+        else:
+            call = partial(structured.generate, generate, budget=self.settings.hf_deadline)
+            generation = run.generate(call, Inputs(rendered.prompt, *inputs))
         model = served[-1] if served else self.provider.model_id if self.provider else None
         finish = generation.finish_reason or "stop"
         if lookup:
@@ -193,40 +204,71 @@ class Runtime:
             sources=sources,
             usage=generation.usage,
             finish_reason=finish,
-            degraded=rendered.degraded,
+            degraded=rendered.degraded if run is None else _degraded(rendered, run),
             served=served[-1] if served else None,
             tool_calls=generation.tool_calls,
             choices=generation.choices,
+            tools=run.calls if run else None,
             cache=lookup.result if lookup else "",
         )
 
-    def stream(self, request: ChatRequest) -> StreamedAnswer:
-        """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model."""
+    def stream(self, request: ChatRequest, request_id: str = "", progress: bool = False) -> StreamedAnswer:
+        """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model.
+        With `progress`, the stream has an empty piece after each tool call (`StreamedAnswer.tools` says which)."""
         rendered = self.render(request)
-        chain, router, provider = rendered.chain, self.router, self.provider
-        if not (chain and router) and provider is None:
-            prompt_only = TokenStream(iter([rendered.prompt]), model=None)
-            return StreamedAnswer(prompt_only, _sources(rendered), rendered.degraded)
+        chain, router = rendered.chain, self.router
+        if chain and router:
+
+            def open_stream(*args: Any) -> TokenStream:  # the chain, called as a provider is
+                return router.stream(chain, *args).result
+
+        elif self.provider is None:
+            return StreamedAnswer(
+                TokenStream(iter([rendered.prompt]), model=None), _sources(rendered), rendered.degraded
+            )
+        else:
+            open_stream = self.provider.stream
         params = _params(rendered, request)
         lookup = self._cached(request, rendered, params)
         if lookup and lookup.found:
             found = lookup.found
-            return StreamedAnswer(found.stream(), found.sources, rendered.degraded, found.served, lookup.result)
+            return StreamedAnswer(found.stream(), found.sources, rendered.degraded, found.served, cache=lookup.result)
         inputs = _inference_inputs(rendered, request, params)
-        served = None
-        if chain and router:
-            stream = structured.stream(lambda *args: router.stream(chain, *args).result, rendered.prompt, *inputs)
-            served = stream.model
-        elif provider is not None:
-            stream = structured.stream(provider.stream, rendered.prompt, *inputs)
+        run = self._tool_run(rendered, request, request_id)
+        if run is None:
+            stream = structured.stream(open_stream, rendered.prompt, *inputs)
+        else:
+            stream = run.stream(partial(structured.stream, open_stream), Inputs(rendered.prompt, *inputs), progress)
+        served = stream.model if chain else None
         if lookup:
             stream = self.cache.recording(lookup, stream, _sources(rendered), served)
-        return StreamedAnswer(stream, _sources(rendered), rendered.degraded, served, lookup.result if lookup else "")
+        degraded = rendered.degraded if run is None else _degraded(rendered, run)
+        cache = lookup.result if lookup else ""
+        return StreamedAnswer(stream, _sources(rendered), degraded, served, run.calls if run else None, cache)
 
     def _cached(self, request: ChatRequest, rendered: Rendered, params: GenerationParams) -> Lookup | None:
         """The response cache's verdict for a request about to reach a model (None: its context has no cache)."""
         model = repr(rendered.chain.entries) if rendered.chain else self.provider.model_id if self.provider else ""
         return self.cache.lookup(request, rendered.context, rendered.prompt, rendered.results, params, model)
+
+    def _tool_run(self, rendered: Rendered, request: ChatRequest, request_id: str) -> ToolRun | None:
+        """The tool loop of a context with tools (None without: the request pays nothing more); its memory
+        search is the request's own component and tenant, as retrieval's."""
+        toolset = self.tools.of(rendered.context)
+        if toolset is None:
+            return None
+        component = (rendered.context.get("memory") or {}).get("component") or request.component
+
+        def search(query: str, top_k: int) -> list[dict[str, Any]]:
+            found = self.search(replace(request, query=query, top_k=top_k), component)
+            return [result.as_dict() for result in found.results]
+
+        return ToolRun.start(toolset, request_id, request.tenant_id, self.settings.hf_deadline, search)
+
+
+def _degraded(rendered: Rendered, run: ToolRun) -> str:
+    """Why the answer had less than configured: memory searched keywords only, an MCP server was down."""
+    return ",".join(filter(None, (rendered.degraded, run.degraded)))
 
 
 def _replayed(found: CachedAnswer, result: str, rendered: Rendered) -> Answer:

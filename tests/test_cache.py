@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 import yaml
-from fake_hf import FakeHF, Reply, Stream, chat_events, completion, feature_extraction
-from helpers import GUIDE_BODY, MODEL, TOKEN, Server, free_port, metric, run, sse_events
+from fake_hf import FakeHF, Reply, Stream, ToolModel, chat_events, completion, feature_extraction
+from helpers import GUIDE_BODY, MODEL, TOKEN, Server, ToolBackend, free_port, metric, run, sse_events
 
 from app import create_app
 from app.cache.memory import MemoryCache
@@ -357,3 +358,33 @@ def test_the_responses_api_is_cached_too(serve):
     assert "".join(e.get("delta", "") for e in events if e["type"] == "response.output_text.delta") == "answer 1"
     assert events[-1]["type"] == "response.completed"
     assert len(model.seen) == 1
+
+
+def tool_desk(project: Path, tool_url: str, method: str, model_url: str, hf_settings) -> Any:
+    """A context whose one http tool is `method` `tool_url`, caching, in front of fake_hf's ToolModel."""
+    path = project / "contexts" / "Desk" / "desk.ctx"
+    path.parent.mkdir(parents=True)
+    tool = {"name": "order", "parameters": {"type": "object"}, "http": {"method": method, "url": tool_url}}
+    context = {"name": "Desk", "tools": [tool], "cache": {"ttl": 3600}, "guardrails": {"temperature": 0.2}}
+    path.write_text(yaml.safe_dump(context))
+    prompt = project / "prompts" / "Desk" / "agent_response.md"
+    prompt.parent.mkdir(parents=True)
+    prompt.write_text("User: {{ user_input }}\n")
+    return create_app(hf_settings.replace(hf_endpoint=model_url, hf_api="chat-completion"))
+
+
+@pytest.mark.parametrize(("method", "results"), [("GET", ["miss", "hit"]), ("POST", ["bypass", "bypass"])])
+def test_answers_of_context_tools_are_cached_only_without_side_effects(project, hf_settings, method, results):
+    with ToolModel() as model, ToolBackend() as backend:
+        app = tool_desk(project, f"{backend.url}/orders/A-1", method, model.url, hf_settings)
+        body = {"context": "Desk", "data": {"user_input": "use:order"}}
+        answers = [app.test_client().post("/api/v1/chat", json=body) for _ in range(2)]
+    assert [a.headers["X-Contexis-Cache"] for a in answers] == results
+    assert (
+        answers[0].json["rendered"]
+        == answers[1].json["rendered"]
+        == 'Tool results: {"order": "A-1", "status": "shipped"}'
+    )
+    # A hit runs no tool and calls no model; a tool with side effects runs for every request.
+    assert len(backend.seen) == (1 if method == "GET" else 2)
+    assert len(model.seen) == (2 if method == "GET" else 4)

@@ -60,6 +60,7 @@ class Observation:
     sources: list[str] = field(default_factory=list)
     model: str | None = None
     usage: Usage | None = None
+    tool_calls: list[str] | None = None  # the context tools called, in order; None when no model was asked
 
 
 def observe(runtime: Runtime, case: Case) -> Observation:
@@ -73,4 +74,5 @@ def observe(runtime: Runtime, case: Case) -> Observation:
     answer = runtime.answer(request)
     elapsed = (time.perf_counter() - started) * 1000
     sources = [source["source"] for source in answer.sources]
-    return Observation(answer.rendered, elapsed, sources, model=answer.model, usage=answer.usage)
+    tools = None if answer.model is None else [call["name"] for call in answer.tools or []]
+    return Observation(answer.rendered, elapsed, sources, model=answer.model, usage=answer.usage, tool_calls=tools)

@@ -60,16 +60,20 @@ def chat():
     """Render the context's prompt for the request and, when configured, ask the model (streamed on request)."""
     runtime, chat_request = admit(parse_chat_request(json_body()))
     if chat_request.stream:
-        streamed = runtime.stream(chat_request)
-        response = sse_response(streamed.stream, sources=streamed.sources, request_id=g.request_id)
+        streamed = runtime.stream(chat_request, g.request_id, progress=True)
+        response = sse_response(
+            streamed.stream, tools=streamed.tools, sources=streamed.sources, request_id=g.request_id
+        )
         mark_model(response, streamed.served)
         mark_cache(response, streamed.cache)
         degraded = streamed.degraded
     else:
-        answer = runtime.answer(chat_request)
+        answer = runtime.answer(chat_request, g.request_id)
         extra: dict[str, Any] = {"usage": answer.usage.as_dict()} if answer.usage else {}
         if answer.tool_calls:  # the tools the model asks the client to call, with the finish reason saying so
             extra.update(tool_calls=list(answer.tool_calls), finish_reason=answer.finish_reason)
+        if answer.tools is not None:  # the context's own tools the runtime called
+            extra["tools"] = answer.tools
         response = jsonify(
             rendered=answer.rendered, model=answer.model, sources=answer.sources, **extra, request_id=g.request_id
         )

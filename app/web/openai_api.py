@@ -70,7 +70,7 @@ def chat_completions():
     head = {"id": f"chatcmpl-{g.request_id}", "created": int(time.time()), "model": chat_request.context}
     if chat_request.stream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        streamed = runtime.stream(chat_request)
+        streamed = runtime.stream(chat_request, g.request_id)
         stream = streamed.stream
         # A context that names its models answers as the one that served; others as the context.
         chunk = {**head, "model": streamed.served or chat_request.context, "object": "chat.completion.chunk"}
@@ -106,7 +106,7 @@ def chat_completions():
         mark_model(response, streamed.served)
         mark_cache(response, streamed.cache)
         return mark_degraded(response, streamed.degraded)
-    answer = runtime.answer(chat_request)
+    answer = runtime.answer(chat_request, g.request_id)
     choices = answer.choices or (Choice(answer.rendered, finish_reason=answer.finish_reason),)
     response = jsonify(
         **{**head, "model": answer.served or chat_request.context},

@@ -594,6 +594,20 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                         "request_id": {"type": "string"},
                         "tool_calls": {"$ref": "#/components/schemas/ToolCalls"},
                         "finish_reason": {"type": "string", "description": "`tool_calls`, beside them"},
+                        "tools": {
+                            "type": "array",
+                            "description": "The context's own tools the runtime called, as each ended (a context "
+                            "with tools only; docs/tools.md)",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "ok", "ms"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "ok": {"type": "boolean"},
+                                    "ms": {"type": "integer"},
+                                },
+                            },
+                        },
                     },
                 },
                 "ToolCalls": {
