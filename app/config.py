@@ -183,6 +183,16 @@ def _memory_url(env: Mapping[str, str], name: str = "CMP_MEMORY_URL") -> str:
     return raw
 
 
+def _usage_url(env: Mapping[str, str]) -> str:
+    """Where the usage ledger lives: "" (SQLite in the state directory), `off`, or a PostgreSQL URL (never echoed)."""
+    raw = _text(env, "CMP_USAGE_URL")
+    if raw.lower() == "off":
+        return "off"
+    if raw and not raw.startswith(MEMORY_URL_SCHEMES):
+        raise SettingsError("CMP_USAGE_URL must be empty (SQLite), off, or start with postgresql:// or postgres://")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the runtime reads from its environment, validated up front."""
@@ -232,12 +242,17 @@ class Settings:
     memory_pool_size: int = 0  # 0: one connection per thread (`threads`)
     tool_max_response_bytes: int = 256 * 1024  # most of a tool's answer read (HTTP body, MCP message)
     mcp_list_ttl: float = 300.0  # seconds an MCP server's tool list is kept per process
+    usage_url: str = field(default="", repr=False)  # "" SQLite under state_dir, "off", or postgresql://
+    state_dir: Path | None = None  # CMP_STATE_DIR: where embedded databases live; None: <project root>/.contexis
+    usage_timeout: float = 2.0
+    budgets_file: str = ""
+    model_prices_file: str = ""
+    bill_to_by_tenant_file: str = ""
+    budget_cache_seconds: float = 1.0
     state_url: str = field(default="", repr=False)  # Redis for state shared by workers; "" per process
     breaker_failures: int = 3  # consecutive failures that open a model's circuit
     breaker_cooldown: float = 30.0  # seconds a circuit stays open before one trial call
     catalog_refresh: float = 300.0  # seconds between reads of the router's catalog
-    usage_url: str = field(default="", repr=False)  # CMP_USAGE_URL: a PostgreSQL URL, or "" (embedded SQLite)
-    state_dir: Path | None = None  # CMP_STATE_DIR: where embedded databases live; None: <project root>/.contexis
     responses_ttl: float = 30 * 24 * 3600  # CMP_RESPONSES_TTL: seconds a stored Responses API response is kept
     cache_url: str = field(default="", repr=False)  # "" SQLite under state_dir, memory://, or redis://
     cache_max_bytes: int = 256 * 1024 * 1024  # cached answers kept by SQLite or memory:// before LRU eviction
@@ -297,13 +312,20 @@ class Settings:
             memory_pool_size=_number(env, "CMP_MEMORY_POOL_SIZE", 0, kind=int),
             tool_max_response_bytes=_number(env, "CMP_TOOL_MAX_RESPONSE_BYTES", 256 * 1024, kind=int, minimum=1),
             mcp_list_ttl=_number(env, "CMP_MCP_LIST_TTL", 300.0),
+            usage_url=_usage_url(env),
+            state_dir=Path(_text(env, "CMP_STATE_DIR")) if _text(env, "CMP_STATE_DIR") else None,
+            usage_timeout=_number(env, "CMP_USAGE_TIMEOUT", 2.0, minimum=0.001),
+            budgets_file=_text(env, "CMP_BUDGETS"),
+            model_prices_file=_text(env, "CMP_MODEL_PRICES"),
+            bill_to_by_tenant_file=_text(env, "CMP_BILL_TO_BY_TENANT"),
+            budget_cache_seconds=_number(env, "CMP_BUDGET_CACHE_SECONDS", 1.0),
             state_url=_state_url(env),
             breaker_failures=_number(env, "CMP_BREAKER_FAILURES", cls.breaker_failures, kind=int, minimum=1),
             breaker_cooldown=_number(env, "CMP_BREAKER_COOLDOWN", cls.breaker_cooldown, minimum=0.001),
             catalog_refresh=_number(env, "CMP_CATALOG_REFRESH", cls.catalog_refresh, minimum=1),
-            state_dir=Path(_text(env, "CMP_STATE_DIR")) if _text(env, "CMP_STATE_DIR") else None,
             cache_url=_cache_url(env),
             cache_max_bytes=_number(env, "CMP_CACHE_MAX_BYTES", cls.cache_max_bytes, kind=int, minimum=1),
+            responses_ttl=_number(env, "CMP_RESPONSES_TTL", cls.responses_ttl, minimum=1),
         ).checked()
 
     def checked(self) -> Settings:
@@ -350,8 +372,15 @@ class Settings:
 
     @property
     def state_path(self) -> Path:
-        """Where the runtime keeps its embedded databases (stored responses): CMP_STATE_DIR, else under the root."""
+        """Where the runtime keeps its embedded databases (usage ledger, stored responses): CMP_STATE_DIR, else
+        `.contexis/` under the project root."""
         return self.state_dir if self.state_dir is not None else Path(self.project_root) / ".contexis"
+
+    @property
+    def records_url(self) -> str:
+        """The PostgreSQL of the runtime's own records (stored responses): CMP_USAGE_URL, else CMP_MEMORY_URL; ""
+        for SQLite under the state directory."""
+        return self.usage_url if self.usage_url not in ("", "off") else self.memory_url
 
     @property
     def hf_enabled(self) -> bool:

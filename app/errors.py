@@ -138,6 +138,31 @@ class StructuredOutputInvalid(ProviderError):
         self.retried = True  # the model was asked once more
 
 
+class BudgetExceeded(ContexisError):
+    """A tenant or key has spent a budget of `CMP_BUDGETS`: no model is called until the budget resets.
+
+    Not worth retrying before `retry_after` seconds (the reset), which `Retry-After` tells the client.
+    """
+
+    status = 429
+    code = "budget_exceeded"
+    retryable = False
+
+    def __init__(self, message: str, *, scope: str, name: str, limit: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.name = name
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class UsageUnavailable(ContexisError):
+    """The usage ledger cannot answer a report now (database down or slow, its schema not migrated)."""
+
+    status = 503
+    code = "usage_unavailable"
+
+
 class MemoryStoreError(ContexisError):
     """Base of every memory failure the caller can report (bad config, bad path, bad name)."""
 

@@ -135,6 +135,26 @@ class RuntimeMetrics:
             ["server"],
             registry=self.registry,
         )
+        self.model_cost = Counter(
+            "cmp_model_cost_usd",
+            "What model calls cost in USD (calls whose model has a price), by the model asked and the context.",
+            ["model", "context"],
+            registry=self.registry,
+        )
+        self.budget_rejections = Counter(
+            "cmp_budget_rejections",
+            "Requests and model calls refused because a budget of CMP_BUDGETS is spent (tenant, key or default).",
+            ["scope"],
+            registry=self.registry,
+        )
+        self.budget_used_ratio = Gauge(
+            "cmp_budget_used_ratio",
+            "Share of each configured budget spent in its period, from the usage ledger (default: its most spent "
+            "tenant).",
+            ["scope", "name", "limit"],
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
         self.model_fallbacks = Counter(
             "cmp_model_fallbacks_total",
             "A context's chain passed over one model for the next (`none` when it was the last), by why.",

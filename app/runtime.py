@@ -24,6 +24,7 @@ from app.providers import build_embedder, build_provider, structured
 from app.providers.base import Choice, Generation, GenerationParams, TokenStream, ToolCall, Turn, Usage
 from app.routing import ModelChain, ModelRouter, chain_of
 from app.tools import Inputs, Toolbox, ToolRun
+from app.usage import open_meter
 from app.validation import ChatRequest, content_text
 
 _tracer = trace.get_tracer(__name__)
@@ -84,12 +85,14 @@ class Runtime:
         self.memory = open_memory(settings, self.embedder)
         self.cache = ResponseCache(settings, self.metrics, self.embedder)
         self.tools = Toolbox(settings, self.metrics)
+        catalog = self.router.catalog if self.router else None
+        self.meter = open_meter(settings, self.metrics, catalog, metered=bool(self.provider or self.router))
 
     def problems(self) -> list[str]:
         """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
         problems = self.contexts.problems()
-        memory = self.memory.problem()
-        return [*problems, memory] if memory else problems
+        found = [self.memory.problem(), self.meter.problem()]
+        return [*problems, *(problem for problem in found if problem)]
 
     def calls_model(self, context: dict[str, Any]) -> bool:
         """Whether requests to `context` reach a model: its chain, or HF_MODEL_ID."""
@@ -166,6 +169,7 @@ class Runtime:
         """The model's text when a model is configured, the rendered prompt otherwise; an answer that must match
         the request's `response_format` is checked (`app.providers.structured`); a context's tools run in the tool
         loop first (`request_id` goes with each call)."""
+        self.meter.open(request)
         rendered = self.render(request)
         sources = _sources(rendered)
         chain, router, served = rendered.chain, self.router, []
@@ -215,6 +219,7 @@ class Runtime:
     def stream(self, request: ChatRequest, request_id: str = "", progress: bool = False) -> StreamedAnswer:
         """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model.
         With `progress`, the stream has an empty piece after each tool call (`StreamedAnswer.tools` says which)."""
+        self.meter.open(request)
         rendered = self.render(request)
         chain, router = rendered.chain, self.router
         if chain and router:

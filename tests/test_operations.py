@@ -300,7 +300,7 @@ def test_api_error_ratio_counts_every_api_route(rule_groups: list[dict[str, Any]
     (routes,) = matchers
     app = create_app(Settings.from_env({"CMP_PROJECT_ROOT": str(EXAMPLE)}, dotenv_path=None))
     api = {rule.rule for rule in app.url_map.iter_rules() if re.fullmatch(routes, rule.rule)}
-    assert api == {"/api/v1/chat", "/v1/chat/completions", "/v1/models"}
+    assert api == {"/api/v1/chat", "/api/v1/usage", "/v1/chat/completions", "/v1/models"}
 
 
 def test_dashboard_config_map_for_the_grafana_sidecar() -> None:
@@ -580,11 +580,16 @@ def live(tmp_path: Path, rules_file: Path):
     embedder = {"HF_TOKEN": "hf_dummy", "HF_EMBED_MODEL_ID": EMBED_MODEL, "HF_EMBED_ENDPOINT": model.url,
                 "HF_EMBED_API": "feature-extraction"}  # fmt: skip
     project = _project(tmp_path, embedder, model.url)
+    # A price, so the cost panel has data; a budget the load stays far under, so the budget gauge and alert have.
+    usage_files = {"prices": tmp_path / "prices.yaml", "budgets": tmp_path / "budgets.yaml"}
+    usage_files["prices"].write_text(yaml.safe_dump({MODEL: {"input": 0.5, "output": 1.5}}))
+    usage_files["budgets"].write_text(yaml.safe_dump({"default": {"usd_per_month": 1000}}))
     env = {
         **embedder,
         "HF_TOKEN": "hf_dummy", "HF_MODEL_ID": MODEL, "HF_ENDPOINT": model.url + "/v1", "HF_MAX_RETRIES": "0",
         "HF_TIMEOUT": "1.5", "CMP_PROJECT_ROOT": str(project), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_TRACES_EXPORTER": "none", "CMP_MODEL_PRICES": str(usage_files["prices"]),
+        "CMP_BUDGETS": str(usage_files["budgets"]),
     }  # fmt: skip
     # Not helpers.Server: its output is a pipe nobody reads during the load, and the memory failures' tracebacks
     # would fill it and stall the server. The log goes to a file instead.

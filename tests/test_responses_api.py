@@ -470,9 +470,9 @@ def test_an_input_image_goes_with_the_rendered_prompt_as_an_image_part(serve):
 
 
 def test_echoed_values_orjson_cannot_write_are_still_answered_as_the_client_sent_them(client):
-    # An integer past 64 bits and a lone surrogate are valid JSON; the response echoes the tools as sent.
+    # An integer past 64 bits is valid JSON; the response echoes the tools as sent.
     raw = (
-        '{"model": "SupportBot", "input": "hi", "metadata": {"note": "\\ud800"},'
+        '{"model": "SupportBot", "input": "hi", "metadata": {"note": "n"},'
         ' "tools": [{"type": "function", "name": "f", "parameters": {"maximum": 123456789012345678901234567890}}]}'
     )
     for stream in ("false", "true"):
@@ -481,14 +481,24 @@ def test_echoed_values_orjson_cannot_write_are_still_answered_as_the_client_sent
         )
         assert answered.status_code == 200
         assert b"123456789012345678901234567890" in answered.data
-        assert b"\\ud800" in answered.data
+
+
+def test_a_lone_surrogate_is_a_400_invalid_json_as_on_the_chat_routes(client):
+    raw = '{"model": "SupportBot", "input": "hi", "metadata": {"note": "\\ud800"}}'
+    answered = client.post("/v1/responses", data=raw, content_type="application/json")
+    assert answered.status_code == 400
+    assert answered.get_json()["error"]["code"] == "invalid_json"
 
 
 def test_a_store_that_cannot_be_written_is_503_whole_and_response_failed_streamed(serve, tmp_path):
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("a file where the state directory should be")
     _, live, _ = serve(
-        Reply(body=completion("ok")), Stream(chat_events(["o", "k"])), Reply(body=completion("ok")), state_dir=blocked
+                Reply(body=completion("ok")),
+        Stream(chat_events(["o", "k"])),
+        Reply(body=completion("ok")),
+        state_dir=blocked,
+        usage_url="off",  # the usage ledger would refuse to start there
     )
     client = sdk(live)
     with pytest.raises(openai.APIStatusError) as raised:

@@ -14,7 +14,7 @@ __all__ = ["ResponseStore", "StoredResponse", "new_response_id", "open_response_
 
 def open_response_store(settings: Settings) -> ResponseStore:
     """The store the settings name; nothing is opened or created before its first use."""
-    if settings.usage_url or settings.memory_url:
+    if settings.records_url:
         from app.responses_store.postgres import PostgresResponseStore
 
         return PostgresResponseStore(settings)

@@ -49,7 +49,7 @@ class PostgresResponseStore:
     system = "postgresql"
 
     def __init__(self, settings: Settings) -> None:
-        self.url = settings.usage_url or settings.memory_url
+        self.url = settings.records_url
         self.timeout = settings.memory_timeout
         self.pool_size = settings.memory_pool_size or settings.threads
         self.where = describe_url(self.url)

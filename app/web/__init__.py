@@ -52,7 +52,7 @@ def get_runtime() -> Runtime:
 
 def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
     """Errors, telemetry, limits, auth and routes, in the order their hooks must run."""
-    from app.web import chat, health, openai_api, openapi
+    from app.web import chat, health, openai_api, openapi, usage
     from app.web.auth import init_auth
     from app.web.cors import init_cors
     from app.web.errors import register_error_handlers, register_error_shape
@@ -75,3 +75,4 @@ def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
     init_responses(app, settings)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(usage.bp)

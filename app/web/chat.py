@@ -10,9 +10,10 @@ from flask.globals import request_ctx
 
 from app.errors import BadRequest, UnsupportedMediaType
 from app.runtime import Runtime
+from app.usage import bind_caller
 from app.validation import ChatRequest, check_payload, parse_chat_request
 from app.web import get_runtime
-from app.web.auth import bind_tenant
+from app.web.auth import bind_tenant, current_identity
 from app.web.sse import sse_response
 
 bp = Blueprint("chat", __name__, url_prefix="/api/v1")
@@ -46,6 +47,10 @@ def admit(chat_request: ChatRequest) -> tuple[Runtime, ChatRequest]:
     cache_control = request_ctx.request.headers.get("Cache-Control")
     if cache_control:
         chat_request = replace(chat_request, cache_control=cache_control)
+    if runtime.meter.enabled:
+        identity = current_identity()
+        key_id = identity.key.key_id if identity is not None and identity.key is not None else None
+        bind_caller(g.request_id, key_id, request_ctx.request.path)
     g.log_fields.update(
         tenant=chat_request.tenant_id or None,
         context=chat_request.context,

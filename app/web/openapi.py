@@ -15,8 +15,9 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from app.config import Settings
-from app.keys import SCOPE_CHAT, SCOPE_METRICS
+from app.keys import SCOPE_CHAT, SCOPE_METRICS, SCOPE_USAGE
 from app.names import NAME_PATTERN
+from app.usage.reports import BY, DEFAULT_SINCE
 from app.validation import CHAT_REQUEST_SCHEMA, OPENAI_CHAT_SCHEMA
 from app.web import get_runtime
 from app.web.health import runtime_version
@@ -36,7 +37,8 @@ _ERROR_STATUSES = {
     "415": "The body is not sent as `application/json`.",
     "422": "The template needs a variable that `data` does not provide, or the render goes past CMP_MAX_PROMPT_CHARS "
     "or CMP_RENDER_TIMEOUT.",
-    "429": "The key (or client address) exceeded CMP_RATE_LIMIT; `Retry-After` says when to retry.",
+    "429": "The key (or client address) exceeded CMP_RATE_LIMIT, or a budget of CMP_BUDGETS is spent "
+    "(`budget_exceeded`, with `x-should-retry: false`); `Retry-After` says when to retry.",
     "500": "The project is broken (invalid context, template error, unusable memory store) or the runtime failed.",
     "502": "Hugging Face failed or answered something unusable (codes `hf_*`; `hf_stream_interrupted` for a stream "
     "cut mid-answer), or the answer does not match `response_format` after one more try "
@@ -397,6 +399,49 @@ def _responses_paths(
     return paths, schemas
 
 
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema or {"type": "string"}}  # fmt: skip
+
+
+def _usage_report_schema() -> dict[str, Any]:
+    counts = {
+        name: {"type": "integer", "minimum": 0}
+        for name in (
+            "requests",
+            "calls",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "unpriced_calls",
+            "estimated_calls",
+            "errors",
+        )
+    }
+    group = {
+        "type": "object",
+        "required": ["group", *counts, "cost_usd"],
+        "properties": {
+            "group": {"type": "string"},
+            **counts,
+            "cost_usd": {"type": ["number", "null"], "description": "null when no call of the group had a price"},
+        },
+    }
+    total = {**group, "required": [*counts, "cost_usd"]}
+    return {
+        "type": "object",
+        "required": ["since", "until", "by", "tenant", "groups", "total"],
+        "properties": {
+            "since": {"type": "string"},
+            "until": {"type": "string"},
+            "by": {"type": "string", "enum": list(BY)},
+            "tenant": {"type": ["string", "null"]},
+            "groups": {"type": "array", "items": group},
+            "total": total,
+        },
+    }
+
+
 def build_document(settings: Settings, version: str) -> dict[str, Any]:
     """The contract of an app built with `settings`."""
     auth = settings.auth_enabled
@@ -409,7 +454,8 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
         f"strings of at most {settings.max_string_chars} characters."
     )
     gate = (["401", "403"] if auth else []) + (["429"] if limited else [])
-    chat_errors = ["400", *gate, "404", "413", "415", "422", "500", "502", "503", "504"]
+    spent = ["429"] if settings.budgets_file and not limited else []
+    chat_errors = ["400", *gate, *spent, "404", "413", "415", "422", "500", "502", "503", "504"]
 
     def secured(scope: str) -> dict[str, Any]:
         return {"security": [{"bearerAuth": [scope]}]} if auth else {}
@@ -503,6 +549,27 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                     "responses": {
                         "200": _json({"$ref": "#/components/schemas/Model"}, "The context, as OpenAI's model"),
                         **_errors("400", *gate, "404", "500", shape="OpenAIError"),
+                    },
+                }
+            },
+            "/api/v1/usage": {
+                "get": {
+                    "summary": "Usage: requests, calls, tokens, cost and errors per group, from the ledger",
+                    "operationId": "usage",
+                    **secured(SCOPE_USAGE),
+                    "parameters": [
+                        _query("since", f"From when: 7d, 12h, 30m ago, or a date or time (default {DEFAULT_SINCE})"),
+                        _query("until", "Until when, as `since` (default now)"),
+                        _query("by", "How to group the calls", {"type": "string", "enum": list(BY)}),
+                        _query(
+                            "tenant",
+                            "Only this tenant (a tenant-bound key: its own, always)",
+                            {"type": "string", "pattern": NAME_PATTERN},
+                        ),
+                    ],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/UsageReport"}, "The report"),
+                        **_errors("400", *gate, "500"),
                     },
                 }
             },
@@ -645,6 +712,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                     "description": "Token counts, when the endpoint reports them",
                     "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}},
                 },
+                "UsageReport": _usage_report_schema(),
                 "Error": {
                     "type": "object",
                     "required": ["error"],

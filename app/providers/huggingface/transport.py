@@ -55,6 +55,7 @@ from app.providers.huggingface.errors import (
     error_param,
     error_text,
 )
+from app.usage import scope as usage_scope
 
 # When the current call must give up; read by the retry policy of whichever thread runs it.
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar("hf_deadline")
@@ -271,6 +272,11 @@ class Transport:
         session, template = self._ready()
         prepared = template.copy()  # each call sets its own body on a copy of the prepared call
         prepared.prepare_body(data=orjson.dumps(payload), files=None)
+        bound = usage_scope.current()
+        if bound is not None and bound.bill_to and self.settings.bill_to_by_tenant_file:
+            # CMP_BILL_TO_BY_TENANT: this tenant's organisation pays, not HF_BILL_TO's (never sent to an endpoint
+            # of a chain entry's own, whose settings name no such file).
+            prepared.headers["X-HF-Bill-To"] = bound.bill_to
         try:
             with self.errors():
                 # `send`, not `post`: `post` would parse the URL, merge headers and scan the environment again.
@@ -335,7 +341,7 @@ class Transport:
         chunk, gzip are all read a piece at a time), checked as `guarded` does and as UTF-8: a stream of
         events is text, and bytes that are not are `hf_bad_response`, not a failure of the reader after."""
         text = codecs.getincrementaldecoder("utf-8")()
-        with self.read_errors():
+        with self.read_errors(streaming=True):
             for piece in self.guarded(self._pieces(response), deadline_at):
                 try:
                     text.decode(piece)
@@ -349,8 +355,9 @@ class Transport:
         return iter(lambda: response.raw.read1(PIECE, decode_content=True), b"")
 
     @contextlib.contextmanager
-    def read_errors(self) -> Iterator[None]:
-        """Turn urllib3's failures while reading a body into typed errors (a stall, a break, bad encoding)."""
+    def read_errors(self, *, streaming: bool = False) -> Iterator[None]:
+        """Turn urllib3's failures while reading a body into typed errors (a stall, a break, bad encoding); a
+        stream that breaks off once the endpoint has begun answering is `HFStreamInterrupted`."""
         try:
             yield
         except ReadTimeoutError:
@@ -359,6 +366,8 @@ class Transport:
         except DecodeError:
             raise bad_response("with a body that cannot be decoded") from None
         except Urllib3Error as exc:
+            if streaming:
+                raise self.interrupted(type(exc).__name__) from None
             detail = f"The connection to Hugging Face broke while reading its answer ({type(exc).__name__})."
             raise HFConnectionError(detail, metric_code="connection_error") from None
 
