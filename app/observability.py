@@ -187,6 +187,12 @@ class RuntimeMetrics:
             ["context"],
             registry=self.registry,
         )
+        self.cache_saved_usd = Counter(
+            "cmp_cache_saved_usd",
+            "What the answers served from the cache cost when they were generated, in USD (priced models only).",
+            ["context"],
+            registry=self.registry,
+        )
         self.cache_storage_errors = Counter(
             "cmp_cache_storage_errors",
             "Response cache failures (CMP_CACHE_URL down, hung past its timeout, locked); answered as misses.",

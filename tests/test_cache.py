@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -388,3 +389,21 @@ def test_answers_of_context_tools_are_cached_only_without_side_effects(project, 
     # A hit runs no tool and calls no model; a tool with side effects runs for every request.
     assert len(backend.seen) == (1 if method == "GET" else 2)
     assert len(model.seen) == (2 if method == "GET" else 4)
+
+
+def test_a_hit_is_a_ledger_row_with_cost_zero_and_the_saving_is_counted(serve, project):
+    prices = project / "prices.yaml"
+    prices.write_text(yaml.safe_dump({MODEL: {"input": 1.0, "output": 2.0}}))  # USD per million tokens
+    _, app = serve(model_prices_file=str(prices))
+    client = app.test_client()
+    ask(client)
+    assert ask(client).headers["X-Contexis-Cache"] == "hit"
+    ledger = app.extensions["contexis"].meter.ledger
+    assert ledger.flush()
+    with sqlite3.connect(ledger.path) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = [dict(row) for row in conn.execute("SELECT * FROM usage_calls ORDER BY id")]
+    assert [(r["outcome"], r["completion_tokens"]) for r in rows] == [("ok", 10), ("cache_hit", 0)]
+    assert rows[0]["cost_usd"] == pytest.approx(60e-6) and rows[1]["cost_usd"] == 0.0
+    assert rows[1]["model"] == MODEL and rows[1]["endpoint"] == "cache"
+    assert metric(app, "cmp_cache_saved_usd_total", context=CONTEXT) == pytest.approx(40e-6 + 20e-6)

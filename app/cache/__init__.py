@@ -37,6 +37,7 @@ from app.providers.base import (
     Turn,
     Usage,
 )
+from app.usage import record_cache_hit
 from app.validation import ChatRequest
 
 log = logging.getLogger(__name__)
@@ -204,9 +205,13 @@ class ResponseCache:
             self._unavailable(exc)
             return self._counted(Lookup(MISS), name)  # not stored either: the store is down
         if raw is not None:
-            lookup.found = CachedAnswer.decode(raw)
-            saved = lookup.found.prompt_tokens + lookup.found.completion_tokens
-            self.metrics.child(self.metrics.cache_saved_tokens, name).inc(saved)
+            found = lookup.found = CachedAnswer.decode(raw)
+            tokens = found.prompt_tokens + found.completion_tokens
+            self.metrics.child(self.metrics.cache_saved_tokens, name).inc(tokens)
+            model = found.model or ""
+            usd = record_cache_hit(model, found.served, found.prompt_tokens, found.completion_tokens, request.stream)
+            if usd:
+                self.metrics.child(self.metrics.cache_saved_usd, name).inc(usd)
         return self._counted(lookup, name)
 
     def keep(
