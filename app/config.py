@@ -240,8 +240,6 @@ class Settings:
     memory_url: str = field(default="", repr=False)
     memory_timeout: float = 2.0
     memory_pool_size: int = 0  # 0: one connection per thread (`threads`)
-    tool_max_response_bytes: int = 256 * 1024  # most of a tool's answer read (HTTP body, MCP message)
-    mcp_list_ttl: float = 300.0  # seconds an MCP server's tool list is kept per process
     usage_url: str = field(default="", repr=False)  # "" SQLite under state_dir, "off", or postgresql://
     state_dir: Path | None = None  # CMP_STATE_DIR: where embedded databases live; None: <project root>/.contexis
     usage_timeout: float = 2.0
@@ -249,6 +247,8 @@ class Settings:
     model_prices_file: str = ""
     bill_to_by_tenant_file: str = ""
     budget_cache_seconds: float = 1.0
+    tool_max_response_bytes: int = 256 * 1024  # most of a tool's answer read (HTTP body, MCP message)
+    mcp_list_ttl: float = 300.0  # seconds an MCP server's tool list is kept per process
     state_url: str = field(default="", repr=False)  # Redis for state shared by workers; "" per process
     breaker_failures: int = 3  # consecutive failures that open a model's circuit
     breaker_cooldown: float = 30.0  # seconds a circuit stays open before one trial call
@@ -310,8 +310,6 @@ class Settings:
             memory_url=_memory_url(env),
             memory_timeout=_number(env, "CMP_MEMORY_TIMEOUT", 2.0, minimum=0.001),
             memory_pool_size=_number(env, "CMP_MEMORY_POOL_SIZE", 0, kind=int),
-            tool_max_response_bytes=_number(env, "CMP_TOOL_MAX_RESPONSE_BYTES", 256 * 1024, kind=int, minimum=1),
-            mcp_list_ttl=_number(env, "CMP_MCP_LIST_TTL", 300.0),
             usage_url=_usage_url(env),
             state_dir=Path(_text(env, "CMP_STATE_DIR")) if _text(env, "CMP_STATE_DIR") else None,
             usage_timeout=_number(env, "CMP_USAGE_TIMEOUT", 2.0, minimum=0.001),
@@ -319,6 +317,8 @@ class Settings:
             model_prices_file=_text(env, "CMP_MODEL_PRICES"),
             bill_to_by_tenant_file=_text(env, "CMP_BILL_TO_BY_TENANT"),
             budget_cache_seconds=_number(env, "CMP_BUDGET_CACHE_SECONDS", 1.0),
+            tool_max_response_bytes=_number(env, "CMP_TOOL_MAX_RESPONSE_BYTES", 256 * 1024, kind=int, minimum=1),
+            mcp_list_ttl=_number(env, "CMP_MCP_LIST_TTL", 300.0),
             state_url=_state_url(env),
             breaker_failures=_number(env, "CMP_BREAKER_FAILURES", cls.breaker_failures, kind=int, minimum=1),
             breaker_cooldown=_number(env, "CMP_BREAKER_COOLDOWN", cls.breaker_cooldown, minimum=0.001),

@@ -84,9 +84,9 @@ class Runtime:
         self.embedder = build_embedder(settings, self.metrics)
         self.memory = open_memory(settings, self.embedder)
         self.cache = ResponseCache(settings, self.metrics, self.embedder)
-        self.tools = Toolbox(settings, self.metrics)
         catalog = self.router.catalog if self.router else None
         self.meter = open_meter(settings, self.metrics, catalog, metered=bool(self.provider or self.router))
+        self.tools = Toolbox(settings, self.metrics)
 
     def problems(self) -> list[str]:
         """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
