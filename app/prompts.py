@@ -329,6 +329,7 @@ class PromptRenderer:
             detail = str(exc) or exc.__class__.__name__
             raise TemplateFailure(f"{rel}:{_template_line(exc, template.filename)}: {detail}") from None
 
+
     def _render(self, template: Any, variables: dict[str, Any]) -> str:
         """The template's output, piece by piece, stopped once it passes `max_chars`."""
         pieces: list[str] = []

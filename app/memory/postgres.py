@@ -85,6 +85,7 @@ _VISIBLE = (
 )
 
 
+
 def _row_security(table: str, write_check: str = _OWNER) -> str:
     """Row-level security as every memory table has it: forced (the owning role too), reads of the
     transaction's tenant's and the shared rows, writes of its own (and whatever `write_check` adds)."""
