@@ -407,3 +407,10 @@ def test_a_hit_is_a_ledger_row_with_cost_zero_and_the_saving_is_counted(serve, p
     assert rows[0]["cost_usd"] == pytest.approx(60e-6) and rows[1]["cost_usd"] == 0.0
     assert rows[1]["model"] == MODEL and rows[1]["endpoint"] == "cache"
     assert metric(app, "cmp_cache_saved_usd_total", context=CONTEXT) == pytest.approx(40e-6 + 20e-6)
+
+
+def test_an_answer_orjson_cannot_write_is_kept_and_read_back():
+    from app.cache import CachedAnswer
+
+    answer = CachedAnswer("half a pair: \ud83d", MODEL, None, "stop", [{"id": "a", "source": "s", "score": 1.0}], 3, 4)
+    assert CachedAnswer.decode(answer.encode()) == answer

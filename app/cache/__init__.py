@@ -115,7 +115,10 @@ class CachedAnswer:
 
     @classmethod
     def decode(cls, raw: bytes) -> CachedAnswer:
-        return cls(**json.loads(raw))
+        try:
+            return cls(**orjson.loads(raw))
+        except orjson.JSONDecodeError:  # an answer holding a lone surrogate, written by the standard library
+            return cls(**json.loads(raw))
 
     def stream(self) -> TokenStream:
         """The answer replayed as a stream: its text in one delta, usage zero (nothing was generated)."""
