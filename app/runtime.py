@@ -17,9 +17,10 @@ from app.cache import CachedAnswer, Lookup, ResponseCache
 from app.config import Settings
 from app.contexts import ContextStore
 from app.errors import BadRequest
+from app.lock import ProjectLock
 from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
-from app.prompts import PromptRenderer, system_message
+from app.prompts import PromptRenderer, TemplateData, system_message
 from app.providers import build_embedder, build_provider, structured
 from app.providers.base import Choice, Generation, GenerationParams, TokenStream, ToolCall, Turn, Usage
 from app.routing import ModelChain, ModelRouter, chain_of
@@ -83,15 +84,17 @@ class Runtime:
         self.router = ModelRouter(settings, self.metrics) if settings.hf_token else None
         self.embedder = build_embedder(settings, self.metrics)
         self.memory = open_memory(settings, self.embedder)
-        self.cache = ResponseCache(settings, self.metrics, self.embedder)
         catalog = self.router.catalog if self.router else None
         self.meter = open_meter(settings, self.metrics, catalog, metered=bool(self.provider or self.router))
         self.tools = Toolbox(settings, self.metrics)
+        self.lock = ProjectLock(settings.project_root)
+        self.cache = ResponseCache(settings, self.metrics, self.embedder, self.lock.started_hash or "")
 
     def problems(self) -> list[str]:
         """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
         problems = self.contexts.problems()
-        found = [self.memory.problem(), self.meter.problem()]
+        locked = self.lock.problem() if self.settings.locked else ""
+        found = [self.memory.problem(), self.meter.problem(), locked]
         return [*problems, *(problem for problem in found if problem)]
 
     def calls_model(self, context: dict[str, Any]) -> bool:
@@ -141,6 +144,9 @@ class Runtime:
         clients do, still gets retrieval), else the request's component.
         """
         context = self.contexts.resolve(request.context, request.tenant_id)
+        if self.lock.started_hash:
+            # Which sources answered: the request's span carries the lock the server started with.
+            trace.get_current_span().set_attribute("contexis.lock", self.lock.started_hash)
         chain = chain_of(context) if self.router else None
         named = request.component != request.context
         retrieval = self.search(request, "" if named else (context.get("memory") or {}).get("component", ""))
@@ -148,6 +154,7 @@ class Runtime:
             **request.data,
             # The runtime's own variables win over same-named keys in `data`.
             "context": context,
+            "data": TemplateData(request.data),  # `{{ data.key }}` as well as `{{ key }}`
             "results": [result.as_dict() for result in retrieval.results],
             "tenant_id": request.tenant_id,
             "query": request.query,

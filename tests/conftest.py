@@ -27,6 +27,10 @@ _SPANS = InMemorySpanExporter()
 _provider = TracerProvider()
 _provider.add_span_processor(SimpleSpanProcessor(_SPANS))
 trace.set_tracer_provider(_provider)
+# The access log's writer thread would write a test's lines on its own schedule, which can fall between the test
+# and its teardown, when pytest has stopped capturing: they would land among the progress dots. Tests write them
+# when they ask (`helpers.access_lines`) or at teardown (below), while output is still captured.
+access_log.interval = 24 * 3600
 
 
 @pytest.fixture(autouse=True)

@@ -414,3 +414,16 @@ def test_an_answer_orjson_cannot_write_is_kept_and_read_back():
 
     answer = CachedAnswer("half a pair: \ud83d", MODEL, None, "stop", [{"id": "a", "source": "s", "score": 1.0}], 3, 4)
     assert CachedAnswer.decode(answer.encode()) == answer
+
+
+def test_the_lock_hash_is_part_of_the_version(serve, project):
+    from app.lock import ProjectLock
+
+    _, app = serve()
+    ProjectLock(project).write()
+    locked = create_app(app.extensions["contexis"].settings)  # a process started on the locked project
+    assert [ask(locked.test_client()).headers["X-Contexis-Cache"] for _ in range(2)] == ["miss", "hit"]
+    (project / "docs" / "CustomerDocs" / "new.md").write_text("A new document memory is built from.\n")
+    ProjectLock(project).write()  # another lock: another version, though the context did not change
+    relocked = create_app(app.extensions["contexis"].settings)
+    assert ask(relocked.test_client()).headers["X-Contexis-Cache"] == "miss"

@@ -147,8 +147,11 @@ class Lookup:
 class ResponseCache:
     """The cache of one runtime; its store is opened on first use, so a project that caches nothing opens none."""
 
-    def __init__(self, settings: Settings, metrics: RuntimeMetrics, embedder: Embedder | None) -> None:
+    def __init__(
+        self, settings: Settings, metrics: RuntimeMetrics, embedder: Embedder | None, lock_hash: str = ""
+    ) -> None:
         self.settings = settings
+        self.lock_hash = lock_hash  # the project's `ctx lock` hash, when it has one (every source it serves)
         self.metrics = metrics
         self.embedder = embedder
         self._store: CacheStore | None = None
@@ -184,7 +187,10 @@ class ResponseCache:
         )
         if not reusable:
             return self._counted(Lookup(BYPASS), name)
-        parts = [KEY_VERSION, request.tenant_id, name, self._version(context), request.component, request.prompt_file]
+        # The context's version: the lock's hash when the project has one, and always the resolved context's
+        # digest (a context edited without `ctx lock` is still a miss).
+        version = self._version(context)
+        parts = [KEY_VERSION, request.tenant_id, name, self.lock_hash, version, request.component, request.prompt_file]
         # The chat system message is the context's (in its version); the prompt and history are the request's.
         parts += [_canonical([getattr(params, name) for name in _PARAM_FIELDS]), model]
         single_turn = not request.messages and not request.after

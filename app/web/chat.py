@@ -12,8 +12,8 @@ from app.errors import BadRequest, UnsupportedMediaType
 from app.runtime import Runtime
 from app.usage import bind_caller
 from app.validation import ChatRequest, check_payload, parse_chat_request
-from app.web import get_runtime
 from app.web.auth import bind_tenant, current_identity
+from app.web.runtime import get_runtime
 from app.web.sse import sse_response
 
 bp = Blueprint("chat", __name__, url_prefix="/api/v1")

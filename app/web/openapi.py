@@ -16,12 +16,12 @@ from flask import Blueprint, jsonify
 
 from app.config import Settings
 from app.keys import SCOPE_CHAT, SCOPE_METRICS, SCOPE_USAGE
+from app.lock import runtime_version
 from app.names import NAME_PATTERN
 from app.usage.reports import BY, DEFAULT_SINCE
 from app.validation import CHAT_REQUEST_SCHEMA, OPENAI_CHAT_SCHEMA
-from app.web import get_runtime
-from app.web.health import runtime_version
 from app.web.responses_wire import RESPONSES_SCHEMA
+from app.web.runtime import get_runtime
 
 bp = Blueprint("openapi", __name__)
 
@@ -603,7 +603,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                 "Version: what is running",
                 {
                     "type": "object",
-                    "required": ["name", "version", "model", "hf_endpoint", "hf_api", "hf_url"],
+                    "required": ["name", "version", "model", "hf_endpoint", "hf_api", "hf_url", "lock"],
                     "properties": {
                         "name": {"type": "string"},
                         "version": {"type": "string"},
@@ -611,6 +611,10 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                         "hf_endpoint": {"type": ["string", "null"]},
                         "hf_api": {"type": ["string", "null"], "enum": ["text-generation", "chat-completion", None]},
                         "hf_url": {"type": ["string", "null"]},
+                        "lock": {
+                            "type": ["string", "null"],
+                            "description": "sha256 of the project's context.lock.json when the server started",
+                        },
                         "chains": {
                             "description": "Each context's models in the order they are tried",
                             "type": "object",
