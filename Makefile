@@ -51,7 +51,7 @@ dist: install
 
 serve: install
 	$(BIN)/ctx memory ingest --root $(PROJECT) --component CustomerDocs $(PROJECT)/docs/CustomerDocs
-	$(BIN)/ctx serve --addr $(ADDR) --root $(PROJECT)
+	CMP_PLAYGROUND=true $(BIN)/ctx serve --addr $(ADDR) --root $(PROJECT)
 
 lint: install
 	$(BIN)/ruff check .

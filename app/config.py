@@ -230,6 +230,7 @@ class Settings:
     max_messages: int = 100
     max_history_chars: int = 131072
     cors_origins: tuple[str, ...] = ()
+    playground: bool = False  # `GET /playground` and `POST /api/v1/test` (docs/playground.md)
     hf_max_response_bytes: int = 1024 * 1024
     hf_embed_model_id: str = ""
     hf_embed_endpoint: str = DEFAULT_HF_EMBED_ENDPOINT
@@ -302,6 +303,7 @@ class Settings:
             max_messages=_number(env, "CMP_MAX_MESSAGES", 100, kind=int),
             max_history_chars=_number(env, "CMP_MAX_HISTORY_CHARS", 131072, kind=int),
             cors_origins=_cors_origins(env),
+            playground=_flag(env, "CMP_PLAYGROUND"),
             hf_max_response_bytes=_number(env, "HF_MAX_RESPONSE_BYTES", 1024 * 1024, kind=int, minimum=1),
             hf_embed_model_id=_text(env, "HF_EMBED_MODEL_ID"),
             hf_embed_endpoint=_text(env, "HF_EMBED_ENDPOINT", DEFAULT_HF_EMBED_ENDPOINT).rstrip("/"),

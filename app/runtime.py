@@ -40,6 +40,11 @@ class Rendered:
     prompt: str
     degraded: str = ""  # why memory searched keywords only, when it had to
     chain: ModelChain | None = None  # the context's models, when its file names them (`model:`)
+    mode: str = ""  # how memory searched (hybrid, vector, keyword), for `POST /api/v1/render`
+
+    def sources(self) -> list[dict[str, Any]]:
+        """The memory matches a response names, so a client can cite them."""
+        return [{"id": r.id, "source": r.source, "score": r.score} for r in self.results]
 
 
 @dataclass(frozen=True)
@@ -103,13 +108,15 @@ class Runtime:
 
     def chains(self) -> dict[str, list[dict[str, str]]]:
         """Each valid context's models in the order they are tried (`/version`): its chain, or HF_MODEL_ID."""
+        return {name: self.models(self.contexts.load(path)) for name, path in self.contexts.available().items()}
+
+    def models(self, context: dict[str, Any]) -> list[dict[str, str]]:
+        """The models a request to `context` asks, in the order they are tried: its chain, or HF_MODEL_ID."""
+        chain = chain_of(context)
+        if chain:
+            return chain.describe(self.settings)
         provider = self.provider
-        default = [{"id": provider.model_id, "endpoint": self.settings.hf_endpoint_public}] if provider else []
-        found = {}
-        for name, path in self.contexts.available().items():
-            chain = chain_of(self.contexts.load(path))
-            found[name] = chain.describe(self.settings) if chain else default
-        return found
+        return [{"id": provider.model_id, "endpoint": self.settings.hf_endpoint_public}] if provider else []
 
     def search(self, request: ChatRequest, component: str = "") -> Retrieval:
         """The memory matches of `component` (the request's by default) for the request's query (none without one)."""
@@ -165,7 +172,7 @@ class Runtime:
         started = time.perf_counter()
         prompt = self.prompts.render(request.component, request.prompt_file, variables)
         self.metrics.child(self.metrics.prompt_render, request.component).observe(time.perf_counter() - started)
-        return Rendered(context, retrieval.results, prompt, retrieval.degraded, chain)
+        return Rendered(context, retrieval.results, prompt, retrieval.degraded, chain, mode=retrieval.mode)
 
     def _history_in_turns(self, chain: ModelChain | None) -> bool:
         if chain and self.router:
@@ -298,8 +305,7 @@ def _replayed(found: CachedAnswer, result: str, rendered: Rendered) -> Answer:
 
 
 def _sources(rendered: Rendered) -> list[dict[str, Any]]:
-    """The memory matches a response names, so a client can cite them."""
-    return [{"id": r.id, "source": r.source, "score": r.score} for r in rendered.results]
+    return rendered.sources()
 
 
 def _inference_inputs(

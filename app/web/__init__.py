@@ -69,3 +69,7 @@ def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(usage.bp)
+    if settings.playground:
+        from app.web import playground
+
+        app.register_blueprint(playground.bp)

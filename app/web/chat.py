@@ -88,6 +88,25 @@ def chat():
     return mark_degraded(response, degraded)
 
 
+@bp.post("/render")
+def render():
+    """The prompt and memory matches `/chat` would send for the same body, without calling the model (the API twin
+    of `ctx prompt render`)."""
+    runtime, chat_request = admit(parse_chat_request(json_body()))
+    rendered = runtime.render(chat_request)
+    response = jsonify(
+        prompt=rendered.prompt,
+        context=chat_request.context,
+        tenant_id=chat_request.tenant_id,
+        sources=rendered.sources(),
+        mode=rendered.mode,
+        degraded=rendered.degraded or None,
+        models=runtime.models(rendered.context),
+        request_id=g.request_id,
+    )
+    return mark_degraded(response, rendered.degraded)
+
+
 def mark_model(response: Response, served: str | None) -> None:
     """Name the entry of the context's chain that answered, on the response and in the request log (a context
     without a chain pays nothing: its model is HF_MODEL_ID, already logged)."""
