@@ -4,6 +4,7 @@ client against real MCP servers of both SDK majors (2.x in the venv, 1.x as serv
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -366,3 +367,25 @@ def test_a_server_that_drips_its_answer_is_cut_off_at_the_timeout(backend: ToolB
     result = http_tool(f"{backend.url}/drip", timeout=0.5).call({"order_id": "A-1"}, call_context())
     assert result.outcome == TIMEOUT
     assert time.monotonic() - started < 2  # the backend takes 10 s to send its 100 bytes
+
+
+def test_a_request_waiting_for_another_ones_listing_leaves_at_its_deadline() -> None:
+    """A listing of a server that never answers holds its lock for the server's timeout; a request with less time
+    left than that must not wait for it past its own deadline."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections are queued, never answered
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/mcp"
+        server = McpServer({"mcp": {"url": url, "tools": ["stock_level"], "timeout": 3}}, Settings(), RuntimeMetrics())
+        first = threading.Thread(target=server.tools, args=(call_context(),))
+        first.start()
+        time.sleep(0.2)  # the first request is listing, holding the lock
+        started = time.monotonic()
+        tools, failed = server.tools(call_context(seconds=0.3))
+        waited = time.monotonic() - started
+        first.join()
+    finally:
+        silent.close()
+    assert waited < 1.5  # not the first listing's 3 s
+    assert failed and [tool.name for tool in tools] == ["stock_level"]

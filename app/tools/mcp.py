@@ -167,11 +167,21 @@ class McpServer:
         names are offered, and their calls fail as results)."""
         listed = self._listed
         if listed is None or time.monotonic() >= listed[0]:
-            with self._lock:
+            # Another request listing now holds the lock up to the server's timeout: wait no longer than this
+            # request's deadline, then go on with the last listing (or the allow-list's names, failing).
+            if not self._lock.acquire(timeout=max(context.remaining(), 0)):
+                return (listed[1], listed[2]) if listed else (self._fallback(), True)
+            try:
                 listed = self._listed
                 if listed is None or time.monotonic() >= listed[0]:
                     listed = self._listed = self._list(context)
+            finally:
+                self._lock.release()
         return listed[1], listed[2]
+
+    def _fallback(self) -> list[McpTool]:
+        """The allow-list's names, offered when the server's own list is not known (their calls fail as results)."""
+        return [McpTool(self, name, "", NO_PARAMETERS) for name in self.allowed]
 
     def _list(self, context: CallContext) -> tuple[float, list[McpTool], bool]:
         timeout = min(self.timeout, max(context.remaining(), 0.001))
@@ -180,8 +190,7 @@ class McpServer:
         except Exception as exc:  # noqa: BLE001 - whatever the server or the SDK did, its tools fail as results
             self.metrics.child(self.metrics.mcp_list_errors, self.label).inc()
             log.warning("MCP server unavailable", extra={"fields": {"server": self.label, "error": _kind(exc)}})
-            fallback = [McpTool(self, name, "", NO_PARAMETERS) for name in self.allowed]
-            return time.monotonic() + min(LIST_RETRY_SECONDS, self.ttl), fallback, True
+            return time.monotonic() + min(LIST_RETRY_SECONDS, self.ttl), self._fallback(), True
         tools = [
             McpTool(self, tool.name, tool.description or "", tool.input_schema or NO_PARAMETERS)
             for tool in listed
