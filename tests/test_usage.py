@@ -24,6 +24,7 @@ import yaml
 from fake_hf import ROUTER_CATALOG, FakeHF, Reply, Stream, chat_events, completion
 from helpers import (
     ACME_KEY,
+    EXAMPLE,
     GUIDE_BODY,
     KEYS_JSON,
     MODEL,
@@ -521,6 +522,22 @@ def test_sigterm_under_load_loses_no_row(project):
     assert code == 0, output[-2000:]
     assert len(answered) > 50
     assert sorted(r["request_id"] for r in sqlite_rows(project)) == sorted(answered)
+
+
+def test_serving_the_bundled_example_in_a_test_leaves_examples_untouched():
+    """A test that serves examples/quickstart with a model meters its calls elsewhere (helpers.runtime_env): the
+    repository's example never gains a `.contexis/usage.db`."""
+    stamp = {path: path.stat().st_mtime_ns for path in EXAMPLE.rglob("*")}
+    with FakeHF(Reply(body=completion("Hi", usage=USAGE))) as fake:
+        env = {"HF_TOKEN": TOKEN, "HF_MODEL_ID": MODEL, "HF_ENDPOINT": f"{fake.url}/v1", "HF_BACKOFF_FACTOR": "0"}
+        server = Server("--root", str(EXAMPLE), "--workers", "1", env=env)
+        try:
+            response = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=30)
+        finally:
+            code, output = server.stop()
+    assert code == 0, output[-2000:]
+    assert response.status_code == 200 and len(fake.seen) == 1
+    assert {path: path.stat().st_mtime_ns for path in EXAMPLE.rglob("*")} == stamp  # nothing new, nothing written
 
 
 # -- PostgreSQL: replicas -----------------------------------------------------------------------------
