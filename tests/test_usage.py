@@ -458,6 +458,19 @@ def test_reports_total_the_rows_by_every_grouping_in_the_cli_and_the_api(project
     assert "TOTAL" in table and "globex" in table
 
 
+@pytest.mark.parametrize(
+    "query", ["since=999999d", "since=0001-01-01T00:00:00%2B01:00", "since=9999-12-31T23:59:59-14:00"]
+)
+def test_a_report_bound_past_the_calendar_is_a_400_in_the_api_and_no_traceback_in_the_cli(settings, query):
+    response = create_app(settings).test_client().get(f"/api/v1/usage?{query}")
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.json["error"]["code"] == "invalid_request"
+    name, value = query.replace("%2B", "+").split("=")
+    result = run("usage", "report", f"--{name}", value, "--root", str(settings.project_root))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"ctx: invalid_request: {name}: {value!r} is neither" in result.stderr
+
+
 # -- processes: two workers, SIGTERM, a restart ---------------------------------------------------------
 
 
