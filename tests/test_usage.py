@@ -614,6 +614,27 @@ def test_a_ledger_that_cannot_be_reached_lets_calls_through_and_keeps_their_rows
     ledger._rows.clear()  # nothing left for this process's exit to try again
 
 
+def test_a_password_in_the_ledger_urls_query_reaches_no_log_error_or_report(project, caplog):
+    from helpers import free_port
+
+    secret = "PG_query_SECRET_pw"
+    down = f"postgresql://contexis@127.0.0.1:{free_port()}/usage?password={secret}&connect_timeout=1"
+    with FakeHF(Reply(body=completion("Hi", usage=USAGE))) as fake:
+        app = usage_app(project, fake.url, CMP_USAGE_URL=down, CMP_USAGE_TIMEOUT="0.5")
+        assert chat(app, tenant_id="acme").status_code == 200
+        report = app.test_client().get("/api/v1/usage")
+        ledger = app.extensions["contexis"].meter.ledger
+        assert ledger.flush() is False
+    ledger._rows.clear()  # nothing left for this process's exit to try again
+    assert report.status_code == 503 and "127.0.0.1" in report.json["error"]["message"]
+    assert secret not in report.get_data(as_text=True) and secret not in caplog.text
+    env = {"CMP_USAGE_URL": down, "CMP_USAGE_TIMEOUT": "0.5"}
+    for argv in (("usage", "report"), ("usage", "migrate")):
+        result = run(*argv, "--root", str(project), env=env)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "127.0.0.1" in result.stderr and secret not in result.stderr + result.stdout
+
+
 def test_an_unmigrated_postgresql_ledger_is_named_by_readyz(project, postgres):
     url = postgres.database("usage_unmigrated")
     with FakeHF(Reply(body=completion("Hi", usage=USAGE))) as fake:
