@@ -458,6 +458,15 @@ def test_reports_total_the_rows_by_every_grouping_in_the_cli_and_the_api(project
     assert "TOTAL" in table and "globex" in table
 
 
+def test_a_report_without_a_writable_state_directory_is_a_503_not_a_500(settings, tmp_path):
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory\n")
+    response = create_app(settings.replace(state_dir=taken)).test_client().get("/api/v1/usage")
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert response.json["error"]["code"] == "usage_unavailable"
+    assert "set CMP_STATE_DIR to a writable directory" in response.json["error"]["message"]
+
+
 @pytest.mark.parametrize(
     "query", ["since=999999d", "since=0001-01-01T00:00:00%2B01:00", "since=9999-12-31T23:59:59-14:00"]
 )
