@@ -59,6 +59,8 @@ SETTINGS = parse_settings(os.environ.get("BENCH_SETTINGS", "2x8,2x128"))
 DEFAULT_SETTINGS = (2, 128)  # measurement 3's, unless BENCH_SLOW_SETTINGS says otherwise
 LIFETIME = 900  # seconds any server started here may live
 GOALS = {"render": 0.6, "model": 0.85, "stream_cpu": 1.5, "slow_throughput": 0.9, "rss_mb": 500}
+# A cached answer costs no more than a render-only request (the key needs the render): req/s within noise of it.
+CACHED_GOAL = 0.9
 MEMORY_FIGURES = (
     "chunks",
     "ingest_seconds",
@@ -180,10 +182,12 @@ def serving(server: Server, path: str = "/readyz", body: dict[str, Any] | None =
         server.stop()
 
 
-def runtime(name: str, settings: tuple[int, int] | None, env: dict[str, str] | None = None) -> Server:
+def runtime(
+    name: str, settings: tuple[int, int] | None, env: dict[str, str] | None = None, root: Path = EXAMPLE
+) -> Server:
     """`ctx serve --root examples/quickstart` with app/gunicorn_conf.py, as `make serve` runs it."""
     port = free_port()
-    argv = [str(BIN / "ctx"), "serve", "--root", str(EXAMPLE), "--addr", f"127.0.0.1:{port}"]
+    argv = [str(BIN / "ctx"), "serve", "--root", str(root), "--addr", f"127.0.0.1:{port}"]
     if settings:
         argv += ["--workers", str(settings[0]), "--threads", str(settings[1])]
     return Server(name, argv, port, env)
@@ -414,6 +418,41 @@ def bench_model(settings: tuple[int, int]) -> dict[str, Any]:
     }
 
 
+def bench_cached(settings: tuple[int, int]) -> dict[str, Any]:
+    """(8) The guide's request answered from the response cache (a copy of the example whose SupportBot caches,
+    in front of the instant model) against the same request rendered only (no model): a hit renders, then reads
+    the shared SQLite cache, and should cost no more than the render-only answer."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, instant_model() as ng:
+        root = Path(tmp) / "project"
+        shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("*.db", "*.db-*", ".contexis"))
+        ctx_file = root / "contexts" / "SupportBot" / "supportbot.ctx"
+        ctx_file.write_text(ctx_file.read_text() + "cache:\n  ttl: 3600\n")
+        with (
+            serving(runtime("runtime-cached", settings, hf_env(f"{ng.url}/models"), root=root)) as cached,
+            serving(runtime("runtime-render", settings)) as render,
+        ):
+            first = requests.post(f"{cached.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)
+            hit = requests.post(f"{cached.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)
+            assert (first.headers.get("X-Contexis-Cache"), hit.headers.get("X-Contexis-Cache")) == ("miss", "hit")
+            targets = {
+                "cached": (cached, f"{cached.url}/api/v1/chat", GUIDE_BODY),
+                "render": (render, f"{render.url}/api/v1/chat", GUIDE_BODY),
+            }
+            for _, url, body in targets.values():
+                wrk(url, CONCURRENCIES[0], 3, body)  # warm up
+            loaded = alternate(targets, CONCURRENCIES[0])
+    return {
+        "workers": settings[0],
+        "threads": settings[1],
+        "connections": CONCURRENCIES[0],
+        "loaded": loaded,
+        "ratio": ratio(loaded["cached"]["rps"], loaded["render"]["rps"]),
+        "cpu_ratio": ratio(loaded["render"]["cpu_ms_per_request"], loaded["cached"]["cpu_ms_per_request"]),
+    }
+
+
 def bench_stream(settings: tuple[int, int]) -> dict[str, Any]:
     """(6) Relaying a STREAM_TOKENS-token stream (nginx's OpenAI chunks, all at once): the runtime's
     `/api/v1/chat` with `"stream": true` against a bare Flask relay (requests + a generator), CPU per event."""
@@ -630,6 +669,14 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": run["connections_to_model"] <= run["connection_limit"],
                 },
             ]
+    for c in results.get("cached", []):
+        found.append(
+            {
+                "goal": f"cached answer {c['workers']}x{c['threads']}: req/s >= {CACHED_GOAL}x render-only",
+                "value": c["ratio"],
+                "met": c["ratio"] >= CACHED_GOAL,
+            }
+        )
     for name, target in results.get("memory", {}).get("targets", {}).items():
         found.append(
             {"goal": f"memory {name} < {target['limit']}", "value": results["memory"][name], "met": target["ok"]}
@@ -728,6 +775,11 @@ def table(results: dict[str, Any]) -> str:
                     f"{r['with_writes_us_per_call']:.1f} µs with the SQLite writes ({led['calls']} calls)",
                 )
             )
+    for c in results.get("cached", []):
+        name = f"8 cached answer, c={c['connections']} ({c['workers']}x{c['threads']})"
+        rows.append((name, "hit", _ms(c["loaded"]["cached"])))
+        rows.append(("", "render-only", _ms(c["loaded"]["render"])))
+        rows.append(("", "hit/render-only", f"req/s {c['ratio']:.2f}, CPU per request {c['cpu_ratio']:.2f}x"))
     if "cold_start" in results:
         cold = results["cold_start"]
         runs = ", ".join(f"{t:.2f}" for t in cold["runs_s"])
@@ -792,14 +844,14 @@ def update_doc(results: dict[str, Any], text: str, marks: tuple[str, str] = MARK
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated subset of render,model,stream,slow,memory,ledger,cold")
+    parser.add_argument("--only", help="comma-separated subset of render,model,stream,slow,memory,ledger,cold,cached")
     parser.add_argument(
         "--slow-settings",
         default=os.environ.get("BENCH_SLOW_SETTINGS", "{}x{}".format(*DEFAULT_SETTINGS)),
         help="WORKERSxTHREADS list for measurement 3 (default %(default)s)",
     )
     args = parser.parse_args()
-    everything = ["render", "model", "stream", "slow", "memory", "ledger", "cold"]
+    everything = ["render", "model", "stream", "slow", "memory", "ledger", "cold", "cached"]
     chosen = args.only.split(",") if args.only else everything
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {**run_info(), "durations_s": {"wrk": DURATION, "slow": SLOW_DURATION}}
@@ -811,6 +863,7 @@ def main() -> int:
         "memory": bench_memory,
         "ledger": bench_ledger,
         "cold": bench_cold,
+        "cached": lambda: [bench_cached(s) for s in SETTINGS],
     }
     for name in chosen:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
