@@ -21,6 +21,10 @@ from jsonschema import Draft202012Validator, FormatChecker
 from app.errors import ContextInvalid, NotFound
 from app.names import MAX_TOP_K, NAME_PATTERN
 
+# The guardrails a context can set and the personal data types they know (`app.guardrails` enforces them).
+GUARDRAILS = ("pii", "prompt_injection", "require_citation", "deny_output")
+PII_ENTITIES = ("CREDIT_CARD", "EMAIL_ADDRESS", "PHONE_NUMBER", "IBAN_CODE", "US_SSN")
+
 MAX_DEPTH = 5
 DEFAULT_DRIFT_THRESHOLD = 0.85
 DEFAULT_TEXT_DRIFT_THRESHOLD = 0.8
@@ -59,6 +63,9 @@ CASE_ASSERTIONS: dict[str, Any] = {
     # The value must itself be a JSON Schema (checked against the 2020-12 meta-schema, shipped offline).
     "expect_json_schema": {"$ref": "https://json-schema.org/draft/2020-12/schema"},
     "similar_to": {"type": "string", "minLength": 1},
+    # The case is refused by this guardrail / its personal data of this type is replaced (docs/security.md).
+    "expect_blocked": {"enum": list(GUARDRAILS)},
+    "expect_redacted": _one_or_more({"enum": list(PII_ENTITIES)}),
 }
 CASE_OPTIONS: dict[str, Any] = {"ignore_case": {"type": "boolean"}, "min_similarity": _RATIO}
 TESTING_SCHEMA: dict[str, Any] = {
@@ -103,6 +110,13 @@ CONTEXT_SCHEMA: dict[str, Any] = {
                 "max_tokens": {"type": "integer", "minimum": 1, "maximum": 32768},
                 "temperature": {"type": "number", "exclusiveMinimum": 0, "maximum": 2},
                 "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                # Guardrails that act (docs/security.md); each unset one is the environment's default.
+                # YAML reads a bare `off` as false: both mean off.
+                "pii": {"enum": ["off", False, "redact", "block"]},
+                "pii_entities": {"type": "array", "items": {"enum": list(PII_ENTITIES)}, "minItems": 1},
+                "prompt_injection": {"enum": ["off", False, "flag", "block"]},
+                "require_citation": {"type": "boolean"},
+                "deny_output": {"type": "array", "items": {"type": "string", "minLength": 1, "format": "regex"}},
                 # The most a client may ask for on the OpenAI surface; without it, up to the bounds above.
                 "client_max": {
                     "type": "object",

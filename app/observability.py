@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextvars
 import logging
 import os
 import sys
@@ -116,6 +117,12 @@ class RuntimeMetrics:
             ["component"],
             registry=self.registry,
         )
+        self.guardrail_actions = Counter(
+            "cmp_guardrail_actions_total",
+            "What the guardrails did: redact, block, flag or drop, by guardrail and stage (in, out).",
+            ["guardrail", "action", "stage"],
+            registry=self.registry,
+        )
         # Outside multiprocess mode the app's registry is what /metrics serves: the process is its own server.
         self.registry.register(ProcessTreeCollector(multiprocess=False))
         self._children: dict[tuple[MetricWrapperBase, tuple[object, ...]], Any] = {}
@@ -205,6 +212,9 @@ def _children(pid: int) -> set[int]:
                 continue
     return found
 
+
+# The id of the request being served (`app.web.telemetry` sets it), for log lines written below the web layer.
+current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 _second: tuple[int, str] = (-1, "")
 

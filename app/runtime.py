@@ -1,4 +1,5 @@
-"""The request pipeline shared by the HTTP API and the CLI: context → memory → prompt → provider.
+"""The request pipeline shared by the HTTP API and the CLI: context → guardrails → memory → prompt → provider →
+guardrails.
 
 It knows nothing of HTTP: `app.web` turns requests into `ChatRequest`s and answers into responses.
 """
@@ -15,10 +16,11 @@ from opentelemetry.util.types import AttributeValue
 from app.config import Settings
 from app.contexts import ContextStore
 from app.errors import BadRequest
+from app.guardrails import Guard, Guardrails
 from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
-from app.providers import build_embedder, build_provider
+from app.providers import build_classifier, build_embedder, build_provider
 from app.providers.base import GenerationParams, TokenStream, Usage
 from app.validation import ChatRequest
 
@@ -32,7 +34,9 @@ class Rendered:
     context: dict[str, Any]
     results: list[SearchResult]
     prompt: str
+    request: ChatRequest  # as the guardrails passed it (personal data redacted)
     degraded: str = ""  # why memory searched keywords only, when it had to
+    guard: Guard | None = None  # the request's guardrails, when its context enforces any
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Answer:
     usage: Usage | None = None
     finish_reason: str = "stop"
     degraded: str = ""
+    redacted: tuple[str, ...] = ()  # the personal data types the guardrails replaced, in and out
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class Runtime:
         self.provider = build_provider(settings, self.metrics)
         self.embedder = build_embedder(settings, self.metrics)
         self.memory = open_memory(settings, self.embedder)
+        self.guardrails = Guardrails(settings, self.metrics, build_classifier(settings))
 
     def problems(self) -> list[str]:
         """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
@@ -107,13 +113,17 @@ class Runtime:
         clients do, still gets retrieval), else the request's component.
         """
         context = self.contexts.resolve(request.context, request.tenant_id)
+        guard = self.guardrails.guard(context, request)
+        if guard:
+            request = guard.check_request(request)
         named = request.component != request.context
         retrieval = self.search(request, "" if named else (context.get("memory") or {}).get("component", ""))
+        results = guard.check_results(retrieval.results) if guard else retrieval.results
         variables = {
             **request.data,
             # The runtime's own variables win over same-named keys in `data`.
             "context": context,
-            "results": [result.as_dict() for result in retrieval.results],
+            "results": [result.as_dict() for result in results],
             "tenant_id": request.tenant_id,
             "query": request.query,
             "messages": [dict(message) for message in request.messages],
@@ -123,22 +133,26 @@ class Runtime:
         started = time.perf_counter()
         prompt = self.prompts.render(request.component, request.prompt_file, variables)
         self.metrics.child(self.metrics.prompt_render, request.component).observe(time.perf_counter() - started)
-        return Rendered(context=context, results=retrieval.results, prompt=prompt, degraded=retrieval.degraded)
+        return Rendered(context, results, prompt, request, retrieval.degraded, guard)
 
     def answer(self, request: ChatRequest) -> Answer:
         """The model's text when a model is configured, the rendered prompt otherwise."""
         rendered = self.render(request)
         sources = _sources(rendered)
+        guard = rendered.guard
         if self.provider is None:
-            return Answer(rendered=rendered.prompt, model=None, sources=sources, degraded=rendered.degraded)
-        generation = self.provider.generate(rendered.prompt, *_inference_inputs(rendered.context, request))
+            redacted = guard.redacted if guard else ()
+            return Answer(rendered.prompt, model=None, sources=sources, degraded=rendered.degraded, redacted=redacted)
+        generation = self.provider.generate(rendered.prompt, *_inference_inputs(rendered.context, rendered.request))
+        text = guard.check_answer(generation.text) if guard else generation.text
         return Answer(
-            rendered=generation.text,
+            rendered=text,
             model=self.provider.model_id,
             sources=sources,
             usage=generation.usage,
             finish_reason=generation.finish_reason or "stop",
             degraded=rendered.degraded,
+            redacted=guard.redacted if guard else (),
         )
 
     def stream(self, request: ChatRequest) -> StreamedAnswer:
@@ -147,7 +161,9 @@ class Runtime:
         if self.provider is None:
             prompt_only = TokenStream(iter([rendered.prompt]), model=None)
             return StreamedAnswer(prompt_only, _sources(rendered), rendered.degraded)
-        stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered.context, request))
+        stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered.context, rendered.request))
+        if rendered.guard:
+            stream = rendered.guard.check_stream(stream)
         return StreamedAnswer(stream, _sources(rendered), rendered.degraded)
 
 
