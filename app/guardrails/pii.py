@@ -21,10 +21,12 @@ from stdnum.us import ssn
 from app.contexts import PII_ENTITIES
 
 ENTITIES = PII_ENTITIES
-# Payment cards are 12-19 digits (ISO/IEC 7812), grouped by spaces or dashes as people write them; the first
-# digit (the major industry identifier) is 2-6 for the networks in use: Mastercard, Amex/Diners/JCB, Visa,
-# Mastercard, Discover/UnionPay.
-_CARD = re.compile(r"(?<![\d-])[2-6](?:[ -]?\d){11,18}(?![\d-])")
+# Payment cards are 13-19 digits (ISO/IEC 7812), grouped by spaces or dashes as people write them, and not the
+# tail of a longer group of digits; the first digit (the major industry identifier) is 2-6 for the networks in
+# use: Mastercard, Amex/Diners/JCB, Visa, Mastercard, Discover/UnionPay.
+_CARD = re.compile(r"(?<![\d-])(?<!\d[ -])[2-6](?:[ -]?\d){12,18}(?![\d-])")
+# A number glued to a word or a code (`INV-2024-000123`, `#5551234567`) is an identifier, not a phone number.
+_GLUE = "-_/#."
 # The WHATWG HTML standard's valid e-mail address (https://html.spec.whatwg.org/#valid-e-mail-address), with at
 # least one dot in the domain: text says "user@host" for things that are not addresses.
 _EMAIL = re.compile(
@@ -48,7 +50,7 @@ class Finding:
 def _cards(text: str) -> Iterable[Finding]:
     for match in _CARD.finditer(text):
         digits = re.sub(r"[ -]", "", match.group())
-        if 12 <= len(digits) <= 19 and len(set(digits)) > 1 and luhn.is_valid(digits):
+        if 13 <= len(digits) <= 19 and len(set(digits)) > 1 and luhn.is_valid(digits):
             yield Finding("CREDIT_CARD", match.start(), match.end())
 
 
@@ -95,7 +97,8 @@ class Detector:
             matcher = phonenumbers.PhoneNumberMatcher(text, self.region, leniency=phonenumbers.Leniency.VALID)
             for match in matcher:
                 finding = Finding("PHONE_NUMBER", match.start, match.end)
-                if not _overlaps(finding, found):
+                before = text[match.start - 1] if match.start else " "
+                if not (before.isalnum() or before in _GLUE) and not _overlaps(finding, found):
                     found.append(finding)
         return sorted(found, key=lambda f: f.start)
 
