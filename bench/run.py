@@ -58,7 +58,14 @@ STREAM_TOKENS = 200
 SETTINGS = parse_settings(os.environ.get("BENCH_SETTINGS", "2x8,2x128"))
 DEFAULT_SETTINGS = (2, 128)  # measurement 3's, unless BENCH_SLOW_SETTINGS says otherwise
 LIFETIME = 900  # seconds any server started here may live
-GOALS = {"render": 0.6, "model": 0.85, "stream_cpu": 1.5, "slow_throughput": 0.9, "rss_mb": 500}
+GOALS = {
+    "render": 0.6,
+    "model": 0.85,
+    "stream_cpu": 1.5,
+    "slow_throughput": 0.9,
+    "rss_mb": 500,
+    "guardrails_off_us": 2,
+}
 MEMORY_FIGURES = (
     "chunks",
     "ingest_seconds",
@@ -506,6 +513,17 @@ def bench_memory() -> dict[str, Any]:
     return {"available": True, **json.loads(out.read_text())}
 
 
+def bench_guardrails() -> dict[str, Any]:
+    """(7) bench/bench_guardrails.py's figures: each guardrail's cost per request when on, and when off."""
+    out = OUT / "guardrails.json"
+    out.unlink(missing_ok=True)
+    argv = [sys.executable, str(BENCH / "bench_guardrails.py"), str(out)]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 or not out.is_file():
+        return {"available": False, "reason": f"bench_guardrails.py failed ({done.returncode}): {done.stderr[-500:]}"}
+    return {"available": True, "variants": json.loads(out.read_text())}
+
+
 def bench_cold(runs: int = 3) -> dict[str, Any]:
     """(5) Seconds from spawning `ctx serve` (config defaults) to the first 200 on /readyz."""
     times = []
@@ -578,6 +596,15 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": run["connections_to_model"] <= run["connection_limit"],
                 },
             ]
+    off = results.get("guardrails", {}).get("variants", {}).get("off")
+    if off:
+        found.append(
+            {
+                "goal": f"guardrails off: at most {GOALS['guardrails_off_us']} µs per request",
+                "value": off["guard_us"],
+                "met": off["guard_us"] <= GOALS["guardrails_off_us"],
+            }
+        )
     for name, target in results.get("memory", {}).get("targets", {}).items():
         found.append(
             {"goal": f"memory {name} < {target['limit']}", "value": results["memory"][name], "met": target["ok"]}
@@ -653,6 +680,16 @@ def table(results: dict[str, Any]) -> str:
             rows.append(("4 memory search", "bench/bench_memory.py", shown))
         else:
             rows.append(("4 memory search", "not available", mem["reason"]))
+    guardrails = results.get("guardrails", {})
+    for i, (name, g) in enumerate(guardrails.get("variants", {}).items()):
+        pii = f", with personal data {g['in_with_pii_us']:.0f} µs" if g.get("in_with_pii_us") else ""
+        figures = (
+            f"lookup {g['guard_us']:.2f} µs; in {g['in_us']:.0f} µs{pii}; answer {g['answer_us']:.0f} µs; "
+            f"200-delta stream +{g['stream_added_us']:.0f} µs (render {g['render_us']:.0f} µs)"
+        )
+        rows.append(("7 guardrails, CPU per request" if i == 0 else "", name, figures))
+    if guardrails and not guardrails.get("available"):
+        rows.append(("7 guardrails", "not available", guardrails["reason"]))
     if "cold_start" in results:
         cold = results["cold_start"]
         runs = ", ".join(f"{t:.2f}" for t in cold["runs_s"])
@@ -717,14 +754,14 @@ def update_doc(results: dict[str, Any], text: str, marks: tuple[str, str] = MARK
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated subset of render,model,stream,slow,memory,cold")
+    parser.add_argument("--only", help="comma-separated subset of render,model,stream,slow,memory,cold,guardrails")
     parser.add_argument(
         "--slow-settings",
         default=os.environ.get("BENCH_SLOW_SETTINGS", "{}x{}".format(*DEFAULT_SETTINGS)),
         help="WORKERSxTHREADS list for measurement 3 (default %(default)s)",
     )
     args = parser.parse_args()
-    everything = ["render", "model", "stream", "slow", "memory", "cold"]
+    everything = ["render", "model", "stream", "slow", "memory", "cold", "guardrails"]
     chosen = args.only.split(",") if args.only else everything
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {**run_info(), "durations_s": {"wrk": DURATION, "slow": SLOW_DURATION}}
@@ -735,6 +772,7 @@ def main() -> int:
         "slow": lambda: [bench_slow(s) for s in parse_settings(args.slow_settings)],
         "memory": bench_memory,
         "cold": bench_cold,
+        "guardrails": bench_guardrails,
     }
     for name in chosen:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
