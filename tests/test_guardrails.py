@@ -16,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 import yaml
-from fake_hf import FakeHF, RawHF, Reply, Stream, chat_events, completion, headers_then_stall
+from fake_hf import FakeHF, RawHF, Reply, Stream, chat_events, completion, headers_then_stall, sse
 from helpers import GUIDE_BODY, SEARCH_BODY, TOKEN, LiveApp, chat, metric, run, sse_events
 
 from app import create_app
@@ -201,6 +201,14 @@ def test_words_without_personal_data_keep_their_deltas(serve):
     _, _, app = serve(Stream(chat_events(["The", " answer", " is", " here."])))
     deltas = [data["delta"] for _, data in sse_events(chat(app, ask("hi", stream=True))) if "delta" in data]
     assert deltas == ["The", " answer", " is", " here."]
+
+
+def test_an_upstream_failure_mid_stream_sends_what_arrived_checked_then_the_error(serve):
+    failure = sse({"error": {"message": "CUDA out of memory"}})
+    _, _, app = serve(Stream([*chat_events(["Mail ", "jane.roe@", "example.com"])[:4], failure]))
+    events = sse_events(chat(app, ask("hi", stream=True)))
+    assert "".join(data.get("delta", "") for _, data in events) == "Mail <EMAIL_ADDRESS>"
+    assert events[-1][0] == "error" and events[-1][1]["error"]["code"].startswith("hf_")
 
 
 def test_block_mid_stream_ends_it_with_an_error_event_on_both_apis(serve, project):

@@ -65,10 +65,8 @@ class Guardrails:
         policy = self.policy(context)
         if not policy.active:
             return None
-        return Guard(policy, self._detector(policy.pii_entities), self.injection, self._audit(context, request))
-
-    def _audit(self, context: dict[str, Any], request: ChatRequest) -> Audit:
-        return Audit(self.metrics, context.get("name", request.context), request.tenant_id)
+        audit = Audit(self.metrics, context.get("name", request.context), request.tenant_id)
+        return Guard(policy, self._detector(policy.pii_entities), self.injection, audit)
 
     def _detector(self, entities: tuple[str, ...]) -> Detector:
         detector = self._detectors.get(entities)

@@ -81,8 +81,9 @@ class Guard:
         if self.policy.pii != "off":
             request = self._personal_data_in(request)
         if self.policy.prompt_injection != "off":
+            # Each text once: an OpenAI request's input is both `user_input` and the query.
             texts = [request.query, *_strings(request.data), *(m.get("content", "") for m in request.messages)]
-            if any(self._injected(texts, "in")):
+            if any(self._injected(list(dict.fromkeys(texts)), "in")):
                 self._injection_found("in")
         return request
 
