@@ -135,3 +135,23 @@ def test_context_validate_passes_on_the_example_and_fails_with_file_field_proble
     bad = run("context", "validate", "--root", str(project))
     assert bad.returncode == 1
     assert "contexts/SupportBot/supportbot.ctx: guardrails.max_tokens: 'lots' is not of type 'integer'" in bad.stderr
+
+
+def test_every_group_module_registers_its_commands_and_a_new_group_is_one_file(request, tmp_path, monkeypatch, capsys):
+    import app.cli
+
+    request.addfinalizer(lambda: sys.modules.pop("app.cli.hello", None))
+
+    parser = app.cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"serve", "hf", "prompt", "context", "test", "memory"} <= set(commands)
+    # A group is a module of app/cli with `register`: one file, nothing else edited.
+    (tmp_path / "hello.py").write_text(
+        "def register(commands, common):\n"
+        "    hello = commands.add_parser('hello', parents=[common], help='say hello')\n"
+        "    hello.set_defaults(handler=lambda args, settings: print(f'hello from {settings.project_root}') or 0)\n"
+    )
+    monkeypatch.setattr(app.cli, "__path__", [*app.cli.__path__, str(tmp_path)])
+    monkeypatch.delenv("CMP_PROJECT_ROOT", raising=False)
+    assert app.cli.main(["hello", "--root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == f"hello from {tmp_path}\n"
