@@ -22,9 +22,11 @@ from helpers import GUIDE_BODY, SEARCH_BODY, TOKEN, LiveApp, chat, metric, run, 
 from app import create_app
 from app.config import Settings
 from app.contexts import ContextStore
+from app.errors import GuardrailBlocked
+from app.guardrails import Guardrails
 from app.memory import open_memory
-from app.observability import JsonFormatter, access_log
-from app.validation import parse_chat_request
+from app.observability import JsonFormatter, RuntimeMetrics, access_log
+from app.validation import ChatRequest, parse_chat_request
 
 CARD = "4111 1111 1111 1111"
 EMAIL = "jane.roe@example.com"
@@ -480,3 +482,21 @@ def test_planted_values_reach_no_log_metric_or_span(serve, project, spans, caplo
     everything = "\n".join([logs, scraped, json.dumps(recorded, default=str)])
     for value in (*PLANTED, *FRAGMENTS, CARD.replace(" ", ""), IBAN.replace(" ", "")):
         assert value not in everything, value
+
+
+def test_content_parts_are_checked_by_their_text_and_other_parts_kept(settings):
+    guardrails = Guardrails(settings.replace(pii_mode="redact", pi_enforcement="block"), RuntimeMetrics())
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,4111111111111111"}}
+    parts = [{"type": "text", "text": f"card {CARD}"}, image]
+    request = ChatRequest(context="C", component="C", messages=({"role": "user", "content": parts},))
+    guard = guardrails.guard({"name": "C"}, request)
+    assert guard is not None
+    checked = guard.check_request(request)
+    assert checked.messages[0]["content"] == [{"type": "text", "text": "card <CREDIT_CARD>"}, image]
+    tool_turn = ChatRequest(context="C", component="C", messages=({"role": "assistant", "content": None},))
+    assert guard.check_request(tool_turn).messages == tool_turn.messages
+    injected = ChatRequest(
+        context="C", component="C", messages=({"role": "user", "content": [{"type": "text", "text": INJECTION}]},)
+    )
+    with pytest.raises(GuardrailBlocked):
+        guard.check_request(injected)

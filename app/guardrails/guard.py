@@ -55,6 +55,34 @@ def _mapped(value: Any, change: Callable[[str], str]) -> Any:
     return value
 
 
+def _content(content: Any, change: Callable[[str], str]) -> Any:
+    """A message's content with `change` applied to its text: a string, or the `text` of each text part (OpenAI's
+    content parts); other parts (an image's URL) and a tool-calling turn's None stay as they are."""
+    if isinstance(content, str):
+        return change(content)
+    if isinstance(content, list):
+        return [_part(part, change) for part in content]
+    return content
+
+
+def _part(part: Any, change: Callable[[str], str]) -> Any:
+    if isinstance(part, dict) and isinstance(part.get("text"), str):
+        return {**part, "text": change(part["text"])}
+    return part
+
+
+def _content_texts(content: Any) -> list[str]:
+    """The texts of a message's content, as `_content` sees them."""
+    found: list[str] = []
+
+    def keep(text: str) -> str:
+        found.append(text)
+        return text
+
+    _content(content, keep)
+    return found
+
+
 def _listed(counts: dict[str, int]) -> str:
     return ", ".join(f"{name}: {count}" for name, count in counts.items())
 
@@ -82,7 +110,8 @@ class Guard:
             request = self._personal_data_in(request)
         if self.policy.prompt_injection != "off":
             # Each text once: an OpenAI request's input is both `user_input` and the query.
-            texts = [request.query, *_strings(request.data), *(m.get("content", "") for m in request.messages)]
+            history = [text for m in request.messages for text in _content_texts(m.get("content"))]
+            texts = [request.query, *_strings(request.data), *history]
             if any(self._injected(list(dict.fromkeys(texts)), "in")):
                 self._injection_found("in")
         return request
@@ -99,7 +128,7 @@ class Guard:
 
         data = _mapped(request.data, screened)
         query = screened(request.query)
-        messages = tuple({**m, "content": screened(m.get("content", ""))} for m in request.messages)
+        messages = tuple({**m, "content": _content(m.get("content"), screened)} for m in request.messages)
         if not found:
             return request
         counts = entity_counts(found)
