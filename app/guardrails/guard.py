@@ -3,7 +3,7 @@ model's answer (whole or streamed) before it leaves."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
@@ -30,18 +30,6 @@ class Chunk(Protocol):
 
 
 C = TypeVar("C", bound=Chunk)
-
-
-def _strings(value: Any) -> Iterator[str]:
-    """Every string in a request's `data`, however nested."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
 
 
 def _mapped(value: Any, change: Callable[[str], str]) -> Any:
@@ -71,15 +59,15 @@ def _part(part: Any, change: Callable[[str], str]) -> Any:
     return part
 
 
-def _content_texts(content: Any) -> list[str]:
-    """The texts of a message's content, as `_content` sees them."""
+def _texts(value: Any, walk: Callable[[Any, Callable[[str], str]], Any]) -> list[str]:
+    """The strings `walk` (`_mapped` or `_content`) would change in `value`."""
     found: list[str] = []
 
     def keep(text: str) -> str:
         found.append(text)
         return text
 
-    _content(content, keep)
+    walk(value, keep)
     return found
 
 
@@ -110,21 +98,24 @@ class Guard:
             request = self._personal_data_in(request)
         if self.policy.prompt_injection != "off":
             # Each text once: an OpenAI request's input is both `user_input` and the query.
-            history = [text for m in request.messages for text in _content_texts(m.get("content"))]
-            texts = [request.query, *_strings(request.data), *history]
+            history = [text for m in request.messages for text in _texts(m.get("content"), _content)]
+            texts = [request.query, *_texts(request.data, _mapped), *history]
             if any(self._injected(list(dict.fromkeys(texts)), "in")):
                 self._injection_found("in")
         return request
 
     def _personal_data_in(self, request: ChatRequest) -> ChatRequest:
         found: list[str] = []
+        seen: dict[str, str] = {}  # an OpenAI request's input is both `user_input` and the query: scanned once
 
         def screened(text: str) -> str:
+            if text in seen:
+                return seen[text]
             findings = self.detector.find(text)
-            if not findings:
-                return text
-            found.extend(f.entity for f in findings)
-            return redact(text, findings)
+            if findings:
+                found.extend(f.entity for f in findings)
+            seen[text] = redact(text, findings) if findings else text
+            return seen[text]
 
         data = _mapped(request.data, screened)
         query = screened(request.query)
