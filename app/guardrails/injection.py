@@ -46,7 +46,9 @@ _PLANTED = (
     r"|\b(?:note|message|instructions?)\s+(?:to|for)\s+(?:the\s+|any\s+|all\s+)?(?:ai|assistant|llm|language\s+model|chatbot|model)s?\b"
     r"|\b(?:ai|assistant|llm|chatbot)s?\s+(?:reading|processing|summari[sz]ing)\s+this\b"
 )
-PATTERNS = re.compile("|".join(f"(?:{p})" for p in (_OVERRIDE, _REVEAL, _JAILBREAK, _PLANTED)), re.MULTILINE)
+# Searched one after another (the first match ends it): Python's `re` tries every branch of one big alternation
+# at every position, which measured slower than the four searches.
+PATTERNS = tuple(re.compile(p, re.MULTILINE) for p in (_OVERRIDE, _REVEAL, _JAILBREAK, _PLANTED))
 
 
 def normalise(text: str) -> str:
@@ -58,7 +60,8 @@ def normalise(text: str) -> str:
 
 def matches_pattern(text: str) -> bool:
     """Whether `text` holds a well-known injection phrasing."""
-    return PATTERNS.search(normalise(text)) is not None
+    normalised = normalise(text)
+    return any(pattern.search(normalised) for pattern in PATTERNS)
 
 
 class Classifier(Protocol):
