@@ -146,6 +146,22 @@ def _cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:
 
 
 MEMORY_URL_SCHEMES = ("postgresql://", "postgres://")
+STATE_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _state_url(env: Mapping[str, str]) -> str:
+    """Where state shared by workers and replicas lives (model circuits): `CMP_STATE_URL`, else a Redis
+    `CMP_RATE_LIMIT_STORAGE_URI`; empty (or `memory://`) keeps it per process. Never echoed (it may hold a
+    password)."""
+    raw = _text(env, "CMP_STATE_URL")
+    if not raw:
+        limits = _text(env, "CMP_RATE_LIMIT_STORAGE_URI")
+        return limits if limits.startswith(STATE_URL_SCHEMES) else ""
+    if raw.startswith("memory://"):
+        return ""
+    if not raw.startswith(STATE_URL_SCHEMES):
+        raise SettingsError("CMP_STATE_URL must be empty, memory://, or start with redis://, rediss:// or unix://")
+    return raw
 
 
 def _memory_url(env: Mapping[str, str]) -> str:
@@ -212,6 +228,10 @@ class Settings:
     pi_model_timeout: float = 1.0
     pi_model_threshold: float = 0.9
     pi_model_failure: str = "open"
+    state_url: str = field(default="", repr=False)  # Redis for state shared by workers; "" per process
+    breaker_failures: int = 3  # consecutive failures that open a model's circuit
+    breaker_cooldown: float = 30.0  # seconds a circuit stays open before one trial call
+    catalog_refresh: float = 300.0  # seconds between reads of the router's catalog
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -274,6 +294,10 @@ class Settings:
             pi_model_timeout=_number(env, "CMP_PI_MODEL_TIMEOUT", 1.0, minimum=0.001),
             pi_model_threshold=_number(env, "CMP_PI_MODEL_THRESHOLD", 0.9),
             pi_model_failure=_choice(env, "CMP_PI_MODEL_FAILURE", ("open", "closed"), "open"),
+            state_url=_state_url(env),
+            breaker_failures=_number(env, "CMP_BREAKER_FAILURES", cls.breaker_failures, kind=int, minimum=1),
+            breaker_cooldown=_number(env, "CMP_BREAKER_COOLDOWN", cls.breaker_cooldown, minimum=0.001),
+            catalog_refresh=_number(env, "CMP_CATALOG_REFRESH", cls.catalog_refresh, minimum=1),
         ).checked()
 
     def checked(self) -> Settings:

@@ -85,6 +85,42 @@ TESTING_SCHEMA: dict[str, Any] = {
         },
     },
 }
+# A context's model chain (`app.routing.chain`): its model, the fallbacks tried in order, sampling defaults.
+_MODEL_ID = {"type": "string", "minLength": 1, "maxLength": 300, "pattern": r"^[^\s]+$"}
+_MODEL_ENDPOINT: dict[str, Any] = {
+    "endpoint": {"type": "string", "pattern": r"^https?://[^\s/?#]+(/[^\s?#]*)?$"},
+    "token_env": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+    "api": {"enum": ["text-generation", "chat-completion", "auto"]},
+}
+# A model id on HF_ENDPOINT, or one on an endpoint of its own (if/then/else, so errors name the field at fault).
+_MODEL_ENTRY = {
+    "type": ["string", "object"],
+    "if": {"type": "string"},
+    "then": _MODEL_ID,
+    "else": {
+        "additionalProperties": False,
+        "required": ["id"],
+        "properties": {"id": _MODEL_ID, **_MODEL_ENDPOINT},
+        "dependentRequired": {"token_env": ["endpoint"], "api": ["endpoint"]},
+    },
+}
+_SAMPLING: dict[str, Any] = {
+    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 32768},
+    "temperature": {"type": "number", "exclusiveMinimum": 0, "maximum": 2},
+    "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+}
+MODEL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["id"],
+    "properties": {
+        "id": _MODEL_ID,
+        **_MODEL_ENDPOINT,
+        "fallbacks": {"type": "array", "items": _MODEL_ENTRY, "maxItems": 16},
+        "params": {"type": "object", "additionalProperties": False, "properties": _SAMPLING},
+    },
+    "dependentRequired": {"token_env": ["endpoint"], "api": ["endpoint"]},
+}
 CONTEXT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -107,9 +143,7 @@ CONTEXT_SCHEMA: dict[str, Any] = {
             "properties": {
                 "tone": {"type": "string"},
                 "format": {"type": "string"},
-                "max_tokens": {"type": "integer", "minimum": 1, "maximum": 32768},
-                "temperature": {"type": "number", "exclusiveMinimum": 0, "maximum": 2},
-                "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                **_SAMPLING,
                 # Guardrails that act (docs/security.md); each unset one is the environment's default.
                 # YAML reads a bare `off` as false: both mean off.
                 "pii": {"enum": ["off", False, "redact", "block"]},
@@ -130,6 +164,7 @@ CONTEXT_SCHEMA: dict[str, Any] = {
             },
         },
         "memory": {"type": "object"},
+        "model": MODEL_SCHEMA,
         "testing": TESTING_SCHEMA,
     },
 }
@@ -192,6 +227,7 @@ class ContextStore:
         if errors:
             raise ContextInvalid(f"{self._rel(resolved)}: name: required field is missing")
         _check_case_names(self._rel(resolved), context)
+        _check_model(self._rel(resolved), context)
         with self._lock:
             # Keyed by the path as asked for, so a hit costs one stat per file and no realpath walk;
             # that path is in the signature too (once: it is most often the first file itself), and stat
@@ -309,6 +345,35 @@ def _check_case_names(rel: str, context: dict[str, Any]) -> None:
         if name in seen:
             raise ContextInvalid(f"{rel}: testing.cases.{number - 1}.name: {name!r} is used by an earlier case")
         seen.add(name)
+
+
+def _check_model(rel: str, context: dict[str, Any]) -> None:
+    """What the schema cannot say of a merged `model:` section: no entry twice, a provider suffix only where a
+    chat route reads it, and `params` within the guardrails' ceilings."""
+    section = context.get("model")
+    if section is None:
+        return
+    seen: set[tuple[str, str]] = set()
+    for number, entry in enumerate([section, *section.get("fallbacks", [])]):
+        where = "model" if number == 0 else f"model.fallbacks.{number - 1}"
+        entry = {"id": entry} if isinstance(entry, str) else entry
+        named = (entry["id"], entry.get("endpoint", "").rstrip("/"))
+        if named in seen:
+            raise ContextInvalid(f"{rel}: {where}: {entry['id']!r} is already in the chain")
+        seen.add(named)
+        api = entry.get("api", "auto")
+        text_route = api == "text-generation" or (api == "auto" and not named[1].endswith("/v1"))
+        if entry.get("endpoint") and ":" in entry["id"] and text_route:
+            raise ContextInvalid(
+                f"{rel}: {where}: {entry['id']!r} picks an Inference Provider, which only a chat-completion "
+                "endpoint (.../v1) understands"
+            )
+    ceilings = (context.get("guardrails") or {}).get("client_max", {})
+    for name, value in section.get("params", {}).items():
+        if name in ceilings and value > ceilings[name]:
+            raise ContextInvalid(
+                f"{rel}: model.params.{name}: {value} is above guardrails.client_max.{name} ({ceilings[name]})"
+            )
 
 
 def _field(error) -> str:

@@ -169,3 +169,10 @@ class GuardrailBlocked(GuardrailRefusal):
 
     def __init__(self, message: str, *, guardrail: str, status: int) -> None:
         super().__init__(message, guardrail=guardrail, status=status, code="guardrail_blocked")
+
+
+class ModelsUnavailable(ProviderError):
+    """Every model of a context's chain was passed over without a call (circuits open, providers down)."""
+
+    status = 503
+    code = "models_unavailable"

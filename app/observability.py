@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from opentelemetry import trace
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -121,6 +121,26 @@ class RuntimeMetrics:
             "cmp_guardrail_actions_total",
             "What the guardrails did: redact, block, flag or drop, by guardrail and stage (in, out).",
             ["guardrail", "action", "stage"],
+            registry=self.registry,
+        )
+        self.model_fallbacks = Counter(
+            "cmp_model_fallbacks_total",
+            "A context's chain passed over one model for the next (`none` when it was the last), by why.",
+            ["from_model", "to_model", "reason"],
+            registry=self.registry,
+        )
+        # The most recent write of any live worker wins: with a shared state, the worker that saw the circuit
+        # last tells it; with a per-process one, the last worker to open or close it.
+        self.model_circuit_open = Gauge(
+            "cmp_model_circuit_open",
+            "1 while a model's circuit is open (its calls skipped until a trial call succeeds), 0 otherwise.",
+            ["model"],
+            multiprocess_mode="livemostrecent",
+            registry=self.registry,
+        )
+        self.model_state_errors = Counter(
+            "cmp_model_state_errors",
+            "Model circuit storage (CMP_STATE_URL) failures; the circuits were kept in the process (fail open).",
             registry=self.registry,
         )
         # Outside multiprocess mode the app's registry is what /metrics serves: the process is its own server.

@@ -21,7 +21,8 @@ from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
 from app.providers import build_classifier, build_embedder, build_provider
-from app.providers.base import GenerationParams, TokenStream, Usage
+from app.providers.base import GenerationParams, TokenStream, Turn, Usage
+from app.routing import ModelChain, ModelRouter, chain_of
 from app.validation import ChatRequest
 
 _tracer = trace.get_tracer(__name__)
@@ -36,6 +37,7 @@ class Rendered:
     prompt: str
     request: ChatRequest  # as the guardrails passed it (personal data redacted)
     degraded: str = ""  # why memory searched keywords only, when it had to
+    chain: ModelChain | None = None  # the context's models, when its file names them (`model:`)
     guard: Guard | None = None  # the request's guardrails, when its context enforces any
 
 
@@ -49,6 +51,7 @@ class Answer:
     usage: Usage | None = None
     finish_reason: str = "stop"
     degraded: str = ""
+    served: str | None = None  # the chain entry that answered, when the context names its models
     redacted: tuple[str, ...] = ()  # the personal data types the guardrails replaced, in and out
 
 
@@ -59,6 +62,7 @@ class StreamedAnswer:
     stream: TokenStream
     sources: list[dict[str, Any]]
     degraded: str = ""
+    served: str | None = None  # as `Answer.served`
 
 
 class Runtime:
@@ -70,6 +74,8 @@ class Runtime:
         self.contexts = ContextStore(settings.project_root)
         self.prompts = PromptRenderer(settings.project_root, settings.max_prompt_chars, settings.render_timeout)
         self.provider = build_provider(settings, self.metrics)
+        # Contexts that name their models (`model:`) go through it; models are called only with HF_TOKEN.
+        self.router = ModelRouter(settings, self.metrics) if settings.hf_token else None
         self.embedder = build_embedder(settings, self.metrics)
         self.memory = open_memory(settings, self.embedder)
         self.guardrails = Guardrails(settings, self.metrics, build_classifier(settings))
@@ -79,6 +85,20 @@ class Runtime:
         problems = self.contexts.problems()
         memory = self.memory.problem()
         return [*problems, memory] if memory else problems
+
+    def calls_model(self, context: dict[str, Any]) -> bool:
+        """Whether requests to `context` reach a model: its chain, or HF_MODEL_ID."""
+        return bool(self.provider or (self.router and chain_of(context)))
+
+    def chains(self) -> dict[str, list[dict[str, str]]]:
+        """Each valid context's models in the order they are tried (`/version`): its chain, or HF_MODEL_ID."""
+        provider = self.provider
+        default = [{"id": provider.model_id, "endpoint": self.settings.hf_endpoint_public}] if provider else []
+        found = {}
+        for name, path in self.contexts.available().items():
+            chain = chain_of(self.contexts.load(path))
+            found[name] = chain.describe(self.settings) if chain else default
+        return found
 
     def search(self, request: ChatRequest, component: str = "") -> Retrieval:
         """The memory matches of `component` (the request's by default) for the request's query (none without one)."""
@@ -116,6 +136,7 @@ class Runtime:
         guard = self.guardrails.guard(context, request)
         if guard:
             request = guard.check_request(request)
+        chain = chain_of(context) if self.router else None
         named = request.component != request.context
         retrieval = self.search(request, "" if named else (context.get("memory") or {}).get("component", ""))
         results = guard.check_results(retrieval.results) if guard else retrieval.results
@@ -128,43 +149,60 @@ class Runtime:
             "query": request.query,
             "messages": [dict(message) for message in request.messages],
             # True when the model gets the history as turns, so a template need not repeat it.
-            "history_in_turns": bool(self.provider and self.provider.history_in_turns),
+            "history_in_turns": self._history_in_turns(chain),
         }
         started = time.perf_counter()
         prompt = self.prompts.render(request.component, request.prompt_file, variables)
         self.metrics.child(self.metrics.prompt_render, request.component).observe(time.perf_counter() - started)
-        return Rendered(context, results, prompt, request, retrieval.degraded, guard)
+        return Rendered(context, results, prompt, request, retrieval.degraded, chain, guard)
+
+    def _history_in_turns(self, chain: ModelChain | None) -> bool:
+        if chain and self.router:
+            return self.router.history_in_turns(chain)
+        return bool(self.provider and self.provider.history_in_turns)
 
     def answer(self, request: ChatRequest) -> Answer:
         """The model's text when a model is configured, the rendered prompt otherwise."""
         rendered = self.render(request)
         sources = _sources(rendered)
-        guard = rendered.guard
-        if self.provider is None:
+        guard, request = rendered.guard, rendered.request  # the request as the guardrails passed it
+        inputs = _inference_inputs(rendered, request)
+        served = None
+        if rendered.chain and self.router:
+            routed = self.router.generate(rendered.chain, rendered.prompt, *inputs)
+            generation, model, served = routed.result, routed.served, routed.served
+        elif self.provider is None:
             redacted = guard.redacted if guard else ()
             return Answer(rendered.prompt, model=None, sources=sources, degraded=rendered.degraded, redacted=redacted)
-        generation = self.provider.generate(rendered.prompt, *_inference_inputs(rendered.context, rendered.request))
-        text = guard.check_answer(generation.text) if guard else generation.text
+        else:
+            generation, model = self.provider.generate(rendered.prompt, *inputs), self.provider.model_id
         return Answer(
-            rendered=text,
-            model=self.provider.model_id,
+            rendered=guard.check_answer(generation.text) if guard else generation.text,
+            model=model,
             sources=sources,
             usage=generation.usage,
             finish_reason=generation.finish_reason or "stop",
             degraded=rendered.degraded,
+            served=served,
             redacted=guard.redacted if guard else (),
         )
 
     def stream(self, request: ChatRequest) -> StreamedAnswer:
         """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model."""
         rendered = self.render(request)
-        if self.provider is None:
-            prompt_only = TokenStream(iter([rendered.prompt]), model=None)
-            return StreamedAnswer(prompt_only, _sources(rendered), rendered.degraded)
-        stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered.context, rendered.request))
+        request = rendered.request  # as the guardrails passed it
+        served = None
+        if rendered.chain and self.router:
+            stream = self.router.stream(rendered.chain, rendered.prompt, *_inference_inputs(rendered, request)).result
+            served = stream.model
+        elif self.provider is None:
+            stream = TokenStream(iter([rendered.prompt]), model=None)
+            return StreamedAnswer(stream, _sources(rendered), rendered.degraded)
+        else:
+            stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered, request))
         if rendered.guard:
             stream = rendered.guard.check_stream(stream)
-        return StreamedAnswer(stream, _sources(rendered), rendered.degraded)
+        return StreamedAnswer(stream, _sources(rendered), rendered.degraded, served)
 
 
 def _sources(rendered: Rendered) -> list[dict[str, Any]]:
@@ -173,16 +211,20 @@ def _sources(rendered: Rendered) -> list[dict[str, Any]]:
 
 
 def _inference_inputs(
-    context: dict[str, Any], request: ChatRequest
-) -> tuple[GenerationParams, str, tuple[dict[str, str], ...]]:
-    """What goes with the rendered prompt: sampling parameters, the chat system message and the history."""
-    return _params(context, request), system_message(context), request.messages
+    rendered: Rendered, request: ChatRequest
+) -> tuple[GenerationParams, str, tuple[Turn, ...], tuple[Turn, ...]]:
+    """What goes with the rendered prompt: sampling parameters, the chat system message, the history and the
+    turns after the input."""
+    return _params(rendered, request), system_message(rendered.context), request.messages, request.after
 
 
-def _params(context: dict[str, Any], request: ChatRequest) -> GenerationParams:
-    """The guardrails' sampling, with what the client asked for where it stays within `guardrails.client_max`."""
+def _params(rendered: Rendered, request: ChatRequest) -> GenerationParams:
+    """The guardrails' sampling (the chain's `model.params` first), with what the client asked for where it
+    stays within `guardrails.client_max`."""
+    context = rendered.context
     guardrails = context.get("guardrails") or {}
-    params = GenerationParams.from_guardrails(guardrails)
+    defaults = {**guardrails, **rendered.chain.params} if rendered.chain else guardrails
+    params = GenerationParams.from_guardrails(defaults)
     overrides = request.overrides
     for name, ceiling in guardrails.get("client_max", {}).items():
         if overrides.get(name, 0) > ceiling:

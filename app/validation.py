@@ -110,7 +110,10 @@ class ChatRequest:
     data: dict[str, Any] = field(default_factory=dict)
     prompt_file: str = "agent_response.md"
     stream: bool = False
-    messages: tuple[dict[str, str], ...] = ()
+    # The conversation before the input, and the turns after it (the assistant's tool calls and the tool results
+    # answering them, or an assistant prefill), each in the order sent; OpenAI-shaped (`app.providers.base.Turn`).
+    messages: tuple[dict[str, Any], ...] = ()
+    after: tuple[dict[str, Any], ...] = ()
     # Sampling the client asked for (max_tokens, temperature, top_p, stop), within the context's guardrails.
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -248,7 +251,7 @@ def check_payload(chat_request: ChatRequest, settings: Settings) -> None:
             stack.append((child, f"{where}.{name}", depth + 1))
 
 
-def _check_messages(messages: tuple[dict[str, str], ...], settings: Settings) -> None:
+def _check_messages(messages: tuple[dict[str, Any], ...], settings: Settings) -> None:
     """Raise when the history has too many messages, or one or all of them too many characters."""
     if len(messages) > settings.max_messages:
         raise PayloadTooLarge(

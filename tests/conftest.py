@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN, Postgres
+from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN, Postgres, Redis
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -93,3 +93,11 @@ def memory_url(request: pytest.FixtureRequest) -> str:
 def memory_at(memory_url: str) -> Callable[[Path], Memory]:
     """The memory of a project root, on the backend under test."""
     return lambda root: open_memory(Settings(project_root=root, memory_url=memory_url))
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Redis]:
+    """A throwaway Debian redis-server on a free port (stopped, and resumed if paused, at the end)."""
+    server = Redis(str(tmp_path))
+    yield server
+    server.stop()

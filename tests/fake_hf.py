@@ -96,9 +96,7 @@ def completion(
         "id": "cmpl-1",
         "object": "chat.completion",
         "model": "upstream-name",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}
-        ],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
     }
     if usage is not None:
         body["usage"] = {**usage, "total_tokens": sum(usage.values())}
@@ -174,6 +172,9 @@ class FakeHF:
         self.peak_in_flight = 0
         # Set when writing a streamed event fails: the runtime has closed its connection.
         self.hung_up = threading.Event()
+        # What `GET .../models` answers (the router's catalog), and how often it was read.
+        self.catalog: Reply | None = None
+        self.catalog_reads = 0
         self._lock = threading.Lock()
         fake = self
 
@@ -182,6 +183,12 @@ class FakeHF:
 
             def log_message(self, *args):  # keep pytest output clean
                 pass
+
+            def do_GET(self):
+                with fake._lock:
+                    fake.catalog_reads += 1
+                reply = fake.catalog if self.path.endswith("/models") else None
+                self.answer(reply or Reply(404, {"error": "Not Found"}), {})
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", "0"))
@@ -363,3 +370,71 @@ class RawHF:
     def __exit__(self, *exc) -> None:
         self._closed.set()
         self._sock.close()
+
+
+# The router's `GET /v1/models`, as it answers: per model its providers, with status, context length,
+# prices (USD per million tokens), capabilities and speed.
+ROUTER_CATALOG = {
+    "object": "list",
+    "data": [
+        {
+            "id": "meta-llama/Llama-3.3-70B-Instruct",
+            "object": "model",
+            "created": 1733356800,
+            "owned_by": "meta-llama",
+            "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
+            "providers": [
+                {
+                    "provider": "groq",
+                    "status": "live",
+                    "context_length": 131072,
+                    "pricing": {"input": 0.59, "output": 0.79},
+                    "supports_tools": True,
+                    "supports_structured_output": False,
+                    "is_model_author": False,
+                    "latency": 0.21,
+                    "throughput": 310.5,
+                },
+                {
+                    "provider": "together",
+                    "status": "live",
+                    "context_length": 131072,
+                    "pricing": {"input": 0.88, "output": 0.88},
+                    "supports_tools": True,
+                    "supports_structured_output": True,
+                    "is_model_author": False,
+                    "latency": 0.45,
+                    "throughput": 95.0,
+                },
+                {
+                    "provider": "nebius",
+                    "status": "error",
+                    "context_length": 131072,
+                    "pricing": {"input": 0.13, "output": 0.4},
+                    "supports_tools": False,
+                    "supports_structured_output": True,
+                    "is_model_author": False,
+                },
+            ],
+        },
+        {
+            "id": "Qwen/Qwen2.5-7B-Instruct",
+            "object": "model",
+            "created": 1726444800,
+            "owned_by": "Qwen",
+            "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
+            "providers": [
+                {
+                    "provider": "together",
+                    "status": "live",
+                    "context_length": 32768,
+                    "pricing": {"input": 0.3, "output": 0.3},
+                    "supports_tools": True,
+                    "supports_structured_output": True,
+                    "is_model_author": False,
+                },
+                {"provider": "featherless-ai", "status": "live"},
+            ],
+        },
+    ],
+}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 from flask import Flask
 from guide import GUIDE_BODY
@@ -260,3 +262,32 @@ class Postgres:
 
         self.stop()
         shutil.rmtree(self.pgdata, ignore_errors=True)
+
+
+class Redis:
+    """A throwaway redis-server on a free port, no persistence."""
+
+    def __init__(self, tmp: str) -> None:
+        binary = shutil.which("redis-server")
+        if not binary:
+            pytest.fail("redis-server is missing: `make test` installs it (Debian package redis-server)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen([*argv, "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(5)

@@ -5,55 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
-import redis
 import requests
-from helpers import EXAMPLE, GUIDE_BODY, Server, free_port, metric
+from helpers import EXAMPLE, GUIDE_BODY, Server, metric
 
 from app import create_app
-
-
-class Redis:
-    """A throwaway redis-server on a free port, no persistence."""
-
-    def __init__(self, tmp: str) -> None:
-        binary = shutil.which("redis-server")
-        if not binary:
-            pytest.fail("redis-server is missing: `make test` installs it (Debian package redis-server)")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen([*argv, "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-@pytest.fixture
-def redis_server(tmp_path) -> Iterator[Redis]:
-    server = Redis(str(tmp_path))
-    yield server
-    server.stop()
 
 
 def chat_within(client, seconds: float) -> int | None:

@@ -160,7 +160,7 @@ def _run_case(runtime: Runtime, suite: _Suite, case: Case, embeddings: Embedding
 
 
 def _judge(runtime: Runtime, suite: _Suite, case: Case, embeddings: Embeddings | None) -> CaseResult:
-    if case.mode == "model" and runtime.provider is None:
+    if case.mode == "model" and not runtime.calls_model(runtime.contexts.resolve(suite.context)):
         return CaseResult(case, SKIPPED, skipped=["mode: model needs a model: set HF_TOKEN and HF_MODEL_ID"])
     result = CaseResult(case, PASSED)
     try:

@@ -17,6 +17,8 @@ from app.web.sse import sse_response
 bp = Blueprint("chat", __name__, url_prefix="/api/v1")
 # Set, with the reason, when the answer was built from less than the configured memory search.
 DEGRADED_HEADER = "X-Contexis-Degraded"
+# The entry of the context's model chain that answered.
+MODEL_HEADER = "X-Contexis-Model"
 
 
 def json_body() -> Any:
@@ -54,6 +56,7 @@ def chat():
     if chat_request.stream:
         streamed = runtime.stream(chat_request)
         response = sse_response(streamed.stream, sources=streamed.sources, request_id=g.request_id)
+        mark_model(response, streamed.served)
         degraded = streamed.degraded
     else:
         answer = runtime.answer(chat_request)
@@ -61,8 +64,17 @@ def chat():
         response = jsonify(
             rendered=answer.rendered, model=answer.model, sources=answer.sources, **usage, request_id=g.request_id
         )
+        mark_model(response, answer.served)
         degraded = answer.degraded
     return mark_degraded(response, degraded)
+
+
+def mark_model(response: Response, served: str | None) -> None:
+    """Name the entry of the context's chain that answered, on the response and in the request log (a context
+    without a chain pays nothing: its model is HF_MODEL_ID, already logged)."""
+    if served:
+        response.headers[MODEL_HEADER] = served
+        g.log_fields.update(model=served)
 
 
 def mark_degraded(response: Response, degraded: str) -> Response:

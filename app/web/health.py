@@ -36,8 +36,8 @@ def readyz():
 
 @bp.get("/version")
 def version_info():
-    """What is running and where model calls go (the endpoint actually used, after a retired one moved); never
-    the token, nor credentials written into HF_ENDPOINT."""
+    """What is running and where model calls go (the endpoint actually used, after a retired one moved; each
+    context's models in the order they are tried); never the token, nor credentials written into an endpoint."""
     runtime = get_runtime()
     provider = runtime.provider
     return jsonify(
@@ -47,4 +47,5 @@ def version_info():
         hf_endpoint=runtime.settings.hf_endpoint_public if provider else None,
         hf_api=runtime.settings.hf_wire_api if provider else None,
         hf_url=public_url(provider.url) if provider else None,
+        chains=runtime.chains(),
     )

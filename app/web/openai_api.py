@@ -16,11 +16,11 @@ from flask import Blueprint, g, jsonify, request
 
 from app.errors import BadRequest, ContexisError
 from app.names import is_safe_name
-from app.providers.base import Usage
+from app.providers.base import ChoiceDelta, ToolCallDelta, Usage
 from app.validation import parse_openai_request
 from app.web import get_runtime
 from app.web.auth import tenant_for
-from app.web.chat import admit, json_body, mark_degraded
+from app.web.chat import admit, json_body, mark_degraded, mark_model
 from app.web.sse import event_stream, sse_event
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -48,6 +48,18 @@ def _usage(usage: Usage | None) -> dict[str, int] | None:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def _piece_choice(piece: ToolCallDelta | ChoiceDelta) -> dict[str, Any]:
+    """A chunk's choice for a piece other than the first choice's plain text: a tool call's, another choice's."""
+    if isinstance(piece, ToolCallDelta):
+        return {
+            "index": piece.choice,
+            "delta": {"tool_calls": [piece.as_openai()]},
+            "logprobs": None,
+            "finish_reason": None,
+        }
+    return {"index": piece.choice, "delta": {"content": piece.text}, "logprobs": piece.logprobs, "finish_reason": None}
+
+
 @bp.post("/chat/completions")
 def chat_completions():
     """Answer the last user message as the context `model`, whole or as `chat.completion.chunk` events."""
@@ -58,7 +70,8 @@ def chat_completions():
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         streamed = runtime.stream(chat_request)
         stream = streamed.stream
-        chunk = {**head, "object": "chat.completion.chunk"}
+        # A context that names its models answers as the one that served; others as the context.
+        chunk = {**head, "model": streamed.served or chat_request.context, "object": "chat.completion.chunk"}
 
         def choice(delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
@@ -69,7 +82,10 @@ def chat_completions():
                 {**chunk, "choices": [choice({"role": "assistant", "content": ""})], "sources": streamed.sources}
             )
             for delta in stream:
-                yield sse_event({**chunk, "choices": [choice({"content": delta})]})
+                if isinstance(delta, str):  # nearly every piece
+                    yield sse_event({**chunk, "choices": [choice({"content": delta})]})
+                else:
+                    yield sse_event({**chunk, "choices": [_piece_choice(delta)]})
             yield sse_event({**chunk, "choices": [choice({}, stream.finish_reason or "stop")]})
             if include_usage:
                 yield sse_event({**chunk, "choices": [], "usage": _usage(stream.usage)})
@@ -79,10 +95,12 @@ def chat_completions():
             # A chunk of `{"error": ...}` is what OpenAI's SDKs raise as an APIError mid-stream.
             return sse_event(openai_error(exc.status, exc.code, exc.message, exc.param))
 
-        return mark_degraded(event_stream(stream, events(), error_event, g.request_id), streamed.degraded)
+        response = event_stream(stream, events(), error_event, g.request_id)
+        mark_model(response, streamed.served)
+        return mark_degraded(response, streamed.degraded)
     answer = runtime.answer(chat_request)
     response = jsonify(
-        **head,
+        **{**head, "model": answer.served or chat_request.context},
         object="chat.completion",
         choices=[
             {
@@ -95,6 +113,7 @@ def chat_completions():
         usage=_usage(answer.usage),
         sources=answer.sources,
     )
+    mark_model(response, answer.served)
     return mark_degraded(response, answer.degraded)
 
 

@@ -42,8 +42,9 @@ _ERROR_STATUSES = {
     "502": "Hugging Face failed or answered something unusable (codes `hf_*`), or a guardrail withheld the answer "
     "(`guardrail_blocked`: personal data under `pii: block`, a `deny_output` match).",
     "503": "The request has a `query` and the memory database (CMP_MEMORY_URL) is down, unreachable or too slow "
-    "(`memory_unavailable`); requests without a query still work. Or the prompt injection classifier did not answer "
-    "and CMP_PI_MODEL_FAILURE=closed (`guardrail_unavailable`).",
+    "(`memory_unavailable`); requests without a query still work. Or every model of the context's chain was "
+    "passed over without a call (`models_unavailable`: circuits open, providers down), or the prompt injection "
+    "classifier did not answer and CMP_PI_MODEL_FAILURE=closed (`guardrail_unavailable`).",
     "504": "Hugging Face did not answer within HF_TIMEOUT.",
 }
 _REQUEST_ID = {
@@ -78,6 +79,13 @@ def _errors(*statuses: str, shape: str = "Error") -> dict[str, Any]:
     return responses
 
 
+_MODEL_HEADER = {
+    "description": "The entry of the context's `model:` chain that answered (docs/models.md); absent for a context "
+    "without one.",
+    "schema": {"type": "string"},
+}
+
+
 def _chat_answer() -> dict[str, Any]:
     answer = _json({"$ref": "#/components/schemas/ChatResponse"}, "The model's answer, or the prompt without a model")
     answer["headers"]["X-Contexis-Degraded"] = {
@@ -85,6 +93,7 @@ def _chat_answer() -> dict[str, Any]:
         "(HF_EMBED_QUERY_TIMEOUT) and memory was searched by keywords alone.",
         "schema": {"type": "string", "enum": ["memory-keywords-only"]},
     }
+    answer["headers"]["X-Contexis-Model"] = _MODEL_HEADER
     # As schemathesis reads it, the schema of an event stream describes each event.
     answer["content"]["text/event-stream"] = {
         "schema": {
@@ -127,6 +136,7 @@ def _chat_answer() -> dict[str, Any]:
 
 def _completion_answer() -> dict[str, Any]:
     answer = _json({"$ref": "#/components/schemas/ChatCompletion"}, "A `chat.completion`, with `sources`")
+    answer["headers"]["X-Contexis-Model"] = _MODEL_HEADER
     answer["content"]["text/event-stream"] = {
         "schema": {
             "description": 'With `"stream": true`, `chat.completion.chunk` events (the first with `sources`), a usage '
@@ -343,6 +353,18 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                         "hf_endpoint": {"type": ["string", "null"]},
                         "hf_api": {"type": ["string", "null"], "enum": ["text-generation", "chat-completion", None]},
                         "hf_url": {"type": ["string", "null"]},
+                        "chains": {
+                            "description": "Each context's models in the order they are tried",
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["id", "endpoint"],
+                                    "properties": {"id": {"type": "string"}, "endpoint": {"type": "string"}},
+                                },
+                            },
+                        },
                     },
                 },
             ),

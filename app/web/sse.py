@@ -1,9 +1,10 @@
 """Server-sent events for chat requests with `"stream": true`.
 
-Each text delta is written and flushed as its own event: `data: {"delta": "..."}`,
-then `data: {"done": true, "model", "usage", "request_id"}`. A failure after the
-first event can no longer change the status, so it ends the stream with
-`event: error` carrying the same `{"error": {"code", "message"}}` as a JSON error.
+Each text delta is written and flushed as its own event: `data: {"delta": "..."}` (a piece of a tool call
+the model makes: `data: {"tool_calls": [...]}`, framed as OpenAI's chunk deltas), then
+`data: {"done": true, "model", "usage", "request_id"}` (with `tool_calls` and `finish_reason` when it called
+tools). A failure after the first event can no longer change the status, so it ends the stream with `event: error`
+carrying the same `{"error": {"code", "message"}}` as a JSON error.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from flask import Response
 
 from app.errors import ContexisError
-from app.providers.base import TokenStream
+from app.providers.base import TokenStream, ToolCallDelta
 from app.web.json import dumps_bytes
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,17 @@ def sse_response(stream: TokenStream, **done_fields: Any) -> Response:
 
     def events() -> Iterator[str]:
         for delta in stream:
-            yield sse_event({"delta": delta})
+            if isinstance(delta, str):  # nearly every piece
+                yield sse_event({"delta": delta})
+            elif isinstance(delta, ToolCallDelta):
+                yield sse_event({"tool_calls": [delta.as_openai()]})
+            elif delta.text:
+                yield sse_event({"delta": delta.text})
         done: dict[str, Any] = {"done": True, "model": stream.model}
         if stream.usage:
             done["usage"] = stream.usage.as_dict()
+        if stream.tool_calls:
+            done.update(tool_calls=list(stream.tool_calls), finish_reason=stream.finish_reason)
         yield sse_event({**done, **done_fields})
 
     def error_event(exc: ContexisError) -> str:

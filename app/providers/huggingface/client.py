@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator, Sequence
 
 import requests
@@ -14,7 +13,7 @@ from app.observability import RuntimeMetrics
 from app.providers.base import Finish, Generation, GenerationParams, ServedBy, TokenStream, Turn, Usage
 from app.providers.huggingface.errors import HFError
 from app.providers.huggingface.telemetry import CallTelemetry, precreate_series
-from app.providers.huggingface.transport import Transport, decode
+from app.providers.huggingface.transport import Transport, deadline_at, decode
 from app.providers.huggingface.wire import WIRE_FORMATS
 
 
@@ -39,17 +38,23 @@ class HuggingFaceClient:
         return CallTelemetry(self.metrics, self.model_id, self.wire.operation, params)
 
     def generate(
-        self, prompt: str, params: GenerationParams, system: str = "", history: Sequence[Turn] = ()
+        self,
+        prompt: str,
+        params: GenerationParams,
+        system: str = "",
+        history: Sequence[Turn] = (),
+        after: Sequence[Turn] = (),
     ) -> Generation:
         """The model's whole answer to `prompt`, or an `HFError` subclass saying what to fix.
 
         `system` (who the agent is) becomes the system message of a chat completion; the classic
-        route has no place for it, its rendered prompt already says it. So it is with `history`.
+        route has no place for it, its rendered prompt already says it. So it is with `history`; `after` (turns
+        after the prompt: tool calls and results, a prefill) goes to a chat completion in order.
         """
         observed = self._telemetry(params)
         try:
             with observed.active(self.settings.hf_deadline):
-                response = self._send(prompt, system, params, history, stream=False)
+                response = self._send(prompt, system, params, history, after, stream=False)
                 generation = self.wire.parse(self.transport.read_json(response))
             observed.succeeded(generation.usage)
             return generation
@@ -60,14 +65,19 @@ class HuggingFaceClient:
             observed.end()
 
     def stream(
-        self, prompt: str, params: GenerationParams, system: str = "", history: Sequence[Turn] = ()
+        self,
+        prompt: str,
+        params: GenerationParams,
+        system: str = "",
+        history: Sequence[Turn] = (),
+        after: Sequence[Turn] = (),
     ) -> TokenStream:
         """The model's answer as it is generated, once its first piece has arrived; `HFError` before that."""
         observed = self._telemetry(params)
-        deadline_at = time.monotonic() + self.settings.hf_deadline
+        ends_at = deadline_at(self.settings.hf_deadline)
         try:
             with observed.active(self.settings.hf_deadline):
-                response = self._send(prompt, system, params, history, stream=True)
+                response = self._send(prompt, system, params, history, after, stream=True)
         except HFError as exc:
             observed.failed(exc)
             observed.end()
@@ -75,7 +85,7 @@ class HuggingFaceClient:
         if response.headers.get("Content-Type", "").startswith("application/json"):
             # An endpoint that ignores `stream` answers whole: relay that answer as the stream's one piece.
             return TokenStream(self._whole(response, observed), self.model_id)
-        return TokenStream(self._pieces(response, observed, deadline_at), self.model_id)
+        return TokenStream(self._pieces(response, observed, ends_at), self.model_id)
 
     def _whole(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Usage | ServedBy | Finish]:
         """A whole answer to a streamed call, as the pieces a stream of it would have given."""
@@ -87,17 +97,23 @@ class HuggingFaceClient:
         yield from _late_pieces(generation.model, generation.usage, generation.finish_reason)
 
     def _send(
-        self, prompt: str, system: str, params: GenerationParams, history: Sequence[Turn], stream: bool
+        self,
+        prompt: str,
+        system: str,
+        params: GenerationParams,
+        history: Sequence[Turn],
+        after: Sequence[Turn],
+        stream: bool,
     ) -> requests.Response:
         """POST the call, read as it arrives; an answer the wire format learns from (parameters the model
         does not take) is sent once more without them, and later calls never send them.
         """
         try:
-            return self.transport.post(self.wire.payload(prompt, system, params, stream, history))
+            return self.transport.post(self.wire.payload(prompt, system, params, stream, history, after))
         except HFError as exc:
             if not self.wire.learn(exc):
                 raise
-        return self.transport.post(self.wire.payload(prompt, system, params, stream, history))
+        return self.transport.post(self.wire.payload(prompt, system, params, stream, history, after))
 
     def _pieces(
         self, response: requests.Response, observed: CallTelemetry, deadline_at: float

@@ -13,8 +13,7 @@ from app.config import ROUTER_CHAT_ENDPOINT
 from app.errors import ProviderError
 
 HINT_AUTH = (
-    "Verify HF_TOKEN scope and validity; a fine-grained token needs the "
-    '"Make calls to Inference Providers" permission.'
+    'Verify HF_TOKEN scope and validity; a fine-grained token needs the "Make calls to Inference Providers" permission.'
 )
 HINT_MODEL = "Check HF_MODEL_ID spelling and access."
 HINT_TIMEOUT = "Raise HF_TIMEOUT, confirm the model is available, or try a smaller model."
@@ -37,7 +36,6 @@ HINT_PAYMENT = (
 )
 
 
-
 class HFError(ProviderError):
     """A Hugging Face call failed; the message ends with the hint of its class."""
 
@@ -51,6 +49,7 @@ class HFError(ProviderError):
         metric_code: str,
         upstream_status: int | None = None,
         upstream_error: str = "",
+        upstream_code: str = "",
         hint: str | None = None,
     ) -> None:
         self.detail = detail
@@ -58,6 +57,7 @@ class HFError(ProviderError):
             self.hint = hint
         super().__init__(f"{detail} {self.hint}".strip(), metric_code=metric_code, upstream_status=upstream_status)
         self.upstream_error = upstream_error  # the upstream's own explanation, for callers that can act on it
+        self.upstream_code = upstream_code  # OpenAI's `error.code` when the upstream sent one (`model_not_supported`)
 
     def rehinted(self, hints: dict[type[HFError], str]) -> HFError:
         """The same error with the hint `hints` gives its class (embeddings are fixed by other variables)."""
@@ -69,6 +69,7 @@ class HFError(ProviderError):
             metric_code=self.metric_code,
             upstream_status=self.upstream_status,
             upstream_error=self.upstream_error,
+            upstream_code=self.upstream_code,
             hint=hint,
         )
 
@@ -171,6 +172,28 @@ def error_text(body: bytes) -> str:
             message += f" (estimated time {data['estimated_time']:.0f}s)"
         return message[:300]
     return ""
+
+
+def error_code(body: bytes) -> str:
+    """OpenAI's machine code of an error body (`{"error": {"code": "model_not_supported"}}`), or ""."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ""
+    error = data.get("error") if isinstance(data, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code[:100] if isinstance(code, str) else ""
+
+
+_NOT_SUPPORTED = "is not supported by any provider you have enabled"
+
+
+def model_not_supported(error: HFError) -> bool:
+    """The router's 400 for a model no enabled provider serves (in its OpenAI shape with `code`, or the older
+    `{"error": "The requested model '...' is not supported by any provider you have enabled."}`)."""
+    return error.upstream_status == 400 and (
+        error.upstream_code == "model_not_supported" or _NOT_SUPPORTED in error.upstream_error
+    )
 
 
 _UNUSED_KWARGS = re.compile(r"The following `model_kwargs` are not used by the model: \[([^\]]*)\]")

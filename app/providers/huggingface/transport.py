@@ -37,6 +37,7 @@ from app.providers.huggingface.errors import (
     HFUnavailable,
     bad_response,
     error_class,
+    error_code,
     error_text,
 )
 
@@ -44,14 +45,26 @@ from app.providers.huggingface.errors import (
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar("hf_deadline")
 
 
+def deadline_at(seconds: float) -> float:
+    """When a call given `seconds` must end: then, or sooner when the block it runs in ends sooner (a chain of
+    models shares one HF_DEADLINE)."""
+    return min(_deadline.get(math.inf), time.monotonic() + seconds)
+
+
 @contextlib.contextmanager
 def deadline(seconds: float) -> Iterator[None]:
-    """Within the block, no retry is planned and no read goes on past `seconds` from now."""
-    token = _deadline.set(time.monotonic() + seconds)
+    """Within the block, no retry is planned and no read goes on past `seconds` from now (nor past an
+    enclosing block's deadline)."""
+    token = _deadline.set(deadline_at(seconds))
     try:
         yield
     finally:
         _deadline.reset(token)
+
+
+def remaining() -> float:
+    """Seconds left before the current block's deadline (infinite outside one)."""
+    return _deadline.get(math.inf) - time.monotonic()
 
 
 class DeadlineRetry(Retry):
@@ -160,7 +173,8 @@ class Transport:
             return
         # The upstream's explanation is in the first bytes; a huge error page must not lose the status.
         detail = f"Hugging Face returned {status} for model {self.model_id!r}"
-        upstream = error_text(self.read_body(response, truncate=True))
+        body = self.read_body(response, truncate=True)
+        upstream = error_text(body)
         if upstream:
             detail += f": {upstream}"
         raise error_class(status)(
@@ -168,6 +182,7 @@ class Transport:
             metric_code=str(status),
             upstream_status=status,
             upstream_error=self.scrub(upstream),
+            upstream_code=self.scrub(error_code(body)),
         )
 
     def stream_error(self, data: str) -> HFError:

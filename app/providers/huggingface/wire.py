@@ -53,7 +53,13 @@ class WireFormat:
         raise NotImplementedError
 
     def payload(
-        self, prompt: str, system: str, params: GenerationParams, stream: bool, history: Sequence[Turn] = ()
+        self,
+        prompt: str,
+        system: str,
+        params: GenerationParams,
+        stream: bool,
+        history: Sequence[Turn] = (),
+        after: Sequence[Turn] = (),
     ) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -86,7 +92,13 @@ class TextGeneration(WireFormat):
         return f"{settings.hf_endpoint}/{settings.hf_model_id}"
 
     def payload(
-        self, prompt: str, system: str, params: GenerationParams, stream: bool, history: Sequence[Turn] = ()
+        self,
+        prompt: str,
+        system: str,
+        params: GenerationParams,
+        stream: bool,
+        history: Sequence[Turn] = (),
+        after: Sequence[Turn] = (),
     ) -> dict[str, Any]:
         # The rendered prompt already carries the persona and, as its template decides, the history.
         parameters: dict[str, Any] = {
@@ -147,16 +159,26 @@ class ChatCompletion(WireFormat):
         return f"{settings.hf_endpoint}/chat/completions"
 
     def payload(
-        self, prompt: str, system: str, params: GenerationParams, stream: bool, history: Sequence[Turn] = ()
+        self,
+        prompt: str,
+        system: str,
+        params: GenerationParams,
+        stream: bool,
+        history: Sequence[Turn] = (),
+        after: Sequence[Turn] = (),
     ) -> dict[str, Any]:
-        """The context's system message, then the client's, then the prior turns, then the prompt as the user's.
+        """The context's system message, then the client's, then the prior turns, then the prompt as the user's,
+        then the turns after it (tool calls and their results, a prefill), each in the order sent.
 
-        Only `role` and `content` of a turn are sent: history never changes the model or anything else.
+        Only a turn's `role`, `content`, `tool_calls` and `tool_call_id` are sent: history never changes the
+        model or anything else. The OpenAI fields the request asked for go as they are; none are sent otherwise.
         """
-        messages = [{"role": "system", "content": system}] if system else []
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
         messages += [{"role": "system", "content": t["content"]} for t in history if t["role"] == "system"]
-        messages += [{"role": t["role"], "content": t["content"]} for t in history if t["role"] != "system"]
-        messages.append({"role": "user", "content": prompt})
+        messages += [_turn(t) for t in history if t["role"] != "system"]
+        user = [{"type": "text", "text": prompt}, *params.input_parts] if params.input_parts else prompt
+        messages.append({"role": "user", "content": user})
+        messages += [_turn(t) for t in after]
         payload: dict[str, Any] = {
             "model": self.model_id,
             "messages": messages,
@@ -166,6 +188,14 @@ class ChatCompletion(WireFormat):
         }
         if params.stop:
             payload["stop"] = list(params.stop)
+        if params.tools:
+            payload["tools"] = list(params.tools)
+        for name in _OPENAI_OPTIONAL:
+            value = getattr(params, name)
+            if value is not None:
+                payload[name] = value
+        if params.n != 1:
+            payload["n"] = params.n
         if stream:
             # Without stream_options a streamed answer reports no usage at all.
             payload.update(stream=True, stream_options={"include_usage": True})
@@ -191,6 +221,26 @@ class ChatCompletion(WireFormat):
         finish = _text_or_none(choice.get("finish_reason")) if isinstance(choice, dict) else None
         usage = _openai_usage(data)
         return StreamEvent(text if isinstance(text, str) else "", usage, model=_model(data), finish_reason=finish)
+
+
+# The OpenAI fields of `GenerationParams` sent as they are when set (None: not asked for).
+_OPENAI_OPTIONAL = (
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "seed",
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "user",
+)
+# What of a turn goes to the model: nothing else the client adds to a message (`model`, a URL) is sent.
+_TURN_KEYS = ("role", "content", "tool_calls", "tool_call_id")
+
+
+def _turn(turn: Turn) -> dict[str, Any]:
+    return {key: turn[key] for key in _TURN_KEYS if key in turn}
 
 
 def _model(data: dict[str, Any]) -> str | None:
