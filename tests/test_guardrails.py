@@ -26,6 +26,7 @@ from app.errors import GuardrailBlocked
 from app.guardrails import Guardrails
 from app.memory import open_memory
 from app.observability import JsonFormatter, RuntimeMetrics, access_log
+from app.providers.base import ChoiceDelta, Finish, TokenStream, ToolCallDelta, Usage
 from app.validation import ChatRequest, parse_chat_request
 
 CARD = "4111 1111 1111 1111"
@@ -500,3 +501,26 @@ def test_content_parts_are_checked_by_their_text_and_other_parts_kept(settings):
     )
     with pytest.raises(GuardrailBlocked):
         guard.check_request(injected)
+
+
+def test_a_checked_stream_passes_tool_calls_and_other_choices_through(settings):
+    guardrails = Guardrails(settings.replace(pii_mode="redact"), RuntimeMetrics())
+    request = ChatRequest(context="C", component="C")
+    guard = guardrails.guard({"name": "C"}, request)
+    assert guard is not None
+    call = ToolCallDelta(index=0, id="call_1", name="lookup", arguments='{"order": 12345}')
+    other = ChoiceDelta(choice=1, text=f"card {CARD}")
+    pieces = ["Let me ", "check.", call, other, Finish("tool_calls"), Finish("stop", choice=1), Usage(5, 3)]
+    checked = guard.check_stream(TokenStream(iter(pieces), model="m"))
+    seen = list(checked)
+    assert "".join(p for p in seen if isinstance(p, str)) == "Let me check."
+    assert call in seen
+    assert ChoiceDelta(choice=1, text="card <CREDIT_CARD>") in seen
+    assert checked.tool_calls == (
+        {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"order": 12345}'}},
+    )
+    assert (checked.finish_reason, checked.finish_reasons, checked.usage) == (
+        "tool_calls",
+        {0: "tool_calls", 1: "stop"},
+        Usage(5, 3),
+    )

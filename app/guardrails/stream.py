@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterator
 
 from app.errors import ContexisError
-from app.providers.base import Finish, ServedBy, TokenStream, Usage
+from app.providers.base import ChoiceDelta, Finish, ServedBy, StreamPiece, TokenStream, Usage
 
 HOLD_BACK = 64
 MAX_HELD = 256
@@ -59,7 +59,7 @@ def held_back(
     Closing the new stream closes `stream`, so a client going away still stops the generation.
     """
 
-    def pieces() -> Iterator[str | Usage | ServedBy | Finish]:
+    def pieces() -> Iterator[StreamPiece | Usage | ServedBy | Finish]:
         held = ""
         sent: list[str] = []
         deltas = iter(stream)
@@ -73,6 +73,14 @@ def held_back(
                     if held:  # the upstream failed: what arrived is all there is, and goes out checked
                         yield screen(held, False)
                     raise
+                if isinstance(delta, ChoiceDelta):
+                    # Another choice's text (n > 1) or text with its logprobs: checked piece by piece, as the
+                    # logprobs belong to that piece; a tool call's piece goes as it came.
+                    yield ChoiceDelta(delta.choice, screen(delta.text, False), delta.logprobs)
+                    continue
+                if not isinstance(delta, str):
+                    yield delta
+                    continue
                 held = screen(held + delta, True)
                 cut = _cut(held, window)
                 if cut > 0:
@@ -93,7 +101,7 @@ def held_back(
             yield stream.usage
         if stream.response_model:
             yield ServedBy(stream.response_model)
-        if stream.finish_reason:
-            yield Finish(stream.finish_reason)
+        for choice, reason in stream.finish_reasons.items():
+            yield Finish(reason, choice)
 
     return TokenStream(pieces(), model=stream.model)
