@@ -41,8 +41,9 @@ def _cut(text: str, window: int) -> int:
         if start == end or not _NUMBER_GROUP.fullmatch(text[start:end]):
             break
         at = start
-    while at > floor and text[at - 1].isspace():
-        at -= 1  # the space before the held words goes with them
+    if at < len(text):
+        while at > floor and text[at - 1].isspace():
+            at -= 1  # the space before the held words goes with them
     return min(at, len(text) - window) if window else at
 
 
