@@ -61,9 +61,9 @@ lint: install
 # (rate limits on Redis), prometheus and promtool (tests/test_operations.py), chromium (the CORS test drives it
 # through Playwright; never `playwright install`). CMP_REQUIRE_PROMETHEUS=1 makes the operations tests fail, not
 # skip, without them.
-TEST_DEBS := redis-server prometheus chromium
+TEST_DEBS := redis-server prometheus chromium nodejs npm
 test-tools:
-	@for tool in redis-server promtool prometheus chromium; do command -v $$tool >/dev/null || missing=1; done; \
+	@for tool in redis-server promtool prometheus chromium node npm; do command -v $$tool >/dev/null || missing=1; done; \
 	[ -z "$$missing" ] || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_DEBS) >/dev/null; }
 

@@ -109,10 +109,33 @@ class ProviderError(ContexisError):
     # Whether the same request may succeed later; a client is told not to retry one that cannot.
     retryable = True
 
-    def __init__(self, message: str, *, metric_code: str, upstream_status: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, metric_code: str, upstream_status: int | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message, param=param)
         self.metric_code = metric_code
         self.upstream_status = upstream_status
+        # The upstream's `Retry-After` on a 429 or 503 (seconds or an HTTP date), passed on to the client.
+        self.retry_after: str | None = None
+        # Whether the runtime already retried the call as its policy allows: a client's retries would multiply.
+        self.retried = False
+
+
+class UnsupportedByEndpoint(BadRequest):
+    """The request asks for what the configured wire format cannot carry (tools on `HF_API=text-generation`):
+    refused by name, never dropped without a word."""
+
+    code = "unsupported_by_endpoint"
+
+
+class StructuredOutputInvalid(ProviderError):
+    """The model's answer does not match the request's `response_format`, also when asked once more."""
+
+    code = "structured_output_invalid"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, metric_code="structured_output_invalid")
+        self.retried = True  # the model was asked once more
 
 
 class MemoryStoreError(ContexisError):

@@ -7,7 +7,7 @@ It knows nothing of HTTP: `app.web` turns requests into `ChatRequest`s and answe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
@@ -20,10 +20,10 @@ from app.guardrails import Guard, Guardrails
 from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, system_message
-from app.providers import build_classifier, build_embedder, build_provider
-from app.providers.base import GenerationParams, TokenStream, Turn, Usage
+from app.providers import build_classifier, build_embedder, build_provider, structured
+from app.providers.base import Choice, Generation, GenerationParams, TokenStream, ToolCall, Turn, Usage
 from app.routing import ModelChain, ModelRouter, chain_of
-from app.validation import ChatRequest
+from app.validation import ChatRequest, content_text
 
 _tracer = trace.get_tracer(__name__)
 
@@ -52,6 +52,8 @@ class Answer:
     finish_reason: str = "stop"
     degraded: str = ""
     served: str | None = None  # the chain entry that answered, when the context names its models
+    tool_calls: tuple[ToolCall, ...] = ()  # the tools the model asks the client to call (`finish_reason` says so)
+    choices: tuple[Choice, ...] = ()  # every answer of the model (n of them), the first included; () without one
     redacted: tuple[str, ...] = ()  # the personal data types the guardrails replaced, in and out
 
 
@@ -147,7 +149,7 @@ class Runtime:
             "results": [result.as_dict() for result in results],
             "tenant_id": request.tenant_id,
             "query": request.query,
-            "messages": [dict(message) for message in request.messages],
+            "messages": [{**message, "content": content_text(message["content"])} for message in request.messages],
             # True when the model gets the history as turns, so a template need not repeat it.
             "history_in_turns": self._history_in_turns(chain),
         }
@@ -162,28 +164,38 @@ class Runtime:
         return bool(self.provider and self.provider.history_in_turns)
 
     def answer(self, request: ChatRequest) -> Answer:
-        """The model's text when a model is configured, the rendered prompt otherwise."""
+        """The model's text when a model is configured, the rendered prompt otherwise; an answer that must match
+        the request's `response_format` is checked (`app.providers.structured`)."""
         rendered = self.render(request)
         sources = _sources(rendered)
         guard, request = rendered.guard, rendered.request  # the request as the guardrails passed it
         inputs = _inference_inputs(rendered, request)
-        served = None
-        if rendered.chain and self.router:
-            routed = self.router.generate(rendered.chain, rendered.prompt, *inputs)
-            generation, model, served = routed.result, routed.served, routed.served
+        chain, router, served = rendered.chain, self.router, []
+        if chain and router:
+
+            def generate(*args: Any) -> Generation:  # the chain, called as a provider is
+                routed = router.generate(chain, *args)
+                served.append(routed.served)
+                return routed.result
+
         elif self.provider is None:
             redacted = guard.redacted if guard else ()
             return Answer(rendered.prompt, model=None, sources=sources, degraded=rendered.degraded, redacted=redacted)
         else:
-            generation, model = self.provider.generate(rendered.prompt, *inputs), self.provider.model_id
+            generate = self.provider.generate
+        generation = structured.generate(generate, rendered.prompt, *inputs, budget=self.settings.hf_deadline)
+        if guard:
+            generation = guard.check_generation(generation)
         return Answer(
-            rendered=guard.check_answer(generation.text) if guard else generation.text,
-            model=model,
+            rendered=generation.text,
+            model=served[-1] if served else self.provider.model_id if self.provider else None,
             sources=sources,
             usage=generation.usage,
             finish_reason=generation.finish_reason or "stop",
             degraded=rendered.degraded,
-            served=served,
+            served=served[-1] if served else None,
+            tool_calls=generation.tool_calls,
+            choices=generation.choices,
             redacted=guard.redacted if guard else (),
         )
 
@@ -192,14 +204,17 @@ class Runtime:
         rendered = self.render(request)
         request = rendered.request  # as the guardrails passed it
         served = None
-        if rendered.chain and self.router:
-            stream = self.router.stream(rendered.chain, rendered.prompt, *_inference_inputs(rendered, request)).result
+        chain, router = rendered.chain, self.router
+        if chain and router:
+            stream = structured.stream(
+                lambda *args: router.stream(chain, *args).result, rendered.prompt, *_inference_inputs(rendered, request)
+            )
             served = stream.model
         elif self.provider is None:
             stream = TokenStream(iter([rendered.prompt]), model=None)
             return StreamedAnswer(stream, _sources(rendered), rendered.degraded)
         else:
-            stream = self.provider.stream(rendered.prompt, *_inference_inputs(rendered, request))
+            stream = structured.stream(self.provider.stream, rendered.prompt, *_inference_inputs(rendered, request))
         if rendered.guard:
             stream = rendered.guard.check_stream(stream)
         return StreamedAnswer(stream, _sources(rendered), rendered.degraded, served)
@@ -220,23 +235,29 @@ def _inference_inputs(
 
 def _params(rendered: Rendered, request: ChatRequest) -> GenerationParams:
     """The guardrails' sampling (the chain's `model.params` first), with what the client asked for where it
-    stays within `guardrails.client_max`."""
+    stays within `guardrails.client_max` (a 400 past it) or, for `max_tokens` without one, within the context's
+    own `max_tokens` (its ceiling); and the OpenAI fields the client set."""
     context = rendered.context
     guardrails = context.get("guardrails") or {}
     defaults = {**guardrails, **rendered.chain.params} if rendered.chain else guardrails
-    params = GenerationParams.from_guardrails(defaults)
     overrides = request.overrides
-    for name, ceiling in guardrails.get("client_max", {}).items():
+    limits = guardrails.get("client_max", {})
+    for name, ceiling in limits.items():
         if overrides.get(name, 0) > ceiling:
             raise BadRequest(
                 f"{name}: {overrides[name]} is more than context {context['name']!r} allows ({ceiling})",
                 code="invalid_request",
                 param=name,
             )
-    return replace(
-        params,
-        max_new_tokens=overrides.get("max_tokens", params.max_new_tokens),
-        temperature=overrides.get("temperature", params.temperature),
-        top_p=overrides.get("top_p", params.top_p),
-        stop=overrides.get("stop", params.stop),
+    context_max = guardrails.get("max_tokens")
+    max_tokens = overrides.get("max_tokens", defaults.get("max_tokens", GenerationParams.max_new_tokens))
+    if context_max and "max_tokens" not in limits:
+        max_tokens = min(max_tokens, context_max)
+    # Built once: twenty fields, so a replace() of the guardrails' parameters would cost twice.
+    return GenerationParams(
+        max_new_tokens=max_tokens,
+        temperature=overrides.get("temperature", defaults.get("temperature", GenerationParams.temperature)),
+        top_p=overrides.get("top_p", defaults.get("top_p", GenerationParams.top_p)),
+        stop=overrides.get("stop", ()),
+        **request.options,
     )

@@ -6,6 +6,7 @@ bodies (`parse_openai_request`), which become the same `ChatRequest`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,6 +21,139 @@ from app.names import MAX_TOP_K, NAME_PATTERN
 # of jsonschema's work on the hot path. `(?![\s\S])` at `^` matches only the empty string ("$" would
 # also accept a lone newline).
 OPTIONAL_NAME_PATTERN = r"^(?![\s\S])|" + NAME_PATTERN
+
+# OpenAI's chat messages: roles, content parts, an assistant's tool calls and a tool's result. The runtime
+# forwards them as sent (on the chat-completion wire); `app.providers.base.Turn` is their shape past here.
+_TEXT_PART = {
+    "type": "object",
+    "required": ["type", "text"],
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+}
+_IMAGE_PART = {
+    "type": "object",
+    "required": ["type", "image_url"],
+    "properties": {
+        "type": {"const": "image_url"},
+        "image_url": {
+            "type": "object",
+            "required": ["url"],
+            "properties": {"url": {"type": "string", "minLength": 1}, "detail": {"enum": ["auto", "low", "high"]}},
+        },
+    },
+}
+_TOOL_CALL = {
+    "type": "object",
+    "required": ["id", "type", "function"],
+    "properties": {
+        "id": {"type": "string", "minLength": 1},
+        "type": {"const": "function"},
+        "function": {
+            "type": "object",
+            "required": ["name", "arguments"],
+            "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+        },
+    },
+}
+# A tool's result names the call it answers; only an assistant's turn calls tools. Per message these rules would
+# double the compiled check's cost, so it leaves them to `_turn_rules_hold` (the schema keeps them for the
+# contract and for jsonschema's explanation); `_describe` reports their last branch's error, which says what
+# is missing.
+_TOOL_RESULT_RULE: dict[str, Any] = {
+    "anyOf": [
+        {"properties": {"role": {"enum": ["system", "developer", "user", "assistant"]}}},
+        {"required": ["tool_call_id", "content"]},
+    ]
+}
+_TOOL_CALLS_RULE: dict[str, Any] = {
+    "anyOf": [{"properties": {"tool_calls": False}}, {"properties": {"role": {"const": "assistant"}}}]
+}
+_TURN_RULES = [_TOOL_RESULT_RULE, _TOOL_CALLS_RULE]
+MESSAGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        # `developer` is OpenAI's newer name for system instructions; the runtime treats it as `system`.
+        "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+        "content": {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"anyOf": [_TEXT_PART, _IMAGE_PART]}},
+                {"type": "null"},
+            ]
+        },
+        "tool_calls": {"type": "array", "items": _TOOL_CALL},
+        "tool_call_id": {"type": "string", "minLength": 1},
+    },
+    "allOf": _TURN_RULES,
+}
+_NAMED_FUNCTION = {
+    "type": "object",
+    "required": ["type", "function"],
+    "properties": {
+        "type": {"const": "function"},
+        "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+    },
+}
+# The fields of a request that shape what the model may answer: function tools and structured output.
+TOOL_FIELDS: dict[str, Any] = {
+    "tools": {
+        "type": ["array", "null"],
+        "maxItems": 128,
+        "items": {
+            "type": "object",
+            "required": ["type", "function"],
+            "properties": {
+                "type": {"const": "function"},
+                "function": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                        "description": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "strict": {"type": ["boolean", "null"]},
+                    },
+                },
+            },
+        },
+    },
+    "tool_choice": {"anyOf": [{"enum": ["none", "auto", "required"]}, _NAMED_FUNCTION, {"type": "null"}]},
+    "parallel_tool_calls": {"type": ["boolean", "null"]},
+    "response_format": {
+        "anyOf": [
+            {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "json_object"]}}},
+            {
+                "type": "object",
+                "required": ["type", "json_schema"],
+                "properties": {
+                    "type": {"const": "json_schema"},
+                    "json_schema": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                            "description": {"type": "string"},
+                            "schema": {"type": "object"},
+                            "strict": {"type": ["boolean", "null"]},
+                        },
+                    },
+                },
+            },
+            {"type": "null"},
+        ]
+    },
+}
+# OpenAI's other per-request fields, passed on as they are.
+OPENAI_FIELDS: dict[str, Any] = {
+    "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 16},
+    "seed": {"type": ["integer", "null"]},
+    "logprobs": {"type": ["boolean", "null"]},
+    "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
+    "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+    "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+    "user": {"type": ["string", "null"], "maxLength": 256},
+}
+_NATIVE_MESSAGE = {**MESSAGE_SCHEMA, "required": ["role", "content"]}
 
 CHAT_REQUEST_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -36,23 +170,21 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
         "messages": {
             "type": "array",
             "description": "The conversation before this turn, oldest first.",
-            "items": {
-                "type": "object",
-                "required": ["role", "content"],
-                "properties": {"role": {"enum": ["user", "assistant", "system"]}, "content": {"type": "string"}},
-            },
+            "items": _NATIVE_MESSAGE,
+        },
+        "after": {
+            "type": "array",
+            "description": "Turns after this request's input, in order: the assistant's tool_calls and the tool "
+            "results answering them, or an assistant message for the model to continue.",
+            "items": _NATIVE_MESSAGE,
         },
         "stream": {"type": "boolean"},
+        **TOOL_FIELDS,
     },
 }
 
 # The runtime's own fields, accepted at the top level of an OpenAI body (where SDKs put `extra_body`).
 RUNTIME_FIELDS = ("tenant_id", "component", "query", "top_k", "data", "prompt_file")
-_TEXT_PART = {
-    "type": "object",
-    "required": ["type", "text"],
-    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
-}
 OPENAI_CHAT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -64,18 +196,9 @@ OPENAI_CHAT_SCHEMA: dict[str, Any] = {
             "minItems": 1,
             # The last user message is the input: a conversation without one has nothing to answer.
             "contains": {"type": "object", "properties": {"role": {"const": "user"}}, "required": ["role"]},
-            "description": "The conversation; the last user message is the input, the others its history.",
-            "items": {
-                "type": "object",
-                "required": ["role"],
-                "properties": {
-                    # OpenAI's newer name for system instructions; the runtime treats it as `system`.
-                    "role": {"enum": ["system", "developer", "user", "assistant"]},
-                    "content": {
-                        "anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}, {"type": "null"}]
-                    },
-                },
-            },
+            "description": "The conversation; the last user message is the input, the others its history (before "
+            "it) and the turns after it (tool calls and results, a prefill), kept in order.",
+            "items": MESSAGE_SCHEMA,
         },
         "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
         "top_p": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
@@ -93,6 +216,8 @@ OPENAI_CHAT_SCHEMA: dict[str, Any] = {
             "type": ["object", "null"],
             "properties": {"include_usage": {"type": "boolean"}},
         },
+        **TOOL_FIELDS,
+        **OPENAI_FIELDS,
         **{name: CHAT_REQUEST_SCHEMA["properties"][name] for name in RUNTIME_FIELDS},
     },
 }
@@ -116,6 +241,8 @@ class ChatRequest:
     after: tuple[dict[str, Any], ...] = ()
     # Sampling the client asked for (max_tokens, temperature, top_p, stop), within the context's guardrails.
     overrides: dict[str, Any] = field(default_factory=dict)
+    # The OpenAI fields the client set (tools, response_format, n, ...), named as `GenerationParams` names them.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class SchemaCheck:
@@ -125,24 +252,52 @@ class SchemaCheck:
     compiled check rejects but jsonschema accepts is accepted.
     """
 
-    def __init__(self, schema: dict[str, Any]) -> None:
-        self._fast = fastjsonschema.compile(schema)
+    def __init__(self, schema: dict[str, Any], rules: Callable[[Any], bool] | None = None) -> None:
+        # `rules` checks in Python what the compiled check leaves out (the per-message rules, see above).
+        self._fast = fastjsonschema.compile(_without_turn_rules(schema) if rules else schema)
+        self._rules = rules
         self._explain = Draft202012Validator(schema)
 
     def errors(self, instance: Any) -> list[ValidationError]:
         """Every violation, ordered by where it is; [] when `instance` is valid."""
         try:
             self._fast(instance)
-            return []
+            if self._rules is None or self._rules(instance):
+                return []
         except fastjsonschema.JsonSchemaException:
-            return sorted(self._explain.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
+            pass
+        return sorted(self._explain.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
 
 
-_chat_check = SchemaCheck(CHAT_REQUEST_SCHEMA)
-_openai_check = SchemaCheck(OPENAI_CHAT_SCHEMA)
+def _without_turn_rules(schema: Any) -> Any:
+    """A copy of `schema` whose messages lack the per-message rules (`_turn_rules_hold` checks them)."""
+    if isinstance(schema, dict):
+        return {k: _without_turn_rules(v) for k, v in schema.items() if not (k == "allOf" and v is _TURN_RULES)}
+    if isinstance(schema, list):
+        return [_without_turn_rules(item) for item in schema]
+    return schema
+
+
+def _turn_rules_hold(body: Any) -> bool:
+    """The rules of `_TURN_RULES` for every message of a body the compiled check accepted."""
+    for name in ("messages", "after"):
+        for message in body.get(name, ()):
+            role = message["role"]
+            if role == "tool":
+                if "tool_call_id" not in message or "content" not in message:
+                    return False
+            elif role != "assistant" and "tool_calls" in message:
+                return False
+    return True
+
+
+_chat_check = SchemaCheck(CHAT_REQUEST_SCHEMA, _turn_rules_hold)
+_openai_check = SchemaCheck(OPENAI_CHAT_SCHEMA, _turn_rules_hold)
 
 
 def _describe(error: ValidationError) -> str:
+    if error.schema in (_TOOL_RESULT_RULE, _TOOL_CALLS_RULE) and error.context:
+        error = error.context[-1]
     where = ".".join(str(p) for p in error.absolute_path) or "body"
     if error.validator == "pattern" and isinstance(error.instance, str):
         return f"{where}: {error.instance!r} is not a valid name (1-128 of A-Z a-z 0-9 _ . -, not '.' or '..')"
@@ -175,14 +330,47 @@ def parse_chat_request(body: Any) -> ChatRequest:
         data=body.get("data", {}),
         prompt_file=body.get("prompt_file", "agent_response.md"),
         stream=body.get("stream", False),
-        messages=tuple({"role": m["role"], "content": m["content"]} for m in body.get("messages", [])),
+        messages=tuple(_turn(m) for m in body.get("messages", ())),
+        after=tuple(_turn(m) for m in body.get("after", ())),
+        options=_options(body, TOOL_FIELDS),
     )
 
 
-def _text(content: str | list[dict[str, str]] | None) -> str:
-    """A message's text: OpenAI's content is a string, a list of text parts, or null."""
+def _turn(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as the runtime keeps it: its role (`developer` is `system`), content, tool calls and the call a
+    tool result answers; any other key is dropped (history never changes the model, endpoint or token)."""
+    role = message["role"]
+    content = message.get("content")
+    if isinstance(content, list) and all(part["type"] == "text" for part in content):
+        content = content_text(content)  # text parts alone are one text, as OpenAI reads them
+    turn = {"role": "system" if role == "developer" else role, "content": "" if content is None else content}
+    if "tool_calls" in message:
+        turn["tool_calls"] = message["tool_calls"]
+        turn["content"] = content  # null beside tool calls, as the model sent it
+    if "tool_call_id" in message:
+        turn["tool_call_id"] = message["tool_call_id"]
+    return turn
+
+
+def _options(body: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI fields of `fields` the body sets, as `GenerationParams` takes them; `response_format`
+    `{"type": "text"}` and `n: 1` are the defaults, so they are not options."""
+    options = {name: body[name] for name in fields if body.get(name) is not None}
+    if not options:
+        return options
+    if "tools" in options:
+        options["tools"] = tuple(options["tools"])
+    if options.get("response_format", {}).get("type") == "text":
+        del options["response_format"]
+    if options.get("n") == 1:
+        del options["n"]
+    return options
+
+
+def content_text(content: str | list[dict[str, Any]] | None) -> str:
+    """A message's text: OpenAI's content is a string, a list of parts (their text parts' text), or null."""
     if isinstance(content, list):
-        return "".join(part["text"] for part in content)
+        return "".join(part["text"] for part in content if part.get("type") == "text")
     return content or ""
 
 
@@ -190,16 +378,15 @@ def parse_openai_request(body: Any) -> ChatRequest:
     """An OpenAI chat-completion body as a `ChatRequest`: `model` is the context, the last user message the input.
 
     The input's text is `user_input` for the template (unless `data` sets it) and the memory query (unless
-    `query` is given); every other message is the history, in order.
+    `query` is given), its other parts (images) go with the prompt; the messages before it are the history,
+    those after it (tool calls and results, a prefill) follow the input, each in order.
     Unknown fields are ignored, as OpenAI-compatible servers do.
     """
     _check(_openai_check, body)
-    turns = [
-        {"role": "system" if m["role"] == "developer" else m["role"], "content": _text(m.get("content"))}
-        for m in body["messages"]
-    ]
-    users = [i for i, turn in enumerate(turns) if turn["role"] == "user"]  # at least one: the schema says so
-    user_input = turns.pop(users[-1])["content"]
+    messages = body["messages"]
+    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")  # one at least: the schema says so
+    content = messages[last_user].get("content")
+    user_input = content_text(content)
     native = {name: body[name] for name in RUNTIME_FIELDS if name in body}
     chat_request = parse_chat_request(
         {
@@ -207,10 +394,14 @@ def parse_openai_request(body: Any) -> ChatRequest:
             "context": body["model"],
             "query": native.get("query", user_input),
             "data": {"user_input": user_input, **native.get("data", {})},
-            "messages": turns,
+            "messages": [_with_content(m) for m in messages[:last_user]],
+            "after": [_with_content(m) for m in messages[last_user + 1 :]],
             "stream": bool(body.get("stream")),
         }
     )
+    options = _options(body, _OPENAI_OPTIONS)
+    if isinstance(content, list) and any(part["type"] != "text" for part in content):
+        options["input_parts"] = tuple(part for part in content if part["type"] != "text")
     stop = body.get("stop")
     overrides = {
         "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens"),
@@ -219,15 +410,27 @@ def parse_openai_request(body: Any) -> ChatRequest:
         "stop": (stop,) if isinstance(stop, str) else tuple(stop or ()),
     }
     return replace(
-        chat_request, overrides={name: value for name, value in overrides.items() if value not in (None, ())}
+        chat_request,
+        overrides={name: value for name, value in overrides.items() if value not in (None, ())},
+        options=options,
     )
+
+
+_OPENAI_OPTIONS = {**TOOL_FIELDS, **OPENAI_FIELDS}
+
+
+def _with_content(message: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI message as the native body takes it: `content` may be left out on `/v1`, not there."""
+    return message if "content" in message else {**message, "content": None}
 
 
 def check_payload(chat_request: ChatRequest, settings: Settings) -> None:
     """Raise when `query` or `data` exceeds the configured depth, item count or string length."""
     if len(chat_request.query) > settings.max_string_chars:
         raise PayloadTooLarge(f"query: longer than CMP_MAX_STRING_CHARS={settings.max_string_chars} characters")
-    _check_messages(chat_request.messages, settings)
+    _check_messages(
+        (*chat_request.messages, *chat_request.after) if chat_request.after else chat_request.messages, settings
+    )
     items = 0
     # Iterative walk: a recursive one would let a deep payload exhaust the stack before the check fires.
     stack: list[tuple[Any, str, int]] = [(chat_request.data, "data", 1)]
@@ -252,14 +455,16 @@ def check_payload(chat_request: ChatRequest, settings: Settings) -> None:
 
 
 def _check_messages(messages: tuple[dict[str, Any], ...], settings: Settings) -> None:
-    """Raise when the history has too many messages, or one or all of them too many characters."""
+    """Raise when the conversation has too many messages, or one or all of them too many characters (text, image
+    URLs and tool call arguments count)."""
     if len(messages) > settings.max_messages:
         raise PayloadTooLarge(
             f"messages: more than CMP_MAX_MESSAGES={settings.max_messages} messages", param="messages"
         )
     total = 0
     for i, message in enumerate(messages):
-        size = len(message["content"])
+        content, tool_calls = message["content"], message.get("tool_calls")
+        size = len(content) if isinstance(content, str) and not tool_calls else _size(content, tool_calls)
         if size > settings.max_string_chars:
             raise PayloadTooLarge(
                 f"messages.{i}.content: longer than CMP_MAX_STRING_CHARS={settings.max_string_chars}", param="messages"
@@ -270,3 +475,15 @@ def _check_messages(messages: tuple[dict[str, Any], ...], settings: Settings) ->
             f"messages: more than CMP_MAX_HISTORY_CHARS={settings.max_history_chars} characters in all",
             param="messages",
         )
+
+
+def _size(content: str | list[dict[str, Any]] | None, tool_calls: list[dict[str, Any]] | None) -> int:
+    """The characters of a turn that is not plain text: its parts' text and URLs, its tool calls."""
+    if isinstance(content, str):
+        return len(content) + _size(None, tool_calls)
+    size = 0
+    for part in content or ():
+        size += len(part["text"]) if part["type"] == "text" else len(part["image_url"]["url"])
+    for call in tool_calls or ():
+        size += len(call["function"]["name"]) + len(call["function"]["arguments"])
+    return size

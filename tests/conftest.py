@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN, Postgres, Redis
+from fake_hf import FakeHF, Reply, Stream
+from flask import Flask
+from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN, LiveApp, Postgres, Redis
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -59,6 +63,20 @@ def hf_settings(settings: Settings) -> Settings:
 @pytest.fixture
 def client(settings: Settings):
     return create_app(settings).test_client()
+
+
+@pytest.fixture
+def serve(hf_settings: Settings) -> Iterator[Callable[..., tuple[FakeHF, LiveApp, Flask]]]:
+    """Start a fake chat model with `replies` and the app in front of it: returns (fake, live app, app)."""
+    stack = ExitStack()
+
+    def start(*replies: Reply | Stream, **changes: Any) -> tuple[FakeHF, LiveApp, Flask]:
+        fake = stack.enter_context(FakeHF(*replies))
+        app = create_app(hf_settings.replace(hf_endpoint=f"{fake.url}/v1", **changes))
+        return fake, stack.enter_context(LiveApp(app)), app
+
+    yield start
+    stack.close()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ model (`fake_vector`) that puts paraphrases near each other.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import socket
@@ -36,14 +37,15 @@ class Reply:
 
 @dataclass
 class Stream:
-    """Server-sent events: `first_delay` before the first, `gap` between the others.
+    """Server-sent events: `first_delay` before the first, `gap` between the others; a callable `events` is
+    called with the decoded request to compute them (`openai_stream`).
 
     `hold` (when set) makes the server wait for it before event `hold_at`, so a test can check
     that the events before it got through before the rest exists. `then="drop"` closes the socket
     mid-body instead of ending the chunked answer.
     """
 
-    events: list[str]
+    events: list[str] | Callable[[dict], list[str]]
     first_delay: float = 0.0
     gap: float = 0.0
     hold: threading.Event | None = None
@@ -101,6 +103,199 @@ def completion(
     if usage is not None:
         body["usage"] = {**usage, "total_tokens": sum(usage.values())}
     return body
+
+
+# An OpenAI-compatible model that honours what a request asks of it, deterministically, so a test can tell what
+# the runtime forwarded: it calls the request's tools that its last user message names as `name(key=value, ...)`
+# (or, with `tool_choice` "required" or a named function, that tool with arguments made from its schema), answers
+# a conversation that ends in tool results with them, answers `response_format` with an instance of the schema
+# (values from the input's `key=value` pairs), returns `n` choices and `logprobs`, and reports images and an
+# assistant prefill it was given.
+_CALL = re.compile(r"\b(\w+)\(([^)]*)\)")
+_PAIR = re.compile(r"(\w+)=([\w.-]+)")
+
+
+def _value(text: str) -> object:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def schema_instance(schema: dict, hints: dict, root: dict | None = None, name: str = "") -> object:
+    """A value valid against `schema` (local `$ref`s, `anyOf`, enums), taking `hints[property]` where given."""
+    root = root or schema
+    if "$ref" in schema:
+        target: dict = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        return schema_instance(target, hints, root, name)
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            options = [o for o in schema[key] if o.get("type") != "null"] or schema[key]
+            return schema_instance(options[0], hints, root, name)
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type", "object")
+    kind = next((k for k in kind if k != "null"), "null") if isinstance(kind, list) else kind
+    if kind == "object":
+        return {key: schema_instance(sub, hints, root, key) for key, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [schema_instance(schema.get("items", {}), hints, root, name)]
+    if kind == "string":
+        return str(hints.get(name, f"some {name or 'text'}"))
+    if kind == "integer":
+        value = hints.get(name, 1)
+        return value if isinstance(value, int) else 1
+    if kind == "number":
+        value = hints.get(name, 1.5)
+        return value if isinstance(value, int | float) else 1.5
+    return True if kind == "boolean" else None
+
+
+def _text(content: object) -> str:
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+    return content if isinstance(content, str) else ""
+
+
+def agent_choices(request: dict) -> list[dict]:
+    """The stand-in model's answer to `request`: one `{"content", "tool_calls", "finish_reason"}` per choice."""
+    messages = request["messages"]
+    last = messages[-1]
+    user = next((m for m in reversed(messages) if m["role"] == "user"), {"content": ""})
+    said = _text(user["content"])
+    hints = {key: _value(value) for key, value in _PAIR.findall(said)}
+    tools = {t["function"]["name"]: t["function"] for t in request.get("tools") or []}
+    choice = request.get("tool_choice", "auto")
+    calls: list[dict] = []
+    if tools and last["role"] != "tool" and choice != "none":
+        for name, args in _CALL.findall(said):
+            if name in tools:
+                calls.append({"name": name, "arguments": {k: _value(v) for k, v in _PAIR.findall(args)}})
+        if not calls and (choice == "required" or isinstance(choice, dict)):
+            name = choice["function"]["name"] if isinstance(choice, dict) else next(iter(tools))
+            calls.append({"name": name, "arguments": schema_instance(tools[name].get("parameters", {}), hints)})
+        if request.get("parallel_tool_calls") is False:
+            calls = calls[:1]
+    if calls:
+        tool_calls = [
+            {
+                "id": f"call_{i}_{call['name']}",
+                "type": "function",
+                "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])},
+            }
+            for i, call in enumerate(calls)
+        ]
+        return [{"content": None, "tool_calls": tool_calls, "finish_reason": "tool_calls"}] * (request.get("n") or 1)
+    response_format = request.get("response_format") or {}
+    if last["role"] == "tool":
+        results = [m for m in messages if m["role"] == "tool"]
+        content = "Tool results: " + "; ".join(f"{m['tool_call_id']}={_text(m['content'])}" for m in results)
+    elif response_format.get("type") == "json_schema":
+        content = json.dumps(schema_instance(response_format["json_schema"].get("schema", {}), hints))
+    elif response_format.get("type") == "json_object":
+        content = json.dumps({"answer": said[-40:]})
+    elif last["role"] == "assistant":
+        content = f" and so on, after {_text(last['content'])!r}"
+    else:
+        images = (
+            sum(1 for p in user["content"] if p.get("type") == "image_url") if isinstance(user["content"], list) else 0
+        )
+        content = f"Answer {said[-40:].strip()!r}" + (f" seeing {images} image(s)" if images else "")
+    n = request.get("n") or 1
+    texts = [content if n == 1 or response_format.get("type") else f"{content} #{i}" for i in range(n)]
+    return [{"content": text, "tool_calls": None, "finish_reason": "stop"} for text in texts]
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"\S+\s*|\s+", text) or [text]
+
+
+def _logprobs(tokens: list[str], top: int) -> dict:
+    def entry(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {
+        "content": [
+            {**entry(t, -0.25), "top_logprobs": [entry(t, -0.25 * (k + 1)) for k in range(top)]} for t in tokens
+        ],
+        "refusal": None,
+    }
+
+
+def _usage_of(request: dict, choices: list[dict]) -> dict:
+    prompt = sum(len(_text(m.get("content")).split()) for m in request["messages"])
+    completion = sum(len((c["content"] or "").split()) + len(c["tool_calls"] or ()) for c in choices)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def openai_model(request: dict) -> dict:
+    """The stand-in model's whole chat completion (a `Reply` body)."""
+    choices = agent_choices(request)
+    logprobs = request.get("logprobs")
+    body_choices = []
+    for i, choice in enumerate(choices):
+        message: dict = {"role": "assistant", "content": choice["content"]}
+        if choice["tool_calls"]:
+            message["tool_calls"] = choice["tool_calls"]
+        lp = _logprobs(_tokens(choice["content"] or ""), request.get("top_logprobs") or 0) if logprobs else None
+        body_choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": choice["finish_reason"]})
+    return {
+        "id": "cmpl-agent",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "upstream-name",
+        "choices": body_choices,
+        "usage": _usage_of(request, choices),
+    }
+
+
+def openai_stream(request: dict, interleave: bool = False) -> list[str]:
+    """The same answer streamed as OpenAI frames it (a `Stream`'s events): a role chunk per choice, then text in
+    pieces (with logprobs when asked) or tool calls (a call's first delta with id, type and name, then its
+    arguments in three pieces; one call after the other, or with `interleave` every call's first delta and then
+    their pieces in turn, as some servers send them), choices interleaved, a finish chunk per choice, usage,
+    `[DONE]`."""
+    choices = agent_choices(request)
+    head = {"id": "chunk-agent", "object": "chat.completion.chunk", "created": 1, "model": "upstream-name"}
+    top = request.get("top_logprobs") or 0
+
+    def chunk(index: int, delta: dict, logprobs: dict | None = None, finish: str | None = None) -> str:
+        return sse(
+            {**head, "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
+        )
+
+    rounds: list[list[str]] = []
+    for i, choice in enumerate(choices):
+        own = [chunk(i, {"role": "assistant", "content": None if choice["tool_calls"] else ""})]
+        if choice["tool_calls"]:
+            firsts: list[str] = []
+            rest: list[list[str]] = []
+            for k, call in enumerate(choice["tool_calls"]):
+                first = {
+                    "index": k,
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""},
+                }
+                firsts.append(chunk(i, {"tool_calls": [first]}))
+                args = call["function"]["arguments"]
+                third = max(1, len(args) // 3)
+                pieces = [args[:third], args[third : 2 * third], args[2 * third :]]
+                rest.append([chunk(i, {"tool_calls": [{"index": k, "function": {"arguments": p}}]}) for p in pieces])
+            if interleave:
+                own += firsts + [c for trio in zip(*rest, strict=True) for c in trio]
+            else:
+                own += [c for first, trio in zip(firsts, rest, strict=True) for c in (first, *trio)]
+        else:
+            for token in _tokens(choice["content"]):
+                own.append(chunk(i, {"content": token}, _logprobs([token], top) if request.get("logprobs") else None))
+        own.append(chunk(i, {}, finish=choice["finish_reason"]))
+        rounds.append(own)
+    events = [event for group in itertools.zip_longest(*rounds) for event in group if event]
+    if (request.get("stream_options") or {}).get("include_usage"):
+        events.append(sse({**head, "choices": [], "usage": _usage_of(request, choices)}))
+    return [*events, sse("[DONE]")]
 
 
 # A deterministic embedding model: words that mean the same share a concept with its own dimension (other
@@ -208,7 +403,7 @@ class FakeHF:
             def answer(self, reply: Reply | Stream, request: dict) -> None:
                 """`reply`, whose body may be computed from this request's own (others may arrive meanwhile)."""
                 if isinstance(reply, Stream):
-                    self.stream(reply)
+                    self.stream(reply, request)
                     return
                 time.sleep(reply.delay)
                 body = reply.body(request) if callable(reply.body) else reply.body
@@ -224,14 +419,15 @@ class FakeHF:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-            def stream(self, reply: Stream) -> None:
+            def stream(self, reply: Stream, request: dict) -> None:
+                events = reply.events(request) if callable(reply.events) else reply.events
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 time.sleep(reply.first_delay)
                 try:
-                    for i, event in enumerate(reply.events):
+                    for i, event in enumerate(events):
                         if i and reply.hold is not None and i == reply.hold_at:
                             reply.hold.wait(10)
                         elif i:

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -24,6 +24,9 @@ import requests
 from flask import Flask
 from guide import GUIDE_BODY
 from werkzeug.serving import make_server
+
+if TYPE_CHECKING:
+    import openai
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "quickstart"
@@ -90,6 +93,13 @@ def chat(target: Any, body: dict[str, Any] | None = None, **extra: Any):
     """POST a chat request (the guide's unless `body` is given, `extra` merged in) to an app or a test client."""
     client = target.test_client() if isinstance(target, Flask) else target
     return client.post("/api/v1/chat", json={**(GUIDE_BODY if body is None else body), **extra})
+
+
+def sdk(live: LiveApp, key: str = "no-key-needed") -> openai.OpenAI:
+    """The real `openai` SDK against a served app's `/v1`, without the SDK's own retries."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{live.url}/v1", api_key=key, max_retries=0, timeout=10)
 
 
 def metric(app: Flask, name: str, **labels: str) -> float:

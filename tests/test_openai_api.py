@@ -7,7 +7,6 @@ upstream received as well as what the SDK made of the answer.
 from __future__ import annotations
 
 import shutil
-from contextlib import ExitStack
 
 import openai
 import pytest
@@ -24,6 +23,7 @@ from helpers import (
     Server,
     access_lines,
     metric,
+    sdk,
 )
 
 from app import create_app
@@ -34,28 +34,10 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture
-def serve(hf_settings):
-    """Start a fake chat model with `replies` and the app in front of it: returns (fake, live app, app)."""
-    stack = ExitStack()
-
-    def start(*replies: Reply | Stream, **changes):
-        fake = stack.enter_context(FakeHF(*replies))
-        app = create_app(hf_settings.replace(hf_endpoint=f"{fake.url}/v1", **changes))
-        return fake, stack.enter_context(LiveApp(app)), app
-
-    yield start
-    stack.close()
-
-
-@pytest.fixture
 def authed(serve):
     """The app with keys on (see helpers.KEYS_JSON) and a one-answer fake model."""
     keys = tuple(keys_from_json(KEYS_JSON, "CMP_API_KEYS"))
     return serve(Reply(body=completion("Hi")), auth_enabled=True, api_keys=keys)
-
-
-def sdk(live: LiveApp, key: str = "no-key-needed") -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live.url}/v1", api_key=key, max_retries=0, timeout=10)
 
 
 def test_a_whole_answer_is_a_chat_completion_and_the_upstream_gets_system_then_prompt(serve):
@@ -145,7 +127,14 @@ def test_sampling_options_override_the_guardrails_within_the_contexts_limits(ser
     fake, live, _ = serve(Reply(body=completion("ok")))
     client = sdk(live)
     client.chat.completions.create(
-        model="SupportBot", messages=HELLO, temperature=0, max_completion_tokens=100, top_p=0.5, stop="\n\n", seed=7
+        model="SupportBot",
+        messages=HELLO,
+        temperature=0,
+        max_completion_tokens=100,
+        top_p=0.5,
+        stop="\n\n",
+        seed=7,
+        logit_bias={"50256": -100},
     )
     upstream = fake.seen[0].body
     assert (upstream["temperature"], upstream["max_tokens"], upstream["top_p"], upstream["stop"]) == (
@@ -154,7 +143,8 @@ def test_sampling_options_override_the_guardrails_within_the_contexts_limits(ser
         0.5,
         ["\n\n"],
     )
-    assert "seed" not in upstream  # unknown OpenAI fields are ignored, never passed on
+    assert upstream["seed"] == 7  # OpenAI's fields are passed on (docs/api.md)
+    assert "logit_bias" not in upstream  # unknown ones are ignored, never passed on
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(model="SupportBot", messages=HELLO, max_tokens=4096)
     assert raised.value.body["param"] == "max_tokens"
@@ -213,8 +203,10 @@ def test_without_a_model_the_rendered_prompt_is_the_content(client):
 @pytest.mark.parametrize(
     ("messages", "param", "needle"),
     [
-        ([{"role": "tool", "content": "42"}, *HELLO], "messages", "is not one of"),
-        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages", "messages.0"),
+        ([{"role": "tool", "content": "42"}, *HELLO], "messages", "'tool_call_id' is a required property"),
+        ([{"role": "robot", "content": "42"}, *HELLO], "messages", "is not one of"),
+        ([{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}], "messages", "messages.0"),
+        ([{"role": "user", "content": [{"type": "image_url"}]}], "messages", "messages.0"),
         ([], "messages", "should be non-empty"),
         ([{"role": "system", "content": "Be brief."}], "messages", "no message has the role user"),
     ],
@@ -282,15 +274,20 @@ def test_the_models_failures_are_server_errors_with_the_hf_codes(serve, reply, s
 
 
 @pytest.mark.parametrize(
-    ("reply", "calls"),
-    [(Reply(status=402, body=CREDITS_BODY), 1), (Reply(status=503, body={"error": "overloaded"}), 3)],
+    ("reply", "retries", "calls"),
+    [
+        (Reply(status=402, body=CREDITS_BODY), 0, 1),
+        # Without retries of its own the runtime leaves them to the client; with them, the client must not add its.
+        (Reply(status=503, body={"error": "overloaded"}), 0, 3),
+        (Reply(status=503, body={"error": "overloaded"}), 1, 2),
+    ],
 )
-def test_the_sdk_retries_only_what_may_succeed_later(serve, reply, calls):
-    fake, live, _ = serve(reply, hf_max_retries=0)
+def test_the_sdk_retries_only_what_may_succeed_later_and_retries_never_multiply(serve, reply, retries, calls):
+    fake, live, _ = serve(reply, hf_max_retries=retries, hf_backoff_factor=0)
     client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=2, timeout=10)
     with pytest.raises(openai.InternalServerError) as raised:
         client.chat.completions.create(model="SupportBot", messages=HELLO)
-    assert raised.value.response.headers.get("x-should-retry") == (None if calls > 1 else "false")
+    assert raised.value.response.headers.get("x-should-retry") == (None if calls == 3 else "false")
     assert len(fake.seen) == calls
 
 
@@ -356,10 +353,26 @@ def test_models_lists_the_contexts_the_callers_tenant_may_use(tenant_project, au
         sdk(live, STAR_KEY).chat.completions.create(model="BillingBot", messages=HELLO)
 
 
+def test_models_retrieve_follows_the_lists_visibility(tenant_project, authed):
+    _, live, _ = authed
+    billing = sdk(live, ACME_KEY).models.retrieve("BillingBot")
+    assert (billing.id, billing.object, billing.owned_by) == ("BillingBot", "model", "acme")
+    assert isinstance(billing.created, int)
+    assert sdk(live, STAR_KEY).models.retrieve("SupportBot").owned_by == "contexis"
+    for key, name in ((STAR_KEY, "BillingBot"), (ACME_KEY, "Broken"), (ACME_KEY, "Nope")):
+        with pytest.raises(openai.NotFoundError) as raised:
+            sdk(live, key).models.retrieve(name)
+        assert raised.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk(live, METRICS_KEY).models.retrieve("SupportBot")
+
+
 def test_models_without_auth_lists_shared_contexts_or_a_named_tenants(tenant_project, client):
     assert [m["id"] for m in client.get("/v1/models").get_json()["data"]] == ["SupportBot"]
     acme = client.get("/v1/models?tenant_id=acme").get_json()["data"]
     assert [m["id"] for m in acme] == ["BillingBot", "SupportBot"]
+    assert client.get("/v1/models/BillingBot").status_code == 404
+    assert client.get("/v1/models/BillingBot?tenant_id=acme").get_json()["owned_by"] == "acme"
     bad = client.get("/v1/models?tenant_id=../x")
     assert bad.status_code == 400
     assert bad.get_json()["error"]["param"] == "tenant_id"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import schemathesis
 from helpers import KEYS_JSON, STAR_KEY, bearer
@@ -22,7 +24,9 @@ METHODS = {"get", "post", "put", "patch", "delete"}
 def routes(app) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
-        found.setdefault(rule.rule, set()).update(m.lower() for m in rule.methods if m.lower() in METHODS)
+        # Flask's `<name>` is OpenAPI's `{name}`.
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        found.setdefault(path, set()).update(m.lower() for m in rule.methods if m.lower() in METHODS)
     return found
 
 

@@ -123,7 +123,7 @@ def test_upstream_error_mid_stream_ends_with_an_error_event(hf_settings, spans):
 @pytest.mark.parametrize(
     ("stream", "timeout", "code", "metric_code"),
     [
-        (Stream(tgi_events(["a", "b", "c"])[:2], then="drop"), 5.0, "hf_connection_error", "connection_error"),
+        (Stream(tgi_events(["a", "b", "c"])[:2], then="drop"), 5.0, "hf_stream_interrupted", "stream_interrupted"),
         (Stream(tgi_events(["a", "b", "c"]), gap=1.5), 0.3, "hf_timeout", "timeout"),
     ],
     ids=["connection-dropped", "stalled"],

@@ -15,7 +15,7 @@ from app.guardrails.injection import ClassifierUnavailable, InjectionDetector
 from app.guardrails.pii import Detector, redact
 from app.guardrails.policy import Policy
 from app.guardrails.stream import HOLD_BACK, held_back
-from app.providers.base import TokenStream
+from app.providers.base import Generation, TokenStream
 from app.validation import ChatRequest
 
 
@@ -224,6 +224,13 @@ class Guard:
         text = self.screen(text)
         self.check_citation(text)
         return text
+
+    def check_generation(self, generation: Generation) -> Generation:
+        """A whole generation: its text and every other choice's (n > 1) checked as an answer."""
+        if not self.policy.checks_output:
+            return generation
+        more = tuple(replace(choice, text=self.check_answer(choice.text)) for choice in generation.more)
+        return replace(generation, text=self.check_answer(generation.text), more=more)
 
     def check_stream(self, stream: TokenStream) -> TokenStream:
         """A streamed answer behind the hold-back window; a refusal mid-stream ends it with an error event."""

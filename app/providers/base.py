@@ -47,6 +47,9 @@ class GenerationParams:
     user: str | None = None
     # Content parts of the input besides its text (images), sent after the rendered prompt in the user's turn.
     input_parts: tuple[Mapping[str, Any], ...] = ()
+    # When the call must be over (time.monotonic()), if sooner than the provider's own deadline: a second call
+    # for the same request (a re-ask, a loop's next step) gets what is left of the first one's.
+    deadline_at: float | None = None
 
     @classmethod
     def from_guardrails(cls, guardrails: dict[str, Any] | None) -> GenerationParams:

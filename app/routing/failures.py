@@ -21,6 +21,7 @@ from app.providers.huggingface.errors import (
     HFTimeout,
     HFUnauthorized,
     HFUnavailable,
+    HFUnsupportedField,
     model_not_supported,
 )
 
@@ -55,8 +56,21 @@ SKIP_REASONS = ("circuit_open", "provider_down", "no_tools", "no_structured_outp
 REASONS = (*(verdict.reason for _, verdict in _VERDICTS), MODEL_NOT_SUPPORTED.reason, *SKIP_REASONS)
 
 
+# A provider that refused the request's tools or structured output: another may take them, and the model is
+# not failing for requests without them (so its circuit does not count it). Any other refused field is the
+# request's fault.
+_UNSUPPORTED = {
+    "tools": Verdict("no_tools", counts=False),
+    "tool_choice": Verdict("no_tools", counts=False),
+    "parallel_tool_calls": Verdict("no_tools", counts=False),
+    "response_format": Verdict("no_structured_output", counts=False),
+}
+
+
 def verdict(error: ProviderError) -> Verdict:
     """What `error` means for the chain."""
+    if isinstance(error, HFUnsupportedField):
+        return _UNSUPPORTED.get(error.param or "", CLIENT_ERROR)
     if isinstance(error, HFBadRequest):
         return MODEL_NOT_SUPPORTED if model_not_supported(error) else CLIENT_ERROR
     for kind, found in _VERDICTS:

@@ -60,9 +60,11 @@ def chat():
         degraded = streamed.degraded
     else:
         answer = runtime.answer(chat_request)
-        usage = {"usage": answer.usage.as_dict()} if answer.usage else {}
+        extra: dict[str, Any] = {"usage": answer.usage.as_dict()} if answer.usage else {}
+        if answer.tool_calls:  # the tools the model asks the client to call, with the finish reason saying so
+            extra.update(tool_calls=list(answer.tool_calls), finish_reason=answer.finish_reason)
         response = jsonify(
-            rendered=answer.rendered, model=answer.model, sources=answer.sources, **usage, request_id=g.request_id
+            rendered=answer.rendered, model=answer.model, sources=answer.sources, **extra, request_id=g.request_id
         )
         mark_model(response, answer.served)
         degraded = answer.degraded

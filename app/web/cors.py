@@ -13,7 +13,7 @@ from app.config import Settings
 from app.web.chat import DEGRADED_HEADER
 
 # The routes a browser frontend calls; the others (metrics, probes) stay same-origin.
-CORS_ROUTES = (r"^/api/v1/chat$", r"^/v1/chat/completions$", r"^/v1/models$")
+CORS_ROUTES = (r"^/api/v1/chat$", r"^/v1/chat/completions$", r"^/v1/models$", r"^/v1/models/[^/]+$")
 
 
 def init_cors(app: Flask, settings: Settings) -> None:

@@ -48,9 +48,13 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ContexisError)
     def _contexis(exc: ContexisError) -> tuple[Response, int]:
         response, status = error_response(exc.status, exc.code, exc.message, exc.param)
-        if isinstance(exc, ProviderError) and not exc.retryable:
-            # OpenAI's SDKs retry every 5xx unless told not to; a refused token or spent credits stay refused.
-            response.headers["x-should-retry"] = "false"
+        if isinstance(exc, ProviderError):
+            if not exc.retryable or (status >= 500 and exc.retried):
+                # OpenAI's SDKs retry every 5xx unless told not to: a refused token or spent credits stay refused,
+                # and a failure the runtime answers has had its own retries (a client's would multiply them).
+                response.headers["x-should-retry"] = "false"
+            if exc.retry_after:
+                response.headers["Retry-After"] = exc.retry_after  # the upstream's 429/503 said when to come back
         return response, status
 
     @app.errorhandler(HTTPException)

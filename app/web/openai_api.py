@@ -1,4 +1,5 @@
-"""The OpenAI-compatible surface: `POST /v1/chat/completions` and `GET /v1/models`, with contexts as models.
+"""The OpenAI-compatible surface: `POST /v1/chat/completions`, `GET /v1/models` and `GET /v1/models/{id}`, with
+contexts as models.
 
 OpenAI's SDKs and the frontends built on them (Open WebUI, LibreChat, LangChain, the Vercel AI SDK)
 talk to the runtime unchanged. The request goes through the one pipeline (`chat.admit`, `Runtime`),
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, g, jsonify, request
 
-from app.errors import BadRequest, ContexisError
+from app.errors import BadRequest, ContexisError, NotFound
 from app.names import is_safe_name
-from app.providers.base import ChoiceDelta, ToolCallDelta, Usage
+from app.providers.base import Choice, ChoiceDelta, ToolCallDelta, Usage
 from app.validation import parse_openai_request
 from app.web import get_runtime
 from app.web.auth import tenant_for
@@ -72,21 +74,26 @@ def chat_completions():
         stream = streamed.stream
         # A context that names its models answers as the one that served; others as the context.
         chunk = {**head, "model": streamed.served or chat_request.context, "object": "chat.completion.chunk"}
+        indexes = range(chat_request.options.get("n", 1))
 
-        def choice(delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        def choice(delta: dict[str, str], finish: str | None = None, index: int = 0) -> dict[str, Any]:
+            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
 
         def events() -> Iterator[str]:
             # The memory sources are known before the first token: the first chunk carries them.
             yield sse_event(
                 {**chunk, "choices": [choice({"role": "assistant", "content": ""})], "sources": streamed.sources}
             )
+            for index in indexes[1:]:
+                yield sse_event({**chunk, "choices": [choice({"role": "assistant", "content": ""}, index=index)]})
             for delta in stream:
                 if isinstance(delta, str):  # nearly every piece
                     yield sse_event({**chunk, "choices": [choice({"content": delta})]})
                 else:
                     yield sse_event({**chunk, "choices": [_piece_choice(delta)]})
-            yield sse_event({**chunk, "choices": [choice({}, stream.finish_reason or "stop")]})
+            for index in indexes:
+                finish = stream.finish_reasons.get(index) or "stop"
+                yield sse_event({**chunk, "choices": [choice({}, finish, index)]})
             if include_usage:
                 yield sse_event({**chunk, "choices": [], "usage": _usage(stream.usage)})
             yield "data: [DONE]\n\n"
@@ -99,16 +106,18 @@ def chat_completions():
         mark_model(response, streamed.served)
         return mark_degraded(response, streamed.degraded)
     answer = runtime.answer(chat_request)
+    choices = answer.choices or (Choice(answer.rendered, finish_reason=answer.finish_reason),)
     response = jsonify(
         **{**head, "model": answer.served or chat_request.context},
         object="chat.completion",
         choices=[
             {
-                "index": 0,
-                "message": {"role": "assistant", "content": answer.rendered},
-                "logprobs": None,
-                "finish_reason": answer.finish_reason,
+                "index": index,
+                "message": _message(choice),
+                "logprobs": choice.logprobs,
+                "finish_reason": choice.finish_reason or "stop",
             }
+            for index, choice in enumerate(choices)
         ],
         usage=_usage(answer.usage),
         sources=answer.sources,
@@ -117,23 +126,46 @@ def chat_completions():
     return mark_degraded(response, answer.degraded)
 
 
+def _message(choice: Choice) -> dict[str, Any]:
+    """An answer's assistant message: its text, or null beside the tool calls it makes (as OpenAI answers)."""
+    if not choice.tool_calls:
+        return {"role": "assistant", "content": choice.text}
+    return {"role": "assistant", "content": choice.text or None, "tool_calls": list(choice.tool_calls)}
+
+
 @bp.get("/models")
 def models():
     """The contexts the caller's tenant may use, tenant overrides included, as OpenAI's model list."""
+    tenant = _listing_tenant()
+    data = [_model(name, path, tenant) for name, path in get_runtime().contexts.available(tenant).items()]
+    return jsonify(object="list", data=data)
+
+
+@bp.get("/models/<model_id>")
+def model(model_id: str):
+    """One context as OpenAI's model object, when the caller's tenant may use it (as the list shows it); 404 else."""
+    tenant = _listing_tenant()
+    path = get_runtime().contexts.available(tenant).get(model_id) if is_safe_name(model_id) else None
+    if path is None:
+        raise NotFound(f"model {model_id!r} not found: GET /v1/models lists the contexts", code="model_not_found")
+    return jsonify(_model(model_id, path, tenant))
+
+
+def _listing_tenant() -> str:
+    """The tenant whose contexts a model listing shows: the key's, or the one asked for when the key allows it."""
     requested = request.args.get("tenant_id", "")
     if requested and not is_safe_name(requested):
         raise BadRequest(f"tenant_id: {requested!r} is not a valid name", code="invalid_request", param="tenant_id")
     tenant = tenant_for(requested)
     g.log_fields.update(tenant=tenant or None)
-    contexts = get_runtime().contexts
-    tenant_dir = contexts.contexts_dir / "tenants"
-    data = [
-        {
-            "id": name,
-            "object": "model",
-            "created": int(path.stat().st_mtime),
-            "owned_by": tenant if path.is_relative_to(tenant_dir) else "contexis",
-        }
-        for name, path in contexts.available(tenant).items()
-    ]
-    return jsonify(object="list", data=data)
+    return tenant
+
+
+def _model(name: str, path: Path, tenant: str) -> dict[str, Any]:
+    tenant_dir = get_runtime().contexts.contexts_dir / "tenants"
+    return {
+        "id": name,
+        "object": "model",
+        "created": int(path.stat().st_mtime),
+        "owned_by": tenant if path.is_relative_to(tenant_dir) else "contexis",
+    }

@@ -24,11 +24,13 @@ from app.web.health import runtime_version
 bp = Blueprint("openapi", __name__)
 
 _ERROR_STATUSES = {
-    "400": "The body is not JSON, breaks the schema, or `data` nests deeper than CMP_MAX_DATA_DEPTH.",
+    "400": "The body is not JSON, breaks the schema, or `data` nests deeper than CMP_MAX_DATA_DEPTH; a field the "
+    "wire format cannot carry (`unsupported_by_endpoint`, e.g. `tools` with HF_API=text-generation) or the model's "
+    "provider refuses (`unsupported_by_model`, with `param`).",
     "401": "No API key, or one that is not valid (only with CMP_AUTH_ENABLED).",
     "403": "The key lacks the route's scope or may not act for the requested tenant; or, on the chat routes, the "
     "context's prompt_injection guardrail refused the request (`guardrail_blocked`).",
-    "404": "The context, component or prompt file does not exist.",
+    "404": "The context (model), component or prompt file does not exist, or the key's tenant may not use it.",
     "413": "The body exceeds CMP_MAX_BODY_BYTES, or `query`, a string or the number of values in `data` exceed "
     "CMP_MAX_STRING_CHARS or CMP_MAX_DATA_ITEMS, or the history exceeds CMP_MAX_MESSAGES or CMP_MAX_HISTORY_CHARS.",
     "415": "The body is not sent as `application/json`.",
@@ -39,8 +41,11 @@ _ERROR_STATUSES = {
     "(`no_sources`).",
     "429": "The key (or client address) exceeded CMP_RATE_LIMIT; `Retry-After` says when to retry.",
     "500": "The project is broken (invalid context, template error, unusable memory store) or the runtime failed.",
-    "502": "Hugging Face failed or answered something unusable (codes `hf_*`), or a guardrail withheld the answer "
-    "(`guardrail_blocked`: personal data under `pii: block`, a `deny_output` match).",
+    "502": "Hugging Face failed or answered something unusable (codes `hf_*`; `hf_stream_interrupted` for a stream "
+    "cut mid-answer), or the answer does not match `response_format` after one more try "
+    "(`structured_output_invalid`), or a guardrail withheld the answer (`guardrail_blocked`: personal data under "
+    "`pii: block`, a `deny_output` match). `x-should-retry: false` when the runtime has retried already; "
+    "`Retry-After` as the upstream's 429 or 503 sent it.",
     "503": "The request has a `query` and the memory database (CMP_MEMORY_URL) is down, unreachable or too slow "
     "(`memory_unavailable`); requests without a query still work. Or every model of the context's chain was "
     "passed over without a call (`models_unavailable`: circuits open, providers down), or the prompt injection "
@@ -50,6 +55,22 @@ _ERROR_STATUSES = {
 _REQUEST_ID = {
     "description": "The request's id: the caller's `X-Request-ID` when safe, else a new one.",
     "schema": {"type": "string"},
+}
+
+
+_TOOL_CALL_DELTA = {
+    "type": "object",
+    "required": ["index", "function"],
+    "description": "A call's first piece has `id`, `type` and `function.name`; later ones append `function.arguments`",
+    "properties": {
+        "index": {"type": "integer"},
+        "id": {"type": "string"},
+        "type": {"const": "function"},
+        "function": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+        },
+    },
 }
 
 
@@ -69,6 +90,17 @@ def _errors(*statuses: str, shape: str = "Error") -> dict[str, Any]:
             "description": '`Bearer realm="contexis"`, with `error="invalid_token"` for a wrong key.',
             "schema": {"type": "string"},
             "required": True,
+        }
+    for status in ("502", "504"):
+        if status in responses:
+            responses[status]["headers"]["x-should-retry"] = {
+                "description": "`false`: the runtime retried already (or retrying cannot help); do not retry.",
+                "schema": {"type": "string", "enum": ["false"]},
+            }
+    if "502" in responses:
+        responses["502"]["headers"]["Retry-After"] = {
+            "description": "The upstream's own `Retry-After` on a 429 or 503 (seconds or an HTTP date).",
+            "schema": {"type": "string"},
         }
     if "429" in responses:
         responses["429"]["headers"]["Retry-After"] = {
@@ -115,6 +147,12 @@ def _chat_answer() -> dict[str, Any]:
                             },
                             {
                                 "type": "object",
+                                "description": "A piece of a tool call, framed as OpenAI's `delta.tool_calls`",
+                                "required": ["tool_calls"],
+                                "properties": {"tool_calls": {"type": "array", "items": _TOOL_CALL_DELTA}},
+                            },
+                            {
+                                "type": "object",
                                 "required": ["done", "model", "sources", "request_id"],
                                 "properties": {
                                     "done": {"const": True},
@@ -122,6 +160,8 @@ def _chat_answer() -> dict[str, Any]:
                                     "usage": {"$ref": "#/components/schemas/Usage"},
                                     "sources": {"$ref": "#/components/schemas/Sources"},
                                     "request_id": {"type": "string"},
+                                    "tool_calls": {"$ref": "#/components/schemas/ToolCalls"},
+                                    "finish_reason": {"type": "string"},
                                 },
                             },
                             {"$ref": "#/components/schemas/Error"},
@@ -139,9 +179,11 @@ def _completion_answer() -> dict[str, Any]:
     answer["headers"]["X-Contexis-Model"] = _MODEL_HEADER
     answer["content"]["text/event-stream"] = {
         "schema": {
-            "description": 'With `"stream": true`, `chat.completion.chunk` events (the first with `sources`), a usage '
+            "description": 'With `"stream": true`, `chat.completion.chunk` events (the first with `sources`; text, '
+            "tool call pieces and logprobs as OpenAI frames them, choices by `index`), a usage "
             "chunk with `stream_options.include_usage`, then `data: [DONE]`; a failure after the first chunk ends "
-            'the stream with a `{"error": ...}` chunk, which OpenAI\'s SDKs raise as an APIError.',
+            'the stream with a `{"error": ...}` chunk, which OpenAI\'s SDKs raise as an APIError (also when the '
+            "answer does not match `response_format`, checked at the end).",
             "type": "object",
             "required": ["data"],
             "properties": {"data": {"type": "string"}},
@@ -181,9 +223,14 @@ def _openai_schemas(max_string_chars: int) -> dict[str, Any]:
                             "message": {
                                 "type": "object",
                                 "required": ["role", "content"],
-                                "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}},
+                                "properties": {
+                                    "role": {"const": "assistant"},
+                                    "content": {"type": ["string", "null"], "description": "null beside tool_calls"},
+                                    "tool_calls": {"$ref": "#/components/schemas/ToolCalls"},
+                                },
                             },
-                            "finish_reason": {"type": "string"},
+                            "logprobs": {"type": ["object", "null"], "description": "As the upstream reported it"},
+                            "finish_reason": {"type": "string", "description": "stop, length or tool_calls"},
                         },
                     },
                 },
@@ -191,24 +238,22 @@ def _openai_schemas(max_string_chars: int) -> dict[str, Any]:
                 "sources": {"$ref": "#/components/schemas/Sources"},
             },
         },
+        "Model": {
+            "type": "object",
+            "required": ["id", "object", "created", "owned_by"],
+            "properties": {
+                "id": {"type": "string", "description": "A context name"},
+                "object": {"const": "model"},
+                "created": {"type": "integer"},
+                "owned_by": {"type": "string", "description": "The tenant of an override, else contexis"},
+            },
+        },
         "ModelList": {
             "type": "object",
             "required": ["object", "data"],
             "properties": {
                 "object": {"const": "list"},
-                "data": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["id", "object", "created", "owned_by"],
-                        "properties": {
-                            "id": {"type": "string", "description": "A context name"},
-                            "object": {"const": "model"},
-                            "created": {"type": "integer"},
-                            "owned_by": {"type": "string", "description": "The tenant of an override, else contexis"},
-                        },
-                    },
-                },
+                "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
             },
         },
         "OpenAIError": {
@@ -316,6 +361,27 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/models/{model_id}": {
+                "get": {
+                    "summary": "OpenAI model: one context, when the caller's tenant may use it",
+                    "operationId": "model",
+                    **secured(SCOPE_CHAT),
+                    "parameters": [
+                        {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {
+                            "name": "tenant_id",
+                            "in": "query",
+                            "required": False,
+                            "description": "The tenant whose overrides apply (by default a tenant-bound key's own)",
+                            "schema": {"type": "string", "pattern": NAME_PATTERN},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Model"}, "The context, as OpenAI's model"),
+                        **_errors("400", *gate, "404", "500", shape="OpenAIError"),
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "Liveness: the process answers",
@@ -400,6 +466,25 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                         "sources": {"$ref": "#/components/schemas/Sources"},
                         "usage": {"$ref": "#/components/schemas/Usage"},
                         "request_id": {"type": "string"},
+                        "tool_calls": {"$ref": "#/components/schemas/ToolCalls"},
+                        "finish_reason": {"type": "string", "description": "`tool_calls`, beside them"},
+                    },
+                },
+                "ToolCalls": {
+                    "type": "array",
+                    "description": "The tools the model asks the client to call, OpenAI-shaped",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "type", "function"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "type": {"const": "function"},
+                            "function": {
+                                "type": "object",
+                                "required": ["name", "arguments"],
+                                "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+                            },
+                        },
                     },
                 },
                 "Sources": {

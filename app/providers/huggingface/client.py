@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import time
 from collections.abc import Iterator, Sequence
 
 import requests
@@ -10,11 +12,22 @@ from sseclient import SSEClient
 
 from app.config import Settings
 from app.observability import RuntimeMetrics
-from app.providers.base import Finish, Generation, GenerationParams, ServedBy, TokenStream, Turn, Usage
+from app.providers.base import (
+    ChoiceDelta,
+    Finish,
+    Generation,
+    GenerationParams,
+    ServedBy,
+    StreamPiece,
+    TokenStream,
+    ToolCallDelta,
+    Turn,
+    Usage,
+)
 from app.providers.huggingface.errors import HFError
 from app.providers.huggingface.telemetry import CallTelemetry, precreate_series
 from app.providers.huggingface.transport import Transport, deadline_at, decode
-from app.providers.huggingface.wire import WIRE_FORMATS
+from app.providers.huggingface.wire import WIRE_FORMATS, new_call_id
 
 
 class HuggingFaceClient:
@@ -34,6 +47,12 @@ class HuggingFaceClient:
     def close(self) -> None:
         self.transport.close()
 
+    def _seconds(self, params: GenerationParams) -> float:
+        """HF_DEADLINE, or what is left of the request's when it ends sooner (`params.deadline_at`)."""
+        if params.deadline_at is None:
+            return self.settings.hf_deadline
+        return max(0.0, min(self.settings.hf_deadline, params.deadline_at - time.monotonic()))
+
     def _telemetry(self, params: GenerationParams) -> CallTelemetry:
         return CallTelemetry(self.metrics, self.model_id, self.wire.operation, params)
 
@@ -51,9 +70,10 @@ class HuggingFaceClient:
         route has no place for it, its rendered prompt already says it. So it is with `history`; `after` (turns
         after the prompt: tool calls and results, a prefill) goes to a chat completion in order.
         """
+        self.wire.check(params, history, after)
         observed = self._telemetry(params)
         try:
-            with observed.active(self.settings.hf_deadline):
+            with observed.active(self._seconds(params)):
                 response = self._send(prompt, system, params, history, after, stream=False)
                 generation = self.wire.parse(self.transport.read_json(response))
             observed.succeeded(generation.usage)
@@ -73,10 +93,12 @@ class HuggingFaceClient:
         after: Sequence[Turn] = (),
     ) -> TokenStream:
         """The model's answer as it is generated, once its first piece has arrived; `HFError` before that."""
+        self.wire.check(params, history, after)
         observed = self._telemetry(params)
-        ends_at = deadline_at(self.settings.hf_deadline)
+        seconds = self._seconds(params)
+        ends_at = deadline_at(seconds)
         try:
-            with observed.active(self.settings.hf_deadline):
+            with observed.active(seconds):
                 response = self._send(prompt, system, params, history, after, stream=True)
         except HFError as exc:
             observed.failed(exc)
@@ -87,13 +109,26 @@ class HuggingFaceClient:
             return TokenStream(self._whole(response, observed), self.model_id)
         return TokenStream(self._pieces(response, observed, ends_at), self.model_id)
 
-    def _whole(self, response: requests.Response, observed: CallTelemetry) -> Iterator[str | Usage | ServedBy | Finish]:
+    def _whole(
+        self, response: requests.Response, observed: CallTelemetry
+    ) -> Iterator[StreamPiece | Usage | ServedBy | Finish]:
         """A whole answer to a streamed call, as the pieces a stream of it would have given."""
         with _reading(response, observed):
             generation = self.wire.parse(self.transport.read_json(response))
             observed.first_token()
             observed.succeeded(generation.usage)
-        yield generation.text
+        for index, choice in enumerate(generation.choices):
+            if choice.text or not choice.tool_calls:
+                yield (
+                    choice.text
+                    if index == 0 and not choice.logprobs
+                    else ChoiceDelta(index, choice.text, choice.logprobs)
+                )
+            for position, call in enumerate(choice.tool_calls):
+                function = call["function"]
+                yield ToolCallDelta(position, call["id"], function["name"], function["arguments"], index)
+            if index and choice.finish_reason:
+                yield Finish(choice.finish_reason, index)
         yield from _late_pieces(generation.model, generation.usage, generation.finish_reason)
 
     def _send(
@@ -117,7 +152,7 @@ class HuggingFaceClient:
 
     def _pieces(
         self, response: requests.Response, observed: CallTelemetry, deadline_at: float
-    ) -> Iterator[str | Usage | ServedBy | Finish]:
+    ) -> Iterator[StreamPiece | Usage | ServedBy | Finish]:
         """Text deltas from the upstream's events as they arrive, then the model, usage and finish reason if
         they were reported.
 
@@ -128,8 +163,9 @@ class HuggingFaceClient:
         usage: Usage | None = None
         model: str | None = None
         finish: str | None = None
+        calls: set[tuple[int, int]] = set()  # the (choice, index) of each tool call begun
         with _reading(response, observed):
-            with self.transport.errors():
+            with self.transport.errors(streaming=True):
                 chunks = self.transport.guarded(response.iter_content(chunk_size=None), deadline_at)
                 for event in SSEClient(chunks).events():
                     if event.data == self.wire.done_marker:
@@ -143,10 +179,29 @@ class HuggingFaceClient:
                     if piece.text:
                         observed.first_token()
                         yield piece.text
+                    if piece.pieces:
+                        observed.first_token()
+                        yield from _with_call_ids(piece.pieces, calls)
                     if piece.done:
                         break
+                else:
+                    if finish is None:  # neither the end marker nor a finish reason: the answer was cut short
+                        raise self.transport.interrupted("the connection closed before the end of the answer")
             observed.succeeded(usage)
             yield from _late_pieces(model, usage, finish)
+
+
+def _with_call_ids(
+    pieces: tuple[ToolCallDelta | ChoiceDelta | Finish, ...], calls: set[tuple[int, int]]
+) -> Iterator[ToolCallDelta | ChoiceDelta | Finish]:
+    """`pieces`, the first piece of each tool call given an id when the endpoint sent none (as OpenAI's always
+    has one: clients pair each `tool` result with it)."""
+    for piece in pieces:
+        if isinstance(piece, ToolCallDelta) and (piece.choice, piece.index) not in calls:
+            calls.add((piece.choice, piece.index))
+            if piece.id is None:
+                piece = dataclasses.replace(piece, id=new_call_id())
+        yield piece
 
 
 @contextlib.contextmanager

@@ -36,6 +36,16 @@ HINT_PAYMENT = (
 )
 
 
+HINT_INTERRUPTED = (
+    "The endpoint ended the answer before it was complete: retry the request; if it keeps happening, the "
+    "serving provider is failing (try another one)."
+)
+HINT_UNSUPPORTED = (
+    "The model's provider does not support this field: remove it, or pick a provider that does (the router's "
+    "GET /v1/models lists supports_tools and supports_structured_output per provider)."
+)
+
+
 class HFError(ProviderError):
     """A Hugging Face call failed; the message ends with the hint of its class."""
 
@@ -51,11 +61,14 @@ class HFError(ProviderError):
         upstream_error: str = "",
         upstream_code: str = "",
         hint: str | None = None,
+        param: str | None = None,
     ) -> None:
         self.detail = detail
         if hint is not None:
             self.hint = hint
-        super().__init__(f"{detail} {self.hint}".strip(), metric_code=metric_code, upstream_status=upstream_status)
+        super().__init__(
+            f"{detail} {self.hint}".strip(), metric_code=metric_code, upstream_status=upstream_status, param=param
+        )
         self.upstream_error = upstream_error  # the upstream's own explanation, for callers that can act on it
         self.upstream_code = upstream_code  # OpenAI's `error.code` when the upstream sent one (`model_not_supported`)
 
@@ -71,6 +84,7 @@ class HFError(ProviderError):
             upstream_error=self.upstream_error,
             upstream_code=self.upstream_code,
             hint=hint,
+            param=self.param,
         )
 
 
@@ -120,6 +134,19 @@ class HFConnectionError(HFError):
     code, hint = "hf_connection_error", HINT_CONNECTION
 
 
+class HFStreamInterrupted(HFError):
+    """The endpoint began a streamed answer and broke off before its end."""
+
+    code, hint = "hf_stream_interrupted", HINT_INTERRUPTED
+
+
+class HFUnsupportedField(HFRefused):
+    """The endpoint refused a field the client chose (the router's 400 with `param: tools` from a provider
+    without tool calling): the client's request to change, so a 400 naming it, not a 502."""
+
+    status, code, hint = 400, "unsupported_by_model", HINT_UNSUPPORTED
+
+
 class HFTimeout(HFError):
     status, code, hint = 504, "hf_timeout", HINT_TIMEOUT
 
@@ -141,7 +168,7 @@ STATUS_ERRORS: dict[int, type[HFError]] = {
     504: HFUnavailable,
 }
 # What `metric_code` holds when no status explains the failure.
-FAILURE_KINDS = ("timeout", "connection_error", "invalid_response", "stream_error")
+FAILURE_KINDS = ("timeout", "connection_error", "invalid_response", "stream_error", "stream_interrupted")
 RETRY_STATUSES = frozenset(status for status, error in STATUS_ERRORS.items() if error.retryable)
 KNOWN_ERROR_CODES = (*(str(status) for status in STATUS_ERRORS), *FAILURE_KINDS)
 
@@ -172,6 +199,36 @@ def error_text(body: bytes) -> str:
             message += f" (estimated time {data['estimated_time']:.0f}s)"
         return message[:300]
     return ""
+
+
+# The request fields a client chooses that an endpoint may refuse by name (`"param"` of OpenAI's error shape).
+CLIENT_FIELDS = frozenset(
+    {
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "n",
+        "seed",
+        "logprobs",
+        "top_logprobs",
+        "presence_penalty",
+        "frequency_penalty",
+        "user",
+        "stop",
+    }
+)
+
+
+def error_param(body: bytes) -> str | None:
+    """The field an OpenAI-shaped error names (`{"error": {"param": "tools"}}`), when it is one a client chose."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    param = error.get("param") if isinstance(error, dict) else None
+    return param if param in CLIENT_FIELDS else None
 
 
 def error_code(body: bytes) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import email.utils
 import json
 import math
 import threading
@@ -33,11 +34,14 @@ from app.providers.huggingface.errors import (
     RETRY_STATUSES,
     HFConnectionError,
     HFError,
+    HFStreamInterrupted,
     HFTimeout,
     HFUnavailable,
+    HFUnsupportedField,
     bad_response,
     error_class,
     error_code,
+    error_param,
     error_text,
 )
 
@@ -155,15 +159,19 @@ class Transport:
         session, template = self._ready()
         prepared = template.copy()  # each call sets its own body on a copy of the prepared call
         prepared.prepare_body(data=orjson.dumps(payload), files=None)
-        with self.errors():
-            # `send`, not `post`: `post` would parse the URL, merge headers and scan the environment again.
-            response = session.send(
-                prepared,
-                stream=True,
-                timeout=(self.settings.hf_connect_timeout, self.settings.hf_timeout),
-                proxies=session.proxies,
-            )
-            self.raise_for_status(response)
+        try:
+            with self.errors():
+                # `send`, not `post`: `post` would parse the URL, merge headers and scan the environment again.
+                response = session.send(
+                    prepared,
+                    stream=True,
+                    timeout=(self.settings.hf_connect_timeout, self.settings.hf_timeout),
+                    proxies=session.proxies,
+                )
+                self.raise_for_status(response)
+        except HFError as exc:
+            exc.retried = self.settings.hf_max_retries > 0  # HF_MAX_RETRIES=0 leaves retrying to the client
+            raise
         return response
 
     def raise_for_status(self, response: requests.Response) -> None:
@@ -177,13 +185,18 @@ class Transport:
         upstream = error_text(body)
         if upstream:
             detail += f": {upstream}"
-        raise error_class(status)(
+        param = error_param(body) if status in (400, 422) else None
+        error = (HFUnsupportedField if param else error_class(status))(
             self.scrub(detail).rstrip(".") + ".",
             metric_code=str(status),
             upstream_status=status,
             upstream_error=self.scrub(upstream),
             upstream_code=self.scrub(error_code(body)),
+            param=param,
         )
+        if status in (429, 503):
+            error.retry_after = _retry_after(response.headers.get("Retry-After", ""))
+        raise error
 
     def stream_error(self, data: str) -> HFError:
         """An error event (TGI's `{"error": ...}`, OpenAI's `{"error": {"message"}}`) after the stream began."""
@@ -255,16 +268,24 @@ class Transport:
         return bad_response(f"more than HF_MAX_RESPONSE_BYTES={self.settings.hf_max_response_bytes} bytes")
 
     @contextlib.contextmanager
-    def errors(self) -> Iterator[None]:
-        """Turn requests' failures (connecting, or reading the answer or a stream) into typed errors."""
+    def errors(self, *, streaming: bool = False) -> Iterator[None]:
+        """Turn requests' failures (connecting, or reading the answer or a stream) into typed errors; a stream
+        that breaks off once the endpoint has begun answering is `HFStreamInterrupted`."""
         try:
             yield
         except requests.RequestException as exc:
             if _timed_out(exc):
                 detail = f"Hugging Face did not answer within HF_TIMEOUT={self.settings.hf_timeout:g}s."
                 raise HFTimeout(detail, metric_code="timeout") from None
+            if streaming:
+                raise self.interrupted(_reason(exc)) from None
             detail = f"Could not reach the Hugging Face endpoint ({_reason(exc)})."
             raise HFConnectionError(detail, metric_code="connection_error") from None
+
+    def interrupted(self, how: str) -> HFError:
+        """A streamed answer that ended before its end (the connection cut, or closed without the last event)."""
+        detail = f"Hugging Face's stream for model {self.model_id!r} broke off mid-answer ({how})."
+        return HFStreamInterrupted(detail, metric_code="stream_interrupted")
 
     def scrub(self, text: str) -> str:
         """Belt and braces: an upstream message must never echo the token back to a client."""
@@ -286,6 +307,17 @@ def decode(body: bytes | str) -> Any:
         return json.loads(body)
     except ValueError:
         raise bad_response("with invalid JSON") from None
+
+
+def _retry_after(value: str) -> str | None:
+    """An upstream `Retry-After` worth passing on: seconds, or an HTTP date; anything else is dropped."""
+    value = value.strip()
+    if value.isdigit() and len(value) <= 6:
+        return value
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        if email.utils.parsedate_to_datetime(value) is not None:
+            return value
+    return None
 
 
 def _cause(exc: requests.RequestException) -> BaseException:

@@ -7,11 +7,24 @@ llama.cpp. Retries, errors and telemetry are the same for both (`transport`, `te
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from app.config import Settings
-from app.providers.base import Generation, GenerationParams, Turn, Usage
+from app.errors import UnsupportedByEndpoint
+from app.providers.base import (
+    Choice,
+    ChoiceDelta,
+    Finish,
+    Generation,
+    GenerationParams,
+    ToolCall,
+    ToolCallDelta,
+    Turn,
+    Usage,
+)
 from app.providers.huggingface.errors import HFError, bad_response, unused_model_kwargs
 
 
@@ -26,6 +39,8 @@ class StreamEvent(NamedTuple):
     done: bool = False
     model: str | None = None  # the model the endpoint says is answering
     finish_reason: str | None = None
+    # What else the event carries (tool call pieces, other choices, logprobs, other choices' ends), in order.
+    pieces: tuple[ToolCallDelta | ChoiceDelta | Finish, ...] = ()
 
 
 def _usage(prompt: Any, completion: Any) -> Usage | None:
@@ -63,6 +78,9 @@ class WireFormat:
     ) -> dict[str, Any]:
         raise NotImplementedError
 
+    def check(self, params: GenerationParams, history: Sequence[Turn], after: Sequence[Turn]) -> None:
+        """Refuse, before any call, what the request asks for that this wire format cannot carry."""
+
     def parse(self, data: Any) -> Generation:
         raise NotImplementedError
 
@@ -76,6 +94,28 @@ class WireFormat:
 
 # What the classic route's `parameters` may hold; a model may reject some of them (`TextGeneration.learn`).
 _CLASSIC_PARAMETERS = frozenset({"max_new_tokens", "temperature", "top_p", "return_full_text", "stop", "do_sample"})
+
+
+# What `GenerationParams` may hold that the classic route has no field for (`seed` and `stop` it takes).
+_NOT_CLASSIC = (
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "user",
+)
+
+
+def _unsupported(field: str, what: str = "") -> UnsupportedByEndpoint:
+    return UnsupportedByEndpoint(
+        f"{field}: {what or field} cannot be sent with HF_API=text-generation, which carries only a prompt and "
+        "sampling parameters; HF_API=chat-completion (the router, TGI's and vLLM's /v1) serves it.",
+        param=field,
+    )
 
 
 class TextGeneration(WireFormat):
@@ -109,6 +149,8 @@ class TextGeneration(WireFormat):
         }
         if params.stop:
             parameters["stop"] = list(params.stop)
+        if params.seed is not None:
+            parameters["seed"] = params.seed
         if params.temperature == 0:
             # OpenAI clients ask for greedy decoding with temperature 0, which TGI refuses: it has its own switch.
             del parameters["temperature"]
@@ -120,6 +162,26 @@ class TextGeneration(WireFormat):
         if stream:
             payload["stream"] = True
         return payload
+
+    def check(self, params: GenerationParams, history: Sequence[Turn], after: Sequence[Turn]) -> None:
+        """The classic route takes a prompt and sampling parameters (and `seed`, `stop`): tools, structured
+        output, several choices, logprobs, penalties, images and turns after the input are a 400 naming the field.
+        """
+        for name in _NOT_CLASSIC:
+            value = getattr(params, name)
+            if value is not None and value != ():
+                raise _unsupported(name)
+        if params.n != 1:
+            raise _unsupported("n")
+        if params.input_parts:
+            raise _unsupported("messages", "image content parts")
+        if after:
+            raise _unsupported("messages", "turns after the last user message (tool results, an assistant prefill)")
+        for turn in history:
+            if turn["role"] == "tool" or "tool_calls" in turn:
+                raise _unsupported("messages", "tool calls and tool results")
+            if isinstance(turn["content"], list):
+                raise _unsupported("messages", "image content parts")
 
     def learn(self, error: HFError) -> bool:
         """A model served by the transformers pipeline (not TGI) rejects, with a 400, the parameters it does not
@@ -167,15 +229,14 @@ class ChatCompletion(WireFormat):
         history: Sequence[Turn] = (),
         after: Sequence[Turn] = (),
     ) -> dict[str, Any]:
-        """The context's system message, then the client's, then the prior turns, then the prompt as the user's,
-        then the turns after it (tool calls and their results, a prefill), each in the order sent.
+        """The context's system message, then the client's turns before the input, then the prompt as the user's,
+        then the turns after it (tool calls and their results, a prefill): never reordered.
 
         Only a turn's `role`, `content`, `tool_calls` and `tool_call_id` are sent: history never changes the
         model or anything else. The OpenAI fields the request asked for go as they are; none are sent otherwise.
         """
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
-        messages += [{"role": "system", "content": t["content"]} for t in history if t["role"] == "system"]
-        messages += [_turn(t) for t in history if t["role"] != "system"]
+        messages += [_turn(t) for t in history]
         user = [{"type": "text", "text": prompt}, *params.input_parts] if params.input_parts else prompt
         messages.append({"role": "user", "content": user})
         messages += [_turn(t) for t in after]
@@ -202,25 +263,126 @@ class ChatCompletion(WireFormat):
         return payload
 
     def parse(self, data: Any) -> Generation:
-        try:
-            choice = data["choices"][0]
-            content = choice["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            content = None
-        if not isinstance(content, str):
+        """Every choice (in index order) with its text, tool calls and logprobs; the first one is the answer's."""
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
             raise bad_response("without choices[0].message.content")
-        return Generation(content, _openai_usage(data), _model(data), _text_or_none(choice.get("finish_reason")))
+        if len(choices) > 1:
+            choices = sorted(choices, key=lambda c: c.get("index") if isinstance(c.get("index"), int) else 0)
+        first, *more = (_choice(c) for c in choices)
+        return Generation(
+            first.text,
+            _openai_usage(data),
+            _model(data),
+            first.finish_reason,
+            tool_calls=first.tool_calls,
+            logprobs=first.logprobs,
+            more=tuple(more),
+        )
 
     def parse_event(self, data: Any) -> StreamEvent:
-        """A chunk's `choices[0].delta.content`; the last chunk may carry only `usage`, with no choices."""
+        """A chunk's choices: the first choice's plain `delta.content` as `text` (nearly every chunk), the rest
+        (tool call pieces, other choices, logprobs) as `pieces`; the last chunk may carry only `usage`."""
         if not isinstance(data, dict) or not isinstance(data.get("choices", []), list):
             raise bad_response("a stream event that is not a chat completion chunk")
-        choice = data["choices"][0] if data.get("choices") else {}
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        text = delta.get("content") if isinstance(delta, dict) else None
-        finish = _text_or_none(choice.get("finish_reason")) if isinstance(choice, dict) else None
+        choices: list[Any] = data.get("choices") or []
         usage = _openai_usage(data)
-        return StreamEvent(text if isinstance(text, str) else "", usage, model=_model(data), finish_reason=finish)
+        if len(choices) == 1:  # nearly every chunk: the first choice's text, nothing else
+            choice = choices[0]
+            if isinstance(choice, dict) and not choice.get("index") and not choice.get("logprobs"):
+                delta = choice.get("delta")
+                if not isinstance(delta, dict) or not delta.get("tool_calls"):
+                    text = delta.get("content") if isinstance(delta, dict) else None
+                    finish = _text_or_none(choice.get("finish_reason"))
+                    return StreamEvent(
+                        text if isinstance(text, str) else "", usage, model=_model(data), finish_reason=finish
+                    )
+        text, finish = "", None
+        pieces: list[ToolCallDelta | ChoiceDelta | Finish] = []
+        for choice in choices:
+            if not isinstance(choice, dict):
+                raise bad_response("a stream event whose choice is not an object")
+            index = choice.get("index", 0)
+            index = index if isinstance(index, int) else 0
+            delta = choice.get("delta")
+            content = delta.get("content") if isinstance(delta, dict) else None
+            content = content if isinstance(content, str) else ""
+            logprobs = choice.get("logprobs") or None
+            if index == 0 and logprobs is None:
+                text = content
+            elif content or logprobs:
+                pieces.append(ChoiceDelta(index, content, logprobs if isinstance(logprobs, dict) else None))
+            calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+            if calls:
+                pieces += [_tool_call_delta(call, index) for call in calls]
+            reason = _text_or_none(choice.get("finish_reason"))
+            if index == 0:
+                finish = reason
+            elif reason:
+                pieces.append(Finish(reason, index))
+        return StreamEvent(text, usage, model=_model(data), finish_reason=finish, pieces=tuple(pieces))
+
+
+def _choice(choice: dict[str, Any]) -> Choice:
+    """One choice of a whole answer: `message.content` is text, or null when the model only called tools."""
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    if calls is not None and not isinstance(calls, list):
+        raise bad_response("with choices[].message.tool_calls that is not a list")
+    tool_calls = tuple(_tool_call(call) for call in calls or ())
+    if content is None and tool_calls:
+        content = ""
+    if not isinstance(content, str):
+        raise bad_response("without choices[0].message.content")
+    logprobs = choice.get("logprobs")
+    return Choice(
+        content,
+        tool_calls,
+        _text_or_none(choice.get("finish_reason")),
+        logprobs if isinstance(logprobs, dict) else None,
+    )
+
+
+def _tool_call(call: Any) -> ToolCall:
+    """A whole tool call, OpenAI-shaped: `arguments` as JSON text (TGI sends an object), an id if none came."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise bad_response("with a tool call without function.name")
+    call_id = call.get("id")
+    return {
+        "id": call_id if isinstance(call_id, str) and call_id else new_call_id(),
+        "type": "function",
+        "function": {"name": function["name"], "arguments": _arguments(function.get("arguments"))},
+    }
+
+
+def _tool_call_delta(call: Any, choice: int) -> ToolCallDelta:
+    """A piece of a streamed tool call as sent: `id` and `name` on a call's first piece, `arguments` appended."""
+    if not isinstance(call, dict):
+        raise bad_response("a stream event with a tool call that is not an object")
+    function = call.get("function")
+    function = function if isinstance(function, dict) else {}
+    index, call_id, name = call.get("index"), call.get("id"), function.get("name")
+    return ToolCallDelta(
+        index if isinstance(index, int) else 0,
+        call_id if isinstance(call_id, str) and call_id else None,
+        name if isinstance(name, str) and name else None,
+        _arguments(function.get("arguments")),
+        choice,
+    )
+
+
+def _arguments(arguments: Any) -> str:
+    """Tool call arguments as OpenAI's SDKs expect them, JSON text; an object is written as JSON."""
+    if arguments is None:
+        return ""
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+def new_call_id() -> str:
+    """An id for a tool call the endpoint sent without one: clients pair each `tool` result with it."""
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 # The OpenAI fields of `GenerationParams` sent as they are when set (None: not asked for).
