@@ -524,3 +524,13 @@ def test_a_checked_stream_passes_tool_calls_and_other_choices_through(settings):
         {0: "tool_calls", 1: "stop"},
         Usage(5, 3),
     )
+
+
+def test_every_choice_of_a_whole_answer_is_checked(serve):
+    body = completion(f"one: {CARD}")
+    body["choices"].append(
+        {"index": 1, "message": {"role": "assistant", "content": f"two: {EMAIL}"}, "finish_reason": "stop"}
+    )
+    _, live, _ = serve(Reply(body=body))
+    answer = sdk(live).chat.completions.create(model="SupportBot", messages=[{"role": "user", "content": "hi"}], n=2)
+    assert [c.message.content for c in answer.choices] == ["one: <CREDIT_CARD>", "two: <EMAIL_ADDRESS>"]
