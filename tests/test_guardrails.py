@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import openai
 import pytest
 import yaml
 from fake_hf import FakeHF, RawHF, Reply, Stream, chat_events, completion, headers_then_stall, sse
-from helpers import GUIDE_BODY, SEARCH_BODY, TOKEN, LiveApp, chat, metric, run, sse_events
+from helpers import GUIDE_BODY, SEARCH_BODY, TOKEN, chat, metric, run, sdk, sse_events
 
 from app import create_app
 from app.config import Settings
@@ -56,24 +55,6 @@ def ask(text: str, **extra: Any) -> dict[str, Any]:
 
 def openai_body(text: str, **extra: Any) -> dict[str, Any]:
     return {"model": "SupportBot", "messages": [{"role": "user", "content": text}], **extra}
-
-
-@pytest.fixture
-def serve(hf_settings):
-    """`serve(*replies, **settings)`: the app on a real socket, its model a FakeHF answering `replies`."""
-    stack = ExitStack()
-
-    def start(*replies: Reply | Stream, **changes: Any) -> tuple[FakeHF, LiveApp, Any]:
-        fake = stack.enter_context(FakeHF(*replies))
-        app = create_app(hf_settings.replace(hf_endpoint=f"{fake.url}/v1", **changes))
-        return fake, stack.enter_context(LiveApp(app)), app
-
-    yield start
-    stack.close()
-
-
-def sdk(live: LiveApp) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=10)
 
 
 def audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
