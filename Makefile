@@ -60,12 +60,14 @@ lint: install
 # Debian packages the tests drive for real, installed when missing (as root, like bench-tools): redis-server
 # (rate limits on Redis), prometheus and promtool (tests/test_operations.py), chromium (the CORS test drives it
 # through Playwright; never `playwright install`). CMP_REQUIRE_PROMETHEUS=1 makes the operations tests fail, not
-# skip, without them.
+# skip, without them. nodejs and npm run the JavaScript clients of tests/js (the Vercel AI SDK), whose pinned
+# packages `npm ci` installs from tests/js/package-lock.json.
 TEST_DEBS := redis-server prometheus chromium nodejs npm
 test-tools:
 	@for tool in redis-server promtool prometheus chromium node npm; do command -v $$tool >/dev/null || missing=1; done; \
 	[ -z "$$missing" ] || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_DEBS) >/dev/null; }
+	@[ -d tests/js/node_modules ] || npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 
 test: lint $(HELM) test-tools
 	HELM=$(abspath $(HELM)) CMP_REQUIRE_PROMETHEUS=1 $(BIN)/python -m pytest

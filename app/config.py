@@ -164,11 +164,21 @@ def _state_url(env: Mapping[str, str]) -> str:
     return raw
 
 
-def _memory_url(env: Mapping[str, str]) -> str:
+def _memory_url(env: Mapping[str, str], name: str = "CMP_MEMORY_URL") -> str:
     """Empty (SQLite under the project root) or a PostgreSQL URL; the URL may hold a password, never echoed."""
-    raw = _text(env, "CMP_MEMORY_URL")
+    raw = _text(env, name)
     if raw and not raw.startswith(MEMORY_URL_SCHEMES):
-        raise SettingsError("CMP_MEMORY_URL must be empty (SQLite) or start with postgresql:// or postgres://")
+        raise SettingsError(f"{name} must be empty (SQLite) or start with postgresql:// or postgres://")
+    return raw
+
+
+def _usage_url(env: Mapping[str, str]) -> str:
+    """Where the usage ledger lives: "" (SQLite in the state directory), `off`, or a PostgreSQL URL (never echoed)."""
+    raw = _text(env, "CMP_USAGE_URL")
+    if raw.lower() == "off":
+        return "off"
+    if raw and not raw.startswith(MEMORY_URL_SCHEMES):
+        raise SettingsError("CMP_USAGE_URL must be empty (SQLite), off, or start with postgresql:// or postgres://")
     return raw
 
 
@@ -195,6 +205,7 @@ class Settings:
     traces_exporter: str = "none"
     threads: int = 128  # gunicorn threads per worker (app/gunicorn_conf.py), and model connections per worker
     header_timeout: float = 10.0  # seconds a client has to send its request head (app/gunicorn_worker.py)
+    queue_timeout: float = 10.0  # seconds a request may wait for a free thread before a 503 (app/gunicorn_worker.py)
     auth_enabled: bool = False
     api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
     rate_limit: str = ""
@@ -228,10 +239,20 @@ class Settings:
     pi_model_timeout: float = 1.0
     pi_model_threshold: float = 0.9
     pi_model_failure: str = "open"
+    usage_url: str = field(default="", repr=False)  # "" SQLite under state_dir, "off", or postgresql://
+    state_dir: Path | None = None  # CMP_STATE_DIR: where embedded databases live; None: <project root>/.contexis
+    usage_timeout: float = 2.0
+    budgets_file: str = ""
+    model_prices_file: str = ""
+    bill_to_by_tenant_file: str = ""
+    budget_cache_seconds: float = 1.0
+    tool_max_response_bytes: int = 256 * 1024  # most of a tool's answer read (HTTP body, MCP message)
+    mcp_list_ttl: float = 300.0  # seconds an MCP server's tool list is kept per process
     state_url: str = field(default="", repr=False)  # Redis for state shared by workers; "" per process
     breaker_failures: int = 3  # consecutive failures that open a model's circuit
     breaker_cooldown: float = 30.0  # seconds a circuit stays open before one trial call
     catalog_refresh: float = 300.0  # seconds between reads of the router's catalog
+    responses_ttl: float = 30 * 24 * 3600  # CMP_RESPONSES_TTL: seconds a stored Responses API response is kept
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -262,6 +283,7 @@ class Settings:
             traces_exporter=_text(env, "OTEL_TRACES_EXPORTER", "none").lower(),
             threads=_number(env, "GUNICORN_THREADS", cls.threads, kind=int, minimum=1),
             header_timeout=_number(env, "GUNICORN_HEADER_TIMEOUT", cls.header_timeout, minimum=0.001),
+            queue_timeout=_number(env, "GUNICORN_QUEUE_TIMEOUT", cls.queue_timeout, minimum=0.001),
             auth_enabled=_flag(env, "CMP_AUTH_ENABLED"),
             api_keys=_api_keys(env),
             rate_limit=_rate_limit(env),
@@ -294,10 +316,20 @@ class Settings:
             pi_model_timeout=_number(env, "CMP_PI_MODEL_TIMEOUT", 1.0, minimum=0.001),
             pi_model_threshold=_number(env, "CMP_PI_MODEL_THRESHOLD", 0.9),
             pi_model_failure=_choice(env, "CMP_PI_MODEL_FAILURE", ("open", "closed"), "open"),
+            usage_url=_usage_url(env),
+            state_dir=Path(_text(env, "CMP_STATE_DIR")) if _text(env, "CMP_STATE_DIR") else None,
+            usage_timeout=_number(env, "CMP_USAGE_TIMEOUT", 2.0, minimum=0.001),
+            budgets_file=_text(env, "CMP_BUDGETS"),
+            model_prices_file=_text(env, "CMP_MODEL_PRICES"),
+            bill_to_by_tenant_file=_text(env, "CMP_BILL_TO_BY_TENANT"),
+            budget_cache_seconds=_number(env, "CMP_BUDGET_CACHE_SECONDS", 1.0),
+            tool_max_response_bytes=_number(env, "CMP_TOOL_MAX_RESPONSE_BYTES", 256 * 1024, kind=int, minimum=1),
+            mcp_list_ttl=_number(env, "CMP_MCP_LIST_TTL", 300.0),
             state_url=_state_url(env),
             breaker_failures=_number(env, "CMP_BREAKER_FAILURES", cls.breaker_failures, kind=int, minimum=1),
             breaker_cooldown=_number(env, "CMP_BREAKER_COOLDOWN", cls.breaker_cooldown, minimum=0.001),
             catalog_refresh=_number(env, "CMP_CATALOG_REFRESH", cls.catalog_refresh, minimum=1),
+            responses_ttl=_number(env, "CMP_RESPONSES_TTL", cls.responses_ttl, minimum=1),
         ).checked()
 
     def checked(self) -> Settings:
@@ -349,6 +381,18 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (the CLI's flags override the environment)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def state_path(self) -> Path:
+        """Where the runtime keeps its embedded databases (usage ledger, stored responses): CMP_STATE_DIR, else
+        `.contexis/` under the project root."""
+        return self.state_dir if self.state_dir is not None else Path(self.project_root) / ".contexis"
+
+    @property
+    def records_url(self) -> str:
+        """The PostgreSQL of the runtime's own records (stored responses): CMP_USAGE_URL, else CMP_MEMORY_URL; ""
+        for SQLite under the state directory."""
+        return self.usage_url if self.usage_url not in ("", "off") else self.memory_url
 
     @property
     def hf_enabled(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,9 @@ CASE_ASSERTIONS: dict[str, Any] = {
     # The case is refused by this guardrail / its personal data of this type is replaced (docs/security.md).
     "expect_blocked": {"enum": list(GUARDRAILS)},
     "expect_redacted": _one_or_more({"enum": list(PII_ENTITIES)}),
+    # The context tools the answer called (by name, in any order, each at least once), or that it called none.
+    "expect_tool_calls": _one_or_more({"type": "string", "minLength": 1}),
+    "expect_no_tool_calls": {"const": True},
 }
 CASE_OPTIONS: dict[str, Any] = {"ignore_case": {"type": "boolean"}, "min_similarity": _RATIO}
 TESTING_SCHEMA: dict[str, Any] = {
@@ -85,6 +89,74 @@ TESTING_SCHEMA: dict[str, Any] = {
         },
     },
 }
+# Tools (`tools:`): a function the runtime calls over HTTP, every tool of an MCP server, or a builtin. A tool's
+# name is what the model calls it by, so it follows OpenAI's rule for function names.
+BUILTIN_TOOLS = ("memory_search",)
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+DEFAULT_TOOL_TIMEOUT = 10.0
+DEFAULT_MAX_TOOL_STEPS = 5
+_TOOL_NAME = {"type": "string", "pattern": TOOL_NAME_PATTERN}
+_TOOL_URL = {"type": "string", "pattern": r"^https?://[^/?#\s]+(/[^\s#]*)?$"}
+_TOOL_HEADERS = {"type": "object", "additionalProperties": {"type": "string"}}
+_TOOL_TIMEOUT = {"type": "number", "exclusiveMinimum": 0, "maximum": 300}
+HTTP_TOOL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "http"],
+    "properties": {
+        "name": _TOOL_NAME,
+        "description": {"type": "string"},
+        # The arguments' JSON Schema, as the model is offered it and as its calls are checked against.
+        "parameters": {"$ref": "https://json-schema.org/draft/2020-12/schema", "type": "object"},
+        "http": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["url"],
+            "properties": {
+                "method": {"enum": list(HTTP_METHODS)},
+                "url": _TOOL_URL,
+                "headers": _TOOL_HEADERS,
+                "timeout": _TOOL_TIMEOUT,
+            },
+        },
+    },
+}
+MCP_TOOL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["mcp"],
+    "properties": {
+        "mcp": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["url"],
+            "properties": {
+                "url": _TOOL_URL,
+                "tools": {"type": "array", "items": _TOOL_NAME, "minItems": 1},
+                "headers": _TOOL_HEADERS,
+                "timeout": _TOOL_TIMEOUT,
+            },
+        }
+    },
+}
+BUILTIN_TOOL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["builtin"],
+    "properties": {"builtin": {"enum": list(BUILTIN_TOOLS)}, "description": {"type": "string"}},
+}
+TOOL_KINDS = {"http": HTTP_TOOL_SCHEMA, "mcp": MCP_TOOL_SCHEMA, "builtin": BUILTIN_TOOL_SCHEMA}
+TOOL_SCHEMA: dict[str, Any] = {
+    "type": ["object", "string"],
+    # Each kind is checked by its own schema, picked by its key, so an error names the field at fault; an
+    # object with none of the keys is reported by `_check_tools`.
+    "allOf": [
+        {"if": {"type": "string"}, "then": {"enum": list(BUILTIN_TOOLS)}},
+        *({"if": {"type": "object", "required": [kind]}, "then": schema} for kind, schema in TOOL_KINDS.items()),
+    ],
+}
+
 # A context's model chain (`app.routing.chain`): its model, the fallbacks tried in order, sampling defaults.
 _MODEL_ID = {"type": "string", "minLength": 1, "maxLength": 300, "pattern": r"^[^\s]+$"}
 _MODEL_ENDPOINT: dict[str, Any] = {
@@ -136,7 +208,7 @@ CONTEXT_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {"persona": {"type": "string"}, "capabilities": _STRINGS, "limitations": _STRINGS},
         },
-        "tools": {"type": "array", "items": {"type": ["object", "string"]}},
+        "tools": {"type": "array", "items": TOOL_SCHEMA},
         "guardrails": {
             "type": "object",
             "additionalProperties": False,
@@ -151,6 +223,8 @@ CONTEXT_SCHEMA: dict[str, Any] = {
                 "prompt_injection": {"enum": ["off", False, "flag", "block"]},
                 "require_citation": {"type": "boolean"},
                 "deny_output": {"type": "array", "items": {"type": "string", "minLength": 1, "format": "regex"}},
+                # Model calls in one request's tool loop; past them the request fails (`tool_steps_exceeded`).
+                "max_tool_steps": {"type": "integer", "minimum": 1, "maximum": 20},
                 # The most a client may ask for on the OpenAI surface; without it, up to the bounds above.
                 "client_max": {
                     "type": "object",
@@ -212,11 +286,25 @@ class ContextStore:
             raise NotFound(f"context {name!r} not found", code="context_not_found")
         return self.load(path)
 
-    def load(self, path: Path) -> dict[str, Any]:
-        """Load one context file with everything it extends or includes, from cache when unchanged."""
+    def load(self, path: Path, *, last_good: bool = True) -> dict[str, Any]:
+        """Load one context file with everything it extends or includes, from cache when unchanged.
+
+        A file rewritten in place is empty or cut short for a moment: while a changed file fails to load,
+        the last version that loaded is served (``last_good``), so requests never see the half-written
+        one; ``problems`` (``/readyz``, ``ctx context validate``) asks with ``last_good=False`` and names it.
+        """
         cached = self._cached(path)
         if cached is not None:
             return cached
+        try:
+            return self._load(path)
+        except ContextInvalid:
+            previous = self._cache.get(path)
+            if last_good and previous is not None:
+                return previous[1]
+            raise
+
+    def _load(self, path: Path) -> dict[str, Any]:
         resolved = path.resolve()
         if not resolved.is_relative_to(self.root):
             # Named as asked for: where the link leads is outside the root and must not be shown.
@@ -227,6 +315,7 @@ class ContextStore:
         if errors:
             raise ContextInvalid(f"{self._rel(resolved)}: name: required field is missing")
         _check_case_names(self._rel(resolved), context)
+        _check_tools(self._rel(resolved), context)
         _check_model(self._rel(resolved), context)
         with self._lock:
             # Keyed by the path as asked for, so a hit costs one stat per file and no realpath walk;
@@ -278,7 +367,7 @@ class ContextStore:
         found: list[str] = []
         for path in self.iter_files():
             try:
-                self.load(path)
+                self.load(path, last_good=False)
             except ContextInvalid as exc:
                 found.append(exc.message)
         return found
@@ -345,6 +434,64 @@ def _check_case_names(rel: str, context: dict[str, Any]) -> None:
         if name in seen:
             raise ContextInvalid(f"{rel}: testing.cases.{number - 1}.name: {name!r} is used by an earlier case")
         seen.add(name)
+
+
+# `{name}` in a tool's URL: an argument filling a path segment. `${NAME}` in a URL or header: the environment's.
+PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def tool_entries(context: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Each `tools` entry of a (validated) context as (its kind, its mapping); `- memory_search` is a builtin."""
+    entries = []
+    for entry in context.get("tools", []):
+        spec = {"builtin": entry} if isinstance(entry, str) else entry
+        kind = next((kind for kind in TOOL_KINDS if kind in spec), "")
+        entries.append((kind, spec))
+    return entries
+
+
+def _check_tools(rel: str, context: dict[str, Any]) -> None:
+    """What a schema cannot say of `tools`: each entry's kind, names used once, the URL's arguments declared and
+    in its path only, and every `${VAR}` set in the environment (an unset one would send an empty secret)."""
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for number, (kind, spec) in enumerate(tool_entries(context)):
+        where = f"{rel}: tools.{number}"
+        if not kind:
+            problems.append(f"{where}: needs one of {', '.join(TOOL_KINDS)}")
+            continue
+        body = spec[kind] if kind != "builtin" else {}
+        names = [spec["name"]] if kind == "http" else body.get("tools", []) if kind == "mcp" else [spec["builtin"]]
+        for name in names:
+            if name in seen:
+                problems.append(f"{where}: tool {name!r} is already defined by tools.{seen[name]}")
+            seen.setdefault(name, number)
+        texts = [("url", body.get("url", "")), *((f"headers.{k}", v) for k, v in body.get("headers", {}).items())]
+        for field, text in texts:
+            for variable in ENV_REFERENCE.findall(text):
+                if not os.environ.get(variable):
+                    problems.append(f"{where}.{kind}.{field}: ${{{variable}}} is not set in the environment")
+        if kind == "http":
+            problems += _check_url_template(f"{where}.http.url", body["url"], spec.get("parameters", {}))
+    if problems:
+        raise ContextInvalid("; ".join(problems))
+
+
+def _check_url_template(where: str, url: str, parameters: dict[str, Any]) -> list[str]:
+    """A model's arguments may fill path segments only, never the scheme, host, port or query."""
+    authority, _, path = url.partition("://")[2].partition("/")
+    problems = []
+    if PLACEHOLDER.search(authority):
+        problems.append(f"{where}: the scheme, host and port are the operator's: no {{argument}} there")
+    path, _, query = path.partition("?")
+    if PLACEHOLDER.search(query):
+        problems.append(f"{where}: {{argument}} may fill path segments only, not the query")
+    declared = parameters.get("properties", {}) if isinstance(parameters, dict) else {}
+    for name in PLACEHOLDER.findall(path):
+        if name not in declared:
+            problems.append(f"{where}: {{{name}}} is not a property of the tool's parameters")
+    return problems
 
 
 def _check_model(rel: str, context: dict[str, Any]) -> None:

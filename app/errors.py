@@ -138,6 +138,31 @@ class StructuredOutputInvalid(ProviderError):
         self.retried = True  # the model was asked once more
 
 
+class BudgetExceeded(ContexisError):
+    """A tenant or key has spent a budget of `CMP_BUDGETS`: no model is called until the budget resets.
+
+    Not worth retrying before `retry_after` seconds (the reset), which `Retry-After` tells the client.
+    """
+
+    status = 429
+    code = "budget_exceeded"
+    retryable = False
+
+    def __init__(self, message: str, *, scope: str, name: str, limit: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.name = name
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class UsageUnavailable(ContexisError):
+    """The usage ledger cannot answer a report now (database down or slow, its schema not migrated)."""
+
+    status = 503
+    code = "usage_unavailable"
+
+
 class MemoryStoreError(ContexisError):
     """Base of every memory failure the caller can report (bad config, bad path, bad name)."""
 
@@ -194,8 +219,22 @@ class GuardrailBlocked(GuardrailRefusal):
         super().__init__(message, guardrail=guardrail, status=status, code="guardrail_blocked")
 
 
+class ToolStepsExceeded(ContexisError):
+    """The model kept calling a context's tools past `guardrails.max_tool_steps` without answering."""
+
+    status = 502
+    code = "tool_steps_exceeded"
+
+
 class ModelsUnavailable(ProviderError):
     """Every model of a context's chain was passed over without a call (circuits open, providers down)."""
 
     status = 503
     code = "models_unavailable"
+
+
+class StoreUnavailable(ContexisError):
+    """The database of stored responses cannot answer in time (down, unreachable, slow, locked or unusable)."""
+
+    status = 503
+    code = "store_unavailable"

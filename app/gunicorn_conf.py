@@ -88,6 +88,13 @@ def on_starting(server):
         server.log.warning(warning)
 
 
+def post_worker_init(worker):
+    """Each worker reads the router's catalog in the background, so the usage ledger prices router models."""
+    runtime = getattr(worker.wsgi, "extensions", {}).get("contexis")
+    if runtime is not None:
+        runtime.meter.prices.start()
+
+
 def child_exit(server, worker):
     """Drop a dead worker's live gauges so /metrics reflects the workers that remain."""
     GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)

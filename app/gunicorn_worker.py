@@ -9,6 +9,12 @@ requests covers slow bodies; see the README).
 
 gunicorn answers what it cannot parse (a request line or headers too long or malformed) itself, with an
 HTML page; here those answers are JSON in the API's error shape.
+
+Busy is not dead: a request whose head is read waits here, not in the thread pool's queue, when every
+thread is taken. One that waits longer than `GUNICORN_QUEUE_TIMEOUT` gets a JSON 503 with `Retry-After`
+instead of a long wait, and the probes are answered by the poller itself meanwhile: `/healthz` is ok, and
+`/readyz` repeats the verdict a thread last gave (`app.web.health.last_verdict`), so a liveness probe
+never restarts a pod only because every thread waits on a slow model.
 """
 
 from __future__ import annotations
@@ -29,22 +35,40 @@ from gunicorn.workers.gthread import ThreadWorker
 from app.config import Settings
 
 
-def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str, extra: str = "") -> None:
     """gunicorn's own error answer, as `{"error": {"code", "message"}}` instead of its HTML page."""
     body = json.dumps({"error": {"code": reason.lower().replace(" ", "_"), "message": mesg or reason}}).encode()
+    write_json(sock, status_int, reason, body, extra)
+
+
+def write_json(sock: socket.socket, status_int: int, reason: str, body: bytes, extra: str = "") -> None:
+    """A whole JSON answer written by the poller, then the connection is closed (`extra`: more header lines)."""
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
     )
     util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+def _probe(head: bytes) -> bytes:
+    """`/healthz` or `/readyz` when `head` is a GET of one of them (what probes send), else b""."""
+    line = head[: head.find(b"\r\n")]
+    method, _, rest = line.partition(b" ")
+    path = rest.partition(b" ")[0].partition(b"?")[0]
+    return path if method == b"GET" and path in (b"/healthz", b"/readyz") else b""
 
 
 class HeaderTimeoutWorker(ThreadWorker):
     """gthread whose poller reads each request head, so a slow client holds a socket, never a thread."""
 
     def init_process(self) -> None:
-        self.header_timeout = Settings.from_env().header_timeout
+        settings = Settings.from_env()
+        self.header_timeout = settings.header_timeout
+        self.queue_timeout = settings.queue_timeout
         self.reading_heads: deque[Any] = deque()
+        # Connections whose head is read, waiting for a thread (each with `queued_at`), and the threads at work.
+        self.waiting_for_thread: deque[Any] = deque()
+        self.busy = 0
         cfg = self.cfg
         # Past gunicorn's own limits the head goes to the parser anyway, which answers 414 or 431.
         self.max_head = (
@@ -72,7 +96,7 @@ class HeaderTimeoutWorker(ThreadWorker):
     def enqueue_req(self, conn: Any) -> None:
         """New and kept-alive connections first wait in the poller for a complete head."""
         if not self._guarded(conn):
-            super().enqueue_req(conn)
+            self._submit(conn)
             return
         conn.head = b""
         conn.head_deadline = time.monotonic() + self.header_timeout
@@ -114,7 +138,43 @@ class HeaderTimeoutWorker(ThreadWorker):
             conn.close()
             return
         conn.data_ready = True
-        super().enqueue_req(conn)
+        if self.busy >= self.cfg.threads and self._answer_probe(conn):
+            return
+        self._submit(conn)
+
+    def _submit(self, conn: Any) -> None:
+        """To a thread when one is free, else to the queue that `GUNICORN_QUEUE_TIMEOUT` bounds."""
+        if self.busy < self.cfg.threads:
+            self.busy += 1
+            super().enqueue_req(conn)
+        else:
+            conn.queued_at = time.monotonic()
+            self.waiting_for_thread.append(conn)
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        """A thread is free again: the connection goes on as gthread decides, the next waiting one gets it."""
+        self.busy -= 1
+        super().finish_request(conn, fs)
+        while self.waiting_for_thread and self.busy < self.cfg.threads:
+            self._submit(self.waiting_for_thread.popleft())
+
+    def _answer_probe(self, conn: Any) -> bool:
+        """Answer `/healthz` or `/readyz` from the poller (every thread is busy); whether it was one."""
+        probe = _probe(conn.head or b"")
+        if not probe:
+            return False
+        if probe == b"/healthz":
+            status, reason, body = 200, "OK", b'{"status":"ok"}'
+        else:
+            from app.web.health import last_verdict  # loaded with the app, in this worker, by now
+
+            status, body = last_verdict()
+            reason = "OK" if status == 200 else "Service Unavailable"
+        self.nr_conns -= 1
+        with contextlib.suppress(OSError):  # the prober gave up: nothing left to say
+            write_json(conn.sock, status, reason, body)
+        conn.close()
+        return True
 
     def handle(self, conn: Any) -> Any:
         """Serve a connection whose head the poller read: the parser starts from those bytes."""
@@ -125,9 +185,22 @@ class HeaderTimeoutWorker(ThreadWorker):
         return super().handle(conn)
 
     def murder_pending(self) -> None:
-        """gthread's sweep, plus connections whose head is late: a JSON 408, then closed."""
+        """gthread's sweep, plus connections whose head is late (a JSON 408) or that waited for a thread past
+        `GUNICORN_QUEUE_TIMEOUT` (a JSON 503 with Retry-After), then closed."""
         super().murder_pending()
         now = time.monotonic()
+        message = f"every request thread stayed busy for GUNICORN_QUEUE_TIMEOUT={self.queue_timeout:g}s"
+        shed = 0
+        while self.waiting_for_thread and self.waiting_for_thread[0].queued_at + self.queue_timeout <= now:
+            conn = self.waiting_for_thread.popleft()
+            self.nr_conns -= 1
+            shed += 1
+            with contextlib.suppress(OSError):
+                if getattr(conn, "plain_http1", False):  # TLS and HTTP/2 are closed without a plain-text answer
+                    write_json_error(conn.sock, 503, "Service Unavailable", message, "Retry-After: 1\r\n")
+            conn.close()
+        if shed:  # at most one line a second (the loop's pace), whatever the load
+            self.log.warning("503 to %d request(s): %s (%d still waiting)", shed, message, len(self.waiting_for_thread))
         while self.reading_heads and self.reading_heads[0].head_deadline <= now:
             conn = self.reading_heads.popleft()
             self.poller.unregister(conn.sock)

@@ -123,6 +123,45 @@ class RuntimeMetrics:
             ["guardrail", "action", "stage"],
             registry=self.registry,
         )
+        self.model_cost = Counter(
+            "cmp_model_cost_usd",
+            "What model calls cost in USD (calls whose model has a price), by the model asked and the context.",
+            ["model", "context"],
+            registry=self.registry,
+        )
+        self.budget_rejections = Counter(
+            "cmp_budget_rejections",
+            "Requests and model calls refused because a budget of CMP_BUDGETS is spent (tenant, key or default).",
+            ["scope"],
+            registry=self.registry,
+        )
+        self.budget_used_ratio = Gauge(
+            "cmp_budget_used_ratio",
+            "Share of each configured budget spent in its period, from the usage ledger (default: its most spent "
+            "tenant).",
+            ["scope", "name", "limit"],
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
+        self.tool_calls = Counter(
+            "cmp_tool_calls_total",
+            "Context tool calls the runtime ran, by tool and outcome (ok, error, timeout, invalid).",
+            ["tool", "outcome"],
+            registry=self.registry,
+        )
+        self.tool_duration = Histogram(
+            "cmp_tool_call_duration_seconds",
+            "Time to run one context tool call (HTTP, MCP or builtin).",
+            ["tool"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.mcp_list_errors = Counter(
+            "cmp_mcp_list_errors_total",
+            "Failed tool listings of an MCP server (down, slow, refusing), by host:port; its tools fail as results.",
+            ["server"],
+            registry=self.registry,
+        )
         self.model_fallbacks = Counter(
             "cmp_model_fallbacks_total",
             "A context's chain passed over one model for the next (`none` when it was the last), by why.",

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, UndefinedError
+from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateNotFound, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 
@@ -37,12 +37,15 @@ _PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
 
 
 class _RootedLoader(FileSystemLoader):
-    """A loader that refuses files whose real path (symlinks followed) leaves the prompts directory."""
+    """A loader that refuses files whose real path (symlinks followed) leaves the prompts directory, and
+    empty files: a template is never empty on purpose, but is while an editor rewrites it in place."""
 
     def get_source(self, environment, template):
         source, filename, uptodate = super().get_source(environment, template)
         if not Path(filename).resolve().is_relative_to(Path(self.searchpath[0]).resolve()):
             raise TemplateNotFound(template)
+        if not source.strip():
+            raise TemplateSyntaxError("the template is empty", 1, template, filename)
         return source, filename, uptodate
 
 
@@ -277,6 +280,9 @@ class PromptRenderer:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        # Each template's last version that compiled: a file rewritten in place is empty or cut short for a
+        # moment, and requests meanwhile get the version before (a rename is atomic and needs none of this).
+        self._last_good: dict[str, Template] = {}
 
     def render(self, component: str, prompt_file: str, variables: dict[str, Any]) -> str:
         """The rendered prompt; `NotFound`, `MissingVariable` or `TemplateFailure` otherwise."""
@@ -290,7 +296,13 @@ class PromptRenderer:
                 raise NotFound(message, code="component_not_found") from None
             raise NotFound(f"prompt file {rel!r} not found", code="prompt_not_found") from None
         except TemplateSyntaxError as exc:
-            raise TemplateFailure(f"{rel}:{exc.lineno}: {exc.message}") from None
+            previous = self._last_good.get(name)
+            if previous is None:
+                raise TemplateFailure(f"{rel}:{exc.lineno}: {exc.message}") from None
+            template = previous
+        else:
+            if self._last_good.get(name) is not template:
+                self._last_good[name] = template
         try:
             _watchdog.arm(self.timeout)
             try:

@@ -7,7 +7,8 @@ It knows nothing of HTTP: `app.web` turns requests into `ChatRequest`s and answe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from opentelemetry import trace
@@ -23,6 +24,8 @@ from app.prompts import PromptRenderer, system_message
 from app.providers import build_classifier, build_embedder, build_provider, structured
 from app.providers.base import Choice, Generation, GenerationParams, TokenStream, ToolCall, Turn, Usage
 from app.routing import ModelChain, ModelRouter, chain_of
+from app.tools import Inputs, Toolbox, ToolRun
+from app.usage import open_meter
 from app.validation import ChatRequest, content_text
 
 _tracer = trace.get_tracer(__name__)
@@ -54,6 +57,7 @@ class Answer:
     served: str | None = None  # the chain entry that answered, when the context names its models
     tool_calls: tuple[ToolCall, ...] = ()  # the tools the model asks the client to call (`finish_reason` says so)
     choices: tuple[Choice, ...] = ()  # every answer of the model (n of them), the first included; () without one
+    tools: list[dict[str, Any]] | None = None  # the context's own tools the runtime called, when it has tools
     redacted: tuple[str, ...] = ()  # the personal data types the guardrails replaced, in and out
 
 
@@ -65,6 +69,7 @@ class StreamedAnswer:
     sources: list[dict[str, Any]]
     degraded: str = ""
     served: str | None = None  # as `Answer.served`
+    tools: list[dict[str, Any]] | None = None  # the context tools called, filled in as each call ends
 
 
 class Runtime:
@@ -80,13 +85,16 @@ class Runtime:
         self.router = ModelRouter(settings, self.metrics) if settings.hf_token else None
         self.embedder = build_embedder(settings, self.metrics)
         self.memory = open_memory(settings, self.embedder)
+        catalog = self.router.catalog if self.router else None
+        self.meter = open_meter(settings, self.metrics, catalog, metered=bool(self.provider or self.router))
+        self.tools = Toolbox(settings, self.metrics)
         self.guardrails = Guardrails(settings, self.metrics, build_classifier(settings))
 
     def problems(self) -> list[str]:
         """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
         problems = self.contexts.problems()
-        memory = self.memory.problem()
-        return [*problems, memory] if memory else problems
+        found = [self.memory.problem(), self.meter.problem()]
+        return [*problems, *(problem for problem in found if problem)]
 
     def calls_model(self, context: dict[str, Any]) -> bool:
         """Whether requests to `context` reach a model: its chain, or HF_MODEL_ID."""
@@ -163,9 +171,11 @@ class Runtime:
             return self.router.history_in_turns(chain)
         return bool(self.provider and self.provider.history_in_turns)
 
-    def answer(self, request: ChatRequest) -> Answer:
+    def answer(self, request: ChatRequest, request_id: str = "") -> Answer:
         """The model's text when a model is configured, the rendered prompt otherwise; an answer that must match
-        the request's `response_format` is checked (`app.providers.structured`)."""
+        the request's `response_format` is checked (`app.providers.structured`); a context's tools run in the tool
+        loop first (`request_id` goes with each call)."""
+        self.meter.open(request)
         rendered = self.render(request)
         sources = _sources(rendered)
         guard, request = rendered.guard, rendered.request  # the request as the guardrails passed it
@@ -183,7 +193,12 @@ class Runtime:
             return Answer(rendered.prompt, model=None, sources=sources, degraded=rendered.degraded, redacted=redacted)
         else:
             generate = self.provider.generate
-        generation = structured.generate(generate, rendered.prompt, *inputs, budget=self.settings.hf_deadline)
+        run = self._tool_run(rendered, request, request_id)
+        if run is None:
+            generation = structured.generate(generate, rendered.prompt, *inputs, budget=self.settings.hf_deadline)
+        else:
+            call = partial(structured.generate, generate, budget=self.settings.hf_deadline)
+            generation = run.generate(call, Inputs(rendered.prompt, *inputs))
         if guard:
             generation = guard.check_generation(generation)
         return Answer(
@@ -192,32 +207,67 @@ class Runtime:
             sources=sources,
             usage=generation.usage,
             finish_reason=generation.finish_reason or "stop",
-            degraded=rendered.degraded,
+            degraded=rendered.degraded if run is None else _degraded(rendered, run),
             served=served[-1] if served else None,
             tool_calls=generation.tool_calls,
             choices=generation.choices,
+            tools=run.calls if run else None,
             redacted=guard.redacted if guard else (),
         )
 
-    def stream(self, request: ChatRequest) -> StreamedAnswer:
-        """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model."""
+    def stream(self, request: ChatRequest, request_id: str = "", progress: bool = False) -> StreamedAnswer:
+        """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model.
+        With `progress`, the stream has an empty piece after each tool call (`StreamedAnswer.tools` says which)."""
+        self.meter.open(request)
         rendered = self.render(request)
         request = rendered.request  # as the guardrails passed it
-        served = None
         chain, router = rendered.chain, self.router
         if chain and router:
-            stream = structured.stream(
-                lambda *args: router.stream(chain, *args).result, rendered.prompt, *_inference_inputs(rendered, request)
-            )
-            served = stream.model
+
+            def open_stream(*args: Any) -> TokenStream:  # the chain, called as a provider is
+                return router.stream(chain, *args).result
+
         elif self.provider is None:
-            stream = TokenStream(iter([rendered.prompt]), model=None)
-            return StreamedAnswer(stream, _sources(rendered), rendered.degraded)
+            return StreamedAnswer(
+                TokenStream(iter([rendered.prompt]), model=None), _sources(rendered), rendered.degraded
+            )
         else:
-            stream = structured.stream(self.provider.stream, rendered.prompt, *_inference_inputs(rendered, request))
-        if rendered.guard:
-            stream = rendered.guard.check_stream(stream)
-        return StreamedAnswer(stream, _sources(rendered), rendered.degraded, served)
+            open_stream = self.provider.stream
+        inputs = _inference_inputs(rendered, request)
+        served = None
+        run = self._tool_run(rendered, request, request_id)
+        if run is None:
+            stream = _checked(rendered, structured.stream(open_stream, rendered.prompt, *inputs))
+            served = stream.model if chain else None
+            return StreamedAnswer(stream, _sources(rendered), rendered.degraded, served)
+        stream = run.stream(partial(structured.stream, open_stream), Inputs(rendered.prompt, *inputs), progress)
+        stream = _checked(rendered, stream)
+        served = stream.model if chain else None
+        return StreamedAnswer(stream, _sources(rendered), _degraded(rendered, run), served, run.calls)
+
+    def _tool_run(self, rendered: Rendered, request: ChatRequest, request_id: str) -> ToolRun | None:
+        """The tool loop of a context with tools (None without: the request pays nothing more); its memory
+        search is the request's own component and tenant, as retrieval's."""
+        toolset = self.tools.of(rendered.context)
+        if toolset is None:
+            return None
+        component = (rendered.context.get("memory") or {}).get("component") or request.component
+
+        def search(query: str, top_k: int) -> list[dict[str, Any]]:
+            found = self.search(replace(request, query=query, top_k=top_k), component)
+            return [result.as_dict() for result in found.results]
+
+        return ToolRun.start(toolset, request_id, request.tenant_id, self.settings.hf_deadline, search)
+
+
+def _checked(rendered: Rendered, stream: TokenStream) -> TokenStream:
+    """The stream behind the request's guardrails (its hold-back), when its context enforces any."""
+    return rendered.guard.check_stream(stream) if rendered.guard else stream
+
+
+def _degraded(rendered: Rendered, run: ToolRun) -> str:
+    """Why the answer had less than configured: memory searched keywords only, an MCP server was down."""
+    return ",".join(filter(None, (rendered.degraded, run.degraded)))
 
 
 def _sources(rendered: Rendered) -> list[dict[str, Any]]:

@@ -303,6 +303,12 @@ def _describe(error: ValidationError) -> str:
         return f"{where}: {error.instance!r} is not a valid name (1-128 of A-Z a-z 0-9 _ . -, not '.' or '..')"
     if error.validator == "contains":
         return f"{where}: no message has the role user (its last one is the input)"
+    if error.validator == "anyOf":
+        explained = error.schema.get("$comment") if isinstance(error.schema, dict) else None
+        if explained:  # a rule across fields, explained by the schema itself
+            return f"{where}: {explained}"
+        if error.context:  # the alternative that got furthest, named where it failed
+            return _describe(max(error.context, key=lambda e: len(e.path)))
     return f"{where}: {error.message}"
 
 
@@ -316,6 +322,11 @@ def _check(schema: SchemaCheck, body: Any) -> None:
             code="invalid_request",
             param=str(first[0]) if first else None,
         )
+
+
+def check_body(schema: SchemaCheck, body: Any) -> None:
+    """`BadRequest` naming every field `body` gets wrong against another surface's schema (the Responses API's)."""
+    _check(schema, body)
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -427,7 +438,9 @@ def _with_content(message: dict[str, Any]) -> dict[str, Any]:
 def check_payload(chat_request: ChatRequest, settings: Settings) -> None:
     """Raise when `query` or `data` exceeds the configured depth, item count or string length."""
     if len(chat_request.query) > settings.max_string_chars:
-        raise PayloadTooLarge(f"query: longer than CMP_MAX_STRING_CHARS={settings.max_string_chars} characters")
+        # The contract gives `query` this maxLength, so a longer one breaks the schema: a 400, as the contract says.
+        message = f"query: longer than CMP_MAX_STRING_CHARS={settings.max_string_chars} characters"
+        raise BadRequest(message, code="invalid_request", param="query")
     _check_messages(
         (*chat_request.messages, *chat_request.after) if chat_request.after else chat_request.messages, settings
     )

@@ -371,10 +371,13 @@ def bench_render(settings: tuple[int, int]) -> dict[str, Any]:
 
 def bench_model(settings: tuple[int, int]) -> dict[str, Any]:
     """(2) Through a model endpoint that answers at once (nginx): runtime vs a bare forwarding Flask app."""
+    state = OUT / "state"  # the runtime's SQLite usage ledger (default on), not in the example project
+    shutil.rmtree(state, ignore_errors=True)
     with instant_model() as ng:
         endpoint = f"{ng.url}/models"
         with (
-            serving(runtime("runtime-model", settings, hf_env(endpoint))) as rt,
+            serving(runtime("runtime-model", settings, {**hf_env(endpoint), "CMP_STATE_DIR": str(state)})) as rt,
+            serving(runtime("runtime-no-ledger", settings, {**hf_env(endpoint), "CMP_USAGE_URL": "off"})) as off,
             serving(
                 bare("bare-model", settings, {"BARE_MODE": "forward", "BARE_HF_URL": f"{endpoint}/{MODEL_ID}"}),
                 "/api/v1/chat",
@@ -385,11 +388,12 @@ def bench_model(settings: tuple[int, int]) -> dict[str, Any]:
             targets = {
                 "nginx": (f"{endpoint}/{MODEL_ID}", payload),
                 "runtime": (f"{rt.url}/api/v1/chat", GUIDE_BODY),
+                "runtime_no_ledger": (f"{off.url}/api/v1/chat", GUIDE_BODY),
                 "bare": (f"{base.url}/api/v1/chat", GUIDE_BODY),
             }
             for url, request_body in targets.values():
                 wrk(url, 8, 3, request_body)  # warm up
-            servers = {"nginx": ng, "runtime": rt, "bare": base}
+            servers = {"nginx": ng, "runtime": rt, "runtime_no_ledger": off, "bare": base}
             with_server = {name: (servers[name], url, b) for name, (url, b) in targets.items()}
             loaded = alternate(with_server, MODEL_CONCURRENCY)
             single = alternate(with_server, 1)
@@ -406,6 +410,14 @@ def bench_model(settings: tuple[int, int]) -> dict[str, Any]:
         "ratio": ratio(loaded["runtime"]["rps"], loaded["bare"]["rps"]),
         "nginx_headroom": ratio(loaded["nginx"]["rps"], loaded["runtime"]["rps"]),
         "added_latency": added,
+        # What the usage ledger (a row per model call, written in batches) costs: the same runtime without it.
+        "ledger": {
+            "rps_ratio": ratio(loaded["runtime"]["rps"], loaded["runtime_no_ledger"]["rps"]),
+            "cpu_ms_per_request": round(
+                loaded["runtime"]["cpu_ms_per_request"] - loaded["runtime_no_ledger"]["cpu_ms_per_request"], 3
+            ),
+            "p50_ms_single": round(single["runtime"]["p50_ms"] - single["runtime_no_ledger"]["p50_ms"], 2),
+        },
     }
 
 
@@ -514,7 +526,7 @@ def bench_memory() -> dict[str, Any]:
 
 
 def bench_guardrails() -> dict[str, Any]:
-    """(7) bench/bench_guardrails.py's figures: each guardrail's cost per request when on, and when off."""
+    """(8) bench/bench_guardrails.py's figures: each guardrail's cost per request when on, and when off."""
     out = OUT / "guardrails.json"
     out.unlink(missing_ok=True)
     argv = [sys.executable, str(BENCH / "bench_guardrails.py"), str(out)]
@@ -522,6 +534,46 @@ def bench_guardrails() -> dict[str, Any]:
     if done.returncode != 0 or not out.is_file():
         return {"available": False, "reason": f"bench_guardrails.py failed ({done.returncode}): {done.stderr[-500:]}"}
     return {"available": True, "variants": json.loads(out.read_text())}
+
+
+def bench_ledger(calls: int = 20_000) -> dict[str, Any]:
+    """(7) What the usage ledger costs per model call, in CPU: the request's thread (scope, budget check, row)
+    and the writer's (SQLite batches), measured in this process; measurement 2 compares whole servers."""
+    import tempfile
+
+    from app.config import Settings
+    from app.providers.base import Usage
+    from app.usage import bind_caller, open_meter, start_call
+    from app.validation import parse_chat_request
+
+    results: dict[str, Any] = {"calls": calls}
+    with tempfile.TemporaryDirectory() as root:
+        budgets = Path(root) / "budgets.yaml"
+        budgets.write_text("default: {usd_per_month: 1000000}\n")
+        base = Settings(project_root=Path(root), hf_model_id=MODEL_ID)
+        request = parse_chat_request({**GUIDE_BODY, "tenant_id": "acme"})
+        usage = Usage(prompt_tokens=120, completion_tokens=40)
+        for name, settings in (
+            ("ledger", base),
+            ("ledger_and_budget", base.replace(budgets_file=str(budgets), state_dir=Path(root) / "b")),
+        ):
+            meter = open_meter(settings)
+            assert meter.ledger is not None
+            started = time.process_time()
+            for n in range(calls):
+                bind_caller(f"rid-{n}", "bench-key", "/api/v1/chat")
+                meter.open(request)
+                call = start_call(MODEL_ID, "http://127.0.0.1/models", False, ("system", "prompt"))
+                assert call is not None
+                call.finish(usage, MODEL_ID, "", "ok")
+            request_thread = time.process_time() - started
+            meter.ledger.flush()
+            total = time.process_time() - started
+            results[name] = {
+                "request_thread_us_per_call": round(request_thread / calls * 1e6, 1),
+                "with_writes_us_per_call": round(total / calls * 1e6, 1),
+            }
+    return results
 
 
 def bench_cold(runs: int = 3) -> dict[str, Any]:
@@ -639,6 +691,17 @@ def table(results: dict[str, Any]) -> str:
         cpu = ratio(m["loaded"]["bare"]["cpu_ms_per_request"], m["loaded"]["runtime"]["cpu_ms_per_request"])
         rows.append(("", "ratio runtime/bare", f"{m['ratio']:.2f} (CPU per request: {cpu:.2f})"))
         rows.append(("", "nginx headroom (nginx/runtime)", f"{m['nginx_headroom']:.1f}x"))
+        if "ledger" in m:
+            led = m["ledger"]
+            rows.append(("", "runtime, usage ledger off", _ms(m["loaded"]["runtime_no_ledger"])))
+            rows.append(
+                (
+                    "",
+                    "usage ledger's cost (on/off)",
+                    f"req/s {led['rps_ratio']:.2f}, CPU {led['cpu_ms_per_request']:+.3f} ms/request, "
+                    f"p50 at c=1 {led['p50_ms_single']:+.2f} ms",
+                )
+            )
         for name in ("nginx", "runtime", "bare"):
             rows.append(
                 (f"2 via model endpoint, c=1 ({where})" if name == "nginx" else "", name, _ms(m["single"][name]))
@@ -680,6 +743,18 @@ def table(results: dict[str, Any]) -> str:
             rows.append(("4 memory search", "bench/bench_memory.py", shown))
         else:
             rows.append(("4 memory search", "not available", mem["reason"]))
+    if "ledger" in results:
+        led = results["ledger"]
+        for name, what in (("ledger", "a row per call"), ("ledger_and_budget", "and a budget checked")):
+            r = led[name]
+            rows.append(
+                (
+                    "7 usage ledger, CPU per model call" if name == "ledger" else "",
+                    what,
+                    f"{r['request_thread_us_per_call']:.1f} µs on the request's thread, "
+                    f"{r['with_writes_us_per_call']:.1f} µs with the SQLite writes ({led['calls']} calls)",
+                )
+            )
     guardrails = results.get("guardrails", {})
     for i, (name, g) in enumerate(guardrails.get("variants", {}).items()):
         pii = f", with personal data {g['in_with_pii_us']:.0f} µs" if g.get("in_with_pii_us") else ""
@@ -687,9 +762,9 @@ def table(results: dict[str, Any]) -> str:
             f"lookup {g['guard_us']:.2f} µs; in {g['in_us']:.0f} µs{pii}; answer {g['answer_us']:.0f} µs; "
             f"200-delta stream +{g['stream_added_us']:.0f} µs (render {g['render_us']:.0f} µs)"
         )
-        rows.append(("7 guardrails, CPU per request" if i == 0 else "", name, figures))
+        rows.append(("8 guardrails, CPU per request" if i == 0 else "", name, figures))
     if guardrails and not guardrails.get("available"):
-        rows.append(("7 guardrails", "not available", guardrails["reason"]))
+        rows.append(("8 guardrails", "not available", guardrails["reason"]))
     if "cold_start" in results:
         cold = results["cold_start"]
         runs = ", ".join(f"{t:.2f}" for t in cold["runs_s"])
@@ -754,14 +829,14 @@ def update_doc(results: dict[str, Any], text: str, marks: tuple[str, str] = MARK
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated subset of render,model,stream,slow,memory,cold,guardrails")
+    parser.add_argument("--only", help="comma-separated subset of render,model,stream,slow,memory,ledger,cold,guardrails")
     parser.add_argument(
         "--slow-settings",
         default=os.environ.get("BENCH_SLOW_SETTINGS", "{}x{}".format(*DEFAULT_SETTINGS)),
         help="WORKERSxTHREADS list for measurement 3 (default %(default)s)",
     )
     args = parser.parse_args()
-    everything = ["render", "model", "stream", "slow", "memory", "cold", "guardrails"]
+    everything = ["render", "model", "stream", "slow", "memory", "ledger", "cold", "guardrails"]
     chosen = args.only.split(",") if args.only else everything
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {**run_info(), "durations_s": {"wrk": DURATION, "slow": SLOW_DURATION}}
@@ -771,6 +846,7 @@ def main() -> int:
         "stream": lambda: [bench_stream(s) for s in SETTINGS],
         "slow": lambda: [bench_slow(s) for s in parse_settings(args.slow_settings)],
         "memory": bench_memory,
+        "ledger": bench_ledger,
         "cold": bench_cold,
         "guardrails": bench_guardrails,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from fake_hf import FakeHF, Reply, Stream
 from flask import Flask
-from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN, LiveApp, Postgres, Redis
+from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN, LiveApp, McpProcess, Postgres, Redis, mcp1_python
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -119,3 +120,19 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
     server = Redis(str(tmp_path))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", params=["mcp-2", "mcp-1"])
+def mcp_server(request: pytest.FixtureRequest) -> Iterator[McpProcess]:
+    """A real MCP server (tests/mcp_server.py) on each SDK major: the venv's 2.x, and 1.x as servers in the field
+    run (a venv built once from PyPI; skipped only when it cannot be built)."""
+    python = sys.executable
+    if request.param == "mcp-1":
+        python = mcp1_python() or ""
+        if not python:
+            pytest.skip("the mcp<2 venv (.venv-mcp1) cannot be built: no package index reachable")
+    server = McpProcess(python)
+    try:
+        yield server
+    finally:
+        server.stop()

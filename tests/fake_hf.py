@@ -18,7 +18,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -514,6 +514,30 @@ def chunked(size: int) -> Behaviour:
     return send
 
 
+def raw(*parts: bytes | float | Iterable[bytes | float]) -> Behaviour:
+    """Exactly these bytes, HTTP framing and all (numbers: pauses in seconds; iterables are flattened), then
+    the connection closes: heads that drip, streams that drip inside one HTTP chunk, chunks of any size."""
+
+    def send(conn: socket.socket) -> None:
+        for part in parts:
+            for item in [part] if isinstance(part, bytes | int | float) else part:
+                if isinstance(item, bytes):
+                    conn.sendall(item)
+                else:
+                    time.sleep(item)
+
+    return send
+
+
+def http_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+# The head of a chunked stream of server-sent events, before its blank line.
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+
+
 class RawHF:
     """A bare TCP server on 127.0.0.1 that reads each request and then acts out `behaviour` on the socket.
 
@@ -566,6 +590,124 @@ class RawHF:
     def __exit__(self, *exc) -> None:
         self._closed.set()
         self._sock.close()
+
+
+# -- a chat model that calls tools ----------------------------------------------------------------------------
+
+USE = re.compile(r"use:([A-Za-z0-9_-]+)(\{[^{}]*\})?")
+
+
+class ToolModel:
+    """An OpenAI-compatible `/chat/completions` model that asks for the tools the user's message names, then
+    answers from their results.
+
+    `use:NAME{"arg": "value"}` (or `use:NAME`) in the last user message: the first answer calls each named tool,
+    all at once (`call_1`, `call_2`, ... in order); once `tool` results follow the user's message, it answers
+    `Tool results: <each result's content, | between>`. `use:again` makes it call the tools on every turn (the
+    step limit). A streamed call (`"stream": true`) sends the same as chunks: each call's name, then its
+    arguments in two pieces, or the text in pieces. Each request's body is kept in `seen`.
+    """
+
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+        self._lock = threading.Lock()
+        model = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+                with model._lock:
+                    model.seen.append(body)
+                calls, text = model.decide(body["messages"])
+                usage = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
+                if body.get("stream"):
+                    self._stream(calls, text, usage)
+                    return
+                message = {"role": "assistant", "content": text}
+                if calls:
+                    message["tool_calls"] = calls
+                choice = {"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}
+                self._send({"id": "c1", "object": "chat.completion", "model": "m", "choices": [choice], "usage": usage})
+
+            def _send(self, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _stream(self, calls: list[dict], text: str | None, usage: dict) -> None:
+                head = {"id": "c1", "object": "chat.completion.chunk", "model": "m"}
+
+                def chunk(delta: dict, finish: str | None = None) -> str:
+                    return sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+                events = [chunk({"role": "assistant"})]
+                for i, call in enumerate(calls):
+                    arguments = call["function"]["arguments"]
+                    first = {"index": i, "id": call["id"], "type": "function",
+                             "function": {"name": call["function"]["name"], "arguments": ""}}  # fmt: skip
+                    events.append(chunk({"tool_calls": [first]}))
+                    half = len(arguments) // 2
+                    for piece in (arguments[:half], arguments[half:]):
+                        events.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
+                if text:
+                    events += [chunk({"content": text[i : i + 8]}) for i in range(0, len(text), 8)]
+                events.append(chunk({}, "tool_calls" if calls else "stop"))
+                events += [sse({**head, "choices": [], "usage": usage}), sse("[DONE]")]
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                try:
+                    for event in events:
+                        data = event.encode()
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+
+    @staticmethod
+    def decide(messages: list[dict]) -> tuple[list[dict], str | None]:
+        """(the tool calls to make, the text to answer) for a conversation."""
+        last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        content = messages[last_user]["content"]
+        text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+        wanted = [(name, args or "{}") for name, args in USE.findall(text) if name != "again"]
+        results = [m["content"] for m in messages[last_user + 1 :] if m["role"] == "tool"]
+        if wanted and (not results or "use:again" in text):
+            calls = [
+                {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": args}}
+                for i, (name, args) in enumerate(wanted, start=1)
+            ]
+            return calls, None
+        if results:
+            return [], "Tool results: " + " | ".join(results)
+        return [], "No tools needed."
+
+    def offered(self, request: int = 0) -> list[str]:
+        """The tool names the model was offered in the `request`th call."""
+        return [tool["function"]["name"] for tool in self.seen[request].get("tools", [])]
+
+    def __enter__(self) -> ToolModel:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 # The router's `GET /v1/models`, as it answers: per model its providers, with status, context length,

@@ -185,9 +185,23 @@ class LiveApp:
 class Server:
     """`python cli.py serve` in a subprocess, stopped with SIGTERM like Kubernetes does."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+        open_files: int | None = None,
+    ) -> None:
+        """`open_files`: the server's limit of open file descriptors (`ulimit -n`), when given."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+
+        def limit() -> None:
+            import resource
+
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "cli.py"), "serve", "--addr", f"127.0.0.1:{self.port}", *args],
             env=clean_env(**(env or {})),
@@ -195,6 +209,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=limit if open_files is not None else None,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -205,6 +220,10 @@ class Server:
                 time.sleep(0.1)
         _, output = self.stop()
         pytest.fail(f"server did not become ready:\n{output}")
+
+    def workers(self) -> list[int]:
+        """The pids of gunicorn's workers (the children of the served process)."""
+        return [int(pid) for pid in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()]
 
     def stop(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)
@@ -263,6 +282,25 @@ class Postgres:
         self.server.cleanup()
         atexit.unregister(self.server._cleanup)  # stopped already; its exit hook would log to closed streams
 
+    def processes(self) -> list[int]:
+        """The postmaster's pid and its children's (backends, checkpointer, ...)."""
+        postmaster = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        return [postmaster, *map(int, children)]
+
+    def freeze(self) -> list[int]:
+        """Stop every process of the server (SIGSTOP), as a frozen host does: sockets stay open, nothing
+        answers, no reset is sent; the pids to `thaw`."""
+        pids = self.processes()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    @staticmethod
+    def thaw(pids: list[int]) -> None:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
     def reset(self) -> None:
         """Empty every memory table of the role's database."""
         self.admin("TRUNCATE memory_documents, memory_chunks, memory_vectors, memory_embeddings", database=self.ROLE)
@@ -272,6 +310,135 @@ class Postgres:
 
         self.stop()
         shutil.rmtree(self.pgdata, ignore_errors=True)
+
+
+# -- tool backends ----------------------------------------------------------------------------------------------
+
+
+class ToolBackend:
+    """A real HTTP server on 127.0.0.1 behind the HTTP tools: it notes each request and answers by path.
+
+    `/orders/<id>`: the order as JSON; `/fail`: 500; `/slow`: answers after 3 s; `/away`: a redirect to another
+    host; `/moved/<id>`: a redirect to `/orders/<id>`; `/big`: 1 MB; anything else echoes what it got. Each
+    request is noted with when it arrived (`at`, monotonic).
+    """
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.seen: list[dict[str, Any]] = []
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                path, _, query = self.path.partition("?")
+                backend.seen.append(
+                    {"method": self.command, "path": path, "query": query, "headers": dict(self.headers),
+                     "body": json.loads(raw) if raw else None, "at": time.monotonic()}
+                )  # fmt: skip
+                if path.startswith("/orders/"):
+                    self._send(200, {"order": path.removeprefix("/orders/"), "status": "shipped"})
+                elif path == "/fail":
+                    self._send(500, {"detail": "the orders database is down"})
+                elif path == "/slow":
+                    time.sleep(3)
+                    self._send(200, {"late": True})
+                elif path == "/away":
+                    self._send(302, {}, {"Location": "http://example.invalid/steal"})
+                elif path.startswith("/moved/"):
+                    self._send(302, {}, {"Location": "/orders/" + path.removeprefix("/moved/")})
+                elif path == "/big":
+                    self._send(200, {"blob": "x" * 1_000_000})
+                else:
+                    self._send(200, {"method": self.command, "path": path, "query": query})
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+            def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+
+    def __enter__(self) -> ToolBackend:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+MCP_SERVER = REPO / "tests" / "mcp_server.py"
+MCP1_VENV = REPO / ".venv-mcp1"
+
+
+def mcp1_python() -> str | None:
+    """The Python of a venv holding the 1.x MCP SDK (what servers in the field run), built once from PyPI under
+    .venv-mcp1; None when it cannot be built here (no index reachable)."""
+    python = MCP1_VENV / "bin" / "python"
+    ready = MCP1_VENV / ".mcp1-ready"
+    if ready.is_file():
+        return str(python)
+    build = subprocess.run([sys.executable, "-m", "venv", str(MCP1_VENV)], capture_output=True, check=False)
+    if build.returncode == 0:
+        build = subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "mcp>=1.12,<2"],
+            capture_output=True,
+            check=False,
+            timeout=600,
+        )
+    if build.returncode != 0:
+        return None
+    ready.write_text("mcp<2\n")
+    return str(python)
+
+
+class McpProcess:
+    """tests/mcp_server.py served by `python` (the SDK under test) on a free port; `url` is its MCP endpoint."""
+
+    def __init__(self, python: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.base}/mcp"
+        self.proc = subprocess.Popen(
+            [python, str(MCP_SERVER), str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"{self.base}/seen", timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        self.stop()
+        pytest.fail("the MCP server did not start")
+
+    def seen(self) -> list[dict[str, str]]:
+        """The headers of each MCP request it got."""
+        return requests.get(f"{self.base}/seen", timeout=5).json()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 class Redis:

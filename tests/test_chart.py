@@ -52,6 +52,7 @@ SENTINELS = {
 
 MEMORY_URL = "postgresql://contexis:SENTINEL_DB_PASSWORD@db.internal:5432/memory"
 POSTGRES = ["--set", "memory.backend=postgresql", "--set", f"memory.url={MEMORY_URL}"]
+USAGE_URL = "postgresql://contexis:SENTINEL_USAGE_PASSWORD@db.internal:5432/usage"
 
 VALUE_SETS = {
     "defaults": [],
@@ -62,6 +63,11 @@ VALUE_SETS = {
         "--set", "ingress.enabled=true",
         "--set", "autoscaling.enabled=true",
         "--set", "serviceMonitor.enabled=true",
+    ],
+    "usage-postgresql": [
+        "--set", "usage.backend=postgresql", "--set", f"usage.url={USAGE_URL}",
+        "--set", "usage.budgets.default.usd_per_month=50", "--set", "usage.prices.my-model.input=0.2",
+        "--set", "usage.prices.my-model.output=0.6",
     ],
     "operations": [
         "--set", "serviceMonitor.enabled=true",
@@ -82,6 +88,7 @@ EXPECTED_KINDS = {
         "Job",
     ],
     "external-secrets": ["Deployment", "Service", "ExternalSecret", "PodDisruptionBudget"],
+    "usage-postgresql": ["Deployment", "Service", "Secret", "PodDisruptionBudget", "Secret", "Job", "ConfigMap"],
     "ingress-hpa-servicemonitor": [
         "Deployment",
         "Service",
@@ -293,6 +300,9 @@ def test_security_contexts_and_writable_paths() -> None:
     assert "emptyDir" in volumes[mounts["/tmp"]]
     assert "emptyDir" in volumes[mounts["/tmp/metrics"]]
     assert env_of(docs)["PROMETHEUS_MULTIPROC_DIR"]["value"] == "/tmp/metrics"
+    # Stored responses go to a writable state directory of the pod, not under the read-only project root.
+    assert "emptyDir" in volumes[mounts["/var/lib/contexis"]]
+    assert env_of(docs)["CMP_STATE_DIR"]["value"] == "/var/lib/contexis"
 
 
 def test_probes_hit_health_endpoints_on_the_app_port() -> None:
@@ -612,3 +622,58 @@ def test_ingest_job_reads_documents_from_an_image_or_a_volume(
         (init,) = pod["initContainers"]
         assert init["image"] == "registry/docs:7" and init["command"] == ["cp", "-R", "/srv/docs/.", "/copy/"]
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
+# -- the usage ledger ---------------------------------------------------------------------------------
+
+
+def test_the_sqlite_ledger_lives_in_a_state_volume_of_the_pod() -> None:
+    docs = render()
+    env = env_of(docs)
+    assert env["CMP_STATE_DIR"]["value"] == "/var/lib/contexis"
+    assert "CMP_USAGE_URL" not in env and "CMP_BUDGETS" not in env
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {mount["mountPath"]: mount["name"] for mount in container(docs)["volumeMounts"]}
+    assert volumes[mounts["/var/lib/contexis"]]["emptyDir"] == {"sizeLimit": "256Mi"}
+
+
+def test_a_postgresql_ledger_is_migrated_by_the_hook_job_after_memory() -> None:
+    docs = render(*POSTGRES, *VALUE_SETS["usage-postgresql"])
+    secret = next(d for d in docs if d["kind"] == "Secret" and not d["metadata"].get("annotations"))
+    assert base64.b64decode(secret["data"]["CMP_USAGE_URL"]).decode() == USAGE_URL
+    env = env_of(docs)
+    assert env["CMP_USAGE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "CMP_USAGE_URL"
+    assert "CMP_STATE_DIR" not in env
+    found = hooks(docs)
+    pod = found["Job/demo-contexis-app-memory-migrate"]["spec"]["template"]["spec"]
+    assert [c["args"] for c in pod["initContainers"]] == [["memory", "migrate"]]
+    (usage,) = pod["containers"]
+    assert usage["args"] == ["usage", "migrate"]
+    assert {var["name"] for var in usage["env"]} == {"CMP_USAGE_URL", "CMP_USAGE_TIMEOUT"}
+    hook_secret = found["Secret/demo-contexis-app-memory-migrate"]
+    assert set(hook_secret["data"]) == {"CMP_MEMORY_URL", "CMP_USAGE_URL"}
+    kubernetes_validate.validate(found["Job/demo-contexis-app-memory-migrate"], K8S_VERSION, strict=True)
+    for doc in docs:
+        if doc["kind"] != "Secret":
+            assert "SENTINEL_USAGE_PASSWORD" not in yaml.safe_dump(doc)
+
+
+def test_budgets_prices_and_billing_are_files_of_a_config_map() -> None:
+    docs = render("--set", "usage.budgets.tenants.acme.usd_per_month=500", "--set", "usage.billTo.acme=acme-corp")
+    config_map = one(docs, "ConfigMap")
+    assert yaml.safe_load(config_map["data"]["budgets.yaml"]) == {"tenants": {"acme": {"usd_per_month": 500}}}
+    assert yaml.safe_load(config_map["data"]["bill-to.yaml"]) == {"acme": "acme-corp"}
+    assert "prices.yaml" not in config_map["data"]
+    env = env_of(docs)
+    assert env["CMP_BUDGETS"]["value"] == "/etc/contexis/usage/budgets.yaml"
+    assert env["CMP_BILL_TO_BY_TENANT"]["value"] == "/etc/contexis/usage/bill-to.yaml"
+    assert "CMP_MODEL_PRICES" not in env
+    mounts = {mount["mountPath"]: mount for mount in container(docs)["volumeMounts"]}
+    assert mounts["/etc/contexis/usage"]["readOnly"] is True
+
+
+def test_the_ledger_can_be_turned_off() -> None:
+    env = env_of(render("--set", "usage.backend=off"))
+    assert env["CMP_USAGE_URL"]["value"] == "off"
+    assert "CMP_STATE_DIR" not in env

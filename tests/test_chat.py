@@ -199,7 +199,7 @@ def test_unexpected_errors_are_json_without_traceback(client, monkeypatch, caplo
     from app.observability import JsonFormatter
     from app.runtime import Runtime
 
-    def boom(self, request):
+    def boom(self, request, request_id=""):
         raise RuntimeError("internal detail /etc/secret")
 
     monkeypatch.setattr(Runtime, "answer", boom)

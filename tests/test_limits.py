@@ -134,7 +134,7 @@ def nested(depth: int):
         ({"user_input": "hi", "many": list(range(1000))}, "", 413, "payload_too_large", "CMP_MAX_DATA_ITEMS=1000"),
         ({"user_input": "x" * 32769}, "", 413, "payload_too_large", "data.user_input"),
         ({"user_input": "hi", "k" * 32769: 1}, "", 413, "payload_too_large", "a key is longer"),
-        ({"user_input": "hi"}, "q" * 32769, 413, "payload_too_large", "query"),
+        ({"user_input": "hi"}, "q" * 32769, 400, "invalid_request", "query"),
         ({"user_input": "x" * 32768}, "q" * 32768, 200, None, None),
     ],
 )

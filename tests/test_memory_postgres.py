@@ -20,7 +20,7 @@ from helpers import EXAMPLE, GUIDE_BODY, SEARCH_BODY, TOKEN, Postgres, Server, c
 
 from app import create_app
 from app.config import Settings
-from app.errors import SettingsError
+from app.errors import MemoryUnavailable, SettingsError
 from app.memory import open_memory
 from app.memory import postgres as pg_backend
 from app.memory.postgres import SCHEMA_VERSION, PostgresMemory
@@ -388,6 +388,53 @@ def test_a_stalled_database_is_503_within_the_timeout(pg: Postgres, project: Pat
         release.set()
         holder.join()
     assert chat(client, SEARCH_BODY).status_code == 200
+
+
+def test_a_frozen_database_is_503_within_the_timeout_and_its_connections_are_replaced(
+    pg: Postgres, project: Path
+) -> None:
+    """SIGSTOP on every PostgreSQL process with the pool warm: the server's timeouts never fire and the
+    socket stays silent, yet each memory operation ends within CMP_MEMORY_TIMEOUT, requests that need no
+    memory answer at once, and once the server runs again the timed-out connections are gone from the pool."""
+    settings = pg_settings(project, pg.url, memory_timeout=1.0, memory_pool_size=4)
+    open_memory(settings).store("CustomerDocs").ingest([project / DOCS])
+    app = create_app(settings)
+    assert chat(app, SEARCH_BODY).status_code == 200  # the pool is warm
+    answers: list[tuple[float, int, dict]] = []
+
+    def ask(body: dict[str, object]) -> None:
+        started = time.monotonic()
+        response = chat(app, body)
+        answers.append((time.monotonic() - started, response.status_code, response.get_json()))
+
+    pids = pg.freeze()
+    try:
+        askers = [threading.Thread(target=ask, args=(SEARCH_BODY,), daemon=True) for _ in range(6)]
+        for asker in askers:
+            asker.start()
+        started = time.monotonic()
+        assert chat(app, GUIDE_BODY).status_code == 200  # no query: memory is never waited on
+        assert time.monotonic() - started < 1
+        ready = app.test_client().get("/readyz")
+        assert ready.status_code == 503 and time.monotonic() - started < 3
+        for asker in askers:
+            asker.join(5)
+        assert len(answers) == 6, "memory operations still waiting on a frozen database"
+        for seconds, status, body in answers:
+            assert status == 503 and body["error"]["code"] == "memory_unavailable", body
+            assert seconds < 2.5  # CMP_MEMORY_TIMEOUT=1, with room for a loaded machine
+            assert "contexis@" not in body["error"]["message"] and "host=" not in body["error"]["message"]
+        started = time.monotonic()
+        with pytest.raises(MemoryUnavailable):  # an ingest (a bulk write) is bounded wait by wait
+            open_memory(settings).store("CustomerDocs", "acme").ingest([write(project / "new.md", "new words\n")])
+        assert time.monotonic() - started < 2.5
+    finally:
+        pg.thaw(pids)
+    started = time.monotonic()
+    assert chat(app, SEARCH_BODY).status_code == 200
+    assert time.monotonic() - started < 2
+    stats = pg_backend._pool(settings.memory_url, 4, 1.0).get_stats()
+    assert stats.get("returns_bad", 0) + stats.get("connections_lost", 0) >= 1  # the timed-out ones were dropped
 
 
 # -- settings -----------------------------------------------------------------------------

@@ -22,9 +22,9 @@ METHODS = {"get", "post", "put", "patch", "delete"}
 
 
 def routes(app) -> dict[str, set[str]]:
+    """Each route's methods, its path as OpenAPI writes it (Flask's `<name>` is OpenAPI's `{name}`)."""
     found: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
-        # Flask's `<name>` is OpenAPI's `{name}`.
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         found.setdefault(path, set()).update(m.lower() for m in rule.methods if m.lower() in METHODS)
     return found
@@ -49,7 +49,7 @@ def test_document_is_valid_openapi_and_covers_every_route(project, auth):
     validate(document)
     assert document["openapi"] == "3.1.0"
     assert {path: set(ops) for path, ops in document["paths"].items()} == routes(app)
-    for path in ("/api/v1/chat", "/v1/chat/completions"):
+    for path in ("/api/v1/chat", "/v1/chat/completions", "/v1/responses"):
         chat = document["paths"][path]["post"]
         assert {"200", "400", "404", "413", "422", "429", "500", "502", "504"} <= set(chat["responses"])
         assert ("security" in chat) is auth
@@ -58,12 +58,17 @@ def test_document_is_valid_openapi_and_covers_every_route(project, auth):
 
 @pytest.mark.parametrize(
     ("documented_name", "schema_name"),
-    [("ChatRequest", "CHAT_REQUEST_SCHEMA"), ("ChatCompletionRequest", "OPENAI_CHAT_SCHEMA")],
+    [
+        ("ChatRequest", "app.validation.CHAT_REQUEST_SCHEMA"),
+        ("ChatCompletionRequest", "app.validation.OPENAI_CHAT_SCHEMA"),
+        ("ResponseRequest", "app.web.responses_wire.RESPONSES_SCHEMA"),
+    ],
 )
 def test_request_schemas_are_the_validators_own(client, documented_name, schema_name):
-    import app.validation
+    import importlib
 
-    schema = getattr(app.validation, schema_name)
+    module, _, name = schema_name.rpartition(".")
+    schema = getattr(importlib.import_module(module), name)
     document = client.get("/openapi.json").get_json()
     documented = document["components"]["schemas"][documented_name]
     assert documented["required"] == schema["required"]
@@ -89,6 +94,11 @@ def aimed(case, target):
     if case.path == "/v1/chat/completions":
         # An OpenAI request: the context is the model, and the last message must be the user's.
         case.body.update(model="SupportBot", messages=[*body["messages"], {"role": "user", "content": "hi"}])
+    elif case.path == "/v1/responses":
+        # A Responses request: the context is the model, and the input ends with the user's message.
+        items = body.get("input") if isinstance(body.get("input"), list) else []
+        case.body.update(model="SupportBot", input=[*items, {"role": "user", "content": "hi"}])
+        case.body.pop("previous_response_id", None)
     else:
         case.body["context"] = "SupportBot"
         case.body["data"] = {**body.get("data", {}), "user_input": body.get("query", "hi")}
@@ -111,6 +121,9 @@ def strategy(operation):
         ("POST", "/api/v1/chat"),
         ("POST", "/v1/chat/completions"),
         ("GET", "/v1/models"),
+        ("POST", "/v1/responses"),
+        ("GET", "/v1/responses/{response_id}"),
+        ("DELETE", "/v1/responses/{response_id}"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
         ("GET", "/version"),

@@ -124,6 +124,19 @@ def _redacted(value: Any, case: Case, seen: Observation, embeddings: Embeddings 
     return f"expected {missing!r} to be redacted; the guardrails redacted {list(seen.redacted) or 'nothing'}"
 
 
+def _tool_calls(value: Any, case: Case, seen: Observation, embeddings: Embeddings | None) -> str | None:
+    if seen.tool_calls is None:
+        raise Skipped("expect_tool_calls: no model was called (render-only)")
+    missing = [name for name in _listed(value) if name not in seen.tool_calls]
+    return f"expected calls of {missing!r}; the answer called {seen.tool_calls or 'no tool'}" if missing else None
+
+
+def _no_tool_calls(value: Any, case: Case, seen: Observation, embeddings: Embeddings | None) -> str | None:
+    if seen.tool_calls is None:
+        raise Skipped("expect_no_tool_calls: no model was called (render-only)")
+    return f"expected no tool calls; the answer called {seen.tool_calls}" if seen.tool_calls else None
+
+
 Check = Callable[[Any, Case, Observation, Embeddings | None], str | None]
 ASSERTIONS: dict[str, Check] = {
     "expect_contains": _contains,
@@ -136,4 +149,6 @@ ASSERTIONS: dict[str, Check] = {
     "similar_to": _similar,
     "expect_blocked": _blocked,
     "expect_redacted": _redacted,
+    "expect_tool_calls": _tool_calls,
+    "expect_no_tool_calls": _no_tool_calls,
 }

@@ -63,6 +63,7 @@ class Observation:
     usage: Usage | None = None
     blocked: str = ""  # the guardrail that refused the request or its answer
     redacted: tuple[str, ...] = ()  # the personal data types the guardrails replaced
+    tool_calls: list[str] | None = None  # the context tools called, in order; None when no model was asked
 
 
 def observe(runtime: Runtime, case: Case) -> Observation:
@@ -84,6 +85,13 @@ def observe(runtime: Runtime, case: Case) -> Observation:
         return Observation(exc.message, (time.perf_counter() - started) * 1000, blocked=exc.guardrail)
     elapsed = (time.perf_counter() - started) * 1000
     sources = [source["source"] for source in answer.sources]
+    tools = None if answer.model is None else [call["name"] for call in answer.tools or []]
     return Observation(
-        answer.rendered, elapsed, sources, model=answer.model, usage=answer.usage, redacted=answer.redacted
+        answer.rendered,
+        elapsed,
+        sources,
+        model=answer.model,
+        usage=answer.usage,
+        redacted=answer.redacted,
+        tool_calls=tools,
     )

@@ -79,8 +79,8 @@ def held_back(
                     # logprobs belong to that piece; a tool call's piece goes as it came.
                     yield ChoiceDelta(delta.choice, screen(delta.text, False), delta.logprobs)
                     continue
-                if not isinstance(delta, str):
-                    yield delta
+                if not isinstance(delta, str) or not delta:
+                    yield delta  # a tool call's piece; an empty piece marks a context tool's call ending
                     continue
                 held = screen(held + delta, True)
                 cut = _cut(held, window)

@@ -15,7 +15,10 @@ vectors where the index cannot serve (see ``PostgresStore.vector_ranking``); doc
 Connections come from one ``psycopg_pool`` pool per process and URL, opened on first use, so a forked
 gunicorn worker opens its own. Every wait is bounded by ``CMP_MEMORY_TIMEOUT`` (pool checkout, connect,
 statement timeout): a database that is down or slow is ``MemoryUnavailable`` (503), never a hung thread,
-and the pool reconnects by itself when it is back.
+and the pool reconnects by itself when it is back. The server's timeouts need a server that runs, and TCP's
+a peer that resets: a database that is stopped (SIGSTOP, a frozen VM) or a socket that goes silent answers
+neither, so the client bounds each transaction too (``_BoundedConnection``), and a connection that missed its
+deadline is closed, so the pool replaces it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -203,7 +207,50 @@ ORDER BY nearest.distance, c.pk
 # search reads the whole table. Only a superuser may mark it; `migrate` does when it runs as one.
 LEAKPROOF_MATCH = "ALTER FUNCTION ts_match_vq(tsvector, tsquery) LEAKPROOF"
 
-_pools: dict[tuple[int, str, int, float], ConnectionPool] = {}
+# The calling thread's bounds: `at`, the monotonic time by which its transaction must end, and `each`, the
+# most one wait on the server may take (unset or None: no bound).
+_deadline = threading.local()
+
+
+class DeadlineMissed(psycopg.OperationalError):
+    """The database did not answer by the transaction's deadline; the connection was closed."""
+
+
+class _BoundedConnection(psycopg.Connection[Any]):
+    """A connection whose every wait on the server (statements, commit, the pool's check at checkout)
+    ends by the calling thread's deadline, whatever the server or the network do.
+
+    Past it the connection is in the middle of an exchange, so it is closed: the pool drops a closed
+    connection when it comes back, and the next checkout gets a fresh one.
+    """
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        bounds = [timeout, getattr(_deadline, "each", None)]
+        deadline: float | None = getattr(_deadline, "at", None)
+        if deadline is not None:
+            bounds.append(max(deadline - time.monotonic(), 0.001))
+        timeout = min((bound for bound in bounds if bound is not None), default=None)
+        try:
+            return super().wait(gen, interval, timeout)
+        except psycopg.errors._WaitTimeout as exc:  # psycopg's own: its wait timed out
+            self.pgconn.finish()
+            raise DeadlineMissed("no answer by the deadline") from exc
+
+
+@contextmanager
+def _bounded(whole: float | None, each: float | None) -> Iterator[float | None]:
+    """Until the block ends, this thread's memory waits end ``whole`` seconds from now, and each one after
+    ``each`` seconds (None: no such bound); the deadline, if any."""
+    previous = getattr(_deadline, "at", None), getattr(_deadline, "each", None)
+    _deadline.at = None if whole is None else time.monotonic() + whole
+    _deadline.each = each
+    try:
+        yield _deadline.at
+    finally:
+        _deadline.at, _deadline.each = previous
+
+
+_pools: dict[tuple[int, str, int, float], ConnectionPool[_BoundedConnection]] = {}
 _pools_lock = threading.Lock()
 
 
@@ -217,7 +264,7 @@ def _close_pools() -> None:
 atexit.register(_close_pools)
 
 
-def _pool(url: str, size: int, timeout: float) -> ConnectionPool:
+def _pool(url: str, size: int, timeout: float) -> ConnectionPool[_BoundedConnection]:
     """This process's pool for ``url``, opened on first use (after gunicorn's fork), filled in the background."""
     key = (os.getpid(), url, size, timeout)
     pool = _pools.get(key)
@@ -227,8 +274,12 @@ def _pool(url: str, size: int, timeout: float) -> ConnectionPool:
         pool = _pools.get(key)
         if pool is None:
             limit_ms = max(1, int(timeout * 1000))
+            # The server cancels a slow statement a little before the client's deadline: a running server
+            # answers "statement timeout" and keeps the connection; the deadline is for one that cannot.
+            statement_ms = max(1, int(timeout * 800))
             pool = ConnectionPool(
                 url,
+                connection_class=_BoundedConnection,
                 min_size=1,
                 max_size=size,
                 timeout=timeout,
@@ -239,7 +290,13 @@ def _pool(url: str, size: int, timeout: float) -> ConnectionPool:
                     # A host that stops answering (no reset, no ACK) drops the connection instead of
                     # holding a thread until the kernel gives up, minutes later. TCP only.
                     "tcp_user_timeout": limit_ms,
-                    "options": f"-c statement_timeout={limit_ms} -c idle_in_transaction_session_timeout={limit_ms * 5}",
+                    # An idle pooled connection whose peer vanished is found by keepalives, not by a request.
+                    "keepalives": 1,
+                    "keepalives_idle": max(1, math.ceil(timeout)),
+                    "keepalives_interval": 1,
+                    "keepalives_count": 3,
+                    "options": f"-c statement_timeout={statement_ms}"
+                    f" -c idle_in_transaction_session_timeout={limit_ms * 5}",
                     "application_name": "contexis-runtime",
                 },
                 # A failed connection attempt is dropped at once instead of retried in the background: the
@@ -277,10 +334,22 @@ class PostgresMemory:
 
     @contextmanager
     def transaction(
-        self, tenant_id: str | None, *, all_tenants: bool = False, search: bool = False, ef_search: int = 0
+        self,
+        tenant_id: str | None,
+        *,
+        all_tenants: bool = False,
+        search: bool = False,
+        ef_search: int = 0,
+        bulk: bool = False,
+        unbounded: bool = False,
     ) -> Iterator[psycopg.Connection]:
         """One transaction acting for ``tenant_id`` (None: the shared owner); every database failure,
         timeout or a schema not yet migrated is ``MemoryUnavailable``, without the URL or its password.
+
+        The whole transaction (checkout, statements, commit) ends within ``CMP_MEMORY_TIMEOUT``. A ``bulk``
+        one (writing a document, a batch of vectors: ingest and copies, not requests) may take longer in all,
+        but each of its waits on the server ends within the timeout, as each statement does on the server;
+        ``unbounded`` is for an index build, which may take minutes, from the CLI only.
 
         ``search`` keeps the planner on the indexes: for common words it would otherwise read the table
         in order until the budget is filled, paying the tenant and text filters on every row (about 20 %
@@ -293,10 +362,15 @@ class PostgresMemory:
         if ef_search:
             settings["hnsw.ef_search"] = str(ef_search)
         try:
-            with _pool(self.url, self.pool_size, self.timeout).connection() as conn:
-                calls = ", ".join("set_config(%s, %s, true)" for _ in settings)
-                conn.execute(f"SELECT {calls}", [value for pair in settings.items() for value in pair])
-                yield conn
+            whole = None if bulk or unbounded else self.timeout
+            with _bounded(whole, None if unbounded else self.timeout) as deadline:
+                wait = self.timeout if deadline is None else deadline - time.monotonic()
+                with _pool(self.url, self.pool_size, self.timeout).connection(timeout=wait) as conn:
+                    calls = ", ".join("set_config(%s, %s, true)" for _ in settings)
+                    conn.execute(f"SELECT {calls}", [value for pair in settings.items() for value in pair])
+                    yield conn
+        except DeadlineMissed as exc:
+            raise MemoryUnavailable(f"memory database {self.where} did not answer in time") from exc
         except psycopg.errors.UndefinedTable as exc:
             raise MemoryUnavailable(f"memory schema missing in {self.where}: run `ctx memory migrate`") from exc
         except PoolTimeout as exc:
@@ -340,7 +414,7 @@ class PostgresMemory:
                     "cannot index the memory vectors: only the tables' owner can; searches scan them instead",
                     extra={"fields": {"dimension": dimension}},
                 )
-        with self.transaction(None) as conn:
+        with self.transaction(None, bulk=True) as conn:
             conn.execute("ANALYZE memory_documents, memory_chunks, memory_vectors")
 
     def _build_index(self, dimension: int) -> None:
@@ -351,7 +425,7 @@ class PostgresMemory:
         inserts); PostgreSQL keeps it current after. Searches go on meanwhile; other writers of vectors
         wait for it, so the build has no statement timeout.
         """
-        with self.transaction(None, all_tenants=True) as conn:
+        with self.transaction(None, all_tenants=True, unbounded=True) as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('contexis.memory_vectors_index'))")
             count = conn.execute("SELECT count(*) FROM memory_vectors WHERE dimension = %s", (dimension,)).fetchone()
             graph = min((count[0] if count else 0) * (4 * dimension + 600), INDEX_BUILD_MEMORY_CAP)
@@ -387,7 +461,7 @@ class PostgresMemory:
 
     def migrate(self) -> tuple[int, int]:
         """Create or upgrade the schema, one transaction under an advisory lock; (version before, after)."""
-        with self.transaction(None) as conn:
+        with self.transaction(None, bulk=True) as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('contexis.memory_schema'))")
             conn.execute("CREATE TABLE IF NOT EXISTS memory_schema (version integer NOT NULL)")
             row = conn.execute("SELECT max(version) FROM memory_schema").fetchone()
@@ -466,7 +540,7 @@ class PostgresStore:
 
     def _ingest_file(self, file: Path, source: str, report: IngestReport) -> None:
         data = file.read_bytes()
-        with self.memory.transaction(self.tenant_id) as conn:
+        with self.memory.transaction(self.tenant_id, bulk=True) as conn:
             if self._stored_version(conn, source) == (file_digest(data), self.config.chunking):
                 report.unchanged += 1
                 return
@@ -599,7 +673,7 @@ class PostgresStore:
         """Save a batch in one transaction; a chunk replaced meanwhile (another hash, or gone) gets none."""
         owner, params = self._owner()
         dimension = len(vectors[0][1]) if vectors else 0
-        with self.memory.transaction(self.tenant_id) as conn:
+        with self.memory.transaction(self.tenant_id, bulk=True) as conn:
             held_model, held_dimension = self._hold_embedding(conn)
             check_batch(self.location, held_model, held_dimension, model_id, dimension)
             if held_dimension is None:
@@ -746,7 +820,7 @@ class PostgresStore:
     def put(self, document: Document) -> bool:
         """Store ``document`` as it is (ids, chunks and the vectors the owner takes); False when this version
         is already stored."""
-        with self.memory.transaction(self.tenant_id) as conn:
+        with self.memory.transaction(self.tenant_id, bulk=True) as conn:
             if self._stored_version(conn, document.source) == (document.content_hash, document.chunking):
                 return False
             self._write(conn, document)

@@ -26,6 +26,7 @@ from pathlib import Path
 from app.errors import DocumentError, MemoryStoreBroken
 from app.memory.config import load_config
 from app.memory.hybrid import PendingChunk, check_batch, copied_dimension, embed_pending, retrieve
+from app.memory.sqlite_pool import SqlitePool
 from app.memory.store import (
     Chunk,
     Document,
@@ -176,9 +177,6 @@ def _rank(conn: sqlite3.Connection, terms: list[str], top_k: int) -> list[tuple[
     return sorted(scores, key=lambda item: item[1], reverse=True)[:top_k]
 
 
-_local = threading.local()
-
-
 def _configure(conn: sqlite3.Connection) -> None:
     """WAL lets readers run beside one writer; NORMAL sync is durable at checkpoints and needs no
     fsync per document; the cache and mmap keep the FTS index in memory for searches."""
@@ -189,35 +187,23 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA mmap_size = 268435456")
 
 
-def _connection(path: Path, create: bool) -> sqlite3.Connection | None:
-    """This thread's connection to ``path``, or ``None`` when the database is absent and not to be created.
+_connections = SqlitePool(_configure)
 
-    Connections are cached per thread and per process: a sqlite3 connection must not cross a
-    ``fork`` (gunicorn preload) and is cheapest reused within one thread.
-    """
-    cache: dict[tuple[int, str], sqlite3.Connection] = _local.__dict__.setdefault("connections", {})
-    key = (os.getpid(), str(path))
-    conn = cache.get(key)
-    if conn is not None and not path.exists():
-        conn.close()  # the database was removed under us: start over
-        del cache[key]
-        conn = None
-    if conn is None:
-        if not path.exists():
-            if not create:
-                return None
-            path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
-        conn = sqlite3.connect(path, timeout=10, isolation_level=None)
-        try:
-            _configure(conn)
-        except sqlite3.DatabaseError:
-            conn.close()
-            raise
-        cache[key] = conn
-    if create and conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-        conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-    return conn
+
+@contextmanager
+def _connection(path: Path, create: bool) -> Iterator[sqlite3.Connection | None]:
+    """A connection to ``path`` for one operation (``sqlite_pool``: bounded per process, reused, closed when
+    idle), or ``None`` when the database is absent and not to be created."""
+    if not path.exists():
+        _connections.close_idle(path)  # the database was removed under us: start over
+        if not create:
+            yield None
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with _connections.lease(path) as conn:
+        if create and conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+        yield conn
 
 
 @contextmanager
@@ -352,16 +338,24 @@ class SqliteStore:
 
     @contextmanager
     def _open(self, path: Path, create: bool) -> Iterator[sqlite3.Connection | None]:
-        """This thread's connection to `path` (None when absent), with any SQLite failure reported as a broken store.
+        """A connection to `path` (None when absent), with any SQLite failure reported as a broken store.
 
         A `memory.db` that is no database (a link to /etc/passwd, a truncated copy) is a clear error naming
         the store, not a 500 with a traceback.
         """
         self._check_inside(path)
         try:
-            yield _connection(path, create)
+            with _connection(path, create) as conn:
+                yield conn
         except sqlite3.DatabaseError as exc:
             raise MemoryStoreBroken(f"{self._rel(path)} is not a usable memory database ({exc})") from None
+
+    @contextmanager
+    def _own(self) -> Iterator[sqlite3.Connection]:
+        """A connection to the store's own database, created when absent."""
+        with self._open(self.path, create=True) as conn:
+            assert conn is not None  # create=True always gives one
+            yield conn
 
     @property
     def path(self) -> Path:
@@ -404,8 +398,7 @@ class SqliteStore:
         started = time.perf_counter()
         report = IngestReport()
         files = collect_files(paths, report)
-        with self._open(self.path, create=True) as conn:
-            assert conn is not None
+        with self._own() as conn:
             for done, file in enumerate(files, 1):
                 source = self.source_name(file)
                 try:
@@ -454,8 +447,7 @@ class SqliteStore:
 
     def put(self, document: Document) -> bool:
         """Store ``document`` as it is; False when this version of it is already stored."""
-        with self._open(self.path, create=True) as conn:
-            assert conn is not None
+        with self._own() as conn:
             row = conn.execute("SELECT content_hash, chunking FROM documents WHERE source = ?", (document.source,))
             if row.fetchone() == (document.content_hash, document.chunking):
                 return False
@@ -535,9 +527,7 @@ class SqliteStore:
 
     def start_embedding(self, model_id: str) -> int:
         """Switch the store to ``model_id`` (dropping another model's vectors); the chunks still to embed."""
-        conn = _connection(self.path, create=True)
-        assert conn is not None
-        with _write(conn):
+        with self._own() as conn, _write(conn):
             if _meta(conn).get("embed_model") != model_id:
                 conn.execute("DELETE FROM vectors")
                 conn.execute("DELETE FROM meta WHERE key = 'embed_dimension'")
@@ -547,20 +537,17 @@ class SqliteStore:
             ).fetchone()[0]
 
     def pending_chunks(self, after: int, limit: int) -> list[PendingChunk]:
-        conn = _connection(self.path, create=True)
-        assert conn is not None
-        rows = conn.execute(
-            "SELECT c.rowid, c.content_hash, c.content FROM chunks c LEFT JOIN vectors v ON v.rowid = c.rowid"
-            " WHERE v.rowid IS NULL AND c.rowid > ? ORDER BY c.rowid LIMIT ?",
-            (after, limit),
-        ).fetchall()
+        with self._own() as conn:
+            rows = conn.execute(
+                "SELECT c.rowid, c.content_hash, c.content FROM chunks c LEFT JOIN vectors v ON v.rowid = c.rowid"
+                " WHERE v.rowid IS NULL AND c.rowid > ? ORDER BY c.rowid LIMIT ?",
+                (after, limit),
+            ).fetchall()
         return [PendingChunk(key=rowid, content_hash=digest, text=content) for rowid, digest, content in rows]
 
     def store_vectors(self, model_id: str, vectors: Sequence[tuple[PendingChunk, list[float]]]) -> int:
         """Save a batch in one transaction; a chunk replaced meanwhile (another hash) gets none."""
-        conn = _connection(self.path, create=True)
-        assert conn is not None
-        with _write(conn):
+        with self._own() as conn, _write(conn):
             dimension = len(vectors[0][1]) if vectors else 0
             check_batch(self.location, *_embedding(_meta(conn)), model_id, dimension)
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('embed_dimension', ?)", (dimension,))

@@ -67,6 +67,9 @@ class Usage:
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Of those, what the endpoint says it served from its prompt cache, and spent reasoning (OpenAI's details).
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
     def as_dict(self) -> dict[str, int]:
         counts = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}

@@ -34,7 +34,8 @@ class ChainEntry:
     api: str = ""  # "" is HF_API
 
     def settings(self, settings: Settings) -> Settings:
-        """The settings a client for this entry runs on: HF_TOKEN and HF_BILL_TO only ever go to HF_ENDPOINT."""
+        """The settings a client for this entry runs on: HF_TOKEN and HF_BILL_TO (and CMP_BILL_TO_BY_TENANT's
+        organisations) only ever go to HF_ENDPOINT."""
         if not self.endpoint:
             return settings.replace(hf_model_id=self.id, hf_api=self.api or settings.hf_api)
         return settings.replace(
@@ -43,6 +44,7 @@ class ChainEntry:
             hf_endpoint_retired="",
             hf_token=os.environ.get(self.token_env, "") if self.token_env else "",
             hf_bill_to="",
+            bill_to_by_tenant_file="",
             hf_api=self.api or settings.hf_api,
         )
 

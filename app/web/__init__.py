@@ -52,12 +52,13 @@ def get_runtime() -> Runtime:
 
 def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
     """Errors, telemetry, limits, auth and routes, in the order their hooks must run."""
-    from app.web import chat, health, openai_api, openapi
+    from app.web import chat, health, openai_api, openapi, usage
     from app.web.auth import init_auth
     from app.web.cors import init_cors
     from app.web.errors import register_error_handlers, register_error_shape
     from app.web.json import JSONProvider
     from app.web.limits import init_limits
+    from app.web.responses_api import init_responses
     from app.web.telemetry import init_observability
 
     app.json = JSONProvider(app)
@@ -71,5 +72,7 @@ def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
     init_auth(app, settings)
     app.register_blueprint(chat.bp)
     app.register_blueprint(openai_api.bp)
+    init_responses(app, settings)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(usage.bp)

@@ -9,9 +9,10 @@ from flask.globals import request_ctx
 
 from app.errors import BadRequest, UnsupportedMediaType
 from app.runtime import Runtime
+from app.usage import bind_caller
 from app.validation import ChatRequest, check_payload, parse_chat_request
 from app.web import get_runtime
-from app.web.auth import bind_tenant
+from app.web.auth import bind_tenant, current_identity
 from app.web.sse import sse_response
 
 bp = Blueprint("chat", __name__, url_prefix="/api/v1")
@@ -40,6 +41,10 @@ def admit(chat_request: ChatRequest) -> tuple[Runtime, ChatRequest]:
     runtime = get_runtime()
     chat_request = bind_tenant(chat_request)
     check_payload(chat_request, runtime.settings)
+    if runtime.meter.enabled:
+        identity = current_identity()
+        key_id = identity.key.key_id if identity is not None and identity.key is not None else None
+        bind_caller(g.request_id, key_id, request_ctx.request.path)
     g.log_fields.update(
         tenant=chat_request.tenant_id or None,
         context=chat_request.context,
@@ -54,15 +59,19 @@ def chat():
     """Render the context's prompt for the request and, when configured, ask the model (streamed on request)."""
     runtime, chat_request = admit(parse_chat_request(json_body()))
     if chat_request.stream:
-        streamed = runtime.stream(chat_request)
-        response = sse_response(streamed.stream, sources=streamed.sources, request_id=g.request_id)
+        streamed = runtime.stream(chat_request, g.request_id, progress=True)
+        response = sse_response(
+            streamed.stream, tools=streamed.tools, sources=streamed.sources, request_id=g.request_id
+        )
         mark_model(response, streamed.served)
         degraded = streamed.degraded
     else:
-        answer = runtime.answer(chat_request)
+        answer = runtime.answer(chat_request, g.request_id)
         extra: dict[str, Any] = {"usage": answer.usage.as_dict()} if answer.usage else {}
         if answer.tool_calls:  # the tools the model asks the client to call, with the finish reason saying so
             extra.update(tool_calls=list(answer.tool_calls), finish_reason=answer.finish_reason)
+        if answer.tools is not None:  # the context's own tools the runtime called
+            extra["tools"] = answer.tools
         response = jsonify(
             rendered=answer.rendered, model=answer.model, sources=answer.sources, **extra, request_id=g.request_id
         )

@@ -13,7 +13,14 @@ from app.config import Settings
 from app.web.chat import DEGRADED_HEADER
 
 # The routes a browser frontend calls; the others (metrics, probes) stay same-origin.
-CORS_ROUTES = (r"^/api/v1/chat$", r"^/v1/chat/completions$", r"^/v1/models$", r"^/v1/models/[^/]+$")
+CORS_ROUTES = (
+    r"^/api/v1/chat$",
+    r"^/v1/chat/completions$",
+    r"^/v1/models$",
+    r"^/v1/models/[^/]+$",
+    r"^/v1/responses$",
+    r"^/v1/responses/[^/]+$",
+)
 
 
 def init_cors(app: Flask, settings: Settings) -> None:
@@ -24,7 +31,7 @@ def init_cors(app: Flask, settings: Settings) -> None:
         app,
         resources={route: {} for route in CORS_ROUTES},
         origins=list(settings.cors_origins),
-        methods=["GET", "POST", "OPTIONS"],
+        methods=["GET", "POST", "DELETE", "OPTIONS"],
         # OpenAI's JS SDK, used in a browser, adds its X-Stainless-* headers to every request.
         allow_headers=["Authorization", "Content-Type", "X-Request-ID", r"X-Stainless-[A-Za-z-]+"],
         expose_headers=["X-Request-ID", DEGRADED_HEADER],

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from app.errors import ContexisError, ProviderError
+from app.errors import BudgetExceeded, ContexisError, ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ def register_error_handlers(app: Flask) -> None:
                 response.headers["x-should-retry"] = "false"
             if exc.retry_after:
                 response.headers["Retry-After"] = exc.retry_after  # the upstream's 429/503 said when to come back
+        if isinstance(exc, BudgetExceeded):
+            # A spent budget stays spent until it resets: retrying before `Retry-After` is refused again.
+            response.headers["x-should-retry"] = "false"
+            response.headers["Retry-After"] = str(exc.retry_after)
         return response, status
 
     @app.errorhandler(HTTPException)

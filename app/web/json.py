@@ -9,6 +9,7 @@ answer, every streamed event), and there orjson's output is the same JSON, UTF-8
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -19,8 +20,15 @@ from app.errors import BadRequest, PayloadTooDeep
 
 
 def dumps_bytes(obj: Any) -> bytes:
-    """`obj` as compact JSON; types orjson does not know go through Flask's defaults (dates, decimals...)."""
-    return orjson.dumps(obj, default=DefaultJSONProvider.default)
+    """`obj` as compact JSON; types orjson does not know go through Flask's defaults (dates, decimals...).
+
+    What orjson cannot write but JSON can, an integer past 64 bits or a lone surrogate that a client's body held
+    (an answer may echo the client's own values), is written by the standard library, escaped to ASCII.
+    """
+    try:
+        return orjson.dumps(obj, default=DefaultJSONProvider.default)
+    except TypeError:
+        return json.dumps(obj, default=DefaultJSONProvider.default, separators=(",", ":")).encode()
 
 
 def _not_json(constant: str) -> Any:
@@ -30,10 +38,26 @@ def _not_json(constant: str) -> Any:
 
 # One decoder for every body: json.loads with an option builds a decoder per call.
 _DECODER = json.JSONDecoder(parse_constant=_not_json)
+# Where a lone surrogate can come from: an escape of U+D800 to U+DFFF, or one passed through from the bytes.
+# A pair is joined into one character by the decoder; what is left alone is no text.
+_SURROGATE = re.compile(r"[\ud800-\udfff]|\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(text: str, value: Any) -> None:
+    """A lone surrogate is no Unicode text: every later step (UTF-8 logs, the model call) would fail on it.
+    The scan is one regex over the body; only a body with a candidate is checked by encoding it."""
+    if _SURROGATE.search(text) is None:
+        return
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        message = "the body holds a lone surrogate (U+D800 to U+DFFF), which is not text"
+        raise BadRequest(message, code="invalid_json") from None
 
 
 class JSONProvider(DefaultJSONProvider):
-    """orjson for answers; a body nested past Python's recursion limit, or holding NaN or Infinity, is a 400."""
+    """orjson for answers; a body nested past Python's recursion limit, or holding NaN, Infinity or a lone
+    surrogate, is a 400."""
 
     sort_keys = False
 
@@ -48,7 +72,9 @@ class JSONProvider(DefaultJSONProvider):
                 return super().loads(s, parse_constant=_not_json, **kwargs)
             if isinstance(s, bytes | bytearray):  # as json.loads reads bytes
                 s = s.decode(json.detect_encoding(s), "surrogatepass")
-            return _DECODER.decode(s)
+            value = _DECODER.decode(s)
+            _refuse_lone_surrogates(s, value)
+            return value
         except RecursionError:
             raise PayloadTooDeep("the body nests too deeply to be decoded") from None
 

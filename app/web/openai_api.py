@@ -70,7 +70,7 @@ def chat_completions():
     head = {"id": f"chatcmpl-{g.request_id}", "created": int(time.time()), "model": chat_request.context}
     if chat_request.stream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        streamed = runtime.stream(chat_request)
+        streamed = runtime.stream(chat_request, g.request_id)
         stream = streamed.stream
         # A context that names its models answers as the one that served; others as the context.
         chunk = {**head, "model": streamed.served or chat_request.context, "object": "chat.completion.chunk"}
@@ -105,7 +105,7 @@ def chat_completions():
         response = event_stream(stream, events(), error_event, g.request_id)
         mark_model(response, streamed.served)
         return mark_degraded(response, streamed.degraded)
-    answer = runtime.answer(chat_request)
+    answer = runtime.answer(chat_request, g.request_id)
     choices = answer.choices or (Choice(answer.rendered, finish_reason=answer.finish_reason),)
     response = jsonify(
         **{**head, "model": answer.served or chat_request.context},
@@ -154,7 +154,7 @@ def model(model_id: str):
 def _listing_tenant() -> str:
     """The tenant whose contexts a model listing shows: the key's, or the one asked for when the key allows it."""
     requested = request.args.get("tenant_id", "")
-    if requested and not is_safe_name(requested):
+    if "tenant_id" in request.args and not is_safe_name(requested):  # an empty one too: the contract's pattern
         raise BadRequest(f"tenant_id: {requested!r} is not a valid name", code="invalid_request", param="tenant_id")
     tenant = tenant_for(requested)
     g.log_fields.update(tenant=tenant or None)

@@ -15,23 +15,25 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from app.config import Settings
-from app.keys import SCOPE_CHAT, SCOPE_METRICS
+from app.keys import SCOPE_CHAT, SCOPE_METRICS, SCOPE_USAGE
 from app.names import NAME_PATTERN
+from app.usage.reports import BY, DEFAULT_SINCE
 from app.validation import CHAT_REQUEST_SCHEMA, OPENAI_CHAT_SCHEMA
 from app.web import get_runtime
 from app.web.health import runtime_version
+from app.web.responses_wire import RESPONSES_SCHEMA
 
 bp = Blueprint("openapi", __name__)
 
 _ERROR_STATUSES = {
-    "400": "The body is not JSON, breaks the schema, or `data` nests deeper than CMP_MAX_DATA_DEPTH; a field the "
-    "wire format cannot carry (`unsupported_by_endpoint`, e.g. `tools` with HF_API=text-generation) or the model's "
-    "provider refuses (`unsupported_by_model`, with `param`).",
+    "400": "The body is not JSON, breaks the schema (a `query` longer than CMP_MAX_STRING_CHARS too), or `data` "
+    "nests deeper than CMP_MAX_DATA_DEPTH; a field the wire format cannot carry (`unsupported_by_endpoint`, e.g. "
+    "`tools` with HF_API=text-generation) or the model's provider refuses (`unsupported_by_model`, with `param`).",
     "401": "No API key, or one that is not valid (only with CMP_AUTH_ENABLED).",
     "403": "The key lacks the route's scope or may not act for the requested tenant; or, on the chat routes, the "
     "context's prompt_injection guardrail refused the request (`guardrail_blocked`).",
     "404": "The context (model), component or prompt file does not exist, or the key's tenant may not use it.",
-    "413": "The body exceeds CMP_MAX_BODY_BYTES, or `query`, a string or the number of values in `data` exceed "
+    "413": "The body exceeds CMP_MAX_BODY_BYTES, or a string or the number of values in `data` exceed "
     "CMP_MAX_STRING_CHARS or CMP_MAX_DATA_ITEMS, or the history exceeds CMP_MAX_MESSAGES or CMP_MAX_HISTORY_CHARS.",
     "415": "The body is not sent as `application/json`.",
     "422": "The template needs a variable that `data` does not provide, or the render goes past CMP_MAX_PROMPT_CHARS "
@@ -39,7 +41,8 @@ _ERROR_STATUSES = {
     "`citation_missing`: the answer cites no retrieved source).",
     "424": "The context requires citations (`require_citation`) and memory found no source for the request "
     "(`no_sources`).",
-    "429": "The key (or client address) exceeded CMP_RATE_LIMIT; `Retry-After` says when to retry.",
+    "429": "The key (or client address) exceeded CMP_RATE_LIMIT, or a budget of CMP_BUDGETS is spent "
+    "(`budget_exceeded`, with `x-should-retry: false`); `Retry-After` says when to retry.",
     "500": "The project is broken (invalid context, template error, unusable memory store) or the runtime failed.",
     "502": "Hugging Face failed or answered something unusable (codes `hf_*`; `hf_stream_interrupted` for a stream "
     "cut mid-answer), or the answer does not match `response_format` after one more try "
@@ -48,7 +51,8 @@ _ERROR_STATUSES = {
     "`Retry-After` as the upstream's 429 or 503 sent it.",
     "503": "The request has a `query` and the memory database (CMP_MEMORY_URL) is down, unreachable or too slow "
     "(`memory_unavailable`); requests without a query still work. Or every model of the context's chain was "
-    "passed over without a call (`models_unavailable`: circuits open, providers down), or the prompt injection "
+    "passed over without a call (`models_unavailable`: circuits open, providers down). Or every request thread "
+    "stayed busy for GUNICORN_QUEUE_TIMEOUT (`service_unavailable`, with `Retry-After`). Or the prompt injection "
     "classifier did not answer and CMP_PI_MODEL_FAILURE=closed (`guardrail_unavailable`).",
     "504": "Hugging Face did not answer within HF_TIMEOUT.",
 }
@@ -275,6 +279,167 @@ def _openai_schemas(max_string_chars: int) -> dict[str, Any]:
     }
 
 
+_RESPONSE_ID = {
+    "name": "response_id",
+    "in": "path",
+    "required": True,
+    "description": "A stored response's id (`resp_...`)",
+    "schema": {"type": "string"},
+}
+_TENANT_QUERY = {
+    "name": "tenant_id",
+    "in": "query",
+    "required": False,
+    "description": "The tenant whose response it is (by default a tenant-bound key's own)",
+    "schema": {"type": "string", "pattern": NAME_PATTERN},
+}
+
+
+def _responses_paths(
+    secured: dict[str, Any], chat_errors: list[str], gate: list[str], max_string_chars: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Responses API's paths and schemas: its request (the validator's schema), the response object, errors."""
+    request_schema = copy.deepcopy(RESPONSES_SCHEMA)
+    request_schema.pop("$schema", None)
+    request_schema["properties"]["query"]["maxLength"] = max_string_chars
+    created = _json({"$ref": "#/components/schemas/Response"}, "A `response` object, with `sources`")
+    created["content"]["text/event-stream"] = {
+        "schema": {
+            "description": 'With `"stream": true`, the Responses API\'s events (`event:` names them, `data` carries '
+            "`type` and `sequence_number`): `response.created`, `response.in_progress`, per output item "
+            "`response.output_item.added`, its content events and `response.output_item.done`, then "
+            "`response.completed` (`response.incomplete` when cut at max_output_tokens); a failure after the first "
+            "event ends the stream with `response.failed`.",
+            "type": "object",
+            "required": ["data"],
+            "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+        }
+    }
+    errors = _errors(*chat_errors, shape="OpenAIError")
+    errors["404"]["description"] += " Or `previous_response_id`, an `item_reference`, is not the tenant's."
+    errors["503"]["description"] += " Or the response store (CMP_USAGE_URL, CMP_MEMORY_URL or SQLite) is."
+    stored_errors = _errors("400", *gate, "404", "500", "503", shape="OpenAIError")
+    stored_errors["404"]["description"] = "The tenant has no unexpired stored response by that id."
+    stored_errors["503"]["description"] = "The response store is down, unreachable or too slow."
+    parameters = [_RESPONSE_ID, _TENANT_QUERY]
+    paths = {
+        "/v1/responses": {
+            "post": {
+                "summary": "OpenAI Responses: `model` names a context, the last user message of `input` is the input",
+                "operationId": "create_response",
+                **secured,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResponseRequest"}}},
+                },
+                "responses": {"200": created, **errors},
+            }
+        },
+        "/v1/responses/{response_id}": {
+            "get": {
+                "summary": "A stored response of the caller's tenant",
+                "operationId": "get_response",
+                **secured,
+                "parameters": parameters,
+                "responses": {"200": _json({"$ref": "#/components/schemas/Response"}, "As answered"), **stored_errors},
+            },
+            "delete": {
+                "summary": "Delete a stored response of the caller's tenant",
+                "operationId": "delete_response",
+                **secured,
+                "parameters": parameters,
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["id", "object", "deleted"],
+                            "properties": {
+                                "id": {"type": "string"},
+                                "object": {"const": "response.deleted"},
+                                "deleted": {"const": True},
+                            },
+                        },
+                        "Deleted",
+                    ),
+                    **stored_errors,
+                },
+            },
+        },
+    }
+    item = {"type": "object", "required": ["type", "id"], "properties": {"type": {"type": "string"}}}
+    schemas = {
+        "ResponseRequest": request_schema,
+        "Response": {
+            "type": "object",
+            "required": ["id", "object", "created_at", "status", "model", "output", "output_text", "usage", "error"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "response"},
+                "created_at": {"type": "integer"},
+                "status": {"enum": ["completed", "incomplete", "failed", "in_progress"]},
+                "model": {"type": "string", "description": "The context that answered"},
+                "output": {"type": "array", "items": item, "description": "`message` and `function_call` items"},
+                "output_text": {"type": "string", "description": "The text of every message, joined"},
+                "usage": {
+                    "type": ["object", "null"],
+                    "required": ["input_tokens", "output_tokens", "total_tokens"],
+                    "properties": {
+                        name: {"type": "integer"} for name in ("input_tokens", "output_tokens", "total_tokens")
+                    },
+                },
+                "error": {"type": ["object", "null"]},
+                "previous_response_id": {"type": ["string", "null"]},
+                "store": {"type": "boolean"},
+                "sources": {"$ref": "#/components/schemas/Sources"},
+            },
+        },
+    }
+    return paths, schemas
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema or {"type": "string"}}  # fmt: skip
+
+
+def _usage_report_schema() -> dict[str, Any]:
+    counts = {
+        name: {"type": "integer", "minimum": 0}
+        for name in (
+            "requests",
+            "calls",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "unpriced_calls",
+            "estimated_calls",
+            "errors",
+        )
+    }
+    group = {
+        "type": "object",
+        "required": ["group", *counts, "cost_usd"],
+        "properties": {
+            "group": {"type": "string"},
+            **counts,
+            "cost_usd": {"type": ["number", "null"], "description": "null when no call of the group had a price"},
+        },
+    }
+    total = {**group, "required": [*counts, "cost_usd"]}
+    return {
+        "type": "object",
+        "required": ["since", "until", "by", "tenant", "groups", "total"],
+        "properties": {
+            "since": {"type": "string"},
+            "until": {"type": "string"},
+            "by": {"type": "string", "enum": list(BY)},
+            "tenant": {"type": ["string", "null"]},
+            "groups": {"type": "array", "items": group},
+            "total": total,
+        },
+    }
+
+
 def build_document(settings: Settings, version: str) -> dict[str, Any]:
     """The contract of an app built with `settings`."""
     auth = settings.auth_enabled
@@ -287,8 +452,9 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
         f"strings of at most {settings.max_string_chars} characters."
     )
     gate = (["401", "403"] if auth else []) + (["429"] if limited else [])
+    spent = ["429"] if settings.budgets_file and not limited else []
     # 403 on the chat routes with auth off too: the prompt_injection guardrail's refusal.
-    chat_gate = [*(["401"] if auth else []), "403", *(["429"] if limited else [])]
+    chat_gate = [*(["401"] if auth else []), "403", *(["429"] if limited else []), *spent]
     chat_errors = ["400", *chat_gate, "404", "413", "415", "422", "424", "500", "502", "503", "504"]
 
     def secured(scope: str) -> dict[str, Any]:
@@ -304,6 +470,9 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
         }
 
     status_ok = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+    responses_paths, responses_schemas = _responses_paths(
+        secured(SCOPE_CHAT), chat_errors, gate, settings.max_string_chars
+    )
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -341,6 +510,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                     "responses": {"200": _completion_answer(), **_errors(*chat_errors, shape="OpenAIError")},
                 }
             },
+            **responses_paths,
             "/v1/models": {
                 "get": {
                     "summary": "OpenAI models: the contexts the caller's tenant may use",
@@ -382,6 +552,27 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/usage": {
+                "get": {
+                    "summary": "Usage: requests, calls, tokens, cost and errors per group, from the ledger",
+                    "operationId": "usage",
+                    **secured(SCOPE_USAGE),
+                    "parameters": [
+                        _query("since", f"From when: 7d, 12h, 30m ago, or a date or time (default {DEFAULT_SINCE})"),
+                        _query("until", "Until when, as `since` (default now)"),
+                        _query("by", "How to group the calls", {"type": "string", "enum": list(BY)}),
+                        _query(
+                            "tenant",
+                            "Only this tenant (a tenant-bound key: its own, always)",
+                            {"type": "string", "pattern": NAME_PATTERN},
+                        ),
+                    ],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/UsageReport"}, "The report"),
+                        **_errors("400", *gate, "500"),
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "Liveness: the process answers",
@@ -398,10 +589,11 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                         "503": _json(
                             {
                                 "type": "object",
-                                "required": ["status", "reason"],
+                                "required": ["status"],
                                 "properties": {"status": {"const": "unavailable"}, "reason": {"type": "string"}},
                             },
-                            "Not ready: the reason names the broken files or the unavailable memory backend",
+                            "Not ready: the reason names the broken files or the unavailable memory backend; with"
+                            " CMP_AUTH_ENABLED it is given to a key with metrics:read only",
                         ),
                         **_errors("500"),
                     },
@@ -456,6 +648,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
         "components": {
             "schemas": {
                 **_openai_schemas(settings.max_string_chars),
+                **responses_schemas,
                 "ChatRequest": request_schema,
                 "ChatResponse": {
                     "type": "object",
@@ -468,6 +661,20 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                         "request_id": {"type": "string"},
                         "tool_calls": {"$ref": "#/components/schemas/ToolCalls"},
                         "finish_reason": {"type": "string", "description": "`tool_calls`, beside them"},
+                        "tools": {
+                            "type": "array",
+                            "description": "The context's own tools the runtime called, as each ended (a context "
+                            "with tools only; docs/tools.md)",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "ok", "ms"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "ok": {"type": "boolean"},
+                                    "ms": {"type": "integer"},
+                                },
+                            },
+                        },
                     },
                 },
                 "ToolCalls": {
@@ -505,6 +712,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                     "description": "Token counts, when the endpoint reports them",
                     "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}},
                 },
+                "UsageReport": _usage_report_schema(),
                 "Error": {
                     "type": "object",
                     "required": ["error"],

@@ -60,13 +60,23 @@ def event_stream(
     return response
 
 
-def sse_response(stream: TokenStream, **done_fields: Any) -> Response:
-    """The runtime's own stream: deltas, then a done event ending with `done_fields` (sources, request id)."""
+def sse_response(stream: TokenStream, tools: list[dict[str, Any]] | None = None, **done_fields: Any) -> Response:
+    """The runtime's own stream: deltas, then a done event ending with `done_fields` (sources, request id).
+
+    With a context's `tools` (the runtime's live list of calls made), an empty piece means a call ended: each
+    new one is an event `{"tool", "ok", "ms"}`, and the done event lists them all.
+    """
 
     def events() -> Iterator[str]:
+        shown = 0
         for delta in stream:
             if isinstance(delta, str):  # nearly every piece
-                yield sse_event({"delta": delta})
+                if delta or tools is None:
+                    yield sse_event({"delta": delta})
+                    continue
+                for call in tools[shown:]:
+                    yield sse_event({"tool": call["name"], "ok": call["ok"], "ms": call["ms"]})
+                shown = len(tools)
             elif isinstance(delta, ToolCallDelta):
                 yield sse_event({"tool_calls": [delta.as_openai()]})
             elif delta.text:
@@ -76,6 +86,8 @@ def sse_response(stream: TokenStream, **done_fields: Any) -> Response:
             done["usage"] = stream.usage.as_dict()
         if stream.tool_calls:
             done.update(tool_calls=list(stream.tool_calls), finish_reason=stream.finish_reason)
+        if tools is not None:
+            done["tools"] = tools
         yield sse_event({**done, **done_fields})
 
     def error_event(exc: ContexisError) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 import requests
 from sseclient import SSEClient
 
-from app.config import Settings
+from app.config import Settings, public_url
 from app.observability import RuntimeMetrics
 from app.providers.base import (
     ChoiceDelta,
@@ -28,6 +28,7 @@ from app.providers.huggingface.errors import HFError
 from app.providers.huggingface.telemetry import CallTelemetry, precreate_series
 from app.providers.huggingface.transport import Transport, deadline_at, decode
 from app.providers.huggingface.wire import WIRE_FORMATS, new_call_id
+from app.validation import content_text
 
 
 class HuggingFaceClient:
@@ -39,6 +40,7 @@ class HuggingFaceClient:
         self.wire = WIRE_FORMATS[settings.hf_wire_api](settings)
         self.history_in_turns = self.wire.history_in_turns
         self.url = self.wire.url
+        self.public_url = public_url(self.url)
         self.metrics = metrics
         self.transport = Transport(settings, self.url, self.model_id, pool_size)
         if metrics:
@@ -53,8 +55,11 @@ class HuggingFaceClient:
             return self.settings.hf_deadline
         return max(0.0, min(self.settings.hf_deadline, params.deadline_at - time.monotonic()))
 
-    def _telemetry(self, params: GenerationParams) -> CallTelemetry:
-        return CallTelemetry(self.metrics, self.model_id, self.wire.operation, params)
+    def _telemetry(
+        self, params: GenerationParams, prompt: str, system: str, history: Sequence[Turn], stream: bool
+    ) -> CallTelemetry:
+        sent = (system, *(content_text(turn.get("content")) for turn in history), prompt)
+        return CallTelemetry(self.metrics, self.model_id, self.wire.operation, params, sent, self.public_url, stream)
 
     def generate(
         self,
@@ -71,12 +76,12 @@ class HuggingFaceClient:
         after the prompt: tool calls and results, a prefill) goes to a chat completion in order.
         """
         self.wire.check(params, history, after)
-        observed = self._telemetry(params)
+        observed = self._telemetry(params, prompt, system, history, stream=False)
         try:
             with observed.active(self._seconds(params)):
                 response = self._send(prompt, system, params, history, after, stream=False)
                 generation = self.wire.parse(self.transport.read_json(response))
-            observed.succeeded(generation.usage)
+            observed.succeeded(generation.usage, generation.model, generation.text)
             return generation
         except HFError as exc:
             observed.failed(exc)
@@ -94,7 +99,7 @@ class HuggingFaceClient:
     ) -> TokenStream:
         """The model's answer as it is generated, once its first piece has arrived; `HFError` before that."""
         self.wire.check(params, history, after)
-        observed = self._telemetry(params)
+        observed = self._telemetry(params, prompt, system, history, stream=True)
         seconds = self._seconds(params)
         ends_at = deadline_at(seconds)
         try:
@@ -116,7 +121,7 @@ class HuggingFaceClient:
         with _reading(response, observed):
             generation = self.wire.parse(self.transport.read_json(response))
             observed.first_token()
-            observed.succeeded(generation.usage)
+            observed.succeeded(generation.usage, generation.model, generation.text)
         for index, choice in enumerate(generation.choices):
             if choice.text or not choice.tool_calls:
                 yield (
@@ -157,8 +162,8 @@ class HuggingFaceClient:
         they were reported.
 
         sseclient-py parses the events (multi-line data, comments, CRLF, events split across chunks) from
-        requests' chunks as they arrive (`chunk_size=None`: no waiting for a buffer to fill). Every chunk,
-        comments included, counts against HF_DEADLINE and HF_MAX_RESPONSE_BYTES.
+        the transport's bounded pieces as they arrive (`Transport.stream_body`). Every piece, comments
+        included, counts against HF_DEADLINE and HF_MAX_RESPONSE_BYTES.
         """
         usage: Usage | None = None
         model: str | None = None
@@ -166,7 +171,7 @@ class HuggingFaceClient:
         calls: set[tuple[int, int]] = set()  # the (choice, index) of each tool call begun
         with _reading(response, observed):
             with self.transport.errors(streaming=True):
-                chunks = self.transport.guarded(response.iter_content(chunk_size=None), deadline_at)
+                chunks = self.transport.stream_body(response, deadline_at)
                 for event in SSEClient(chunks).events():
                     if event.data == self.wire.done_marker:
                         break
@@ -177,7 +182,7 @@ class HuggingFaceClient:
                     usage, model = piece.usage or usage, piece.model or model
                     finish = piece.finish_reason or finish
                     if piece.text:
-                        observed.first_token()
+                        observed.first_token(piece.text)
                         yield piece.text
                     if piece.pieces:
                         observed.first_token()
@@ -187,7 +192,7 @@ class HuggingFaceClient:
                 else:
                     if finish is None:  # neither the end marker nor a finish reason: the answer was cut short
                         raise self.transport.interrupted("the connection closed before the end of the answer")
-            observed.succeeded(usage)
+            observed.succeeded(usage, model)
             yield from _late_pieces(model, usage, finish)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
@@ -16,6 +16,7 @@ from app.observability import RuntimeMetrics
 from app.providers.base import GenerationParams, Usage
 from app.providers.huggingface.errors import KNOWN_ERROR_CODES
 from app.providers.huggingface.transport import deadline
+from app.usage import start_call
 
 TOKEN_KINDS = ("prompt", "completion")
 _tracer = trace.get_tracer(__name__)
@@ -32,14 +33,32 @@ def precreate_series(metrics: RuntimeMetrics, model_id: str) -> None:
 
 
 class CallTelemetry:
-    """The span and metrics of one inference call; a streamed call is observed until its last token."""
+    """The span, metrics and ledger row of one inference call; a streamed call is observed until its last token.
 
-    def __init__(self, metrics: RuntimeMetrics | None, model_id: str, operation: str, params: GenerationParams) -> None:
+    Its budgets are checked first (`BudgetExceeded`, and no call); `prompt` (what is sent) and the text that
+    arrives are kept only to estimate the counts of an endpoint that reports none.
+    """
+
+    def __init__(
+        self,
+        metrics: RuntimeMetrics | None,
+        model_id: str,
+        operation: str,
+        params: GenerationParams,
+        prompt: Sequence[str] = (),
+        endpoint: str = "",
+        stream: bool = False,
+    ) -> None:
+        self.call = start_call(model_id, endpoint, stream, prompt)
         self.metrics = metrics
         self.model_id = model_id
         self.started = time.perf_counter()
         self.first_token_seen = False
         self.ended = False
+        self.usage: Usage | None = None
+        self.served: str | None = None
+        self.text = ""
+        self.outcome = "cancelled"  # until it succeeds or fails: the reader stopped before the end
         attributes: dict[str, AttributeValue] = {
             "provider": "huggingface",
             "model_id": model_id,
@@ -58,14 +77,19 @@ class CallTelemetry:
         with deadline(seconds), trace.use_span(self.span, record_exception=False, set_status_on_exception=False):
             yield
 
-    def first_token(self) -> None:
+    def first_token(self, text: str = "") -> None:
+        """A piece of text arrived (each piece of a stream)."""
+        if self.call is not None and text:
+            self.call.pieces.append(text)
         if not self.first_token_seen:
             self.first_token_seen = True
             if self.metrics:
                 elapsed = time.perf_counter() - self.started
                 self.metrics.child(self.metrics.hf_time_to_first_token, self.model_id).observe(elapsed)
 
-    def succeeded(self, usage: Usage | None) -> None:
+    def succeeded(self, usage: Usage | None, served: str | None = None, text: str = "") -> None:
+        """The call answered: `usage` as reported, `served` the model the endpoint says answered, `text` if whole."""
+        self.outcome, self.usage, self.served, self.text = "ok", usage, served, text
         self.span.set_attribute("gen_ai.response.model", self.model_id)
         if usage is None:
             return
@@ -79,6 +103,7 @@ class CallTelemetry:
                     self.metrics.child(self.metrics.hf_tokens, self.model_id, kind).inc(count)
 
     def failed(self, exc: ProviderError) -> None:
+        self.outcome = exc.metric_code
         self.span.record_exception(exc)
         self.span.set_status(Status(StatusCode.ERROR, exc.code))
         self.span.set_attribute("error.type", exc.metric_code)
@@ -92,6 +117,8 @@ class CallTelemetry:
         if self.metrics:
             self.metrics.child(self.metrics.hf_latency, self.model_id).observe(time.perf_counter() - self.started)
         self.span.end()
+        if self.call is not None:
+            self.call.finish(self.usage, self.served, self.text, self.outcome)
 
 
 def precreate_embed_series(metrics: RuntimeMetrics, model_id: str) -> None:

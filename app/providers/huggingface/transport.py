@@ -6,15 +6,24 @@ and `Retry-After` honoured, inside one overall deadline. This module is the one
 place where an HTTP failure (refused, reset, stalled, an error status, a body too
 large or undecodable) becomes a typed `HFError` with its hint, as huggingface_hub's
 `hf_raise_for_status` does.
+
+HF_DEADLINE holds however the upstream sends: HF_TIMEOUT bounds each read, so a server that drips a
+byte now and then never trips it. The response head is read under a `HeadAlarm` that shuts the socket
+down at the deadline; bodies, whole or streamed, are read in pieces of at most `PIECE` bytes (within one
+HTTP chunk too, and decompressed incrementally) with the deadline and HF_MAX_RESPONSE_BYTES checked
+between them.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import contextvars
 import email.utils
 import json
 import math
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -24,6 +33,8 @@ from typing import Any
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import DecodeError, MaxRetryError, NewConnectionError, ReadTimeoutError, ResponseError
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
@@ -44,9 +55,12 @@ from app.providers.huggingface.errors import (
     error_param,
     error_text,
 )
+from app.usage import scope as usage_scope
 
 # When the current call must give up; read by the retry policy of whichever thread runs it.
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar("hf_deadline")
+# The most a body read takes at once: one piece of a stream, of an HTTP chunk, or of decompressed output.
+PIECE = 64 * 1024
 
 
 def deadline_at(seconds: float) -> float:
@@ -88,6 +102,105 @@ class DeadlineRetry(Retry):
         return retry
 
 
+class HeadAlarm:
+    """Shuts a socket down when its call's deadline passes while the response head is still arriving.
+
+    http.client reads the head line by line, each read bounded by HF_TIMEOUT only, so a server sending two
+    bytes a second within the 64 KiB head limit would hold the thread for hours. One daemon thread per
+    process watches the sockets waiting for a head; a socket shut down wakes its reader at once. Arming,
+    disarming and firing share one lock: once `disarm` returns the socket is never touched, so a connection
+    that goes back to the pool is safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._waiting: dict[int, tuple[float, socket.socket]] = {}
+        self._pid = 0
+        self._next_at = math.inf
+
+    def arm(self, deadline_at: float, sock: socket.socket) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or a fork (gunicorn's workers) left the thread behind
+                self._pid = os.getpid()
+                self._next_at = math.inf
+                threading.Thread(target=self._watch, name="hf-head-alarm", daemon=True).start()
+            self._waiting[id(sock)] = (deadline_at, sock)
+            wake = deadline_at < self._next_at
+            if wake:
+                self._next_at = deadline_at
+        if wake:
+            self._wake.set()
+
+    def disarm(self, sock: socket.socket) -> bool:
+        """Stop watching `sock`; whether the alarm shut it down first."""
+        with self._lock:
+            return self._waiting.pop(id(sock), None) is None
+
+    def _watch(self) -> None:
+        while True:
+            self._wake.clear()
+            with self._lock:
+                now = time.monotonic()
+                for key, (deadline_at, sock) in list(self._waiting.items()):
+                    if deadline_at <= now:
+                        del self._waiting[key]
+                        with contextlib.suppress(OSError):
+                            # The plain socket's shutdown, also for TLS: it leaves the SSL object to its thread.
+                            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                next_at = min((at for at, _ in self._waiting.values()), default=now + 60)
+                self._next_at = next_at
+            self._wake.wait(max(next_at - now, 0.001))
+
+
+_head_alarm = HeadAlarm()
+
+
+class _HeadBounded:
+    """A urllib3 connection whose response head is read under the call's deadline (`HeadAlarm`)."""
+
+    sock: socket.socket | None
+
+    def getresponse(self) -> Any:
+        deadline_at = _deadline.get(None)
+        sock = self.sock
+        if deadline_at is None or sock is None:
+            return super().getresponse()  # type: ignore[misc]
+        _head_alarm.arm(deadline_at, sock)
+        try:
+            response = super().getresponse()  # type: ignore[misc]
+        finally:
+            fired = _head_alarm.disarm(sock)
+        if fired:  # http.client takes a head cut short by the shutdown for a whole one
+            response.close()
+            raise TimeoutError("the response head did not arrive by the deadline")
+        return response
+
+
+class _HTTPConnection(_HeadBounded, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_HeadBounded, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter whose connections read the response head under the call's deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
 class Transport:
     """POSTs JSON to one endpoint for one model; answers are bodies or typed errors, never raw failures."""
 
@@ -122,7 +235,7 @@ class Transport:
             respect_retry_after_header=True,
             raise_on_status=False,
         )
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=retry)
+        adapter = _Adapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=retry)
         session = requests.Session()
         # The URL never changes, so the environment's proxy and CA-bundle settings for it are read once
         # here rather than on every call (a scan of os.environ per request); trust_env off also keeps a
@@ -159,6 +272,11 @@ class Transport:
         session, template = self._ready()
         prepared = template.copy()  # each call sets its own body on a copy of the prepared call
         prepared.prepare_body(data=orjson.dumps(payload), files=None)
+        bound = usage_scope.current()
+        if bound is not None and bound.bill_to and self.settings.bill_to_by_tenant_file:
+            # CMP_BILL_TO_BY_TENANT: this tenant's organisation pays, not HF_BILL_TO's (never sent to an endpoint
+            # of a chain entry's own, whose settings name no such file).
+            prepared.headers["X-HF-Bill-To"] = bound.bill_to
         try:
             with self.errors():
                 # `send`, not `post`: `post` would parse the URL, merge headers and scan the environment again.
@@ -210,20 +328,48 @@ class Transport:
         """The body, or the `HFError` for a connection that broke, stalled or sent what cannot be decoded."""
         complete = False
         try:
-            body = self._read_capped(response, truncate)
+            with self.read_errors():
+                body = self._read_capped(response, truncate)
             complete = True
             return body
+        finally:
+            if not complete or truncate:
+                response.close()  # a half-read connection must not go back to the pool
+
+    def stream_body(self, response: requests.Response, deadline_at: float) -> Iterator[bytes]:
+        """A stream's bytes as they arrive, in pieces of at most `PIECE` (a drip inside one HTTP chunk, a huge
+        chunk, gzip are all read a piece at a time), checked as `guarded` does and as UTF-8: a stream of
+        events is text, and bytes that are not are `hf_bad_response`, not a failure of the reader after."""
+        text = codecs.getincrementaldecoder("utf-8")()
+        with self.read_errors(streaming=True):
+            for piece in self.guarded(self._pieces(response), deadline_at):
+                try:
+                    text.decode(piece)
+                except UnicodeDecodeError:
+                    raise bad_response("with a stream that is not UTF-8") from None
+                yield piece
+
+    @staticmethod
+    def _pieces(response: requests.Response) -> Iterator[bytes]:
+        """The body in pieces of at most `PIECE` decoded bytes, each as soon as some arrived."""
+        return iter(lambda: response.raw.read1(PIECE, decode_content=True), b"")
+
+    @contextlib.contextmanager
+    def read_errors(self, *, streaming: bool = False) -> Iterator[None]:
+        """Turn urllib3's failures while reading a body into typed errors (a stall, a break, bad encoding); a
+        stream that breaks off once the endpoint has begun answering is `HFStreamInterrupted`."""
+        try:
+            yield
         except ReadTimeoutError:
             detail = f"Hugging Face stopped sending its answer for HF_TIMEOUT={self.settings.hf_timeout:g}s."
             raise HFTimeout(detail, metric_code="timeout") from None
         except DecodeError:
             raise bad_response("with a body that cannot be decoded") from None
         except Urllib3Error as exc:
+            if streaming:
+                raise self.interrupted(type(exc).__name__) from None
             detail = f"The connection to Hugging Face broke while reading its answer ({type(exc).__name__})."
             raise HFConnectionError(detail, metric_code="connection_error") from None
-        finally:
-            if not complete or truncate:
-                response.close()  # a half-read connection must not go back to the pool
 
     def _read_capped(self, response: requests.Response, truncate: bool) -> bytes:
         """Read piece by piece: a huge answer stops at HF_MAX_RESPONSE_BYTES, a drip at HF_DEADLINE.
@@ -236,7 +382,7 @@ class Transport:
         declared = response.headers.get("Content-Length", "")
         if not truncate and declared.isdigit() and int(declared) > cap:
             raise self._too_large()
-        pieces = iter(lambda: response.raw.read1(64 * 1024, decode_content=True), b"")
+        pieces = self._pieces(response)
         deadline_at = _deadline.get(math.inf)
         if not truncate:
             return b"".join(self.guarded(pieces, deadline_at))
@@ -274,6 +420,9 @@ class Transport:
         try:
             yield
         except requests.RequestException as exc:
+            if time.monotonic() >= _deadline.get(math.inf):  # the head alarm cut a head that was dripping
+                detail = f"Hugging Face did not answer within HF_DEADLINE={self.settings.hf_deadline:g}s."
+                raise HFTimeout(detail, metric_code="timeout") from None
             if _timed_out(exc):
                 detail = f"Hugging Face did not answer within HF_TIMEOUT={self.settings.hf_timeout:g}s."
                 raise HFTimeout(detail, metric_code="timeout") from None

@@ -43,12 +43,13 @@ class StreamEvent(NamedTuple):
     pieces: tuple[ToolCallDelta | ChoiceDelta | Finish, ...] = ()
 
 
-def _usage(prompt: Any, completion: Any) -> Usage | None:
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _usage(prompt: Any, completion: Any, cached: Any = None, reasoning: Any = None) -> Usage | None:
     """A `Usage` from whatever counts are integers; None when the endpoint reported none."""
-    usage = Usage(
-        prompt_tokens=prompt if isinstance(prompt, int) else None,
-        completion_tokens=completion if isinstance(completion, int) else None,
-    )
+    usage = Usage(_count(prompt), _count(completion), _count(cached), _count(reasoning))
     return usage if usage.as_dict() else None
 
 
@@ -431,7 +432,15 @@ def _text_or_none(value: Any) -> str | None:
 
 def _openai_usage(data: dict[str, Any]) -> Usage | None:
     usage = data.get("usage")
-    return _usage(usage.get("prompt_tokens"), usage.get("completion_tokens")) if isinstance(usage, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt_details, completion_details = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
+    return _usage(
+        usage.get("prompt_tokens"),
+        usage.get("completion_tokens"),
+        prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else None,
+        completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else None,
+    )
 
 
 WIRE_FORMATS: dict[str, type[WireFormat]] = {f.name: f for f in (TextGeneration, ChatCompletion)}

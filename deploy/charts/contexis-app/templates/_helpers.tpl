@@ -63,6 +63,14 @@ not known at render time).
 {{- $url }}
 {{- end }}
 
+{{- define "contexis-app.usageUrl" -}}
+{{- $url := required "usage.url is required when usage.backend is postgresql (or use externalSecrets)" .Values.usage.url }}
+{{- if not (or (hasPrefix "postgresql://" $url) (hasPrefix "postgres://" $url)) }}
+{{- fail "usage.url must start with postgresql:// or postgres://" }}
+{{- end }}
+{{- $url }}
+{{- end }}
+
 {{/* Pod settings the memory Jobs share with the Deployment. */}}
 {{- define "contexis-app.jobPod" -}}
 restartPolicy: Never
@@ -74,4 +82,15 @@ securityContext:
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end }}
+
+{{/* The usage files the values give: [{key, env, content}] (the ConfigMap's keys and the variables naming them). */}}
+{{- define "contexis-app.usageFiles" -}}
+{{- $files := list }}
+{{- range $name, $spec := dict "budgets" (list "budgets.yaml" "CMP_BUDGETS") "prices" (list "prices.yaml" "CMP_MODEL_PRICES") "billTo" (list "bill-to.yaml" "CMP_BILL_TO_BY_TENANT") }}
+{{- with index $.Values.usage $name }}
+{{- $files = append $files (dict "key" (index $spec 0) "env" (index $spec 1) "content" .) }}
+{{- end }}
+{{- end }}
+{{- toYaml $files }}
 {{- end }}

@@ -1,0 +1,243 @@
+"""The ledger: one row per model call, queued on the request's thread and written in batches by a thread of its own.
+
+A backend (`sqlite`, `postgres`) writes a batch in one transaction: the rows, and the day's totals per tenant
+and per key that budgets read (a point lookup, however many rows a month holds). The queue is written at
+exit (gunicorn's workers exit through it on SIGTERM, after their last request), so no answered call's row
+is lost; a batch the database refuses stays queued and is tried again. Past `max_queued` rows (a database
+away for long) the oldest are dropped, and the log says how many.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model call: for whom, which model, what it counted and cost, how it went."""
+
+    ts: float
+    request_id: str
+    tenant: str  # "" for no tenant
+    key_id: str | None
+    context: str
+    route: str  # the API route the call served (`/v1/chat/completions`), or `cli`
+    model: str  # the model the call asked for
+    served_model: str | None  # the model the endpoint says answered
+    endpoint: str  # where the call went, without credentials
+    stream: bool
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cached_tokens: int | None
+    reasoning_tokens: int | None
+    estimated: bool  # counts estimated (the endpoint reported none), not reported
+    cost_usd: float | None  # None: the model has no price (never 0 for unknown)
+    latency_ms: float
+    outcome: str  # ok, cancelled (the client left mid-stream), or the failure's code (429, timeout, ...)
+
+    @property
+    def tokens(self) -> int:
+        return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
+
+
+COLUMNS = tuple(f.name for f in fields(Row))
+
+
+def day_of(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def daily_totals(rows: Sequence[Row]) -> dict[tuple[str, str, str], list[float]]:
+    """(day, kind, name) -> [tokens, usd] of a batch: what it adds to each tenant's and key's day."""
+    totals: dict[tuple[str, str, str], list[float]] = {}
+    for row in rows:
+        day = day_of(row.ts)
+        owners = [("tenant", row.tenant)] + ([("key", row.key_id)] if row.key_id else [])
+        for kind, name in owners:
+            entry = totals.setdefault((day, kind, name), [0, 0.0])
+            entry[0] += row.tokens
+            entry[1] += row.cost_usd or 0.0
+    return totals
+
+
+class Ledger:
+    """The queue and its writer thread; a backend implements `_write`, `spent`, `totals`, `report`, `problem`."""
+
+    where = ""
+
+    def __init__(self, interval: float = 0.2, max_queued: int = 100_000) -> None:
+        self.interval = interval
+        self.max_queued = max_queued
+        self._rows: collections.deque[Row] = collections.deque()
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._write_lock = threading.Lock()
+        self._closed = False
+        # This process's own totals per (kind, name): recorded, and written (budgets add the difference).
+        self._recorded: dict[tuple[str, str], list[float]] = {}
+        self._flushed: dict[tuple[str, str], list[float]] = {}
+        self._count_lock = threading.Lock()
+        atexit.register(self.close)
+        os.register_at_fork(after_in_child=self._forked)
+
+    def record(self, row: Row) -> None:
+        """Queue one call's row (the request's thread does nothing more)."""
+        self._rows.append(row)
+        self._count(self._recorded, row)
+        if len(self._rows) > self.max_queued:
+            dropped = 0
+            while len(self._rows) > self.max_queued:
+                self._rows.popleft()
+                dropped += 1
+            log.error("usage rows dropped: the ledger is not written", extra={"fields": {"rows": dropped}})
+        if not self._wake.is_set():
+            if self._writer is None or not self._writer.is_alive():
+                self._start()
+            self._wake.set()
+
+    def _count(self, totals: dict[tuple[str, str], list[float]], row: Row) -> None:
+        with self._count_lock:
+            for owner in (("tenant", row.tenant), ("key", row.key_id or "")):
+                entry = totals.get(owner)
+                if entry is None:
+                    entry = totals[owner] = [0, 0.0]
+                entry[0] += row.tokens
+                entry[1] += row.cost_usd or 0.0
+
+    def own(self, kind: str, name: str) -> tuple[float, float, float, float]:
+        """This process's (recorded tokens, recorded USD, written tokens, written USD) for a tenant or key."""
+        recorded = self._recorded.get((kind, name), (0, 0.0))
+        flushed = self._flushed.get((kind, name), (0, 0.0))
+        return recorded[0], recorded[1], flushed[0], flushed[1]
+
+    def flush(self) -> bool:
+        """Write every queued row now; False when the database refused them (they stay queued)."""
+        with self._write_lock:
+            batch = []
+            while self._rows:
+                batch.append(self._rows.popleft())
+            if not batch:
+                return True
+            try:
+                self._write(batch)
+            except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the rows must survive it
+                self._rows.extendleft(reversed(batch))
+                log.warning(
+                    "usage ledger not written, will retry",
+                    extra={"fields": {"ledger": self.where, "rows": len(batch), "error": type(exc).__name__}},
+                )
+                return False
+            for row in batch:
+                self._count(self._flushed, row)
+            return True
+
+    def _start(self) -> None:
+        with self._write_lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._run, name="contexis-usage-ledger", daemon=True)
+                self._writer.start()
+
+    def _run(self) -> None:
+        backoff = self.interval
+        while True:
+            self._wake.wait()
+            time.sleep(backoff)  # let a batch gather (longer while the database refuses them)
+            self._wake.clear()
+            backoff = self.interval if self.flush() else min(backoff * 2, 30.0)
+            if self._rows:
+                self._wake.set()
+
+    def _forked(self) -> None:
+        """A forked worker has no writer yet, and its parent's queued rows are its parent's to write."""
+        self._rows.clear()
+        self._wake = threading.Event()
+        self._writer = None
+        self._write_lock = threading.Lock()
+        self._recorded, self._flushed = {}, {}
+        self._count_lock = threading.Lock()
+        self._reset_connections()
+
+    def close(self) -> None:
+        """Write what is queued (at exit: the last rows of a worker stopped by SIGTERM)."""
+        if self._rows and not self.flush():
+            log.error("usage rows lost at exit: the ledger refused them", extra={"fields": {"rows": len(self._rows)}})
+
+    # -- what a backend implements -------------------------------------------------------------------
+
+    def _write(self, rows: list[Row]) -> None:
+        raise NotImplementedError
+
+    def _reset_connections(self) -> None:
+        """Forget connections opened by the parent process (a child must open its own)."""
+
+    def spent(self, kind: str, name: str, first_day: str) -> tuple[float, float]:
+        """(tokens, USD) the ledger holds for a tenant or key since `first_day` (`YYYY-MM-DD`, UTC)."""
+        raise NotImplementedError
+
+    def totals(self, kind: str, first_day: str) -> dict[str, tuple[float, float]]:
+        """(tokens, USD) since `first_day` of every tenant or key."""
+        raise NotImplementedError
+
+    def report(self, since: float, until: float, by: str, tenant: str | None) -> list[dict[str, Any]]:
+        """Requests, calls, tokens, cost and errors per group of the rows from `since` to `until`."""
+        raise NotImplementedError
+
+    def problem(self) -> str | None:
+        """Why the ledger cannot be written now, or None."""
+        return None
+
+
+def row_values(row: Row) -> tuple[Any, ...]:
+    return astuple(row)
+
+
+# The report's groups, as SQL expressions both backends share (`day` is the backend's own).
+GROUPS = {"tenant": "tenant", "context": "context", "model": "model", "key": "COALESCE(key_id, '')"}
+REPORT_SELECT = """
+    SELECT {group} AS grp,
+           COUNT(DISTINCT request_id), COUNT(*),
+           COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
+           SUM(cost_usd),
+           SUM(CASE WHEN cost_usd IS NULL AND (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)
+                    THEN 1 ELSE 0 END),
+           SUM(CASE WHEN estimated THEN 1 ELSE 0 END),
+           SUM(CASE WHEN outcome NOT IN ('ok', 'cancelled') THEN 1 ELSE 0 END)
+    FROM usage_calls
+    WHERE ts >= {p} AND ts < {p} {tenant}
+    GROUP BY grp ORDER BY grp
+"""
+REPORT_FIELDS = (
+    "group",
+    "requests",
+    "calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "unpriced_calls",
+    "estimated_calls",
+    "errors",
+)
+
+
+def report_rows(found: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    rows = []
+    for values in found:
+        row = dict(zip(REPORT_FIELDS, values, strict=True))
+        for name in REPORT_FIELDS[1:]:
+            if name != "cost_usd":
+                row[name] = int(row[name] or 0)
+        row["cost_usd"] = None if row["cost_usd"] is None else float(row["cost_usd"])
+        row["total_tokens"] = row["prompt_tokens"] + row["completion_tokens"]
+        rows.append(row)
+    return rows
