@@ -300,7 +300,15 @@ def test_api_error_ratio_counts_every_api_route(rule_groups: list[dict[str, Any]
     (routes,) = matchers
     app = create_app(Settings.from_env({"CMP_PROJECT_ROOT": str(EXAMPLE)}, dotenv_path=None))
     api = {rule.rule for rule in app.url_map.iter_rules() if re.fullmatch(routes, rule.rule)}
-    assert api == {"/api/v1/chat", "/api/v1/usage", "/v1/chat/completions", "/v1/models"}
+    assert api == {
+        "/api/v1/chat",
+        "/api/v1/usage",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/models/<model_id>",
+        "/v1/responses",
+        "/v1/responses/<response_id>",
+    }
 
 
 def test_dashboard_config_map_for_the_grafana_sidecar() -> None:
