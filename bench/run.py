@@ -829,7 +829,9 @@ def update_doc(results: dict[str, Any], text: str, marks: tuple[str, str] = MARK
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated subset of render,model,stream,slow,memory,ledger,cold,guardrails")
+    parser.add_argument(
+        "--only", help="comma-separated subset of render,model,stream,slow,memory,ledger,cold,guardrails"
+    )
     parser.add_argument(
         "--slow-settings",
         default=os.environ.get("BENCH_SLOW_SETTINGS", "{}x{}".format(*DEFAULT_SETTINGS)),
