@@ -22,7 +22,8 @@ $(STAMP): setup.cfg pyproject.toml $(DEV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade '$(PIP_PIN)'
 	$(BIN)/python -m pip install --quiet --require-hashes --requirement $(DEV_LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps --editable .
+	@# setuptools' "Editable installation" notice is information only; a quiet install prints nothing.
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install --quiet --no-deps --editable .
 	$(BIN)/python -m pip check
 	touch $@
 
@@ -50,12 +51,12 @@ dist: install
 
 serve: install
 	$(BIN)/ctx memory ingest --root $(PROJECT) --component CustomerDocs $(PROJECT)/docs/CustomerDocs
-	$(BIN)/ctx serve --addr $(ADDR) --root $(PROJECT)
+	CMP_PLAYGROUND=true $(BIN)/ctx serve --addr $(ADDR) --root $(PROJECT)
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/lint-imports
+	$(BIN)/lint-imports --no-logo
 
 # Debian packages the tests drive for real, installed when missing (as root, like bench-tools): redis-server
 # (rate limits on Redis), prometheus and promtool (tests/test_operations.py), chromium (the CORS test drives it

@@ -219,6 +219,7 @@ class Settings:
     max_messages: int = 100
     max_history_chars: int = 131072
     cors_origins: tuple[str, ...] = ()
+    playground: bool = False  # `GET /playground` and `POST /api/v1/test` (docs/playground.md)
     hf_max_response_bytes: int = 1024 * 1024
     hf_embed_model_id: str = ""
     hf_embed_endpoint: str = DEFAULT_HF_EMBED_ENDPOINT
@@ -248,6 +249,7 @@ class Settings:
     budget_cache_seconds: float = 1.0
     tool_max_response_bytes: int = 256 * 1024  # most of a tool's answer read (HTTP body, MCP message)
     mcp_list_ttl: float = 300.0  # seconds an MCP server's tool list is kept per process
+    locked: bool = False  # CMP_LOCKED: not ready while the project differs from its context.lock.json
     state_url: str = field(default="", repr=False)  # Redis for state shared by workers; "" per process
     breaker_failures: int = 3  # consecutive failures that open a model's circuit
     breaker_cooldown: float = 30.0  # seconds a circuit stays open before one trial call
@@ -285,6 +287,7 @@ class Settings:
             header_timeout=_number(env, "GUNICORN_HEADER_TIMEOUT", cls.header_timeout, minimum=0.001),
             queue_timeout=_number(env, "GUNICORN_QUEUE_TIMEOUT", cls.queue_timeout, minimum=0.001),
             auth_enabled=_flag(env, "CMP_AUTH_ENABLED"),
+            locked=_flag(env, "CMP_LOCKED"),
             api_keys=_api_keys(env),
             rate_limit=_rate_limit(env),
             rate_limit_storage_uri=_storage_uri(env),
@@ -297,6 +300,7 @@ class Settings:
             max_messages=_number(env, "CMP_MAX_MESSAGES", 100, kind=int),
             max_history_chars=_number(env, "CMP_MAX_HISTORY_CHARS", 131072, kind=int),
             cors_origins=_cors_origins(env),
+            playground=_flag(env, "CMP_PLAYGROUND"),
             hf_max_response_bytes=_number(env, "HF_MAX_RESPONSE_BYTES", 1024 * 1024, kind=int, minimum=1),
             hf_embed_model_id=_text(env, "HF_EMBED_MODEL_ID"),
             hf_embed_endpoint=_text(env, "HF_EMBED_ENDPOINT", DEFAULT_HF_EMBED_ENDPOINT).rstrip("/"),

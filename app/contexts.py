@@ -1,9 +1,12 @@
 """Contexts: the YAML files that give an agent its persona, guardrails and tools.
 
-A context lives at `contexts/<Name>/<name>.ctx`; a tenant's copy at
-`contexts/tenants/<tenant>/<Name>.ctx` wins. `extends` and `include` pull other
-files in (maps deep-merged, the including file wins). Parsed contexts are cached
-and re-read only when one of their files changes on disk.
+One discovery rule, shared by the server (chat, `/v1/models`, `/readyz`), `ctx context validate` and
+`ctx test`: a context named `Name` lives at `contexts/<Name>/<name>.ctx` (the folder's name in lower case, or
+exactly as the folder spells it), and its `name:` is the folder's; a tenant's copy at
+`contexts/tenants/<tenant>/<Name>.ctx` (`name: Name`) wins. Any other `.ctx` file is a validation error saying
+why it is not served, unless a served context pulls it in: `extends` and `include` pull other files in (maps
+deep-merged, the including file wins). Parsed contexts are cached and re-read only when one of their files
+changes on disk.
 """
 
 from __future__ import annotations
@@ -12,15 +15,14 @@ import functools
 import os
 import re
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 
 from app.errors import ContextInvalid, NotFound
-from app.names import MAX_TOP_K, NAME_PATTERN
+from app.names import MAX_TOP_K, NAME_PATTERN, is_safe_name
 
 # The guardrails a context can set and the personal data types they know (`app.guardrails` enforces them).
 GUARDRAILS = ("pii", "prompt_injection", "require_citation", "deny_output")
@@ -248,6 +250,14 @@ _resolved_validator = Draft202012Validator({"type": "object", "required": ["name
 Signature = tuple[tuple[str, int, int, int], ...]
 
 
+class Served(NamedTuple):
+    """A context file the server serves: the name requests use, the tenant it is for ("" shared), the file."""
+
+    name: str
+    tenant: str
+    path: Path
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Merge maps recursively; `override` wins, lists and scalars are replaced whole."""
     merged = dict(base)
@@ -270,15 +280,32 @@ class ContextStore:
 
     def path_for(self, name: str, tenant_id: str = "") -> Path:
         """The file that defines `name` for `tenant_id` (the tenant's copy wins when present)."""
-        if tenant_id:
-            tenant_file = self.contexts_dir / "tenants" / tenant_id / f"{name}.ctx"
-            if tenant_file.is_file():
-                return tenant_file
-        return _shared_file(self.contexts_dir, name)
+        tenant_file = self._tenant_file(name, tenant_id)
+        return tenant_file or self._shared_path(name)
+
+    def _tenant_file(self, name: str, tenant_id: str) -> Path | None:
+        if not tenant_id:
+            return None
+        path = self.contexts_dir / "tenants" / tenant_id / f"{name}.ctx"
+        return path if path.is_file() else None
+
+    def _shared_path(self, name: str) -> Path:
+        """`contexts/<Name>/<name>.ctx`, or `<Name>.ctx` spelt as the folder when only that one exists."""
+        lower = _shared_file(self.contexts_dir, name)
+        if name.islower() or lower.is_file():
+            return lower
+        exact = self.contexts_dir / name / f"{name}.ctx"
+        return exact if exact.is_file() else lower
 
     def resolve(self, name: str, tenant_id: str = "") -> dict[str, Any]:
         """The merged, validated context; `NotFound` when it does not exist."""
-        path = self.path_for(name, tenant_id)
+        path = self._tenant_file(name, tenant_id)
+        if path is None:
+            # The hot path: a cached shared context costs the stats of its signature, nothing more.
+            cached = self._cached(_shared_file(self.contexts_dir, name))
+            if cached is not None:
+                return cached
+            path = self._shared_path(name)
         cached = self._cached(path)
         if cached is not None:
             return cached
@@ -314,6 +341,12 @@ class ContextStore:
         errors = list(_resolved_validator.iter_errors(context))
         if errors:
             raise ContextInvalid(f"{self._rel(resolved)}: name: required field is missing")
+        expected = self._served_name(path)
+        if context["name"] != expected:
+            where = "its file's name" if path.parent.parent == self.contexts_dir / "tenants" else "its folder's name"
+            raise ContextInvalid(
+                f"{self._rel(path)}: name: {context['name']!r} must equal {where} {expected!r}, the name requests use"
+            )
         _check_case_names(self._rel(resolved), context)
         _check_tools(self._rel(resolved), context)
         _check_model(self._rel(resolved), context)
@@ -328,49 +361,102 @@ class ContextStore:
         cached = self._cache.get(path)
         return cached[1] if cached and _unchanged(cached[0]) else None
 
-    def names(self) -> list[str]:
-        """The contexts a request can name: each `contexts/<Name>/` that holds its `<name>.ctx`."""
-        if not self.contexts_dir.is_dir():
-            return []
-        folders = sorted(d.name for d in self.contexts_dir.iterdir() if d.name != "tenants")
-        return [name for name in folders if self.path_for(name).is_file()]
+    def _served_name(self, path: Path) -> str:
+        """The name a request uses for a served file: its folder's, or a tenant file's own."""
+        return path.stem if path.parent.parent == self.contexts_dir / "tenants" else path.parent.name
 
-    def iter_files(self) -> Iterator[Path]:
-        """Every context file of the project: shared ones and tenant overrides."""
+    def discover(self) -> tuple[list[Served], list[str]]:
+        """Every file the server serves, and `file: reason` for each `.ctx` file it would not serve.
+
+        What a folder may hold is judged here once, for the loader, `/v1/models`, `/readyz`, `ctx context
+        validate` and `ctx test` alike. A `.ctx` file that a served context extends or includes is no fault.
+        """
         if not self.contexts_dir.is_dir():
-            return
-        for directory in sorted(self.contexts_dir.iterdir()):
-            if directory.is_dir() and directory.name != "tenants":
-                yield from sorted(directory.glob("*.ctx"))
-        yield from sorted(self.contexts_dir.glob("tenants/*/*.ctx"))
+            return [], []
+        served: list[Served] = []
+        other: list[tuple[Path, str]] = []
+        for entry in sorted(self.contexts_dir.iterdir()):
+            if entry.name.startswith(".") or entry.name == "tenants":
+                continue
+            if not entry.is_dir():
+                if entry.suffix == ".ctx":
+                    folder = f"contexts/{entry.stem}/{entry.stem.lower()}.ctx"
+                    other.append((entry, f"a context lives in a folder of its name: {folder}"))
+                continue
+            files = sorted(entry.glob("*.ctx"))
+            if not is_safe_name(entry.name):
+                other.extend(
+                    (f, f"folder {entry.name!r} is not a context name (1-128 of A-Z a-z 0-9 _ . -)") for f in files
+                )
+                continue
+            path = self.path_for(entry.name)
+            if path.is_file():
+                served.append(Served(entry.name, "", path))
+                why = f"folder {entry.name!r} serves {path.name}: one context per folder (extend or include the rest)"
+            else:
+                why = f"folder {entry.name!r} serves {entry.name.lower()}.ctx, which does not exist"
+            other.extend((f, why) for f in files if f != path)
+        for tenant in sorted(self.contexts_dir.glob("tenants/*")):
+            files = sorted(tenant.glob("*.ctx")) if tenant.is_dir() else []
+            for path in files:
+                if not is_safe_name(tenant.name):
+                    other.append(
+                        (path, f"tenant folder {tenant.name!r} is not a tenant name (1-128 of A-Z a-z 0-9 _ . -)")
+                    )
+                elif not is_safe_name(path.stem):
+                    other.append((path, f"{path.stem!r} is not a context name (1-128 of A-Z a-z 0-9 _ . -)"))
+                else:
+                    served.append(Served(path.stem, tenant.name, path))
+        pulled_in = self._pulled_in(served)
+        unserved = [f"{self._rel(path)}: not served: {why}" for path, why in other if path.resolve() not in pulled_in]
+        return served, unserved
+
+    def _pulled_in(self, served: list[Served]) -> set[Path]:
+        """The files that served contexts extend or include (those that load)."""
+        files: set[Path] = set()
+        for entry in served:
+            try:
+                self.load(entry.path)
+            except ContextInvalid:
+                continue
+            signature = self._cache[entry.path][0]
+            files.update(Path(name).resolve() for name, *_ in signature[1:])
+        return files
+
+    def names(self) -> list[str]:
+        """The shared contexts a request can name (valid or not: `resolve` says what is wrong)."""
+        return [entry.name for entry in self.discover()[0] if not entry.tenant]
 
     def available(self, tenant_id: str = "") -> dict[str, Path]:
         """The valid contexts `tenant_id` may name, each with the file that defines it (tenant overrides included)."""
-        names = {path.parent.name for path in self.iter_files() if path.parent.parent == self.contexts_dir}
-        if tenant_id:
-            names |= {path.stem for path in (self.contexts_dir / "tenants" / tenant_id).glob("*.ctx")}
+        served = self.discover()[0]
+        chosen: dict[str, Path] = {}
+        for entry in served:
+            if not entry.tenant:
+                chosen.setdefault(entry.name, entry.path)
+        for entry in served if tenant_id else []:
+            if entry.tenant == tenant_id:
+                chosen[entry.name] = entry.path  # the tenant's copy wins, valid or not
         found: dict[str, Path] = {}
-        for name in sorted(names):
-            path = self.path_for(name, tenant_id)
+        for name, path in sorted(chosen.items()):
             try:
-                if path.is_file():
-                    self.load(path)
-                    found[name] = path
+                self.load(path)
             except ContextInvalid:
                 continue  # /readyz names broken files; a listing shows what can answer
+            found[name] = path
         return found
 
     def problems(self) -> list[str]:
-        """`file: field: problem` for each invalid context (empty when the project is sound)."""
+        """`file: field: problem` for each invalid context and each file not served (empty when sound)."""
         if not self.contexts_dir.is_dir():
             return [f"{self.contexts_dir}: project has no contexts directory"]
-        found: list[str] = []
-        for path in self.iter_files():
+        served, found = self.discover()
+        for entry in served:
             try:
-                self.load(path, last_good=False)
+                self.load(entry.path, last_good=False)
             except ContextInvalid as exc:
                 found.append(exc.message)
-        return found
+        return sorted(found)
 
     def _rel(self, path: Path) -> str:
         """How messages (and the public /readyz) name a file: relative to the root, never a path outside it."""

@@ -21,7 +21,8 @@ from app.names import NAME_PATTERN
 SCOPE_CHAT = "chat:invoke"
 SCOPE_METRICS = "metrics:read"
 SCOPE_USAGE = "usage:read"  # GET /api/v1/usage: a tenant-bound key sees its own tenant's usage only
-SCOPES = frozenset({SCOPE_CHAT, SCOPE_METRICS, SCOPE_USAGE})
+SCOPE_TEST = "test:run"  # `POST /api/v1/test`: a context's test cases, each of which may call the model
+SCOPES = frozenset({SCOPE_CHAT, SCOPE_METRICS, SCOPE_USAGE, SCOPE_TEST})
 ANY_TENANT = "*"
 _HEX_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
 _TENANT = re.compile(NAME_PATTERN)

@@ -30,6 +30,16 @@ from jinja2.utils import Namespace
 from app.errors import MissingVariable, NotFound, RenderLimit, TemplateFailure
 
 _UNDEFINED_NAME = re.compile(r"^'([^']+)' is undefined$")
+_UNDEFINED_DATA_KEY = re.compile(r"^'app\.prompts\.TemplateData object' has no attribute '([^']+)'$")
+
+
+class TemplateData(dict[str, Any]):
+    """The request's `data` as the template variable `data`, so `{{ data.key }}` works beside `{{ key }}`.
+
+    A type of its own so a key the request did not send reads as the request's missing variable (a 422 naming
+    `data.key`), not as a fault of the template.
+    """
+
 # A `%` conversion's width and precision, or `*` (taken from the arguments).
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
 # str methods whose first argument is the length of what they build.
@@ -321,14 +331,14 @@ class PromptRenderer:
         except UndefinedError as exc:
             missing = _UNDEFINED_NAME.match(exc.message or "")
             if missing and missing.group(1) not in variables:
-                raise MissingVariable(
-                    f"{rel} needs the variable {missing.group(1)!r}, which the request's data does not provide"
-                ) from None
+                raise MissingVariable(_missing(rel, missing.group(1), missing.group(1))) from None
+            key = _UNDEFINED_DATA_KEY.match(exc.message or "")
+            if key:
+                raise MissingVariable(_missing(rel, f"data.{key.group(1)}", key.group(1))) from None
             raise TemplateFailure(f"{rel}:{_template_line(exc, template.filename)}: {exc.message}") from None
         except Exception as exc:  # noqa: BLE001 - any failure inside a project's template is the template's
             detail = str(exc) or exc.__class__.__name__
             raise TemplateFailure(f"{rel}:{_template_line(exc, template.filename)}: {detail}") from None
-
 
     def _render(self, template: Any, variables: dict[str, Any]) -> str:
         """The template's output, piece by piece, stopped once it passes `max_chars`."""
@@ -341,6 +351,15 @@ class PromptRenderer:
                 raise RenderLimit(message, code="prompt_too_large")
             pieces.append(piece)
         return "".join(pieces)
+
+
+def _missing(rel: str, variable: str, key: str) -> str:
+    """A missing variable, with the two ways on: a default in the template, or the value in the request."""
+    return (
+        f"{rel} needs the variable {variable!r}, which the request's data does not provide: give it a default in "
+        f"the template ({{{{ {variable} | default(...) }}}}) or send data.{key}; an OpenAI client sends only "
+        "messages (the last user message is user_input) unless it adds data in its body (extra_body)"
+    )
 
 
 def system_message(context: dict[str, Any]) -> str:

@@ -18,9 +18,10 @@ from app.config import Settings
 from app.contexts import ContextStore
 from app.errors import BadRequest
 from app.guardrails import Guard, Guardrails
+from app.lock import ProjectLock
 from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
-from app.prompts import PromptRenderer, system_message
+from app.prompts import PromptRenderer, TemplateData, system_message
 from app.providers import build_classifier, build_embedder, build_provider, structured
 from app.providers.base import Choice, Generation, GenerationParams, TokenStream, ToolCall, Turn, Usage
 from app.routing import ModelChain, ModelRouter, chain_of
@@ -42,6 +43,11 @@ class Rendered:
     degraded: str = ""  # why memory searched keywords only, when it had to
     chain: ModelChain | None = None  # the context's models, when its file names them (`model:`)
     guard: Guard | None = None  # the request's guardrails, when its context enforces any
+    mode: str = ""  # how memory searched (hybrid, vector, keyword), for `POST /api/v1/render`
+
+    def sources(self) -> list[dict[str, Any]]:
+        """The memory matches a response names, so a client can cite them."""
+        return [{"id": r.id, "source": r.source, "score": r.score} for r in self.results]
 
 
 @dataclass(frozen=True)
@@ -88,12 +94,14 @@ class Runtime:
         catalog = self.router.catalog if self.router else None
         self.meter = open_meter(settings, self.metrics, catalog, metered=bool(self.provider or self.router))
         self.tools = Toolbox(settings, self.metrics)
+        self.lock = ProjectLock(settings.project_root)
         self.guardrails = Guardrails(settings, self.metrics, build_classifier(settings))
 
     def problems(self) -> list[str]:
         """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
         problems = self.contexts.problems()
-        found = [self.memory.problem(), self.meter.problem()]
+        locked = self.lock.problem() if self.settings.locked else ""
+        found = [self.memory.problem(), self.meter.problem(), locked]
         return [*problems, *(problem for problem in found if problem)]
 
     def calls_model(self, context: dict[str, Any]) -> bool:
@@ -102,13 +110,15 @@ class Runtime:
 
     def chains(self) -> dict[str, list[dict[str, str]]]:
         """Each valid context's models in the order they are tried (`/version`): its chain, or HF_MODEL_ID."""
+        return {name: self.models(self.contexts.load(path)) for name, path in self.contexts.available().items()}
+
+    def models(self, context: dict[str, Any]) -> list[dict[str, str]]:
+        """The models a request to `context` asks, in the order they are tried: its chain, or HF_MODEL_ID."""
+        chain = chain_of(context)
+        if chain:
+            return chain.describe(self.settings)
         provider = self.provider
-        default = [{"id": provider.model_id, "endpoint": self.settings.hf_endpoint_public}] if provider else []
-        found = {}
-        for name, path in self.contexts.available().items():
-            chain = chain_of(self.contexts.load(path))
-            found[name] = chain.describe(self.settings) if chain else default
-        return found
+        return [{"id": provider.model_id, "endpoint": self.settings.hf_endpoint_public}] if provider else []
 
     def search(self, request: ChatRequest, component: str = "") -> Retrieval:
         """The memory matches of `component` (the request's by default) for the request's query (none without one)."""
@@ -143,6 +153,9 @@ class Runtime:
         clients do, still gets retrieval), else the request's component.
         """
         context = self.contexts.resolve(request.context, request.tenant_id)
+        if self.lock.started_hash:
+            # Which sources answered: the request's span carries the lock the server started with.
+            trace.get_current_span().set_attribute("contexis.lock", self.lock.started_hash)
         guard = self.guardrails.guard(context, request)
         if guard:
             request = guard.check_request(request)
@@ -154,6 +167,7 @@ class Runtime:
             **request.data,
             # The runtime's own variables win over same-named keys in `data`.
             "context": context,
+            "data": TemplateData(request.data),  # `{{ data.key }}` as well as `{{ key }}`
             "results": [result.as_dict() for result in results],
             "tenant_id": request.tenant_id,
             "query": request.query,
@@ -164,7 +178,7 @@ class Runtime:
         started = time.perf_counter()
         prompt = self.prompts.render(request.component, request.prompt_file, variables)
         self.metrics.child(self.metrics.prompt_render, request.component).observe(time.perf_counter() - started)
-        return Rendered(context, results, prompt, request, retrieval.degraded, chain, guard)
+        return Rendered(context, results, prompt, request, retrieval.degraded, chain, guard, mode=retrieval.mode)
 
     def _history_in_turns(self, chain: ModelChain | None) -> bool:
         if chain and self.router:
@@ -271,8 +285,7 @@ def _degraded(rendered: Rendered, run: ToolRun) -> str:
 
 
 def _sources(rendered: Rendered) -> list[dict[str, Any]]:
-    """The memory matches a response names, so a client can cite them."""
-    return [{"id": r.id, "source": r.source, "score": r.score} for r in rendered.results]
+    return rendered.sources()
 
 
 def _inference_inputs(

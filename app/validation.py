@@ -293,6 +293,14 @@ def _turn_rules_hold(body: Any) -> bool:
 
 _chat_check = SchemaCheck(CHAT_REQUEST_SCHEMA, _turn_rules_hold)
 _openai_check = SchemaCheck(OPENAI_CHAT_SCHEMA, _turn_rules_hold)
+# `POST /api/v1/test`: which context's `testing` cases to run, as which tenant (the chat body's own fields).
+TEST_REQUEST_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["context"],
+    "properties": {name: CHAT_REQUEST_SCHEMA["properties"][name] for name in ("context", "tenant_id")},
+}
+_test_check = SchemaCheck(TEST_REQUEST_SCHEMA)
 
 
 def _describe(error: ValidationError) -> str:
@@ -345,6 +353,12 @@ def parse_chat_request(body: Any) -> ChatRequest:
         after=tuple(_turn(m) for m in body.get("after", ())),
         options=_options(body, TOOL_FIELDS),
     )
+
+
+def parse_test_request(body: Any) -> tuple[str, str]:
+    """The context and tenant of a test run's body, or `BadRequest` naming the field."""
+    _check(_test_check, body)
+    return body["context"], body.get("tenant_id", "")
 
 
 def _turn(message: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,19 @@ from typing import Any
 import pytest
 from fake_hf import FakeHF, Reply, Stream
 from flask import Flask
-from helpers import ENDPOINT, EXAMPLE, MODEL, TOKEN, LiveApp, McpProcess, Postgres, Redis, mcp1_python
+from helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ENDPOINT,
+    EXAMPLE,
+    MODEL,
+    TOKEN,
+    LiveApp,
+    McpProcess,
+    Postgres,
+    Redis,
+    mcp1_python,
+)
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -27,6 +39,10 @@ _SPANS = InMemorySpanExporter()
 _provider = TracerProvider()
 _provider.add_span_processor(SimpleSpanProcessor(_SPANS))
 trace.set_tracer_provider(_provider)
+# The access log's writer thread would write a test's lines on its own schedule, which can fall between the test
+# and its teardown, when pytest has stopped capturing: they would land among the progress dots. Tests write them
+# when they ask (`helpers.access_lines`) or at teardown (below), while output is still captured.
+access_log.interval = 24 * 3600
 
 
 @pytest.fixture(autouse=True)
@@ -136,3 +152,18 @@ def mcp_server(request: pytest.FixtureRequest) -> Iterator[McpProcess]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Debian's Chromium under Playwright, with a fresh profile."""
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing: `make test` installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield context
+        context.close()

@@ -59,7 +59,22 @@ SEARCH_BODY = {
 ACME_KEY = "ctx_live_ACME_secret_0123456789"
 METRICS_KEY = "ctx_live_METRICS_secret_0123456789"
 STAR_KEY = "ctx_live_STAR_secret_0123456789"
-ALL_KEYS = (ACME_KEY, METRICS_KEY, STAR_KEY)
+TESTER_KEY = "ctx_live_TESTER_secret_0123456789"  # any tenant, chat:invoke and test:run (the playground's tests)
+ALL_KEYS = (ACME_KEY, METRICS_KEY, STAR_KEY, TESTER_KEY)
+
+
+# Debian's Chromium, which the browser tests drive with Playwright: `make test` installs it.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def sha(key: str) -> str:
@@ -71,6 +86,7 @@ KEYS_JSON = json.dumps(
         {"key_id": "acme-frontend", "hash": sha(ACME_KEY), "tenant_id": "acme", "scopes": ["chat:invoke"]},
         {"key_id": "prometheus", "hash": sha(METRICS_KEY), "tenant_id": "acme", "scopes": ["metrics:read"]},
         {"key_id": "operator", "hash": sha(STAR_KEY), "tenant_id": "*", "scopes": ["chat:invoke"]},
+        {"key_id": "tester", "hash": sha(TESTER_KEY), "tenant_id": "*", "scopes": ["chat:invoke", "test:run"]},
     ]
 )
 

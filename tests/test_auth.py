@@ -184,7 +184,8 @@ def test_keys_file_is_read_and_merged_with_the_variables(project, tmp_path):
     path = tmp_path / "keys.json"
     path.write_text(KEYS_JSON)
     settings = env_settings(project, CMP_API_KEYS_FILE=str(path), CMP_API_TOKENS="other@acme:chat:invoke")
-    assert {k.key_id for k in settings.api_keys} == {"acme-frontend", "prometheus", "operator", "CMP_API_TOKENS[0]"}
+    found = {k.key_id for k in settings.api_keys}
+    assert found == {"acme-frontend", "prometheus", "operator", "tester", "CMP_API_TOKENS[0]"}
     app = create_app(settings.replace(auth_enabled=True))
     assert chat(app, STAR_KEY, "globex").status_code == 200
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fake_hf import FakeHF, Reply
-from helpers import MODEL, REPO, TOKEN, run
+from helpers import MODEL, REPO, TOKEN, clean_env, run
 
 
 def hf_env(url: str, **extra: str) -> dict[str, str]:
@@ -129,7 +132,7 @@ def test_prompt_render_uses_cmp_project_root():
 def test_context_validate_passes_on_the_example_and_fails_with_file_field_problem(project):
     good = run("context", "validate", "--root", str(project))
     assert good.returncode == 0, good.stderr
-    assert "1 contexts valid" in good.stdout
+    assert "1 context valid" in good.stdout
     ctx = project / "contexts" / "SupportBot" / "supportbot.ctx"
     ctx.write_text(ctx.read_text().replace("max_tokens: 256", "max_tokens: lots"))
     bad = run("context", "validate", "--root", str(project))
@@ -155,3 +158,112 @@ def test_every_group_module_registers_its_commands_and_a_new_group_is_one_file(r
     monkeypatch.delenv("CMP_PROJECT_ROOT", raising=False)
     assert app.cli.main(["hello", "--root", str(tmp_path)]) == 0
     assert capsys.readouterr().out == f"hello from {tmp_path}\n"
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str = "ctx") -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _parsers(child, f"{path} {name}")
+
+
+def test_every_option_of_every_command_says_what_it_is_for():
+    from app.cli import build_parser
+
+    undocumented = [
+        f"{path} {action.dest}"
+        for path, parser in _parsers(build_parser())
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not action.help
+    ]
+    assert undocumented == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("hf", "models", "org/model"), ("memory", "migrate"), ("memory", "copy", "--from", ".", "--to", "postgresql://x")],
+)
+def test_a_root_that_would_mean_nothing_is_refused(argv):
+    result = run(*argv, "--root", "examples/quickstart")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --root" in result.stderr
+
+
+def test_a_context_not_found_says_where_the_project_was_looked_for_and_how_to_name_another():
+    result = run("prompt", "render", "--context", "SupportBot", "--data", '{"user_input": "x"}')
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"ctx: context_not_found: context 'SupportBot' not found; the project root is {REPO}: pass --root DIR or "
+        "set CMP_PROJECT_ROOT (`make serve` serves examples/quickstart; `ctx init DIR` starts a project)\n"
+    )
+    for argv in (("context", "validate"), ("test",)):
+        lost = run(*argv)
+        assert lost.returncode in (1, 2) and "pass --root DIR or set CMP_PROJECT_ROOT" in lost.stderr, argv
+    # serve would start and be unready: it says why before it starts (here it stops at the missing config).
+    served = run("serve", env={"CMP_GUNICORN_CONFIG": "file:/nonexistent.py"})
+    assert served.returncode == 2
+    assert served.stderr.startswith(f"ctx: warning: no contexts/ folder to serve: the project root is {REPO}: pass")
+
+
+def test_memory_commands_that_would_do_nothing_fail_saying_why(project):
+    root = ["--root", str(project)]
+    nosuch = run("memory", "search", *root, "--component", "NoSuch", "--query", "refund")
+    assert nosuch.returncode == 1
+    assert "component 'NoSuch' has no memory: ingest documents with `ctx memory ingest --component NoSuch PATH`" in (
+        nosuch.stderr
+    )
+    assert nosuch.stdout == ""
+    vector = run("memory", "search", *root, "--component", "CustomerDocs", "--query", "refund", "--mode", "vector")
+    assert vector.returncode == 2
+    assert "--mode vector needs an embedding model: set HF_EMBED_MODEL_ID and HF_TOKEN" in vector.stderr
+    (project / "only.pdf").write_bytes(b"%PDF")
+    nothing = run("memory", "ingest", *root, "--component", "CustomerDocs", str(project / "only.pdf"))
+    assert (
+        nothing.returncode == 1 and "nothing ingested: memory takes .htm .html .jsonl .md .rst .txt" in nothing.stderr
+    )
+    docs = str(project / "docs" / "CustomerDocs")
+    assert run("memory", "ingest", *root, "--component", "CustomerDocs", docs).returncode == 0
+    absent = run("memory", "delete", *root, "--component", "CustomerDocs", "--source", "docs/none.md")
+    assert absent.returncode == 1 and "nothing deleted: component 'CustomerDocs' has no document 'docs/none.md'" in (
+        absent.stderr
+    )
+    assert "has: CustomerDocs" in run("memory", "delete", *root, "--component", "Other").stderr
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(project):
+    root = ["--root", str(project), "--component", "CustomerDocs"]
+    assert run("memory", "ingest", *root, str(project / "docs" / "CustomerDocs")).returncode == 0
+    read, write = os.pipe()
+    os.close(read)  # `| head` that has already exited: every write is EPIPE
+    try:
+        result = subprocess.run(
+            [sys.executable, str(REPO / "cli.py"), "memory", "search", *root, "--query", "refund", "--json"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env=clean_env(),
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 141
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    assert result.stderr == "mode: keyword\n"
+
+
+def test_ctrl_c_exits_130_without_a_traceback():
+    with FakeHF(Reply(delay=30)) as fake:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "cli.py"), "hf", "test-model", "hi"],
+            env=clean_env(**hf_env(fake.url)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stderr is not None
+        assert process.stderr.readline().startswith("ctx: POST ")  # the call is under way
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert (out, err) == ("", "")

@@ -7,7 +7,6 @@ from one local origin calls the runtime on another, whole and streamed.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from fake_hf import FakeHF, Reply, Stream, chat_events, completion
@@ -19,17 +18,6 @@ from app.config import Settings, SettingsError
 
 ALLOWED = "https://chat.example.com"
 ROUTES = [("POST", "/api/v1/chat"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models")]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def preflight(client, path: str, method: str, origin: str = ALLOWED):
@@ -150,21 +138,6 @@ async ({runtime, key}) => {
   }
 }
 """
-
-
-@pytest.fixture
-def browser(tmp_path):
-    """Debian's Chromium under Playwright, with a fresh profile."""
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is missing: `make test` installs it (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield context
-        context.close()
 
 
 @pytest.fixture

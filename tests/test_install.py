@@ -200,9 +200,12 @@ def runtime_command(runtime: Stage, build: Stage, rootfs: Rootfs) -> tuple[list[
     return [executable, *entrypoint[1:], *cmd], env, workdir
 
 
-def serve_and_check(command: list[str], *, env: dict[str, str], cwd: Path | str, metrics_dir: Path) -> str:
+def serve_and_check(
+    command: list[str], *, env: dict[str, str], cwd: Path | str, metrics_dir: Path, playground: bool = False
+) -> str:
     """Start the installed server with its own settings (2 gthread workers by default), check what the
-    issue asks of it, stop it with SIGTERM, and return its log."""
+    issue asks of it (with `playground`, the page's files from the installed package), stop it with SIGTERM,
+    and return its log."""
     port = free_port()
     if "--addr" in command:
         command = list(command)
@@ -227,6 +230,8 @@ def serve_and_check(command: list[str], *, env: dict[str, str], cwd: Path | str,
         response = requests.post(f"{url}/api/v1/chat", json=GUIDE_BODY, timeout=30)
         assert response.status_code == 200, response.text
         assert "User: hello" in response.json()["rendered"]
+        for path in ("/playground", "/playground/playground.js", "/playground/playground.css") if playground else ():
+            assert requests.get(f"{url}{path}", timeout=30).status_code == 200, path
         n = 1
         # Fresh connections let either worker answer; go on until both have (bounded).
         writers: set[str] = set()
@@ -279,9 +284,8 @@ def test_the_built_wheel_installed_the_same_way_serves_alike(tmp_path: Path) -> 
     twine = Path(sys.executable).with_name("twine")
     sh([str(twine), "check", "--strict", *map(str, sdists + wheels)], cwd=tmp_path, env=outside_env())
     names = set(zipfile.ZipFile(wheels[0]).namelist())
-    expected = {"cli.py", "wsgi.py", "app/gunicorn_conf.py"} | {
-        path.relative_to(ROOT).as_posix() for path in (ROOT / "app").rglob("*.py")
-    }
+    shipped = [*(ROOT / "app").rglob("*.py"), *(ROOT / "app" / "web" / "static").iterdir()]  # the page's too
+    expected = {"cli.py", "wsgi.py", "app/gunicorn_conf.py"} | {path.relative_to(ROOT).as_posix() for path in shipped}
     assert expected <= names, sorted(expected - names)
     entry_points = next(name for name in names if name.endswith(".dist-info/entry_points.txt"))
     assert "ctx = cli:main" in zipfile.ZipFile(wheels[0]).read(entry_points).decode()
@@ -294,7 +298,7 @@ def test_the_built_wheel_installed_the_same_way_serves_alike(tmp_path: Path) -> 
     assert_runs_installed_code(venv)
     command, env, _ = runtime_command(runtime, build, rootfs)  # started from / this time
     metrics = tmp_path / "metrics"
-    serve_and_check(command, env=env, cwd="/", metrics_dir=metrics)
+    serve_and_check(command, env={**env, "CMP_PLAYGROUND": "true"}, cwd="/", metrics_dir=metrics, playground=True)
 
 
 def test_pip_install_dot_with_pip_24_then_serve_from_the_root_directory(tmp_path: Path) -> None:

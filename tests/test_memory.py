@@ -20,7 +20,8 @@ from app.memory import SearchResult, open_memory, sqlite
 from app.memory.chunking import chunk_text
 from app.memory.config import MemoryConfig
 from app.memory.extract import extract_text
-from app.memory.sqlite import MAX_QUERY_TERMS, SqliteStore, query_terms
+from app.memory.query import MAX_QUERY_TERMS, query_terms
+from app.memory.sqlite import SqliteStore
 
 
 def write(path: Path, text: str) -> Path:

@@ -116,7 +116,7 @@ def test_memory_commands_ingest_search_stats_and_delete(project, memory_url):
     assert "CustomerDocs" in stats.stdout and "(shared)" in stats.stdout
 
     gone = run("memory", "delete", *root, "--source", "docs/CustomerDocs/returns.md", env=env)
-    assert gone.stdout.strip() == "deleted 1 documents"
+    assert gone.stdout.strip() == "deleted 1 document"
     after = run("memory", "search", *root, "--query", "refund", "--json", env=env)
     assert all(r["source"] != "docs/CustomerDocs/returns.md" for r in json.loads(after.stdout))
 

@@ -24,6 +24,8 @@ from app.errors import MemoryUnavailable, SettingsError
 from app.memory import open_memory
 from app.memory import postgres as pg_backend
 from app.memory.postgres import SCHEMA_VERSION, PostgresMemory
+from app.memory.postgres import pool as pg_pool
+from app.memory.postgres import store as pg_store
 from app.providers.huggingface import HuggingFaceEmbedder
 
 DOCS = "docs/CustomerDocs"
@@ -159,7 +161,7 @@ def test_vector_searches_use_the_dimensions_index_and_stay_exact_when_other_owne
         ))
     assert "Index Scan using memory_vectors_hnsw_64" in plan
 
-    monkeypatch.setattr(pg_backend, "EF_SEARCH", 10)
+    monkeypatch.setattr(pg_store, "EF_SEARCH", 10)
     found = memory.store("Support", "acme").search("refund", 10, mode="vector")
     assert [r.content for r in found] == [f"## Acme\n\nrefund{' filler' * i}" for i in range(10)]
     assert [r.source for r in memory.store("Support", "globex").search("refund", 3, mode="vector")] == ["globex.md"] * 3
@@ -192,7 +194,7 @@ def test_over_the_budget_chunks_holding_every_word_are_ranked_first(
     write(tmp_path / "docs" / "zz-both.md", "llama alpaca care\n")
     store = PostgresMemory(pg_settings(tmp_path, pg.url)).store("Zoo")
     store.ingest([tmp_path / "docs"])
-    monkeypatch.setattr(pg_backend, "SCORE_BUDGET", 3)
+    monkeypatch.setattr(pg_store, "SCORE_BUDGET", 3)
     results = store.search("llama alpaca", 5)
     assert results[0].source == "docs/zz-both.md" and len(results) == 4
 
@@ -233,7 +235,8 @@ def test_migrate_creates_the_schema_once_and_serving_never_migrates(postgres: Po
     assert "memory_chunks_embedding" not in indexes  # migration 1's fixed-size vector column is gone
     columns = "SELECT column_name FROM information_schema.columns WHERE table_name = 'memory_chunks'"
     assert ("embedding",) not in postgres.admin(columns, "fresh")
-    assert run("memory", "migrate").stdout.startswith("CMP_MEMORY_URL is not set")
+    unset = run("memory", "migrate")  # nothing to migrate is no success: a hook Job in the wrong place must fail
+    assert unset.returncode == 2 and "set CMP_MEMORY_URL=postgresql://... to migrate its schema" in unset.stderr
 
 
 def test_migrate_upgrades_a_version_1_database_keeping_its_memory(postgres: Postgres, project: Path) -> None:
@@ -335,7 +338,7 @@ def test_two_servers_share_one_database_and_both_survive_its_outage(project: Pat
         assert all(str(secret) in sources(server, tenant_id="acme", **refund) for server in servers)
         assert all(str(secret) not in sources(server, tenant_id="globex", **refund) for server in servers)
         gone = run("memory", "delete", *owner, "--source", f"{DOCS}/returns.md", env=env)
-        assert gone.stdout.strip() == "deleted 1 documents"
+        assert gone.stdout.strip() == "deleted 1 document"
         assert all(f"{DOCS}/returns.md" not in sources(server) for server in servers)
 
         database.stop()
@@ -433,7 +436,7 @@ def test_a_frozen_database_is_503_within_the_timeout_and_its_connections_are_rep
     started = time.monotonic()
     assert chat(app, SEARCH_BODY).status_code == 200
     assert time.monotonic() - started < 2
-    stats = pg_backend._pool(settings.memory_url, 4, 1.0).get_stats()
+    stats = pg_pool.connection_pool(settings.memory_url, 4, 1.0).get_stats()
     assert stats.get("returns_bad", 0) + stats.get("connections_lost", 0) >= 1  # the timed-out ones were dropped
 
 

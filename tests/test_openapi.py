@@ -6,7 +6,7 @@ import re
 
 import pytest
 import schemathesis
-from helpers import KEYS_JSON, STAR_KEY, bearer
+from helpers import KEYS_JSON, TESTER_KEY, bearer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openapi_spec_validator import validate
@@ -32,16 +32,15 @@ def routes(app) -> dict[str, set[str]]:
 
 @pytest.fixture
 def fuzz_app(project):
-    settings = Settings.from_env(
-        {"CMP_PROJECT_ROOT": str(project), "CMP_AUTH_ENABLED": "true", "CMP_API_KEYS": KEYS_JSON}, dotenv_path=None
-    )
+    env = {"CMP_PROJECT_ROOT": str(project), "CMP_AUTH_ENABLED": "true", "CMP_API_KEYS": KEYS_JSON}
+    settings = Settings.from_env({**env, "CMP_PLAYGROUND": "true"}, dotenv_path=None)
     open_memory(settings).store("CustomerDocs").ingest([project / "docs" / "CustomerDocs"])
     return create_app(settings)
 
 
-@pytest.mark.parametrize("auth", [False, True])
-def test_document_is_valid_openapi_and_covers_every_route(project, auth):
-    env = {"CMP_PROJECT_ROOT": str(project), "CMP_RATE_LIMIT": "5/second"}
+@pytest.mark.parametrize(("auth", "playground"), [(False, False), (True, False), (False, True), (True, True)])
+def test_document_is_valid_openapi_and_covers_every_route(project, auth, playground):
+    env = {"CMP_PROJECT_ROOT": str(project), "CMP_RATE_LIMIT": "5/second", "CMP_PLAYGROUND": str(playground).lower()}
     if auth:
         env.update(CMP_AUTH_ENABLED="true", CMP_API_KEYS=KEYS_JSON)
     app = create_app(Settings.from_env(env, dotenv_path=None))
@@ -120,6 +119,9 @@ def strategy(operation):
     [
         ("POST", "/api/v1/chat"),
         ("POST", "/v1/chat/completions"),
+        ("POST", "/api/v1/render"),
+        ("POST", "/api/v1/test"),
+        ("GET", "/playground"),
         ("GET", "/v1/models"),
         ("POST", "/v1/responses"),
         ("GET", "/v1/responses/{response_id}"),
@@ -140,7 +142,7 @@ def test_fuzzed_requests_get_no_server_error_and_documented_answers(fuzz_app, me
     @given(case=strategy(operation))
     @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def call(case):
-        statuses.add(case.call_and_validate(headers=bearer(STAR_KEY)).status_code)
+        statuses.add(case.call_and_validate(headers=bearer(TESTER_KEY)).status_code)
 
     call()
     if method == "POST":

@@ -302,6 +302,7 @@ def test_api_error_ratio_counts_every_api_route(rule_groups: list[dict[str, Any]
     api = {rule.rule for rule in app.url_map.iter_rules() if re.fullmatch(routes, rule.rule)}
     assert api == {
         "/api/v1/chat",
+        "/api/v1/render",
         "/api/v1/usage",
         "/v1/chat/completions",
         "/v1/models",

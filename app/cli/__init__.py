@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from pathlib import Path
 
-from app.cli.common import fail
+from app.cli.common import fail, root_hint
 from app.config import Settings
-from app.errors import ContexisError, SettingsError
+from app.errors import ContexisError, NotFound, SettingsError
+
+# What a shell reports for a program stopped by Ctrl-C (128 + SIGINT) and by a closed pipe (128 + SIGPIPE).
+INTERRUPTED = 130
+BROKEN_PIPE = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; Ctrl-C and a reader that went away (`| head`) end it quietly, without a traceback."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return code
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except BrokenPipeError:
+        # Nothing more can be written: point stdout at /dev/null so the exit's own flush stays silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -48,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ctx: warning: {settings.hf_endpoint_warning}", file=sys.stderr)
     try:
         code: int = args.handler(args, settings)
+    except NotFound as exc:
+        return fail(f"{exc.code}: {exc.message}; {root_hint(settings)}", 1)
     except ContexisError as exc:
         return fail(f"{exc.code}: {exc.message}", 1)
     return code

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from app.config import Settings
     from app.memory import Progress
 
 
@@ -17,6 +18,14 @@ def fail(message: str, code: int) -> int:
     """Print `ctx: message` on stderr and return the exit code, so a handler ends with `return fail(...)`."""
     print(f"ctx: {message}", file=sys.stderr)
     return code
+
+
+def root_hint(settings: Settings) -> str:
+    """Where the project was looked for, and how to name another: the way on from a 'not found'."""
+    return (
+        f"the project root is {settings.project_root.resolve()}: pass --root DIR or set CMP_PROJECT_ROOT "
+        "(`make serve` serves examples/quickstart; `ctx init DIR` starts a project)"
+    )
 
 
 def positive(raw: str) -> int:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from app.cli.common import fail
+from app.cli.common import fail, root_hint
 from app.config import Settings
 
 
@@ -32,25 +32,28 @@ def cmd_context_validate(args: argparse.Namespace, settings: Settings) -> int:
     from app.contexts import ContextStore
 
     store = ContextStore(settings.project_root)
+    if not store.contexts_dir.is_dir():
+        return fail(f"no contexts/ folder: {root_hint(settings)}", 1)
     problems = store.problems()
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
         return 1
-    print(f"{sum(1 for _ in store.iter_files())} contexts valid in {store.root}")
+    count = len(store.discover()[0])
+    print(f"{count} context{'' if count == 1 else 's'} valid in {store.root}")
     return 0
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     prompt = commands.add_parser("prompt", help="prompt templates").add_subparsers(dest="prompt_command", required=True)
     render = prompt.add_parser("render", parents=[common], help="print a rendered prompt")
-    render.add_argument("--context", required=True)
-    render.add_argument("--component")
-    render.add_argument("--tenant", default="")
-    render.add_argument("--prompt-file")
+    render.add_argument("--context", required=True, help="the context, as a request names it")
+    render.add_argument("--component", help="the prompts/ folder and memory to use (default: the context's name)")
+    render.add_argument("--tenant", default="", help="render as this tenant (its context override and memory)")
+    render.add_argument("--prompt-file", help="the template under prompts/COMPONENT/ (default: agent_response.md)")
     render.add_argument("--data", default="{}", help="JSON object of template variables")
     render.add_argument("--query", default="", help="search the component's memory for the template's results")
-    render.add_argument("--top-k", type=int, default=0)
+    render.add_argument("--top-k", type=int, default=0, help="memory results (default 0: the component's top_k)")
     render.set_defaults(handler=cmd_prompt_render)
 
     context = commands.add_parser("context", help="contexts").add_subparsers(dest="context_command", required=True)

@@ -186,12 +186,13 @@ def _suggest_providers(settings: Settings) -> None:
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     hf = commands.add_parser("hf", help="Hugging Face utilities").add_subparsers(dest="hf_command", required=True)
+    # --root is the project of --context; `hf models` asks the router only, so it has none.
     test_model = hf.add_parser("test-model", parents=[common], help="send a prompt to HF_MODEL_ID and print the text")
-    test_model.add_argument("prompt")
-    test_model.add_argument("--max-new-tokens", type=int, default=128)
+    test_model.add_argument("prompt", help="the text sent as it is (no context, no template)")
+    test_model.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate (default 128)")
     test_model.add_argument("--stream", action="store_true", help="print the text as the model generates it")
     test_model.add_argument("--context", help="try this context's model chain instead (which entry answers, and why)")
     test_model.set_defaults(handler=cmd_hf_test_model)
-    models = hf.add_parser("models", parents=[common], help="the router's providers for a model, with prices")
+    models = hf.add_parser("models", help="the router's providers for a model, with prices")
     models.add_argument("model", help="a model id, e.g. meta-llama/Llama-3.3-70B-Instruct")
     models.set_defaults(handler=cmd_hf_models)

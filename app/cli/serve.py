@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
-from app.cli.common import fail
+from app.cli.common import fail, root_hint
 from app.config import Settings
 
 # gunicorn's settings ship inside the package (not next to cli.py), so a source tree, an
@@ -33,6 +34,9 @@ def _module_exists(name: str) -> bool:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """gunicorn with gthread workers, in-process; `--dev` runs Flask's reloader instead."""
     host, port = args.addr
+    if not (settings.project_root / "contexts").is_dir():
+        # It would serve, and /readyz would say why it is not ready: say it here, where the user is looking.
+        print(f"ctx: warning: no contexts/ folder to serve: {root_hint(settings)}", file=sys.stderr)
     if args.dev:
         from app import create_app
 
@@ -76,7 +80,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     serve = commands.add_parser("serve", parents=[common], help="serve the HTTP API with gunicorn")
-    serve.add_argument("--addr", type=parse_addr, default=parse_addr(":8000"), help="[HOST]:PORT (default :8000)")
+    serve.add_argument("--addr", type=parse_addr, default=":8000", help="[HOST]:PORT (default :8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default: WEB_CONCURRENCY or the config)")
     serve.add_argument("--threads", type=int, help="threads per worker (default: GUNICORN_THREADS or the config)")
     serve.add_argument("--dev", action="store_true", help="Flask's development server with the reloader")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from app.cli.common import fail, positive, progress_bar, write_report
+from app.cli.common import fail, positive, progress_bar, root_hint, write_report
 from app.config import Settings
 
 
@@ -31,7 +31,9 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
                 progress=lambda done, total: progress(done, total, ""),
             )
         except SetupError as exc:
-            return fail(str(exc), 2)
+            # A project without contexts is most often the wrong folder: say where ctx looked.
+            lost = not runtime.contexts.names()
+            return fail(f"{exc}; {root_hint(settings)}" if lost else str(exc), 2)
     print(table(report))
     if args.junit:
         write_report(args.junit, junit_xml(report))

@@ -52,7 +52,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         help=f"7d, 12h, 30m ago, or a date such as 2026-12-01 (default {DEFAULT_SINCE})",
     )
     report.add_argument("--until", help="as --since (default now)")
-    report.add_argument("--by", choices=BY, default="tenant")
+    report.add_argument("--by", choices=BY, default="tenant", help="how to group the calls (default: tenant)")
     report.add_argument("--tenant", help="only this tenant")
     shape = report.add_mutually_exclusive_group()
     shape.add_argument("--json", action="store_true", help="the report as JSON (as GET /api/v1/usage)")

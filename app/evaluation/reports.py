@@ -40,6 +40,7 @@ def table(report: Report) -> str:
     if methods:
         rows.append("drift by " + "; ".join(f"{method} (threshold {threshold})" for method, threshold in methods))
     rows += [f"baseline written: {path}" for path in report.baselines_written]
+    rows += [f"sources changed since the baseline: {change}" for change in report.sources_changed]
     rows.append(summary(report))
     return "\n".join(rows)
 
@@ -118,5 +119,6 @@ def json_report(report: Report) -> dict[str, Any]:
         },
         "baseline": report.baseline_mode or None,
         "baselines_written": [str(path) for path in report.baselines_written],
+        "sources_changed": report.sources_changed,
         "cases": [_case_json(result) for result in report.results],
     }

@@ -18,7 +18,7 @@ from typing import Any
 from app.contexts import DEFAULT_DRIFT_THRESHOLD, DEFAULT_TEXT_DRIFT_THRESHOLD
 from app.errors import ContexisError
 from app.evaluation.assertions import ASSERTIONS, Skipped, excerpt
-from app.evaluation.baselines import baseline_path, read_baseline, write_baseline
+from app.evaluation.baselines import baseline_lock, baseline_path, read_baseline, write_baseline
 from app.evaluation.cases import Case, Observation, cases_of, observe
 from app.evaluation.similarity import Embedder, Embeddings, cosine, text_ratio
 from app.names import is_safe_name
@@ -66,6 +66,9 @@ class Report:
     seconds: float
     baseline_mode: str = ""  # "", "update" or "drift"
     baselines_written: list[Path] = field(default_factory=list)
+    # --drift: the contexts whose baseline was recorded from other sources (their lock hashes), so a drift
+    # can be traced to a change of the project rather than of the model.
+    sources_changed: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(1 for result in self.results if result.status == status)
@@ -115,9 +118,16 @@ def run_tests(
             if progress:
                 progress(done, len(cases))
     report = Report([results[i] for i in range(len(cases))], 0.0, baseline_mode)
+    if baseline_mode == "drift":
+        now = runtime.lock.current().hash
+        for suite in suites:
+            then = baseline_lock(suite.baseline_file)
+            if then and then != now:
+                report.sources_changed.append(f"{suite.context}: baseline recorded with sources {then}, now {now}")
     if baseline_mode == "update":
         model = runtime.provider.model_id if runtime.provider else None
-        report.baselines_written = [_record(suite, report.results, model, embeddings) for suite in suites]
+        lock = runtime.lock.current().hash
+        report.baselines_written = [_record(suite, report.results, model, embeddings, lock) for suite in suites]
     report.seconds = time.perf_counter() - started
     return report
 
@@ -204,7 +214,9 @@ def _compare(text: str, recorded: dict[str, Any], testing: dict[str, Any], embed
     return Drift("difflib ratio", similarity, testing.get("text_drift_threshold", DEFAULT_TEXT_DRIFT_THRESHOLD))
 
 
-def _record(suite: _Suite, results: list[CaseResult], model: str | None, embeddings: Embeddings | None) -> Path:
+def _record(
+    suite: _Suite, results: list[CaseResult], model: str | None, embeddings: Embeddings | None, lock: str
+) -> Path:
     """Write the suite's answered cases; a case that errored or was skipped keeps its previous entry."""
     previous: dict[str, dict[str, Any]] = {}
     if suite.baseline_file.is_file():
@@ -224,5 +236,5 @@ def _record(suite: _Suite, results: list[CaseResult], model: str | None, embeddi
         entries[name] = {"answer": seen.text}
         if embeddings is not None:
             entries[name]["embedding"] = embeddings.of(seen.text)
-    write_baseline(suite.baseline_file, suite.context, model, entries)
+    write_baseline(suite.baseline_file, suite.context, model, entries, lock)
     return suite.baseline_file

@@ -2,8 +2,9 @@
 
 store.py     the `MemoryStore`, `Memory` and `Embedder` interfaces and the types every backend returns
 sqlite.py    the embedded backend (FTS5 BM25, vectors in the same file), one file per component and owner
-postgres.py  the shared backend (PostgreSQL full text, pgvector), one database for every replica
+postgres/    the shared backend (PostgreSQL full text, pgvector), one database for every replica
 hybrid.py    what every backend shares: embedding at ingest, hybrid retrieval, falling back to keywords
+query.py     what both backends search for: a query's distinct non-stop words
 fusion.py    reciprocal rank fusion
 config.py    `memory_config.yaml`
 extract.py   a document's searchable text

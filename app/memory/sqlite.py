@@ -15,7 +15,6 @@ vector write) changes.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from app.errors import DocumentError, MemoryStoreBroken
 from app.memory.config import load_config
 from app.memory.hybrid import PendingChunk, check_batch, copied_dimension, embed_pending, retrieve
+from app.memory.query import query_terms
 from app.memory.sqlite_pool import SqlitePool
 from app.memory.store import (
     Chunk,
@@ -47,29 +47,8 @@ from app.memory.vectors import VectorIndex, from_blob, to_blob
 from app.names import is_safe_name
 
 DB_NAME = "memory.db"
-# Longer queries add cost, not precision: only this many distinct words are searched.
-MAX_QUERY_TERMS = 16
 SCHEMA_VERSION = 2
 
-_WORD_RE = re.compile(r"\w+")
-
-# fmt: off
-STOP_WORDS = frozenset(
-    {
-        "a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are",
-        "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but",
-        "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each", "few", "for",
-        "from", "further", "had", "has", "have", "having", "he", "her", "here", "hers", "herself",
-        "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just",
-        "me", "more", "most", "my", "myself", "no", "nor", "not", "now", "of", "off", "on",
-        "once", "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "same", "she",
-        "should", "so", "some", "such", "than", "that", "the", "their", "theirs", "them", "themselves",
-        "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until",
-        "up", "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom",
-        "why", "will", "with", "would", "you", "your", "yours", "yourself", "yourselves",
-    }
-)
-# fmt: on
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS documents (
@@ -127,16 +106,6 @@ SCORE_BUDGET = 2000
 _COUNT_SQL = "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?"
 _RANK_SQL = "SELECT rowid, -rank FROM chunks_fts WHERE chunks_fts MATCH ? AND rowid > ? ORDER BY rank LIMIT ?"
 _FLOOR_SQL = "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?"
-
-
-def query_terms(query: str) -> list[str]:
-    """The distinct non-stop words of an untrusted query, in order, at most ``MAX_QUERY_TERMS``."""
-    terms: list[str] = []
-    for word in _WORD_RE.findall(query.lower()):
-        word = word.strip("_")
-        if word and word not in STOP_WORDS and word not in terms:
-            terms.append(word)
-    return terms[:MAX_QUERY_TERMS]
 
 
 def _phrase(term: str) -> str:

@@ -19,7 +19,7 @@ from psycopg_pool import PoolTimeout
 
 from app.config import Settings
 from app.errors import StoreUnavailable
-from app.memory.postgres import _pool, describe_url
+from app.memory.postgres.pool import connection_pool, describe_url
 from app.responses_store.store import Purger, StoredResponse
 
 _OWNER = (
@@ -62,7 +62,7 @@ class PostgresResponseStore:
         password."""
         creating = not self._ready
         try:
-            with _pool(self.url, self.pool_size, self.timeout).connection() as conn:
+            with connection_pool(self.url, self.pool_size, self.timeout).connection() as conn:
                 conn.execute(
                     "SELECT set_config('contexis.tenant', %s, true), set_config('contexis.all_tenants', %s, true)",
                     (tenant, "on" if all_tenants else "off"),

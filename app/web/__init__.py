@@ -1,7 +1,7 @@
 """The HTTP layer: blueprints, SSE framing, auth and limit hooks, JSON errors, request telemetry.
 
 `init_web` wires it all into an app built by `app.create_app`; routes reach the
-pipeline through `get_runtime()`.
+pipeline through `app.web.runtime.get_runtime()`.
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, current_app
+from flask import Flask
 
 from app.config import Settings
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
-
-_RUNTIME = "contexis"
 
 
 class WebApp(Flask):
@@ -44,12 +42,6 @@ class WebApp(Flask):
         return self.async_to_sync(func) if is_coroutine else func
 
 
-def get_runtime() -> Runtime:
-    """The runtime of the application handling the current request."""
-    runtime: Runtime = current_app.extensions[_RUNTIME]
-    return runtime
-
-
 def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
     """Errors, telemetry, limits, auth and routes, in the order their hooks must run."""
     from app.web import chat, health, openai_api, openapi, usage
@@ -59,10 +51,11 @@ def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
     from app.web.json import JSONProvider
     from app.web.limits import init_limits
     from app.web.responses_api import init_responses
+    from app.web.runtime import attach_runtime
     from app.web.telemetry import init_observability
 
     app.json = JSONProvider(app)
-    app.extensions[_RUNTIME] = runtime
+    attach_runtime(app, runtime)
     register_error_handlers(app)
     register_error_shape(openai_api.bp.url_prefix or "", openai_api.openai_error)
     init_observability(app, settings, runtime.metrics)
@@ -76,3 +69,7 @@ def init_web(app: Flask, settings: Settings, runtime: Runtime) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(usage.bp)
+    if settings.playground:
+        from app.web import playground
+
+        app.register_blueprint(playground.bp)

@@ -16,14 +16,24 @@ from flask.globals import request_ctx
 
 from app.config import Settings
 from app.errors import AuthDenied
-from app.keys import ANY_TENANT, SCOPE_CHAT, SCOPE_METRICS, SCOPE_USAGE, ApiKey, KeyStore
+from app.keys import ANY_TENANT, SCOPE_CHAT, SCOPE_METRICS, SCOPE_TEST, SCOPE_USAGE, ApiKey, KeyStore
 from app.validation import ChatRequest
 from app.web.errors import error_response
 
 # Routes anyone may call: probes must work without secrets, and the contract and version are public.
-PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "health.version_info", "openapi.document"})
+# The playground's page holds no secret: it asks for a key and sends it to the API routes (CMP_PLAYGROUND).
+PUBLIC_ENDPOINTS = frozenset(
+    {
+        *("health.healthz", "health.readyz", "health.version_info", "openapi.document"),
+        *("playground.page", "playground.script", "playground.style"),
+    }
+)
 # Every other route needs a key; this says which scope, and chat:invoke is the default for new API routes.
-ENDPOINT_SCOPES = {"prometheus_metrics": SCOPE_METRICS, "usage.usage_report": SCOPE_USAGE}
+ENDPOINT_SCOPES = {
+    "prometheus_metrics": SCOPE_METRICS,
+    "usage.usage_report": SCOPE_USAGE,
+    "playground.run_context_tests": SCOPE_TEST,
+}
 
 _audit = logging.getLogger("contexis.audit")
 

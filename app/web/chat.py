@@ -11,8 +11,8 @@ from app.errors import BadRequest, UnsupportedMediaType
 from app.runtime import Runtime
 from app.usage import bind_caller
 from app.validation import ChatRequest, check_payload, parse_chat_request
-from app.web import get_runtime
 from app.web.auth import bind_tenant, current_identity
+from app.web.runtime import get_runtime
 from app.web.sse import sse_response
 
 bp = Blueprint("chat", __name__, url_prefix="/api/v1")
@@ -78,6 +78,25 @@ def chat():
         mark_model(response, answer.served)
         degraded = answer.degraded
     return mark_degraded(response, degraded)
+
+
+@bp.post("/render")
+def render():
+    """The prompt and memory matches `/chat` would send for the same body, without calling the model (the API twin
+    of `ctx prompt render`)."""
+    runtime, chat_request = admit(parse_chat_request(json_body()))
+    rendered = runtime.render(chat_request)
+    response = jsonify(
+        prompt=rendered.prompt,
+        context=chat_request.context,
+        tenant_id=chat_request.tenant_id,
+        sources=rendered.sources(),
+        mode=rendered.mode,
+        degraded=rendered.degraded or None,
+        models=runtime.models(rendered.context),
+        request_id=g.request_id,
+    )
+    return mark_degraded(response, rendered.degraded)
 
 
 def mark_model(response: Response, served: str | None) -> None:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-from importlib.metadata import PackageNotFoundError, version
 
 from flask import Blueprint, jsonify
 
 from app.config import public_url
 from app.keys import SCOPE_METRICS
-from app.web import get_runtime
+from app.lock import runtime_version
 from app.web.auth import current_identity
 from app.web.json import dumps_bytes
+from app.web.runtime import get_runtime
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)
@@ -31,13 +31,6 @@ def _may_see_details() -> bool:
     only a key with metrics:read is told; everyone else gets the verdict, and the reason is in the logs."""
     identity = current_identity()
     return identity is None or (identity.key is not None and SCOPE_METRICS in identity.key.scopes)
-
-
-def runtime_version() -> str:
-    try:
-        return version("contexis-runtime")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 @bp.get("/healthz")
@@ -76,5 +69,7 @@ def version_info():
         hf_endpoint=runtime.settings.hf_endpoint_public if provider else None,
         hf_api=runtime.settings.hf_wire_api if provider else None,
         hf_url=public_url(provider.url) if provider else None,
+        # The hash of the project's context.lock.json when the server started (null without one).
+        lock=runtime.lock.started_hash,
         chains=runtime.chains(),
     )

@@ -31,8 +31,6 @@ REDIS_TIMEOUTS: dict[str, Any] = {"socket_timeout": 0.5, "socket_connect_timeout
 EXEMPT_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "prometheus_metrics"})
 
 
-
-
 def _bound_chunked_body() -> None:
     """Read a chunked body here, so one over `MAX_CONTENT_LENGTH` is a 413.
 

@@ -20,9 +20,9 @@ from app.errors import BadRequest, ContexisError, NotFound
 from app.names import is_safe_name
 from app.providers.base import Choice, ChoiceDelta, ToolCallDelta, Usage
 from app.validation import parse_openai_request
-from app.web import get_runtime
 from app.web.auth import tenant_for
 from app.web.chat import admit, json_body, mark_degraded, mark_model
+from app.web.runtime import get_runtime
 from app.web.sse import event_stream, sse_event
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")

@@ -15,13 +15,13 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from app.config import Settings
-from app.keys import SCOPE_CHAT, SCOPE_METRICS, SCOPE_USAGE
+from app.keys import SCOPE_CHAT, SCOPE_METRICS, SCOPE_TEST, SCOPE_USAGE
+from app.lock import runtime_version
 from app.names import NAME_PATTERN
 from app.usage.reports import BY, DEFAULT_SINCE
-from app.validation import CHAT_REQUEST_SCHEMA, OPENAI_CHAT_SCHEMA
-from app.web import get_runtime
-from app.web.health import runtime_version
+from app.validation import CHAT_REQUEST_SCHEMA, OPENAI_CHAT_SCHEMA, TEST_REQUEST_SCHEMA
 from app.web.responses_wire import RESPONSES_SCHEMA
+from app.web.runtime import get_runtime
 
 bp = Blueprint("openapi", __name__)
 
@@ -275,6 +275,127 @@ def _openai_schemas(max_string_chars: int) -> dict[str, Any]:
                     },
                 }
             },
+        },
+    }
+
+
+_RENDER_RESPONSE = {
+    "type": "object",
+    "required": ["prompt", "context", "tenant_id", "sources", "mode", "degraded", "models", "request_id"],
+    "properties": {
+        "prompt": {"type": "string", "description": "The rendered prompt, as `/api/v1/chat` would send it"},
+        "context": {"type": "string"},
+        "tenant_id": {"type": "string", "description": "The tenant it was rendered for (a bound key's own)"},
+        "sources": {"$ref": "#/components/schemas/Sources"},
+        "mode": {"type": "string", "description": "How memory searched: hybrid, vector or keyword"},
+        "degraded": {"type": ["string", "null"], "description": "Why memory searched keywords only, when it had to"},
+        "models": {
+            "type": "array",
+            "description": "The models a chat request would ask, in the order they are tried; [] without a model",
+            "items": {
+                "type": "object",
+                "required": ["id", "endpoint"],
+                "properties": {"id": {"type": "string"}, "endpoint": {"type": "string"}},
+            },
+        },
+        "request_id": {"type": "string"},
+    },
+}
+
+_TEST_REPORT = {
+    "type": "object",
+    "description": "As `ctx test --json` writes it (docs/playground.md)",
+    "required": ["summary", "cases", "request_id"],
+    "properties": {
+        "summary": {
+            "type": "object",
+            "required": ["cases", "passed", "failed", "errors", "skipped", "seconds"],
+            "properties": {
+                **{name: {"type": "integer"} for name in ("cases", "passed", "failed", "errors", "skipped")},
+                "seconds": {"type": "number"},
+            },
+        },
+        "cases": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["context", "case", "mode", "status", "failures", "skipped", "error"],
+                "properties": {
+                    "context": {"type": "string"},
+                    "case": {"type": "string"},
+                    "mode": {"type": "string", "enum": ["prompt", "answer", "model"]},
+                    "status": {"type": "string", "enum": ["passed", "failed", "error", "skipped"]},
+                    "failures": {
+                        "type": "array",
+                        "description": "Each assertion that did not hold, with why",
+                        "items": {
+                            "type": "object",
+                            "required": ["assertion", "message"],
+                            "properties": {"assertion": {"type": "string"}, "message": {"type": "string"}},
+                        },
+                    },
+                    "skipped": {"type": "array", "items": {"type": "string"}},
+                    "error": {"type": ["string", "null"]},
+                    "answer": {"type": ["string", "null"]},
+                    "latency_ms": {"type": ["number", "null"]},
+                },
+            },
+        },
+        "request_id": {"type": "string"},
+    },
+}
+
+
+def _render_path(security: dict[str, Any], errors: list[str]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": "Render: the prompt and memory matches a chat request would use, without calling the model",
+            "operationId": "render",
+            **security,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
+            },
+            "responses": {
+                "200": _json({"$ref": "#/components/schemas/RenderResponse"}, "The rendered prompt and its sources"),
+                **_errors(*errors),
+            },
+        }
+    }
+
+
+def _playground_paths(security: dict[str, Any], errors: list[str], limited: bool) -> dict[str, Any]:
+    """The page, its two files and the test run: with CMP_PLAYGROUND only."""
+
+    def static(summary: str, mimetype: str) -> dict[str, Any]:
+        served = {"description": "OK", "content": {mimetype: {"schema": {"type": "string"}}}}
+        served["headers"] = {"Content-Security-Policy": {"schema": {"type": "string"}, "required": True}}
+        return {
+            "get": {
+                "summary": summary,
+                "operationId": "playground_" + summary.split()[0].lower(),
+                "responses": {"200": served, **_errors(*(["429"] if limited else []), "500")},
+            }
+        }
+
+    return {
+        "/playground": static("Page: the playground (docs/playground.md)", "text/html"),
+        "/playground/playground.js": static("Script of the playground's page", "text/javascript"),
+        "/playground/playground.css": static("Style sheet of the playground's page", "text/css"),
+        "/api/v1/test": {
+            "post": {
+                "summary": "Test: run a context's `testing` cases, a verdict per case (CMP_PLAYGROUND only)",
+                "operationId": "test",
+                **security,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TestRequest"}}},
+                },
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/TestReport"}, "Every case's verdict"),
+                    **_errors(*errors),
+                },
+            }
         },
     }
 
@@ -603,7 +724,7 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                 "Version: what is running",
                 {
                     "type": "object",
-                    "required": ["name", "version", "model", "hf_endpoint", "hf_api", "hf_url"],
+                    "required": ["name", "version", "model", "hf_endpoint", "hf_api", "hf_url", "lock"],
                     "properties": {
                         "name": {"type": "string"},
                         "version": {"type": "string"},
@@ -611,6 +732,10 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
                         "hf_endpoint": {"type": ["string", "null"]},
                         "hf_api": {"type": ["string", "null"], "enum": ["text-generation", "chat-completion", None]},
                         "hf_url": {"type": ["string", "null"]},
+                        "lock": {
+                            "type": ["string", "null"],
+                            "description": "sha256 of the project's context.lock.json when the server started",
+                        },
                         "chains": {
                             "description": "Each context's models in the order they are tried",
                             "type": "object",
@@ -727,6 +852,15 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
             },
         },
     }
+    render_errors = ["400", *gate, "404", "413", "415", "422", "500", "503"]
+    document["paths"]["/api/v1/render"] = _render_path(secured(SCOPE_CHAT), render_errors)
+    document["components"]["schemas"]["RenderResponse"] = _RENDER_RESPONSE
+    if settings.playground:
+        test_errors = ["400", *gate, "404", "413", "415", "500"]
+        document["paths"].update(_playground_paths(secured(SCOPE_TEST), test_errors, limited))
+        test_request = copy.deepcopy(TEST_REQUEST_SCHEMA)
+        test_request.pop("$schema", None)
+        document["components"]["schemas"].update(TestRequest=test_request, TestReport=_TEST_REPORT)
     if auth:
         document["components"]["securitySchemes"] = {
             "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key from CMP_API_KEYS"}

@@ -13,8 +13,8 @@ from app.names import is_safe_name
 from app.usage import open_ledger
 from app.usage.ledger import Ledger
 from app.usage.reports import DEFAULT_SINCE, build_report
-from app.web import get_runtime
 from app.web.auth import tenant_for
+from app.web.runtime import get_runtime
 
 bp = Blueprint("usage", __name__, url_prefix="/api/v1")
 _LEDGER = "contexis_usage_ledger"

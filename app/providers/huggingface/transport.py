@@ -357,7 +357,7 @@ class Transport:
     @contextlib.contextmanager
     def read_errors(self, *, streaming: bool = False) -> Iterator[None]:
         """Turn urllib3's failures while reading a body into typed errors (a stall, a break, bad encoding); a
-        stream that breaks off once the endpoint has begun answering is `HFStreamInterrupted`."""
+        stream that breaks off once the endpoint has begun answering is `HFStreamInterrupted`, as in `errors`."""
         try:
             yield
         except ReadTimeoutError:
