@@ -164,6 +164,17 @@ def _state_url(env: Mapping[str, str]) -> str:
     return raw
 
 
+def _cache_url(env: Mapping[str, str]) -> str:
+    """Where cached answers live (`CMP_CACHE_URL`): empty (SQLite under the state directory), `memory://` or a
+    Redis URL; never echoed (it may hold a password)."""
+    raw = _text(env, "CMP_CACHE_URL")
+    if raw and not raw.startswith(("memory://", *STATE_URL_SCHEMES)):
+        raise SettingsError(
+            "CMP_CACHE_URL must be empty (SQLite), memory://, or start with redis://, rediss:// or unix://"
+        )
+    return raw
+
+
 def _memory_url(env: Mapping[str, str], name: str = "CMP_MEMORY_URL") -> str:
     """Empty (SQLite under the project root) or a PostgreSQL URL; the URL may hold a password, never echoed."""
     raw = _text(env, name)
@@ -255,6 +266,8 @@ class Settings:
     breaker_cooldown: float = 30.0  # seconds a circuit stays open before one trial call
     catalog_refresh: float = 300.0  # seconds between reads of the router's catalog
     responses_ttl: float = 30 * 24 * 3600  # CMP_RESPONSES_TTL: seconds a stored Responses API response is kept
+    cache_url: str = field(default="", repr=False)  # "" SQLite under state_dir, memory://, or redis://
+    cache_max_bytes: int = 256 * 1024 * 1024  # cached answers kept by SQLite or memory:// before LRU eviction
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -333,6 +346,8 @@ class Settings:
             breaker_failures=_number(env, "CMP_BREAKER_FAILURES", cls.breaker_failures, kind=int, minimum=1),
             breaker_cooldown=_number(env, "CMP_BREAKER_COOLDOWN", cls.breaker_cooldown, minimum=0.001),
             catalog_refresh=_number(env, "CMP_CATALOG_REFRESH", cls.catalog_refresh, minimum=1),
+            cache_url=_cache_url(env),
+            cache_max_bytes=_number(env, "CMP_CACHE_MAX_BYTES", cls.cache_max_bytes, kind=int, minimum=1),
             responses_ttl=_number(env, "CMP_RESPONSES_TTL", cls.responses_ttl, minimum=1),
         ).checked()
 

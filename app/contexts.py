@@ -195,6 +195,16 @@ MODEL_SCHEMA: dict[str, Any] = {
     },
     "dependentRequired": {"token_env": ["endpoint"], "api": ["endpoint"]},
 }
+# The response cache (docs/cache.md): seconds an answer is reused, the cosine of a similar question's reuse.
+CACHE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "ttl": {"type": "number", "minimum": 0, "maximum": 31536000},
+        "semantic": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "max_temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    },
+}
 CONTEXT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -242,6 +252,7 @@ CONTEXT_SCHEMA: dict[str, Any] = {
         "memory": {"type": "object"},
         "model": MODEL_SCHEMA,
         "testing": TESTING_SCHEMA,
+        "cache": CACHE_SCHEMA,
     },
 }
 _file_validator = Draft202012Validator(CONTEXT_SCHEMA, format_checker=FormatChecker())

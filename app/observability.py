@@ -182,6 +182,29 @@ class RuntimeMetrics:
             "Model circuit storage (CMP_STATE_URL) failures; the circuits were kept in the process (fail open).",
             registry=self.registry,
         )
+        self.cache_requests = Counter(
+            "cmp_cache_requests",
+            "Requests to a context that caches answers, by what the cache did: hit, semantic-hit, miss, bypass.",
+            ["context", "result"],
+            registry=self.registry,
+        )
+        self.cache_saved_tokens = Counter(
+            "cmp_cache_saved_tokens",
+            "Tokens (prompt and completion) the cached answers served would have cost again.",
+            ["context"],
+            registry=self.registry,
+        )
+        self.cache_saved_usd = Counter(
+            "cmp_cache_saved_usd",
+            "What the answers served from the cache cost when they were generated, in USD (priced models only).",
+            ["context"],
+            registry=self.registry,
+        )
+        self.cache_storage_errors = Counter(
+            "cmp_cache_storage_errors",
+            "Response cache failures (CMP_CACHE_URL down, hung past its timeout, locked); answered as misses.",
+            registry=self.registry,
+        )
         # Outside multiprocess mode the app's registry is what /metrics serves: the process is its own server.
         self.registry.register(ProcessTreeCollector(multiprocess=False))
         self._children: dict[tuple[MetricWrapperBase, tuple[object, ...]], Any] = {}

@@ -14,6 +14,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
+from app.cache import CachedAnswer, Lookup, ResponseCache
 from app.config import Settings
 from app.contexts import ContextStore
 from app.errors import BadRequest
@@ -65,6 +66,7 @@ class Answer:
     choices: tuple[Choice, ...] = ()  # every answer of the model (n of them), the first included; () without one
     tools: list[dict[str, Any]] | None = None  # the context's own tools the runtime called, when it has tools
     redacted: tuple[str, ...] = ()  # the personal data types the guardrails replaced, in and out
+    cache: str = ""  # what the response cache did (hit, semantic-hit, miss, bypass); "" when the context has none
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class StreamedAnswer:
     degraded: str = ""
     served: str | None = None  # as `Answer.served`
     tools: list[dict[str, Any]] | None = None  # the context tools called, filled in as each call ends
+    cache: str = ""  # as `Answer.cache`
 
 
 class Runtime:
@@ -96,6 +99,7 @@ class Runtime:
         self.tools = Toolbox(settings, self.metrics)
         self.lock = ProjectLock(settings.project_root)
         self.guardrails = Guardrails(settings, self.metrics, build_classifier(settings))
+        self.cache = ResponseCache(settings, self.metrics, self.embedder, self.lock.started_hash or "")
 
     def problems(self) -> list[str]:
         """Why the runtime cannot serve now (for `/readyz`): invalid contexts, memory unreachable."""
@@ -193,7 +197,6 @@ class Runtime:
         rendered = self.render(request)
         sources = _sources(rendered)
         guard, request = rendered.guard, rendered.request  # the request as the guardrails passed it
-        inputs = _inference_inputs(rendered, request)
         chain, router, served = rendered.chain, self.router, []
         if chain and router:
 
@@ -207,6 +210,11 @@ class Runtime:
             return Answer(rendered.prompt, model=None, sources=sources, degraded=rendered.degraded, redacted=redacted)
         else:
             generate = self.provider.generate
+        params = _params(rendered, request)
+        lookup = self._cached(request, rendered, params)
+        if lookup and lookup.found:
+            return _replayed(lookup.found, lookup.result, rendered)
+        inputs = _inference_inputs(rendered, request, params)
         run = self._tool_run(rendered, request, request_id)
         if run is None:
             generation = structured.generate(generate, rendered.prompt, *inputs, budget=self.settings.hf_deadline)
@@ -215,18 +223,26 @@ class Runtime:
             generation = run.generate(call, Inputs(rendered.prompt, *inputs))
         if guard:
             generation = guard.check_generation(generation)
+        model = served[-1] if served else self.provider.model_id if self.provider else None
+        finish = generation.finish_reason or "stop"
+        if lookup:
+            usage, calls = generation.usage, generation.tool_calls
+            self.cache.keep(
+                lookup, generation.text, model, served[-1] if served else None, finish, sources, usage, calls
+            )
         return Answer(
             rendered=generation.text,
-            model=served[-1] if served else self.provider.model_id if self.provider else None,
+            model=model,
             sources=sources,
             usage=generation.usage,
-            finish_reason=generation.finish_reason or "stop",
+            finish_reason=finish,
             degraded=rendered.degraded if run is None else _degraded(rendered, run),
             served=served[-1] if served else None,
             tool_calls=generation.tool_calls,
             choices=generation.choices,
             tools=run.calls if run else None,
             redacted=guard.redacted if guard else (),
+            cache=lookup.result if lookup else "",
         )
 
     def stream(self, request: ChatRequest, request_id: str = "", progress: bool = False) -> StreamedAnswer:
@@ -247,17 +263,29 @@ class Runtime:
             )
         else:
             open_stream = self.provider.stream
-        inputs = _inference_inputs(rendered, request)
-        served = None
+        params = _params(rendered, request)
+        lookup = self._cached(request, rendered, params)
+        if lookup and lookup.found:
+            found = lookup.found
+            return StreamedAnswer(found.stream(), found.sources, rendered.degraded, found.served, cache=lookup.result)
+        inputs = _inference_inputs(rendered, request, params)
         run = self._tool_run(rendered, request, request_id)
         if run is None:
-            stream = _checked(rendered, structured.stream(open_stream, rendered.prompt, *inputs))
-            served = stream.model if chain else None
-            return StreamedAnswer(stream, _sources(rendered), rendered.degraded, served)
-        stream = run.stream(partial(structured.stream, open_stream), Inputs(rendered.prompt, *inputs), progress)
+            stream = structured.stream(open_stream, rendered.prompt, *inputs)
+        else:
+            stream = run.stream(partial(structured.stream, open_stream), Inputs(rendered.prompt, *inputs), progress)
         stream = _checked(rendered, stream)
         served = stream.model if chain else None
-        return StreamedAnswer(stream, _sources(rendered), _degraded(rendered, run), served, run.calls)
+        if lookup:
+            stream = self.cache.recording(lookup, stream, _sources(rendered), served)
+        degraded = rendered.degraded if run is None else _degraded(rendered, run)
+        cache = lookup.result if lookup else ""
+        return StreamedAnswer(stream, _sources(rendered), degraded, served, run.calls if run else None, cache)
+
+    def _cached(self, request: ChatRequest, rendered: Rendered, params: GenerationParams) -> Lookup | None:
+        """The response cache's verdict for a request about to reach a model (None: its context has no cache)."""
+        model = repr(rendered.chain.entries) if rendered.chain else self.provider.model_id if self.provider else ""
+        return self.cache.lookup(request, rendered.context, rendered.prompt, rendered.results, params, model)
 
     def _tool_run(self, rendered: Rendered, request: ChatRequest, request_id: str) -> ToolRun | None:
         """The tool loop of a context with tools (None without: the request pays nothing more); its memory
@@ -284,16 +312,30 @@ def _degraded(rendered: Rendered, run: ToolRun) -> str:
     return ",".join(filter(None, (rendered.degraded, run.degraded)))
 
 
+def _replayed(found: CachedAnswer, result: str, rendered: Rendered) -> Answer:
+    """A cached answer as the pipeline's own: nothing generated (usage zero), the sources it was built from."""
+    return Answer(
+        rendered=found.text,
+        model=found.model,
+        sources=found.sources,
+        usage=Usage(0, 0),
+        finish_reason=found.finish_reason,
+        degraded=rendered.degraded,
+        served=found.served,
+        cache=result,
+    )
+
+
 def _sources(rendered: Rendered) -> list[dict[str, Any]]:
     return rendered.sources()
 
 
 def _inference_inputs(
-    rendered: Rendered, request: ChatRequest
+    rendered: Rendered, request: ChatRequest, params: GenerationParams
 ) -> tuple[GenerationParams, str, tuple[Turn, ...], tuple[Turn, ...]]:
     """What goes with the rendered prompt: sampling parameters, the chat system message, the history and the
     turns after the input."""
-    return _params(rendered, request), system_message(rendered.context), request.messages, request.after
+    return params, system_message(rendered.context), request.messages, request.after
 
 
 def _params(rendered: Rendered, request: ChatRequest) -> GenerationParams:

@@ -243,6 +243,8 @@ class ChatRequest:
     overrides: dict[str, Any] = field(default_factory=dict)
     # The OpenAI fields the client set (tools, response_format, n, ...), named as `GenerationParams` names them.
     options: dict[str, Any] = field(default_factory=dict)
+    # The client's `Cache-Control` header: `no-store` (never cached) and `no-cache` (answered anew) are read.
+    cache_control: str = ""
 
 
 class SchemaCheck:

@@ -66,6 +66,8 @@ GOALS = {
     "rss_mb": 500,
     "guardrails_off_us": 2,
 }
+# A cached answer costs no more than a render-only request (the key needs the render): req/s within noise of it.
+CACHED_GOAL = 0.9
 MEMORY_FIGURES = (
     "chunks",
     "ingest_seconds",
@@ -187,10 +189,12 @@ def serving(server: Server, path: str = "/readyz", body: dict[str, Any] | None =
         server.stop()
 
 
-def runtime(name: str, settings: tuple[int, int] | None, env: dict[str, str] | None = None) -> Server:
+def runtime(
+    name: str, settings: tuple[int, int] | None, env: dict[str, str] | None = None, root: Path = EXAMPLE
+) -> Server:
     """`ctx serve --root examples/quickstart` with app/gunicorn_conf.py, as `make serve` runs it."""
     port = free_port()
-    argv = [str(BIN / "ctx"), "serve", "--root", str(EXAMPLE), "--addr", f"127.0.0.1:{port}"]
+    argv = [str(BIN / "ctx"), "serve", "--root", str(root), "--addr", f"127.0.0.1:{port}"]
     if settings:
         argv += ["--workers", str(settings[0]), "--threads", str(settings[1])]
     return Server(name, argv, port, env)
@@ -421,6 +425,41 @@ def bench_model(settings: tuple[int, int]) -> dict[str, Any]:
     }
 
 
+def bench_cached(settings: tuple[int, int]) -> dict[str, Any]:
+    """(8) The guide's request answered from the response cache (a copy of the example whose SupportBot caches,
+    in front of the instant model) against the same request rendered only (no model): a hit renders, then reads
+    the shared SQLite cache, and should cost no more than the render-only answer."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, instant_model() as ng:
+        root = Path(tmp) / "project"
+        shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("*.db", "*.db-*", ".contexis"))
+        ctx_file = root / "contexts" / "SupportBot" / "supportbot.ctx"
+        ctx_file.write_text(ctx_file.read_text() + "cache:\n  ttl: 3600\n")
+        with (
+            serving(runtime("runtime-cached", settings, hf_env(f"{ng.url}/models"), root=root)) as cached,
+            serving(runtime("runtime-render", settings)) as render,
+        ):
+            first = requests.post(f"{cached.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)
+            hit = requests.post(f"{cached.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)
+            assert (first.headers.get("X-Contexis-Cache"), hit.headers.get("X-Contexis-Cache")) == ("miss", "hit")
+            targets = {
+                "cached": (cached, f"{cached.url}/api/v1/chat", GUIDE_BODY),
+                "render": (render, f"{render.url}/api/v1/chat", GUIDE_BODY),
+            }
+            for _, url, body in targets.values():
+                wrk(url, CONCURRENCIES[0], 3, body)  # warm up
+            loaded = alternate(targets, CONCURRENCIES[0])
+    return {
+        "workers": settings[0],
+        "threads": settings[1],
+        "connections": CONCURRENCIES[0],
+        "loaded": loaded,
+        "ratio": ratio(loaded["cached"]["rps"], loaded["render"]["rps"]),
+        "cpu_ratio": ratio(loaded["render"]["cpu_ms_per_request"], loaded["cached"]["cpu_ms_per_request"]),
+    }
+
+
 def bench_stream(settings: tuple[int, int]) -> dict[str, Any]:
     """(6) Relaying a STREAM_TOKENS-token stream (nginx's OpenAI chunks, all at once): the runtime's
     `/api/v1/chat` with `"stream": true` against a bare Flask relay (requests + a generator), CPU per event."""
@@ -526,7 +565,7 @@ def bench_memory() -> dict[str, Any]:
 
 
 def bench_guardrails() -> dict[str, Any]:
-    """(8) bench/bench_guardrails.py's figures: each guardrail's cost per request when on, and when off."""
+    """(9) bench/bench_guardrails.py's figures: each guardrail's cost per request when on, and when off."""
     out = OUT / "guardrails.json"
     out.unlink(missing_ok=True)
     argv = [sys.executable, str(BENCH / "bench_guardrails.py"), str(out)]
@@ -648,6 +687,14 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": run["connections_to_model"] <= run["connection_limit"],
                 },
             ]
+    for c in results.get("cached", []):
+        found.append(
+            {
+                "goal": f"cached answer {c['workers']}x{c['threads']}: req/s >= {CACHED_GOAL}x render-only",
+                "value": c["ratio"],
+                "met": c["ratio"] >= CACHED_GOAL,
+            }
+        )
     off = results.get("guardrails", {}).get("variants", {}).get("off")
     if off:
         found.append(
@@ -755,6 +802,11 @@ def table(results: dict[str, Any]) -> str:
                     f"{r['with_writes_us_per_call']:.1f} µs with the SQLite writes ({led['calls']} calls)",
                 )
             )
+    for c in results.get("cached", []):
+        name = f"8 cached answer, c={c['connections']} ({c['workers']}x{c['threads']})"
+        rows.append((name, "hit", _ms(c["loaded"]["cached"])))
+        rows.append(("", "render-only", _ms(c["loaded"]["render"])))
+        rows.append(("", "hit/render-only", f"req/s {c['ratio']:.2f}, CPU per request {c['cpu_ratio']:.2f}x"))
     guardrails = results.get("guardrails", {})
     for i, (name, g) in enumerate(guardrails.get("variants", {}).items()):
         pii = f", with personal data {g['in_with_pii_us']:.0f} µs" if g.get("in_with_pii_us") else ""
@@ -762,9 +814,9 @@ def table(results: dict[str, Any]) -> str:
             f"lookup {g['guard_us']:.2f} µs; in {g['in_us']:.0f} µs{pii}; answer {g['answer_us']:.0f} µs; "
             f"200-delta stream +{g['stream_added_us']:.0f} µs (render {g['render_us']:.0f} µs)"
         )
-        rows.append(("8 guardrails, CPU per request" if i == 0 else "", name, figures))
+        rows.append(("9 guardrails, CPU per request" if i == 0 else "", name, figures))
     if guardrails and not guardrails.get("available"):
-        rows.append(("8 guardrails", "not available", guardrails["reason"]))
+        rows.append(("9 guardrails", "not available", guardrails["reason"]))
     if "cold_start" in results:
         cold = results["cold_start"]
         runs = ", ".join(f"{t:.2f}" for t in cold["runs_s"])
@@ -830,7 +882,7 @@ def update_doc(results: dict[str, Any], text: str, marks: tuple[str, str] = MARK
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--only", help="comma-separated subset of render,model,stream,slow,memory,ledger,cold,guardrails"
+        "--only", help="comma-separated subset of render,model,stream,slow,memory,ledger,cold,cached,guardrails"
     )
     parser.add_argument(
         "--slow-settings",
@@ -838,7 +890,7 @@ def main() -> int:
         help="WORKERSxTHREADS list for measurement 3 (default %(default)s)",
     )
     args = parser.parse_args()
-    everything = ["render", "model", "stream", "slow", "memory", "ledger", "cold", "guardrails"]
+    everything = ["render", "model", "stream", "slow", "memory", "ledger", "cold", "cached", "guardrails"]
     chosen = args.only.split(",") if args.only else everything
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {**run_info(), "durations_s": {"wrk": DURATION, "slow": SLOW_DURATION}}
@@ -850,6 +902,7 @@ def main() -> int:
         "memory": bench_memory,
         "ledger": bench_ledger,
         "cold": bench_cold,
+        "cached": lambda: [bench_cached(s) for s in SETTINGS],
         "guardrails": bench_guardrails,
     }
     for name in chosen:

@@ -472,6 +472,10 @@ def _project(tmp_path: Path, env: dict[str, str], tools_url: str) -> Path:
         "extends: ../SupportBot/supportbot.ctx\nname: ChainBot\n"
         f"model:\n  id: {MODEL}:failing\n  fallbacks: [{MODEL}]\n"
     )
+    # A context that caches its answers: after its first request, hits (the cache panels' data).
+    cached = project / "contexts" / "CachedBot" / "cachedbot.ctx"
+    cached.parent.mkdir()
+    cached.write_text("extends: ../SupportBot/supportbot.ctx\nname: CachedBot\ncache:\n  ttl: 3600\n")
     return project
 
 
@@ -504,6 +508,7 @@ LOAD = [
     # A context's tools: one answers, one fails (a result the model reads: the request is a 200).
     ("POST", "/api/v1/chat", {"context": "Tooled", "data": {"user_input": "use:ok_tool use:bad_tool"}}, 200),
     ("POST", "/api/v1/chat", {**_chat("hello"), "context": "ChainBot", "component": "SupportBot"}, 200),
+    ("POST", "/api/v1/chat", {**_chat("hello"), "context": "CachedBot", "component": "SupportBot"}, 200),
     ("POST", "/v1/chat/completions", _openai_chat("hello"), 200),
     ("POST", "/v1/chat/completions", _openai_chat("status:503"), 502),
     ("GET", "/v1/models", None, 200),

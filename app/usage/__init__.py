@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # not imported at run time: `ctx` builds its parser before gu
     from app.observability import RuntimeMetrics
     from app.validation import ChatRequest
 
-__all__ = ["Call", "Meter", "bind_caller", "open_ledger", "open_meter", "start_call"]
+__all__ = ["Call", "Meter", "bind_caller", "open_ledger", "open_meter", "record_cache_hit", "start_call"]
 
 log = logging.getLogger(__name__)
 RATIO_INTERVAL = 15.0  # seconds between the budget gauges' reads of the ledger
@@ -201,6 +201,38 @@ class Call:
 
     def finish(self, usage: Usage | None, served: str | None, text: str, outcome: str) -> None:
         self.scope.meter.finish(self, usage, served, text, outcome)
+
+
+def record_cache_hit(model: str, served: str | None, prompt: int, completion: int, stream: bool) -> float | None:
+    """A request answered from the response cache: its ledger row has no tokens, cost 0 and outcome `cache_hit`
+    (budgets count nothing). Returns what the answer cost when it was generated (the saving), when priced."""
+    bound = scope.current()
+    if bound is None or bound.meter.ledger is None:
+        return None
+    saved = bound.meter.prices.cost(model, prompt, completion)
+    bound.meter.ledger.record(
+        Row(
+            ts=time.time(),
+            request_id=bound.request_id,
+            tenant=bound.tenant,
+            key_id=bound.key_id,
+            context=bound.context,
+            route=bound.route,
+            model=model,
+            served_model=served,
+            endpoint="cache",
+            stream=stream,
+            prompt_tokens=0,
+            completion_tokens=0,
+            cached_tokens=None,
+            reasoning_tokens=None,
+            estimated=False,
+            cost_usd=0.0,
+            latency_ms=0.0,
+            outcome="cache_hit",
+        )
+    )
+    return saved
 
 
 def start_call(model: str, endpoint: str, stream: bool, prompt: Sequence[str]) -> Call | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
@@ -20,6 +21,8 @@ bp = Blueprint("chat", __name__, url_prefix="/api/v1")
 DEGRADED_HEADER = "X-Contexis-Degraded"
 # The entry of the context's model chain that answered.
 MODEL_HEADER = "X-Contexis-Model"
+# What the response cache did for a context that caches: hit, semantic-hit, miss or bypass.
+CACHE_HEADER = "X-Contexis-Cache"
 
 
 def json_body() -> Any:
@@ -41,6 +44,9 @@ def admit(chat_request: ChatRequest) -> tuple[Runtime, ChatRequest]:
     runtime = get_runtime()
     chat_request = bind_tenant(chat_request)
     check_payload(chat_request, runtime.settings)
+    cache_control = request_ctx.request.headers.get("Cache-Control")
+    if cache_control:
+        chat_request = replace(chat_request, cache_control=cache_control)
     if runtime.meter.enabled:
         identity = current_identity()
         key_id = identity.key.key_id if identity is not None and identity.key is not None else None
@@ -64,6 +70,7 @@ def chat():
             streamed.stream, tools=streamed.tools, sources=streamed.sources, request_id=g.request_id
         )
         mark_model(response, streamed.served)
+        mark_cache(response, streamed.cache)
         degraded = streamed.degraded
     else:
         answer = runtime.answer(chat_request, g.request_id)
@@ -76,6 +83,7 @@ def chat():
             rendered=answer.rendered, model=answer.model, sources=answer.sources, **extra, request_id=g.request_id
         )
         mark_model(response, answer.served)
+        mark_cache(response, answer.cache)
         degraded = answer.degraded
     return mark_degraded(response, degraded)
 
@@ -105,6 +113,13 @@ def mark_model(response: Response, served: str | None) -> None:
     if served:
         response.headers[MODEL_HEADER] = served
         g.log_fields.update(model=served)
+
+
+def mark_cache(response: Response, result: str) -> None:
+    """Say where the answer came from (the cache, or the model) when its context caches, and log it."""
+    if result:
+        response.headers[CACHE_HEADER] = result
+        g.log_fields.update(cache=result)
 
 
 def mark_degraded(response: Response, degraded: str) -> Response:

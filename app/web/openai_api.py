@@ -21,7 +21,7 @@ from app.names import is_safe_name
 from app.providers.base import Choice, ChoiceDelta, ToolCallDelta, Usage
 from app.validation import parse_openai_request
 from app.web.auth import tenant_for
-from app.web.chat import admit, json_body, mark_degraded, mark_model
+from app.web.chat import admit, json_body, mark_cache, mark_degraded, mark_model
 from app.web.runtime import get_runtime
 from app.web.sse import event_stream, sse_event
 
@@ -104,6 +104,7 @@ def chat_completions():
 
         response = event_stream(stream, events(), error_event, g.request_id)
         mark_model(response, streamed.served)
+        mark_cache(response, streamed.cache)
         return mark_degraded(response, streamed.degraded)
     answer = runtime.answer(chat_request, g.request_id)
     choices = answer.choices or (Choice(answer.rendered, finish_reason=answer.finish_reason),)
@@ -123,6 +124,7 @@ def chat_completions():
         sources=answer.sources,
     )
     mark_model(response, answer.served)
+    mark_cache(response, answer.cache)
     return mark_degraded(response, answer.degraded)
 
 

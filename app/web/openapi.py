@@ -121,6 +121,12 @@ _MODEL_HEADER = {
     "schema": {"type": "string"},
 }
 
+_CACHE_HEADER = {
+    "description": "What the response cache did (docs/cache.md): `hit`, `semantic-hit`, `miss` (answered by the model, "
+    "`Cache-Control: no-cache` included) or `bypass` (never cached); absent for a context without `cache:`.",
+    "schema": {"type": "string", "enum": ["hit", "semantic-hit", "miss", "bypass"]},
+}
+
 
 def _chat_answer() -> dict[str, Any]:
     answer = _json({"$ref": "#/components/schemas/ChatResponse"}, "The model's answer, or the prompt without a model")
@@ -130,6 +136,7 @@ def _chat_answer() -> dict[str, Any]:
         "schema": {"type": "string", "enum": ["memory-keywords-only"]},
     }
     answer["headers"]["X-Contexis-Model"] = _MODEL_HEADER
+    answer["headers"]["X-Contexis-Cache"] = _CACHE_HEADER
     # As schemathesis reads it, the schema of an event stream describes each event.
     answer["content"]["text/event-stream"] = {
         "schema": {
@@ -181,6 +188,7 @@ def _chat_answer() -> dict[str, Any]:
 def _completion_answer() -> dict[str, Any]:
     answer = _json({"$ref": "#/components/schemas/ChatCompletion"}, "A `chat.completion`, with `sources`")
     answer["headers"]["X-Contexis-Model"] = _MODEL_HEADER
+    answer["headers"]["X-Contexis-Cache"] = _CACHE_HEADER
     answer["content"]["text/event-stream"] = {
         "schema": {
             "description": 'With `"stream": true`, `chat.completion.chunk` events (the first with `sources`; text, '

@@ -21,7 +21,7 @@ from app.names import is_safe_name
 from app.responses_store import ResponseStore, StoredResponse, new_response_id, open_response_store
 from app.validation import parse_openai_request
 from app.web.auth import tenant_for
-from app.web.chat import admit, json_body, mark_degraded, mark_model
+from app.web.chat import admit, json_body, mark_cache, mark_degraded, mark_model
 from app.web.responses_wire import (
     ResponseEvents,
     ResponsesCall,
@@ -111,6 +111,7 @@ def create_response():
         events = ResponseEvents(call, response_id, streamed.stream, keep, sources=streamed.sources, model=model)
         answered = event_stream(streamed.stream, iter(events), events.failed, g.request_id)
         mark_model(answered, streamed.served)
+        mark_cache(answered, streamed.cache)
         return mark_degraded(answered, streamed.degraded)
     answer = runtime.answer(chat_request)
     status, incomplete = status_of(answer.finish_reason)
@@ -128,6 +129,7 @@ def create_response():
     keep(response)
     answered = jsonify(response)
     mark_model(answered, answer.served)
+    mark_cache(answered, answer.cache)
     return mark_degraded(answered, answer.degraded)
 
 

@@ -1,0 +1,329 @@
+"""The response cache: an answer paid for once is served again to the same question, per tenant and context version.
+
+A context opts in (`cache: {ttl, semantic, max_temperature}`, [cache.md](../../docs/cache.md)). The runtime asks
+`ResponseCache.lookup` once the prompt is rendered (the key holds the rendered prompt and memory's results, so a
+template, memory or context change is a miss by construction) and before the model chain; `keep` (or a stream
+`recording`) stores what the model answered when it may be reused. A context without `cache:` costs one dict read.
+
+Where answers live is `CMP_CACHE_URL`: SQLite under the state directory by default (`sqlite.py`), `redis://` for
+every replica (`redis.py`), `memory://` per worker (`memory.py`); they share the interface of `store.py` only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import orjson
+from opentelemetry import trace
+
+from app.cache.store import CacheStats, CacheStore, CacheUnavailable, Entry, pack
+from app.config import Settings
+from app.errors import ProviderError
+from app.memory import Embedder, SearchResult
+from app.observability import RuntimeMetrics
+from app.providers.base import (
+    ChoiceDelta,
+    Finish,
+    GenerationParams,
+    ServedBy,
+    StreamPiece,
+    TokenStream,
+    ToolCallDelta,
+    Turn,
+    Usage,
+)
+from app.usage import record_cache_hit
+from app.validation import ChatRequest
+
+log = logging.getLogger(__name__)
+
+HIT, MISS, SEMANTIC_HIT, BYPASS = "hit", "miss", "semantic-hit", "bypass"
+DEFAULT_MAX_TEMPERATURE = 0.5
+KEY_VERSION = "1"  # bumped when what a key holds changes, so old answers are never read as new ones
+
+# Every field of the sampling and OpenAI parameters is in the key, read shallowly (asdict's deep copy costs a hit
+# more than its render).
+# `deadline_at` is when one call must end, not what it asks.
+_PARAM_FIELDS = tuple(field.name for field in fields(GenerationParams) if field.name != "deadline_at")
+
+
+def open_store(settings: Settings) -> CacheStore:
+    """The backend `CMP_CACHE_URL` names: SQLite under the state directory when unset."""
+    url = settings.cache_url
+    if url.startswith("memory://"):
+        from app.cache.memory import MemoryCache
+
+        return MemoryCache(settings.cache_max_bytes)
+    if url:
+        from app.cache.redis import RedisCache
+
+        return RedisCache(url)
+    from app.cache.sqlite import SqliteCache
+
+    return SqliteCache(settings.state_path / "cache.sqlite3", settings.cache_max_bytes)
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """A context's `cache:` section."""
+
+    ttl: float
+    semantic: float | None  # the cosine at or above which a similar single-turn question's answer is reused
+    max_temperature: float
+    side_effects: bool  # the context has tools that change something (http tools other than GET)
+
+    @classmethod
+    def of(cls, context: dict[str, Any]) -> CachePolicy | None:
+        """The context's policy; None when it does not cache (no section, or `ttl` 0)."""
+        section = context.get("cache")
+        if not section or not section.get("ttl"):
+            return None
+        tools = context.get("tools") or []
+        side_effects = any(
+            isinstance(tool, dict)
+            and isinstance(tool.get("http"), dict)
+            and str(tool["http"].get("method", "GET")).upper() != "GET"
+            for tool in tools
+        )
+        return cls(
+            section["ttl"],
+            section.get("semantic"),
+            section.get("max_temperature", DEFAULT_MAX_TEMPERATURE),
+            side_effects,
+        )
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    """What a hit answers with: the model's text, who served it, why it ended, what it cites, what it cost."""
+
+    text: str
+    model: str | None
+    served: str | None
+    finish_reason: str
+    sources: list[dict[str, Any]]
+    completion_tokens: int  # what a hit saves (with the prompt's)
+    prompt_tokens: int
+
+    def encode(self) -> bytes:
+        return _canonical(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> CachedAnswer:
+        try:
+            return cls(**orjson.loads(raw))
+        except orjson.JSONDecodeError:  # an answer holding a lone surrogate, written by the standard library
+            return cls(**json.loads(raw))
+
+    def stream(self) -> TokenStream:
+        """The answer replayed as a stream: its text in one delta, usage zero (nothing was generated)."""
+        pieces: list[StreamPiece | Usage | Finish] = [self.text, Usage(0, 0), Finish(self.finish_reason)]
+        return TokenStream(iter(pieces), model=self.model)
+
+
+@dataclass
+class Lookup:
+    """One request's way through the cache: what it found (`result`), and where its answer would be kept."""
+
+    result: str
+    found: CachedAnswer | None = None
+    tenant: str = ""
+    context: str = ""
+    digest: str = ""
+    scope: str = ""
+    vector: bytes = b""
+    ttl: float = 0.0
+
+    @property
+    def storable(self) -> bool:
+        return self.result == MISS
+
+
+class ResponseCache:
+    """The cache of one runtime; its store is opened on first use, so a project that caches nothing opens none."""
+
+    def __init__(
+        self, settings: Settings, metrics: RuntimeMetrics, embedder: Embedder | None, lock_hash: str = ""
+    ) -> None:
+        self.settings = settings
+        self.lock_hash = lock_hash  # the project's `ctx lock` hash, when it has one (every source it serves)
+        self.metrics = metrics
+        self.embedder = embedder
+        self._store: CacheStore | None = None
+        self._versions: dict[int, tuple[dict[str, Any], str]] = {}
+
+    @property
+    def store(self) -> CacheStore:
+        if self._store is None:
+            self._store = open_store(self.settings)
+        return self._store
+
+    def lookup(
+        self,
+        request: ChatRequest,
+        context: dict[str, Any],
+        prompt: str,
+        results: Sequence[SearchResult],
+        params: GenerationParams,
+        model: str,
+    ) -> Lookup | None:
+        """The cached answer for this request if there is one; None when its context does not cache."""
+        policy = CachePolicy.of(context)
+        if policy is None:
+            return None
+        name = context["name"]
+        directives = {part.strip().lower() for part in request.cache_control.split(",")}
+        reusable = not (
+            "no-store" in directives
+            or policy.side_effects
+            or params.temperature > policy.max_temperature
+            or params.n != 1  # one answer per entry: n answers and logprobs cannot be replayed
+            or params.logprobs
+        )
+        if not reusable:
+            return self._counted(Lookup(BYPASS), name)
+        # The context's version: the lock's hash when the project has one, and always the resolved context's
+        # digest (a context edited without `ctx lock` is still a miss).
+        version = self._version(context)
+        parts = [KEY_VERSION, request.tenant_id, name, self.lock_hash, version, request.component, request.prompt_file]
+        # The chat system message is the context's (in its version); the prompt and history are the request's.
+        parts += [_canonical([getattr(params, name) for name in _PARAM_FIELDS]), model]
+        single_turn = not request.messages and not request.after
+        question = request.query or str(request.data.get("user_input", "")) if single_turn else ""
+        scope = _digest([*parts, "semantic"]) if policy.semantic and self.embedder and question else ""
+        exact = [*parts, prompt, _canonical([(r.id, r.source, r.content) for r in results])]
+        exact += [_canonical(list(request.messages)), _canonical(list(request.after))]
+        lookup = Lookup(MISS, None, request.tenant_id, name, _digest(exact), scope, b"", policy.ttl)
+        if "no-cache" in directives:  # refresh: answer anew, and keep that answer
+            return self._counted(self._vector(lookup, question), name)
+        try:
+            raw = self.store.get(lookup.tenant, name, lookup.digest)
+            if raw is None and scope:
+                lookup = self._vector(lookup, question)
+                if lookup.vector and policy.semantic is not None:
+                    raw = self.store.nearest(lookup.tenant, name, scope, lookup.vector, float(policy.semantic))
+                    lookup.result = SEMANTIC_HIT if raw is not None else MISS
+            elif raw is not None:
+                lookup.result = HIT
+        except CacheUnavailable as exc:
+            self._unavailable(exc)
+            return self._counted(Lookup(MISS), name)  # not stored either: the store is down
+        if raw is not None:
+            found = lookup.found = CachedAnswer.decode(raw)
+            tokens = found.prompt_tokens + found.completion_tokens
+            self.metrics.child(self.metrics.cache_saved_tokens, name).inc(tokens)
+            model = found.model or ""
+            usd = record_cache_hit(model, found.served, found.prompt_tokens, found.completion_tokens, request.stream)
+            if usd:
+                self.metrics.child(self.metrics.cache_saved_usd, name).inc(usd)
+        return self._counted(lookup, name)
+
+    def keep(
+        self,
+        lookup: Lookup,
+        text: str,
+        model: str | None,
+        served: str | None,
+        finish_reason: str,
+        sources: list[dict[str, Any]],
+        usage: Usage | None,
+        tool_calls: Sequence[Turn] = (),
+    ) -> None:
+        """Store a model's answer for the next identical (or similar) request, unless it must not be reused."""
+        if not lookup.storable or not lookup.digest or tool_calls or finish_reason == "tool_calls":
+            return
+        usage = usage or Usage()
+        answer = CachedAnswer(
+            text, model, served, finish_reason, sources, usage.completion_tokens or 0, usage.prompt_tokens or 0
+        )
+        entry = Entry(
+            lookup.tenant, lookup.context, lookup.digest, answer.encode(), lookup.ttl, lookup.scope, lookup.vector
+        )
+        try:
+            self.store.put(entry)
+        except CacheUnavailable as exc:
+            self._unavailable(exc)
+
+    def recording(
+        self, lookup: Lookup, stream: TokenStream, sources: list[dict[str, Any]], served: str | None
+    ) -> TokenStream:
+        """`stream` as it is, kept once it has ended whole and with text only (no tool calls, no other choices)."""
+
+        def pieces() -> Iterator[StreamPiece | Usage | ServedBy | Finish]:
+            texts: list[str] = []
+            plain = True
+            try:
+                for piece in stream:
+                    if isinstance(piece, str):
+                        texts.append(piece)
+                    elif isinstance(piece, ToolCallDelta | ChoiceDelta):
+                        plain = False
+                    yield piece
+            finally:
+                stream.close()
+            if stream.usage:
+                yield stream.usage
+            if stream.response_model:
+                yield ServedBy(stream.response_model)
+            finish = stream.finish_reason or "stop"
+            yield Finish(finish)
+            if plain:
+                self.keep(lookup, "".join(texts), stream.model, served, finish, sources, stream.usage)
+
+        return TokenStream(pieces(), model=stream.model)
+
+    def _vector(self, lookup: Lookup, question: str) -> Lookup:
+        """The lookup with its question's vector for a semantic scope; without one (the embedder failed), exact only."""
+        if not lookup.scope or self.embedder is None:
+            return lookup
+        try:
+            lookup.vector = pack(self.embedder.embed_query(question))
+        except ProviderError:  # counted by the embedder's telemetry; the question is matched exactly
+            lookup.scope = ""
+        return lookup
+
+    def _version(self, context: dict[str, Any]) -> str:
+        """The digest of the resolved context (with everything it extends or includes), once per loaded context."""
+        held = self._versions.get(id(context))
+        if held is not None and held[0] is context:
+            return held[1]
+        version = _digest([_canonical(context)])
+        if len(self._versions) > 1024:
+            self._versions.clear()
+        self._versions[id(context)] = (context, version)
+        return version
+
+    def _counted(self, lookup: Lookup, context: str) -> Lookup:
+        self.metrics.child(self.metrics.cache_requests, context, lookup.result).inc()
+        trace.get_current_span().set_attribute("contexis.cache", lookup.result)
+        return lookup
+
+    def _unavailable(self, exc: CacheUnavailable) -> None:
+        self.metrics.cache_storage_errors.inc()
+        log.warning("Response cache unavailable (%s): answering without it", exc)
+
+    def stats(self, tenant: str | None = None, context: str | None = None) -> list[CacheStats]:
+        return self.store.stats(tenant, context)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+def _canonical(value: Any) -> str:
+    """`value` as one JSON text whatever its key order; the standard library writes what orjson refuses (a lone
+    surrogate a client sent)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, sort_keys=True, default=str)
+
+
+def _digest(parts: Sequence[str]) -> str:
+    """One digest of `parts`; each is JSON or a name, so a NUL cannot occur in one unescaped."""
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
