@@ -131,6 +131,17 @@ def public_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+def describe_url(url: str) -> str:
+    """A PostgreSQL URL for humans: host, port and database, never the user's password (in the netloc, or in
+    the query as libpq also reads it: `?password=`), so it can go into logs, errors and `/readyz`."""
+    from psycopg.conninfo import conninfo_to_dict  # the database's own parser; only its callers need psycopg
+
+    parts = conninfo_to_dict(url)
+    host = parts.get("host") or "localhost"
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{host}{port}/{parts.get('dbname') or ''}"
+
+
 _ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 
 

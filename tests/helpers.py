@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -160,6 +161,26 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**base, **extra}
 
 
+# Where runs of a bundled example keep their state; removed when the test session ends.
+_STATE_DIRS = tempfile.TemporaryDirectory(prefix="cmp-state-")
+
+
+def runtime_env(args: tuple[str, ...], env: dict[str, str] | None, cwd: str | Path | None) -> dict[str, str]:
+    """`clean_env` for a `ctx` run with `args`: a runtime serving a bundled example keeps its state (usage ledger,
+    stored responses) in a fresh temporary directory, since examples/ belongs to the repository, not to a test."""
+    env = dict(env or {})
+    root = env.get("CMP_PROJECT_ROOT") or str(cwd or REPO)
+    for n, arg in enumerate(args):
+        if arg == "--root" and n + 1 < len(args):
+            root = args[n + 1]
+        elif arg.startswith("--root="):
+            root = arg.removeprefix("--root=")
+    root_path = Path(cwd or REPO, root).resolve()
+    if "CMP_STATE_DIR" not in env and root_path.is_relative_to(REPO / "examples"):
+        env["CMP_STATE_DIR"] = tempfile.mkdtemp(dir=_STATE_DIRS.name)
+    return clean_env(**env)
+
+
 def find_helm() -> str | None:
     """helm from $HELM (a relative path is the repository's) or `.tools/helm` (`make helm`); None without one."""
     path = Path(os.environ.get("HELM") or REPO / ".tools" / "helm")
@@ -172,7 +193,7 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subp
     """`python cli.py ARGS` as a user runs it, without the runtime's variables of this environment."""
     return subprocess.run(
         [sys.executable, str(REPO / "cli.py"), *args],
-        env=clean_env(**(env or {})),
+        env=runtime_env(args, env, cwd),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -220,7 +241,7 @@ class Server:
 
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "cli.py"), "serve", "--addr", f"127.0.0.1:{self.port}", *args],
-            env=clean_env(**(env or {})),
+            env=runtime_env(args, env, cwd),
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,11 @@ def test_init_never_overwrites_and_generate_adds_a_context_to_a_project(tmp_path
     added = run("generate", "context", "Billing", "--template", "rag", "--root", str(root))
     assert added.returncode == 0, added.stderr
     assert "test --context Billing" in added.stdout
+    (hint,) = [line for line in added.stdout.splitlines() if line.startswith("next: ")]
+    argv = shlex.split(hint)
+    followed = run(*argv[argv.index("test") :])  # the next command, run from where `generate` was run
+    assert followed.returncode == 0, followed.stderr
+    assert "Billing/renders-the-question" in followed.stdout
     assert (root / "contexts" / "Billing" / "billing.ctx").is_file()
     assert run("generate", "context", "Billing", "--root", str(root)).returncode == 1
     validate = run("context", "validate", "--root", str(root))

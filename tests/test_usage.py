@@ -24,6 +24,7 @@ import yaml
 from fake_hf import ROUTER_CATALOG, FakeHF, Reply, Stream, chat_events, completion
 from helpers import (
     ACME_KEY,
+    EXAMPLE,
     GUIDE_BODY,
     KEYS_JSON,
     MODEL,
@@ -457,6 +458,28 @@ def test_reports_total_the_rows_by_every_grouping_in_the_cli_and_the_api(project
     assert "TOTAL" in table and "globex" in table
 
 
+def test_a_report_without_a_writable_state_directory_is_a_503_not_a_500(settings, tmp_path):
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory\n")
+    response = create_app(settings.replace(state_dir=taken)).test_client().get("/api/v1/usage")
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert response.json["error"]["code"] == "usage_unavailable"
+    assert "set CMP_STATE_DIR to a writable directory" in response.json["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "query", ["since=999999d", "since=0001-01-01T00:00:00%2B01:00", "since=9999-12-31T23:59:59-14:00"]
+)
+def test_a_report_bound_past_the_calendar_is_a_400_in_the_api_and_no_traceback_in_the_cli(settings, query):
+    response = create_app(settings).test_client().get(f"/api/v1/usage?{query}")
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.json["error"]["code"] == "invalid_request"
+    name, value = query.replace("%2B", "+").split("=")
+    result = run("usage", "report", f"--{name}", value, "--root", str(settings.project_root))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"ctx: invalid_request: {name}: {value!r} is neither" in result.stderr
+
+
 # -- processes: two workers, SIGTERM, a restart ---------------------------------------------------------
 
 
@@ -523,6 +546,22 @@ def test_sigterm_under_load_loses_no_row(project):
     assert sorted(r["request_id"] for r in sqlite_rows(project)) == sorted(answered)
 
 
+def test_serving_the_bundled_example_in_a_test_leaves_examples_untouched():
+    """A test that serves examples/quickstart with a model meters its calls elsewhere (helpers.runtime_env): the
+    repository's example never gains a `.contexis/usage.db`."""
+    stamp = {path: path.stat().st_mtime_ns for path in EXAMPLE.rglob("*")}
+    with FakeHF(Reply(body=completion("Hi", usage=USAGE))) as fake:
+        env = {"HF_TOKEN": TOKEN, "HF_MODEL_ID": MODEL, "HF_ENDPOINT": f"{fake.url}/v1", "HF_BACKOFF_FACTOR": "0"}
+        server = Server("--root", str(EXAMPLE), "--workers", "1", env=env)
+        try:
+            response = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=30)
+        finally:
+            code, output = server.stop()
+    assert code == 0, output[-2000:]
+    assert response.status_code == 200 and len(fake.seen) == 1
+    assert {path: path.stat().st_mtime_ns for path in EXAMPLE.rglob("*")} == stamp  # nothing new, nothing written
+
+
 # -- PostgreSQL: replicas -----------------------------------------------------------------------------
 
 
@@ -582,6 +621,27 @@ def test_a_ledger_that_cannot_be_reached_lets_calls_through_and_keeps_their_rows
     assert "budget not read from the ledger" in caplog.text and "usage ledger not written" in caplog.text
     assert "contexis@" not in caplog.text
     ledger._rows.clear()  # nothing left for this process's exit to try again
+
+
+def test_a_password_in_the_ledger_urls_query_reaches_no_log_error_or_report(project, caplog):
+    from helpers import free_port
+
+    secret = "PG_query_SECRET_pw"
+    down = f"postgresql://contexis@127.0.0.1:{free_port()}/usage?password={secret}&connect_timeout=1"
+    with FakeHF(Reply(body=completion("Hi", usage=USAGE))) as fake:
+        app = usage_app(project, fake.url, CMP_USAGE_URL=down, CMP_USAGE_TIMEOUT="0.5")
+        assert chat(app, tenant_id="acme").status_code == 200
+        report = app.test_client().get("/api/v1/usage")
+        ledger = app.extensions["contexis"].meter.ledger
+        assert ledger.flush() is False
+    ledger._rows.clear()  # nothing left for this process's exit to try again
+    assert report.status_code == 503 and "127.0.0.1" in report.json["error"]["message"]
+    assert secret not in report.get_data(as_text=True) and secret not in caplog.text
+    env = {"CMP_USAGE_URL": down, "CMP_USAGE_TIMEOUT": "0.5"}
+    for argv in (("usage", "report"), ("usage", "migrate")):
+        result = run(*argv, "--root", str(project), env=env)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "127.0.0.1" in result.stderr and secret not in result.stderr + result.stdout
 
 
 def test_an_unmigrated_postgresql_ledger_is_named_by_readyz(project, postgres):

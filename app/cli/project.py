@@ -82,7 +82,8 @@ def cmd_generate_context(args: argparse.Namespace, settings: Settings) -> int:
         return fail(f"{root} already has {', '.join(taken)}: pick another NAME", 1)
     scaffold.write(root, files)
     print(f"created context {args.name} ({args.template}): {', '.join(files)}")
-    print(f"next: {invocation()} test --context {args.name}")
+    where = "" if root.resolve() == Path.cwd().resolve() else f" --root {shlex.quote(str(root))}"
+    print(f"next: {invocation()} test --context {args.name}{where}")
     return 0
 
 

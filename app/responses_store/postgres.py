@@ -17,9 +17,9 @@ from contextlib import contextmanager
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from app.config import Settings
+from app.config import Settings, describe_url
 from app.errors import StoreUnavailable
-from app.memory.postgres.pool import connection_pool, describe_url
+from app.memory.postgres.pool import connection_pool
 from app.responses_store.store import Purger, StoredResponse
 
 _OWNER = (

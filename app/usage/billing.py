@@ -7,11 +7,9 @@ A YAML mapping of tenant to organisation name; a tenant it does not name is bill
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
-import yaml
 
 from app.errors import SettingsError
+from app.usage.files import read_yaml
 
 # Hugging Face organisation names: letters, digits, '-', '_' and '.'; nothing else may reach a header.
 _ORGANISATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -19,12 +17,7 @@ _ORGANISATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 def load_bill_to(path: str) -> dict[str, str]:
     where = f"CMP_BILL_TO_BY_TENANT {path!r}"
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SettingsError(f"{where} cannot be read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    data = read_yaml(path, where)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -28,9 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import yaml
-
 from app.errors import BudgetExceeded, SettingsError
+from app.usage.files import read_yaml
 
 if TYPE_CHECKING:
     from app.observability import RuntimeMetrics
@@ -131,14 +130,7 @@ class BudgetFile:
 
     def _read(self) -> BudgetConfig:
         where = f"CMP_BUDGETS {str(self.path)!r}"
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise SettingsError(f"{where} cannot be read ({exc.strerror})") from None
-        try:
-            return parse_budgets(yaml.safe_load(text), where)
-        except yaml.YAMLError as exc:
-            raise SettingsError(f"{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        return parse_budgets(read_yaml(self.path, where), where)
 
     def current(self) -> BudgetConfig:
         now = time.monotonic()

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from app.config import public_url
+from app.config import describe_url
 from app.errors import UsageUnavailable
 from app.usage.ledger import COLUMNS, GROUPS, REPORT_SELECT, Ledger, Row, daily_totals, report_rows, row_values
 
@@ -69,7 +69,7 @@ class PostgresLedger(Ledger):
     def __init__(self, url: str, timeout: float) -> None:
         super().__init__()
         self.url = url
-        self.where = public_url(url)
+        self.where = describe_url(url)
         self.timeout = timeout
         self._writer_conn: psycopg.Connection | None = None
         self._reader: psycopg.Connection | None = None
@@ -171,12 +171,18 @@ class PostgresLedger(Ledger):
 
     def migrate(self) -> tuple[int, int]:
         """Create or upgrade the schema in one transaction under an advisory lock; (version before, after)."""
-        with self._connect() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('contexis.usage_schema'))")
-            conn.execute("CREATE TABLE IF NOT EXISTS usage_schema (version integer NOT NULL)")
-            row = conn.execute("SELECT max(version) FROM usage_schema").fetchone()
-            before = int(row[0] or 0) if row else 0
-            for version in range(before, SCHEMA_VERSION):
-                conn.execute(MIGRATIONS[version])  # constants, several statements at once (no parameters)
-                conn.execute("INSERT INTO usage_schema (version) VALUES (%s)", (version + 1,))
+        try:
+            with self._connect() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('contexis.usage_schema'))")
+                conn.execute("CREATE TABLE IF NOT EXISTS usage_schema (version integer NOT NULL)")
+                row = conn.execute("SELECT max(version) FROM usage_schema").fetchone()
+                before = int(row[0] or 0) if row else 0
+                for version in range(before, SCHEMA_VERSION):
+                    conn.execute(MIGRATIONS[version])  # constants, several statements at once (no parameters)
+                    conn.execute("INSERT INTO usage_schema (version) VALUES (%s)", (version + 1,))
+        except psycopg.OperationalError:
+            raise UsageUnavailable(f"usage ledger {self.where} unavailable: connection failed") from None
+        except psycopg.Error as exc:  # e.g. no right to create tables: the server's words, never the URL
+            reason = exc.diag.message_primary or type(exc).__name__
+            raise UsageUnavailable(f"usage schema not migrated in {self.where}: {reason}") from None
         return before, max(before, SCHEMA_VERSION)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
 from app.errors import SettingsError
+from app.usage.files import read_yaml
 
 
 class PriceCatalog(Protocol):
@@ -50,12 +48,7 @@ def _usd(value: Any, where: str) -> float:
 def load_prices(path: str) -> dict[str, Price]:
     """`model: {input: USD, output: USD[, cached_input: USD]}` per million tokens, from a YAML file."""
     where = f"CMP_MODEL_PRICES {path!r}"
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SettingsError(f"{where} cannot be read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    data = read_yaml(path, where)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -26,17 +26,20 @@ _UNITS = {"d": 86400, "h": 3600, "m": 60}
 def parse_moment(text: str, now: float, param: str) -> float:
     """`7d`, `12h`, `30m` before now, or an ISO date (`2026-12-01`, UTC midnight) or time, as epoch seconds."""
     relative = _RELATIVE.match(text.strip())
-    if relative:
-        return now - int(relative.group(1)) * _UNITS[relative.group(2)]
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        if relative:
+            seconds = now - int(relative.group(1)) * _UNITS[relative.group(2)]
+        else:
+            moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+            seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+        _iso(seconds)  # the report names its bounds: one before year 1 or after 9999 cannot be named
+    except (ValueError, OverflowError, OSError):
         raise BadRequest(
-            f"{param}: {text!r} is neither a duration (7d, 12h, 30m) nor a date (2026-12-01)",
+            f"{param}: {text!r} is neither a duration (7d, 12h, 30m) nor a date (2026-12-01) of years 1 to 9999",
             code="invalid_request",
             param=param,
         ) from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    return seconds
 
 
 def build_report(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from app.errors import BadRequest
+from app.errors import BadRequest, SettingsError, UsageUnavailable
 from app.names import is_safe_name
 from app.usage import open_ledger
 from app.usage.ledger import Ledger
@@ -25,7 +25,10 @@ def _ledger() -> Ledger | None:
     ledger = get_runtime().meter.ledger
     if ledger is None:
         if _LEDGER not in current_app.extensions:
-            current_app.extensions[_LEDGER] = open_ledger(get_runtime().settings)
+            try:
+                current_app.extensions[_LEDGER] = open_ledger(get_runtime().settings)
+            except SettingsError as exc:  # a state directory that cannot be written: this report is unavailable
+                raise UsageUnavailable(str(exc)) from None
         ledger = current_app.extensions[_LEDGER]
     return ledger
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from app.config import Settings
+from app.config import Settings, describe_url
 from app.errors import MemoryUnavailable
 from app.memory.postgres import schema
-from app.memory.postgres.pool import DeadlineMissed, bounded_waits, connection_pool, describe_url
+from app.memory.postgres.pool import DeadlineMissed, bounded_waits, connection_pool
 from app.memory.postgres.store import PostgresStore
 from app.memory.store import Embedder, MemoryStore
 

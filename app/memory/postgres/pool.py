@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 # The monotonic time by which the calling thread's memory transaction must end (unset: no bound).
@@ -114,11 +113,3 @@ def connection_pool(url: str, size: int, timeout: float) -> ConnectionPool[Bound
             pool.open(wait=False)
             _pools[key] = pool
     return pool
-
-
-def describe_url(url: str) -> str:
-    """A database URL for humans: host, port and database, never the user's password."""
-    parts = conninfo_to_dict(url)
-    host = parts.get("host") or "localhost"
-    port = f":{parts['port']}" if parts.get("port") else ""
-    return f"postgresql://{host}{port}/{parts.get('dbname') or ''}"
