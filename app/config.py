@@ -252,6 +252,16 @@ class Settings:
     memory_url: str = field(default="", repr=False)
     memory_timeout: float = 2.0
     memory_pool_size: int = 0  # 0: one connection per thread (`threads`)
+    # Guardrails every context gets unless it sets its own (docs/security.md).
+    pii_mode: str = "off"
+    pii_phone_region: str = "US"
+    pi_enforcement: str = "off"
+    require_citation: bool = False
+    pi_model: str = ""
+    pi_model_endpoint: str = ROUTER_CLASSIC_ENDPOINT
+    pi_model_timeout: float = 1.0
+    pi_model_threshold: float = 0.9
+    pi_model_failure: str = "open"
     usage_url: str = field(default="", repr=False)  # "" SQLite under state_dir, "off", or postgresql://
     state_dir: Path | None = None  # CMP_STATE_DIR: where embedded databases live; None: <project root>/.contexis
     usage_timeout: float = 2.0
@@ -325,6 +335,15 @@ class Settings:
             memory_url=_memory_url(env),
             memory_timeout=_number(env, "CMP_MEMORY_TIMEOUT", 2.0, minimum=0.001),
             memory_pool_size=_number(env, "CMP_MEMORY_POOL_SIZE", 0, kind=int),
+            pii_mode=_choice(env, "CMP_PII_MODE", ("off", "redact", "block"), "off"),
+            pii_phone_region=_text(env, "CMP_PII_PHONE_REGION", "US").upper(),
+            pi_enforcement=_choice(env, "CMP_PI_ENFORCEMENT", ("off", "flag", "block"), "off"),
+            require_citation=_flag(env, "CMP_REQUIRE_CITATION"),
+            pi_model=_text(env, "CMP_PI_MODEL"),
+            pi_model_endpoint=_text(env, "CMP_PI_MODEL_ENDPOINT", ROUTER_CLASSIC_ENDPOINT).rstrip("/"),
+            pi_model_timeout=_number(env, "CMP_PI_MODEL_TIMEOUT", 1.0, minimum=0.001),
+            pi_model_threshold=_number(env, "CMP_PI_MODEL_THRESHOLD", 0.9),
+            pi_model_failure=_choice(env, "CMP_PI_MODEL_FAILURE", ("open", "closed"), "open"),
             usage_url=_usage_url(env),
             state_dir=Path(_text(env, "CMP_STATE_DIR")) if _text(env, "CMP_STATE_DIR") else None,
             usage_timeout=_number(env, "CMP_USAGE_TIMEOUT", 2.0, minimum=0.001),
@@ -362,6 +381,14 @@ class Settings:
             raise SettingsError(
                 "HF_EMBED_MODEL_ID needs HF_TOKEN (a local embedding server without auth accepts any value)"
             )
+        if self.pi_model and not self.hf_token:
+            raise SettingsError(
+                "CMP_PI_MODEL needs HF_TOKEN (a local classifier server without auth accepts any value)"
+            )
+        if not 0 <= self.pi_model_threshold <= 1:
+            raise SettingsError(f"CMP_PI_MODEL_THRESHOLD must be between 0 and 1, got {self.pi_model_threshold}")
+        if not re.fullmatch(r"[A-Z]{2}", self.pii_phone_region):
+            raise SettingsError(f"CMP_PII_PHONE_REGION must be a two-letter region code, got {self.pii_phone_region!r}")
         return self
 
     def rate_limit_scope_warning(self, workers: int) -> str:

@@ -24,6 +24,10 @@ from jsonschema import Draft202012Validator, FormatChecker
 from app.errors import ContextInvalid, NotFound
 from app.names import MAX_TOP_K, NAME_PATTERN, is_safe_name
 
+# The guardrails a context can set and the personal data types they know (`app.guardrails` enforces them).
+GUARDRAILS = ("pii", "prompt_injection", "require_citation", "deny_output")
+PII_ENTITIES = ("CREDIT_CARD", "EMAIL_ADDRESS", "PHONE_NUMBER", "IBAN_CODE", "US_SSN")
+
 MAX_DEPTH = 5
 DEFAULT_DRIFT_THRESHOLD = 0.85
 DEFAULT_TEXT_DRIFT_THRESHOLD = 0.8
@@ -62,6 +66,9 @@ CASE_ASSERTIONS: dict[str, Any] = {
     # The value must itself be a JSON Schema (checked against the 2020-12 meta-schema, shipped offline).
     "expect_json_schema": {"$ref": "https://json-schema.org/draft/2020-12/schema"},
     "similar_to": {"type": "string", "minLength": 1},
+    # The case is refused by this guardrail / its personal data of this type is replaced (docs/security.md).
+    "expect_blocked": {"enum": list(GUARDRAILS)},
+    "expect_redacted": _one_or_more({"enum": list(PII_ENTITIES)}),
     # The context tools the answer called (by name, in any order, each at least once), or that it called none.
     "expect_tool_calls": _one_or_more({"type": "string", "minLength": 1}),
     "expect_no_tool_calls": {"const": True},
@@ -221,6 +228,13 @@ CONTEXT_SCHEMA: dict[str, Any] = {
                 "tone": {"type": "string"},
                 "format": {"type": "string"},
                 **_SAMPLING,
+                # Guardrails that act (docs/security.md); each unset one is the environment's default.
+                # YAML reads a bare `off` as false: both mean off.
+                "pii": {"enum": ["off", False, "redact", "block"]},
+                "pii_entities": {"type": "array", "items": {"enum": list(PII_ENTITIES)}, "minItems": 1},
+                "prompt_injection": {"enum": ["off", False, "flag", "block"]},
+                "require_citation": {"type": "boolean"},
+                "deny_output": {"type": "array", "items": {"type": "string", "minLength": 1, "format": "regex"}},
                 # Model calls in one request's tool loop; past them the request fails (`tool_steps_exceeded`).
                 "max_tool_steps": {"type": "integer", "minimum": 1, "maximum": 20},
                 # The most a client may ask for on the OpenAI surface; without it, up to the bounds above.

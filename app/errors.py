@@ -201,6 +201,24 @@ class InvalidNameError(MemoryStoreError):
     code = "invalid_request"
 
 
+class GuardrailRefusal(ContexisError):
+    """A context's guardrail refused the request or its answer; `guardrail` names which (pii, prompt_injection,
+    require_citation, deny_output), so `ctx test` can expect it and clients can tell them apart."""
+
+    def __init__(self, message: str, *, guardrail: str, status: int, code: str) -> None:
+        super().__init__(message, code=code)
+        self.guardrail = guardrail
+        self.status = status
+
+
+class GuardrailBlocked(GuardrailRefusal):
+    """Personal data under `pii: block` (422), an injection under `prompt_injection: block` (403), or an
+    answer matching `deny_output` (502): nothing of the matched text is in the message."""
+
+    def __init__(self, message: str, *, guardrail: str, status: int) -> None:
+        super().__init__(message, guardrail=guardrail, status=status, code="guardrail_blocked")
+
+
 class ToolStepsExceeded(ContexisError):
     """The model kept calling a context's tools past `guardrails.max_tool_steps` without answering."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextvars
 import logging
 import os
 import sys
@@ -114,6 +115,12 @@ class RuntimeMetrics:
             "cmp_memory_search_errors_total",
             "Memory searches that failed (unreadable or corrupt store), by component.",
             ["component"],
+            registry=self.registry,
+        )
+        self.guardrail_actions = Counter(
+            "cmp_guardrail_actions_total",
+            "What the guardrails did: redact, block, flag or drop, by guardrail and stage (in, out).",
+            ["guardrail", "action", "stage"],
             registry=self.registry,
         )
         self.model_cost = Counter(
@@ -287,6 +294,9 @@ def _children(pid: int) -> set[int]:
                 continue
     return found
 
+
+# The id of the request being served (`app.web.telemetry` sets it), for log lines written below the web layer.
+current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 _second: tuple[int, str] = (-1, "")
 

@@ -1,4 +1,5 @@
-"""The request pipeline shared by the HTTP API and the CLI: context → memory → prompt → provider.
+"""The request pipeline shared by the HTTP API and the CLI: context → guardrails → memory → prompt → provider →
+guardrails.
 
 It knows nothing of HTTP: `app.web` turns requests into `ChatRequest`s and answers into responses.
 """
@@ -17,11 +18,12 @@ from app.cache import CachedAnswer, Lookup, ResponseCache
 from app.config import Settings
 from app.contexts import ContextStore
 from app.errors import BadRequest
+from app.guardrails import Guard, Guardrails
 from app.lock import ProjectLock
 from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, TemplateData, system_message
-from app.providers import build_embedder, build_provider, structured
+from app.providers import build_classifier, build_embedder, build_provider, structured
 from app.providers.base import Choice, Generation, GenerationParams, TokenStream, ToolCall, Turn, Usage
 from app.routing import ModelChain, ModelRouter, chain_of
 from app.tools import Inputs, Toolbox, ToolRun
@@ -38,8 +40,10 @@ class Rendered:
     context: dict[str, Any]
     results: list[SearchResult]
     prompt: str
+    request: ChatRequest  # as the guardrails passed it (personal data redacted)
     degraded: str = ""  # why memory searched keywords only, when it had to
     chain: ModelChain | None = None  # the context's models, when its file names them (`model:`)
+    guard: Guard | None = None  # the request's guardrails, when its context enforces any
     mode: str = ""  # how memory searched (hybrid, vector, keyword), for `POST /api/v1/render`
 
     def sources(self) -> list[dict[str, Any]]:
@@ -61,6 +65,7 @@ class Answer:
     tool_calls: tuple[ToolCall, ...] = ()  # the tools the model asks the client to call (`finish_reason` says so)
     choices: tuple[Choice, ...] = ()  # every answer of the model (n of them), the first included; () without one
     tools: list[dict[str, Any]] | None = None  # the context's own tools the runtime called, when it has tools
+    redacted: tuple[str, ...] = ()  # the personal data types the guardrails replaced, in and out
     cache: str = ""  # what the response cache did (hit, semantic-hit, miss, bypass); "" when the context has none
 
 
@@ -93,6 +98,7 @@ class Runtime:
         self.meter = open_meter(settings, self.metrics, catalog, metered=bool(self.provider or self.router))
         self.tools = Toolbox(settings, self.metrics)
         self.lock = ProjectLock(settings.project_root)
+        self.guardrails = Guardrails(settings, self.metrics, build_classifier(settings))
         self.cache = ResponseCache(settings, self.metrics, self.embedder, self.lock.started_hash or "")
 
     def problems(self) -> list[str]:
@@ -154,15 +160,19 @@ class Runtime:
         if self.lock.started_hash:
             # Which sources answered: the request's span carries the lock the server started with.
             trace.get_current_span().set_attribute("contexis.lock", self.lock.started_hash)
+        guard = self.guardrails.guard(context, request)
+        if guard:
+            request = guard.check_request(request)
         chain = chain_of(context) if self.router else None
         named = request.component != request.context
         retrieval = self.search(request, "" if named else (context.get("memory") or {}).get("component", ""))
+        results = guard.check_results(retrieval.results) if guard else retrieval.results
         variables = {
             **request.data,
             # The runtime's own variables win over same-named keys in `data`.
             "context": context,
             "data": TemplateData(request.data),  # `{{ data.key }}` as well as `{{ key }}`
-            "results": [result.as_dict() for result in retrieval.results],
+            "results": [result.as_dict() for result in results],
             "tenant_id": request.tenant_id,
             "query": request.query,
             "messages": [{**message, "content": content_text(message["content"])} for message in request.messages],
@@ -172,7 +182,7 @@ class Runtime:
         started = time.perf_counter()
         prompt = self.prompts.render(request.component, request.prompt_file, variables)
         self.metrics.child(self.metrics.prompt_render, request.component).observe(time.perf_counter() - started)
-        return Rendered(context, retrieval.results, prompt, retrieval.degraded, chain, mode=retrieval.mode)
+        return Rendered(context, results, prompt, request, retrieval.degraded, chain, guard, mode=retrieval.mode)
 
     def _history_in_turns(self, chain: ModelChain | None) -> bool:
         if chain and self.router:
@@ -186,6 +196,7 @@ class Runtime:
         self.meter.open(request)
         rendered = self.render(request)
         sources = _sources(rendered)
+        guard, request = rendered.guard, rendered.request  # the request as the guardrails passed it
         chain, router, served = rendered.chain, self.router, []
         if chain and router:
 
@@ -195,7 +206,8 @@ class Runtime:
                 return routed.result
 
         elif self.provider is None:
-            return Answer(rendered=rendered.prompt, model=None, sources=sources, degraded=rendered.degraded)
+            redacted = guard.redacted if guard else ()
+            return Answer(rendered.prompt, model=None, sources=sources, degraded=rendered.degraded, redacted=redacted)
         else:
             generate = self.provider.generate
         params = _params(rendered, request)
@@ -209,6 +221,8 @@ class Runtime:
         else:
             call = partial(structured.generate, generate, budget=self.settings.hf_deadline)
             generation = run.generate(call, Inputs(rendered.prompt, *inputs))
+        if guard:
+            generation = guard.check_generation(generation)
         model = served[-1] if served else self.provider.model_id if self.provider else None
         finish = generation.finish_reason or "stop"
         if lookup:
@@ -227,6 +241,7 @@ class Runtime:
             tool_calls=generation.tool_calls,
             choices=generation.choices,
             tools=run.calls if run else None,
+            redacted=guard.redacted if guard else (),
             cache=lookup.result if lookup else "",
         )
 
@@ -235,6 +250,7 @@ class Runtime:
         With `progress`, the stream has an empty piece after each tool call (`StreamedAnswer.tools` says which)."""
         self.meter.open(request)
         rendered = self.render(request)
+        request = rendered.request  # as the guardrails passed it
         chain, router = rendered.chain, self.router
         if chain and router:
 
@@ -258,6 +274,7 @@ class Runtime:
             stream = structured.stream(open_stream, rendered.prompt, *inputs)
         else:
             stream = run.stream(partial(structured.stream, open_stream), Inputs(rendered.prompt, *inputs), progress)
+        stream = _checked(rendered, stream)
         served = stream.model if chain else None
         if lookup:
             stream = self.cache.recording(lookup, stream, _sources(rendered), served)
@@ -283,6 +300,11 @@ class Runtime:
             return [result.as_dict() for result in found.results]
 
         return ToolRun.start(toolset, request_id, request.tenant_id, self.settings.hf_deadline, search)
+
+
+def _checked(rendered: Rendered, stream: TokenStream) -> TokenStream:
+    """The stream behind the request's guardrails (its hold-back), when its context enforces any."""
+    return rendered.guard.check_stream(stream) if rendered.guard else stream
 
 
 def _degraded(rendered: Rendered, run: ToolRun) -> str:

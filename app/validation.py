@@ -390,6 +390,9 @@ def _turn(message: dict[str, Any]) -> dict[str, Any]:
     return turn
 
 
+_INTEGER_OPTIONS = frozenset({"n", "seed", "top_logprobs"})
+
+
 def _options(body: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     """The OpenAI fields of `fields` the body sets, as `GenerationParams` takes them; `response_format`
     `{"type": "text"}` and `n: 1` are the defaults, so they are not options."""
@@ -398,6 +401,8 @@ def _options(body: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         return options
     if "tools" in options:
         options["tools"] = tuple(options["tools"])
+    for name in _INTEGER_OPTIONS & options.keys():
+        options[name] = int(options[name])  # JSON Schema counts 2.0 as an integer; range() and upstreams do not
     if options.get("response_format", {}).get("type") == "text":
         del options["response_format"]
     if options.get("n") == 1:

@@ -58,7 +58,14 @@ STREAM_TOKENS = 200
 SETTINGS = parse_settings(os.environ.get("BENCH_SETTINGS", "2x8,2x128"))
 DEFAULT_SETTINGS = (2, 128)  # measurement 3's, unless BENCH_SLOW_SETTINGS says otherwise
 LIFETIME = 900  # seconds any server started here may live
-GOALS = {"render": 0.6, "model": 0.85, "stream_cpu": 1.5, "slow_throughput": 0.9, "rss_mb": 500}
+GOALS = {
+    "render": 0.6,
+    "model": 0.85,
+    "stream_cpu": 1.5,
+    "slow_throughput": 0.9,
+    "rss_mb": 500,
+    "guardrails_off_us": 2,
+}
 # A cached answer costs no more than a render-only request (the key needs the render): req/s within noise of it.
 CACHED_GOAL = 0.9
 MEMORY_FIGURES = (
@@ -557,6 +564,17 @@ def bench_memory() -> dict[str, Any]:
     return {"available": True, **json.loads(out.read_text())}
 
 
+def bench_guardrails() -> dict[str, Any]:
+    """(9) bench/bench_guardrails.py's figures: each guardrail's cost per request when on, and when off."""
+    out = OUT / "guardrails.json"
+    out.unlink(missing_ok=True)
+    argv = [sys.executable, str(BENCH / "bench_guardrails.py"), str(out)]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 or not out.is_file():
+        return {"available": False, "reason": f"bench_guardrails.py failed ({done.returncode}): {done.stderr[-500:]}"}
+    return {"available": True, "variants": json.loads(out.read_text())}
+
+
 def bench_ledger(calls: int = 20_000) -> dict[str, Any]:
     """(7) What the usage ledger costs per model call, in CPU: the request's thread (scope, budget check, row)
     and the writer's (SQLite batches), measured in this process; measurement 2 compares whole servers."""
@@ -677,6 +695,15 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": c["ratio"] >= CACHED_GOAL,
             }
         )
+    off = results.get("guardrails", {}).get("variants", {}).get("off")
+    if off:
+        found.append(
+            {
+                "goal": f"guardrails off: at most {GOALS['guardrails_off_us']} µs per request",
+                "value": off["guard_us"],
+                "met": off["guard_us"] <= GOALS["guardrails_off_us"],
+            }
+        )
     for name, target in results.get("memory", {}).get("targets", {}).items():
         found.append(
             {"goal": f"memory {name} < {target['limit']}", "value": results["memory"][name], "met": target["ok"]}
@@ -780,6 +807,16 @@ def table(results: dict[str, Any]) -> str:
         rows.append((name, "hit", _ms(c["loaded"]["cached"])))
         rows.append(("", "render-only", _ms(c["loaded"]["render"])))
         rows.append(("", "hit/render-only", f"req/s {c['ratio']:.2f}, CPU per request {c['cpu_ratio']:.2f}x"))
+    guardrails = results.get("guardrails", {})
+    for i, (name, g) in enumerate(guardrails.get("variants", {}).items()):
+        pii = f", with personal data {g['in_with_pii_us']:.0f} µs" if g.get("in_with_pii_us") else ""
+        figures = (
+            f"lookup {g['guard_us']:.2f} µs; in {g['in_us']:.0f} µs{pii}; answer {g['answer_us']:.0f} µs; "
+            f"200-delta stream +{g['stream_added_us']:.0f} µs (render {g['render_us']:.0f} µs)"
+        )
+        rows.append(("9 guardrails, CPU per request" if i == 0 else "", name, figures))
+    if guardrails and not guardrails.get("available"):
+        rows.append(("9 guardrails", "not available", guardrails["reason"]))
     if "cold_start" in results:
         cold = results["cold_start"]
         runs = ", ".join(f"{t:.2f}" for t in cold["runs_s"])
@@ -844,14 +881,16 @@ def update_doc(results: dict[str, Any], text: str, marks: tuple[str, str] = MARK
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated subset of render,model,stream,slow,memory,ledger,cold,cached")
+    parser.add_argument(
+        "--only", help="comma-separated subset of render,model,stream,slow,memory,ledger,cold,cached,guardrails"
+    )
     parser.add_argument(
         "--slow-settings",
         default=os.environ.get("BENCH_SLOW_SETTINGS", "{}x{}".format(*DEFAULT_SETTINGS)),
         help="WORKERSxTHREADS list for measurement 3 (default %(default)s)",
     )
     args = parser.parse_args()
-    everything = ["render", "model", "stream", "slow", "memory", "ledger", "cold", "cached"]
+    everything = ["render", "model", "stream", "slow", "memory", "ledger", "cold", "cached", "guardrails"]
     chosen = args.only.split(",") if args.only else everything
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {**run_info(), "durations_s": {"wrk": DURATION, "slow": SLOW_DURATION}}
@@ -864,6 +903,7 @@ def main() -> int:
         "ledger": bench_ledger,
         "cold": bench_cold,
         "cached": lambda: [bench_cached(s) for s in SETTINGS],
+        "guardrails": bench_guardrails,
     }
     for name in chosen:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)

@@ -92,6 +92,16 @@ KEYS_JSON = json.dumps(
 )
 
 
+def guardrails_off(root: Path) -> Path:
+    """The project at `root` with SupportBot's guardrails off, for tests of the stream relay itself: the
+    guardrails' hold-back keeps a word until the next one begins (tests/test_guardrails.py tests that)."""
+    ctx = root / "contexts" / "SupportBot" / "supportbot.ctx"
+    ctx.write_text(
+        ctx.read_text().replace("pii: redact", "pii: off").replace("prompt_injection: block", "prompt_injection: off")
+    )
+    return root
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 

@@ -14,8 +14,9 @@ import time
 
 import openai
 import pytest
+import requests
 from fake_hf import Reply, Stream, chat_events, completion, openai_model, openai_stream, sse
-from helpers import SUPPORTBOT_SYSTEM, TOKEN, ToolBackend, sdk
+from helpers import SUPPORTBOT_SYSTEM, TOKEN, ToolBackend, guardrails_off, sdk
 from pydantic import BaseModel
 
 from app.errors import StructuredOutputInvalid
@@ -207,6 +208,19 @@ def test_n_returns_every_choice_whole_and_streamed(serve):
     assert [s.body["n"] for s in fake.seen] == [2, 2]
 
 
+def test_an_integral_float_n_is_the_integer_whole_and_streamed(serve):
+    # JSON Schema counts 2.0 as an integer: it must reach the choices and the upstream as 2, not break range().
+    fake, live, _ = serve(AGENT, AGENT_STREAM)
+    body = {"model": "SupportBot", "messages": ask("hi"), "n": 2.0}
+    whole = requests.post(f"{live.url}/v1/chat/completions", json=body, timeout=30)
+    assert whole.status_code == 200
+    assert [c["index"] for c in whole.json()["choices"]] == [0, 1]
+    streamed = requests.post(f"{live.url}/v1/chat/completions", json={**body, "stream": True}, timeout=30)
+    assert streamed.status_code == 200 and "data: [DONE]" in streamed.text
+    assert [s.body["n"] for s in fake.seen] == [2, 2]
+    assert all(isinstance(s.body["n"], int) for s in fake.seen)
+
+
 def test_logprobs_are_relayed_whole_and_streamed(serve):
     _, live, _ = serve(AGENT, AGENT_STREAM)
     client = sdk(live)
@@ -315,7 +329,8 @@ def test_an_answer_that_stays_invalid_is_a_502_structured_output_invalid(serve, 
     assert len(fake.seen) == 2  # one more try by the runtime, none by the SDK
 
 
-def test_a_streamed_structured_answer_is_relayed_as_it_comes_and_checked_at_its_end(serve):
+def test_a_streamed_structured_answer_is_relayed_as_it_comes_and_checked_at_its_end(serve, project):
+    guardrails_off(project)  # each delta as the model sent it: no guardrail hold-back
     pieces = ['{"name": ', '"Ada", ', '"age": 36}']
     fake, live, _ = serve(Stream(chat_events(pieces)), Stream(chat_events(['{"name": ', '"Ada"}'])))
     client = sdk(live)

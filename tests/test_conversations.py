@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from fake_hf import FakeHF, Reply, Stream, chat_events, completion
-from helpers import GUIDE_BODY, MODEL, SUPPORTBOT_SYSTEM, TOKEN, chat, sse_events
+from helpers import GUIDE_BODY, MODEL, SUPPORTBOT_SYSTEM, TOKEN, chat, guardrails_off, sse_events
 
 from app import create_app
 
@@ -55,6 +55,7 @@ def test_a_chat_model_gets_context_system_client_system_turns_then_the_prompt(hf
 
 
 def test_a_streamed_answer_sends_the_same_turns(hf_settings):
+    guardrails_off(hf_settings.project_root)
     with FakeHF(Stream(chat_events(["Ships ", "today."]))) as fake:
         app = create_app(hf_settings.replace(hf_endpoint=f"{fake.url}/v1"))
         events = sse_events(chat(app, {**BODY, "stream": True}))

@@ -24,6 +24,7 @@ from helpers import (
     TOKEN,
     LiveApp,
     access_lines,
+    guardrails_off,
     metric,
     sse_events,
 )
@@ -98,7 +99,8 @@ def test_input_items_are_the_conversation_in_order_and_the_last_user_message_is_
     assert (sent["max_tokens"], sent["temperature"]) == (50, 0.1)
 
 
-def test_a_stream_is_the_exact_event_sequence_the_sdks_stream_helper_accumulates(serve):
+def test_a_stream_is_the_exact_event_sequence_the_sdks_stream_helper_accumulates(serve, project):
+    guardrails_off(project)  # each delta as the model sent it: no guardrail hold-back
     fake, live, _ = serve(Stream(chat_events(["Hel", "lo", "!"], USAGE)))
     client = sdk(live)
     with client.responses.stream(model="SupportBot", input="hello") as stream:

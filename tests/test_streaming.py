@@ -11,11 +11,12 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import requests
 from fake_hf import FakeHF, Reply, Stream, chat_events, completion, sse, tgi_events
-from helpers import EXAMPLE, GUIDE_BODY, MODEL, REPO, TOKEN, Server, metric, sse_events
+from helpers import EXAMPLE, GUIDE_BODY, MODEL, REPO, TOKEN, Server, guardrails_off, metric, sse_events
 
 from app import create_app
 
@@ -23,11 +24,15 @@ USAGE = {"prompt_tokens": 50, "completion_tokens": 4, "total_tokens": 54}
 STREAM_BODY = {**GUIDE_BODY, "stream": True}
 
 
+@pytest.fixture(autouse=True)
+def _relay_only(project):
+    """These tests are about the relay: each delta as the upstream sent it, with no guardrail window."""
+    guardrails_off(project)
+
+
 def open_stream(app):
     """The app's streamed answer, unbuffered: iterate `.response` to read each event as it is written."""
     return app.test_client().post("/api/v1/chat", json=STREAM_BODY, buffered=False)
-
-
 
 
 def test_deltas_arrive_in_order_and_the_inference_span_covers_the_stream(hf_settings, spans):
@@ -169,21 +174,21 @@ def test_client_that_hangs_up_closes_the_upstream_connection(hf_settings):
     assert metric(app, "cmp_hf_inference_errors_total", code="connection_error") == 0
 
 
-def hf_env(url: str) -> dict[str, str]:
-    return {"HF_TOKEN": TOKEN, "HF_MODEL_ID": MODEL, "HF_ENDPOINT": url, "CMP_PROJECT_ROOT": str(EXAMPLE)}
+def hf_env(url: str, root: Path = EXAMPLE) -> dict[str, str]:
+    return {"HF_TOKEN": TOKEN, "HF_MODEL_ID": MODEL, "HF_ENDPOINT": url, "CMP_PROJECT_ROOT": str(root)}
 
 
 def cli_env(url: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CMP_"))}, **hf_env(url)}
 
 
-def test_gunicorn_streams_each_event_as_it_arrives_and_hangs_up_upstream_with_the_client():
+def test_gunicorn_streams_each_event_as_it_arrives_and_hangs_up_upstream_with_the_client(project):
     hold = threading.Event()
     pieces = ["Hello", " from", " gunicorn"]
     first_stream = Stream(chat_events(pieces, USAGE), hold=hold, hold_at=2)
     endless = Stream(chat_events(["tick"] * 300), gap=0.02)
     with FakeHF(first_stream, endless) as fake:
-        server = Server("--workers", "1", "--threads", "2", env=hf_env(f"{fake.url}/v1"))
+        server = Server("--workers", "1", "--threads", "2", env=hf_env(f"{fake.url}/v1", project))
         try:
             with requests.post(f"{server.url}/api/v1/chat", json=STREAM_BODY, stream=True, timeout=10) as response:
                 assert response.headers["Content-Type"].startswith("text/event-stream")

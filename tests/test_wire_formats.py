@@ -7,7 +7,7 @@ import json
 import pytest
 import responses
 from fake_hf import chat_events, completion, sse, tgi_events
-from helpers import GUIDE_BODY, MODEL, SUPPORTBOT_SYSTEM, TOKEN, chat, metric, sse_events
+from helpers import GUIDE_BODY, MODEL, SUPPORTBOT_SYSTEM, TOKEN, chat, guardrails_off, metric, sse_events
 
 from app import create_app
 from app.config import Settings, SettingsError
@@ -158,7 +158,8 @@ def test_chat_completion_retries_like_the_classic_route(chat_app):
 
 
 @responses.activate
-def test_streamed_chat_payload_events_and_usage(chat_app):
+def test_streamed_chat_payload_events_and_usage(chat_app, project):
+    guardrails_off(project)  # each delta as relayed: no guardrail window
     usage = {"prompt_tokens": 40, "completion_tokens": 3, "total_tokens": 43}
     responses.post(CHAT_URL, body="".join(chat_events(["Hel", "lo", "!"], usage)), content_type="text/event-stream")
     response = chat(chat_app, stream=True)

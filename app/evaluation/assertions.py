@@ -109,6 +109,21 @@ def _similar(value: Any, case: Case, seen: Observation, embeddings: Embeddings |
     return f"expected similarity ≥ {minimum} to {excerpt(value, 80)}; got {similarity:.3f} for {excerpt(seen.text)}"
 
 
+def _blocked(value: Any, case: Case, seen: Observation, embeddings: Embeddings | None) -> str | None:
+    if seen.blocked == value:
+        return None
+    if seen.blocked:
+        return f"expected the {value} guardrail to refuse; the {seen.blocked} guardrail did"
+    return f"expected the {value} guardrail to refuse; it passed, answering {excerpt(seen.text)}"
+
+
+def _redacted(value: Any, case: Case, seen: Observation, embeddings: Embeddings | None) -> str | None:
+    missing = [entity for entity in _listed(value) if entity not in seen.redacted]
+    if not missing:
+        return None
+    return f"expected {missing!r} to be redacted; the guardrails redacted {list(seen.redacted) or 'nothing'}"
+
+
 def _tool_calls(value: Any, case: Case, seen: Observation, embeddings: Embeddings | None) -> str | None:
     if seen.tool_calls is None:
         raise Skipped("expect_tool_calls: no model was called (render-only)")
@@ -132,6 +147,8 @@ ASSERTIONS: dict[str, Check] = {
     "max_completion_tokens": _completion_tokens,
     "expect_json_schema": _json_schema,
     "similar_to": _similar,
+    "expect_blocked": _blocked,
+    "expect_redacted": _redacted,
     "expect_tool_calls": _tool_calls,
     "expect_no_tool_calls": _no_tool_calls,
 }

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.errors import GuardrailRefusal
 from app.providers.base import Usage
 from app.runtime import Runtime
 from app.validation import ChatRequest, parse_chat_request
@@ -60,19 +61,37 @@ class Observation:
     sources: list[str] = field(default_factory=list)
     model: str | None = None
     usage: Usage | None = None
+    blocked: str = ""  # the guardrail that refused the request or its answer
+    redacted: tuple[str, ...] = ()  # the personal data types the guardrails replaced
     tool_calls: list[str] | None = None  # the context tools called, in order; None when no model was asked
 
 
 def observe(runtime: Runtime, case: Case) -> Observation:
-    """Run the case through the pipeline; the runtime's errors (a failed model call too) propagate."""
+    """Run the case through the pipeline; the runtime's errors (a failed model call too) propagate, but for a
+    guardrail's refusal that the case expects (`expect_blocked`), which is what it observed."""
     request = case.request()
     started = time.perf_counter()
-    if case.mode == "prompt":
-        rendered = runtime.render(request)
-        elapsed = (time.perf_counter() - started) * 1000
-        return Observation(rendered.prompt, elapsed, [result.source for result in rendered.results])
-    answer = runtime.answer(request)
+    try:
+        if case.mode == "prompt":
+            rendered = runtime.render(request)
+            elapsed = (time.perf_counter() - started) * 1000
+            redacted = rendered.guard.redacted if rendered.guard else ()
+            sources = [result.source for result in rendered.results]
+            return Observation(rendered.prompt, elapsed, sources, redacted=redacted)
+        answer = runtime.answer(request)
+    except GuardrailRefusal as exc:
+        if "expect_blocked" not in case.spec:
+            raise
+        return Observation(exc.message, (time.perf_counter() - started) * 1000, blocked=exc.guardrail)
     elapsed = (time.perf_counter() - started) * 1000
     sources = [source["source"] for source in answer.sources]
     tools = None if answer.model is None else [call["name"] for call in answer.tools or []]
-    return Observation(answer.rendered, elapsed, sources, model=answer.model, usage=answer.usage, tool_calls=tools)
+    return Observation(
+        answer.rendered,
+        elapsed,
+        sources,
+        model=answer.model,
+        usage=answer.usage,
+        redacted=answer.redacted,
+        tool_calls=tools,
+    )

@@ -1,4 +1,5 @@
-"""Model providers: `build_provider` picks the configured `base.Provider`, `build_embedder` the embedder.
+"""Model providers: `build_provider` picks the configured `base.Provider`, `build_embedder` the embedder,
+`build_classifier` the prompt injection classifier.
 
 An embedder satisfies `app.memory.store.Embedder` structurally: memory declares what it needs and the layers
 keep providers and memory independent of each other.
@@ -14,6 +15,7 @@ from app.providers.base import Provider
 
 if TYPE_CHECKING:
     from app.providers.huggingface import HuggingFaceEmbedder
+    from app.providers.huggingface.classifier import HuggingFaceClassifier
 
 
 def build_provider(settings: Settings, metrics: RuntimeMetrics | None = None) -> Provider | None:
@@ -32,3 +34,12 @@ def build_embedder(settings: Settings, metrics: RuntimeMetrics | None = None) ->
     from app.providers.huggingface import HuggingFaceEmbedder
 
     return HuggingFaceEmbedder(settings, metrics)
+
+
+def build_classifier(settings: Settings) -> HuggingFaceClassifier | None:
+    """The prompt injection classifier `CMP_PI_MODEL` names, or None (the guardrails' patterns alone)."""
+    if not settings.pi_model:
+        return None
+    from app.providers.huggingface.classifier import HuggingFaceClassifier
+
+    return HuggingFaceClassifier(settings)

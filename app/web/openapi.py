@@ -30,24 +30,30 @@ _ERROR_STATUSES = {
     "nests deeper than CMP_MAX_DATA_DEPTH; a field the wire format cannot carry (`unsupported_by_endpoint`, e.g. "
     "`tools` with HF_API=text-generation) or the model's provider refuses (`unsupported_by_model`, with `param`).",
     "401": "No API key, or one that is not valid (only with CMP_AUTH_ENABLED).",
-    "403": "The key lacks the route's scope or may not act for the requested tenant.",
+    "403": "The key lacks the route's scope or may not act for the requested tenant; or, on the chat routes, the "
+    "context's prompt_injection guardrail refused the request (`guardrail_blocked`).",
     "404": "The context (model), component or prompt file does not exist, or the key's tenant may not use it.",
     "413": "The body exceeds CMP_MAX_BODY_BYTES, or a string or the number of values in `data` exceed "
     "CMP_MAX_STRING_CHARS or CMP_MAX_DATA_ITEMS, or the history exceeds CMP_MAX_MESSAGES or CMP_MAX_HISTORY_CHARS.",
     "415": "The body is not sent as `application/json`.",
     "422": "The template needs a variable that `data` does not provide, or the render goes past CMP_MAX_PROMPT_CHARS "
-    "or CMP_RENDER_TIMEOUT.",
+    "or CMP_RENDER_TIMEOUT; or a guardrail refused it (`guardrail_blocked`: personal data under `pii: block`; "
+    "`citation_missing`: the answer cites no retrieved source).",
+    "424": "The context requires citations (`require_citation`) and memory found no source for the request "
+    "(`no_sources`).",
     "429": "The key (or client address) exceeded CMP_RATE_LIMIT, or a budget of CMP_BUDGETS is spent "
     "(`budget_exceeded`, with `x-should-retry: false`); `Retry-After` says when to retry.",
     "500": "The project is broken (invalid context, template error, unusable memory store) or the runtime failed.",
     "502": "Hugging Face failed or answered something unusable (codes `hf_*`; `hf_stream_interrupted` for a stream "
     "cut mid-answer), or the answer does not match `response_format` after one more try "
-    "(`structured_output_invalid`). `x-should-retry: false` when the runtime has retried already; `Retry-After` "
-    "as the upstream's 429 or 503 sent it.",
+    "(`structured_output_invalid`), or a guardrail withheld the answer (`guardrail_blocked`: personal data under "
+    "`pii: block`, a `deny_output` match). `x-should-retry: false` when the runtime has retried already; "
+    "`Retry-After` as the upstream's 429 or 503 sent it.",
     "503": "The request has a `query` and the memory database (CMP_MEMORY_URL) is down, unreachable or too slow "
     "(`memory_unavailable`); requests without a query still work. Or every model of the context's chain was "
     "passed over without a call (`models_unavailable`: circuits open, providers down). Or every request thread "
-    "stayed busy for GUNICORN_QUEUE_TIMEOUT (`service_unavailable`, with `Retry-After`).",
+    "stayed busy for GUNICORN_QUEUE_TIMEOUT (`service_unavailable`, with `Retry-After`). Or the prompt injection "
+    "classifier did not answer and CMP_PI_MODEL_FAILURE=closed (`guardrail_unavailable`).",
     "504": "Hugging Face did not answer within HF_TIMEOUT.",
 }
 _REQUEST_ID = {
@@ -576,7 +582,9 @@ def build_document(settings: Settings, version: str) -> dict[str, Any]:
     )
     gate = (["401", "403"] if auth else []) + (["429"] if limited else [])
     spent = ["429"] if settings.budgets_file and not limited else []
-    chat_errors = ["400", *gate, *spent, "404", "413", "415", "422", "500", "502", "503", "504"]
+    # 403 on the chat routes with auth off too: the prompt_injection guardrail's refusal.
+    chat_gate = [*(["401"] if auth else []), "403", *(["429"] if limited else []), *spent]
+    chat_errors = ["400", *chat_gate, "404", "413", "415", "422", "424", "500", "502", "503", "504"]
 
     def secured(scope: str) -> dict[str, Any]:
         return {"security": [{"bearerAuth": [scope]}]} if auth else {}

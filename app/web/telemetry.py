@@ -21,6 +21,7 @@ from app.observability import (
     RuntimeMetrics,
     access_log,
     configure_tracing,
+    current_request_id,
     tracing_enabled,
 )
 
@@ -58,6 +59,7 @@ def init_observability(app: Flask, settings: Settings, metrics: RuntimeMetrics) 
         ours.started = time.perf_counter()
         incoming = request_ctx.request.environ.get("HTTP_X_REQUEST_ID", "")
         ours.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        current_request_id.set(ours.request_id)
         ours.log_fields = {"tenant": None, "context": None, "component": None, "model": None}
 
     @app.after_request

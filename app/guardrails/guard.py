@@ -1,0 +1,240 @@
+"""The guardrails of one request: its input before the prompt is built, its retrieved chunks, and the
+model's answer (whole or streamed) before it leaves."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any, Protocol, TypeVar
+
+from app.errors import GuardrailBlocked, GuardrailRefusal
+from app.guardrails.audit import Audit, Decision, entity_counts
+from app.guardrails.citations import cites
+from app.guardrails.deny import denied
+from app.guardrails.injection import ClassifierUnavailable, InjectionDetector
+from app.guardrails.pii import Detector, redact
+from app.guardrails.policy import Policy
+from app.guardrails.stream import HOLD_BACK, held_back
+from app.providers.base import Generation, TokenStream
+from app.validation import ChatRequest
+
+
+class Chunk(Protocol):
+    """A retrieved memory chunk, as the guardrails read it."""
+
+    @property
+    def content(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
+
+
+C = TypeVar("C", bound=Chunk)
+
+
+def _mapped(value: Any, change: Callable[[str], str]) -> Any:
+    """`data` with `change` applied to every string in it."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, dict):
+        return {key: _mapped(item, change) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mapped(item, change) for item in value]
+    return value
+
+
+def _content(content: Any, change: Callable[[str], str]) -> Any:
+    """A message's content with `change` applied to its text: a string, or the `text` of each text part (OpenAI's
+    content parts); other parts (an image's URL) and a tool-calling turn's None stay as they are."""
+    if isinstance(content, str):
+        return change(content)
+    if isinstance(content, list):
+        return [_part(part, change) for part in content]
+    return content
+
+
+def _part(part: Any, change: Callable[[str], str]) -> Any:
+    if isinstance(part, dict) and isinstance(part.get("text"), str):
+        return {**part, "text": change(part["text"])}
+    return part
+
+
+def _texts(value: Any, walk: Callable[[Any, Callable[[str], str]], Any]) -> list[str]:
+    """The strings `walk` (`_mapped` or `_content`) would change in `value`."""
+    found: list[str] = []
+
+    def keep(text: str) -> str:
+        found.append(text)
+        return text
+
+    walk(value, keep)
+    return found
+
+
+def _listed(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name}: {count}" for name, count in counts.items())
+
+
+class Guard:
+    """One request's checks under its context's `policy`; every decision goes to `audit`."""
+
+    def __init__(self, policy: Policy, detector: Detector, injection: InjectionDetector, audit: Audit) -> None:
+        self.policy = policy
+        self.detector = detector
+        self.injection = injection
+        self.audit = audit
+        self.sources: list[str] = []
+
+    @property
+    def redacted(self) -> tuple[str, ...]:
+        """The personal data types replaced so far, in and out (for `ctx test`'s `expect_redacted`)."""
+        return self.audit.redacted()
+
+    # -- in -------------------------------------------------------------------------------------------------
+
+    def check_request(self, request: ChatRequest) -> ChatRequest:
+        """The request with its personal data redacted (or refused, 422), then checked for injection (403)."""
+        if self.policy.pii != "off":
+            request = self._personal_data_in(request)
+        if self.policy.prompt_injection != "off":
+            # Each text once: an OpenAI request's input is both `user_input` and the query.
+            history = [text for m in request.messages for text in _texts(m.get("content"), _content)]
+            texts = [request.query, *_texts(request.data, _mapped), *history]
+            if any(self._injected(list(dict.fromkeys(texts)), "in")):
+                self._injection_found("in")
+        return request
+
+    def _personal_data_in(self, request: ChatRequest) -> ChatRequest:
+        found: list[str] = []
+        seen: dict[str, str] = {}  # an OpenAI request's input is both `user_input` and the query: scanned once
+
+        def screened(text: str) -> str:
+            if text in seen:
+                return seen[text]
+            findings = self.detector.find(text)
+            if findings:
+                found.extend(f.entity for f in findings)
+            seen[text] = redact(text, findings) if findings else text
+            return seen[text]
+
+        data = _mapped(request.data, screened)
+        query = screened(request.query)
+        messages = tuple({**m, "content": _content(m.get("content"), screened)} for m in request.messages)
+        if not found:
+            return request
+        counts = entity_counts(found)
+        if self.policy.pii == "block":
+            self.audit.record(Decision("pii", "block", "in", counts))
+            raise GuardrailBlocked(
+                f"blocked by the pii guardrail: the request holds personal data ({_listed(counts)}); "
+                "send it without, or ask the operator for `pii: redact`",
+                guardrail="pii",
+                status=422,
+            )
+        self.audit.record(Decision("pii", "redact", "in", counts))
+        return replace(request, data=data, query=query, messages=messages)
+
+    def _injected(self, texts: Sequence[str], stage: str) -> list[bool]:
+        try:
+            return self.injection.flagged(texts)
+        except ClassifierUnavailable:
+            self.audit.record(Decision("prompt_injection", "block", stage, reason="classifier_unavailable"))
+            raise GuardrailRefusal(
+                "the prompt injection classifier did not answer, and this runtime fails closed; try again",
+                guardrail="prompt_injection",
+                status=503,
+                code="guardrail_unavailable",
+            ) from None
+
+    def _injection_found(self, stage: str) -> None:
+        if self.policy.prompt_injection == "flag":
+            self.audit.record(Decision("prompt_injection", "flag", stage))
+            return
+        self.audit.record(Decision("prompt_injection", "block", stage))
+        raise GuardrailBlocked(
+            "blocked by the prompt_injection guardrail: the request tries to override the assistant's instructions",
+            guardrail="prompt_injection",
+            status=403,
+        )
+
+    def check_results(self, results: list[C]) -> list[C]:
+        """The retrieved chunks without those that carry an injection; 424 `no_sources` when citations are
+        required and none is left."""
+        if self.policy.prompt_injection != "off" and results:
+            flagged = self._injected([r.content for r in results], "in")
+            if any(flagged):
+                results = [r for r, bad in zip(results, flagged, strict=True) if not bad]
+                dropped = sum(flagged)
+                self.audit.record(Decision("prompt_injection", "drop", "in", {"chunks": dropped}, "retrieved_chunk"))
+        if self.policy.require_citation and not results:
+            self.audit.record(Decision("require_citation", "block", "in", reason="no_sources"))
+            raise GuardrailRefusal(
+                "this context answers only from its documents, and memory found none for the request",
+                guardrail="require_citation",
+                status=424,
+                code="no_sources",
+            )
+        self.sources = [r.source for r in results]
+        return results
+
+    # -- out ------------------------------------------------------------------------------------------------
+
+    def screen(self, text: str, partial: bool = False) -> str:
+        """Model text before it leaves: refused (502) when it matches `deny_output` or holds personal data
+        under `pii: block`, redacted under `pii: redact`. In a `partial` text (a stream's window) a finding
+        that reaches its end may go on in the next delta: it is judged when the text after it arrives."""
+        if self.policy.deny_output and denied(text, self.policy.deny_output):
+            self.audit.record(Decision("deny_output", "block", "out"))
+            raise GuardrailBlocked(
+                "the answer was withheld by the deny_output guardrail", guardrail="deny_output", status=502
+            )
+        if self.policy.pii == "off":
+            return text
+        findings = self.detector.find(text)
+        if partial:
+            findings = [f for f in findings if f.end < len(text)]
+        if not findings:
+            return text
+        counts = entity_counts([f.entity for f in findings])
+        if self.policy.pii == "block":
+            self.audit.record(Decision("pii", "block", "out", counts))
+            raise GuardrailBlocked(
+                f"the answer was withheld by the pii guardrail: it held personal data ({_listed(counts)})",
+                guardrail="pii",
+                status=502,
+            )
+        self.audit.record(Decision("pii", "redact", "out", counts))
+        return redact(text, findings)
+
+    def check_citation(self, text: str) -> None:
+        """422 `citation_missing` when citations are required and `text` cites none of the sources."""
+        if self.policy.require_citation and not cites(text, self.sources):
+            self.audit.record(Decision("require_citation", "block", "out", reason="citation_missing"))
+            raise GuardrailRefusal(
+                "the answer cites none of the retrieved sources, and this context requires a citation",
+                guardrail="require_citation",
+                status=422,
+                code="citation_missing",
+            )
+
+    def check_answer(self, text: str) -> str:
+        """A whole answer, screened and its citation checked."""
+        if not self.policy.checks_output:
+            return text
+        text = self.screen(text)
+        self.check_citation(text)
+        return text
+
+    def check_generation(self, generation: Generation) -> Generation:
+        """A whole generation: its text and every other choice's (n > 1) checked as an answer."""
+        if not self.policy.checks_output:
+            return generation
+        more = tuple(replace(choice, text=self.check_answer(choice.text)) for choice in generation.more)
+        return replace(generation, text=self.check_answer(generation.text), more=more)
+
+    def check_stream(self, stream: TokenStream) -> TokenStream:
+        """A streamed answer behind the hold-back window; a refusal mid-stream ends it with an error event."""
+        if not self.policy.checks_output:
+            return stream
+        finish = self.check_citation if self.policy.require_citation else None
+        return held_back(stream, self.screen, finish, HOLD_BACK if self.policy.deny_output else 0)

@@ -1,0 +1,119 @@
+"""Personal data in text: where it is, and the text with each finding replaced by its type (`<CREDIT_CARD>`).
+
+The checks are maintained libraries' (justified in docs/security.md): `python-stdnum` validates card numbers
+(Luhn), IBANs (the country's length and format, and the ISO 7064 mod 97 check) and US social security numbers
+(the SSA's rules, its retired and advertised numbers refused); Google's libphonenumber (`phonenumbers`) finds
+phone numbers with its own matcher and metadata. The patterns here only find candidates for those checks (a
+run of digits, two letters and two digits); e-mail addresses are the WHATWG HTML standard's "valid e-mail
+address" with a dotted domain. Nothing loads a model: every check is local and deterministic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import phonenumbers
+from stdnum import iban, luhn
+from stdnum.us import ssn
+
+from app.contexts import PII_ENTITIES
+
+ENTITIES = PII_ENTITIES
+# Payment cards are 13-19 digits (ISO/IEC 7812), grouped by spaces or dashes as people write them, and not the
+# tail of a longer group of digits; the first digit (the major industry identifier) is 2-6 for the networks in
+# use: Mastercard, Amex/Diners/JCB, Visa, Mastercard, Discover/UnionPay.
+_CARD = re.compile(r"(?<![\d-])(?<!\d[ -])[2-6](?:[ -]?\d){12,18}(?![\d-])")
+# A number glued to a word or a code (`INV-2024-000123`, `#5551234567`) is an identifier, not a phone number.
+_GLUE = "-_/#."
+# The WHATWG HTML standard's valid e-mail address (https://html.spec.whatwg.org/#valid-e-mail-address), with at
+# least one dot in the domain: text says "user@host" for things that are not addresses.
+_EMAIL = re.compile(
+    r"[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)+"
+)
+# ISO 13616: a country code, two check digits and up to 30 letters or digits, printed in groups of four.
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
+_SSN = re.compile(r"(?<![\d-])\d{3}([- ])\d{2}\1\d{4}(?![\d-])")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One piece of personal data: its type and where it is (never kept beyond the check that found it)."""
+
+    entity: str
+    start: int
+    end: int
+
+
+def _cards(text: str) -> Iterable[Finding]:
+    for match in _CARD.finditer(text):
+        digits = re.sub(r"[ -]", "", match.group())
+        if 13 <= len(digits) <= 19 and len(set(digits)) > 1 and luhn.is_valid(digits):
+            yield Finding("CREDIT_CARD", match.start(), match.end())
+
+
+def _emails(text: str) -> Iterable[Finding]:
+    if "@" in text:
+        for match in _EMAIL.finditer(text):
+            yield Finding("EMAIL_ADDRESS", match.start(), match.end())
+
+
+def _ibans(text: str) -> Iterable[Finding]:
+    for match in _IBAN.finditer(text):
+        candidate = match.group()
+        # The pattern may run on into the words after the number: drop trailing groups until it checks out.
+        while not iban.is_valid(candidate) and " " in candidate:
+            candidate = candidate.rsplit(" ", 1)[0]
+        if iban.is_valid(candidate):
+            yield Finding("IBAN_CODE", match.start(), match.start() + len(candidate))
+
+
+def _ssns(text: str) -> Iterable[Finding]:
+    for match in _SSN.finditer(text):
+        if ssn.is_valid(match.group().replace(" ", "-")):
+            yield Finding("US_SSN", match.start(), match.end())
+
+
+class Detector:
+    """Finds the `entities` it is given in text; phone numbers written without a country code are read as
+    numbers of `region` (CMP_PII_PHONE_REGION)."""
+
+    def __init__(self, entities: Iterable[str] = ENTITIES, region: str = "US") -> None:
+        self.entities = frozenset(entities)
+        self.region = region
+        finders = {"CREDIT_CARD": _cards, "EMAIL_ADDRESS": _emails, "IBAN_CODE": _ibans, "US_SSN": _ssns}
+        # Numbers with a checksum first: a card or an IBAN wins over the phone number its digits may also form.
+        self._finders = [finder for entity, finder in finders.items() if entity in self.entities]
+        self._phones = "PHONE_NUMBER" in self.entities
+
+    def find(self, text: str) -> list[Finding]:
+        """The findings in `text`, in order, none overlapping another."""
+        found: list[Finding] = []
+        for finder in self._finders:
+            found.extend(f for f in finder(text) if not _overlaps(f, found))
+        if self._phones and any(c.isdigit() for c in text):
+            matcher = phonenumbers.PhoneNumberMatcher(text, self.region, leniency=phonenumbers.Leniency.VALID)
+            for match in matcher:
+                finding = Finding("PHONE_NUMBER", match.start, match.end)
+                before = text[match.start - 1] if match.start else " "
+                if not (before.isalnum() or before in _GLUE) and not _overlaps(finding, found):
+                    found.append(finding)
+        return sorted(found, key=lambda f: f.start)
+
+
+def _overlaps(finding: Finding, others: list[Finding]) -> bool:
+    return any(finding.start < other.end and other.start < finding.end for other in others)
+
+
+def redact(text: str, findings: list[Finding]) -> str:
+    """`text` with each finding (ordered, not overlapping) replaced by its type in angle brackets."""
+    pieces: list[str] = []
+    at = 0
+    for finding in findings:
+        pieces.append(text[at : finding.start])
+        pieces.append(f"<{finding.entity}>")
+        at = finding.end
+    pieces.append(text[at:])
+    return "".join(pieces)
