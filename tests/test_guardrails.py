@@ -111,6 +111,25 @@ def test_redact_covers_history_and_every_data_value_and_the_openai_surface(serve
     assert PHONE not in json.dumps(fake.seen[1].body)
 
 
+def test_redact_covers_the_turns_after_the_input(serve):
+    # A tool call's arguments, its result and an assistant prefill follow the last user message: they go to the
+    # model too.
+    fake, live, _ = serve(Reply(body=completion("ok")))
+    arguments = json.dumps({"ssn": SSN})
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": arguments}}
+    messages = [
+        {"role": "user", "content": "what is on file?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": f"card {CARD}, mail {EMAIL}"},
+        {"role": "assistant", "content": f"Your phone {PHONE} and"},
+    ]
+    sdk(live).chat.completions.create(model="SupportBot", messages=messages)
+    sent = json.dumps(fake.seen[0].body)
+    for value in (CARD, EMAIL, PHONE, SSN):
+        assert value not in sent
+    assert "<CREDIT_CARD>" in sent and "<PHONE_NUMBER>" in sent and "<US_SSN>" in sent
+
+
 def test_block_in_is_422_on_both_apis_naming_the_types_and_calls_no_model(serve, project):
     guard(project, pii="block")
     fake, live, app = serve(Reply(body=completion("never")))

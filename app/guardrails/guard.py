@@ -59,6 +59,23 @@ def _part(part: Any, change: Callable[[str], str]) -> Any:
     return part
 
 
+def _turn(message: dict[str, Any], change: Callable[[str], str]) -> dict[str, Any]:
+    """A turn with `change` applied to its content and to the arguments of the tool calls it made (a client's
+    history carries them back to the model)."""
+    turn = {**message, "content": _content(message.get("content"), change)}
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        turn["tool_calls"] = [_call(call, change) for call in calls]
+    return turn
+
+
+def _call(call: Any, change: Callable[[str], str]) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+        return {**call, "function": {**function, "arguments": change(function["arguments"])}}
+    return call
+
+
 def _texts(value: Any, walk: Callable[[Any, Callable[[str], str]], Any]) -> list[str]:
     """The strings `walk` (`_mapped` or `_content`) would change in `value`."""
     found: list[str] = []
@@ -119,7 +136,9 @@ class Guard:
 
         data = _mapped(request.data, screened)
         query = screened(request.query)
-        messages = tuple({**m, "content": _content(m.get("content"), screened)} for m in request.messages)
+        # The turns after the input (a tool's result, an assistant prefill) reach the model as well.
+        messages = tuple(_turn(m, screened) for m in request.messages)
+        after = tuple(_turn(m, screened) for m in request.after)
         if not found:
             return request
         counts = entity_counts(found)
@@ -132,7 +151,7 @@ class Guard:
                 status=422,
             )
         self.audit.record(Decision("pii", "redact", "in", counts))
-        return replace(request, data=data, query=query, messages=messages)
+        return replace(request, data=data, query=query, messages=messages, after=after)
 
     def _injected(self, texts: Sequence[str], stage: str) -> list[bool]:
         try:
