@@ -25,7 +25,7 @@ from app.errors import GuardrailBlocked
 from app.guardrails import Guardrails
 from app.memory import open_memory
 from app.observability import JsonFormatter, RuntimeMetrics, access_log
-from app.providers.base import ChoiceDelta, Finish, TokenStream, ToolCallDelta, Usage
+from app.providers.base import Choice, ChoiceDelta, Finish, Generation, TokenStream, ToolCallDelta, Usage
 from app.validation import ChatRequest, parse_chat_request
 
 CARD = "4111 1111 1111 1111"
@@ -515,7 +515,7 @@ def test_a_checked_stream_passes_tool_calls_and_other_choices_through(settings):
     seen = list(checked)
     assert "".join(p for p in seen if isinstance(p, str)) == "Let me check."
     assert call in seen
-    assert ChoiceDelta(choice=1, text="card <CREDIT_CARD>") in seen
+    assert "".join(p.text for p in seen if isinstance(p, ChoiceDelta) and p.choice == 1) == "card <CREDIT_CARD>"
     assert checked.tool_calls == (
         {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"order": 12345}'}},
     )
@@ -534,3 +534,43 @@ def test_every_choice_of_a_whole_answer_is_checked(serve):
     _, live, _ = serve(Reply(body=body))
     answer = sdk(live).chat.completions.create(model="SupportBot", messages=[{"role": "user", "content": "hi"}], n=2)
     assert [c.message.content for c in answer.choices] == ["one: <CREDIT_CARD>", "two: <EMAIL_ADDRESS>"]
+
+
+def test_a_value_split_across_another_choices_deltas_or_logprob_pieces_is_redacted(settings):
+    # With n > 1 or logprobs, text arrives as `ChoiceDelta`s: a value split across them is held back as the first
+    # choice's plain text is, and logprobs (which spell the tokens) go only with text that left as it came.
+    guardrails = Guardrails(settings.replace(pii_mode="redact"), RuntimeMetrics())
+    guard = guardrails.guard({"name": "C"}, ChatRequest(context="C", component="C"))
+    assert guard is not None
+
+    def logprobs(token: str) -> dict[str, Any]:
+        return {"content": [{"token": token, "logprob": -0.1, "top_logprobs": []}]}
+
+    pieces = [
+        ChoiceDelta(0, "Sure. ", logprobs("Sure. ")),
+        ChoiceDelta(0, "card 4111 1111 ", logprobs("4111 1111 ")),
+        ChoiceDelta(1, "mail jane.roe@", logprobs("jane.roe@")),
+        ChoiceDelta(0, "1111 1111.", logprobs("1111 1111.")),
+        ChoiceDelta(1, "example.com", logprobs("example.com")),
+        Finish("stop"),
+        Finish("stop", choice=1),
+    ]
+    seen = [p for p in guard.check_stream(TokenStream(iter(pieces), model="m")) if isinstance(p, ChoiceDelta)]
+    text = {c: "".join(p.text for p in seen if p.choice == c) for c in (0, 1)}
+    assert text == {0: "Sure. card <CREDIT_CARD>.", 1: "mail <EMAIL_ADDRESS>"}
+    sent = json.dumps([(p.text, p.logprobs) for p in seen])
+    assert not any(fragment in sent for fragment in ("4111", "1111", "jane", "example"))
+    assert ChoiceDelta(0, "Sure. ", logprobs("Sure. ")) in seen  # unchanged text keeps its logprobs
+
+
+def test_a_whole_answer_redacted_loses_the_logprobs_that_spell_it(settings):
+    guardrails = Guardrails(settings.replace(pii_mode="redact"), RuntimeMetrics())
+    guard = guardrails.guard({"name": "C"}, ChatRequest(context="C", component="C"))
+    assert guard is not None
+    spelled = {"content": [{"token": CARD, "logprob": -0.1, "top_logprobs": []}]}
+    clean = {"content": [{"token": "ok", "logprob": -0.1, "top_logprobs": []}]}
+    other = Choice(f"card {CARD}", logprobs=spelled)
+    checked = guard.check_generation(Generation(f"card {CARD}", logprobs=spelled, more=(other,)))
+    assert (checked.text, checked.logprobs) == ("card <CREDIT_CARD>", None)
+    assert (checked.more[0].text, checked.more[0].logprobs) == ("card <CREDIT_CARD>", None)
+    assert guard.check_generation(Generation("ok", logprobs=clean)).logprobs == clean

@@ -15,7 +15,7 @@ from app.guardrails.injection import ClassifierUnavailable, InjectionDetector
 from app.guardrails.pii import Detector, redact
 from app.guardrails.policy import Policy
 from app.guardrails.stream import HOLD_BACK, held_back
-from app.providers.base import Generation, TokenStream
+from app.providers.base import Choice, Generation, TokenStream
 from app.validation import ChatRequest
 
 
@@ -30,6 +30,7 @@ class Chunk(Protocol):
 
 
 C = TypeVar("C", bound=Chunk)
+_C = TypeVar("_C", Choice, Generation)
 
 
 def _mapped(value: Any, change: Callable[[str], str]) -> Any:
@@ -248,8 +249,15 @@ class Guard:
         """A whole generation: its text and every other choice's (n > 1) checked as an answer."""
         if not self.policy.checks_output:
             return generation
-        more = tuple(replace(choice, text=self.check_answer(choice.text)) for choice in generation.more)
-        return replace(generation, text=self.check_answer(generation.text), more=more)
+        more = tuple(self._checked_choice(choice) for choice in generation.more)
+        return self._checked_choice(replace(generation, more=more))
+
+    def _checked_choice(self, choice: _C) -> _C:
+        """A choice checked as an answer; its logprobs, which spell its tokens, go only with a text left as is."""
+        text = self.check_answer(choice.text)
+        if text == choice.text:
+            return choice
+        return replace(choice, text=text, logprobs=None)
 
     def check_stream(self, stream: TokenStream) -> TokenStream:
         """A streamed answer behind the hold-back window; a refusal mid-stream ends it with an error event."""

@@ -13,7 +13,8 @@ is sent.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from app.errors import ContexisError
 from app.providers.base import ChoiceDelta, Finish, ServedBy, StreamPiece, TokenStream, Usage
@@ -62,6 +63,7 @@ def held_back(
 
     def pieces() -> Iterator[StreamPiece | Usage | ServedBy | Finish]:
         held = ""
+        others: dict[int, _Choice] = {}  # what is held of each `ChoiceDelta` choice
         sent: list[str] = []
         deltas = iter(stream)
         try:
@@ -73,11 +75,13 @@ def held_back(
                 except ContexisError:
                     if held:  # the upstream failed: what arrived is all there is, and goes out checked
                         yield screen(held, False)
+                    yield from _rest(others, screen)
                     raise
                 if isinstance(delta, ChoiceDelta):
-                    # Another choice's text (n > 1) or text with its logprobs: checked piece by piece, as the
-                    # logprobs belong to that piece; a tool call's piece goes as it came.
-                    yield ChoiceDelta(delta.choice, screen(delta.text, False), delta.logprobs)
+                    # Another choice's text (n > 1) or text with its logprobs: held back as the first choice's is.
+                    piece = others.setdefault(delta.choice, _Choice()).add(delta, screen, window)
+                    if piece is not None:
+                        yield piece
                     continue
                 if not isinstance(delta, str) or not delta:
                     yield delta  # a tool call's piece; an empty piece marks a context tool's call ending
@@ -94,6 +98,7 @@ def held_back(
                 if finish:
                     sent.append(held)
                 yield held
+            yield from _rest(others, screen)
             if finish:
                 finish("".join(sent))
         finally:
@@ -106,3 +111,53 @@ def held_back(
             yield Finish(reason, choice)
 
     return TokenStream(pieces(), model=stream.model)
+
+
+class _Choice:
+    """What is held of one `ChoiceDelta` choice: its text, and the logprobs of that text. Logprobs spell the
+    tokens, so they wait with the text and go out once all of it has, and not at all when a finding was
+    redacted from it."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.logprobs: list[Mapping[str, Any]] = []
+        self.redacted = False
+
+    def add(self, delta: ChoiceDelta, screen: Callable[[str, bool], str], window: int) -> ChoiceDelta | None:
+        raw = self.text + delta.text
+        text = screen(raw, True)
+        self.redacted = self.redacted or text != raw
+        if delta.logprobs:
+            self.logprobs.append(delta.logprobs)
+        cut = _cut(text, window)
+        self.text = text[cut:]
+        return self._piece(delta.choice, text[:cut]) if cut > 0 else None
+
+    def rest(self, choice: int, screen: Callable[[str, bool], str]) -> ChoiceDelta | None:
+        if not self.text:
+            return None
+        text = screen(self.text, False)
+        self.redacted = self.redacted or text != self.text
+        self.text = ""
+        return self._piece(choice, text)
+
+    def _piece(self, choice: int, text: str) -> ChoiceDelta:
+        if self.text:  # some of it is still held: its logprobs wait
+            return ChoiceDelta(choice, text)
+        logprobs = None if self.redacted or not self.logprobs else _joined(self.logprobs)
+        self.logprobs, self.redacted = [], False
+        return ChoiceDelta(choice, text, logprobs)
+
+
+def _joined(logprobs: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """Several chunks' logprobs as one chunk's: their `content` tokens in order."""
+    return {**logprobs[0], "content": [token for chunk in logprobs for token in chunk.get("content") or ()]}
+
+
+def _rest(others: dict[int, _Choice], screen: Callable[[str, bool], str]) -> Iterator[ChoiceDelta]:
+    """What is still held of each other choice's text, checked as the end of that choice."""
+    for choice, held in others.items():
+        piece = held.rest(choice, screen)
+        if piece is not None:
+            yield piece
+    others.clear()
