@@ -427,3 +427,20 @@ def test_the_lock_hash_is_part_of_the_version(serve, project):
     ProjectLock(project).write()  # another lock: another version, though the context did not change
     relocked = create_app(app.extensions["contexis"].settings)
     assert ask(relocked.test_client()).headers["X-Contexis-Cache"] == "miss"
+
+
+def test_an_answer_kept_before_the_guardrails_changed_is_not_served_after(serve, project):
+    # The environment's guardrails are every context's default (CMP_PII_MODE): an operator turning redaction on
+    # must not see the answers kept while it was off served as they were.
+    path = project / "contexts" / CONTEXT / "supportbot.ctx"
+    context = yaml.safe_load(path.read_text())
+    context["guardrails"].pop("pii")
+    path.write_text(yaml.safe_dump(context))
+    card = "4111 1111 1111 1111"
+    model, app = serve(Reply(body=completion(f"card {card}", USAGE)))
+    assert ask(app.test_client()).json["rendered"] == f"card {card}"  # pii off: kept as it is
+    redacting = create_app(app.extensions["contexis"].settings.replace(pii_mode="redact"))
+    again = ask(redacting.test_client())
+    assert again.headers["X-Contexis-Cache"] == "miss"
+    assert again.json["rendered"] == "card <CREDIT_CARD>"
+    assert len(model.seen) == 2

@@ -171,8 +171,12 @@ class ResponseCache:
         results: Sequence[SearchResult],
         params: GenerationParams,
         model: str,
+        guardrails: str = "",
     ) -> Lookup | None:
-        """The cached answer for this request if there is one; None when its context does not cache."""
+        """The cached answer for this request if there is one; None when its context does not cache.
+
+        `guardrails` names the policy the answer is checked under: it defaults to the environment's, so an answer
+        kept before the operator changed it (redaction turned on) must not be served after."""
         policy = CachePolicy.of(context)
         if policy is None:
             return None
@@ -192,7 +196,7 @@ class ResponseCache:
         version = self._version(context)
         parts = [KEY_VERSION, request.tenant_id, name, self.lock_hash, version, request.component, request.prompt_file]
         # The chat system message is the context's (in its version); the prompt and history are the request's.
-        parts += [_canonical([getattr(params, name) for name in _PARAM_FIELDS]), model]
+        parts += [_canonical([getattr(params, name) for name in _PARAM_FIELDS]), model, guardrails]
         single_turn = not request.messages and not request.after
         question = request.query or str(request.data.get("user_input", "")) if single_turn else ""
         scope = _digest([*parts, "semantic"]) if policy.semantic and self.embedder and question else ""
