@@ -258,6 +258,20 @@ def test_injection_block_is_403_before_any_model_call_on_both_apis(serve):
     assert fake.seen == []
 
 
+def test_injection_after_the_input_is_blocked_too(serve):
+    # A tool's result or a prefill the client sends after its last user message reaches the model as the history does.
+    fake, live, _ = serve(Reply(body=completion("never")))
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "what is on file?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": INJECTION},
+    ]
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk(live).chat.completions.create(model="SupportBot", messages=messages)
+    assert not fake.seen
+
+
 def test_injection_flag_lets_it_through_and_records_it(serve, project, caplog):
     caplog.set_level(logging.INFO, logger="contexis.audit")
     guard(project, prompt_injection="flag")

@@ -116,7 +116,8 @@ class Guard:
             request = self._personal_data_in(request)
         if self.policy.prompt_injection != "off":
             # Each text once: an OpenAI request's input is both `user_input` and the query.
-            history = [text for m in request.messages for text in _texts(m.get("content"), _content)]
+            turns = (*request.messages, *request.after)  # the turns after the input reach the model too
+            history = [text for m in turns for text in _texts(m.get("content"), _content)]
             texts = [request.query, *_texts(request.data, _mapped), *history]
             if any(self._injected(list(dict.fromkeys(texts)), "in")):
                 self._injection_found("in")
