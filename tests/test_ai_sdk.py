@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 from fake_hf import FakeHF, Reply, Stream, chat_events, completion, openai_model, sse
-from helpers import MODEL, REPO, TOKEN, Server
+from helpers import MODEL, REPO, TOKEN, Server, guardrails_off
 
 JS = REPO / "tests" / "js"
 pytestmark = pytest.mark.skipif(
@@ -24,7 +24,11 @@ USAGE = {"prompt_tokens": 87, "completion_tokens": 12}
 
 @pytest.fixture
 def served(project):
-    """Run one case of the script against a served runtime whose fake model answers `replies`: its outcome, the fake."""
+    """Run one case of the script against a served runtime whose fake model answers `replies`: its outcome, the fake.
+
+    SupportBot's guardrails are off: these tests check the relay of every delta as sent.
+    """
+    guardrails_off(project)
 
     def run(case: str, *replies: Reply | Stream, workers: int = 1) -> tuple[dict, FakeHF]:
         with FakeHF(*replies) as fake:
