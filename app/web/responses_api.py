@@ -3,9 +3,10 @@
 OpenAI's `client.responses.*`, the Vercel AI SDK's default `openai(id)` provider and the agent frameworks built on
 them talk to the runtime unchanged. A body is translated (`responses_wire`) into the chat-completion request it
 means and goes through the one pipeline (`parse_openai_request`, `chat.admit`, `Runtime`) under the same keys,
-tenants, limits and telemetry as `/v1/chat/completions`; answers are `response` objects or their event streams,
-errors OpenAI's shape (the `/v1` prefix's). Responses are stored per tenant (`app.responses_store`) unless the
-request says `"store": false`, so `previous_response_id` and `item_reference` can continue them.
+tenants, limits and telemetry as `/v1/chat/completions`; answers are `response` objects or their event streams
+(`responses_answer`), errors OpenAI's shape (the `/v1` prefix's). Responses are stored per tenant
+(`app.responses_store`) unless the request says `"store": false`, so `previous_response_id` and `item_reference`
+can continue them.
 """
 
 from __future__ import annotations
@@ -22,19 +23,15 @@ from app.responses_store import ResponseStore, StoredResponse, new_response_id, 
 from app.validation import parse_openai_request
 from app.web.auth import tenant_for
 from app.web.chat import admit, json_body, mark_cache, mark_degraded, mark_model
-from app.web.responses_wire import (
+from app.web.responses_answer import (
     ResponseEvents,
-    ResponsesCall,
     answer_output,
-    chat_body,
-    input_item,
     item_response_id,
-    output_as_input,
-    parse_responses_body,
     response_object,
     status_of,
     usage_object,
 )
+from app.web.responses_wire import ResponsesCall, chat_body, input_item, output_as_input, parse_responses_body
 from app.web.sse import event_stream
 
 bp = Blueprint("responses", __name__, url_prefix="/v1")
