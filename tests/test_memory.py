@@ -16,7 +16,7 @@ import pytest
 
 from app.config import Settings
 from app.errors import DocumentError, InvalidNameError, MemoryConfigError, MemoryStoreError
-from app.memory import SearchResult, open_memory, sqlite
+from app.memory import SearchResult, open_memory, sqlite_ranking
 from app.memory.chunking import chunk_text
 from app.memory.config import MemoryConfig
 from app.memory.extract import extract_text
@@ -324,7 +324,7 @@ def test_budgeted_scoring_matches_exhaustive_ranking(tmp_path: Path, monkeypatch
     store.ingest([docs])
     for query in ("common rare", "rare", "common", "common filler7 rare"):
         exhaustive = store.search(query, 5)
-        monkeypatch.setattr(sqlite, "SCORE_BUDGET", 12)
+        monkeypatch.setattr(sqlite_ranking, "SCORE_BUDGET", 12)
         budgeted = store.search(query, 5)
         monkeypatch.undo()
         assert len(budgeted) == len(exhaustive) == 5

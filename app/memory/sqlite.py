@@ -6,17 +6,12 @@ One database per component and owner under the project root:
 covers its own store and the shared one and never another tenant's.
 Callers (HTTP, CLI) time ``search()`` themselves for metrics and spans.
 
-Vectors live in the same file (table ``vectors``, float16 blobs keyed by the chunk's rowid) and are
-deleted with their chunk by a trigger inside the same transaction. Each process keeps a store's
-vectors as a ``vectors.VectorIndex``, rebuilt when ``vectors_version`` (bumped by triggers on every
-vector write) changes.
+The schema and connections are ``sqlite_schema``; the rankings ``sqlite_ranking``.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,7 +21,8 @@ from app.errors import DocumentError, MemoryStoreBroken
 from app.memory.config import load_config
 from app.memory.hybrid import PendingChunk, check_batch, copied_dimension, embed_pending, retrieve
 from app.memory.query import query_terms
-from app.memory.sqlite_pool import SqlitePool
+from app.memory.sqlite_ranking import contents, rank, vector_index
+from app.memory.sqlite_schema import DB_NAME, connection, embedding_of, file_bytes, read_meta, write
 from app.memory.store import (
     Chunk,
     Document,
@@ -43,149 +39,8 @@ from app.memory.store import (
     file_digest,
     source_name,
 )
-from app.memory.vectors import VectorIndex, from_blob, to_blob
+from app.memory.vectors import from_blob, to_blob
 from app.names import is_safe_name
-
-DB_NAME = "memory.db"
-SCHEMA_VERSION = 2
-
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS documents (
-    source       TEXT PRIMARY KEY,
-    content_hash TEXT NOT NULL,
-    chunking     TEXT NOT NULL,
-    bytes        INTEGER NOT NULL,
-    chunks       INTEGER NOT NULL,
-    ingested_at  REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS chunks (
-    rowid        INTEGER PRIMARY KEY,
-    id           TEXT NOT NULL,
-    source       TEXT NOT NULL,
-    position     INTEGER NOT NULL,
-    content_hash TEXT NOT NULL,
-    content      TEXT NOT NULL
-);
--- ids are derived from (source, position), so this index also keeps them unique.
-CREATE UNIQUE INDEX IF NOT EXISTS chunks_by_source ON chunks (source, position);
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5 (
-    content, content='chunks', content_rowid='rowid', tokenize='porter unicode61 remove_diacritics 2'
-);
-CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
-    INSERT INTO chunks_fts (rowid, content) VALUES (new.rowid, new.content);
-END;
-CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
-    INSERT INTO chunks_fts (chunks_fts, rowid, content) VALUES ('delete', old.rowid, old.content);
-END;
--- embed_model, embed_dimension, and vectors_version: bumped on every vector write, so readers know
--- when their cached vectors are stale; with store_id, as a database removed and made anew restarts it.
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('vectors_version', 0);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
-CREATE TABLE IF NOT EXISTS vectors (
-    rowid        INTEGER PRIMARY KEY,  -- the chunk's rowid
-    vector       BLOB NOT NULL         -- float16, unit length, embed_dimension of them
-);
-CREATE TRIGGER IF NOT EXISTS chunks_vector_ad AFTER DELETE ON chunks BEGIN
-    DELETE FROM vectors WHERE rowid = old.rowid;
-END;
-CREATE TRIGGER IF NOT EXISTS vectors_ai AFTER INSERT ON vectors BEGIN
-    UPDATE meta SET value = value + 1 WHERE key = 'vectors_version';
-END;
-CREATE TRIGGER IF NOT EXISTS vectors_ad AFTER DELETE ON vectors BEGIN
-    UPDATE meta SET value = value + 1 WHERE key = 'vectors_version';
-END;
-PRAGMA user_version = {SCHEMA_VERSION};
-"""  # noqa: S608 - constants only, no input
-
-# Cost control: FTS5 computes BM25 for every chunk a query matches (about 2-3 us each), so a query is
-# allowed to score at most this many chunks per store; see ``_rank``.
-SCORE_BUDGET = 2000
-
-_COUNT_SQL = "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?"
-_RANK_SQL = "SELECT rowid, -rank FROM chunks_fts WHERE chunks_fts MATCH ? AND rowid > ? ORDER BY rank LIMIT ?"
-_FLOOR_SQL = "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?"
-
-
-def _phrase(term: str) -> str:
-    """An FTS5 string: ``\\w`` never contains a double quote, so the term can only ever be words."""
-    return f'"{term}"'
-
-
-def _rank(conn: sqlite3.Connection, terms: list[str], top_k: int) -> list[tuple[int, float]]:
-    """``(rowid, score)`` of the best chunks for the terms (ORed), scoring at most ~``SCORE_BUDGET`` chunks.
-
-    When the terms' chunk counts fit the budget this is plain BM25 over the OR of all terms.
-    Otherwise the rarest terms that fit the budget (R) decide which chunks are candidates, and
-    ``R AND C`` and ``R NOT C`` (C: the common terms) split them in two without scoring any chunk
-    twice. Both queries name every term once, so each candidate gets its exact BM25 score: the
-    result is exact among chunks holding a rare term and gives up chunks with common terms only.
-    When even the rarest term is over budget, the OR is ranked within its newest
-    ``SCORE_BUDGET`` chunks.
-    """
-    phrases = [_phrase(t) for t in terms]
-    counts = [conn.execute(_COUNT_SQL, (p,)).fetchone()[0] for p in phrases]
-    every = " OR ".join(phrases)
-    if sum(counts) <= SCORE_BUDGET:
-        return conn.execute(_RANK_SQL, (every, -1, top_k)).fetchall()
-    rare: list[str] = []
-    total = 0
-    for count, phrase in sorted(zip(counts, phrases, strict=True)):
-        if total + count > SCORE_BUDGET:
-            break
-        rare.append(phrase)
-        total += count
-    if not rare:
-        floor = conn.execute(_FLOOR_SQL, (every, SCORE_BUDGET)).fetchone()[0]
-        return conn.execute(_RANK_SQL, (every, floor, top_k)).fetchall()
-    candidates = f"({' OR '.join(rare)})"
-    common = f"({' OR '.join(p for p in phrases if p not in rare)})"
-    scores = conn.execute(_RANK_SQL, (f"{candidates} AND {common}", -1, top_k)).fetchall()
-    scores += conn.execute(_RANK_SQL, (f"{candidates} NOT {common}", -1, top_k)).fetchall()
-    return sorted(scores, key=lambda item: item[1], reverse=True)[:top_k]
-
-
-def _configure(conn: sqlite3.Connection) -> None:
-    """WAL lets readers run beside one writer; NORMAL sync is durable at checkpoints and needs no
-    fsync per document; the cache and mmap keep the FTS index in memory for searches."""
-    conn.execute("PRAGMA busy_timeout = 10000")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA cache_size = -32000")
-    conn.execute("PRAGMA mmap_size = 268435456")
-
-
-_connections = SqlitePool(_configure)
-
-
-@contextmanager
-def _connection(path: Path, create: bool) -> Iterator[sqlite3.Connection | None]:
-    """A connection to ``path`` for one operation (``sqlite_pool``: bounded per process, reused, closed when
-    idle), or ``None`` when the database is absent and not to be created."""
-    if not path.exists():
-        _connections.close_idle(path)  # the database was removed under us: start over
-        if not create:
-            yield None
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with _connections.lease(path) as conn:
-        if create and conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-        yield conn
-
-
-@contextmanager
-def _write(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction; ``IMMEDIATE`` takes the write lock up front so concurrent writers wait
-    (``busy_timeout``) instead of failing on a lock upgrade."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def _replace(conn: sqlite3.Connection, document: Document) -> int:
@@ -195,7 +50,7 @@ def _replace(conn: sqlite3.Connection, document: Document) -> int:
     document's own vectors are stored when the store takes them (``hybrid.copied_dimension``).
     """
     source = document.source
-    with _write(conn):
+    with write(conn):
         kept = conn.execute(
             "SELECT c.content_hash, v.vector FROM chunks c JOIN vectors v ON v.rowid = c.rowid WHERE c.source = ?",
             (source,),
@@ -210,7 +65,7 @@ def _replace(conn: sqlite3.Connection, document: Document) -> int:
             " SELECT rowid, ? FROM chunks WHERE source = ? AND content_hash = ?",
             [(vector, source, content_hash) for content_hash, vector in dict(kept).items()],
         )
-        dimension = copied_dimension(document, *_embedding(_meta(conn))) if document.embed_model else None
+        dimension = copied_dimension(document, *embedding_of(read_meta(conn))) if document.embed_model else None
         if dimension is not None:
             conn.executemany(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
@@ -228,54 +83,6 @@ def _replace(conn: sqlite3.Connection, document: Document) -> int:
         )
     return removed
 
-
-def _contents(conn: sqlite3.Connection, rowids: list[int]) -> dict[int, tuple[str, str, str]]:
-    """The id, content and source of the chunks ``rowids``, by rowid (none for an empty list)."""
-    if not rowids:
-        return {}
-    marks = ",".join("?" * len(rowids))
-    rows = conn.execute(f"SELECT rowid, id, content, source FROM chunks WHERE rowid IN ({marks})", rowids)  # noqa: S608
-    return {rowid: (i, content, source) for rowid, i, content, source in rows}
-
-
-def _file_bytes(path: Path) -> int:
-    """Disk use of a database: recent writes live in its WAL file until a checkpoint."""
-    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
-
-
-def _meta(conn: sqlite3.Connection) -> dict[str, object]:
-    """The store's embedding facts; empty for a database made before vectors existed."""
-    try:
-        return dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return {}
-        raise
-
-
-def _embedding(meta: dict[str, object]) -> tuple[str | None, int | None]:
-    """The model and dimension of the store's vectors, as far as it has recorded them."""
-    model, dimension = meta.get("embed_model"), meta.get("embed_dimension")
-    return model if isinstance(model, str) else None, dimension if isinstance(dimension, int) else None
-
-
-# (pid, database) -> (vectors_version, its index): one index per store and process, shared by its threads.
-_indexes: dict[tuple[int, str], tuple[object, VectorIndex]] = {}
-_indexes_lock = threading.Lock()
-
-
-def _vector_index(conn: sqlite3.Connection, path: Path, version: object, dimension: int) -> VectorIndex:
-    """The store's vectors at ``version``, loaded once per version and process (call inside a read transaction)."""
-    key = (os.getpid(), str(path))
-    cached = _indexes.get(key)
-    if cached is None or cached[0] != version:
-        with _indexes_lock:
-            cached = _indexes.get(key)
-            if cached is None or cached[0] != version:
-                rows = conn.execute("SELECT rowid, vector FROM vectors ORDER BY rowid").fetchall()
-                index = VectorIndex([rowid for rowid, _ in rows], [blob for _, blob in rows], dimension)
-                cached = _indexes[key] = (version, index)
-    return cached[1]
 
 
 class SqliteStore:
@@ -314,7 +121,7 @@ class SqliteStore:
         """
         self._check_inside(path)
         try:
-            with _connection(path, create) as conn:
+            with connection(path, create) as conn:
                 yield conn
         except sqlite3.DatabaseError as exc:
             raise MemoryStoreBroken(f"{self._rel(path)} is not a usable memory database ({exc})") from None
@@ -399,7 +206,7 @@ class SqliteStore:
         with self._open(self.path, create=False) as conn:
             if conn is None:
                 return
-            model = _embedding(_meta(conn))[0]
+            model = embedding_of(read_meta(conn))[0]
             for source, content_hash, chunking, size in conn.execute(
                 "SELECT source, content_hash, chunking, bytes FROM documents ORDER BY source"
             ).fetchall():
@@ -462,8 +269,8 @@ class SqliteStore:
                 if conn is None:
                     continue
                 try:
-                    ranked = _rank(conn, terms, limit)
-                    found = _contents(conn, [rowid for rowid, _ in ranked])
+                    ranked = rank(conn, terms, limit)
+                    found = contents(conn, [rowid for rowid, _ in ranked])
                 except sqlite3.OperationalError as exc:
                     if "no such table" in str(exc):  # created by a concurrent ingest, schema not yet committed
                         continue
@@ -482,12 +289,12 @@ class SqliteStore:
             with self._snapshot(path) as conn:  # the matrix's version and the chunks' content from one snapshot
                 if conn is None:
                     continue
-                meta = _meta(conn)
+                meta = read_meta(conn)
                 if meta.get("embed_model") != model_id or meta.get("embed_dimension") != len(vector):
                     continue
                 version = (meta.get("store_id"), meta["vectors_version"])
-                ranked = dict(_vector_index(conn, path, version, len(vector)).nearest(vector, limit))
-                found = _contents(conn, list(ranked))
+                ranked = dict(vector_index(conn, path, version, len(vector)).nearest(vector, limit))
+                found = contents(conn, list(ranked))
             results.extend(SearchResult(i, content, ranked[r], source) for r, (i, content, source) in found.items())
         results.sort(key=lambda r: r.score, reverse=True)
         return results[:limit]
@@ -496,8 +303,8 @@ class SqliteStore:
 
     def start_embedding(self, model_id: str) -> int:
         """Switch the store to ``model_id`` (dropping another model's vectors); the chunks still to embed."""
-        with self._own() as conn, _write(conn):
-            if _meta(conn).get("embed_model") != model_id:
+        with self._own() as conn, write(conn):
+            if read_meta(conn).get("embed_model") != model_id:
                 conn.execute("DELETE FROM vectors")
                 conn.execute("DELETE FROM meta WHERE key = 'embed_dimension'")
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('embed_model', ?)", (model_id,))
@@ -516,9 +323,9 @@ class SqliteStore:
 
     def store_vectors(self, model_id: str, vectors: Sequence[tuple[PendingChunk, list[float]]]) -> int:
         """Save a batch in one transaction; a chunk replaced meanwhile (another hash) gets none."""
-        with self._own() as conn, _write(conn):
+        with self._own() as conn, write(conn):
             dimension = len(vectors[0][1]) if vectors else 0
-            check_batch(self.location, *_embedding(_meta(conn)), model_id, dimension)
+            check_batch(self.location, *embedding_of(read_meta(conn)), model_id, dimension)
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('embed_dimension', ?)", (dimension,))
             return sum(
                 conn.execute(
@@ -539,7 +346,7 @@ class SqliteStore:
         with self._open(self.path, create=False) as conn:
             if conn is None:
                 return 0
-            with _write(conn):
+            with write(conn):
                 if source is None:
                     conn.execute("DELETE FROM chunks")
                     return conn.execute("DELETE FROM documents").rowcount
@@ -555,10 +362,10 @@ class SqliteStore:
             if conn is not None:
                 row = conn.execute("SELECT count(*), coalesce(sum(chunks), 0), coalesce(sum(bytes), 0) FROM documents")
                 documents, chunks, source_bytes = row.fetchone()
-                meta = _meta(conn)
+                meta = read_meta(conn)
                 if meta:
                     with_vectors = conn.execute("SELECT count(*) FROM vectors").fetchone()[0]
-        model, dimension = _embedding(meta)
+        model, dimension = embedding_of(meta)
         return StoreStats(
             component=self.component,
             tenant_id=self.tenant_id,
@@ -566,7 +373,7 @@ class SqliteStore:
             documents=documents,
             chunks=chunks,
             source_bytes=source_bytes,
-            db_bytes=_file_bytes(self.path) if conn is not None else 0,
+            db_bytes=file_bytes(self.path) if conn is not None else 0,
             embed_model=model,
             embed_dimension=dimension,
             chunks_with_vectors=with_vectors,
