@@ -47,7 +47,8 @@ import numpy as np
 from app.config import Settings
 from app.memory import Memory, MemoryStore, SearchResult, open_memory
 from app.memory.postgres import PostgresMemory
-from app.memory.sqlite import STOP_WORDS, SqliteStore
+from app.memory.query import STOP_WORDS
+from app.memory.sqlite import SqliteStore
 
 SECTIONS_PER_DOC = 10
 SECTION_CHARS = 600
