@@ -33,6 +33,9 @@ DEFAULT_HF_HUB_ENDPOINT = "https://huggingface.co"
 # Feature extraction goes to the hf-inference provider's classic route, as huggingface_hub calls it.
 DEFAULT_HF_EMBED_ENDPOINT = ROUTER_CLASSIC_ENDPOINT
 HF_EMBED_APIS = ("feature-extraction", "openai", "auto")
+# Every Redis the runtime uses (rate limits, model circuits, the response cache) answers within these, or is
+# treated as down; a URL's own `?socket_timeout=&socket_connect_timeout=` win.
+REDIS_TIMEOUTS: dict[str, Any] = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 
 
 def _text(env: Mapping[str, str], name: str, default: str = "") -> str:

@@ -19,8 +19,8 @@ from typing import Any, TypeVar, cast
 import redis
 
 from app.cache.store import SEMANTIC_CANDIDATES, CacheStats, CacheUnavailable, Entry, best
+from app.config import REDIS_TIMEOUTS
 
-REDIS_TIMEOUTS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 RETRY_SECONDS = 5.0
 PREFIX = "cmp:cache:"
 T = TypeVar("T")

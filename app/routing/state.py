@@ -26,12 +26,12 @@ from typing import Literal, Protocol
 
 import redis
 
+from app.config import REDIS_TIMEOUTS
 from app.observability import RuntimeMetrics
 
 log = logging.getLogger(__name__)
 
 Permit = Literal["clean", "closed", "trial", "open"]
-REDIS_TIMEOUTS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 RETRY_SECONDS = 5.0
 KEY_PREFIX = "cmp:circuit:"
 

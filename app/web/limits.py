@@ -19,13 +19,10 @@ from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app.config import Settings
+from app.config import REDIS_TIMEOUTS, Settings
 from app.observability import RuntimeMetrics
 from app.web.auth import audit_denied, client_identity
 from app.web.errors import error_response
-
-# Every call to a Redis storage is bounded; the URI's own `?socket_timeout=&socket_connect_timeout=` win.
-REDIS_TIMEOUTS: dict[str, Any] = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 
 # Probes and scrapes must never be throttled: a limited /readyz would take a busy pod out of service.
 EXEMPT_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "prometheus_metrics"})
