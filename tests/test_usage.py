@@ -371,6 +371,27 @@ def test_the_budget_gauge_reports_each_configured_budget(project):
     assert ratios == {("tenant", "acme", "tokens_per_day"): 0.5, ("default", "default", "tokens_per_month"): 0.34}
 
 
+@pytest.mark.parametrize("guard_kept, ledger_kept", [(20, 20), (100, 20), (20, 100)])
+def test_many_distinct_tenants_leave_a_bounded_budget_cache_and_every_budget_still_holds(
+    project, guard_kept: int, ledger_kept: int
+):
+    path = budgets(project, {"default": {"tokens_per_day": 1000}, "tenants": {"acme": {"tokens_per_day": 30}}})
+    with FakeHF(Reply(body=completion("Hi", usage=USAGE))) as fake:
+        app = usage_app(project, fake.url, CMP_BUDGETS=path, CMP_BUDGET_CACHE_SECONDS="300")
+        meter = app.extensions["contexis"].meter
+        meter.guard.max_entries, meter.ledger.max_owners = guard_kept, ledger_kept
+        client = app.test_client()
+        assert chat(client, tenant_id="acme").status_code == 200  # 17 of acme's 30 tokens
+        statuses = {chat(client, tenant_id=f"tenant-{n}").status_code for n in range(60)}
+        assert meter.ledger.flush()
+        kept = (len(meter.guard._cache), len(meter.ledger._owners))
+        # acme's totals were forgotten meanwhile (by the guard, the ledger or both): they still count its first call.
+        assert chat(client, tenant_id="acme").status_code == 200
+        assert chat(client, tenant_id="acme").status_code == 429
+    assert statuses == {200}
+    assert kept == (min(guard_kept, 61), min(ledger_kept, 62)), kept  # 61 tenants; their rows' and a key's owners
+
+
 # -- billing -----------------------------------------------------------------------------------------
 
 

@@ -12,24 +12,28 @@ The file is re-read when it changes (checked at most once a second), as contexts
 parses keeps the last good budgets and says why in the log. Spending is read from the ledger, so every
 worker of a pod (SQLite) or every replica (PostgreSQL) counts against the same budget. Each process keeps
 the ledger's total for `CMP_BUDGET_CACHE_SECONDS` and adds its own calls to it as they are recorded: a
-budget is crossed by at most the calls in flight and those other processes made within that time.
+budget is crossed by at most the calls in flight and those other processes made within that time. Those totals
+are kept for the `BudgetGuard.max_entries` tenants and keys read last, so many distinct tenant ids cost a
+bounded amount of memory (one forgotten is read from the ledger again).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.errors import BudgetExceeded, SettingsError
 from app.usage.files import read_yaml
+from app.usage.ledger import Own
 
 if TYPE_CHECKING:
     from app.observability import RuntimeMetrics
@@ -54,7 +58,9 @@ class Spending(Protocol):
 
     def totals(self, kind: str, first_day: str) -> dict[str, tuple[float, float]]: ...
 
-    def own(self, kind: str, name: str) -> tuple[float, float, float, float]: ...
+    def own(self, kind: str, name: str) -> Own | None: ...
+
+    def owner(self, kind: str, name: str) -> Own: ...
 
 
 @dataclass(frozen=True)
@@ -174,16 +180,31 @@ def _amount(measure: str, value: float) -> str:
     return f"{value:.4f} USD" if measure == "usd" else f"{int(value)} tokens"
 
 
+@dataclass(frozen=True)
+class _Read:
+    """The ledger's total for one tenant or key and period, read at some time, and this process's totals then."""
+
+    expires: float
+    tokens: float
+    usd: float
+    own: Own  # this process's totals, as the ledger keeps them: another object once it forgot them
+    flushed_tokens: float  # what of them the ledger held when it was read
+    flushed_usd: float
+
+
 class BudgetGuard:
     """Checks calls against the budgets, from the ledger's totals kept `ttl` seconds per process."""
+
+    max_entries = 10_000  # (tenant or key, period) totals kept; the least recently read are forgotten first
 
     def __init__(self, budgets: BudgetFile, ledger: Spending, ttl: float, metrics: RuntimeMetrics | None) -> None:
         self.budgets = budgets
         self.ledger = ledger
         self.ttl = ttl
         self.metrics = metrics
-        # (kind, name, first day) -> (expires at, tokens, usd in the ledger, this process's flushed totals then)
-        self._cache: dict[tuple[str, str, str], tuple[float, float, float, float, float]] = {}
+        # (kind, name, first day) -> the last read, oldest first; a hit is a plain look-up, not reordered.
+        self._cache: collections.OrderedDict[tuple[str, str, str], _Read] = collections.OrderedDict()
+        self._lock = threading.Lock()
         if metrics:
             for scope in SCOPES:
                 metrics.budget_rejections.labels(scope=scope)
@@ -193,22 +214,37 @@ class BudgetGuard:
         key = (kind, name, first_day)
         now = time.monotonic()
         cached = self._cache.get(key)
-        if cached is None or cached[0] <= now:
-            _, _, flushed_tokens, flushed_usd = self.ledger.own(kind, name)  # read first: counted twice, not missed
-            try:
-                tokens, usd = self.ledger.spent(kind, name, first_day)
-            except Exception as exc:  # noqa: BLE001 - fail open: a database hiccup must not stop every tenant
-                log.warning(
-                    "budget not read from the ledger, the call goes ahead",
-                    extra={"fields": {"kind": kind, "error": type(exc).__name__}},
-                )
-                if cached is None:
-                    tokens, usd, flushed_tokens, flushed_usd = 0.0, 0.0, 0.0, 0.0  # this process's own calls
-                else:
-                    tokens, usd, flushed_tokens, flushed_usd = cached[1], cached[2], cached[3], cached[4]
-            cached = self._cache[key] = (now + self.ttl, tokens, usd, flushed_tokens, flushed_usd)
-        recorded_tokens, recorded_usd, _, _ = self.ledger.own(kind, name)
-        return cached[1] + recorded_tokens - cached[3], cached[2] + recorded_usd - cached[4]
+        if cached is None or cached.expires <= now or cached.own is not self.ledger.own(kind, name):
+            cached = self._read(key, now, cached)
+        own = cached.own
+        return (
+            cached.tokens + own.recorded_tokens - cached.flushed_tokens,
+            cached.usd + own.recorded_usd - cached.flushed_usd,
+        )
+
+    def _read(self, key: tuple[str, str, str], now: float, cached: _Read | None) -> _Read:
+        """Read the ledger's total again and keep it, forgetting the oldest read past `max_entries`."""
+        kind, name, first_day = key
+        own = self.ledger.owner(kind, name)
+        flushed_tokens, flushed_usd = own.flushed_tokens, own.flushed_usd  # read first: counted twice, not missed
+        try:
+            tokens, usd = self.ledger.spent(kind, name, first_day)
+            read = _Read(now + self.ttl, tokens, usd, own, flushed_tokens, flushed_usd)
+        except Exception as exc:  # noqa: BLE001 - fail open: a database hiccup must not stop every tenant
+            log.warning(
+                "budget not read from the ledger, the call goes ahead",
+                extra={"fields": {"kind": kind, "error": type(exc).__name__}},
+            )
+            if cached is not None and cached.own is own:
+                read = replace(cached, expires=now + self.ttl)  # the last total, with the calls since
+            else:
+                read = _Read(now + self.ttl, 0.0, 0.0, own, 0.0, 0.0)  # this process's own calls only
+        with self._lock:
+            self._cache.pop(key, None)
+            self._cache[key] = read
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        return read
 
     def check(self, tenant: str, key_id: str | None) -> None:
         """Raise `BudgetExceeded` for the first budget of the call that is spent."""

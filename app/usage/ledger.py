@@ -5,6 +5,10 @@ and per key that budgets read (a point lookup, however many rows a month holds).
 exit (gunicorn's workers exit through it on SIGTERM, after their last request), so no answered call's row
 is lost; a batch the database refuses stays queued and is tried again. Past `max_queued` rows (a database
 away for long) the oldest are dropped, and the log says how many.
+
+For budgets, the ledger also keeps this process's own totals per tenant and per key (`Own`), for the
+`max_owners` most recently recorded: one whose rows are all written is forgotten first, so a client sending
+many distinct tenant ids costs a bounded amount of memory.
 """
 
 from __future__ import annotations
@@ -58,6 +62,17 @@ def day_of(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
 
+class Own:
+    """This process's calls of one tenant or key: what it recorded, what of that is written, how many rows wait."""
+
+    __slots__ = ("flushed_tokens", "flushed_usd", "queued", "recorded_tokens", "recorded_usd")
+
+    def __init__(self) -> None:
+        self.recorded_tokens = self.flushed_tokens = 0.0
+        self.recorded_usd = self.flushed_usd = 0.0
+        self.queued = 0  # rows recorded and neither written nor dropped: the entry is not forgotten meanwhile
+
+
 def daily_totals(rows: Sequence[Row]) -> dict[tuple[str, str, str], list[float]]:
     """(day, kind, name) -> [tokens, usd] of a batch: what it adds to each tenant's and key's day."""
     totals: dict[tuple[str, str, str], list[float]] = {}
@@ -75,6 +90,7 @@ class Ledger:
     """The queue and its writer thread; a backend implements `_write`, `spent`, `totals`, `report`, `problem`."""
 
     where = ""
+    max_owners = 10_000  # tenants and keys whose own totals are kept (more while their rows wait to be written)
 
     def __init__(self, interval: float = 0.2, max_queued: int = 100_000) -> None:
         self.interval = interval
@@ -84,9 +100,8 @@ class Ledger:
         self._writer: threading.Thread | None = None
         self._write_lock = threading.Lock()
         self._closed = False
-        # This process's own totals per (kind, name): recorded, and written (budgets add the difference).
-        self._recorded: dict[tuple[str, str], list[float]] = {}
-        self._flushed: dict[tuple[str, str], list[float]] = {}
+        # This process's own totals per (kind, name), least recently recorded first (budgets add what is unwritten).
+        self._owners: collections.OrderedDict[tuple[str, str], Own] = collections.OrderedDict()
         self._count_lock = threading.Lock()
         atexit.register(self.close)
         os.register_at_fork(after_in_child=self._forked)
@@ -94,32 +109,66 @@ class Ledger:
     def record(self, row: Row) -> None:
         """Queue one call's row (the request's thread does nothing more)."""
         self._rows.append(row)
-        self._count(self._recorded, row)
+        self._recorded(row)
         if len(self._rows) > self.max_queued:
-            dropped = 0
+            dropped = []
             while len(self._rows) > self.max_queued:
-                self._rows.popleft()
-                dropped += 1
-            log.error("usage rows dropped: the ledger is not written", extra={"fields": {"rows": dropped}})
+                dropped.append(self._rows.popleft())
+            self._settled(dropped, written=False)
+            log.error("usage rows dropped: the ledger is not written", extra={"fields": {"rows": len(dropped)}})
         if not self._wake.is_set():
             if self._writer is None or not self._writer.is_alive():
                 self._start()
             self._wake.set()
 
-    def _count(self, totals: dict[tuple[str, str], list[float]], row: Row) -> None:
+    def _recorded(self, row: Row) -> None:
         with self._count_lock:
             for owner in (("tenant", row.tenant), ("key", row.key_id or "")):
-                entry = totals.get(owner)
+                entry = self._owners.get(owner)
                 if entry is None:
-                    entry = totals[owner] = [0, 0.0]
-                entry[0] += row.tokens
-                entry[1] += row.cost_usd or 0.0
+                    entry = self._owners[owner] = Own()
+                else:
+                    self._owners.move_to_end(owner)
+                entry.recorded_tokens += row.tokens
+                entry.recorded_usd += row.cost_usd or 0.0
+                entry.queued += 1
+            self._forget()
 
-    def own(self, kind: str, name: str) -> tuple[float, float, float, float]:
-        """This process's (recorded tokens, recorded USD, written tokens, written USD) for a tenant or key."""
-        recorded = self._recorded.get((kind, name), (0, 0.0))
-        flushed = self._flushed.get((kind, name), (0, 0.0))
-        return recorded[0], recorded[1], flushed[0], flushed[1]
+    def _settled(self, rows: list[Row], written: bool) -> None:
+        """`rows` left the queue: written (budgets now read them from the database), or dropped."""
+        with self._count_lock:
+            for row in rows:
+                for owner in (("tenant", row.tenant), ("key", row.key_id or "")):
+                    entry = self._owners.get(owner)
+                    if entry is None:  # forgotten by a fork in between
+                        continue
+                    entry.queued -= 1
+                    if written:
+                        entry.flushed_tokens += row.tokens
+                        entry.flushed_usd += row.cost_usd or 0.0
+            self._forget()
+
+    def _forget(self) -> None:
+        """Past `max_owners`, forget the least recently recorded owners whose rows are all settled. Rows leave the
+        queue in the order they were recorded, so once the oldest owner has a row waiting, every newer one has."""
+        while len(self._owners) > self.max_owners:
+            oldest = next(iter(self._owners.values()))
+            if oldest.queued > 0:
+                return
+            self._owners.popitem(last=False)
+
+    def own(self, kind: str, name: str) -> Own | None:
+        """This process's totals for a tenant or key, while it keeps them (a plain look-up: budgets' hot path)."""
+        return self._owners.get((kind, name))
+
+    def owner(self, kind: str, name: str) -> Own:
+        """`own`, kept from now on (budgets read the ledger's total against it): made when there is none."""
+        with self._count_lock:
+            entry = self._owners.get((kind, name))
+            if entry is None:
+                entry = self._owners[(kind, name)] = Own()
+                self._forget()
+            return entry
 
     def flush(self) -> bool:
         """Write every queued row now; False when the database refused them (they stay queued)."""
@@ -138,8 +187,7 @@ class Ledger:
                     extra={"fields": {"ledger": self.where, "rows": len(batch), "error": type(exc).__name__}},
                 )
                 return False
-            for row in batch:
-                self._count(self._flushed, row)
+            self._settled(batch, written=True)
             return True
 
     def _start(self) -> None:
@@ -164,7 +212,7 @@ class Ledger:
         self._wake = threading.Event()
         self._writer = None
         self._write_lock = threading.Lock()
-        self._recorded, self._flushed = {}, {}
+        self._owners = collections.OrderedDict()
         self._count_lock = threading.Lock()
         self._reset_connections()
 
