@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import threading
+from collections import Counter
 from pathlib import Path
 
 from helpers import run
@@ -90,3 +92,34 @@ def test_a_tenant_file_names_its_context_by_its_file_name(project, settings):
     assert "contexts/tenants/acme/SupportBot.ctx: name: 'Billing' must equal its file's name 'SupportBot'" in (
         validate.stderr
     )
+
+
+def test_a_context_removed_while_the_server_lists_or_reads_it_is_gone_not_a_500(project, settings):
+    """Discovery lists the folders, then each one's files, then reads, checks and stats them: a folder or file
+    removed meanwhile (a deploy, an editor's rename) is simply not there, for `/readyz` and `/v1/models` alike."""
+    app = create_app(settings)
+    churned = project / "contexts" / "Churn" / "churn.ctx"
+    cases = "".join(f"    - {{name: case-{n}, mode: prompt, input: hi, expect_contains: x}}\n" for n in range(300))
+    text = f"name: Churn\nrole: {{persona: A context that comes and goes.}}\ntesting:\n  cases:\n{cases}"
+    done = threading.Event()
+    seen: Counter[tuple[str, int]] = Counter()
+
+    def probe() -> None:
+        client = app.test_client()
+        while not done.is_set():
+            for path in ("/readyz", "/v1/models"):
+                seen[(path, client.get(path).status_code)] += 1
+
+    probes = [threading.Thread(target=probe) for _ in range(3)]
+    for thread in probes:
+        thread.start()
+    try:
+        for _ in range(300):  # each check of the file takes a while (300 cases): it is often removed meanwhile
+            churned.parent.mkdir()
+            churned.write_text(text)
+            shutil.rmtree(churned.parent)
+    finally:
+        done.set()
+        for thread in probes:
+            thread.join(10)
+    assert set(seen) <= {("/readyz", 200), ("/readyz", 503), ("/v1/models", 200)}, seen

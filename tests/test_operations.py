@@ -518,18 +518,19 @@ LOAD = [
 
 
 def _load(base: str, project: Path, seconds: float, threads: int = 6) -> dict[tuple[str, int], int]:
-    """Every kind of request, round robin from a few threads, for `seconds`; readiness fails midway.
+    """Every kind of request, round robin from a few threads, for at least `seconds`; readiness fails midway, for
+    as long as the load takes to see it fail and then recover (however slow a loaded machine makes the round).
 
     What it saw: answers by (path, status), a degraded answer's path followed by its X-Contexis-Degraded."""
     seen: dict[tuple[str, int], int] = {}
     lock = threading.Lock()
-    stop = time.monotonic() + seconds
+    stop = threading.Event()
     failures: list[str] = []
 
     def run(offset: int) -> None:
         session = requests.Session()
         i = offset
-        while time.monotonic() < stop:
+        while not stop.is_set():
             method, path, body, expected = LOAD[i % len(LOAD)]
             i += 1
             try:
@@ -543,17 +544,33 @@ def _load(base: str, project: Path, seconds: float, threads: int = 6) -> dict[tu
             with lock:
                 seen[key] = seen.get(key, 0) + 1
 
+    def answered(status: int, more_than: int = 0, timeout: float = 60) -> int:
+        """Wait until the load has had more than `more_than` /readyz answers of `status`; how many it has."""
+        deadline = time.monotonic() + timeout
+        while seen.get(("/readyz", status), 0) <= more_than:
+            assert not failures, failures[:5]
+            assert time.monotonic() < deadline, f"no /readyz {status} within {timeout}s: {seen}"
+            time.sleep(0.05)
+        return seen[("/readyz", status)]
+
     broken = project / "contexts" / "Broken" / "broken.ctx"
+    started = time.monotonic()
     workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
     for worker in workers:
         worker.start()
-    time.sleep(seconds / 4)
-    broken.parent.mkdir()
-    broken.write_text("name: Broken\nversion: [unterminated\n")  # /readyz answers 503 while this exists
-    time.sleep(seconds / 4)
-    shutil.rmtree(broken.parent)
-    for worker in workers:
-        worker.join()
+    try:
+        answered(200)
+        broken.parent.mkdir()
+        broken.write_text("name: Broken\nversion: [unterminated\n")  # /readyz answers 503 while this exists
+        answered(503)
+        ready = seen.get(("/readyz", 200), 0)
+        shutil.rmtree(broken.parent)
+        answered(200, more_than=ready)
+        time.sleep(max(0.0, started + seconds - time.monotonic()))  # the rest of the load the rates are read from
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
     assert not failures, failures[:5]
     return seen
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -318,6 +319,28 @@ def test_mcp_calls_from_many_threads_share_the_loop(mcp_server: McpProcess) -> N
     for thread in threads:
         thread.join(20)
     assert [json.loads(r) for r in results] == [{"sku": "B-2", "units": 0}] * 6
+
+
+def test_mcp_calls_load_the_ca_bundle_once_per_process_not_per_call(
+    mcp_server: McpProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each call is a session of its own; a TLS context built for each (the CA bundle read and parsed: ~80 ms of
+    CPU) made a call on a loaded machine slower than a 0.5 s tool's timeout."""
+    server = McpServer({"mcp": {"url": mcp_server.url}}, Settings(), RuntimeMetrics())
+    assert server.call("stock_level", {"sku": "B-2"}, call_context()).outcome == OK  # the process's may be built here
+    loads: list[object] = []
+    load = ssl.SSLContext.load_verify_locations
+
+    def counted(context: ssl.SSLContext, *args: object, **kwargs: object) -> None:
+        loads.append(args)
+        load(context, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    again = McpServer({"mcp": {"url": mcp_server.url}}, Settings(), RuntimeMetrics())
+    for _ in range(3):
+        assert again.call("stock_level", {"sku": "B-2"}, call_context()).outcome == OK
+    assert again.tools(call_context())[1] is False
+    assert loads == []
 
 
 # -- running a step's calls ---------------------------------------------------------------------------------

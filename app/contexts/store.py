@@ -107,7 +107,8 @@ class ContextStore:
         if not resolved.is_relative_to(self.root):
             # Named as asked for: where the link leads is outside the root and must not be shown.
             raise ContextInvalid(f"{self._rel(path)}: file is outside the project root")
-        files: list[Path] = []
+        # Each file is stat'ed before it is read, so a change while it loads is a change the next request sees.
+        files = [(path, self._stat(path))]
         context = self._load_file(resolved, stack=(), files=files)
         errors = list(resolved_validator.iter_errors(context))
         if errors:
@@ -125,7 +126,7 @@ class ContextStore:
             # Keyed by the path as asked for, so a hit costs one stat per file and no realpath walk;
             # that path is in the signature too (once: it is most often the first file itself), and stat
             # follows it if a symlink is re-pointed.
-            self._cache[path] = (_signature(list(dict.fromkeys([path, *files]))), context)
+            self._cache[path] = (_signature(dict(files)), context)
         return context
 
     def _cached(self, path: Path) -> dict[str, Any] | None:
@@ -146,7 +147,7 @@ class ContextStore:
             return [], []
         served: list[Served] = []
         other: list[tuple[Path, str]] = []
-        for entry in sorted(self.contexts_dir.iterdir()):
+        for entry in _listing(self.contexts_dir, "*"):
             if entry.name.startswith(".") or entry.name == "tenants":
                 continue
             if not entry.is_dir():
@@ -154,7 +155,7 @@ class ContextStore:
                     folder = f"contexts/{entry.stem}/{entry.stem.lower()}.ctx"
                     other.append((entry, f"a context lives in a folder of its name: {folder}"))
                 continue
-            files = sorted(entry.glob("*.ctx"))
+            files = _listing(entry, "*.ctx")
             if not is_safe_name(entry.name):
                 other.extend(
                     (f, f"folder {entry.name!r} is not a context name (1-128 of A-Z a-z 0-9 _ . -)") for f in files
@@ -167,8 +168,8 @@ class ContextStore:
             else:
                 why = f"folder {entry.name!r} serves {entry.name.lower()}.ctx, which does not exist"
             other.extend((f, why) for f in files if f != path)
-        for tenant in sorted(self.contexts_dir.glob("tenants/*")):
-            files = sorted(tenant.glob("*.ctx")) if tenant.is_dir() else []
+        for tenant in _listing(self.contexts_dir / "tenants", "*"):
+            files = _listing(tenant, "*.ctx") if tenant.is_dir() else []
             for path in files:
                 if not is_safe_name(tenant.name):
                     other.append(
@@ -217,6 +218,11 @@ class ContextStore:
             found[name] = path
         return found
 
+    def modified(self, path: Path) -> int:
+        """When the version of `path` that loaded was written (seconds since the epoch), from what was seen as it
+        was read: `path` may be gone since (`available` gives only loaded files)."""
+        return self._cache[path][0][0][2] // 1_000_000_000
+
     def problems(self) -> list[str]:
         """`file: field: problem` for each invalid context and each file not served (empty when sound)."""
         if not self.contexts_dir.is_dir():
@@ -236,15 +242,17 @@ class ContextStore:
         except ValueError:
             return path.name
 
-    def _load_file(self, path: Path, stack: tuple[Path, ...], files: list[Path]) -> dict[str, Any]:
+    def _load_file(
+        self, path: Path, stack: tuple[Path, ...], files: list[tuple[Path, os.stat_result]]
+    ) -> dict[str, Any]:
         rel = self._rel(path)
         if path in stack:
             chain = " -> ".join(self._rel(p) for p in (*stack, path))
             raise ContextInvalid(f"{rel}: extends/include: cycle {chain}")
         if len(stack) > MAX_DEPTH:
             raise ContextInvalid(f"{rel}: extends/include: nested deeper than {MAX_DEPTH} levels")
+        files.append((path, self._stat(path)))
         raw = self._read(path)
-        files.append(path)
         errors = sorted(file_validator.iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path])
         if errors:
             raise ContextInvalid("; ".join(f"{rel}: {_field(e)}: {e.message}" for e in errors))
@@ -263,6 +271,12 @@ class ContextStore:
         if not target.is_file():
             raise ContextInvalid(f"{self._rel(path)}: extends/include: {reference!r} not found")
         return target
+
+    def _stat(self, path: Path) -> os.stat_result:
+        try:
+            return os.stat(path)
+        except OSError as exc:  # gone since it was listed
+            raise ContextInvalid(f"{self._rel(path)}: cannot be read ({exc.__class__.__name__})") from None
 
     def _read(self, path: Path) -> dict[str, Any]:
         rel = self._rel(path)
@@ -283,7 +297,6 @@ class ContextStore:
         return data
 
 
-
 def _field(error) -> str:
     path = ".".join(str(p) for p in error.absolute_path)
     return path or "document"
@@ -295,9 +308,17 @@ def _shared_file(contexts_dir: Path, name: str) -> Path:
     return contexts_dir / name / f"{name.lower()}.ctx"
 
 
-def _signature(files: list[Path]) -> Signature:
-    stats = [(str(p), os.stat(p)) for p in files]
-    return tuple((name, st.st_ino, st.st_mtime_ns, st.st_size) for name, st in stats)
+def _listing(folder: Path, pattern: str) -> list[Path]:
+    """`folder`'s entries matching `pattern`, sorted; none when it is gone (removed while the server looks)."""
+    try:
+        return sorted(folder.glob(pattern))
+    except OSError:
+        return []
+
+
+def _signature(files: dict[Path, os.stat_result]) -> Signature:
+    """What the files were when they were read: the path as asked for first, then each file it pulled in."""
+    return tuple((str(p), st.st_ino, st.st_mtime_ns, st.st_size) for p, st in files.items())
 
 
 def _unchanged(signature: Signature) -> bool:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -101,6 +103,13 @@ class EventLoop:
 event_loop = EventLoop()
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """The TLS context of every MCP connection, built once per process: building one loads the CA bundle, ~80 ms
+    of CPU that each call (a session of its own) would otherwise pay, for http:// servers too."""
+    return httpx2.create_ssl_context(trust_env=False)
+
+
 class _CappedStream(httpx2.AsyncByteStream):
     """An answer's body that fails past `cap` bytes (the SDK caps SSE events, not JSON answers)."""
 
@@ -126,7 +135,7 @@ class _CappedTransport(httpx2.AsyncBaseTransport):
     """httpx2's transport, every answer's body capped; `tripped` once one went past the cap."""
 
     def __init__(self, cap: int) -> None:
-        self._inner = httpx2.AsyncHTTPTransport(trust_env=False)
+        self._inner = httpx2.AsyncHTTPTransport(verify=_tls(), trust_env=False)
         self._cap = cap
         self.tripped = False
 

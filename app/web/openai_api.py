@@ -164,10 +164,10 @@ def _listing_tenant() -> str:
 
 
 def _model(name: str, path: Path, tenant: str) -> dict[str, Any]:
-    tenant_dir = get_runtime().contexts.contexts_dir / "tenants"
+    contexts = get_runtime().contexts
     return {
         "id": name,
         "object": "model",
-        "created": int(path.stat().st_mtime),
-        "owned_by": tenant if path.is_relative_to(tenant_dir) else "contexis",
+        "created": contexts.modified(path),
+        "owned_by": tenant if path.is_relative_to(contexts.contexts_dir / "tenants") else "contexis",
     }
