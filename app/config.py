@@ -252,6 +252,7 @@ class Settings:
     hf_embed_batch: int = 32
     hf_embed_query_timeout: float = 2.0
     test_concurrency: int = 4  # `ctx test` cases in flight at once: each may hold one model call
+    test_deadline: float = 120.0  # seconds a `POST /api/v1/test` run may take (then cut: docs/api.md)
     memory_url: str = field(default="", repr=False)
     memory_timeout: float = 2.0
     memory_pool_size: int = 0  # 0: one connection per thread (`threads`)
@@ -335,6 +336,7 @@ class Settings:
             hf_embed_batch=_number(env, "HF_EMBED_BATCH", 32, kind=int, minimum=1),
             hf_embed_query_timeout=_number(env, "HF_EMBED_QUERY_TIMEOUT", 2.0, minimum=0.001),
             test_concurrency=_number(env, "CMP_TEST_CONCURRENCY", cls.test_concurrency, kind=int, minimum=1),
+            test_deadline=_number(env, "CMP_TEST_DEADLINE", cls.test_deadline, minimum=0.001),
             memory_url=_memory_url(env),
             memory_timeout=_number(env, "CMP_MEMORY_TIMEOUT", 2.0, minimum=0.001),
             memory_pool_size=_number(env, "CMP_MEMORY_POOL_SIZE", 0, kind=int),

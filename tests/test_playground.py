@@ -4,6 +4,8 @@ checked through Flask's client and in Debian's Chromium driven by Playwright (as
 from __future__ import annotations
 
 import re
+import threading
+import time
 
 import pytest
 from fake_hf import CREDITS_BODY, FakeHF, Reply, Stream, ToolModel, chat_events
@@ -112,6 +114,57 @@ def test_tests_run_the_contexts_cases_with_each_verdict_and_failing_assertion(on
     assert failed["failures"][0]["assertion"] == "expect_contains"
     assert "You are GrumpyBot" in failed["failures"][0]["message"]
     assert report["request_id"] == response.headers["X-Request-ID"]
+
+
+def test_a_test_run_ends_at_its_deadline_with_what_was_judged_and_the_rest_cut(on):
+    """A slow model holds neither the request nor its case threads past CMP_TEST_DEADLINE: the prompt cases keep
+    their verdicts, the cases still waiting on the model are errors, no case starts after it."""
+    with FakeHF(Reply(delay=5)) as fake:
+        slow = on.replace(hf_token=TOKEN, hf_model_id="m", hf_endpoint=fake.url, test_concurrency=2, test_deadline=1.0)
+        started = time.monotonic()
+        response = create_app(slow).test_client().post("/api/v1/test", json={"context": "SupportBot"})
+        answered = time.monotonic() - started
+        called = len(fake.seen)
+        while any(t.name.startswith("ctx-test") for t in threading.enumerate()) and time.monotonic() - started < 10:
+            time.sleep(0.05)
+        freed = time.monotonic() - started
+    assert response.status_code == 200
+    report = response.get_json()
+    assert report["cut"] is True
+    verdicts = {(case["mode"], case["status"]) for case in report["cases"]}
+    assert verdicts == {("prompt", "passed"), ("answer", "error"), ("model", "error")}, report["cases"]
+    cut = [case for case in report["cases"] if case["mode"] != "prompt"]
+    assert all(case["error"].startswith("deadline_exceeded: ") for case in cut), cut
+    assert report["summary"]["errors"] == len(cut)
+    assert called == 2  # the two cases in flight at the deadline; none started after it
+    assert answered < 3 and freed < 4, (answered, freed)  # the model answers after 5 s
+
+
+def test_a_test_runs_tool_calls_end_at_its_deadline_too(on):
+    """A tool slower than the run's deadline (its own timeout longer still) is cut at the deadline, as model calls
+    are: the case's thread does not wait for the tool."""
+    with ToolModel() as model, ToolBackend() as backend:
+        context = on.project_root / "contexts" / "Desk" / "desk.ctx"
+        context.parent.mkdir(parents=True)
+        context.write_text(
+            f"name: Desk\ntools:\n  - name: slow\n    http: {{url: '{backend.url}/slow', timeout: 10}}\n"
+            "testing:\n  cases:\n    - {name: waits-on-a-tool, input: 'use:slow', expect_contains: late}\n"
+        )
+        prompt = on.project_root / "prompts" / "Desk" / "agent_response.md"
+        prompt.parent.mkdir(parents=True)
+        prompt.write_text("User: {{ user_input }}\n")
+        served = on.replace(
+            hf_token=TOKEN, hf_model_id="m", hf_endpoint=model.url, hf_api="chat-completion", test_deadline=1.0
+        )
+        started = time.monotonic()
+        response = create_app(served).test_client().post("/api/v1/test", json={"context": "Desk"})
+        while any(t.name.startswith("ctx-test") for t in threading.enumerate()) and time.monotonic() - started < 10:
+            time.sleep(0.05)
+        freed = time.monotonic() - started
+    (case,) = response.get_json()["cases"]
+    assert (case["status"], response.get_json()["cut"]) == ("error", True)
+    assert [seen["path"] for seen in backend.seen] == ["/slow"]
+    assert freed < 2.5, freed  # the tool answers after 3 s
 
 
 def test_tests_refuse_what_cannot_run_with_json_errors(on):

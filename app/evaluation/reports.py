@@ -15,7 +15,8 @@ _NOT_XML = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ff
 def summary(report: Report) -> str:
     """`N cases: P passed, F failed, E errors, S skipped in T s`."""
     counts = f"{report.count(PASSED)} passed, {report.count(FAILED)} failed, {report.count(ERROR)} errors"
-    return f"{len(report.results)} cases: {counts}, {report.count(SKIPPED)} skipped in {report.seconds:.2f}s"
+    cut = " (cut at the run's deadline)" if report.cut else ""
+    return f"{len(report.results)} cases: {counts}, {report.count(SKIPPED)} skipped in {report.seconds:.2f}s{cut}"
 
 
 def _details(result: CaseResult) -> list[str]:
@@ -117,6 +118,7 @@ def json_report(report: Report) -> dict[str, Any]:
             "skipped": report.count(SKIPPED),
             "seconds": round(report.seconds, 3),
         },
+        "cut": report.cut,
         "baseline": report.baseline_mode or None,
         "baselines_written": [str(path) for path in report.baselines_written],
         "sources_changed": report.sources_changed,

@@ -3,11 +3,13 @@
 A case PASSES when every assertion holds, FAILS when one does not (or its answer drifted from the baseline),
 is an ERROR when the pipeline could not answer (a model call that failed, a missing template variable), and is
 SKIPPED when it needs a model and none is configured. Problems that stop the whole run (an unknown or invalid
-context, a missing baseline) raise `SetupError`.
+context, a missing baseline) raise `SetupError`. A run given a deadline (`POST /api/v1/test`) ends by it: the
+cases not judged by then are errors and the report is `cut`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -22,6 +24,7 @@ from app.evaluation.baselines import baseline_lock, baseline_path, read_baseline
 from app.evaluation.cases import Case, Observation, cases_of, observe
 from app.evaluation.similarity import Embedder, Embeddings, cosine, text_ratio
 from app.names import is_safe_name
+from app.providers.huggingface.transport import deadline as within
 from app.runtime import Runtime
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
@@ -69,6 +72,7 @@ class Report:
     # --drift: the contexts whose baseline was recorded from other sources (their lock hashes), so a drift
     # can be traced to a change of the project rather than of the model.
     sources_changed: list[str] = field(default_factory=list)
+    cut: bool = False  # the run's deadline passed before every case was judged (those are errors)
 
     def count(self, status: str) -> int:
         return sum(1 for result in self.results if result.status == status)
@@ -98,26 +102,44 @@ def run_tests(
     baseline_mode: str = "",
     embedder: Embedder | None = None,
     progress: Callable[[int, int], None] | None = None,
+    deadline: float | None = None,
 ) -> Report:
     """Run the cases of `contexts` (default: every context) at most `test_concurrency` at a time.
 
     `baseline_mode` "update" records each answered case's text (and embedding) as its baseline; "drift"
-    also compares each answer with the recorded one.
+    also compares each answer with the recorded one. Within `deadline` seconds, when given: every model call of
+    a case ends by then (the transport's deadline block), the cases not judged by then are errors, and the
+    caller waits no longer, whatever a case still does.
     """
     started = time.perf_counter()
+    ends_at = math.inf if deadline is None else time.monotonic() + deadline
     suites = _suites(runtime, contexts, tenant_id, baseline_mode == "drift")
     cases = [(suite, case) for suite in suites for case in suite.cases]
     if not cases:
         raise SetupError(f"no test cases: add testing.cases to a context under {runtime.contexts.contexts_dir}")
     embeddings = Embeddings(embedder) if embedder else None
     results: dict[int, CaseResult] = {}
-    with ThreadPoolExecutor(max_workers=runtime.settings.test_concurrency, thread_name_prefix="ctx-test") as pool:
-        futures = {pool.submit(_run_case, runtime, suite, case, embeddings): i for i, (suite, case) in enumerate(cases)}
-        for done, future in enumerate(as_completed(futures), start=1):
+    pool = ThreadPoolExecutor(max_workers=runtime.settings.test_concurrency, thread_name_prefix="ctx-test")
+    cut = False
+    try:
+        futures = {
+            pool.submit(_run_case, runtime, suite, case, embeddings, ends_at): i
+            for i, (suite, case) in enumerate(cases)
+        }
+        waiting = None if deadline is None else max(0.0, ends_at - time.monotonic())
+        for done, future in enumerate(as_completed(futures, timeout=waiting), start=1):
             results[futures[future]] = future.result()
             if progress:
                 progress(done, len(cases))
-    report = Report([results[i] for i in range(len(cases))], 0.0, baseline_mode)
+    except TimeoutError:
+        if time.monotonic() < ends_at:
+            raise  # a case's own, not the run's deadline
+        cut = True
+    finally:
+        pool.shutdown(wait=not cut, cancel_futures=True)
+    late = f"deadline_exceeded: not judged within the run's deadline of {deadline:g}s" if cut else ""
+    judged = [results.get(i) or CaseResult(case, ERROR, error=late) for i, (_, case) in enumerate(cases)]
+    report = Report(judged, 0.0, baseline_mode, cut=cut)
     if baseline_mode == "drift":
         now = runtime.lock.current().hash
         for suite in suites:
@@ -162,9 +184,15 @@ def _baseline(path: Path) -> dict[str, dict[str, Any]]:
         raise SetupError(f"cannot read the baseline {path}: {exc}") from None
 
 
-def _run_case(runtime: Runtime, suite: _Suite, case: Case, embeddings: Embeddings | None) -> CaseResult:
+def _run_case(runtime: Runtime, suite: _Suite, case: Case, embeddings: Embeddings | None, ends_at: float) -> CaseResult:
     started = time.perf_counter()
-    result = _judge(runtime, suite, case, embeddings)
+    if time.monotonic() >= ends_at:  # taken up as the run was cut: its result is not waited for
+        return CaseResult(case, ERROR, error="deadline_exceeded: not started before the run's deadline")
+    if ends_at == math.inf:
+        result = _judge(runtime, suite, case, embeddings)
+    else:
+        with within(ends_at - time.monotonic()):  # model calls (chain, tool loop, embeddings) end by the deadline
+            result = _judge(runtime, suite, case, embeddings)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -93,8 +93,12 @@ RENDER_RESPONSE = {
 TEST_REPORT = {
     "type": "object",
     "description": "As `ctx test --json` writes it (docs/playground.md)",
-    "required": ["summary", "cases", "request_id"],
+    "required": ["summary", "cut", "cases", "request_id"],
     "properties": {
+        "cut": {
+            "type": "boolean",
+            "description": "The run's deadline (CMP_TEST_DEADLINE) passed: the cases not judged by then are errors",
+        },
         "summary": {
             "type": "object",
             "required": ["cases", "passed", "failed", "errors", "skipped", "seconds"],

@@ -66,14 +66,21 @@ def style() -> Response:
 @bp.post("/api/v1/test")
 def run_context_tests() -> Response:
     """Run one context's `testing` cases as `ctx test --json` does (scope `test:run`): a verdict per case, each
-    failure naming its assertion."""
+    failure naming its assertion. The run ends by CMP_TEST_DEADLINE: then the report is `cut`, the cases not
+    judged errors, and the thread is free for the next request."""
     runtime = get_runtime()
     context, requested = parse_test_request(json_body())
     tenant = tenant_for(requested)
     g.log_fields.update(tenant=tenant or None, context=context)
     runtime.contexts.resolve(context, tenant)  # an unknown context, or one the tenant may not use: 404 as on chat
     try:
-        report = run_tests(runtime, contexts=[context], tenant_id=tenant, embedder=runtime.embedder)
+        report = run_tests(
+            runtime,
+            contexts=[context],
+            tenant_id=tenant,
+            embedder=runtime.embedder,
+            deadline=runtime.settings.test_deadline,
+        )
     except SetupError as exc:
         raise NotFound(str(exc), code="no_test_cases") from None
     return jsonify(**json_report(report), request_id=g.request_id)

@@ -260,7 +260,8 @@ async function runTests() {
   const report = await response.json();
   const s = report.summary;
   $("tests-summary").textContent = s.cases + " case(s): " + s.passed + " passed, " + s.failed + " failed, " +
-    s.errors + " errors, " + s.skipped + " skipped in " + s.seconds + " s";
+    s.errors + " errors, " + s.skipped + " skipped in " + s.seconds + " s" +
+    (report.cut ? ": cut at the run's deadline, the cases not judged are errors" : "");
   rows($("tests"), report.cases, (row, result) => {
     cell(row, result.case);
     cell(row, result.mode);
