@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 import requests
+import yaml
 from flask import Flask
 from guide import GUIDE_BODY
 from werkzeug.serving import make_server
@@ -76,6 +77,34 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+# The usage ledger's SQLite file as the first release made it: no `user_version`, no `saved_tokens` or `saved_usd`,
+# and one row of its own.
+FIRST_RELEASE_LEDGER = """
+CREATE TABLE usage_calls (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT NOT NULL, tenant TEXT NOT NULL, key_id TEXT,
+    context TEXT NOT NULL, route TEXT NOT NULL, model TEXT NOT NULL, served_model TEXT, endpoint TEXT NOT NULL,
+    stream INTEGER NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER,
+    reasoning_tokens INTEGER, estimated INTEGER NOT NULL, cost_usd REAL, latency_ms REAL NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX usage_calls_ts ON usage_calls (ts);
+CREATE TABLE usage_daily (
+    day TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, tokens INTEGER NOT NULL, usd REAL NOT NULL,
+    PRIMARY KEY (kind, name, day)
+) WITHOUT ROWID;
+INSERT INTO usage_calls (ts, request_id, tenant, context, route, model, endpoint, stream, prompt_tokens,
+    completion_tokens, estimated, cost_usd, latency_ms, outcome)
+VALUES (1.0, 'r-old', 'acme', 'SupportBot', '/api/v1/chat', 'm', 'e', 0, 12, 5, 0, 0.001, 3.0, 'ok');
+"""
+
+
+def enable_cache(project: Path, **section: object) -> None:
+    """Give the example's SupportBot a `cache:` section (an hour, unless `section` says otherwise)."""
+    path = project / "contexts" / "SupportBot" / "supportbot.ctx"
+    context = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**context, "cache": {"ttl": 3600, **section}}))
 
 
 def sha(key: str) -> str:

@@ -18,7 +18,18 @@ import pytest
 import requests
 import yaml
 from fake_hf import FakeHF, Reply, Stream, ToolModel, chat_events, completion, feature_extraction
-from helpers import GUIDE_BODY, MODEL, TOKEN, Server, ToolBackend, free_port, metric, run, sse_events
+from helpers import (
+    GUIDE_BODY,
+    MODEL,
+    TOKEN,
+    Server,
+    ToolBackend,
+    enable_cache,
+    free_port,
+    metric,
+    run,
+    sse_events,
+)
 
 from app import create_app
 from app.cache.memory import MemoryCache
@@ -27,13 +38,6 @@ from app.cache.store import Entry, pack
 
 USAGE = {"prompt_tokens": 40, "completion_tokens": 10}
 CONTEXT = "SupportBot"
-
-
-def enable_cache(project: Path, **section: object) -> None:
-    """Give the example's SupportBot a `cache:` section (an hour, unless `section` says otherwise)."""
-    path = project / "contexts" / CONTEXT / "supportbot.ctx"
-    context = yaml.safe_load(path.read_text())
-    path.write_text(yaml.safe_dump({**context, "cache": {"ttl": 3600, **section}}))
 
 
 def numbered() -> Reply:
@@ -391,7 +395,7 @@ def test_answers_of_context_tools_are_cached_only_without_side_effects(project, 
     assert len(model.seen) == (2 if method == "GET" else 4)
 
 
-def test_a_hit_is_a_ledger_row_with_cost_zero_and_the_saving_is_counted(serve, project):
+def test_a_hit_is_a_ledger_row_with_cost_zero_and_the_saving_which_the_reports_show(serve, project):
     prices = project / "prices.yaml"
     prices.write_text(yaml.safe_dump({MODEL: {"input": 1.0, "output": 2.0}}))  # USD per million tokens
     _, app = serve(model_prices_file=str(prices))
@@ -403,10 +407,27 @@ def test_a_hit_is_a_ledger_row_with_cost_zero_and_the_saving_is_counted(serve, p
     with sqlite3.connect(ledger.path) as conn:
         conn.row_factory = sqlite3.Row
         rows = [dict(row) for row in conn.execute("SELECT * FROM usage_calls ORDER BY id")]
+        daily = [tuple(row) for row in conn.execute("SELECT kind, tokens, usd FROM usage_daily WHERE kind = 'tenant'")]
     assert [(r["outcome"], r["completion_tokens"]) for r in rows] == [("ok", 10), ("cache_hit", 0)]
     assert rows[0]["cost_usd"] == pytest.approx(60e-6) and rows[1]["cost_usd"] == 0.0
     assert rows[1]["model"] == MODEL and rows[1]["endpoint"] == "cache"
+    # What the hit saved: the original answer's 40 + 10 tokens and its price, in the hit's row only.
+    assert (rows[1]["saved_tokens"], rows[1]["saved_usd"]) == (50, pytest.approx(40e-6 + 20e-6))
+    assert (rows[0]["saved_tokens"], rows[0]["saved_usd"]) == (None, None)
+    assert daily == [("tenant", 50, pytest.approx(60e-6))]  # budgets count the generated answer, nothing for the hit
     assert metric(app, "cmp_cache_saved_usd_total", context=CONTEXT) == pytest.approx(40e-6 + 20e-6)
+
+    report = client.get("/api/v1/usage?by=context").json
+    (group,) = report["groups"]
+    assert (group["calls"], group["cache_hits"], group["errors"], group["total_tokens"]) == (2, 1, 0, 50)
+    assert (group["saved_tokens"], group["saved_usd"]) == (50, pytest.approx(60e-6))
+    assert report["total"]["saved_usd"] == pytest.approx(60e-6) and report["total"]["cache_hits"] == 1
+    table = run("usage", "report", "--by", "context", "--root", str(project)).stdout.splitlines()
+    line = dict(zip(table[1].split(), table[2].split(), strict=True))
+    assert line | {"saved_usd": "0.000060", "cache_hits": "1", "errors": "0"} == line
+    csv_out = run("usage", "report", "--by", "context", "--csv", "--root", str(project)).stdout.splitlines()
+    assert csv_out[0].endswith(",errors,cache_hits,saved_tokens,saved_usd")
+    assert csv_out[1].endswith(",0,1,50,0.000060")
 
 
 def test_an_answer_orjson_cannot_write_is_kept_and_read_back():

@@ -1,7 +1,8 @@
 """The default cache: one SQLite file under the project's state directory, shared by every worker of a pod.
 
-WAL lets the workers read while one writes; each thread of each process has its own connection. The file is
-bounded (`max_bytes` of answers): past it, the least recently used answers go first.
+WAL lets the workers read while one writes; each thread of each process has its own connection, opened by
+`app.sqlite_files` (however many open the file at once). The file is bounded (`max_bytes` of answers): past it,
+the least recently used answers go first.
 """
 
 from __future__ import annotations
@@ -15,24 +16,31 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from app.cache.store import SEMANTIC_CANDIDATES, CacheStats, CacheUnavailable, Entry, best
+from app.sqlite_files import Schema, connect
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS answers (
-    digest TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    context TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    vector BLOB NOT NULL,
-    value BLOB NOT NULL,
-    size INTEGER NOT NULL,
-    expires REAL NOT NULL,
-    used REAL NOT NULL,
-    hits INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS answers_used ON answers (used);
-CREATE INDEX IF NOT EXISTS answers_scope ON answers (scope, used) WHERE scope != '';
-CREATE INDEX IF NOT EXISTS answers_owner ON answers (tenant, context);
-"""
+_SCHEMA = Schema(
+    version=1,
+    statements=(
+        """
+        CREATE TABLE IF NOT EXISTS answers (
+            digest TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            context TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            vector BLOB NOT NULL,
+            value BLOB NOT NULL,
+            size INTEGER NOT NULL,
+            expires REAL NOT NULL,
+            used REAL NOT NULL,
+            hits INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS answers_used ON answers (used)",
+        "CREATE INDEX IF NOT EXISTS answers_scope ON answers (scope, used) WHERE scope != ''",
+        "CREATE INDEX IF NOT EXISTS answers_owner ON answers (tenant, context)",
+    ),
+)
+LOCK_TIMEOUT = 2.0  # seconds a lookup or a write waits for another worker's lock (then a miss, counted)
 
 TOUCH_SECONDS = 1.0
 
@@ -53,10 +61,7 @@ class SqliteCache:
         if held is not None and held[0] == os.getpid():  # a forked worker opens its own
             return held[1]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=2, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
+        conn = connect(self.path, LOCK_TIMEOUT, _SCHEMA)  # every worker's threads open it at once
         self._local.conn = (os.getpid(), conn)
         return conn
 
