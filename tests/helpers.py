@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -56,6 +57,36 @@ SEARCH_BODY = {
     "top_k": 2,
     "data": {"user_input": "Can I get a refund?"},
 }
+
+# Personal data the guardrails' tests plant (SupportBot redacts it), and pieces of it that must not show either:
+# a value redacted only in part leaks the rest.
+CARD = "4111 1111 1111 1111"
+EMAIL = "jane.roe@example.com"
+PHONE = "+1 415-555-2671"
+IBAN = "GB82 WEST 1234 5698 7654 32"
+SSN = "123-45-6789"
+PLANTED = (CARD, EMAIL, PHONE, IBAN, SSN)
+FRAGMENTS = ("4111", "1111 1111", "jane.roe", "example.com", "555-2671", "WEST 1234", "5698", "45-6789")
+PII_INPUT = f"My card is {CARD}, mail me at {EMAIL} or call {PHONE}. IBAN {IBAN}, SSN {SSN}."
+# Each as a whole: a run of digits inside a number or an id (a metric's value, a request id) is not a leak.
+_LEAKS = re.compile(
+    "|".join(
+        rf"(?<![\w.]){re.escape(value)}(?![\w.])" if value.isdigit() else re.escape(value)
+        for value in (*PLANTED, *FRAGMENTS, CARD.replace(" ", ""), IBAN.replace(" ", ""))
+    )
+)
+
+
+def leaks(text: str) -> list[str]:
+    """The planted values, and pieces of them, that `text` holds."""
+    return _LEAKS.findall(text)
+
+
+def planted_in(root: Path) -> list[str]:
+    """The files under `root` (databases, their journals) holding a planted value or a piece of one."""
+    files = [path for path in root.rglob("*") if path.is_file()]
+    return [str(path.relative_to(root)) for path in files if leaks(path.read_bytes().decode("latin-1"))]
+
 
 # API keys of the auth tests: one tenant-bound chat key, one metrics key, one key for any tenant.
 ACME_KEY = "ctx_live_ACME_secret_0123456789"
