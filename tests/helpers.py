@@ -495,14 +495,16 @@ class McpProcess:
 class Redis:
     """A throwaway redis-server on a free port, no persistence."""
 
-    def __init__(self, tmp: str) -> None:
+    def __init__(self, tmp: str, *options: str) -> None:
         binary = shutil.which("redis-server")
         if not binary:
             pytest.fail("redis-server is missing: `make test` installs it (Debian package redis-server)")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen([*argv, "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [*argv, "--dir", tmp, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         client = redis.Redis(port=self.port, socket_timeout=1)
         deadline = time.monotonic() + 10
         while True:
@@ -513,6 +515,16 @@ class Redis:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP), as a hung host: connections are accepted, nothing is answered."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
