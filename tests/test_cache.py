@@ -424,3 +424,17 @@ def test_cache_url_off_bypasses_every_caching_context(cached, project):
         said = run("cache", command, "--root", str(project), env={"CMP_CACHE_URL": "off"})
         assert said.returncode == 0
         assert said.stdout == "the response cache is off (CMP_CACHE_URL=off): no answers are kept\n"
+
+
+@pytest.mark.parametrize("value", [b'{"text": "hi", "tone": "warm"}', b"\x00\xff not json"])
+def test_a_cached_answer_that_cannot_be_read_is_answered_anew_and_replaced(cached, project, value):
+    # Written by a version whose answers had other fields (a rolling deploy sharing one store), or damaged.
+    _, app = cached()
+    client = app.test_client()
+    assert ask(client).json["rendered"] == "answer 1"
+    with sqlite3.connect(project / ".contexis" / "cache.sqlite3") as conn:
+        conn.execute("UPDATE answers SET value = ?", (value,))
+    again = ask(client)
+    assert (again.status_code, again.headers["X-Contexis-Cache"], again.json["rendered"]) == (200, "miss", "answer 2")
+    assert metric(app, "cmp_cache_storage_errors_total") == 1
+    assert (ask(client).headers["X-Contexis-Cache"], ask(client).json["rendered"]) == ("hit", "answer 2")

@@ -117,11 +117,16 @@ class CachedAnswer:
         return _canonical(asdict(self)).encode()
 
     @classmethod
-    def decode(cls, raw: bytes) -> CachedAnswer:
+    def decode(cls, raw: bytes) -> CachedAnswer | None:
+        """The answer `raw` holds; None when it cannot be read (damaged, or written by a version whose answers had
+        other fields, as a rolling deploy sharing one Redis meets them)."""
         try:
-            return cls(**orjson.loads(raw))
-        except orjson.JSONDecodeError:  # an answer holding a lone surrogate, written by the standard library
-            return cls(**json.loads(raw))
+            try:
+                return cls(**orjson.loads(raw))
+            except orjson.JSONDecodeError:  # an answer holding a lone surrogate, written by the standard library
+                return cls(**json.loads(raw))
+        except (ValueError, TypeError):
+            return None
 
     def stream(self) -> TokenStream:
         """The answer replayed as a stream: its text in one delta, usage zero (nothing was generated)."""
@@ -220,8 +225,11 @@ class ResponseCache:
         except CacheUnavailable as exc:
             self._unavailable(exc)
             return self._counted(Lookup(MISS), name)  # not stored either: the store is down
-        if raw is not None:
-            found = lookup.found = CachedAnswer.decode(raw)
+        found = lookup.found = None if raw is None else CachedAnswer.decode(raw)
+        if raw is not None and found is None:  # answered anew, and the new answer replaces it
+            self._unavailable(CacheUnavailable("a cached answer could not be read"))
+            lookup.result = MISS
+        if found is not None:
             tokens = found.prompt_tokens + found.completion_tokens
             self.metrics.child(self.metrics.cache_saved_tokens, name).inc(tokens)
             model = found.model or ""
