@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 import requests
-import yaml
 from flask import Flask
 from guide import GUIDE_BODY
 from werkzeug.serving import make_server
@@ -129,13 +128,6 @@ INSERT INTO usage_calls (ts, request_id, tenant, context, route, model, endpoint
     completion_tokens, estimated, cost_usd, latency_ms, outcome)
 VALUES (1.0, 'r-old', 'acme', 'SupportBot', '/api/v1/chat', 'm', 'e', 0, 12, 5, 0, 0.001, 3.0, 'ok');
 """
-
-
-def enable_cache(project: Path, **section: object) -> None:
-    """Give the example's SupportBot a `cache:` section (an hour, unless `section` says otherwise)."""
-    path = project / "contexts" / "SupportBot" / "supportbot.ctx"
-    context = yaml.safe_load(path.read_text())
-    path.write_text(yaml.safe_dump({**context, "cache": {"ttl": 3600, **section}}))
 
 
 def sha(key: str) -> str:
@@ -555,14 +547,16 @@ class McpProcess:
 class Redis:
     """A throwaway redis-server on a free port, no persistence."""
 
-    def __init__(self, tmp: str) -> None:
+    def __init__(self, tmp: str, *options: str) -> None:
         binary = shutil.which("redis-server")
         if not binary:
             pytest.fail("redis-server is missing: `make test` installs it (Debian package redis-server)")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen([*argv, "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [*argv, "--dir", tmp, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         client = redis.Redis(port=self.port, socket_timeout=1)
         deadline = time.monotonic() + 10
         while True:
@@ -573,6 +567,16 @@ class Redis:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP), as a hung host: connections are accepted, nothing is answered."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -36,13 +36,13 @@ from helpers import (
     Server,
     bearer,
     chat,
-    enable_cache,
     json_lines,
     metric,
     run,
     sha,
     sse_events,
 )
+from helpers_cache import enable_cache
 
 from app import create_app
 from app.config import Settings
