@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
@@ -163,6 +163,35 @@ MEMORY_URL_SCHEMES = ("postgresql://", "postgres://")
 STATE_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
+def _redis_url(raw: str, name: str) -> str:
+    """`raw` (a redis://, rediss:// or unix:// URL) when redis-py can connect with it: its own parser, every option
+    of the query one it takes, a port and a database that are numbers, a socket path for unix://. Else a
+    SettingsError naming `name` and what is wrong, never the URL (it may hold a password), so a bad URL stops the
+    start rather than failing the first request."""
+    import redis  # only its callers need it
+
+    parts = urlsplit(raw)
+    try:
+        parts.port  # noqa: B018 - parsing is the check
+    except ValueError:
+        raise SettingsError(
+            f"{name}: the port after the host must be a number from 0 to 65535 "
+            "(a '/', '?' or '#' in the password must be percent-encoded)"
+        ) from None
+    if parts.scheme == "unix" and not parts.path:
+        raise SettingsError(f"{name}: unix:// needs the socket's path, such as unix:///run/redis/redis.sock")
+    if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):
+        raise SettingsError(f"{name}: the path after the host must be a database number, such as /0")
+    try:
+        redis.ConnectionPool.from_url(raw).make_connection()  # builds the connection's options, connects nowhere
+    except ValueError as exc:  # redis-py's words name the option, never its value
+        raise SettingsError(f"{name}: {exc}") from None
+    except TypeError:
+        options = ", ".join(sorted(parse_qs(parts.query)))
+        raise SettingsError(f"{name}: its query has an option redis-py does not take (one of: {options})") from None
+    return raw
+
+
 def _state_url(env: Mapping[str, str]) -> str:
     """Where state shared by workers and replicas lives (model circuits): `CMP_STATE_URL`, else a Redis
     `CMP_RATE_LIMIT_STORAGE_URI`; empty (or `memory://`) keeps it per process. Never echoed (it may hold a
@@ -170,23 +199,26 @@ def _state_url(env: Mapping[str, str]) -> str:
     raw = _text(env, "CMP_STATE_URL")
     if not raw:
         limits = _text(env, "CMP_RATE_LIMIT_STORAGE_URI")
-        return limits if limits.startswith(STATE_URL_SCHEMES) else ""
+        return _redis_url(limits, "CMP_RATE_LIMIT_STORAGE_URI") if limits.startswith(STATE_URL_SCHEMES) else ""
     if raw.startswith("memory://"):
         return ""
     if not raw.startswith(STATE_URL_SCHEMES):
         raise SettingsError("CMP_STATE_URL must be empty, memory://, or start with redis://, rediss:// or unix://")
-    return raw
+    return _redis_url(raw, "CMP_STATE_URL")
 
 
 def _cache_url(env: Mapping[str, str]) -> str:
-    """Where cached answers live (`CMP_CACHE_URL`): empty (SQLite under the state directory), `memory://` or a
-    Redis URL; never echoed (it may hold a password)."""
+    """Where cached answers live (`CMP_CACHE_URL`): empty (SQLite under the state directory), `off`, `memory://`
+    or a Redis URL redis-py can use; never echoed (it may hold a password)."""
     raw = _text(env, "CMP_CACHE_URL")
-    if raw and not raw.startswith(("memory://", *STATE_URL_SCHEMES)):
+    if raw.lower() == "off":
+        return "off"
+    if raw and raw != "memory://" and not raw.startswith(STATE_URL_SCHEMES):
+        more = " (memory:// takes nothing after it)" if raw.startswith("memory://") else ""
         raise SettingsError(
-            "CMP_CACHE_URL must be empty (SQLite), memory://, or start with redis://, rediss:// or unix://"
+            "CMP_CACHE_URL must be empty (SQLite), off, memory://, or start with redis://, rediss:// or unix://" + more
         )
-    return raw
+    return _redis_url(raw, "CMP_CACHE_URL") if raw.startswith(STATE_URL_SCHEMES) else raw
 
 
 def _memory_url(env: Mapping[str, str], name: str = "CMP_MEMORY_URL") -> str:
@@ -281,7 +313,7 @@ class Settings:
     breaker_cooldown: float = 30.0  # seconds a circuit stays open before one trial call
     catalog_refresh: float = 300.0  # seconds between reads of the router's catalog
     responses_ttl: float = 30 * 24 * 3600  # CMP_RESPONSES_TTL: seconds a stored Responses API response is kept
-    cache_url: str = field(default="", repr=False)  # "" SQLite under state_dir, memory://, or redis://
+    cache_url: str = field(default="", repr=False)  # "" SQLite under state_dir, off, memory://, or redis://
     cache_max_bytes: int = 256 * 1024 * 1024  # cached answers kept by SQLite or memory:// before LRU eviction
 
     @classmethod

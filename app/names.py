@@ -8,6 +8,8 @@ import re
 # `(?!.*\n)`: `$` also matches before a final newline, which must not slip through.
 NAME_PATTERN = r"^(?!\.{1,2}$)(?!.*\n)[A-Za-z0-9_.-]{1,128}$"
 _NAME_RE = re.compile(NAME_PATTERN)
+# The pattern said for people, in the errors that refuse a name (which never quote it: it may be anything).
+NAME_RULE = "1-128 of A-Z a-z 0-9 _ . -, not '.' or '..'"
 # More memory matches than this only dilute a prompt; 0 means the component's default.
 MAX_TOP_K = 50
 

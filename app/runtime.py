@@ -7,6 +7,7 @@ It knows nothing of HTTP: `app.web` turns requests into `ChatRequest`s and answe
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -34,6 +35,10 @@ from app.validation import ChatRequest, content_text
 _tracer = trace.get_tracer(__name__)
 
 
+def _unchanged(text: str) -> str:
+    return text
+
+
 @dataclass(frozen=True)
 class Rendered:
     """A request's resolved context, its memory matches and the prompt they produced."""
@@ -50,6 +55,11 @@ class Rendered:
     def sources(self) -> list[dict[str, Any]]:
         """The memory matches a response names, so a client can cite them."""
         return [{"id": r.id, "source": r.source, "score": r.score} for r in self.results]
+
+    @property
+    def as_passed(self) -> Callable[[str], str]:
+        """A text of the request as the guardrails passed it on (`Guard.as_passed`); as it is without a guard."""
+        return self.guard.as_passed if self.guard else _unchanged
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,8 @@ class Answer:
     tools: list[dict[str, Any]] | None = None  # the context's own tools the runtime called, when it has tools
     redacted: tuple[str, ...] = ()  # the personal data types the guardrails replaced, in and out
     cache: str = ""  # what the response cache did (hit, semantic-hit, miss, bypass); "" when the context has none
+    # A text of the request as the guardrails passed it on (personal data redacted): what a caller keeps of it.
+    as_passed: Callable[[str], str] = _unchanged
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,7 @@ class StreamedAnswer:
     served: str | None = None  # as `Answer.served`
     tools: list[dict[str, Any]] | None = None  # the context tools called, filled in as each call ends
     cache: str = ""  # as `Answer.cache`
+    as_passed: Callable[[str], str] = _unchanged  # as `Answer.as_passed`
 
 
 class Runtime:
@@ -208,7 +221,14 @@ class Runtime:
 
         elif self.provider is None:
             redacted = guard.redacted if guard else ()
-            return Answer(rendered.prompt, model=None, sources=sources, degraded=rendered.degraded, redacted=redacted)
+            return Answer(
+                rendered.prompt,
+                model=None,
+                sources=sources,
+                degraded=rendered.degraded,
+                redacted=redacted,
+                as_passed=rendered.as_passed,
+            )
         else:
             generate = self.provider.generate
         params = _params(rendered, request)
@@ -244,6 +264,7 @@ class Runtime:
             tools=run.calls if run else None,
             redacted=guard.redacted if guard else (),
             cache=lookup.result if lookup else "",
+            as_passed=rendered.as_passed,
         )
 
     def stream(self, request: ChatRequest, request_id: str = "", progress: bool = False) -> StreamedAnswer:
@@ -260,7 +281,10 @@ class Runtime:
 
         elif self.provider is None:
             return StreamedAnswer(
-                TokenStream(iter([rendered.prompt]), model=None), _sources(rendered), rendered.degraded
+                TokenStream(iter([rendered.prompt]), model=None),
+                _sources(rendered),
+                rendered.degraded,
+                as_passed=rendered.as_passed,
             )
         else:
             open_stream = self.provider.stream
@@ -268,7 +292,14 @@ class Runtime:
         lookup = self._cached(request, rendered, params)
         if lookup and lookup.found:
             found = lookup.found
-            return StreamedAnswer(found.stream(), found.sources, rendered.degraded, found.served, cache=lookup.result)
+            return StreamedAnswer(
+                found.stream(),
+                found.sources,
+                rendered.degraded,
+                found.served,
+                cache=lookup.result,
+                as_passed=rendered.as_passed,
+            )
         inputs = _inference_inputs(rendered, request, params)
         run = self._tool_run(rendered, request, request_id)
         if run is None:
@@ -281,7 +312,8 @@ class Runtime:
             stream = self.cache.recording(lookup, stream, _sources(rendered), served)
         degraded = rendered.degraded if run is None else _degraded(rendered, run)
         cache = lookup.result if lookup else ""
-        return StreamedAnswer(stream, _sources(rendered), degraded, served, run.calls if run else None, cache)
+        tools = run.calls if run else None
+        return StreamedAnswer(stream, _sources(rendered), degraded, served, tools, cache, rendered.as_passed)
 
     def _cached(self, request: ChatRequest, rendered: Rendered, params: GenerationParams) -> Lookup | None:
         """The response cache's verdict for a request about to reach a model (None: its context has no cache)."""
@@ -327,6 +359,7 @@ def _replayed(found: CachedAnswer, result: str, rendered: Rendered) -> Answer:
         degraded=rendered.degraded,
         served=found.served,
         cache=result,
+        as_passed=rendered.as_passed,
     )
 
 

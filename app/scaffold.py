@@ -167,6 +167,22 @@ HF_MODEL_ID=
 """
 
 
+GITIGNORE = """# What `ctx` makes in a project that is not a source of it (written by `ctx init`).
+# The state directory (CMP_STATE_DIR's default): the usage ledger, stored responses, the response cache.
+.contexis/
+# Secrets: a model's token goes in .env; only the example is committed.
+.env
+.env.*
+!.env.example
+# The databases `ctx memory ingest` builds from docs/ (tenants' own documents too): data, rebuilt by ingesting.
+memory/**/*.db
+memory/**/*.db-wal
+memory/**/*.db-shm
+"""
+# What a project's .gitignore must say, when `ctx init` finds one already: the state and the secrets.
+MUST_IGNORE = (".contexis/", ".env")
+
+
 def context_files(template: str, name: str) -> dict[str, str]:
     """The files of one context made from `template`, by their path under the project root."""
     persona, capabilities, limitations, tone, form = _ROLES[template]
@@ -191,6 +207,13 @@ def context_files(template: str, name: str) -> dict[str, str]:
 def project_files(template: str, name: str) -> dict[str, str]:
     """A whole project: one context from `template`, and the `.env.example` to start from."""
     return {**context_files(template, name), ".env.example": ENV_EXAMPLE}
+
+
+def unignored(gitignore: str) -> list[str]:
+    """The entries of `MUST_IGNORE` an existing .gitignore's text does not name (leading and trailing slashes
+    aside): a hint to add them, since `ctx init` never changes a file it did not write."""
+    named = {line.strip().strip("/") for line in gitignore.splitlines()}
+    return [entry for entry in MUST_IGNORE if entry.strip("/") not in named]
 
 
 def existing(root: Path, files: dict[str, str]) -> list[str]:

@@ -18,7 +18,7 @@ from referencing import Registry
 
 from app.config import Settings
 from app.errors import BadRequest, PayloadTooDeep, PayloadTooLarge
-from app.names import MAX_TOP_K, NAME_PATTERN
+from app.names import MAX_TOP_K, NAME_PATTERN, NAME_RULE
 
 # Empty, or a name. One pattern rather than `anyOf` of two subschemas: the same verdicts for a third
 # of jsonschema's work on the hot path. `(?![\s\S])` at `^` matches only the empty string ("$" would
@@ -316,12 +316,23 @@ TEST_REQUEST_SCHEMA: dict[str, Any] = {
 _test_check = SchemaCheck(TEST_REQUEST_SCHEMA)
 
 
+def unquoted(error: ValidationError) -> str:
+    """jsonschema's message for `error` without the value it quotes (`'...' is not of type 'object'`): a client's
+    text or a model's answer may hold personal data or a secret, so an error names the field and the rule only."""
+    message, quoted = error.message, repr(error.instance)
+    if message.startswith(quoted + " "):
+        return "the value" + message[len(quoted) :]
+    if message.endswith(" " + quoted):  # `False schema does not allow ...`
+        return message[: -len(quoted)] + "the value"
+    return message
+
+
 def _describe(error: ValidationError) -> str:
     if error.schema in (_TOOL_RESULT_RULE, _TOOL_CALLS_RULE) and error.context:
         error = error.context[-1]
     where = ".".join(str(p) for p in error.absolute_path) or "body"
     if error.validator == "pattern" and isinstance(error.instance, str):
-        return f"{where}: {error.instance!r} is not a valid name (1-128 of A-Z a-z 0-9 _ . -, not '.' or '..')"
+        return f"{where}: not a valid name ({NAME_RULE})"
     if error.validator == "contains":
         return f"{where}: no message has the role user (its last one is the input)"
     if error.validator == "anyOf":
@@ -330,7 +341,7 @@ def _describe(error: ValidationError) -> str:
             return f"{where}: {explained}"
         if error.context:  # the alternative that got furthest, named where it failed
             return _describe(max(error.context, key=lambda e: len(e.path)))
-    return f"{where}: {error.message}"
+    return f"{where}: {unquoted(error)}"
 
 
 def _check(schema: SchemaCheck, body: Any) -> None:

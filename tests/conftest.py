@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_hf import FakeHF, Reply, Stream
+from fake_hf import FakeHF, Reply, Stream, feature_extraction
 from flask import Flask
 from helpers import (
     CHROMIUM,
@@ -25,6 +25,7 @@ from helpers import (
     Redis,
     mcp1_python,
 )
+from helpers_cache import enable_cache, numbered
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -91,6 +92,25 @@ def serve(hf_settings: Settings) -> Iterator[Callable[..., tuple[FakeHF, LiveApp
         fake = stack.enter_context(FakeHF(*replies))
         app = create_app(hf_settings.replace(hf_endpoint=f"{fake.url}/v1", **changes))
         return fake, stack.enter_context(LiveApp(app)), app
+
+    yield start
+    stack.close()
+
+
+@pytest.fixture
+def cached(hf_settings: Settings, project: Path) -> Iterator[Callable[..., tuple[FakeHF, Flask]]]:
+    """An app with the response cache on for SupportBot (`section` adds to its `cache:`), in front of a fake chat
+    model (`numbered()` unless `replies` are given) and, with `embed=True`, the embedder stand-in."""
+    stack = ExitStack()
+
+    def start(*replies: Reply | Stream, embed: bool = False, **changes: Any) -> tuple[FakeHF, Flask]:
+        enable_cache(project, **changes.pop("section", {}))
+        model = stack.enter_context(FakeHF(*(replies or (numbered(),))))
+        settings = hf_settings.replace(hf_endpoint=f"{model.url}/v1", **changes)
+        if embed:
+            embedder = stack.enter_context(FakeHF(Reply(body=feature_extraction)))
+            settings = settings.replace(hf_embed_model_id="fake/embedder", hf_embed_endpoint=embedder.url)
+        return model, create_app(settings)
 
     yield start
     stack.close()

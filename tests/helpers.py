@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -56,6 +57,36 @@ SEARCH_BODY = {
     "data": {"user_input": "Can I get a refund?"},
 }
 
+# Personal data the guardrails' tests plant (SupportBot redacts it), and pieces of it that must not show either:
+# a value redacted only in part leaks the rest.
+CARD = "4111 1111 1111 1111"
+EMAIL = "jane.roe@example.com"
+PHONE = "+1 415-555-2671"
+IBAN = "GB82 WEST 1234 5698 7654 32"
+SSN = "123-45-6789"
+PLANTED = (CARD, EMAIL, PHONE, IBAN, SSN)
+FRAGMENTS = ("4111", "1111 1111", "jane.roe", "example.com", "555-2671", "WEST 1234", "5698", "45-6789")
+PII_INPUT = f"My card is {CARD}, mail me at {EMAIL} or call {PHONE}. IBAN {IBAN}, SSN {SSN}."
+# Each as a whole: a run of digits inside a number or an id (a metric's value, a request id) is not a leak.
+_LEAKS = re.compile(
+    "|".join(
+        rf"(?<![\w.]){re.escape(value)}(?![\w.])" if value.isdigit() else re.escape(value)
+        for value in (*PLANTED, *FRAGMENTS, CARD.replace(" ", ""), IBAN.replace(" ", ""))
+    )
+)
+
+
+def leaks(text: str) -> list[str]:
+    """The planted values, and pieces of them, that `text` holds."""
+    return _LEAKS.findall(text)
+
+
+def planted_in(root: Path) -> list[str]:
+    """The files under `root` (databases, their journals) holding a planted value or a piece of one."""
+    files = [path for path in root.rglob("*") if path.is_file()]
+    return [str(path.relative_to(root)) for path in files if leaks(path.read_bytes().decode("latin-1"))]
+
+
 # API keys of the auth tests: one tenant-bound chat key, one metrics key, one key for any tenant.
 ACME_KEY = "ctx_live_ACME_secret_0123456789"
 METRICS_KEY = "ctx_live_METRICS_secret_0123456789"
@@ -76,6 +107,27 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+# The usage ledger's SQLite file as the first release made it: no `user_version`, no `saved_tokens` or `saved_usd`,
+# and one row of its own.
+FIRST_RELEASE_LEDGER = """
+CREATE TABLE usage_calls (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT NOT NULL, tenant TEXT NOT NULL, key_id TEXT,
+    context TEXT NOT NULL, route TEXT NOT NULL, model TEXT NOT NULL, served_model TEXT, endpoint TEXT NOT NULL,
+    stream INTEGER NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER,
+    reasoning_tokens INTEGER, estimated INTEGER NOT NULL, cost_usd REAL, latency_ms REAL NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX usage_calls_ts ON usage_calls (ts);
+CREATE TABLE usage_daily (
+    day TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, tokens INTEGER NOT NULL, usd REAL NOT NULL,
+    PRIMARY KEY (kind, name, day)
+) WITHOUT ROWID;
+INSERT INTO usage_calls (ts, request_id, tenant, context, route, model, endpoint, stream, prompt_tokens,
+    completion_tokens, estimated, cost_usd, latency_ms, outcome)
+VALUES (1.0, 'r-old', 'acme', 'SupportBot', '/api/v1/chat', 'm', 'e', 0, 12, 5, 0, 0.001, 3.0, 'ok');
+"""
 
 
 def sha(key: str) -> str:
@@ -495,14 +547,16 @@ class McpProcess:
 class Redis:
     """A throwaway redis-server on a free port, no persistence."""
 
-    def __init__(self, tmp: str) -> None:
+    def __init__(self, tmp: str, *options: str) -> None:
         binary = shutil.which("redis-server")
         if not binary:
             pytest.fail("redis-server is missing: `make test` installs it (Debian package redis-server)")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen([*argv, "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [*argv, "--dir", tmp, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         client = redis.Redis(port=self.port, socket_timeout=1)
         deadline = time.monotonic() + 10
         while True:
@@ -513,6 +567,16 @@ class Redis:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP), as a hung host: connections are accepted, nothing is answered."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -4,73 +4,28 @@ shared by default, memory://, a real Redis shared by two gunicorn workers, a Red
 
 from __future__ import annotations
 
-import itertools
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import yaml
-from fake_hf import FakeHF, Reply, Stream, ToolModel, chat_events, completion, feature_extraction
+from fake_hf import FakeHF, Reply, Stream, ToolModel, chat_events, completion
 from helpers import GUIDE_BODY, MODEL, TOKEN, Server, ToolBackend, free_port, metric, run, sse_events
+from helpers_cache import CONTEXT, USAGE, ask, enable_cache, numbered, openai
 
 from app import create_app
 from app.cache.memory import MemoryCache
 from app.cache.sqlite import TOUCH_SECONDS, SqliteCache
 from app.cache.store import Entry, pack
 
-USAGE = {"prompt_tokens": 40, "completion_tokens": 10}
-CONTEXT = "SupportBot"
 
-
-def enable_cache(project: Path, **section: object) -> None:
-    """Give the example's SupportBot a `cache:` section (an hour, unless `section` says otherwise)."""
-    path = project / "contexts" / CONTEXT / "supportbot.ctx"
-    context = yaml.safe_load(path.read_text())
-    path.write_text(yaml.safe_dump({**context, "cache": {"ttl": 3600, **section}}))
-
-
-def numbered() -> Reply:
-    """A chat model whose every answer is new ("answer 1", "answer 2", ...), so a hit shows as an old one."""
-    counter = itertools.count(1)
-    return Reply(body=lambda request: completion(f"answer {next(counter)}", USAGE))
-
-
-@pytest.fixture
-def serve(hf_settings, project) -> Iterator:
-    """An app with the cache on for SupportBot, in front of a fake chat model (and the embedder stand-in)."""
-    stack = ExitStack()
-
-    def start(*replies: Reply | Stream, embed: bool = False, **changes: object):
-        enable_cache(project, **changes.pop("section", {}))  # type: ignore[arg-type]
-        model = stack.enter_context(FakeHF(*(replies or (numbered(),))))
-        settings = hf_settings.replace(hf_endpoint=f"{model.url}/v1", **changes)
-        if embed:
-            embedder = stack.enter_context(FakeHF(Reply(body=feature_extraction)))
-            settings = settings.replace(hf_embed_model_id="fake/embedder", hf_embed_endpoint=embedder.url)
-        return model, create_app(settings)
-
-    yield start
-    stack.close()
-
-
-def ask(client, body: dict | None = None, headers: dict | None = None, **extra: object):
-    return client.post("/api/v1/chat", json={**(GUIDE_BODY if body is None else body), **extra}, headers=headers)
-
-
-def openai(client, text: str = "hello", headers: dict | None = None, **extra: object):
-    body = {"model": CONTEXT, "messages": [{"role": "user", "content": text}], **extra}
-    return client.post("/v1/chat/completions", json=body, headers=headers)
-
-
-def test_a_second_identical_request_is_a_hit_on_both_apis(serve):
-    model, app = serve()
+def test_a_second_identical_request_is_a_hit_on_both_apis(cached):
+    model, app = cached()
     client = app.test_client()
     first, second = ask(client), ask(client)
     assert first.headers["X-Contexis-Cache"] == "miss" and second.headers["X-Contexis-Cache"] == "hit"
@@ -90,9 +45,9 @@ def test_a_second_identical_request_is_a_hit_on_both_apis(serve):
     assert metric(app, "cmp_cache_saved_tokens_total", context=CONTEXT) == 3 * 50
 
 
-def test_a_cached_answer_replays_as_a_stream_with_the_same_event_shapes(serve):
+def test_a_cached_answer_replays_as_a_stream_with_the_same_event_shapes(cached):
     streamed = Stream(chat_events(["Hel", "lo", " there"], USAGE))
-    model, app = serve(streamed, Reply(body=completion("whole", USAGE)))
+    model, app = cached(streamed, Reply(body=completion("whole", USAGE)))
     client = app.test_client()
     miss = ask(client, stream=True)
     missed = sse_events(miss)  # kept once the stream has ended whole
@@ -109,8 +64,8 @@ def test_a_cached_answer_replays_as_a_stream_with_the_same_event_shapes(serve):
     assert len(model.seen) == 1
 
 
-def test_openai_streams_replay_as_chunks(serve):
-    model, app = serve()
+def test_openai_streams_replay_as_chunks(cached):
+    model, app = cached()
     client = app.test_client()
     openai(client, "where is my parcel")  # whole, then as a stream from the cache
     hit = openai(client, "where is my parcel", stream=True, stream_options={"include_usage": True})
@@ -124,8 +79,8 @@ def test_openai_streams_replay_as_chunks(serve):
     assert len(model.seen) == 1
 
 
-def test_a_template_edit_is_a_miss(serve, project):
-    _, app = serve()
+def test_a_template_edit_is_a_miss(cached, project):
+    _, app = cached()
     client = app.test_client()
     assert ask(client).json["rendered"] == "answer 1"
     template = project / "prompts" / "SupportBot" / "agent_response.md"
@@ -135,8 +90,8 @@ def test_a_template_edit_is_a_miss(serve, project):
     assert ask(client).headers["X-Contexis-Cache"] == "hit"
 
 
-def test_no_hit_across_tenants_or_histories(serve):
-    _, app = serve()
+def test_no_hit_across_tenants_or_histories(cached):
+    _, app = cached()
     client = app.test_client()
     assert ask(client, tenant_id="acme").json["rendered"] == "answer 1"
     other = ask(client, tenant_id="globex")
@@ -150,8 +105,8 @@ def test_no_hit_across_tenants_or_histories(serve):
     assert ask(client, tenant_id="acme").json["rendered"] == "answer 1"
 
 
-def test_what_is_never_cached_and_cache_control(serve):
-    _, app = serve()
+def test_what_is_never_cached_and_cache_control(cached):
+    _, app = cached()
     client = app.test_client()
     hot = openai(client, temperature=0.9)  # above max_temperature (0.5 by default)
     assert hot.headers["X-Contexis-Cache"] == "bypass"
@@ -165,12 +120,12 @@ def test_what_is_never_cached_and_cache_control(serve):
     assert metric(app, "cmp_cache_requests_total", context=CONTEXT, result="bypass") == 3
 
 
-def test_errors_and_tool_calls_are_not_cached(serve):
+def test_errors_and_tool_calls_are_not_cached(cached):
     calls = completion(None, USAGE, finish_reason="tool_calls")
     calls["choices"][0]["message"]["tool_calls"] = [
         {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
     ]
-    model, app = serve(Reply(503, {"error": "overloaded"}), Reply(body=calls), numbered(), hf_max_retries=0)
+    model, app = cached(Reply(503, {"error": "overloaded"}), Reply(body=calls), numbered(), hf_max_retries=0)
     client = app.test_client()
     assert ask(client).status_code == 502
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
@@ -184,8 +139,8 @@ def test_errors_and_tool_calls_are_not_cached(serve):
     assert len(model.seen) == 4
 
 
-def test_a_context_with_side_effect_tools_is_not_cached(serve, project):
-    model, app = serve()
+def test_a_context_with_side_effect_tools_is_not_cached(cached, project):
+    model, app = cached()
     path = project / "contexts" / CONTEXT / "supportbot.ctx"
     context = yaml.safe_load(path.read_text())
     context["tools"] = [{"name": "refund", "http": {"method": "POST", "url": "https://shop.test/refund"}}]
@@ -207,8 +162,8 @@ def test_a_context_without_cache_pays_nothing(hf_settings, project):
     assert not (project / ".contexis" / "cache.sqlite3").exists()  # no store was even opened
 
 
-def test_semantic_hit_and_near_miss(serve):
-    _, app = serve(embed=True, section={"semantic": 0.9})
+def test_semantic_hit_and_near_miss(cached):
+    _, app = cached(embed=True, section={"semantic": 0.9})
     client = app.test_client()
     assert openai(client, "How do I get a refund?").json["choices"][0]["message"]["content"] == "answer 1"
     similar = openai(client, "Can I get my money back?")
@@ -223,8 +178,8 @@ def test_semantic_hit_and_near_miss(serve):
     assert metric(app, "cmp_cache_requests_total", context=CONTEXT, result="semantic-hit") == 1
 
 
-def test_semantic_degrades_to_exact_when_the_embedder_fails(serve, hf_settings):
-    _, app = serve(embed=True, section={"semantic": 0.9})
+def test_semantic_degrades_to_exact_when_the_embedder_fails(cached, hf_settings):
+    _, app = cached(embed=True, section={"semantic": 0.9})
     broken = create_app(
         app.extensions["contexis"].settings.replace(hf_embed_endpoint=f"http://127.0.0.1:{free_port()}")
     )
@@ -234,16 +189,16 @@ def test_semantic_degrades_to_exact_when_the_embedder_fails(serve, hf_settings):
     assert openai(client, "How do I get a refund?").headers["X-Contexis-Cache"] == "hit"
 
 
-def test_sqlite_is_shared_by_runtimes_of_one_project(serve, project):
-    _, app = serve()
+def test_sqlite_is_shared_by_runtimes_of_one_project(cached, project):
+    _, app = cached()
     assert ask(app.test_client()).headers["X-Contexis-Cache"] == "miss"
     other = create_app(app.extensions["contexis"].settings)  # another worker of the pod
     assert ask(other.test_client()).headers["X-Contexis-Cache"] == "hit"
     assert (project / ".contexis" / "cache.sqlite3").is_file()
 
 
-def test_memory_url_keeps_answers_per_process(serve):
-    _, app = serve(cache_url="memory://")
+def test_memory_url_keeps_answers_per_process(cached):
+    _, app = cached(cache_url="memory://")
     client = app.test_client()
     assert [ask(client).headers["X-Contexis-Cache"] for _ in range(2)] == ["miss", "hit"]
     other = create_app(app.extensions["contexis"].settings)
@@ -272,8 +227,8 @@ def test_stores_are_bounded_least_recently_used_first(tmp_path, store):
     assert cache.nearest("", CONTEXT, "other", near, 0.5) is None
 
 
-def test_ctx_cache_stats_and_clear(serve, project):
-    _, app = serve()
+def test_ctx_cache_stats_and_clear(cached, project):
+    _, app = cached()
     client = app.test_client()
     ask(client, tenant_id="acme")
     time.sleep(TOUCH_SECONDS)  # hits are written at most once a second per answer
@@ -320,9 +275,9 @@ def test_redis_is_shared_by_two_gunicorn_workers(project, redis_server):
     assert not (project / ".contexis" / "cache.sqlite3").exists()  # Redis holds the answers
 
 
-def test_redis_down_is_a_counted_miss_and_requests_are_answered(serve):
+def test_redis_down_is_a_counted_miss_and_requests_are_answered(cached):
     url = f"redis://:hunter2secret@127.0.0.1:{free_port()}/0"
-    _, app = serve(cache_url=url)
+    _, app = cached(cache_url=url)
     client = app.test_client()
     started = time.monotonic()
     answers = [ask(client) for _ in range(3)]
@@ -344,8 +299,8 @@ def test_an_invalid_cache_section_is_refused(project, settings, section):
     assert "Traceback" not in answer.get_data(as_text=True)
 
 
-def test_the_responses_api_is_cached_too(serve):
-    model, app = serve()
+def test_the_responses_api_is_cached_too(cached):
+    model, app = cached()
     client = app.test_client()
     body = {"model": CONTEXT, "input": "where is my parcel"}
     first, second = (client.post("/v1/responses", json=body) for _ in range(2))
@@ -391,10 +346,10 @@ def test_answers_of_context_tools_are_cached_only_without_side_effects(project, 
     assert len(model.seen) == (2 if method == "GET" else 4)
 
 
-def test_a_hit_is_a_ledger_row_with_cost_zero_and_the_saving_is_counted(serve, project):
+def test_a_hit_is_a_ledger_row_with_cost_zero_and_the_saving_which_the_reports_show(cached, project):
     prices = project / "prices.yaml"
     prices.write_text(yaml.safe_dump({MODEL: {"input": 1.0, "output": 2.0}}))  # USD per million tokens
-    _, app = serve(model_prices_file=str(prices))
+    _, app = cached(model_prices_file=str(prices))
     client = app.test_client()
     ask(client)
     assert ask(client).headers["X-Contexis-Cache"] == "hit"
@@ -403,10 +358,27 @@ def test_a_hit_is_a_ledger_row_with_cost_zero_and_the_saving_is_counted(serve, p
     with sqlite3.connect(ledger.path) as conn:
         conn.row_factory = sqlite3.Row
         rows = [dict(row) for row in conn.execute("SELECT * FROM usage_calls ORDER BY id")]
+        daily = [tuple(row) for row in conn.execute("SELECT kind, tokens, usd FROM usage_daily WHERE kind = 'tenant'")]
     assert [(r["outcome"], r["completion_tokens"]) for r in rows] == [("ok", 10), ("cache_hit", 0)]
     assert rows[0]["cost_usd"] == pytest.approx(60e-6) and rows[1]["cost_usd"] == 0.0
     assert rows[1]["model"] == MODEL and rows[1]["endpoint"] == "cache"
+    # What the hit saved: the original answer's 40 + 10 tokens and its price, in the hit's row only.
+    assert (rows[1]["saved_tokens"], rows[1]["saved_usd"]) == (50, pytest.approx(40e-6 + 20e-6))
+    assert (rows[0]["saved_tokens"], rows[0]["saved_usd"]) == (None, None)
+    assert daily == [("tenant", 50, pytest.approx(60e-6))]  # budgets count the generated answer, nothing for the hit
     assert metric(app, "cmp_cache_saved_usd_total", context=CONTEXT) == pytest.approx(40e-6 + 20e-6)
+
+    report = client.get("/api/v1/usage?by=context").json
+    (group,) = report["groups"]
+    assert (group["calls"], group["cache_hits"], group["errors"], group["total_tokens"]) == (2, 1, 0, 50)
+    assert (group["saved_tokens"], group["saved_usd"]) == (50, pytest.approx(60e-6))
+    assert report["total"]["saved_usd"] == pytest.approx(60e-6) and report["total"]["cache_hits"] == 1
+    table = run("usage", "report", "--by", "context", "--root", str(project)).stdout.splitlines()
+    line = dict(zip(table[1].split(), table[2].split(), strict=True))
+    assert line | {"saved_usd": "0.000060", "cache_hits": "1", "errors": "0"} == line
+    csv_out = run("usage", "report", "--by", "context", "--csv", "--root", str(project)).stdout.splitlines()
+    assert csv_out[0].endswith(",errors,cache_hits,saved_tokens,saved_usd")
+    assert csv_out[1].endswith(",0,1,50,0.000060")
 
 
 def test_an_answer_orjson_cannot_write_is_kept_and_read_back():
@@ -416,10 +388,10 @@ def test_an_answer_orjson_cannot_write_is_kept_and_read_back():
     assert CachedAnswer.decode(answer.encode()) == answer
 
 
-def test_the_lock_hash_is_part_of_the_version(serve, project):
+def test_the_lock_hash_is_part_of_the_version(cached, project):
     from app.lock import ProjectLock
 
-    _, app = serve()
+    _, app = cached()
     ProjectLock(project).write()
     locked = create_app(app.extensions["contexis"].settings)  # a process started on the locked project
     assert [ask(locked.test_client()).headers["X-Contexis-Cache"] for _ in range(2)] == ["miss", "hit"]
@@ -429,7 +401,7 @@ def test_the_lock_hash_is_part_of_the_version(serve, project):
     assert ask(relocked.test_client()).headers["X-Contexis-Cache"] == "miss"
 
 
-def test_an_answer_kept_before_the_guardrails_changed_is_not_served_after(serve, project):
+def test_an_answer_kept_before_the_guardrails_changed_is_not_served_after(cached, project):
     # The environment's guardrails are every context's default (CMP_PII_MODE): an operator turning redaction on
     # must not see the answers kept while it was off served as they were.
     path = project / "contexts" / CONTEXT / "supportbot.ctx"
@@ -437,10 +409,49 @@ def test_an_answer_kept_before_the_guardrails_changed_is_not_served_after(serve,
     context["guardrails"].pop("pii")
     path.write_text(yaml.safe_dump(context))
     card = "4111 1111 1111 1111"
-    model, app = serve(Reply(body=completion(f"card {card}", USAGE)))
+    model, app = cached(Reply(body=completion(f"card {card}", USAGE)))
     assert ask(app.test_client()).json["rendered"] == f"card {card}"  # pii off: kept as it is
     redacting = create_app(app.extensions["contexis"].settings.replace(pii_mode="redact"))
     again = ask(redacting.test_client())
     assert again.headers["X-Contexis-Cache"] == "miss"
     assert again.json["rendered"] == "card <CREDIT_CARD>"
     assert len(model.seen) == 2
+
+
+def test_a_cache_url_redis_py_cannot_use_stops_ctx_serve_before_it_starts(project):
+    enable_cache(project)
+    env = {"CMP_CACHE_URL": "redis://:hunter2secret@cache:notaport/0"}
+    result = run("serve", "--root", str(project), "--addr", f"127.0.0.1:{free_port()}", env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith("ctx: CMP_CACHE_URL: the port after the host must be a number")
+    assert "hunter2secret" not in result.stdout + result.stderr
+    assert "Starting gunicorn" not in result.stdout + result.stderr
+
+
+def test_cache_url_off_bypasses_every_caching_context(cached, project):
+    model, app = cached(cache_url="off")
+    client = app.test_client()
+    answers = [ask(client), ask(client), openai(client, stream=True)]
+    assert [a.headers["X-Contexis-Cache"] for a in answers] == ["bypass"] * 3
+    assert [a.json["rendered"] for a in answers[:2]] == ["answer 1", "answer 2"]
+    assert len(model.seen) == 3
+    assert metric(app, "cmp_cache_requests_total", context=CONTEXT, result="bypass") == 3
+    assert not (project / ".contexis" / "cache.sqlite3").exists()  # no store opened
+    for command in ("stats", "clear"):
+        said = run("cache", command, "--root", str(project), env={"CMP_CACHE_URL": "off"})
+        assert said.returncode == 0
+        assert said.stdout == "the response cache is off (CMP_CACHE_URL=off): no answers are kept\n"
+
+
+@pytest.mark.parametrize("value", [b'{"text": "hi", "tone": "warm"}', b"\x00\xff not json"])
+def test_a_cached_answer_that_cannot_be_read_is_answered_anew_and_replaced(cached, project, value):
+    # Written by a version whose answers had other fields (a rolling deploy sharing one store), or damaged.
+    _, app = cached()
+    client = app.test_client()
+    assert ask(client).json["rendered"] == "answer 1"
+    with sqlite3.connect(project / ".contexis" / "cache.sqlite3") as conn:
+        conn.execute("UPDATE answers SET value = ?", (value,))
+    again = ask(client)
+    assert (again.status_code, again.headers["X-Contexis-Cache"], again.json["rendered"]) == (200, "miss", "answer 2")
+    assert metric(app, "cmp_cache_storage_errors_total") == 1
+    assert (ask(client).headers["X-Contexis-Cache"], ask(client).json["rendered"]) == ("hit", "answer 2")

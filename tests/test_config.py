@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,53 @@ def test_memory_defaults_to_sqlite_and_reads_its_postgresql_settings():
     env = {"CMP_MEMORY_URL": "postgres://db/m", "CMP_MEMORY_TIMEOUT": "0.5", "CMP_MEMORY_POOL_SIZE": "16"}
     settings = Settings.from_env(env, dotenv_path=None)
     assert (settings.memory_url, settings.memory_timeout, settings.memory_pool_size) == ("postgres://db/m", 0.5, 16)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis//cache:6379",
+        "foo://cache",
+        "memory://junk",
+        "redis://:hunter2@cache:notaport/0",
+        "redis://:hun/ter2@cache:6379/0",  # a '/' in the password, not percent-encoded: the port is 'hun'
+        "redis://:hunter2@cache:99999/0",
+        "redis://:hunter2@cache/zero",
+        "redis://:hunter2@cache/0?socket_timeout=soon",
+        "redis://:hunter2@cache/0?timeout=1",
+        "unix://",
+    ],
+)
+def test_a_cache_url_redis_py_cannot_use_is_refused_naming_it_without_its_password(url):
+    with pytest.raises(SettingsError, match=r"^CMP_CACHE_URL") as raised:
+        Settings.from_env({"CMP_CACHE_URL": url}, dotenv_path=None)
+    assert not {"hunter2", "hun", "ter2", "cache"} & set(re.split(r"\W+", str(raised.value)))
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("", ""),
+        ("off", "off"),
+        ("OFF", "off"),
+        ("memory://", "memory://"),
+        ("redis://:pw@cache:6379/0?socket_timeout=1", "redis://:pw@cache:6379/0?socket_timeout=1"),
+        ("rediss://cache/", "rediss://cache/"),
+        ("unix:///run/redis/redis.sock?db=2", "unix:///run/redis/redis.sock?db=2"),
+    ],
+)
+def test_cache_urls_that_work(url, kept):
+    assert Settings.from_env({"CMP_CACHE_URL": url}, dotenv_path=None).cache_url == kept
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"CMP_STATE_URL": "redis://:hunter2@cache:notaport"}, "CMP_STATE_URL"),
+        ({"CMP_RATE_LIMIT_STORAGE_URI": "redis://:hunter2@cache/0?bogus=1"}, "CMP_RATE_LIMIT_STORAGE_URI"),
+    ],
+)
+def test_the_other_redis_urls_are_checked_alike(env, name):
+    with pytest.raises(SettingsError, match=rf"^{name}") as raised:
+        Settings.from_env(env, dotenv_path=None)
+    assert "hunter2" not in str(raised.value)

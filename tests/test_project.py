@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import run
+from helpers import TOKEN, run
 
 from app import create_app
 from app.config import Settings
@@ -80,6 +81,50 @@ def test_init_never_overwrites_and_generate_adds_a_context_to_a_project(tmp_path
     nowhere = run("generate", "context", "Billing", "--root", str(tmp_path / "empty"))
     assert nowhere.returncode == 2
     assert "pass --root (or set CMP_PROJECT_ROOT), or start one with `ctx init DIR`" in nowhere.stderr
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
+
+
+def test_init_writes_a_gitignore_so_git_keeps_the_state_secrets_and_memory_databases_out(tmp_path):
+    root = tmp_path / "mine"
+    made = run("init", str(root))
+    assert made.returncode == 0, made.stderr
+    assert ".gitignore" in made.stdout and made.stderr == ""
+    (root / ".env").write_text(f"HF_TOKEN={TOKEN}\n")
+    docs = str(root / "docs" / "SupportBot")
+    assert run("memory", "ingest", "--root", str(root), "--component", "SupportBot", docs).returncode == 0
+    stored = serve(root).post("/v1/responses", json={"model": "SupportBot", "input": "hi"})
+    assert stored.status_code == 200
+    assert (root / ".contexis" / "responses.db").is_file() and (root / "memory" / "SupportBot" / "memory.db").is_file()
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    assert git(root, "ls-files").split() == [
+        ".env.example",
+        ".gitignore",
+        "contexts/SupportBot/supportbot.ctx",
+        "docs/SupportBot/getting-started.md",
+        "memory/SupportBot/memory_config.yaml",
+        "prompts/SupportBot/agent_response.md",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mine", "warned"), [("node_modules/\n/.contexis\n", "; add .env to it, or git"), (".contexis/\n.env\n", None)]
+)
+def test_init_keeps_a_gitignore_already_there_and_names_what_it_lacks(tmp_path, mine, warned):
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / ".gitignore").write_text(mine)
+    made = run("init", str(root))
+    assert made.returncode == 0, made.stderr
+    assert (root / ".gitignore").read_text() == mine
+    assert ".gitignore" not in made.stdout.splitlines()[0]
+    if warned:
+        assert warned in made.stderr
+    else:
+        assert made.stderr == ""
 
 
 def test_lock_records_every_source_and_check_names_what_changed(tmp_path):

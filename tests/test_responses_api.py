@@ -17,8 +17,14 @@ import yaml
 from fake_hf import CREDITS_BODY, FakeHF, Reply, Stream, chat_events, completion, openai_model, openai_stream, sse
 from helpers import (
     ACME_KEY,
+    CARD,
+    EMAIL,
+    IBAN,
     KEYS_JSON,
     MODEL,
+    PHONE,
+    PLANTED,
+    SSN,
     STAR_KEY,
     SUPPORTBOT_SYSTEM,
     TOKEN,
@@ -26,11 +32,13 @@ from helpers import (
     access_lines,
     guardrails_off,
     metric,
+    planted_in,
     sse_events,
 )
 
 from app import create_app
 from app.keys import keys_from_json
+from app.responses_store import open_response_store
 
 USAGE = {"prompt_tokens": 87, "completion_tokens": 12}
 
@@ -202,6 +210,62 @@ def test_store_false_keeps_nothing_and_get_and_delete_act_on_stored_responses(se
         client.responses.delete(kept.id)
 
 
+LOOKUP = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}
+
+
+def test_under_pii_redact_a_stored_response_keeps_the_conversation_as_the_model_got_it(serve, hf_settings):
+    # SupportBot redacts personal data: what is stored, read back and continued is what the model got.
+    fake, live, _ = serve(Reply(body=completion(f"Sent to {EMAIL}.")), Stream(chat_events(["Done", "."])))
+    client = sdk(live)
+    items = [
+        {
+            "role": "user",
+            "content": [{"type": "input_text", "text": "My mail is "}, {"type": "input_text", "text": EMAIL}],
+        },
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Noted."}]},
+        {"role": "user", "content": f"Pay it to {IBAN}, please."},
+        {"type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": json.dumps({"phone": PHONE})},
+        {
+            "type": "function_call_output",
+            "call_id": "call_1",
+            "output": [{"type": "input_text", "text": f"card {CARD}"}],
+        },
+    ]
+    first = client.responses.create(
+        model="SupportBot", input=items, instructions=f"The customer's phone is {PHONE}.", tools=[LOOKUP]
+    )
+    assert not any(value in json.dumps(fake.seen[0].body) for value in PLANTED)
+    assert (first.instructions, first.output_text) == (
+        "The customer's phone is <PHONE_NUMBER>.",
+        "Sent to <EMAIL_ADDRESS>.",
+    )
+    read = client.responses.retrieve(first.id)
+    assert (read.instructions, read.output_text) == (first.instructions, first.output_text)
+    with client.responses.stream(model="SupportBot", input=f"My SSN is {SSN}", previous_response_id=first.id) as stream:
+        second = stream.get_final_response()
+    assert second.output_text == "Done."
+    store = open_response_store(hf_settings)  # the app's own SQLite file, read anew
+    first_items = [
+        {"type": "message", "role": "user", "content": "My mail is <EMAIL_ADDRESS>"},  # as the model got it: one text
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Noted."}]},
+        {"type": "message", "role": "user", "content": "Pay it to <IBAN_CODE>, please."},
+        {"type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": '{"phone": "<PHONE_NUMBER>"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "card <CREDIT_CARD>"},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Sent to <EMAIL_ADDRESS>."}],
+        },
+    ]
+    assert store.get("", first.id).items == first_items
+    assert store.get("", second.id).items == [
+        *first_items,
+        {"type": "message", "role": "user", "content": "My SSN is <US_SSN>"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Done."}]},
+    ]
+    assert planted_in(hf_settings.state_path) == []
+
+
 @pytest.fixture
 def authed(serve):
     keys = tuple(keys_from_json(KEYS_JSON, "CMP_API_KEYS"))
@@ -307,10 +371,14 @@ def test_a_failure_before_the_first_event_is_an_http_error_and_after_it_response
                 ],
             },
             "input",
-            "input.1.output.0.type: 'input_image' is not one of",
+            "input.1.output.0.type: the value is not one of",
         ),
         ({"model": "../etc", "input": "hi"}, "model", "not a valid name"),
-        ({"model": "SupportBot", "input": "hi", "background": True}, "background", "True is not one of"),
+        (
+            {"model": "SupportBot", "input": "hi", "background": True},
+            "background",
+            "background: the value is not one of",
+        ),
         ({"model": "SupportBot", "input": "hi", "conversation": "conv_1"}, "conversation", "is not of type 'null'"),
     ],
 )
@@ -496,7 +564,7 @@ def test_a_store_that_cannot_be_written_is_503_whole_and_response_failed_streame
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("a file where the state directory should be")
     _, live, _ = serve(
-                Reply(body=completion("ok")),
+        Reply(body=completion("ok")),
         Stream(chat_events(["o", "k"])),
         Reply(body=completion("ok")),
         state_dir=blocked,

@@ -25,6 +25,7 @@ from fake_hf import ROUTER_CATALOG, FakeHF, Reply, Stream, chat_events, completi
 from helpers import (
     ACME_KEY,
     EXAMPLE,
+    FIRST_RELEASE_LEDGER,
     GUIDE_BODY,
     KEYS_JSON,
     MODEL,
@@ -41,6 +42,7 @@ from helpers import (
     sha,
     sse_events,
 )
+from helpers_cache import enable_cache
 
 from app import create_app
 from app.config import Settings
@@ -450,6 +452,7 @@ def test_reports_total_the_rows_by_every_grouping_in_the_cli_and_the_api(project
     assert groups["acme"] | {"cost_usd": None} == {
         "group": "acme", "requests": 2, "calls": 2, "prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17,
         "cost_usd": None, "unpriced_calls": 0, "estimated_calls": 0, "errors": 1,
+        "cache_hits": 0, "saved_tokens": 0, "saved_usd": None,
     }  # fmt: skip
     assert groups["acme"]["cost_usd"] == pytest.approx(COST)
     assert groups["globex"]["prompt_tokens"] == 3
@@ -583,6 +586,48 @@ def test_serving_the_bundled_example_in_a_test_leaves_examples_untouched():
     assert {path: path.stat().st_mtime_ns for path in EXAMPLE.rglob("*")} == stamp  # nothing new, nothing written
 
 
+def test_a_ledger_file_of_the_previous_release_is_upgraded_in_place_and_a_hit_records_its_saving(project):
+    state = project / ".contexis"
+    state.mkdir()
+    with sqlite3.connect(state / "usage.db") as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.executescript(FIRST_RELEASE_LEDGER)
+    conn.close()
+    enable_cache(project)
+    with FakeHF(Reply(body=completion("Hi", usage=USAGE))) as fake:
+        app = usage_app(project, fake.url)
+        assert [chat(app).headers["X-Contexis-Cache"] for _ in range(2)] == ["miss", "hit"]
+        written = rows(app)
+        report = app.test_client().get("/api/v1/usage?by=context&since=1970-01-01").json
+    assert [(r["request_id"] == "r-old", r["outcome"]) for r in written] == [(True, "ok"), (False, "ok"),
+                                                                            (False, "cache_hit")]  # fmt: skip
+    assert [(r["saved_tokens"], r["saved_usd"]) for r in written[:2]] == [(None, None), (None, None)]
+    assert (written[2]["cost_usd"], written[2]["saved_tokens"]) == (0.0, 17)
+    assert written[2]["saved_usd"] == pytest.approx(COST)
+    with sqlite3.connect(state / "usage.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    (group,) = report["groups"]  # the old row and the new ones, all SupportBot's
+    assert (group["calls"], group["cache_hits"], group["saved_tokens"]) == (3, 1, 17)
+    assert group["saved_usd"] == pytest.approx(COST) and group["cost_usd"] == pytest.approx(0.001 + COST)
+
+
+def test_a_ledger_locked_past_the_timeout_at_start_is_opened_later_not_a_worker_that_cannot_boot(project, caplog):
+    state = project / ".contexis"
+    state.mkdir()
+    # The lock a last connection holds while it checkpoints a long WAL as it closes (seconds, on a busy disk).
+    holder = sqlite3.connect(state / "usage.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    with FakeHF(Reply(body=completion("Hi", usage=USAGE))) as fake:
+        app = usage_app(project, fake.url, CMP_USAGE_TIMEOUT="0.2")
+        assert "usage ledger locked at start, opened later" in caplog.text
+        assert chat(app, tenant_id="acme").status_code == 200
+        assert app.extensions["contexis"].meter.ledger.flush() is False  # still locked: the row waits in the queue
+        holder.execute("COMMIT")
+        holder.close()
+        written = rows(app)
+    assert [(r["tenant"], r["outcome"], r["saved_usd"]) for r in written] == [("acme", "ok", None)]
+
+
 # -- PostgreSQL: replicas -----------------------------------------------------------------------------
 
 
@@ -593,8 +638,8 @@ def usage_pg(postgres: Postgres) -> str:
     first = run("usage", "migrate", env={"CMP_USAGE_URL": url})
     again = run("usage", "migrate", env={"CMP_USAGE_URL": url})
     assert first.returncode == 0, first.stderr
-    assert "usage schema version 1 (migrated from version 0)" in first.stdout
-    assert "usage schema version 1 (up to date)" in again.stdout
+    assert "usage schema version 2 (migrated from version 0)" in first.stdout
+    assert "usage schema version 2 (up to date)" in again.stdout
     return url
 
 
@@ -676,6 +721,49 @@ def test_an_unmigrated_postgresql_ledger_is_named_by_readyz(project, postgres):
     assert report.returncode == 1
     assert "usage_unavailable: usage ledger schema missing" in report.stderr and "Traceback" not in report.stderr
     assert "contexis@" not in report.stderr
+
+
+def test_a_postgresql_ledger_of_the_previous_release_is_migrated_then_records_what_hits_saved(project, postgres):
+    import psycopg
+
+    from app.usage.postgres import MIGRATIONS
+
+    url = postgres.database("usage_first_release")
+    with psycopg.connect(url, autocommit=True) as conn:  # what the first release's `ctx usage migrate` made
+        conn.execute("CREATE TABLE usage_schema (version integer NOT NULL)")
+        conn.execute(MIGRATIONS[0])
+        conn.execute("INSERT INTO usage_schema (version) VALUES (1)")
+        conn.execute(
+            "INSERT INTO usage_calls (ts, request_id, tenant, context, route, model, endpoint, stream,"
+            " prompt_tokens, completion_tokens, estimated, cost_usd, latency_ms, outcome) VALUES"
+            " (%s, 'r-old', 'acme', 'SupportBot', '/api/v1/chat', 'm', 'e', false, 12, 5, false, 0.001, 3, 'ok')",
+            (time.time() - 60,),
+        )
+    enable_cache(project)
+    with FakeHF(Reply(body=completion("Hi", usage=USAGE))) as fake:
+        behind = usage_app(project, fake.url, CMP_USAGE_URL=url).test_client().get("/readyz")
+        assert behind.status_code == 503
+        assert "is version 1, expected 2: run `ctx usage migrate`" in behind.json["reason"]
+        migrated = run("usage", "migrate", env={"CMP_USAGE_URL": url})
+        assert "usage schema version 2 (migrated from version 1)" in migrated.stdout, migrated.stderr
+        app = usage_app(project, fake.url, CMP_USAGE_URL=url)
+        assert app.test_client().get("/readyz").status_code == 200
+        assert [chat(app, tenant_id="acme").headers["X-Contexis-Cache"] for _ in range(2)] == ["miss", "hit"]
+        assert app.extensions["contexis"].meter.ledger.flush()
+        report = app.test_client().get("/api/v1/usage?by=tenant").json
+        # A later release's migration, while this release's pods still serve: they stay ready.
+        postgres.admin("INSERT INTO usage_schema (version) VALUES (3)", database="usage_first_release")
+        assert usage_app(project, fake.url, CMP_USAGE_URL=url).test_client().get("/readyz").status_code == 200
+    found = postgres.admin(
+        "SELECT request_id, outcome, cost_usd, saved_tokens, saved_usd FROM usage_calls ORDER BY id",
+        database="usage_first_release",
+    )
+    assert [row[:2] for row in found] == [("r-old", "ok"), (found[1][0], "ok"), (found[2][0], "cache_hit")]
+    assert found[0][3:] == (None, None) and found[1][3:] == (None, None)
+    assert found[2][2:4] == (0.0, 17) and found[2][4] == pytest.approx(COST)
+    (group,) = report["groups"]
+    assert (group["calls"], group["cache_hits"], group["errors"], group["saved_tokens"]) == (3, 1, 0, 17)
+    assert group["saved_usd"] == pytest.approx(COST) and group["cost_usd"] == pytest.approx(0.001 + COST)
 
 
 def test_ctx_usage_leaves_prometheus_unimported_until_serve_sets_it_up():

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 HIT, MISS, SEMANTIC_HIT, BYPASS = "hit", "miss", "semantic-hit", "bypass"
 DEFAULT_MAX_TEMPERATURE = 0.5
+OFF = "off"  # CMP_CACHE_URL=off: no store, every caching context's requests are bypasses
 KEY_VERSION = "1"  # bumped when what a key holds changes, so old answers are never read as new ones
 
 # Every field of the sampling and OpenAI parameters is in the key, read shallowly (asdict's deep copy costs a hit
@@ -53,9 +54,11 @@ _PARAM_FIELDS = tuple(field.name for field in fields(GenerationParams) if field.
 
 
 def open_store(settings: Settings) -> CacheStore:
-    """The backend `CMP_CACHE_URL` names: SQLite under the state directory when unset."""
+    """The backend `CMP_CACHE_URL` names: SQLite under the state directory when unset (never called for `off`)."""
     url = settings.cache_url
-    if url.startswith("memory://"):
+    if url == OFF:
+        raise CacheUnavailable("the response cache is off (CMP_CACHE_URL=off)")
+    if url == "memory://":
         from app.cache.memory import MemoryCache
 
         return MemoryCache(settings.cache_max_bytes)
@@ -114,11 +117,16 @@ class CachedAnswer:
         return _canonical(asdict(self)).encode()
 
     @classmethod
-    def decode(cls, raw: bytes) -> CachedAnswer:
+    def decode(cls, raw: bytes) -> CachedAnswer | None:
+        """The answer `raw` holds; None when it cannot be read (damaged, or written by a version whose answers had
+        other fields, as a rolling deploy sharing one Redis meets them)."""
         try:
-            return cls(**orjson.loads(raw))
-        except orjson.JSONDecodeError:  # an answer holding a lone surrogate, written by the standard library
-            return cls(**json.loads(raw))
+            try:
+                return cls(**orjson.loads(raw))
+            except orjson.JSONDecodeError:  # an answer holding a lone surrogate, written by the standard library
+                return cls(**json.loads(raw))
+        except (ValueError, TypeError):
+            return None
 
     def stream(self) -> TokenStream:
         """The answer replayed as a stream: its text in one delta, usage zero (nothing was generated)."""
@@ -189,7 +197,7 @@ class ResponseCache:
             or params.n != 1  # one answer per entry: n answers and logprobs cannot be replayed
             or params.logprobs
         )
-        if not reusable:
+        if not reusable or self.settings.cache_url == OFF:
             return self._counted(Lookup(BYPASS), name)
         # The context's version: the lock's hash when the project has one, and always the resolved context's
         # digest (a context edited without `ctx lock` is still a miss).
@@ -217,8 +225,11 @@ class ResponseCache:
         except CacheUnavailable as exc:
             self._unavailable(exc)
             return self._counted(Lookup(MISS), name)  # not stored either: the store is down
-        if raw is not None:
-            found = lookup.found = CachedAnswer.decode(raw)
+        found = lookup.found = None if raw is None else CachedAnswer.decode(raw)
+        if raw is not None and found is None:  # answered anew, and the new answer replaces it
+            self._unavailable(CacheUnavailable("a cached answer could not be read"))
+            lookup.result = MISS
+        if found is not None:
             tokens = found.prompt_tokens + found.completion_tokens
             self.metrics.child(self.metrics.cache_saved_tokens, name).inc(tokens)
             model = found.model or ""

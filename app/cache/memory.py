@@ -1,4 +1,8 @@
-"""`CMP_CACHE_URL=memory://`: a per-worker LRU, for a single process or where no file may be shared."""
+"""`CMP_CACHE_URL=memory://`: a per-worker LRU, for a single process or where no file may be shared.
+
+Each semantic scope keeps its answers' digests in LRU order too, so a lookup compares at most
+`SEMANTIC_CANDIDATES` of them, however many answers the worker holds.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import islice
 
 from app.cache.store import SEMANTIC_CANDIDATES, CacheStats, Entry, best
 
@@ -25,6 +30,7 @@ class MemoryCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._held: OrderedDict[str, _Held] = OrderedDict()
+        self._scopes: dict[tuple[str, str, str], OrderedDict[str, None]] = {}  # (tenant, context, scope) → digests
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -45,31 +51,37 @@ class MemoryCache:
     def _hit(self, digest: str, held: _Held) -> bytes:
         held.hits += 1
         self._held.move_to_end(digest)
+        if held.entry.scope:
+            self._scopes[_scope(held.entry)].move_to_end(digest)
         return held.entry.value
 
     def _drop(self, digest: str) -> None:
         held = self._held.pop(digest)
         self._bytes -= len(held.entry.value) + len(held.entry.vector)
+        if held.entry.scope:
+            scope = self._scopes[_scope(held.entry)]
+            del scope[digest]
+            if not scope:
+                del self._scopes[_scope(held.entry)]
 
     def put(self, entry: Entry) -> None:
+        size = len(entry.value) + len(entry.vector)
+        if size > self.max_bytes:  # it would evict every other answer, then itself
+            return
         with self._lock:
             if entry.digest in self._held:
                 self._drop(entry.digest)
             self._held[entry.digest] = _Held(entry, time.monotonic() + entry.ttl)
-            self._bytes += len(entry.value) + len(entry.vector)
+            if entry.scope:
+                self._scopes.setdefault(_scope(entry), OrderedDict())[entry.digest] = None
+            self._bytes += size
             while self._bytes > self.max_bytes and self._held:
                 self._drop(next(iter(self._held)))
 
     def nearest(self, tenant: str, context: str, scope: str, vector: bytes, threshold: float) -> bytes | None:
         with self._lock:
-            now = time.monotonic()
-            candidates = [
-                (held.entry.vector, digest)
-                for digest, held in reversed(self._held.items())
-                if held.entry.scope == scope
-                and (held.entry.tenant, held.entry.context) == (tenant, context)
-                and held.expires > now
-            ][:SEMANTIC_CANDIDATES]
+            digests = list(islice(reversed(self._scopes.get((tenant, context, scope), {})), SEMANTIC_CANDIDATES))
+            candidates = [(held.entry.vector, digest) for digest in digests if (held := self._live(digest))]
             found = best(candidates, vector, threshold)
             return None if found is None else self._hit(found, self._held[found])
 
@@ -100,4 +112,9 @@ class MemoryCache:
     def close(self) -> None:
         with self._lock:
             self._held.clear()
+            self._scopes.clear()
             self._bytes = 0
+
+
+def _scope(entry: Entry) -> tuple[str, str, str]:
+    return entry.tenant, entry.context, entry.scope

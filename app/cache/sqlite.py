@@ -1,7 +1,10 @@
 """The default cache: one SQLite file under the project's state directory, shared by every worker of a pod.
 
-WAL lets the workers read while one writes; each thread of each process has its own connection. The file is
-bounded (`max_bytes` of answers): past it, the least recently used answers go first.
+WAL lets the workers read while one writes; each thread of each process has its own connection, opened by
+`app.sqlite_files` (however many open the file at once), and again when the file it reads is no longer the one
+at its path (deleted or replaced while serving). The file is bounded (`max_bytes` of answers, a running total
+kept by triggers): past it, the least recently used answers go first, a few rows through an index, so a put costs
+the same in a full cache of a million answers as in an empty one.
 """
 
 from __future__ import annotations
@@ -12,29 +15,57 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.cache.store import SEMANTIC_CANDIDATES, CacheStats, CacheUnavailable, Entry, best
+from app.sqlite_files import Schema, connect
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS answers (
-    digest TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    context TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    vector BLOB NOT NULL,
-    value BLOB NOT NULL,
-    size INTEGER NOT NULL,
-    expires REAL NOT NULL,
-    used REAL NOT NULL,
-    hits INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS answers_used ON answers (used);
-CREATE INDEX IF NOT EXISTS answers_scope ON answers (scope, used) WHERE scope != '';
-CREATE INDEX IF NOT EXISTS answers_owner ON answers (tenant, context);
-"""
+# `total` holds the bytes of every answer, kept by the triggers, so a put never sums the table: created with the
+# total of the rows already there (summed only when it is created), in the one transaction of the upgrade.
+_SCHEMA = Schema(
+    version=2,  # 2: `total`, its triggers and the index on `expires`
+    statements=(
+        """
+        CREATE TABLE IF NOT EXISTS answers (
+            digest TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            context TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            vector BLOB NOT NULL,
+            value BLOB NOT NULL,
+            size INTEGER NOT NULL,
+            expires REAL NOT NULL,
+            used REAL NOT NULL,
+            hits INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS answers_used ON answers (used)",
+        "CREATE INDEX IF NOT EXISTS answers_expires ON answers (expires)",
+        "CREATE INDEX IF NOT EXISTS answers_scope ON answers (scope, used) WHERE scope != ''",
+        "CREATE INDEX IF NOT EXISTS answers_owner ON answers (tenant, context)",
+        "CREATE TABLE IF NOT EXISTS total (id INTEGER PRIMARY KEY CHECK (id = 1), bytes INTEGER NOT NULL)",
+        "INSERT OR IGNORE INTO total SELECT 1, COALESCE(SUM(size), 0) FROM answers"
+        " WHERE NOT EXISTS (SELECT 1 FROM total)",
+        "CREATE TRIGGER IF NOT EXISTS answers_added AFTER INSERT ON answers"
+        " BEGIN UPDATE total SET bytes = bytes + NEW.size WHERE id = 1; END",
+        "CREATE TRIGGER IF NOT EXISTS answers_removed AFTER DELETE ON answers"
+        " BEGIN UPDATE total SET bytes = bytes - OLD.size WHERE id = 1; END",
+    ),
+)
 
 TOUCH_SECONDS = 1.0
+LOCK_TIMEOUT = 0.5  # seconds a call waits for another writer, as long as a Redis call may take: then a miss
+PENDING_HITS = 1024  # hits held in memory (`_touch`) before they are written at once
+CLOCK_SLACK = 60.0  # an answer used further in the future than this was stamped by a clock since set back
+BATCH = 1000  # rows deleted per transaction by `clear` and by expiry, so no writer waits on one long delete
+
+
+@dataclass(frozen=True)
+class _Held:
+    pid: int  # a forked worker opens its own
+    inode: tuple[int, int]  # (device, inode) of the file it opened
+    conn: sqlite3.Connection
 
 
 class SqliteCache:
@@ -49,15 +80,19 @@ class SqliteCache:
         self._lock = threading.Lock()
 
     def _conn(self) -> sqlite3.Connection:
-        held = getattr(self._local, "conn", None)
-        if held is not None and held[0] == os.getpid():  # a forked worker opens its own
-            return held[1]
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is not None and held.pid == os.getpid() and _inode(self.path) == held.inode:
+            return held.conn
+        if held is not None and held.pid == os.getpid():  # the file was deleted or replaced: read the new one
+            held.conn.close()
+        self._local.held = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=2, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
-        self._local.conn = (os.getpid(), conn)
+        conn = connect(self.path, LOCK_TIMEOUT, _SCHEMA)  # every worker's threads open it at once
+        inode = _inode(self.path)
+        if inode is None:  # deleted again as it was opened: the next call tries anew
+            conn.close()
+            raise sqlite3.OperationalError("the cache file vanished while it was opened")
+        self._local.held = _Held(os.getpid(), inode, conn)
         return conn
 
     def get(self, tenant: str, context: str, digest: str) -> bytes | None:
@@ -65,8 +100,9 @@ class SqliteCache:
             conn = self._conn()
             now = time.time()
             row = conn.execute(
-                "SELECT value, used FROM answers WHERE digest = ? AND tenant = ? AND context = ? AND expires > ?",
-                (digest, tenant, context, now),
+                "SELECT value, used FROM answers WHERE digest = ? AND tenant = ? AND context = ? AND expires > ?"
+                " AND used <= ?",
+                (digest, tenant, context, now, now + CLOCK_SLACK),
             ).fetchone()
             if row is None:
                 return None
@@ -74,93 +110,148 @@ class SqliteCache:
             return bytes(row[0])
 
     def _touch(self, conn: sqlite3.Connection, digest: str, used: float, now: float) -> None:
-        """Count a hit, and move the answer up the LRU at most once per `TOUCH_SECONDS`: a write per hit would
-        cost a hit more than the render before it, and serialize the workers on the file's write lock."""
+        """Count a hit, and move the answer up the LRU at most once per `TOUCH_SECONDS` (or when the clock went back):
+        a write per hit would cost a hit more than the render before it, and serialize the workers on the file's
+        write lock. A hit is served even when the write cannot be made (locked): its count waits for the next."""
         with self._lock:
             hits = self._hits[digest] = self._hits.get(digest, 0) + 1
-            if now - used < TOUCH_SECONDS:
+            if 0 <= now - used < TOUCH_SECONDS and len(self._hits) < PENDING_HITS:
                 return
-            del self._hits[digest]
-        conn.execute("UPDATE answers SET used = ?, hits = hits + ? WHERE digest = ?", (now, hits, digest))
+            pending, self._hits = self._hits, {}
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")  # a touch never waits: the hit is what the request needs
+            with _transaction(conn):
+                conn.execute("UPDATE answers SET used = ?, hits = hits + ? WHERE digest = ?", (now, hits, digest))
+                # Hits of other answers within their second go with it, so `_hits` stays bounded.
+                others = [(count, other) for other, count in pending.items() if other != digest]
+                conn.executemany("UPDATE answers SET hits = hits + ? WHERE digest = ?", others)
+        except sqlite3.Error:
+            with self._lock:  # counted at the next write; past the bound, hits of a locked file are dropped
+                for other, count in {**pending, digest: hits}.items():
+                    if len(self._hits) < PENDING_HITS:
+                        self._hits[other] = self._hits.get(other, 0) + count
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(LOCK_TIMEOUT * 1000)}")
 
     def put(self, entry: Entry) -> None:
+        size = len(entry.value) + len(entry.vector)
+        if size > self.max_bytes:  # it would evict every other answer, then itself
+            return
         with _guarded():
             conn = self._conn()
             now = time.time()
-            conn.execute(
-                "INSERT OR REPLACE INTO answers (digest, tenant, context, scope, vector, value, size, expires, used)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    entry.digest,
-                    entry.tenant,
-                    entry.context,
-                    entry.scope,
-                    entry.vector,
-                    entry.value,
-                    len(entry.value) + len(entry.vector),
-                    now + entry.ttl,
-                    now,
-                ),
-            )
-            self._evict(conn, now)
+            with _transaction(conn):
+                conn.execute("DELETE FROM answers WHERE digest = ?", (entry.digest,))
+                conn.execute(
+                    "INSERT INTO answers (digest, tenant, context, scope, vector, value, size, expires, used)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        entry.digest,
+                        entry.tenant,
+                        entry.context,
+                        entry.scope,
+                        entry.vector,
+                        entry.value,
+                        size,
+                        now + entry.ttl,
+                        now,
+                    ),
+                )
+                self._evict(conn, now)
 
     def _evict(self, conn: sqlite3.Connection, now: float) -> None:
-        """Expired answers, then the least recently used ones until the file's answers fit `max_bytes`."""
-        conn.execute("DELETE FROM answers WHERE expires <= ?", (now,))
-        (total,) = conn.execute("SELECT COALESCE(SUM(size), 0) FROM answers").fetchone()
-        if total <= self.max_bytes:
-            return
-        # In LRU order, every answer whose predecessors free less than the excess: just enough go.
-        conn.execute(
-            "DELETE FROM answers WHERE digest IN (SELECT digest FROM (SELECT digest,"
-            " SUM(size) OVER (ORDER BY used, digest) - size AS before FROM answers) WHERE before < ?)",
-            (total - self.max_bytes,),
-        )
+        """Expired answers (and those stamped by a clock since set back), then the least recently used until the
+        answers fit `max_bytes`: each through an index, a bounded number of rows per put."""
+        for condition, bound in (("expires <= ?", now), ("used > ?", now + CLOCK_SLACK)):
+            conn.execute(
+                f"DELETE FROM answers WHERE digest IN (SELECT digest FROM answers WHERE {condition} LIMIT ?)",  # noqa: S608 - constants
+                (bound, BATCH),
+            )
+        (excess,) = conn.execute("SELECT bytes - ? FROM total", (self.max_bytes,)).fetchone()
+        while excess > 0:
+            rows = conn.execute("SELECT digest, size FROM answers ORDER BY used, digest LIMIT 64").fetchall()
+            if not rows:
+                return
+            gone = []
+            for digest, size in rows:
+                gone.append((digest,))
+                excess -= size
+                if excess <= 0:
+                    break
+            conn.executemany("DELETE FROM answers WHERE digest = ?", gone)
 
     def nearest(self, tenant: str, context: str, scope: str, vector: bytes, threshold: float) -> bytes | None:
         with _guarded():
             conn = self._conn()
-            rows = conn.execute(
-                "SELECT digest, vector, value, used FROM answers WHERE scope = ? AND tenant = ? AND context = ?"
-                " AND expires > ? ORDER BY used DESC LIMIT ?",
-                (scope, tenant, context, time.time(), SEMANTIC_CANDIDATES),
+            now = time.time()
+            rows = conn.execute(  # vectors only: the answers of a thousand candidates can weigh megabytes each
+                "SELECT digest, vector FROM answers WHERE scope = ? AND tenant = ? AND context = ?"
+                " AND expires > ? AND used <= ? ORDER BY used DESC LIMIT ?",
+                (scope, tenant, context, now, now + CLOCK_SLACK, SEMANTIC_CANDIDATES),
             ).fetchall()
-            found = best([(bytes(packed), digest) for digest, packed, _, _ in rows], vector, threshold)
-            if found is None:
-                return None
-            used, value = next((used, value) for digest, _, value, used in rows if digest == found)
-            self._touch(conn, found, used, time.time())
-            return bytes(value)
+            found = best([(bytes(packed), digest) for digest, packed in rows], vector, threshold)
+        return None if found is None else self.get(tenant, context, found)
 
     def stats(self, tenant: str | None = None, context: str | None = None) -> list[CacheStats]:
         with _guarded():
             where, args = _owner(tenant, context)
+            now = time.time()
             query = (
                 "SELECT tenant, context, COUNT(*), SUM(size), SUM(hits) FROM answers"  # noqa: S608 - `where` is _owner's constants
-                f" WHERE expires > ?{where} GROUP BY tenant, context ORDER BY tenant, context"
+                f" WHERE expires > ? AND used <= ?{where} GROUP BY tenant, context ORDER BY tenant, context"
             )
-            rows = self._conn().execute(query, (time.time(), *args))
+            rows = self._conn().execute(query, (now, now + CLOCK_SLACK, *args))
             return [CacheStats(*row) for row in rows]
 
     def clear(self, tenant: str | None = None, context: str | None = None) -> int:
+        """A batch per transaction: the workers serving meanwhile wait for one batch at most, never the whole."""
         with _guarded():
             where, args = _owner(tenant, context)
-            query = f"DELETE FROM answers WHERE 1 = 1{where}"  # noqa: S608 - `where` is _owner's constants
-            return self._conn().execute(query, args).rowcount
+            query = (
+                "DELETE FROM answers WHERE digest IN"  # noqa: S608 - `where` is _owner's constants
+                f" (SELECT digest FROM answers WHERE 1 = 1{where} LIMIT {BATCH})"
+            )
+            conn, removed = self._conn(), 0
+            while True:
+                count = conn.execute(query, args).rowcount
+                removed += count
+                if count < BATCH:
+                    return removed
 
     def close(self) -> None:
-        held = getattr(self._local, "conn", None)
+        held: _Held | None = getattr(self._local, "held", None)
         if held is not None:
-            held[1].close()
-            self._local.conn = None
+            held.conn.close()
+            self._local.held = None
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taken at once (IMMEDIATE), so it waits for the lock rather than failing midway."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 @contextmanager
 def _guarded() -> Iterator[None]:
-    """SQLite's failures (a file locked past the busy timeout, a full disk) as `CacheUnavailable`."""
+    """SQLite's failures (a file locked past the busy timeout, a full disk) and the file system's (a state directory
+    that cannot be made) as `CacheUnavailable`."""
     try:
         yield
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise CacheUnavailable(type(exc).__name__) from None
 
 

@@ -13,7 +13,8 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-# At most this many answers of one scope are compared with a question: a semantic lookup stays bounded.
+# At most this many answers of one scope, the most recently used, are compared with a question: a semantic lookup
+# stays bounded on every backend (Redis keeps no more in a scope's index).
 SEMANTIC_CANDIDATES = 1000
 T = TypeVar("T")
 
@@ -58,11 +59,13 @@ class CacheStore(Protocol):
         ...
 
     def put(self, entry: Entry) -> None:
-        """Store `entry` (replacing one of the same digest), evicting the least recently used past the bound."""
+        """Store `entry` (replacing one of the same digest), evicting the least recently used past the bound; an entry
+        bigger than the whole bound is not kept."""
         ...
 
     def nearest(self, tenant: str, context: str, scope: str, vector: bytes, threshold: float) -> bytes | None:
-        """The unexpired answer of `scope` whose question is the most similar to `vector`, if at `threshold` or more."""
+        """The unexpired answer of `scope` whose question is the most similar to `vector`, if at `threshold` or more,
+        among the scope's `SEMANTIC_CANDIDATES` most recently used (a hit refreshes its place)."""
         ...
 
     def stats(self, tenant: str | None = None, context: str | None = None) -> list[CacheStats]:

@@ -16,11 +16,23 @@ def _name(raw: str) -> str:
     return raw
 
 
+def _off(settings: Settings) -> bool:
+    """Whether CMP_CACHE_URL=off, said once: there is no store to read or clear."""
+    from app.cache import OFF
+
+    if settings.cache_url != OFF:
+        return False
+    print("the response cache is off (CMP_CACHE_URL=off): no answers are kept")
+    return True
+
+
 def cmd_cache_stats(args: argparse.Namespace, settings: Settings) -> int:
     """Answers, bytes and hits per tenant and context of the configured cache (CMP_CACHE_URL)."""
     from app.cache import open_store
     from app.cache.store import CacheUnavailable
 
+    if _off(settings):
+        return 0
     store = open_store(settings)
     try:
         rows = store.stats(args.tenant, args.context)
@@ -38,6 +50,8 @@ def cmd_cache_clear(args: argparse.Namespace, settings: Settings) -> int:
     from app.cache import open_store
     from app.cache.store import CacheUnavailable
 
+    if _off(settings):
+        return 0
     store = open_store(settings)
     try:
         removed = store.clear(args.tenant, args.context)

@@ -33,7 +33,8 @@ def _name(template: str, name: str | None) -> str:
 
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
-    """A new project in DIR: one context from a template, its prompt and docs, a `.env.example`."""
+    """A new project in DIR: one context from a template, its prompt and docs, a `.env.example`, and a `.gitignore`
+    keeping the state directory and secrets out of git (a `.gitignore` already there is kept as it is)."""
     from app import scaffold
 
     name = _name(args.template, args.name)
@@ -47,10 +48,23 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     if taken:
         hint = "pick an empty DIR; `ctx generate context NAME` adds a context to a project"
         return fail(f"{root} already has {', '.join(taken)}: {hint}", 1)
+    ignore = root / ".gitignore"
+    kept = ignore.exists()
+    if not kept:
+        files[".gitignore"] = scaffold.GITIGNORE
     scaffold.write(root, files)
     ctx = invocation()
     where = "" if root.resolve() == Path.cwd().resolve() else f"cd {shlex.quote(str(root))}\n  "
     print(f"created project {root} with context {name} ({args.template}): {', '.join(files)}")
+    missing = (
+        scaffold.unignored(ignore.read_text(encoding="utf-8", errors="replace")) if kept and ignore.is_file() else []
+    )
+    if missing:
+        print(
+            f"ctx: warning: kept the existing {ignore}; add {' and '.join(missing)} to it, or git would commit the "
+            "state directory (usage ledger, stored responses, cache) or the secrets of .env",
+            file=sys.stderr,
+        )
     body = json.dumps({"model": name, "messages": [{"role": "user", "content": "How do I get started?"}]})
     print(
         "next, from the project folder (the cases pass without a model; copy .env.example to .env for one):\n"

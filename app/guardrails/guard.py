@@ -102,6 +102,7 @@ class Guard:
         self.injection = injection
         self.audit = audit
         self.sources: list[str] = []
+        self._passed: dict[str, str] = {}  # each text of the request screened on the way in -> as passed on
 
     @property
     def redacted(self) -> tuple[str, ...]:
@@ -123,9 +124,22 @@ class Guard:
                 self._injection_found("in")
         return request
 
+    def as_passed(self, text: str) -> str:
+        """A text of the request as the guardrails passed it on: under `pii: redact` with its personal data
+        replaced, as the model got it, so what a caller keeps of the request (a stored conversation) holds none
+        either. The request's decision is already recorded: this records nothing."""
+        if self.policy.pii == "off":
+            return text
+        passed = self._passed.get(text)
+        if passed is None:  # a text the request carried in other pieces (parts the model got joined)
+            findings = self.detector.find(text)
+            passed = redact(text, findings) if findings else text
+        return passed
+
     def _personal_data_in(self, request: ChatRequest) -> ChatRequest:
         found: list[str] = []
-        seen: dict[str, str] = {}  # an OpenAI request's input is both `user_input` and the query: scanned once
+        # An OpenAI request's input is both `user_input` and the query: scanned once.
+        seen = self._passed
 
         def screened(text: str) -> str:
             if text in seen:

@@ -13,8 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from app.memory.sqlite_pool import SqlitePool
+from app.sqlite_files import use_wal
 
 DB_NAME = "memory.db"
+BUSY_SECONDS = 10.0  # how long a connection waits for another's lock
 SCHEMA_VERSION = 2
 
 
@@ -69,10 +71,10 @@ PRAGMA user_version = {SCHEMA_VERSION};
 
 
 def _configure(conn: sqlite3.Connection) -> None:
-    """WAL lets readers run beside one writer; NORMAL sync is durable at checkpoints and needs no
-    fsync per document; the cache and mmap keep the FTS index in memory for searches."""
-    conn.execute("PRAGMA busy_timeout = 10000")
-    conn.execute("PRAGMA journal_mode = WAL")
+    """WAL lets readers run beside one writer (`use_wal`: safe when several processes open a new file at once);
+    NORMAL sync is durable at checkpoints and needs no fsync per document; the cache and mmap keep the FTS index in
+    memory for searches."""
+    use_wal(conn, BUSY_SECONDS)
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA cache_size = -32000")
     conn.execute("PRAGMA mmap_size = 268435456")
@@ -110,7 +112,6 @@ def write(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-
 def file_bytes(path: Path) -> int:
     """Disk use of a database: recent writes live in its WAL file until a checkpoint."""
     return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
@@ -130,4 +131,3 @@ def embedding_of(meta: dict[str, object]) -> tuple[str | None, int | None]:
     """The model and dimension of the store's vectors, as far as it has recorded them."""
     model, dimension = meta.get("embed_model"), meta.get("embed_dimension")
     return model if isinstance(model, str) else None, dimension if isinstance(dimension, int) else None
-

@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
@@ -36,7 +36,23 @@ from app.providers.base import (
     Turn,
     Usage,
 )
-from app.validation import local_validator
+from app.validation import local_validator, unquoted
+
+
+class Problem(NamedTuple):
+    """Why an answer is not what was asked for: told to the model in full (`asked`, quoting its own answer), and to
+    the client without the answer's values (`shown`), which the guardrails have not screened."""
+
+    asked: str
+    shown: str
+
+    @classmethod
+    def same(cls, text: str) -> Problem:
+        return cls(text, text)
+
+    def at(self, index: int) -> Problem:
+        """The problem of one of several choices."""
+        return Problem(f"choices[{index}]: {self.asked}", f"choices[{index}]: {self.shown}")
 
 
 class Check:
@@ -60,14 +76,14 @@ class Check:
             if remote is not None:
                 raise _bad_schema(f"$ref {remote[:200]!r}: only references within the schema (#...) are supported")
 
-    def problem(self, text: str) -> str | None:
+    def problem(self, text: str) -> Problem | None:
         """Why `text` is not what was asked for (the validator's first error), or None when it is."""
         try:
             value = json.loads(text)
         except ValueError as exc:
-            return f"the answer is not JSON ({exc})"
+            return Problem.same(f"the answer is not JSON ({exc})")
         if self.validator is None:
-            return None if isinstance(value, dict) else "the answer is not a JSON object"
+            return None if isinstance(value, dict) else Problem.same("the answer is not a JSON object")
         try:
             errors = sorted(self.validator.iter_errors(value), key=lambda e: list(map(str, e.path)))
         except Unresolvable as exc:  # a `#...` reference to nothing in the schema: the client's to fix
@@ -76,7 +92,7 @@ class Check:
         if error is None:
             return None
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-        return f"${where}: {error.message}"
+        return Problem(f"${where}: {error.message}", f"${where}: {unquoted(error)}")
 
     def described(self) -> str:
         return f"json_schema {self.name!r}" if self.kind == "json_schema" else "json_object"
@@ -107,7 +123,7 @@ def check_for(params: GenerationParams) -> Check | None:
     return Check(response_format)
 
 
-def _problem(check: Check, generation: Generation) -> str | None:
+def _problem(check: Check, generation: Generation) -> Problem | None:
     """The first choice's problem that does not call tools (a tool call is not the final answer), if any."""
     choices = generation.choices
     for index, choice in enumerate(choices):
@@ -115,7 +131,7 @@ def _problem(check: Check, generation: Generation) -> str | None:
             continue
         problem = check.problem(choice.text)
         if problem:
-            return f"choices[{index}]: {problem}" if len(choices) > 1 else problem
+            return problem.at(index) if len(choices) > 1 else problem
     return None
 
 
@@ -148,7 +164,7 @@ def generate(
         {"role": "assistant", "content": generation.text},
         {
             "role": "user",
-            "content": f"That answer does not match the required {check.described()} format: {problem}. "
+            "content": f"That answer does not match the required {check.described()} format: {problem.asked}. "
             "Answer again with only JSON that matches it.",
         },
     )
@@ -192,7 +208,7 @@ def _checked(tokens: TokenStream, check: Check) -> Iterator[StreamPiece | Usage 
     for index in sorted(set(texts) - called) or ([0] if not called else []):
         problem = check.problem("".join(texts.get(index, ())))
         if problem:
-            raise invalid(check, f"choices[{index}]: {problem}" if len(texts) > 1 else problem, "at the stream's end")
+            raise invalid(check, problem.at(index) if len(texts) > 1 else problem, "at the stream's end")
     if tokens.response_model:
         yield ServedBy(tokens.response_model)
     if tokens.usage:
@@ -201,9 +217,9 @@ def _checked(tokens: TokenStream, check: Check) -> Iterator[StreamPiece | Usage 
         yield Finish(reason, index)
 
 
-def invalid(check: Check, problem: str, when: str) -> StructuredOutputInvalid:
+def invalid(check: Check, problem: Problem, when: str) -> StructuredOutputInvalid:
     return StructuredOutputInvalid(
-        f"The model's answer does not match response_format {check.described()} ({when}): {problem}. Try a larger "
-        "max_tokens, a provider that supports structured output (the router's supports_structured_output), or a "
-        "simpler schema."
+        f"The model's answer does not match response_format {check.described()} ({when}): {problem.shown}. Try a "
+        "larger max_tokens, a provider that supports structured output (the router's supports_structured_output), or "
+        "a simpler schema."
     )

@@ -1,6 +1,7 @@
 """Stored responses in one embedded SQLite file under the state directory, shared by a pod's workers (WAL).
 
-Each thread of each process keeps its own connection (a sqlite3 connection must not cross gunicorn's fork).
+Each thread of each process keeps its own connection (a sqlite3 connection must not cross gunicorn's fork),
+opened by `app.sqlite_files` (however many workers open the file at once).
 Waiting on another writer's lock is bounded by `CMP_MEMORY_TIMEOUT`; a database that is locked past it, or is
 no database, is `StoreUnavailable` (503), never a hung thread or a traceback.
 """
@@ -19,20 +20,26 @@ from pathlib import Path
 from app.config import Settings
 from app.errors import StoreUnavailable
 from app.responses_store.store import Purger, StoredResponse
+from app.sqlite_files import Schema, connect
 
 DB_NAME = "responses.db"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS stored_responses (
-    tenant     TEXT NOT NULL,
-    id         TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    response   TEXT NOT NULL,
-    items      TEXT NOT NULL,
-    PRIMARY KEY (tenant, id)
-);
-CREATE INDEX IF NOT EXISTS stored_responses_expiry ON stored_responses (expires_at);
-"""
+_SCHEMA = Schema(
+    version=1,
+    statements=(
+        """
+        CREATE TABLE IF NOT EXISTS stored_responses (
+            tenant     TEXT NOT NULL,
+            id         TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            response   TEXT NOT NULL,
+            items      TEXT NOT NULL,
+            PRIMARY KEY (tenant, id)
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS stored_responses_expiry ON stored_responses (expires_at)",
+    ),
+)
 
 
 class SQLiteResponseStore:
@@ -54,15 +61,8 @@ class SQLiteResponseStore:
             conn = None
         if conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: transactions are explicit; the timeout bounds every wait on a lock.
-            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")
-                conn.executescript(_SCHEMA)
-            except sqlite3.Error:
-                conn.close()
-                raise
+            # Transactions are explicit; the timeout bounds every wait on a lock, opening's included.
+            conn = connect(self.path, self.timeout, _SCHEMA)
             cache[os.getpid()] = conn
         return conn
 

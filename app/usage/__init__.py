@@ -205,7 +205,8 @@ class Call:
 
 def record_cache_hit(model: str, served: str | None, prompt: int, completion: int, stream: bool) -> float | None:
     """A request answered from the response cache: its ledger row has no tokens, cost 0 and outcome `cache_hit`
-    (budgets count nothing). Returns what the answer cost when it was generated (the saving), when priced."""
+    (budgets count nothing), and what the answer took and cost when it was generated (`saved_tokens`, `saved_usd`).
+    Returns that cost (the saving), when the model has a price."""
     bound = scope.current()
     if bound is None or bound.meter.ledger is None:
         return None
@@ -230,6 +231,8 @@ def record_cache_hit(model: str, served: str | None, prompt: int, completion: in
             cost_usd=0.0,
             latency_ms=0.0,
             outcome="cache_hit",
+            saved_tokens=prompt + completion,
+            saved_usd=saved,
         )
     )
     return saved

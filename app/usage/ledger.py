@@ -48,7 +48,10 @@ class Row:
     estimated: bool  # counts estimated (the endpoint reported none), not reported
     cost_usd: float | None  # None: the model has no price (never 0 for unknown)
     latency_ms: float
-    outcome: str  # ok, cancelled (the client left mid-stream), or the failure's code (429, timeout, ...)
+    outcome: str  # ok, cancelled (the client left mid-stream), cache_hit, or the failure's code (429, timeout, ...)
+    # A cache hit's: what the answer took (prompt and completion tokens) and cost when it was generated.
+    saved_tokens: int | None = None
+    saved_usd: float | None = None  # None: not a hit, or its model has no price
 
     @property
     def tokens(self) -> int:
@@ -260,7 +263,10 @@ REPORT_SELECT = """
            SUM(CASE WHEN cost_usd IS NULL AND (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)
                     THEN 1 ELSE 0 END),
            SUM(CASE WHEN estimated THEN 1 ELSE 0 END),
-           SUM(CASE WHEN outcome NOT IN ('ok', 'cancelled') THEN 1 ELSE 0 END)
+           SUM(CASE WHEN outcome NOT IN ('ok', 'cancelled', 'cache_hit') THEN 1 ELSE 0 END),
+           SUM(CASE WHEN outcome = 'cache_hit' THEN 1 ELSE 0 END),
+           COALESCE(SUM(saved_tokens), 0),
+           SUM(saved_usd)
     FROM usage_calls
     WHERE ts >= {p} AND ts < {p} {tenant}
     GROUP BY grp ORDER BY grp
@@ -275,7 +281,12 @@ REPORT_FIELDS = (
     "unpriced_calls",
     "estimated_calls",
     "errors",
+    "cache_hits",
+    "saved_tokens",
+    "saved_usd",
 )
+# Sums that are null when no row of the group had a value (a cost or a saving of a model without a price).
+NULLABLE_SUMS = ("cost_usd", "saved_usd")
 
 
 def report_rows(found: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
@@ -283,9 +294,10 @@ def report_rows(found: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     for values in found:
         row = dict(zip(REPORT_FIELDS, values, strict=True))
         for name in REPORT_FIELDS[1:]:
-            if name != "cost_usd":
+            if name in NULLABLE_SUMS:
+                row[name] = None if row[name] is None else float(row[name])
+            else:
                 row[name] = int(row[name] or 0)
-        row["cost_usd"] = None if row["cost_usd"] is None else float(row["cost_usd"])
         row["total_tokens"] = row["prompt_tokens"] + row["completion_tokens"]
         rows.append(row)
     return rows

@@ -18,7 +18,7 @@ from app.config import describe_url
 from app.errors import UsageUnavailable
 from app.usage.ledger import COLUMNS, GROUPS, REPORT_SELECT, Ledger, Row, daily_totals, report_rows, row_values
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # MIGRATIONS[n] brings the schema from version n to n + 1; released entries never change.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -52,6 +52,10 @@ MIGRATIONS: tuple[str, ...] = (
         usd    double precision NOT NULL,
         PRIMARY KEY (kind, name, day)
     );
+    """,
+    # 2: what a cache hit saved (`Row.saved_tokens`, `Row.saved_usd`); null in every earlier row.
+    """
+    ALTER TABLE usage_calls ADD COLUMN saved_tokens integer, ADD COLUMN saved_usd double precision;
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -151,7 +155,7 @@ class PostgresLedger(Ledger):
         return int(row[0] or 0)
 
     def problem(self) -> str | None:
-        """Why rows cannot be written: a schema behind (`ctx usage migrate`), checked at most every 10 s.
+        """Why rows cannot be written: a schema behind this release's (`ctx usage migrate`), checked at most every 10 s.
 
         A database away is not a problem for `/readyz`: rows wait in the queue and budgets fail open, so the
         pods keep serving (the writer's warnings say it)."""
@@ -161,7 +165,9 @@ class PostgresLedger(Ledger):
         try:
             version = self.schema_version()
             problem = None
-            if version != SCHEMA_VERSION:
+            # A newer schema serves: a later release migrated it while this one's pods roll out, and migrations
+            # only add (the rows name their columns).
+            if version < SCHEMA_VERSION:
                 problem = f"usage ledger schema in {self.where} is version {version}, expected {SCHEMA_VERSION}: "
                 problem += "run `ctx usage migrate`"
         except UsageUnavailable:

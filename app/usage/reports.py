@@ -1,8 +1,10 @@
-"""Usage reports: requests, calls, tokens, cost and errors per tenant, context, model, key or day.
+"""Usage reports: requests, calls, tokens, cost, errors and what the response cache saved, per tenant, context,
+model, key or day.
 
 Shared by `ctx usage report` and `GET /api/v1/usage`; the groups are summed by the database and the total by
 adding the groups, so a report's total is the sum of its rows. A cost is `null` when no call of the group
-had a price (`unpriced_calls` counts those that had none).
+had a price (`unpriced_calls` counts those that had none); a saving is `null` when the group had no hit whose
+model had a price.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.errors import BadRequest
-from app.usage.ledger import REPORT_FIELDS, Ledger
+from app.usage.ledger import NULLABLE_SUMS, REPORT_FIELDS, Ledger
 
 BY = ("tenant", "context", "model", "key", "day")
 DEFAULT_SINCE = "30d"
@@ -51,10 +53,11 @@ def build_report(
     start = parse_moment(since, now, "since")
     end = parse_moment(until, now, "until") if until else now + 1
     groups = ledger.report(start, end, by, tenant)
-    counted = [name for name in (*REPORT_FIELDS[1:], "total_tokens") if name != "cost_usd"]
+    counted = [name for name in (*REPORT_FIELDS[1:], "total_tokens") if name not in NULLABLE_SUMS]
     total: dict[str, Any] = {name: sum(g[name] for g in groups) for name in counted}
-    costs = [g["cost_usd"] for g in groups if g["cost_usd"] is not None]
-    total["cost_usd"] = sum(costs) if costs else None
+    for name in NULLABLE_SUMS:
+        known = [g[name] for g in groups if g[name] is not None]
+        total[name] = sum(known) if known else None
     return {
         "since": _iso(start),
         "until": _iso(min(end, now)),
@@ -69,8 +72,9 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# The cache's columns last: a CSV read by position before they existed reads the same.
 COLUMNS = ("group", "requests", "calls", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd",
-           "unpriced_calls", "estimated_calls", "errors")  # fmt: skip
+           "unpriced_calls", "estimated_calls", "errors", "cache_hits", "saved_tokens", "saved_usd")  # fmt: skip
 
 
 def _cell(value: Any) -> str:

@@ -2,52 +2,68 @@
 
 Each process writes with a connection of its own (WAL lets readers go on meanwhile; writers of other workers
 wait up to `CMP_USAGE_TIMEOUT` for the lock), so rows of all workers land in one file and every worker's
-budget checks read them. The schema is created on first use.
+budget checks read them. Opening creates the schema, or upgrades a file of an earlier release in place
+(`app.sqlite_files`: safe when every worker opens it at once).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
 from app.errors import SettingsError, UsageUnavailable
+from app.sqlite_files import Schema, connect, is_busy
 from app.usage.ledger import COLUMNS, GROUPS, REPORT_SELECT, Ledger, Row, daily_totals, report_rows, row_values
 
+log = logging.getLogger(__name__)
+
 DB_NAME = "usage.db"
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage_calls (
-    id INTEGER PRIMARY KEY,
-    ts REAL NOT NULL,
-    request_id TEXT NOT NULL,
-    tenant TEXT NOT NULL,
-    key_id TEXT,
-    context TEXT NOT NULL,
-    route TEXT NOT NULL,
-    model TEXT NOT NULL,
-    served_model TEXT,
-    endpoint TEXT NOT NULL,
-    stream INTEGER NOT NULL,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    cached_tokens INTEGER,
-    reasoning_tokens INTEGER,
-    estimated INTEGER NOT NULL,
-    cost_usd REAL,
-    latency_ms REAL NOT NULL,
-    outcome TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_calls_ts ON usage_calls (ts);
-CREATE TABLE IF NOT EXISTS usage_daily (
-    day TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    name TEXT NOT NULL,
-    tokens INTEGER NOT NULL,
-    usd REAL NOT NULL,
-    PRIMARY KEY (kind, name, day)
-) WITHOUT ROWID;
-"""
+# Version 1 is the first release's tables (no `user_version` set); 2 added the cache's savings to the rows.
+SCHEMA = Schema(
+    version=2,
+    statements=(
+        """
+        CREATE TABLE IF NOT EXISTS usage_calls (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            request_id TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            key_id TEXT,
+            context TEXT NOT NULL,
+            route TEXT NOT NULL,
+            model TEXT NOT NULL,
+            served_model TEXT,
+            endpoint TEXT NOT NULL,
+            stream INTEGER NOT NULL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            cached_tokens INTEGER,
+            reasoning_tokens INTEGER,
+            estimated INTEGER NOT NULL,
+            cost_usd REAL,
+            latency_ms REAL NOT NULL,
+            outcome TEXT NOT NULL,
+            saved_tokens INTEGER,
+            saved_usd REAL
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS usage_calls_ts ON usage_calls (ts)",
+        """
+        CREATE TABLE IF NOT EXISTS usage_daily (
+            day TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            usd REAL NOT NULL,
+            PRIMARY KEY (kind, name, day)
+        ) WITHOUT ROWID
+        """,
+    ),
+    columns=(("usage_calls", "saved_tokens", "INTEGER"), ("usage_calls", "saved_usd", "REAL")),
+)
 _INSERT = f"INSERT INTO usage_calls ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"  # noqa: S608
 _ADD_DAY = """
     INSERT INTO usage_daily (day, kind, name, tokens, usd) VALUES (?, ?, ?, ?, ?)
@@ -61,25 +77,33 @@ class SQLiteLedger(Ledger):
         self.path = state_dir / DB_NAME
         self.where = str(self.path)
         self.timeout = timeout
+        writer: sqlite3.Connection | None = None
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
-            with self._connect() as conn:
-                conn.executescript(SCHEMA)
-            conn.close()
-        except (OSError, sqlite3.Error) as exc:
-            raise SettingsError(
-                f"the usage ledger {self.where} cannot be written ({exc}); set CMP_STATE_DIR to a writable "
-                "directory, CMP_USAGE_URL to a PostgreSQL database, or CMP_USAGE_URL=off"
-            ) from None
-        self._writer_conn: sqlite3.Connection | None = None
+            # Kept as the writer's: closing what may be the file's last connection checkpoints its whole WAL under
+            # an exclusive lock, which every worker opening the file meanwhile waits for.
+            writer = self._connect()
+        except sqlite3.Error as exc:
+            if not is_busy(exc):
+                raise self._unwritable(exc) from None
+            # Locked past the timeout (another process's last connection checkpointing a long WAL as it closes):
+            # a ledger away for a while, as a database is (rows queue, budgets fail open), not a worker that
+            # cannot boot. The writer opens it, and makes its schema, on its next try.
+            log.warning("usage ledger locked at start, opened later", extra={"fields": {"ledger": self.where}})
+        except OSError as exc:
+            raise self._unwritable(exc) from None
+        self._writer_conn = writer
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
 
+    def _unwritable(self, exc: Exception) -> SettingsError:
+        return SettingsError(
+            f"the usage ledger {self.where} cannot be written ({exc}); set CMP_STATE_DIR to a writable "
+            "directory, CMP_USAGE_URL to a PostgreSQL database, or CMP_USAGE_URL=off"
+        )
+
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        return conn
+        return connect(self.path, self.timeout, SCHEMA)
 
     def _reset_connections(self) -> None:
         self._writer_conn = self._reader = None

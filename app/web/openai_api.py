@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, g, jsonify, request
 
 from app.errors import BadRequest, ContexisError, NotFound
-from app.names import is_safe_name
+from app.names import NAME_RULE, is_safe_name
 from app.providers.base import Choice, ChoiceDelta, ToolCallDelta, Usage
 from app.validation import parse_openai_request
 from app.web.auth import tenant_for
@@ -157,7 +157,7 @@ def _listing_tenant() -> str:
     """The tenant whose contexts a model listing shows: the key's, or the one asked for when the key allows it."""
     requested = request.args.get("tenant_id", "")
     if "tenant_id" in request.args and not is_safe_name(requested):  # an empty one too: the contract's pattern
-        raise BadRequest(f"tenant_id: {requested!r} is not a valid name", code="invalid_request", param="tenant_id")
+        raise BadRequest(f"tenant_id: not a valid name ({NAME_RULE})", code="invalid_request", param="tenant_id")
     tenant = tenant_for(requested)
     g.log_fields.update(tenant=tenant or None)
     return tenant

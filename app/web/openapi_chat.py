@@ -206,18 +206,23 @@ def usage_report_schema() -> dict[str, Any]:
             "unpriced_calls",
             "estimated_calls",
             "errors",
+            "cache_hits",
+            "saved_tokens",
         )
+    }
+    sums = {
+        "cost_usd": {"type": ["number", "null"], "description": "null when no call of the group had a price"},
+        "saved_usd": {
+            "type": ["number", "null"],
+            "description": "what the group's cache hits cost when generated; null when none had a price",
+        },
     }
     group = {
         "type": "object",
-        "required": ["group", *counts, "cost_usd"],
-        "properties": {
-            "group": {"type": "string"},
-            **counts,
-            "cost_usd": {"type": ["number", "null"], "description": "null when no call of the group had a price"},
-        },
+        "required": ["group", *counts, *sums],
+        "properties": {"group": {"type": "string"}, **counts, **sums},
     }
-    total = {**group, "required": [*counts, "cost_usd"]}
+    total = {**group, "required": [*counts, *sums]}
     return {
         "type": "object",
         "required": ["since", "until", "by", "tenant", "groups", "total"],

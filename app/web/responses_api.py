@@ -6,19 +6,21 @@ means and goes through the one pipeline (`parse_openai_request`, `chat.admit`, `
 tenants, limits and telemetry as `/v1/chat/completions`; answers are `response` objects or their event streams
 (`responses_answer`), errors OpenAI's shape (the `/v1` prefix's). Responses are stored per tenant
 (`app.responses_store`) unless the request says `"store": false`, so `previous_response_id` and `item_reference`
-can continue them.
+can continue them; what is stored and echoed of the request is what the context's guardrails passed to the model.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 
 from app.config import Settings
 from app.errors import BadRequest, NotFound
-from app.names import is_safe_name
+from app.names import NAME_RULE, is_safe_name
 from app.responses_store import ResponseStore, StoredResponse, new_response_id, open_response_store
 from app.validation import parse_openai_request
 from app.web.auth import tenant_for
@@ -31,7 +33,15 @@ from app.web.responses_answer import (
     status_of,
     usage_object,
 )
-from app.web.responses_wire import ResponsesCall, chat_body, input_item, output_as_input, parse_responses_body
+from app.web.responses_wire import (
+    ResponsesCall,
+    chat_body,
+    echo_as_passed,
+    input_item,
+    item_as_passed,
+    output_as_input,
+    parse_responses_body,
+)
 from app.web.sse import event_stream
 
 bp = Blueprint("responses", __name__, url_prefix="/v1")
@@ -96,21 +106,26 @@ def create_response():
     g.log_fields.update(response_id=response_id)
     store, ttl = _store(), runtime.settings.responses_ttl  # a stream ends outside the request's context
 
-    def keep(response: dict[str, Any]) -> None:
+    def keep(passed: Callable[[str], str], response: dict[str, Any]) -> None:
         if call.store:
-            conversation = items + [output_as_input(item) for item in response["output"]]
+            # The conversation as the model got it: under `pii: redact`, its personal data replaced.
+            conversation = [item_as_passed(item, passed) for item in items]
+            conversation += [output_as_input(item) for item in response["output"]]
             store.put(StoredResponse.new(tenant, response, conversation, ttl))
 
     if call.stream:
         streamed = runtime.stream(chat_request)
+        call = echo_as_passed(call, streamed.as_passed)
         # A context that names its models answers as the one that served; others as the context.
         model = streamed.served or chat_request.context
-        events = ResponseEvents(call, response_id, streamed.stream, keep, sources=streamed.sources, model=model)
+        finish = partial(keep, streamed.as_passed)
+        events = ResponseEvents(call, response_id, streamed.stream, finish, sources=streamed.sources, model=model)
         answered = event_stream(streamed.stream, iter(events), events.failed, g.request_id)
         mark_model(answered, streamed.served)
         mark_cache(answered, streamed.cache)
         return mark_degraded(answered, streamed.degraded)
     answer = runtime.answer(chat_request)
+    call = echo_as_passed(call, answer.as_passed)
     status, incomplete = status_of(answer.finish_reason)
     response = response_object(
         call,
@@ -123,7 +138,7 @@ def create_response():
         sources=answer.sources,
         model=answer.served or chat_request.context,
     )
-    keep(response)
+    keep(answer.as_passed, response)
     answered = jsonify(response)
     mark_model(answered, answer.served)
     mark_cache(answered, answer.cache)
@@ -134,7 +149,7 @@ def _tenant() -> str:
     """The tenant a GET or DELETE acts for: `?tenant_id=`, else the key's own."""
     requested = request.args.get("tenant_id", "")
     if requested and not is_safe_name(requested):
-        raise BadRequest(f"tenant_id: {requested!r} is not a valid name", code="invalid_request", param="tenant_id")
+        raise BadRequest(f"tenant_id: not a valid name ({NAME_RULE})", code="invalid_request", param="tenant_id")
     tenant = tenant_for(requested)
     g.log_fields.update(tenant=tenant or None)
     return tenant

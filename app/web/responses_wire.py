@@ -6,12 +6,14 @@ assistant's `tool_calls`, `function_call_output` items `tool` messages, `instruc
 `text.format` the `response_format`, function tools chat tools. Answers go the other way, in `responses_answer`.
 
 Conversations are kept as Responses input items (`input_items`, `output_as_input`): what a stored response
-holds, what `previous_response_id` continues and what an `item_reference` names.
+holds, what `previous_response_id` continues and what an `item_reference` names. What is kept of the request is
+what the guardrails passed to the model (`item_as_passed`, `echo_as_passed`): under `pii: redact`, no personal data.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.errors import BadRequest
@@ -226,6 +228,42 @@ def output_as_input(item: dict[str, Any]) -> dict[str, Any]:
         "role": "assistant",
         "content": [{"type": "output_text", "text": _text(item["content"])}],
     }
+
+
+def item_as_passed(item: dict[str, Any], passed: Callable[[str], str]) -> dict[str, Any]:
+    """A conversation's item with each text as the guardrails passed it to the model (`Answer.as_passed`), for a
+    stored response: read or continued, it hands back none of the personal data the model never saw."""
+    kind = item["type"]
+    if kind == "function_call":
+        return {**item, "arguments": passed(item["arguments"])}
+    if kind == "function_call_output":
+        return {**item, "output": _passed_content(item["output"], passed)}
+    return {**item, "content": _passed_content(item["content"], passed)}
+
+
+def _passed_content(content: str | list[dict[str, Any]], passed: Callable[[str], str]) -> str | list[dict[str, Any]]:
+    """A content as the chat wire sent it (`_chat_content`) through `passed`: text parts without images went as
+    one text, which stays parts when nothing in it changed; with images each text part went on its own."""
+    if isinstance(content, str):
+        return passed(content)
+    if all(part["type"] != "input_image" for part in content):
+        text = _text(content)
+        redacted = passed(text)
+        return content if redacted == text else redacted
+    return [
+        {**part, "text": passed(part["text"])} if "text" in part else _passed_refusal(part, passed) for part in content
+    ]
+
+
+def _passed_refusal(part: dict[str, Any], passed: Callable[[str], str]) -> dict[str, Any]:
+    return {**part, "refusal": passed(part["refusal"])} if "refusal" in part else part
+
+
+def echo_as_passed(call: ResponsesCall, passed: Callable[[str], str]) -> ResponsesCall:
+    """The call whose response echoes `instructions` as the model got them (the first system message)."""
+    instructions = call.echo["instructions"]
+    redacted = passed(instructions) if instructions else instructions
+    return call if redacted == instructions else replace(call, echo={**call.echo, "instructions": redacted})
 
 
 def _text(content: str | list[dict[str, Any]]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, request
 
 from app.errors import BadRequest, SettingsError, UsageUnavailable
-from app.names import is_safe_name
+from app.names import NAME_RULE, is_safe_name
 from app.usage import open_ledger
 from app.usage.ledger import Ledger
 from app.usage.reports import DEFAULT_SINCE, build_report
@@ -39,7 +39,7 @@ def usage_report():
     args = request.args
     requested = args.get("tenant", "")
     if requested and not is_safe_name(requested):
-        raise BadRequest(f"tenant: {requested!r} is not a valid name", code="invalid_request", param="tenant")
+        raise BadRequest(f"tenant: not a valid name ({NAME_RULE})", code="invalid_request", param="tenant")
     tenant = tenant_for(requested)
     g.log_fields.update(tenant=tenant or None)
     ledger = _ledger()
