@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,9 +99,22 @@ def _version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def _upgrade(conn: sqlite3.Connection, schema: Schema) -> None:
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction of a connection opened with `isolation_level=None`; IMMEDIATE takes the write lock up
+    front, so a writer waits for another (`busy_timeout`) instead of failing on a lock upgrade halfway."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # a COMMIT refused as busy leaves it open
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _upgrade(conn: sqlite3.Connection, schema: Schema) -> None:
+    with transaction(conn):
         if _version(conn) < schema.version:
             for statement in schema.statements:
                 conn.execute(statement)
@@ -109,8 +123,3 @@ def _upgrade(conn: sqlite3.Connection, schema: Schema) -> None:
                 if column not in present:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
             conn.execute(f"PRAGMA user_version = {int(schema.version)}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise

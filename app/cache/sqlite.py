@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.cache.store import SEMANTIC_CANDIDATES, CacheStats, CacheUnavailable, Entry, best
-from app.sqlite_files import Schema, connect
+from app.sqlite_files import Schema, connect, transaction
 
 # `total` holds the bytes of every answer, kept by the triggers, so a put never sums the table: created with the
 # total of the rows already there (summed only when it is created), in the one transaction of the upgrade.
@@ -120,7 +120,7 @@ class SqliteCache:
             pending, self._hits = self._hits, {}
         try:
             conn.execute("PRAGMA busy_timeout = 0")  # a touch never waits: the hit is what the request needs
-            with _transaction(conn):
+            with transaction(conn):
                 conn.execute("UPDATE answers SET used = ?, hits = hits + ? WHERE digest = ?", (now, hits, digest))
                 # Hits of other answers within their second go with it, so `_hits` stays bounded.
                 others = [(count, other) for other, count in pending.items() if other != digest]
@@ -140,7 +140,7 @@ class SqliteCache:
         with _guarded():
             conn = self._conn()
             now = time.time()
-            with _transaction(conn):
+            with transaction(conn):
                 conn.execute("DELETE FROM answers WHERE digest = ?", (entry.digest,))
                 conn.execute(
                     "INSERT INTO answers (digest, tenant, context, scope, vector, value, size, expires, used)"
@@ -231,18 +231,6 @@ def _inode(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return found.st_dev, found.st_ino
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction, taken at once (IMMEDIATE), so it waits for the lock rather than failing midway."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from app.memory.config import load_config
 from app.memory.hybrid import PendingChunk, check_batch, copied_dimension, embed_pending, retrieve
 from app.memory.query import query_terms
 from app.memory.sqlite_ranking import contents, rank, vector_index
-from app.memory.sqlite_schema import DB_NAME, connection, embedding_of, file_bytes, read_meta, write
+from app.memory.sqlite_schema import DB_NAME, connection, embedding_of, file_bytes, read_meta
 from app.memory.store import (
     Chunk,
     Document,
@@ -41,6 +41,7 @@ from app.memory.store import (
 )
 from app.memory.vectors import from_blob, to_blob
 from app.names import is_safe_name
+from app.sqlite_files import transaction
 
 
 def _replace(conn: sqlite3.Connection, document: Document) -> int:
@@ -50,7 +51,7 @@ def _replace(conn: sqlite3.Connection, document: Document) -> int:
     document's own vectors are stored when the store takes them (``hybrid.copied_dimension``).
     """
     source = document.source
-    with write(conn):
+    with transaction(conn):
         kept = conn.execute(
             "SELECT c.content_hash, v.vector FROM chunks c JOIN vectors v ON v.rowid = c.rowid WHERE c.source = ?",
             (source,),
@@ -82,7 +83,6 @@ def _replace(conn: sqlite3.Connection, document: Document) -> int:
             (source, document.content_hash, document.chunking, document.bytes, len(document.chunks), time.time()),
         )
     return removed
-
 
 
 class SqliteStore:
@@ -303,7 +303,7 @@ class SqliteStore:
 
     def start_embedding(self, model_id: str) -> int:
         """Switch the store to ``model_id`` (dropping another model's vectors); the chunks still to embed."""
-        with self._own() as conn, write(conn):
+        with self._own() as conn, transaction(conn):
             if read_meta(conn).get("embed_model") != model_id:
                 conn.execute("DELETE FROM vectors")
                 conn.execute("DELETE FROM meta WHERE key = 'embed_dimension'")
@@ -323,7 +323,7 @@ class SqliteStore:
 
     def store_vectors(self, model_id: str, vectors: Sequence[tuple[PendingChunk, list[float]]]) -> int:
         """Save a batch in one transaction; a chunk replaced meanwhile (another hash) gets none."""
-        with self._own() as conn, write(conn):
+        with self._own() as conn, transaction(conn):
             dimension = len(vectors[0][1]) if vectors else 0
             check_batch(self.location, *embedding_of(read_meta(conn)), model_id, dimension)
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('embed_dimension', ?)", (dimension,))
@@ -346,7 +346,7 @@ class SqliteStore:
         with self._open(self.path, create=False) as conn:
             if conn is None:
                 return 0
-            with write(conn):
+            with transaction(conn):
                 if source is None:
                     conn.execute("DELETE FROM chunks")
                     return conn.execute("DELETE FROM documents").rowcount

@@ -99,19 +99,6 @@ def connection(path: Path, create: bool) -> Iterator[sqlite3.Connection | None]:
         yield conn
 
 
-@contextmanager
-def write(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction; ``IMMEDIATE`` takes the write lock up front so concurrent writers wait
-    (``busy_timeout``) instead of failing on a lock upgrade."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 def file_bytes(path: Path) -> int:
     """Disk use of a database: recent writes live in its WAL file until a checkpoint."""
     return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())

@@ -20,7 +20,7 @@ from pathlib import Path
 from app.config import Settings
 from app.errors import StoreUnavailable
 from app.responses_store.store import Purger, StoredResponse
-from app.sqlite_files import Schema, connect
+from app.sqlite_files import Schema, connect, transaction
 
 DB_NAME = "responses.db"
 _SCHEMA = Schema(
@@ -85,16 +85,10 @@ class SQLiteResponseStore:
             json.dumps(stored.response),
             json.dumps(stored.items),
         )
-        with self._open() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("INSERT OR REPLACE INTO stored_responses VALUES (?, ?, ?, ?, ?, ?)", row)
-                if self._purger.due():
-                    conn.execute("DELETE FROM stored_responses WHERE expires_at <= ?", (time.time(),))
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._open() as conn, transaction(conn):
+            conn.execute("INSERT OR REPLACE INTO stored_responses VALUES (?, ?, ?, ?, ?, ?)", row)
+            if self._purger.due():
+                conn.execute("DELETE FROM stored_responses WHERE expires_at <= ?", (time.time(),))
 
     def get(self, tenant: str, response_id: str) -> StoredResponse | None:
         with self._open() as conn:

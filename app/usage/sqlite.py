@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import SettingsError, UsageUnavailable
-from app.sqlite_files import Schema, connect, is_busy
+from app.sqlite_files import Schema, connect, is_busy, transaction
 from app.usage.ledger import COLUMNS, GROUPS, REPORT_SELECT, Ledger, Row, daily_totals, report_rows, row_values
 
 log = logging.getLogger(__name__)
@@ -113,14 +113,9 @@ class SQLiteLedger(Ledger):
         if self._writer_conn is None:
             self._writer_conn = self._connect()
         conn = self._writer_conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             conn.executemany(_INSERT, [row_values(row) for row in rows])
             conn.executemany(_ADD_DAY, [(*key, int(t), u) for key, (t, u) in daily_totals(rows).items()])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._read_lock:
