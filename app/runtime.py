@@ -26,17 +26,12 @@ from app.observability import RuntimeMetrics
 from app.prompts import PromptRenderer, TemplateData, system_message
 from app.providers import build_classifier, build_embedder, build_provider, structured
 from app.providers.base import Choice, Generation, GenerationParams, TokenStream, ToolCall, Turn, Usage
-from app.providers.huggingface.transport import remaining
 from app.routing import ModelChain, ModelRouter, chain_of
 from app.tools import Inputs, Toolbox, ToolRun
 from app.usage import open_meter
 from app.validation import ChatRequest, content_text
 
 _tracer = trace.get_tracer(__name__)
-
-
-def _unchanged(text: str) -> str:
-    return text
 
 
 @dataclass(frozen=True)
@@ -57,9 +52,10 @@ class Rendered:
         return [{"id": r.id, "source": r.source, "score": r.score} for r in self.results]
 
     @property
-    def as_passed(self) -> Callable[[str], str]:
-        """A text of the request as the guardrails passed it on (`Guard.as_passed`); as it is without a guard."""
-        return self.guard.as_passed if self.guard else _unchanged
+    def as_passed(self) -> Callable[[str], str] | None:
+        """A text of the request as the guardrails passed it on (`Guard.as_passed`); None when every text passes
+        as it is (no guard, or one that does not redact)."""
+        return self.guard.as_passed if self.guard and self.guard.policy.pii != "off" else None
 
 
 @dataclass(frozen=True)
@@ -78,8 +74,9 @@ class Answer:
     tools: list[dict[str, Any]] | None = None  # the context's own tools the runtime called, when it has tools
     redacted: tuple[str, ...] = ()  # the personal data types the guardrails replaced, in and out
     cache: str = ""  # what the response cache did (hit, semantic-hit, miss, bypass); "" when the context has none
-    # A text of the request as the guardrails passed it on (personal data redacted): what a caller keeps of it.
-    as_passed: Callable[[str], str] = _unchanged
+    # A text of the request as the guardrails passed it on (personal data redacted): what a caller keeps of it;
+    # None when they pass every text as it is (no guardrails, or `pii: off`), so a caller need not copy any.
+    as_passed: Callable[[str], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +89,7 @@ class StreamedAnswer:
     served: str | None = None  # as `Answer.served`
     tools: list[dict[str, Any]] | None = None  # the context tools called, filled in as each call ends
     cache: str = ""  # as `Answer.cache`
-    as_passed: Callable[[str], str] = _unchanged  # as `Answer.as_passed`
+    as_passed: Callable[[str], str] | None = None  # as `Answer.as_passed`
 
 
 class Runtime:
@@ -333,9 +330,7 @@ class Runtime:
             found = self.search(replace(request, query=query, top_k=top_k), component)
             return [result.as_dict() for result in found.results]
 
-        # HF_DEADLINE from now, or sooner when the block the request runs in ends sooner (a `ctx test` run's).
-        seconds = min(self.settings.hf_deadline, remaining())
-        return ToolRun.start(toolset, request_id, request.tenant_id, seconds, search)
+        return ToolRun.start(toolset, request_id, request.tenant_id, self.settings.hf_deadline, search)
 
 
 def _checked(rendered: Rendered, stream: TokenStream) -> TokenStream:

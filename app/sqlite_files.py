@@ -49,10 +49,10 @@ def connect(path: Path, timeout: float, schema: Schema) -> sqlite3.Connection:
     deadline = time.monotonic() + timeout
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
-        within(deadline, conn, lambda: _use_wal(conn))
+        _within(deadline, conn, lambda: _use_wal(conn))
         conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints: no fsync per commit
         if _version(conn) < schema.version:
-            within(deadline, conn, lambda: _upgrade(conn, schema))
+            _within(deadline, conn, lambda: _upgrade(conn, schema))
         conn.execute(f"PRAGMA busy_timeout = {round(timeout * 1000)}")
     except BaseException:
         conn.close()
@@ -63,11 +63,11 @@ def connect(path: Path, timeout: float, schema: Schema) -> sqlite3.Connection:
 def use_wal(conn: sqlite3.Connection, timeout: float) -> None:
     """Put the file of `conn` in WAL mode (a no-op for one in it already) within `timeout`; for a connection that
     makes its schema on its own terms (memory's)."""
-    within(time.monotonic() + timeout, conn, lambda: _use_wal(conn))
+    _within(time.monotonic() + timeout, conn, lambda: _use_wal(conn))
     conn.execute(f"PRAGMA busy_timeout = {round(timeout * 1000)}")
 
 
-def within(deadline: float, conn: sqlite3.Connection, step: Callable[[], None]) -> None:
+def _within(deadline: float, conn: sqlite3.Connection, step: Callable[[], None]) -> None:
     """Run `step`, again while SQLite refuses it as busy and `deadline` (monotonic) allows; each of SQLite's own
     waits is bounded by the time left."""
     pause = FIRST_PAUSE

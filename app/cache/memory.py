@@ -57,7 +57,7 @@ class MemoryCache:
 
     def _drop(self, digest: str) -> None:
         held = self._held.pop(digest)
-        self._bytes -= len(held.entry.value) + len(held.entry.vector)
+        self._bytes -= held.entry.size
         if held.entry.scope:
             scope = self._scopes[_scope(held.entry)]
             del scope[digest]
@@ -65,7 +65,7 @@ class MemoryCache:
                 del self._scopes[_scope(held.entry)]
 
     def put(self, entry: Entry) -> None:
-        size = len(entry.value) + len(entry.vector)
+        size = entry.size
         if size > self.max_bytes:  # it would evict every other answer, then itself
             return
         with self._lock:
@@ -94,7 +94,7 @@ class MemoryCache:
                 if held.expires > now and tenant in (None, owner[0]) and context in (None, owner[1]):
                     total = totals.setdefault(owner, [0, 0, 0])
                     total[0] += 1
-                    total[1] += len(held.entry.value) + len(held.entry.vector)
+                    total[1] += held.entry.size
                     total[2] += held.hits
         return [CacheStats(t, c, *counts) for (t, c), counts in sorted(totals.items())]
 

@@ -97,17 +97,19 @@ class SqliteCache:
 
     def get(self, tenant: str, context: str, digest: str) -> bytes | None:
         with _guarded():
-            conn = self._conn()
-            now = time.time()
-            row = conn.execute(
-                "SELECT value, used FROM answers WHERE digest = ? AND tenant = ? AND context = ? AND expires > ?"
-                " AND used <= ?",
-                (digest, tenant, context, now, now + CLOCK_SLACK),
-            ).fetchone()
-            if row is None:
-                return None
-            self._touch(conn, digest, row[1], now)
-            return bytes(row[0])
+            return self._get(self._conn(), tenant, context, digest)
+
+    def _get(self, conn: sqlite3.Connection, tenant: str, context: str, digest: str) -> bytes | None:
+        now = time.time()
+        row = conn.execute(
+            "SELECT value, used FROM answers WHERE digest = ? AND tenant = ? AND context = ? AND expires > ?"
+            " AND used <= ?",
+            (digest, tenant, context, now, now + CLOCK_SLACK),
+        ).fetchone()
+        if row is None:
+            return None
+        self._touch(conn, digest, row[1], now)
+        return bytes(row[0])
 
     def _touch(self, conn: sqlite3.Connection, digest: str, used: float, now: float) -> None:
         """Count a hit, and move the answer up the LRU at most once per `TOUCH_SECONDS` (or when the clock went back):
@@ -134,7 +136,7 @@ class SqliteCache:
             conn.execute(f"PRAGMA busy_timeout = {int(LOCK_TIMEOUT * 1000)}")
 
     def put(self, entry: Entry) -> None:
-        size = len(entry.value) + len(entry.vector)
+        size = entry.size
         if size > self.max_bytes:  # it would evict every other answer, then itself
             return
         with _guarded():
@@ -190,7 +192,7 @@ class SqliteCache:
                 (scope, tenant, context, now, now + CLOCK_SLACK, SEMANTIC_CANDIDATES),
             ).fetchall()
             found = best([(bytes(packed), digest) for digest, packed in rows], vector, threshold)
-        return None if found is None else self.get(tenant, context, found)
+            return None if found is None else self._get(conn, tenant, context, found)
 
     def stats(self, tenant: str | None = None, context: str | None = None) -> list[CacheStats]:
         with _guarded():

@@ -36,6 +36,11 @@ class Entry:
     scope: str = ""  # the semantic scope's digest; "" when the answer is only reusable exactly
     vector: bytes = b""  # float32 unit vector of the question (`pack`)
 
+    @property
+    def size(self) -> int:
+        """What the entry weighs against a store's bound: its answer and its vector."""
+        return len(self.value) + len(self.vector)
+
 
 @dataclass(frozen=True)
 class CacheStats:

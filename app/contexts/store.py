@@ -107,8 +107,9 @@ class ContextStore:
         if not resolved.is_relative_to(self.root):
             # Named as asked for: where the link leads is outside the root and must not be shown.
             raise ContextInvalid(f"{self._rel(path)}: file is outside the project root")
-        # Each file is stat'ed before it is read, so a change while it loads is a change the next request sees.
-        files = [(path, self._stat(path))]
+        # Each file is stat'ed before it is read, so a change while it loads is a change the next request sees;
+        # the path as asked for is the first file itself unless it is a link.
+        files = [] if path == resolved else [(path, self._stat(path))]
         context = self._load_file(resolved, stack=(), files=files)
         errors = list(resolved_validator.iter_errors(context))
         if errors:

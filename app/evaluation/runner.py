@@ -188,11 +188,8 @@ def _run_case(runtime: Runtime, suite: _Suite, case: Case, embeddings: Embedding
     started = time.perf_counter()
     if time.monotonic() >= ends_at:  # taken up as the run was cut: its result is not waited for
         return CaseResult(case, ERROR, error="deadline_exceeded: not started before the run's deadline")
-    if ends_at == math.inf:
+    with within(ends_at - time.monotonic()):  # model calls (chain, tool loop, embeddings) end by the deadline
         result = _judge(runtime, suite, case, embeddings)
-    else:
-        with within(ends_at - time.monotonic()):  # model calls (chain, tool loop, embeddings) end by the deadline
-            result = _judge(runtime, suite, case, embeddings)
     result.seconds = time.perf_counter() - started
     return result
 

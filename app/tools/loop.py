@@ -10,7 +10,6 @@ steps: each model call is paid for.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -30,6 +29,7 @@ from app.providers.base import (
     Turn,
     Usage,
 )
+from app.providers.huggingface.transport import deadline_at
 from app.tools.base import CallContext, Search
 from app.tools.toolset import Offer, Ran, Toolset
 
@@ -57,7 +57,8 @@ class ToolRun:
 
     @classmethod
     def start(cls, toolset: Toolset, request_id: str, tenant_id: str, seconds: float, search: Search | None) -> ToolRun:
-        return cls(toolset, CallContext(request_id, tenant_id, time.monotonic() + seconds, search))
+        # `seconds` from now, or sooner when the block the request runs in ends sooner (a `ctx test` run's).
+        return cls(toolset, CallContext(request_id, tenant_id, deadline_at(seconds), search))
 
     def _offer(self, inputs: Inputs) -> tuple[Offer, Inputs, set[str]]:
         """The context's tools now, the inputs offering them after the client's, and the client's tools' names

@@ -89,6 +89,11 @@ def daily_totals(rows: Sequence[Row]) -> dict[tuple[str, str, str], list[float]]
     return totals
 
 
+def _owners_of(row: Row) -> tuple[tuple[str, str], tuple[str, str]]:
+    """The tenant and the key a row counts for in this process's totals (rows without a key: the key "")."""
+    return ("tenant", row.tenant), ("key", row.key_id or "")
+
+
 class Ledger:
     """The queue and its writer thread; a backend implements `_write`, `spent`, `totals`, `report`, `problem`."""
 
@@ -126,7 +131,7 @@ class Ledger:
 
     def _recorded(self, row: Row) -> None:
         with self._count_lock:
-            for owner in (("tenant", row.tenant), ("key", row.key_id or "")):
+            for owner in _owners_of(row):
                 entry = self._owners.get(owner)
                 if entry is None:
                     entry = self._owners[owner] = Own()
@@ -141,7 +146,7 @@ class Ledger:
         """`rows` left the queue: written (budgets now read them from the database), or dropped."""
         with self._count_lock:
             for row in rows:
-                for owner in (("tenant", row.tenant), ("key", row.key_id or "")):
+                for owner in _owners_of(row):
                     entry = self._owners.get(owner)
                     if entry is None:  # forgotten by a fork in between
                         continue

@@ -24,6 +24,9 @@ DEFAULT_SINCE = "30d"
 _RELATIVE = re.compile(r"^(\d{1,6})([dhm])$")
 _UNITS = {"d": 86400, "h": 3600, "m": 60}
 
+# A report group's counts (integers, summed into the total); its NULLABLE_SUMS are None when nothing was priced.
+COUNTED = tuple(name for name in (*REPORT_FIELDS[1:], "total_tokens") if name not in NULLABLE_SUMS)
+
 
 def parse_moment(text: str, now: float, param: str) -> float:
     """`7d`, `12h`, `30m` before now, or an ISO date (`2026-12-01`, UTC midnight) or time, as epoch seconds."""
@@ -53,8 +56,7 @@ def build_report(
     start = parse_moment(since, now, "since")
     end = parse_moment(until, now, "until") if until else now + 1
     groups = ledger.report(start, end, by, tenant)
-    counted = [name for name in (*REPORT_FIELDS[1:], "total_tokens") if name not in NULLABLE_SUMS]
-    total: dict[str, Any] = {name: sum(g[name] for g in groups) for name in counted}
+    total: dict[str, Any] = {name: sum(g[name] for g in groups) for name in COUNTED}
     for name in NULLABLE_SUMS:
         known = [g[name] for g in groups if g[name] is not None]
         total[name] = sum(known) if known else None

@@ -9,7 +9,7 @@ from typing import Any
 
 from app.names import MAX_TOP_K, NAME_PATTERN
 from app.validation.fields import MESSAGE_SCHEMA, OPTIONAL_NAME_PATTERN, TOOL_FIELDS, _options, _turn, _turn_rules_hold
-from app.validation.schema import SchemaCheck, _check
+from app.validation.schema import SchemaCheck, check_body
 
 _NATIVE_MESSAGE = {**MESSAGE_SCHEMA, "required": ["role", "content"]}
 
@@ -79,7 +79,7 @@ _test_check = SchemaCheck(TEST_REQUEST_SCHEMA)
 
 def parse_chat_request(body: Any) -> ChatRequest:
     """Check a decoded JSON body and build the request, or raise `BadRequest` naming the field."""
-    _check(_chat_check, body)
+    check_body(_chat_check, body)
     return ChatRequest(
         context=body["context"],
         component=body.get("component") or body["context"],
@@ -97,5 +97,5 @@ def parse_chat_request(body: Any) -> ChatRequest:
 
 def parse_test_request(body: Any) -> tuple[str, str]:
     """The context and tenant of a test run's body, or `BadRequest` naming the field."""
-    _check(_test_check, body)
+    check_body(_test_check, body)
     return body["context"], body.get("tenant_id", "")

@@ -18,7 +18,7 @@ from app.validation.fields import (
     _turn_rules_hold,
     content_text,
 )
-from app.validation.schema import SchemaCheck, _check
+from app.validation.schema import SchemaCheck, check_body
 
 # The runtime's own fields, accepted at the top level of an OpenAI body (where SDKs put `extra_body`).
 RUNTIME_FIELDS = ("tenant_id", "component", "query", "top_k", "data", "prompt_file")
@@ -71,7 +71,7 @@ def parse_openai_request(body: Any) -> ChatRequest:
     those after it (tool calls and results, a prefill) follow the input, each in order.
     Unknown fields are ignored, as OpenAI-compatible servers do.
     """
-    _check(_openai_check, body)
+    check_body(_openai_check, body)
     messages = body["messages"]
     last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")  # one at least: the schema says so
     content = messages[last_user].get("content")

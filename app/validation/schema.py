@@ -79,7 +79,7 @@ def _describe(error: ValidationError) -> str:
     return f"{where}: {unquoted(error)}"
 
 
-def _check(schema: SchemaCheck, body: Any) -> None:
+def check_body(schema: SchemaCheck, body: Any) -> None:
     """`BadRequest` naming every field `body` gets wrong, the first as OpenAI's `param`."""
     errors = schema.errors(body)
     if errors:
@@ -89,8 +89,3 @@ def _check(schema: SchemaCheck, body: Any) -> None:
             code="invalid_request",
             param=str(first[0]) if first else None,
         )
-
-
-def check_body(schema: SchemaCheck, body: Any) -> None:
-    """`BadRequest` naming every field `body` gets wrong against another surface's schema (the Responses API's)."""
-    _check(schema, body)

@@ -15,8 +15,9 @@ from flask import Flask, Response, current_app, g, request
 from flask.globals import request_ctx
 
 from app.config import Settings
-from app.errors import AuthDenied
+from app.errors import AuthDenied, BadRequest
 from app.keys import ANY_TENANT, SCOPE_CHAT, SCOPE_METRICS, SCOPE_TEST, SCOPE_USAGE, ApiKey, KeyStore
+from app.names import NAME_RULE, is_safe_name
 from app.validation import ChatRequest
 from app.web.errors import error_response
 
@@ -106,6 +107,17 @@ def tenant_for(requested: str) -> str:
         g.contexis_denied_tenant = requested
         raise AuthDenied(f"this key may not act for tenant {requested!r}", status=403, reason="tenant_mismatch")
     return requested
+
+
+def tenant_param(param: str, empty_ok: bool = True) -> str:
+    """The tenant a GET acts for, from the query's `param` (`tenant_for`: the key's own when absent), logged; a
+    value that is no name (nor empty, unless `empty_ok`) is a 400."""
+    requested = request.args.get(param, "")
+    if (requested or (not empty_ok and param in request.args)) and not is_safe_name(requested):
+        raise BadRequest(f"{param}: not a valid name ({NAME_RULE})", code="invalid_request", param=param)
+    tenant = tenant_for(requested)
+    g.log_fields.update(tenant=tenant or None)
+    return tenant
 
 
 def bind_tenant(chat_request: ChatRequest) -> ChatRequest:

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, g, jsonify
 
-from app.errors import BadRequest, ContexisError, NotFound
-from app.names import NAME_RULE, is_safe_name
+from app.errors import ContexisError, NotFound
+from app.names import is_safe_name
 from app.providers.base import Choice, ChoiceDelta, ToolCallDelta, Usage
 from app.validation import parse_openai_request
-from app.web.auth import tenant_for
+from app.web.auth import tenant_param
 from app.web.chat import admit, json_body, mark_cache, mark_degraded, mark_model
 from app.web.runtime import get_runtime
 from app.web.sse import event_stream, sse_event
@@ -155,12 +155,7 @@ def model(model_id: str):
 
 def _listing_tenant() -> str:
     """The tenant whose contexts a model listing shows: the key's, or the one asked for when the key allows it."""
-    requested = request.args.get("tenant_id", "")
-    if "tenant_id" in request.args and not is_safe_name(requested):  # an empty one too: the contract's pattern
-        raise BadRequest(f"tenant_id: not a valid name ({NAME_RULE})", code="invalid_request", param="tenant_id")
-    tenant = tenant_for(requested)
-    g.log_fields.update(tenant=tenant or None)
-    return tenant
+    return tenant_param("tenant_id", empty_ok=False)  # an empty one is refused too: the contract's pattern
 
 
 def _model(name: str, path: Path, tenant: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.usage.reports import BY
+from app.usage.reports import BY, COUNTED
 from app.web.openapi_shapes import CACHE_HEADER, MODEL_HEADER, TOOL_CALL_DELTA, error_responses, json_response
 
 
@@ -195,21 +195,7 @@ def playground_paths(security: dict[str, Any], errors: list[str], limited: bool)
 
 
 def usage_report_schema() -> dict[str, Any]:
-    counts = {
-        name: {"type": "integer", "minimum": 0}
-        for name in (
-            "requests",
-            "calls",
-            "prompt_tokens",
-            "completion_tokens",
-            "total_tokens",
-            "unpriced_calls",
-            "estimated_calls",
-            "errors",
-            "cache_hits",
-            "saved_tokens",
-        )
-    }
+    counts = {name: {"type": "integer", "minimum": 0} for name in COUNTED}
     sums = {
         "cost_usd": {"type": ["number", "null"], "description": "null when no call of the group had a price"},
         "saved_usd": {

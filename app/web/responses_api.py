@@ -16,14 +16,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, current_app, g, jsonify
 
 from app.config import Settings
-from app.errors import BadRequest, NotFound
-from app.names import NAME_RULE, is_safe_name
+from app.errors import NotFound
 from app.responses_store import ResponseStore, StoredResponse, new_response_id, open_response_store
 from app.validation import parse_openai_request
-from app.web.auth import tenant_for
+from app.web.auth import tenant_for, tenant_param
 from app.web.chat import admit, json_body, mark_cache, mark_degraded, mark_model
 from app.web.responses_answer import (
     ResponseEvents,
@@ -106,10 +105,10 @@ def create_response():
     g.log_fields.update(response_id=response_id)
     store, ttl = _store(), runtime.settings.responses_ttl  # a stream ends outside the request's context
 
-    def keep(passed: Callable[[str], str], response: dict[str, Any]) -> None:
+    def keep(passed: Callable[[str], str] | None, response: dict[str, Any]) -> None:
         if call.store:
             # The conversation as the model got it: under `pii: redact`, its personal data replaced.
-            conversation = [item_as_passed(item, passed) for item in items]
+            conversation = [item_as_passed(item, passed) for item in items] if passed else list(items)
             conversation += [output_as_input(item) for item in response["output"]]
             store.put(StoredResponse.new(tenant, response, conversation, ttl))
 
@@ -147,12 +146,7 @@ def create_response():
 
 def _tenant() -> str:
     """The tenant a GET or DELETE acts for: `?tenant_id=`, else the key's own."""
-    requested = request.args.get("tenant_id", "")
-    if requested and not is_safe_name(requested):
-        raise BadRequest(f"tenant_id: not a valid name ({NAME_RULE})", code="invalid_request", param="tenant_id")
-    tenant = tenant_for(requested)
-    g.log_fields.update(tenant=tenant or None)
-    return tenant
+    return tenant_param("tenant_id")
 
 
 @bp.get("/responses/<response_id>")

@@ -259,10 +259,11 @@ def _passed_refusal(part: dict[str, Any], passed: Callable[[str], str]) -> dict[
     return {**part, "refusal": passed(part["refusal"])} if "refusal" in part else part
 
 
-def echo_as_passed(call: ResponsesCall, passed: Callable[[str], str]) -> ResponsesCall:
-    """The call whose response echoes `instructions` as the model got them (the first system message)."""
+def echo_as_passed(call: ResponsesCall, passed: Callable[[str], str] | None) -> ResponsesCall:
+    """The call whose response echoes `instructions` as the model got them (the first system message); the call
+    itself when the guardrails pass every text as it is (`passed` None)."""
     instructions = call.echo["instructions"]
-    redacted = passed(instructions) if instructions else instructions
+    redacted = passed(instructions) if passed and instructions else instructions
     return call if redacted == instructions else replace(call, echo={**call.echo, "instructions": redacted})
 
 

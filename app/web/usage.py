@@ -6,14 +6,13 @@ any caller when auth is off, sees every tenant's unless it names one.
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
 from app.errors import BadRequest, SettingsError, UsageUnavailable
-from app.names import NAME_RULE, is_safe_name
 from app.usage import open_ledger
 from app.usage.ledger import Ledger
 from app.usage.reports import DEFAULT_SINCE, build_report
-from app.web.auth import tenant_for
+from app.web.auth import tenant_param
 from app.web.runtime import get_runtime
 
 bp = Blueprint("usage", __name__, url_prefix="/api/v1")
@@ -37,11 +36,7 @@ def _ledger() -> Ledger | None:
 def usage_report():
     """Requests, calls, tokens, cost and errors per group (`by`) from `since` to `until`."""
     args = request.args
-    requested = args.get("tenant", "")
-    if requested and not is_safe_name(requested):
-        raise BadRequest(f"tenant: not a valid name ({NAME_RULE})", code="invalid_request", param="tenant")
-    tenant = tenant_for(requested)
-    g.log_fields.update(tenant=tenant or None)
+    tenant = tenant_param("tenant")
     ledger = _ledger()
     if ledger is None:
         raise BadRequest("the usage ledger is off (CMP_USAGE_URL=off)", code="usage_off")
