@@ -141,3 +141,33 @@ def test_a_sqlite_cache_that_cannot_make_its_directory_is_unavailable(tmp_path):
     with pytest.raises(CacheUnavailable):
         cache.get("", CONTEXT, "a")
     assert os.path.isfile(tmp_path / "file")
+
+
+def test_sqlite_serves_a_worker_its_recent_answers_from_memory_until_another_writes(tmp_path):
+    path = tmp_path / "cache.sqlite3"
+    worker, other = SqliteCache(path, 10_000), SqliteCache(path, 10_000)
+    worker.put(Entry("", CONTEXT, "a", b"first", 60))
+    assert worker.get("", CONTEXT, "a") == b"first"
+    statements: list[str] = []
+    worker._conn().set_trace_callback(statements.append)
+    assert worker.get("", CONTEXT, "a") == b"first"
+    assert not [s for s in statements if "FROM answers" in s]  # served from memory: only `PRAGMA data_version`
+    with sqlite3.connect(path) as raw:  # any other connection's write is seen
+        raw.execute("UPDATE answers SET value = x'00'")
+    assert worker.get("", CONTEXT, "a") == b"\x00"
+    assert [s for s in statements if "FROM answers" in s]
+    assert worker.get("acme", CONTEXT, "a") is None  # another tenant's lookup never meets the near copy
+    other.put(Entry("", CONTEXT, "a", b"refreshed", 60))  # another worker's refresh (Cache-Control: no-cache)
+    assert worker.get("", CONTEXT, "a") == b"refreshed"
+    assert other.clear() == 1  # `ctx cache clear`, or another worker's eviction
+    assert worker.get("", CONTEXT, "a") is None
+    worker.put(Entry("", CONTEXT, "b", b"brief", 0.05))
+    assert worker.get("", CONTEXT, "b") == b"brief"
+    time.sleep(0.1)
+    assert worker.get("", CONTEXT, "b") is None  # expired, though nothing was written since
+    time.sleep(TOUCH_SECONDS)
+    worker.put(exact("c"))
+    assert worker.get("", CONTEXT, "c") is not None
+    time.sleep(TOUCH_SECONDS)
+    assert worker.get("", CONTEXT, "c") is not None  # its hits are still written, once a second
+    assert [row.hits for row in other.stats()] == [2]

@@ -2,9 +2,12 @@
 
 WAL lets the workers read while one writes; each thread of each process has its own connection, opened by
 `app.sqlite_files` (however many open the file at once), and again when the file it reads is no longer the one
-at its path (deleted or replaced while serving). The file is bounded (`max_bytes` of answers, a running total
-kept by triggers): past it, the least recently used answers go first, a few rows through an index, so a put costs
-the same in a full cache of a million answers as in an empty one.
+at its path (deleted or replaced while serving). The answers a worker read lately stay in its memory too
+(`NEAR_BYTES` of them), served without reading the file for as long as no other connection has written to it
+(SQLite's `data_version`): a clear, an eviction or a refresh by any other worker or thread is seen by the next
+lookup. The file is bounded (`max_bytes` of answers, a running total kept by triggers): past it, the least
+recently used answers go first, a few rows through an index, so a put costs the same in a full cache of a
+million answers as in an empty one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,14 +62,27 @@ TOUCH_SECONDS = 1.0
 LOCK_TIMEOUT = 0.5  # seconds a call waits for another writer, as long as a Redis call may take: then a miss
 PENDING_HITS = 1024  # hits held in memory (`_touch`) before they are written at once
 CLOCK_SLACK = 60.0  # an answer used further in the future than this was stamped by a clock since set back
+NEAR_BYTES = 8 * 1024 * 1024  # answers a worker keeps in memory, the most recently read, while the file is unchanged
 BATCH = 1000  # rows deleted per transaction by `clear` and by expiry, so no writer waits on one long delete
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Held:
     pid: int  # a forked worker opens its own
     inode: tuple[int, int]  # (device, inode) of the file it opened
     conn: sqlite3.Connection
+    seen: int = -1  # the connection's `data_version` when it last looked: another changes when anyone else writes
+
+
+@dataclass(frozen=True)
+class _Near:
+    """An answer read from the file, as it was: whose, its value, when it expires, when it was last moved up the LRU."""
+
+    tenant: str
+    context: str
+    value: bytes
+    expires: float
+    used: float
 
 
 class SqliteCache:
@@ -78,6 +95,9 @@ class SqliteCache:
         self._local = threading.local()
         self._hits: dict[str, int] = {}  # hits not yet written (`_touch`)
         self._lock = threading.Lock()
+        self._near: OrderedDict[str, _Near] = OrderedDict()  # digest → answer, least recently read first
+        self._near_bytes = 0
+        self._generation = 0  # bumped when the near copy is forgotten, so a read begun before keeps nothing
 
     def _conn(self) -> sqlite3.Connection:
         held: _Held | None = getattr(self._local, "held", None)
@@ -93,32 +113,81 @@ class SqliteCache:
             conn.close()
             raise sqlite3.OperationalError("the cache file vanished while it was opened")
         self._local.held = _Held(os.getpid(), inode, conn)
+        with self._lock:  # what changed before this connection opened, it cannot tell
+            self._forget()
         return conn
 
     def get(self, tenant: str, context: str, digest: str) -> bytes | None:
         with _guarded():
-            return self._get(self._conn(), tenant, context, digest)
+            conn = self._conn()
+            now = time.time()
+            generation = self._unchanged(self._local.held)
+            with self._lock:
+                near = self._near.get(digest)
+                if near is not None:
+                    self._near.move_to_end(digest)
+            live = near is not None and near.expires > now and near.used <= now + CLOCK_SLACK
+            if near is not None and live and (near.tenant, near.context) == (tenant, context):
+                used = self._touch(conn, digest, near.used, now)
+                if used != near.used:
+                    self._keep(digest, _Near(tenant, context, near.value, near.expires, used), generation)
+                return near.value
+            return self._get(conn, tenant, context, digest, generation)
 
-    def _get(self, conn: sqlite3.Connection, tenant: str, context: str, digest: str) -> bytes | None:
+    def _unchanged(self, held: _Held) -> int:
+        """The near copy's generation, once it is forgotten if another connection wrote to the file since `held`'s
+        last look (SQLite's `data_version` changes then, never for the connection's own writes)."""
+        (version,) = held.conn.execute("PRAGMA data_version").fetchone()
+        with self._lock:
+            if version != held.seen:
+                held.seen = version
+                self._forget()
+            return self._generation
+
+    def _forget(self) -> None:
+        self._near.clear()
+        self._near_bytes = 0
+        self._generation += 1
+
+    def _keep(self, digest: str, near: _Near, generation: int) -> None:
+        """Keep an answer near, unless the copy was forgotten since it was read (it may be gone from the file)."""
+        size = len(near.value)
+        with self._lock:
+            if generation != self._generation or size > NEAR_BYTES:
+                return
+            old = self._near.pop(digest, None)
+            self._near_bytes += size - (len(old.value) if old else 0)
+            self._near[digest] = near
+            while self._near_bytes > NEAR_BYTES:
+                _, gone = self._near.popitem(last=False)
+                self._near_bytes -= len(gone.value)
+
+    def _get(
+        self, conn: sqlite3.Connection, tenant: str, context: str, digest: str, generation: int | None = None
+    ) -> bytes | None:
         now = time.time()
         row = conn.execute(
-            "SELECT value, used FROM answers WHERE digest = ? AND tenant = ? AND context = ? AND expires > ?"
-            " AND used <= ?",
+            "SELECT value, used, expires FROM answers WHERE digest = ? AND tenant = ? AND context = ?"
+            " AND expires > ? AND used <= ?",
             (digest, tenant, context, now, now + CLOCK_SLACK),
         ).fetchone()
         if row is None:
             return None
-        self._touch(conn, digest, row[1], now)
-        return bytes(row[0])
+        value = bytes(row[0])
+        used = self._touch(conn, digest, row[1], now)
+        if generation is not None:
+            self._keep(digest, _Near(tenant, context, value, row[2], used), generation)
+        return value
 
-    def _touch(self, conn: sqlite3.Connection, digest: str, used: float, now: float) -> None:
+    def _touch(self, conn: sqlite3.Connection, digest: str, used: float, now: float) -> float:
         """Count a hit, and move the answer up the LRU at most once per `TOUCH_SECONDS` (or when the clock went back):
         a write per hit would cost a hit more than the render before it, and serialize the workers on the file's
-        write lock. A hit is served even when the write cannot be made (locked): its count waits for the next."""
+        write lock. A hit is served even when the write cannot be made (locked): its count waits for the next.
+        Returns the answer's `used` after the touch."""
         with self._lock:
             hits = self._hits[digest] = self._hits.get(digest, 0) + 1
             if 0 <= now - used < TOUCH_SECONDS and len(self._hits) < PENDING_HITS:
-                return
+                return used
             pending, self._hits = self._hits, {}
         try:
             conn.execute("PRAGMA busy_timeout = 0")  # a touch never waits: the hit is what the request needs
@@ -127,6 +196,7 @@ class SqliteCache:
                 # Hits of other answers within their second go with it, so `_hits` stays bounded.
                 others = [(count, other) for other, count in pending.items() if other != digest]
                 conn.executemany("UPDATE answers SET hits = hits + ? WHERE digest = ?", others)
+            used = now
         except sqlite3.Error:
             with self._lock:  # counted at the next write; past the bound, hits of a locked file are dropped
                 for other, count in {**pending, digest: hits}.items():
@@ -134,6 +204,7 @@ class SqliteCache:
                         self._hits[other] = self._hits.get(other, 0) + count
         finally:
             conn.execute(f"PRAGMA busy_timeout = {int(LOCK_TIMEOUT * 1000)}")
+        return used
 
     def put(self, entry: Entry) -> None:
         size = entry.size
@@ -160,6 +231,8 @@ class SqliteCache:
                     ),
                 )
                 self._evict(conn, now)
+            with self._lock:  # it may have evicted answers kept near
+                self._forget()
 
     def _evict(self, conn: sqlite3.Connection, now: float) -> None:
         """Expired answers (and those stamped by a clock since set back), then the least recently used until the
@@ -218,6 +291,8 @@ class SqliteCache:
                 count = conn.execute(query, args).rowcount
                 removed += count
                 if count < BATCH:
+                    with self._lock:
+                        self._forget()
                     return removed
 
     def close(self) -> None:
