@@ -63,11 +63,13 @@ lint: install
 # through Playwright; never `playwright install`). CMP_REQUIRE_PROMETHEUS=1 makes the operations tests fail, not
 # skip, without them. nodejs and npm run the JavaScript clients of tests/js (the Vercel AI SDK), whose pinned
 # packages `npm ci` installs from tests/js/package-lock.json.
-TEST_DEBS := redis-server prometheus chromium nodejs npm
+# Only the missing ones are installed: a machine whose Node.js comes from NodeSource (npm inside it) refuses
+# Debian's npm beside it. Each pair is the command, then the Debian package that provides it.
+TEST_TOOLS := redis-server:redis-server promtool:prometheus prometheus:prometheus chromium:chromium node:nodejs npm:npm
 test-tools:
-	@for tool in redis-server promtool prometheus chromium node npm; do command -v $$tool >/dev/null || missing=1; done; \
+	@missing=""; for pair in $(TEST_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
 	[ -z "$$missing" ] || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_DEBS) >/dev/null; }
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }
 	@[ -d tests/js/node_modules ] || npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 
 test: lint $(HELM) test-tools
