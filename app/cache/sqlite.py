@@ -113,8 +113,7 @@ class SqliteCache:
             conn.close()
             raise sqlite3.OperationalError("the cache file vanished while it was opened")
         self._local.held = _Held(os.getpid(), inode, conn)
-        with self._lock:  # what changed before this connection opened, it cannot tell
-            self._forget()
+        self._forget()  # what changed before this connection opened, it cannot tell
         return conn
 
     def get(self, tenant: str, context: str, digest: str) -> bytes | None:
@@ -138,16 +137,16 @@ class SqliteCache:
         """The near copy's generation, once it is forgotten if another connection wrote to the file since `held`'s
         last look (SQLite's `data_version` changes then, never for the connection's own writes)."""
         (version,) = held.conn.execute("PRAGMA data_version").fetchone()
-        with self._lock:
-            if version != held.seen:
-                held.seen = version
-                self._forget()
-            return self._generation
+        if version != held.seen:  # `held` is this thread's own
+            held.seen = version
+            self._forget()
+        return self._generation
 
     def _forget(self) -> None:
-        self._near.clear()
-        self._near_bytes = 0
-        self._generation += 1
+        with self._lock:
+            self._near.clear()
+            self._near_bytes = 0
+            self._generation += 1
 
     def _keep(self, digest: str, near: _Near, generation: int) -> None:
         """Keep an answer near, unless the copy was forgotten since it was read (it may be gone from the file)."""
@@ -231,8 +230,7 @@ class SqliteCache:
                     ),
                 )
                 self._evict(conn, now)
-            with self._lock:  # it may have evicted answers kept near
-                self._forget()
+            self._forget()  # it may have evicted answers kept near
 
     def _evict(self, conn: sqlite3.Connection, now: float) -> None:
         """Expired answers (and those stamped by a clock since set back), then the least recently used until the
@@ -291,8 +289,7 @@ class SqliteCache:
                 count = conn.execute(query, args).rowcount
                 removed += count
                 if count < BATCH:
-                    with self._lock:
-                        self._forget()
+                    self._forget()
                     return removed
 
     def close(self) -> None:
