@@ -315,7 +315,7 @@ class Runtime:
     def _cached(self, request: ChatRequest, rendered: Rendered, params: GenerationParams) -> Lookup | None:
         """The response cache's verdict for a request about to reach a model (None: its context has no cache)."""
         model = repr(rendered.chain.entries) if rendered.chain else self.provider.model_id if self.provider else ""
-        policy = repr(rendered.guard.policy) if rendered.guard else ""
+        policy = rendered.guard.policy.fingerprint if rendered.guard else ""
         return self.cache.lookup(request, rendered.context, rendered.prompt, rendered.results, params, model, policy)
 
     def _tool_run(self, rendered: Rendered, request: ChatRequest, request_id: str) -> ToolRun | None:

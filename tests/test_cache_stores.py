@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from helpers_cache import CONTEXT
 
+from app.cache import sqlite as sqlite_cache
 from app.cache.memory import MemoryCache
 from app.cache.redis import RedisCache
 from app.cache.sqlite import BATCH, CLOCK_SLACK, PENDING_HITS, TOUCH_SECONDS, SqliteCache
@@ -143,7 +145,48 @@ def test_a_sqlite_cache_that_cannot_make_its_directory_is_unavailable(tmp_path):
     assert os.path.isfile(tmp_path / "file")
 
 
-def test_sqlite_serves_a_worker_its_recent_answers_from_memory_until_another_writes(tmp_path):
+def test_sqlite_sees_another_connections_writes_within_near_check(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_cache, "NEAR_CHECK", 3600.0)
+    path = tmp_path / "cache.sqlite3"
+    worker, other = SqliteCache(path, 10_000), SqliteCache(path, 10_000)
+    worker.put(Entry("", CONTEXT, "a", b"first", 60))
+    assert worker.get("", CONTEXT, "a") == b"first"  # its first lookup looks, and keeps the answer near
+    statements: list[str] = []
+    worker._conn().set_trace_callback(statements.append)
+    assert other.clear() == 1
+    assert worker.get("", CONTEXT, "a") == b"first"  # within the window: not looked at, not read
+    assert statements == []
+    worker._look_at = 0.0  # the window is over
+    assert worker.get("", CONTEXT, "a") is None
+    assert statements[0] == "PRAGMA data_version"
+    worker.put(Entry("", CONTEXT, "b", b"own", 60))
+    assert worker.get("", CONTEXT, "b") == b"own"
+    worker.clear()  # the worker's own writes are seen at once
+    assert worker.get("", CONTEXT, "b") is None
+
+
+def test_sqlite_lookups_while_another_thread_looks_look_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_cache, "NEAR_CHECK", 3600.0)
+    path = tmp_path / "cache.sqlite3"
+    worker, other = SqliteCache(path, 10_000), SqliteCache(path, 10_000)
+    worker.put(Entry("", CONTEXT, "a", b"first", 60))
+    assert worker.get("", CONTEXT, "a") == b"first"
+    assert other.clear() == 1
+    worker._look_at = 0.0
+    meanwhile: list[bytes | None] = []
+
+    def another_thread_asks(statement: str) -> None:  # while this thread's look is under way
+        if statement == "PRAGMA data_version" and not meanwhile:
+            asking = threading.Thread(target=lambda: meanwhile.append(worker.get("", CONTEXT, "a")))
+            asking.start()
+            asking.join()
+
+    worker._conn().set_trace_callback(another_thread_asks)
+    assert worker.get("", CONTEXT, "a") is None
+    assert meanwhile == [None]  # not the near copy the look was about to forget
+
+def test_sqlite_serves_a_worker_its_recent_answers_from_memory_until_another_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_cache, "NEAR_CHECK", 0.0)  # every lookup looks at the file
     path = tmp_path / "cache.sqlite3"
     worker, other = SqliteCache(path, 10_000), SqliteCache(path, 10_000)
     worker.put(Entry("", CONTEXT, "a", b"first", 60))
@@ -151,7 +194,7 @@ def test_sqlite_serves_a_worker_its_recent_answers_from_memory_until_another_wri
     statements: list[str] = []
     worker._conn().set_trace_callback(statements.append)
     assert worker.get("", CONTEXT, "a") == b"first"
-    assert not [s for s in statements if "FROM answers" in s]  # served from memory: only `PRAGMA data_version`
+    assert statements == ["PRAGMA data_version"]  # served from memory, once it saw nobody else wrote
     with sqlite3.connect(path) as raw:  # any other connection's write is seen
         raw.execute("UPDATE answers SET value = x'00'")
     assert worker.get("", CONTEXT, "a") == b"\x00"

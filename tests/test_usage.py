@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ from helpers_cache import enable_cache
 
 from app import create_app
 from app.config import Settings
+from app.usage.ledger import COLUMNS, Row, row_values
+from app.usage.sqlite import SQLiteLedger
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": 5}
 PRICE = {"input": 0.5, "output": 1.5}  # USD per million tokens
@@ -793,3 +796,51 @@ def test_each_serving_worker_reads_the_router_catalog_for_prices(project, tmp_pa
             time.sleep(0.02)
         prices.catalog.close()
     assert fake.catalog_reads == 1
+
+
+def _row(n: int, outcome: str = "ok", tokens: int = 3) -> Row:
+    return Row(
+        ts=1_700_000_000.0 + n,
+        request_id=f"req-{n}",
+        tenant="acme",
+        key_id=None if n % 2 else "key-1",
+        context="SupportBot",
+        route="/api/v1/chat",
+        model=MODEL,
+        served_model=None,
+        endpoint="cache" if outcome == "cache_hit" else "https://router.huggingface.co/v1",
+        stream=bool(n % 3),
+        prompt_tokens=tokens,
+        completion_tokens=0 if outcome == "cache_hit" else n,
+        cached_tokens=None,
+        reasoning_tokens=None,
+        estimated=n % 5 == 0,
+        cost_usd=0.0 if outcome == "cache_hit" else n / 1e6,
+        latency_ms=n / 10,
+        outcome=outcome,
+    )
+
+
+def test_a_batch_of_any_size_is_written_whole_within_sqlites_parameter_limit(tmp_path):
+    ledger = SQLiteLedger(tmp_path, 2.0)
+    assert ledger._writer_conn is not None
+    ledger._writer_conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # SQLite's before 3.32
+    rows, n = [], 0
+    for size in (1, 255, 256, 257, 1000):
+        batch = [_row(n + i) for i in range(size)]
+        n += size
+        ledger._write(batch)
+        rows += batch
+    with sqlite3.connect(tmp_path / "usage.db") as conn:
+        stored = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM usage_calls ORDER BY id").fetchall()  # noqa: S608
+    assert stored == [row_values(row) for row in rows]  # bools as 1/0, None as NULL, as executemany bound them
+
+
+def test_a_row_that_adds_nothing_keeps_no_owner_and_a_written_one_waits_for_nothing(tmp_path):
+    ledger = SQLiteLedger(tmp_path, 2.0)
+    ledger.record(replace(_row(1, "cache_hit", tokens=0), tenant="cached-only"))
+    ledger.record(_row(2))
+    assert ledger.flush()
+    assert ledger.own("tenant", "cached-only") is None
+    own = ledger.own("tenant", "acme")
+    assert own is not None and own.queued == 0 and own.flushed_tokens == 5

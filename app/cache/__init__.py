@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -45,12 +46,14 @@ log = logging.getLogger(__name__)
 HIT, MISS, SEMANTIC_HIT, BYPASS = "hit", "miss", "semantic-hit", "bypass"
 DEFAULT_MAX_TEMPERATURE = 0.5
 OFF = "off"  # CMP_CACHE_URL=off: no store, every caching context's requests are bypasses
-KEY_VERSION = "1"  # bumped when what a key holds changes, so old answers are never read as new ones
+KEY_VERSION = "2"  # bumped when what a key holds changes, so old answers are never read as new ones
 
 # Every field of the sampling and OpenAI parameters is in the key, read shallowly (asdict's deep copy costs a hit
 # more than its render).
 # `deadline_at` is when one call must end, not what it asks.
-_PARAM_FIELDS = tuple(field.name for field in fields(GenerationParams) if field.name != "deadline_at")
+_params_of = operator.attrgetter(*(field.name for field in fields(GenerationParams) if field.name != "deadline_at"))
+_NONE: frozenset[str] = frozenset()
+_DECODED, _DECODED_BYTES = 256, 16 * 1024  # answers kept decoded, each at most this long as stored
 
 
 def open_store(settings: Settings) -> CacheStore:
@@ -163,7 +166,8 @@ class ResponseCache:
         self.metrics = metrics
         self.embedder = embedder
         self._store: CacheStore | None = None
-        self._versions: dict[int, tuple[dict[str, Any], str]] = {}
+        self._versions: dict[int, _Version] = {}
+        self._answers: dict[bytes, CachedAnswer] = {}  # answers decoded lately, by what the store holds
 
     @property
     def store(self) -> CacheStore:
@@ -185,11 +189,12 @@ class ResponseCache:
 
         `guardrails` names the policy the answer is checked under: it defaults to the environment's, so an answer
         kept before the operator changed it (redaction turned on) must not be served after."""
-        policy = CachePolicy.of(context)
+        held = self._version(context)
+        policy = held.policy
         if policy is None:
             return None
         name = context["name"]
-        directives = {part.strip().lower() for part in request.cache_control.split(",")}
+        directives = _directives(request.cache_control) if request.cache_control else _NONE
         reusable = not (
             "no-store" in directives
             or policy.side_effects
@@ -201,15 +206,14 @@ class ResponseCache:
             return self._counted(Lookup(BYPASS), name)
         # The context's version: the lock's hash when the project has one, and always the resolved context's
         # digest (a context edited without `ctx lock` is still a miss).
-        version = self._version(context)
-        parts = [KEY_VERSION, request.tenant_id, name, self.lock_hash, version, request.component, request.prompt_file]
+        parts = [KEY_VERSION, request.tenant_id, name, self.lock_hash, held.digest, request.component]
         # The chat system message is the context's (in its version); the prompt and history are the request's.
-        parts += [_canonical([getattr(params, name) for name in _PARAM_FIELDS]), model, guardrails]
+        parts += [request.prompt_file, _canonical(_params_of(params)), model, guardrails]
         single_turn = not request.messages and not request.after
         question = request.query or str(request.data.get("user_input", "")) if single_turn else ""
         scope = _digest([*parts, "semantic"]) if policy.semantic and self.embedder and question else ""
-        exact = [*parts, prompt, _canonical([(r.id, r.source, r.content) for r in results])]
-        exact += [_canonical(list(request.messages)), _canonical(list(request.after))]
+        found_in = [(r.id, r.source, r.content) for r in results]
+        exact = [*parts, prompt, _canonical((found_in, request.messages, request.after))]
         lookup = Lookup(MISS, None, request.tenant_id, name, _digest(exact), scope, b"", policy.ttl)
         if "no-cache" in directives:  # refresh: answer anew, and keep that answer
             return self._counted(self._vector(lookup, question), name)
@@ -225,7 +229,7 @@ class ResponseCache:
         except CacheUnavailable as exc:
             self._unavailable(exc)
             return self._counted(Lookup(MISS), name)  # not stored either: the store is down
-        found = lookup.found = None if raw is None else CachedAnswer.decode(raw)
+        found = lookup.found = None if raw is None else self._decoded(raw)
         if raw is not None and found is None:  # answered anew, and the new answer replaces it
             self._unavailable(CacheUnavailable("a cached answer could not be read"))
             lookup.result = MISS
@@ -302,16 +306,31 @@ class ResponseCache:
             lookup.scope = ""
         return lookup
 
-    def _version(self, context: dict[str, Any]) -> str:
-        """The digest of the resolved context (with everything it extends or includes), once per loaded context."""
+    def _version(self, context: dict[str, Any]) -> _Version:
+        """The context's policy and, when it caches, the digest of the resolved context (with everything it extends
+        or includes): once per loaded context."""
         held = self._versions.get(id(context))
-        if held is not None and held[0] is context:
-            return held[1]
-        version = _digest([_canonical(context)])
+        if held is not None and held.context is context:
+            return held
+        policy = CachePolicy.of(context)
+        held = _Version(context, policy, _digest([_canonical(context)]) if policy else "")
         if len(self._versions) > 1024:
             self._versions.clear()
-        self._versions[id(context)] = (context, version)
-        return version
+        self._versions[id(context)] = held
+        return held
+
+    def _decoded(self, raw: bytes) -> CachedAnswer | None:
+        """The answer `raw` holds, decoded once while it is asked for (a hot answer is the same bytes each hit).
+        The same answer, `sources` included, goes to every request that meets it: nothing may change it."""
+        small = len(raw) <= _DECODED_BYTES
+        found = self._answers.get(raw) if small else None
+        if found is None:
+            found = CachedAnswer.decode(raw)
+            if found is not None and small:
+                if len(self._answers) >= _DECODED:
+                    self._answers.clear()
+                self._answers[raw] = found
+        return found
 
     def _counted(self, lookup: Lookup, context: str) -> Lookup:
         self.metrics.child(self.metrics.cache_requests, context, lookup.result).inc()
@@ -328,6 +347,20 @@ class ResponseCache:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+
+
+@dataclass(frozen=True)
+class _Version:
+    """What the cache knows of one loaded context: its policy, and the digest of what it resolved to."""
+
+    context: dict[str, Any]  # held, so its id is not another's while it is known
+    policy: CachePolicy | None
+    digest: str
+
+
+def _directives(cache_control: str) -> frozenset[str]:
+    """The request's `Cache-Control` directives (no-store, no-cache), lowercase."""
+    return frozenset(part.strip().lower() for part in cache_control.split(","))
 
 
 def _canonical(value: Any) -> str:

@@ -3,11 +3,13 @@
 WAL lets the workers read while one writes; each thread of each process has its own connection, opened by
 `app.sqlite_files` (however many open the file at once), and again when the file it reads is no longer the one
 at its path (deleted or replaced while serving). The answers a worker read lately stay in its memory too
-(`NEAR_BYTES` of them), served without reading the file for as long as no other connection has written to it
-(SQLite's `data_version`): a clear, an eviction or a refresh by any other worker or thread is seen by the next
-lookup. The file is bounded (`max_bytes` of answers, a running total kept by triggers): past it, the least
-recently used answers go first, a few rows through an index, so a put costs the same in a full cache of a
-million answers as in an empty one.
+(`NEAR_BYTES` of them), served without reading the file for as long as no other connection has written to it.
+A worker looks at that (SQLite's `data_version`, and the file's inode) once per `NEAR_CHECK`, not on every hit:
+a look is a statement and a system call, which cost a hit under load more than the rest of its lookup. So a
+clear, an eviction or a refresh by another worker is seen within `NEAR_CHECK`, the worker's own at once.
+The file is bounded (`max_bytes` of answers, a running total kept by triggers): past it, the least recently used
+answers go first, a few rows through an index, so a put costs the same in a full cache of a million answers as
+in an empty one.
 """
 
 from __future__ import annotations
@@ -17,10 +19,9 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 from app.cache.store import SEMANTIC_CANDIDATES, CacheStats, CacheUnavailable, Entry, best
 from app.sqlite_files import Schema, connect, transaction
@@ -63,6 +64,7 @@ LOCK_TIMEOUT = 0.5  # seconds a call waits for another writer, as long as a Redi
 PENDING_HITS = 1024  # hits held in memory (`_touch`) before they are written at once
 CLOCK_SLACK = 60.0  # an answer used further in the future than this was stamped by a clock since set back
 NEAR_BYTES = 8 * 1024 * 1024  # answers a worker keeps in memory, the most recently read, while the file is unchanged
+NEAR_CHECK = 0.05  # seconds between a worker's looks at whether another connection wrote to the file
 BATCH = 1000  # rows deleted per transaction by `clear` and by expiry, so no writer waits on one long delete
 
 
@@ -98,6 +100,7 @@ class SqliteCache:
         self._near: OrderedDict[str, _Near] = OrderedDict()  # digest → answer, least recently read first
         self._near_bytes = 0
         self._generation = 0  # bumped when the near copy is forgotten, so a read begun before keeps nothing
+        self._look_at = 0.0  # when (time.monotonic) a lookup next looks at the file for other connections' writes
 
     def _conn(self) -> sqlite3.Connection:
         held: _Held | None = getattr(self._local, "held", None)
@@ -117,29 +120,36 @@ class SqliteCache:
         return conn
 
     def get(self, tenant: str, context: str, digest: str) -> bytes | None:
-        with _guarded():
-            conn = self._conn()
+        with _guarded:
+            generation = self._unchanged()
             now = time.time()
-            generation = self._unchanged(self._local.held)
             with self._lock:
                 near = self._near.get(digest)
                 if near is not None:
                     self._near.move_to_end(digest)
             live = near is not None and near.expires > now and near.used <= now + CLOCK_SLACK
             if near is not None and live and (near.tenant, near.context) == (tenant, context):
-                used = self._touch(conn, digest, near.used, now)
+                used = self._touch(None, digest, near.used, now)
                 if used != near.used:
                     self._keep(digest, _Near(tenant, context, near.value, near.expires, used), generation)
                 return near.value
-            return self._get(conn, tenant, context, digest, generation)
+            return self._get(self._conn(), tenant, context, digest, generation)
 
-    def _unchanged(self, held: _Held) -> int:
-        """The near copy's generation, once it is forgotten if another connection wrote to the file since `held`'s
-        last look (SQLite's `data_version` changes then, never for the connection's own writes)."""
+    def _unchanged(self) -> int:
+        """The near copy's generation, once it is forgotten if another connection wrote to the file since this
+        thread's connection last looked (SQLite's `data_version` changes then, never for the connection's own
+        writes) or the file at the path is another (`_conn` reopens, and forgets); at most once per `NEAR_CHECK`."""
+        now = time.monotonic()
+        if now < self._look_at:
+            return self._generation
+        self._conn()
+        held: _Held = self._local.held
         (version,) = held.conn.execute("PRAGMA data_version").fetchone()
         if version != held.seen:  # `held` is this thread's own
             held.seen = version
             self._forget()
+        # Only once the look is done: the threads that come meanwhile look too, none serves what it has not seen.
+        self._look_at = now + NEAR_CHECK
         return self._generation
 
     def _forget(self) -> None:
@@ -178,22 +188,25 @@ class SqliteCache:
             self._keep(digest, _Near(tenant, context, value, row[2], used), generation)
         return value
 
-    def _touch(self, conn: sqlite3.Connection, digest: str, used: float, now: float) -> float:
+    def _touch(self, conn: sqlite3.Connection | None, digest: str, used: float, now: float) -> float:
         """Count a hit, and move the answer up the LRU at most once per `TOUCH_SECONDS` (or when the clock went back):
         a write per hit would cost a hit more than the render before it, and serialize the workers on the file's
         write lock. A hit is served even when the write cannot be made (locked): its count waits for the next.
         Returns the answer's `used` after the touch."""
         with self._lock:
-            hits = self._hits[digest] = self._hits.get(digest, 0) + 1
             if 0 <= now - used < TOUCH_SECONDS and len(self._hits) < PENDING_HITS:
+                self._hits[digest] = self._hits.get(digest, 0) + 1
                 return used
+        conn = conn or self._conn()  # a near hit has none yet: when none can be had, the lookup fails uncounted
+        with self._lock:
             pending, self._hits = self._hits, {}
+        hits = pending.pop(digest, 0) + 1  # with the hits another thread's touch left, if any
         try:
             conn.execute("PRAGMA busy_timeout = 0")  # a touch never waits: the hit is what the request needs
             with transaction(conn):
                 conn.execute("UPDATE answers SET used = ?, hits = hits + ? WHERE digest = ?", (now, hits, digest))
                 # Hits of other answers within their second go with it, so `_hits` stays bounded.
-                others = [(count, other) for other, count in pending.items() if other != digest]
+                others = [(count, other) for other, count in pending.items()]
                 conn.executemany("UPDATE answers SET hits = hits + ? WHERE digest = ?", others)
             used = now
         except sqlite3.Error:
@@ -209,7 +222,7 @@ class SqliteCache:
         size = entry.size
         if size > self.max_bytes:  # it would evict every other answer, then itself
             return
-        with _guarded():
+        with _guarded:
             conn = self._conn()
             now = time.time()
             with transaction(conn):
@@ -254,7 +267,7 @@ class SqliteCache:
             conn.executemany("DELETE FROM answers WHERE digest = ?", gone)
 
     def nearest(self, tenant: str, context: str, scope: str, vector: bytes, threshold: float) -> bytes | None:
-        with _guarded():
+        with _guarded:
             conn = self._conn()
             now = time.time()
             rows = conn.execute(  # vectors only: the answers of a thousand candidates can weigh megabytes each
@@ -266,7 +279,7 @@ class SqliteCache:
             return None if found is None else self._get(conn, tenant, context, found)
 
     def stats(self, tenant: str | None = None, context: str | None = None) -> list[CacheStats]:
-        with _guarded():
+        with _guarded:
             where, args = _owner(tenant, context)
             now = time.time()
             query = (
@@ -278,7 +291,7 @@ class SqliteCache:
 
     def clear(self, tenant: str | None = None, context: str | None = None) -> int:
         """A batch per transaction: the workers serving meanwhile wait for one batch at most, never the whole."""
-        with _guarded():
+        with _guarded:
             where, args = _owner(tenant, context)
             query = (
                 "DELETE FROM answers WHERE digest IN"  # noqa: S608 - `where` is _owner's constants
@@ -307,14 +320,19 @@ def _inode(path: Path) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
-@contextmanager
-def _guarded() -> Iterator[None]:
+class _Guarded:
     """SQLite's failures (a file locked past the busy timeout, a full disk) and the file system's (a state directory
-    that cannot be made) as `CacheUnavailable`."""
-    try:
-        yield
-    except (sqlite3.Error, OSError) as exc:
-        raise CacheUnavailable(type(exc).__name__) from None
+    that cannot be made) as `CacheUnavailable`; a class, not a generator: it is entered on every hit."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(exc, sqlite3.Error | OSError):
+            raise CacheUnavailable(type(exc).__name__) from None
+
+
+_guarded = _Guarded()
 
 
 def _owner(tenant: str | None, context: str | None) -> tuple[str, tuple[str, ...]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from app.config import Settings
@@ -32,6 +33,12 @@ class Policy:
     @property
     def checks_output(self) -> bool:
         return self.pii != "off" or self.require_citation or bool(self.deny_output)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The policy as one text, written once: the response cache's key holds it (an answer kept under another
+        policy is never served under this one)."""
+        return repr(self)
 
 
 def policy_of(context: dict[str, Any], settings: Settings) -> Policy:

@@ -58,6 +58,11 @@ class Row:
     def tokens(self) -> int:
         return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
 
+    @property
+    def counts(self) -> bool:
+        """Whether the row adds to its tenant's and key's spend: a cache hit's and a failed call's add nothing."""
+        return bool(self.prompt_tokens or self.completion_tokens or self.cost_usd)
+
 
 COLUMNS = tuple(f.name for f in fields(Row))
 # A row's values read shallowly: `dataclasses.astuple` deep-copies every field, which cost the writer 20 µs a row.
@@ -83,7 +88,7 @@ def daily_totals(rows: Sequence[Row]) -> dict[tuple[str, str, str], list[float]]
     """(day, kind, name) -> [tokens, usd] of a batch: what it adds to each tenant's and key's day."""
     totals: dict[tuple[str, str, str], list[float]] = {}
     for row in rows:
-        if not row.tokens and not row.cost_usd:  # a cache hit's, a failed call's: nothing to add
+        if not row.counts:
             continue
         day = day_of(row.ts)
         owners = [("tenant", row.tenant)] + ([("key", row.key_id)] if row.key_id else [])
@@ -135,6 +140,10 @@ class Ledger:
             self._wake.set()
 
     def _recorded(self, row: Row) -> None:
+        """This process's own totals, for budgets to read before the row is written; a row that adds nothing skips
+        them (and `_settled` too)."""
+        if not row.counts:
+            return
         with self._count_lock:
             for owner in _owners_of(row):
                 entry = self._owners.get(owner)
@@ -151,6 +160,8 @@ class Ledger:
         """`rows` left the queue: written (budgets now read them from the database), or dropped."""
         with self._count_lock:
             for row in rows:
+                if not row.counts:
+                    continue
                 for owner in _owners_of(row):
                     entry = self._owners.get(owner)
                     if entry is None:  # forgotten by a fork in between
