@@ -147,6 +147,7 @@ def test_a_sqlite_cache_that_cannot_make_its_directory_is_unavailable(tmp_path):
 
 def test_sqlite_sees_another_connections_writes_within_near_check(tmp_path, monkeypatch):
     monkeypatch.setattr(sqlite_cache, "NEAR_CHECK", 3600.0)
+    monkeypatch.setattr(sqlite_cache, "TOUCH_SECONDS", 3600.0)  # no hit is written here, however slow the machine
     path = tmp_path / "cache.sqlite3"
     worker, other = SqliteCache(path, 10_000), SqliteCache(path, 10_000)
     worker.put(Entry("", CONTEXT, "a", b"first", 60))
@@ -167,23 +168,40 @@ def test_sqlite_sees_another_connections_writes_within_near_check(tmp_path, monk
 
 def test_sqlite_lookups_while_another_thread_looks_look_too(tmp_path, monkeypatch):
     monkeypatch.setattr(sqlite_cache, "NEAR_CHECK", 3600.0)
+    monkeypatch.setattr(sqlite_cache, "TOUCH_SECONDS", 3600.0)
     path = tmp_path / "cache.sqlite3"
     worker, other = SqliteCache(path, 10_000), SqliteCache(path, 10_000)
     worker.put(Entry("", CONTEXT, "a", b"first", 60))
-    assert worker.get("", CONTEXT, "a") == b"first"
-    assert other.clear() == 1
-    worker._look_at = 0.0
+    ready, go, answered = threading.Event(), threading.Event(), threading.Event()
     meanwhile: list[bytes | None] = []
 
+    def serving_thread() -> None:  # a thread with a connection of its own that has seen the file as it is
+        worker._look_at = 0.0
+        worker.get("", CONTEXT, "a")
+        ready.set()
+        go.wait(10)
+        meanwhile.append(worker.get("", CONTEXT, "a"))
+        answered.set()
+
+    asking = threading.Thread(target=serving_thread)
+    asking.start()
+    assert ready.wait(10)
+    worker._look_at = 0.0
+    assert worker.get("", CONTEXT, "a") == b"first"  # this thread's connection has seen it too, and keeps it near
+    assert other.clear() == 1
+    worker._look_at = 0.0
+
     def another_thread_asks(statement: str) -> None:  # while this thread's look is under way
-        if statement == "PRAGMA data_version" and not meanwhile:
-            asking = threading.Thread(target=lambda: meanwhile.append(worker.get("", CONTEXT, "a")))
-            asking.start()
-            asking.join()
+        if statement == "PRAGMA data_version" and not go.is_set():
+            go.set()
+            answered.wait(10)
 
     worker._conn().set_trace_callback(another_thread_asks)
     assert worker.get("", CONTEXT, "a") is None
-    assert meanwhile == [None]  # not the near copy the look was about to forget
+    asking.join(10)
+    assert not asking.is_alive()
+    assert meanwhile == [None]  # it looked too: not the near copy this thread's look was about to forget
+
 
 def test_sqlite_serves_a_worker_its_recent_answers_from_memory_until_another_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(sqlite_cache, "NEAR_CHECK", 0.0)  # every lookup looks at the file
@@ -194,7 +212,8 @@ def test_sqlite_serves_a_worker_its_recent_answers_from_memory_until_another_wri
     statements: list[str] = []
     worker._conn().set_trace_callback(statements.append)
     assert worker.get("", CONTEXT, "a") == b"first"
-    assert statements == ["PRAGMA data_version"]  # served from memory, once it saw nobody else wrote
+    assert statements[0] == "PRAGMA data_version"  # served from memory, once it saw nobody else wrote
+    assert not [s for s in statements if "FROM answers" in s]
     with sqlite3.connect(path) as raw:  # any other connection's write is seen
         raw.execute("UPDATE answers SET value = x'00'")
     assert worker.get("", CONTEXT, "a") == b"\x00"
