@@ -2,6 +2,9 @@
 
 Templates are compiled once and cached by Jinja; with `auto_reload` each use
 checks the file's mtime, so an edited template is picked up without a restart.
+Each compiled template knows its source's digest and the templates it names, so
+the response cache can tell what a prompt will be without rendering it
+(`PromptRenderer.version`).
 `StrictUndefined` turns a variable the request did not send into a 422 that
 names it, instead of silently rendering an empty string. What a render may cost
 is bounded too: no value past CMP_MAX_PROMPT_CHARS is built (`BoundedSandbox`),
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import math
 import os
 import re
@@ -20,10 +24,22 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateNotFound, TemplateSyntaxError, UndefinedError
+from jinja2 import (
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateError,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    UndefinedError,
+    meta,
+    nodes,
+)
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 
@@ -46,9 +62,44 @@ _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
 _PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
 
 
+@dataclass(frozen=True)
+class Version:
+    """What tells a prompt's text without rendering it: with the values of the variables it `reads`, `digest` (of
+    its templates' sources and the bound on its size) renders one text only."""
+
+    digest: str
+    reads: frozenset[str]  # the variables its templates read (each name they use and do not set themselves)
+
+
+class SourcedTemplate(Template):
+    """A template that knows what it was compiled from (set by `_RootedLoader.load` from the very source it
+    compiled): its own `Version`, unless the same variables may render another text (the `random` filter), and
+    the templates it names (None when a name is computed at render time)."""
+
+    own: Version | None = None
+    references: tuple[str, ...] | None = None
+
+    def describe(self, environment: Environment, source: str) -> None:
+        ast = environment.parse(source)
+        names = tuple(meta.find_referenced_templates(ast))
+        self.references = None if None in names else tuple(name for name in names if name is not None)
+        # A literal "random" anywhere (`| random`, `| map("random")`) is taken for the filter.
+        if any(node.name == "random" for node in ast.find_all(nodes.Filter)) or any(
+            node.value == "random" for node in ast.find_all(nodes.Const)
+        ):
+            return
+        bound = getattr(environment, "max_chars", "")
+        digest = hashlib.sha256(f"{bound}\x00{source}".encode("utf-8", "surrogatepass")).hexdigest()
+        self.own = Version(digest, frozenset(meta.find_undeclared_variables(ast)))
+
+
 class _RootedLoader(FileSystemLoader):
     """A loader that refuses files whose real path (symlinks followed) leaves the prompts directory, and
     empty files: a template is never empty on purpose, but is while an editor rewrites it in place."""
+
+    def __init__(self, searchpath: str) -> None:
+        super().__init__(searchpath)
+        self._loading = threading.local()  # the source `load` is compiling, as `get_source` read it
 
     def get_source(self, environment, template):
         source, filename, uptodate = super().get_source(environment, template)
@@ -56,7 +107,14 @@ class _RootedLoader(FileSystemLoader):
             raise TemplateNotFound(template)
         if not source.strip():
             raise TemplateSyntaxError("the template is empty", 1, template, filename)
+        self._loading.source = source
         return source, filename, uptodate
+
+    def load(self, environment, name, globals=None):
+        template = super().load(environment, name, globals)
+        if isinstance(template, SourcedTemplate):  # described from what it compiled, not the file as it is now
+            template.describe(environment, self._loading.source)
+        return template
 
 
 class _TooLarge(Exception):
@@ -135,6 +193,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     """
 
     intercepted_binops = frozenset({"*", "**", "%"})
+    template_class = SourcedTemplate
 
     def __init__(self, max_chars: int, **options: Any) -> None:
         super().__init__(**options)
@@ -270,6 +329,17 @@ class Watchdog:
 _watchdog = Watchdog()
 
 
+_MOST_NESTED = 16  # templates named within templates a version follows, deeper than which only the output tells
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt file, resolved to the template that renders it."""
+
+    rel: str  # prompts/<component>/<prompt_file>, as errors name it
+    template: Template
+
+
 class PromptRenderer:
     """Renders `prompts/<component>/<prompt_file>` with the request's variables, within size and time bounds."""
 
@@ -296,6 +366,11 @@ class PromptRenderer:
 
     def render(self, component: str, prompt_file: str, variables: dict[str, Any]) -> str:
         """The rendered prompt; `NotFound`, `MissingVariable` or `TemplateFailure` otherwise."""
+        return self.render_prompt(self.prompt(component, prompt_file), variables)
+
+    def prompt(self, component: str, prompt_file: str) -> Prompt:
+        """The template of a prompt file (its last version that compiled, while the file does not); `NotFound` or
+        `TemplateFailure` otherwise."""
         name = f"{component}/{prompt_file}"
         rel = f"prompts/{name}"
         try:
@@ -313,6 +388,40 @@ class PromptRenderer:
         else:
             if self._last_good.get(name) is not template:
                 self._last_good[name] = template
+        return Prompt(rel, template)
+
+    def version(self, prompt: Prompt) -> Version | None:
+        """What tells this prompt's text from the values of the variables it reads: the template's own version and
+        those of the templates it names, as they are now (an absent one as absent). None when only the rendered
+        text can tell: a name computed at render time, the `random` filter, a named template that fails to load."""
+        return self._version(prompt.template, 0)
+
+    def _version(self, template: Template, depth: int) -> Version | None:
+        if not isinstance(template, SourcedTemplate) or template.own is None or template.references is None:
+            return None
+        if not template.references:
+            return template.own
+        if depth >= _MOST_NESTED:
+            return None
+        digests, reads = [template.own.digest], set(template.own.reads)
+        for name in template.references:
+            try:
+                named = self.env.get_template(name)
+            except TemplateNotFound:
+                digests.append(f"{name} absent")
+                continue
+            except TemplateError:
+                return None
+            version = self._version(named, depth + 1)
+            if version is None:
+                return None
+            digests.append(version.digest)
+            reads |= version.reads
+        return Version(hashlib.sha256("\x00".join(digests).encode()).hexdigest(), frozenset(reads))
+
+    def render_prompt(self, prompt: Prompt, variables: dict[str, Any]) -> str:
+        """`prompt` rendered with `variables`; `MissingVariable`, `RenderLimit` or `TemplateFailure` otherwise."""
+        rel, template = prompt.rel, prompt.template
         try:
             _watchdog.arm(self.timeout)
             try:

@@ -1,5 +1,5 @@
-"""The request pipeline shared by the HTTP API and the CLI: context → guardrails → memory → prompt → provider →
-guardrails.
+"""The request pipeline shared by the HTTP API and the CLI: context → guardrails → memory → cache → prompt →
+provider → guardrails.
 
 It knows nothing of HTTP: `app.web` turns requests into `ChatRequest`s and answers into responses.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -23,7 +23,7 @@ from app.guardrails import Guard, Guardrails
 from app.lock import ProjectLock
 from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
-from app.prompts import PromptRenderer, TemplateData, system_message
+from app.prompts import Prompt, PromptRenderer, TemplateData, system_message
 from app.providers import build_classifier, build_embedder, build_provider, structured
 from app.providers.base import Choice, Generation, GenerationParams, TokenStream, ToolCall, Turn, Usage
 from app.routing import ModelChain, ModelRouter, chain_of
@@ -32,16 +32,21 @@ from app.usage import open_meter
 from app.validation import ChatRequest, content_text
 
 _tracer = trace.get_tracer(__name__)
+# Template variables whose values the cache key holds by themselves: the context's digest, the memory matches, the
+# conversation, the tenant.
+_IN_KEY = frozenset({"context", "results", "messages", "tenant_id"})
 
 
 @dataclass(frozen=True)
-class Rendered:
-    """A request's resolved context, its memory matches and the prompt they produced."""
+class Prepared:
+    """A request's resolved context, its memory matches and what its prompt is rendered from: what the response
+    cache needs to tell the prompt without rendering it."""
 
     context: dict[str, Any]
     results: list[SearchResult]
-    prompt: str
     request: ChatRequest  # as the guardrails passed it (personal data redacted)
+    template: Prompt
+    variables: dict[str, Any]
     degraded: str = ""  # why memory searched keywords only, when it had to
     chain: ModelChain | None = None  # the context's models, when its file names them (`model:`)
     guard: Guard | None = None  # the request's guardrails, when its context enforces any
@@ -56,6 +61,13 @@ class Rendered:
         """A text of the request as the guardrails passed it on (`Guard.as_passed`); None when every text passes
         as it is (no guard, or one that does not redact)."""
         return self.guard.as_passed if self.guard and self.guard.policy.pii != "off" else None
+
+
+@dataclass(frozen=True)
+class Rendered(Prepared):
+    """A prepared request and the prompt it produced."""
+
+    prompt: str = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -161,7 +173,11 @@ class Runtime:
         return retrieval
 
     def render(self, request: ChatRequest) -> Rendered:
-        """Resolve the context, search memory and render the prompt for `request`.
+        """Resolve the context, search memory and render the prompt for `request` (`prepare`, then the render)."""
+        return self._rendered(self.prepare(request))
+
+    def prepare(self, request: ChatRequest) -> Prepared:
+        """Resolve the context, search memory and the prompt's template for `request`: all but the render.
 
         Memory is the request's component when it names one other than its context; otherwise the
         context's `memory.component` when it names one (so a client that names only the context, as OpenAI
@@ -190,10 +206,16 @@ class Runtime:
             # True when the model gets the history as turns, so a template need not repeat it.
             "history_in_turns": self._history_in_turns(chain),
         }
+        template = self.prompts.prompt(request.component, request.prompt_file)
+        degraded, mode = retrieval.degraded, retrieval.mode
+        return Prepared(context, results, request, template, variables, degraded, chain, guard, mode)
+
+    def _rendered(self, prepared: Prepared) -> Rendered:
         started = time.perf_counter()
-        prompt = self.prompts.render(request.component, request.prompt_file, variables)
-        self.metrics.child(self.metrics.prompt_render, request.component).observe(time.perf_counter() - started)
-        return Rendered(context, results, prompt, request, retrieval.degraded, chain, guard, mode=retrieval.mode)
+        prompt = self.prompts.render_prompt(prepared.template, prepared.variables)
+        component = prepared.request.component
+        self.metrics.child(self.metrics.prompt_render, component).observe(time.perf_counter() - started)
+        return Rendered(**prepared.__dict__, prompt=prompt)
 
     def _history_in_turns(self, chain: ModelChain | None) -> bool:
         if chain and self.router:
@@ -205,10 +227,10 @@ class Runtime:
         the request's `response_format` is checked (`app.providers.structured`); a context's tools run in the tool
         loop first (`request_id` goes with each call)."""
         self.meter.open(request)
-        rendered = self.render(request)
-        sources = _sources(rendered)
-        guard, request = rendered.guard, rendered.request  # the request as the guardrails passed it
-        chain, router, served = rendered.chain, self.router, []
+        prepared = self.prepare(request)
+        sources = prepared.sources()
+        guard, request = prepared.guard, prepared.request  # the request as the guardrails passed it
+        chain, router, served = prepared.chain, self.router, []
         if chain and router:
 
             def generate(*args: Any) -> Generation:  # the chain, called as a provider is
@@ -217,6 +239,7 @@ class Runtime:
                 return routed.result
 
         elif self.provider is None:
+            rendered = self._rendered(prepared)
             redacted = guard.redacted if guard else ()
             return Answer(
                 rendered.prompt,
@@ -228,10 +251,11 @@ class Runtime:
             )
         else:
             generate = self.provider.generate
-        params = _params(rendered, request)
-        lookup = self._cached(request, rendered, params)
+        params = _params(prepared, request)
+        lookup, known = self._cached(request, prepared, params)
         if lookup and lookup.found:
-            return _replayed(lookup.found, lookup.result, rendered)
+            return _replayed(lookup.found, lookup.result, prepared)
+        rendered = known or self._rendered(prepared)
         inputs = _inference_inputs(rendered, request, params)
         run = self._tool_run(rendered, request, request_id)
         if run is None:
@@ -268,15 +292,16 @@ class Runtime:
         """`answer`, piece by piece: the model's deltas, or the rendered prompt in one piece without a model.
         With `progress`, the stream has an empty piece after each tool call (`StreamedAnswer.tools` says which)."""
         self.meter.open(request)
-        rendered = self.render(request)
-        request = rendered.request  # as the guardrails passed it
-        chain, router = rendered.chain, self.router
+        prepared = self.prepare(request)
+        request = prepared.request  # as the guardrails passed it
+        chain, router = prepared.chain, self.router
         if chain and router:
 
             def open_stream(*args: Any) -> TokenStream:  # the chain, called as a provider is
                 return router.stream(chain, *args).result
 
         elif self.provider is None:
+            rendered = self._rendered(prepared)
             return StreamedAnswer(
                 TokenStream(iter([rendered.prompt]), model=None),
                 _sources(rendered),
@@ -285,18 +310,19 @@ class Runtime:
             )
         else:
             open_stream = self.provider.stream
-        params = _params(rendered, request)
-        lookup = self._cached(request, rendered, params)
+        params = _params(prepared, request)
+        lookup, known = self._cached(request, prepared, params)
         if lookup and lookup.found:
             found = lookup.found
             return StreamedAnswer(
                 found.stream(),
                 found.sources,
-                rendered.degraded,
+                prepared.degraded,
                 found.served,
                 cache=lookup.result,
-                as_passed=rendered.as_passed,
+                as_passed=prepared.as_passed,
             )
+        rendered = known or self._rendered(prepared)
         inputs = _inference_inputs(rendered, request, params)
         run = self._tool_run(rendered, request, request_id)
         if run is None:
@@ -312,11 +338,28 @@ class Runtime:
         tools = run.calls if run else None
         return StreamedAnswer(stream, _sources(rendered), degraded, served, tools, cache, rendered.as_passed)
 
-    def _cached(self, request: ChatRequest, rendered: Rendered, params: GenerationParams) -> Lookup | None:
-        """The response cache's verdict for a request about to reach a model (None: its context has no cache)."""
-        model = repr(rendered.chain.entries) if rendered.chain else self.provider.model_id if self.provider else ""
-        policy = rendered.guard.policy.fingerprint if rendered.guard else ""
-        return self.cache.lookup(request, rendered.context, rendered.prompt, rendered.results, params, model, policy)
+    def _cached(
+        self, request: ChatRequest, prepared: Prepared, params: GenerationParams
+    ) -> tuple[Lookup | None, Rendered | None]:
+        """The response cache's verdict for a request about to reach a model (None: its context has no cache), and
+        the request rendered when only the prompt's text tells it apart. A template's version with the values of
+        the variables it reads tells the text as well (`PromptRenderer.version`): then a hit renders nothing."""
+        if not self.cache.caches(prepared.context):
+            return None, None
+        version = self.prompts.version(prepared.template)
+        rendered: Rendered | None = None
+        if version is None:
+            rendered = self._rendered(prepared)
+            prompt, shown = rendered.prompt, None
+        else:
+            variables = prepared.variables
+            prompt = version.digest
+            shown = {name: variables[name] for name in version.reads - _IN_KEY if name in variables}
+        chain = prepared.chain
+        model = repr(chain.entries) if chain else self.provider.model_id if self.provider else ""
+        policy = prepared.guard.policy.fingerprint if prepared.guard else ""
+        args = (request, prepared.context, prompt, prepared.results, params, model, policy, shown)
+        return self.cache.lookup(*args), rendered
 
     def _tool_run(self, rendered: Rendered, request: ChatRequest, request_id: str) -> ToolRun | None:
         """The tool loop of a context with tools (None without: the request pays nothing more); its memory
@@ -343,7 +386,7 @@ def _degraded(rendered: Rendered, run: ToolRun) -> str:
     return ",".join(filter(None, (rendered.degraded, run.degraded)))
 
 
-def _replayed(found: CachedAnswer, result: str, rendered: Rendered) -> Answer:
+def _replayed(found: CachedAnswer, result: str, prepared: Prepared) -> Answer:
     """A cached answer as the pipeline's own: nothing generated (usage zero), the sources it was built from."""
     return Answer(
         rendered=found.text,
@@ -351,10 +394,10 @@ def _replayed(found: CachedAnswer, result: str, rendered: Rendered) -> Answer:
         sources=found.sources,
         usage=Usage(0, 0),
         finish_reason=found.finish_reason,
-        degraded=rendered.degraded,
+        degraded=prepared.degraded,
         served=found.served,
         cache=result,
-        as_passed=rendered.as_passed,
+        as_passed=prepared.as_passed,
     )
 
 
@@ -370,13 +413,13 @@ def _inference_inputs(
     return params, system_message(rendered.context), request.messages, request.after
 
 
-def _params(rendered: Rendered, request: ChatRequest) -> GenerationParams:
+def _params(prepared: Prepared, request: ChatRequest) -> GenerationParams:
     """The guardrails' sampling (the chain's `model.params` first), with what the client asked for where it
     stays within `guardrails.client_max` (a 400 past it) or, for `max_tokens` without one, within the context's
     own `max_tokens` (its ceiling); and the OpenAI fields the client set."""
-    context = rendered.context
+    context = prepared.context
     guardrails = context.get("guardrails") or {}
-    defaults = {**guardrails, **rendered.chain.params} if rendered.chain else guardrails
+    defaults = {**guardrails, **prepared.chain.params} if prepared.chain else guardrails
     overrides = request.overrides
     limits = guardrails.get("client_max", {})
     for name, ceiling in limits.items():

@@ -67,7 +67,8 @@ GOALS = {
     "guardrails_off_us": 2,
 }
 MIN_BALANCE, UNBALANCED_RETRIES = 0.5, 3  # a run whose workers took unequal shares is made again (balanced_wrk)
-# A cached answer costs no more than a render-only request (the key needs the render): req/s within noise of it.
+# A cached answer costs no more than a render-only request (it renders nothing, but reads the cache and writes its
+# ledger row): req/s within noise of it.
 CACHED_GOAL = 0.9
 CACHED_ROUNDS = 5  # a goal of a ratio near 1 needs more rounds than one of far from it: the median of five
 MEMORY_FIGURES = (
@@ -461,8 +462,9 @@ def bench_model(settings: tuple[int, int]) -> dict[str, Any]:
 
 def bench_cached(settings: tuple[int, int]) -> dict[str, Any]:
     """(8) The guide's request answered from the response cache (a copy of the example whose SupportBot caches,
-    in front of the instant model) against the same request rendered only (no model): a hit renders, then reads
-    the shared SQLite cache, and should cost no more than the render-only answer."""
+    in front of the instant model) against the same request rendered only (no model): a hit resolves the context
+    and searches memory as the render-only answer does, then reads the shared SQLite cache instead of rendering,
+    and should cost no more."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp, instant_model() as ng:

@@ -5,6 +5,7 @@ shared by default, memory://, a real Redis shared by two gunicorn workers, a Red
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -88,6 +89,49 @@ def test_a_template_edit_is_a_miss(cached, project):
     after = ask(client)
     assert (after.headers["X-Contexis-Cache"], after.json["rendered"]) == ("miss", "answer 2")
     assert ask(client).headers["X-Contexis-Cache"] == "hit"
+
+
+def renders(app) -> float:
+    return metric(app, "cmp_prompt_render_duration_seconds_count", component=CONTEXT)
+
+
+def test_a_hit_renders_nothing_and_an_edit_of_what_the_template_includes_is_a_miss(cached, project):
+    _, app = cached()
+    client = app.test_client()
+    prompts = project / "prompts" / "SupportBot"
+    (prompts / "tone.md").write_text("Be brief.\n")
+    template = prompts / "agent_response.md"
+    template.write_text('{% include "SupportBot/tone.md" %}' + template.read_text())
+    assert ask(client).headers["X-Contexis-Cache"] == "miss"
+    assert ask(client).headers["X-Contexis-Cache"] == "hit"
+    assert renders(app) == 1  # the template's version and variables told the prompt: the hit rendered nothing
+    (prompts / "tone.md").write_text("Be brief and warm.\n")
+    os.utime(prompts / "tone.md", (time.time() + 5, time.time() + 5))  # a new mtime, however coarse the clock
+    after = ask(client)
+    assert (after.headers["X-Contexis-Cache"], after.json["rendered"]) == ("miss", "answer 2")
+    assert ask(client).headers["X-Contexis-Cache"] == "hit"
+
+
+def test_what_the_template_reads_of_the_request_is_in_the_key_and_what_it_does_not_is_not(cached, project):
+    _, app = cached()
+    client = app.test_client()
+    # SupportBot's template does not show `query`: two queries finding nothing in memory are the same prompt.
+    assert ask(client, query="zzz", top_k=1).headers["X-Contexis-Cache"] == "miss"
+    assert ask(client, query="qqq", top_k=1).headers["X-Contexis-Cache"] == "hit"
+    template = project / "prompts" / "SupportBot" / "agent_response.md"
+    template.write_text("Searched for: {{ query }}\n" + template.read_text())
+    assert ask(client, query="zzz", top_k=1).headers["X-Contexis-Cache"] == "miss"
+    assert ask(client, query="qqq", top_k=1).headers["X-Contexis-Cache"] == "miss"
+    assert ask(client, query="qqq", top_k=1).headers["X-Contexis-Cache"] == "hit"
+
+
+def test_a_template_that_only_its_text_tells_is_rendered_and_keyed_on_the_text(cached, project):
+    _, app = cached()
+    client = app.test_client()
+    template = project / "prompts" / "SupportBot" / "agent_response.md"
+    template.write_text('Greeting: {{ ["Hello"] | random }}\n' + template.read_text())  # one choice: one text
+    assert [ask(client).headers["X-Contexis-Cache"] for _ in range(2)] == ["miss", "hit"]
+    assert renders(app) == 2
 
 
 def test_no_hit_across_tenants_or_histories(cached):

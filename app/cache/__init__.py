@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 HIT, MISS, SEMANTIC_HIT, BYPASS = "hit", "miss", "semantic-hit", "bypass"
 DEFAULT_MAX_TEMPERATURE = 0.5
 OFF = "off"  # CMP_CACHE_URL=off: no store, every caching context's requests are bypasses
-KEY_VERSION = "2"  # bumped when what a key holds changes, so old answers are never read as new ones
+KEY_VERSION = "3"  # bumped when what a key holds changes, so old answers are never read as new ones
 
 # Every field of the sampling and OpenAI parameters is in the key, read shallowly (asdict's deep copy costs a hit
 # more than its render).
@@ -175,6 +175,10 @@ class ResponseCache:
             self._store = open_store(self.settings)
         return self._store
 
+    def caches(self, context: dict[str, Any]) -> bool:
+        """Whether requests to `context` may be answered from the cache (its file has `cache.ttl`)."""
+        return self._version(context).policy is not None
+
     def lookup(
         self,
         request: ChatRequest,
@@ -184,11 +188,15 @@ class ResponseCache:
         params: GenerationParams,
         model: str,
         guardrails: str = "",
+        shown: Mapping[str, Any] | None = None,
     ) -> Lookup | None:
         """The cached answer for this request if there is one; None when its context does not cache.
 
-        `guardrails` names the policy the answer is checked under: it defaults to the environment's, so an answer
-        kept before the operator changed it (redaction turned on) must not be served after."""
+        `prompt` is the text the model would get or, with `shown`, what renders it: its templates' version, `shown`
+        the values of the variables they read that the key does not hold by itself (the request's messages, the
+        memory matches, the tenant and the context are in it anyway). `guardrails` names the policy the answer is
+        checked under: it defaults to the environment's, so an answer kept before the operator changed it
+        (redaction turned on) must not be served after."""
         held = self._version(context)
         policy = held.policy
         if policy is None:
@@ -212,8 +220,8 @@ class ResponseCache:
         single_turn = not request.messages and not request.after
         question = request.query or str(request.data.get("user_input", "")) if single_turn else ""
         scope = _digest([*parts, "semantic"]) if policy.semantic and self.embedder and question else ""
-        found_in = [(r.id, r.source, r.content) for r in results]
-        exact = [*parts, prompt, _canonical((found_in, request.messages, request.after))]
+        found_in = [(r.id, r.source, r.content, r.score) for r in results]  # all a template may show of them
+        exact = [*parts, prompt, _canonical((found_in, request.messages, request.after, shown))]
         lookup = Lookup(MISS, None, request.tenant_id, name, _digest(exact), scope, b"", policy.ttl)
         if "no-cache" in directives:  # refresh: answer anew, and keep that answer
             return self._counted(self._vector(lookup, question), name)

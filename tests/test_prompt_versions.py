@@ -1,0 +1,76 @@
+"""What tells a prompt's text without rendering it (`PromptRenderer.version`), which the response cache keys on: the
+templates' sources as compiled, the variables they read, the bound on the prompt's size; none when only the text
+can tell."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from app.prompts import PromptRenderer
+
+
+def write(root: Path, name: str, text: str) -> Path:
+    path = root / "prompts" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    stamp = path.stat().st_mtime + 1 + sum(1 for _ in root.rglob("*"))  # a new mtime each write: auto_reload sees it
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def version(renderer: PromptRenderer, name: str = "Bot/main.md"):
+    return renderer.version(renderer.prompt(*name.split("/")))
+
+
+def test_the_version_is_the_template_s_source_and_the_variables_it_reads(tmp_path):
+    write(
+        tmp_path,
+        "Bot/main.md",
+        "{% set who = 'you' %}{{ who }}: {{ user_input }} {% for r in results %}{{ r }}{% endfor %}",
+    )
+    renderer = PromptRenderer(tmp_path)
+    first = version(renderer)
+    assert first is not None and first.reads == {"user_input", "results"}
+    assert version(renderer) == first  # unchanged while the file is
+    write(tmp_path, "Bot/main.md", "{{ user_input }}!")
+    edited = version(renderer)
+    assert edited is not None and edited.digest != first.digest and edited.reads == {"user_input"}
+    # The same source under a smaller bound may fail where it passed: another version.
+    assert version(PromptRenderer(tmp_path, max_chars=10)).digest != edited.digest
+
+
+def test_a_named_template_is_part_of_the_version_and_of_what_it_reads(tmp_path):
+    write(tmp_path, "Bot/main.md", '{% include "Bot/part.md" %}{% include "Bot/later.md" ignore missing %}{{ a }}')
+    write(tmp_path, "Bot/part.md", "{{ b }}")
+    renderer = PromptRenderer(tmp_path)
+    first = version(renderer)
+    assert first is not None and first.reads == {"a", "b"}
+    write(tmp_path, "Bot/part.md", "{{ b }} and {{ c }}")
+    edited = version(renderer)
+    assert edited is not None and edited.digest != first.digest and edited.reads == {"a", "b", "c"}
+    write(tmp_path, "Bot/later.md", "{{ d }}")  # absent until now
+    created = version(renderer)
+    assert created is not None and created.digest != edited.digest and "d" in created.reads
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ [1, 2, 3] | random }}",  # another text from the same variables
+        '{{ items | map("random") | list }}',
+        "{% include name %}",  # a name only the render knows
+        '{% include "Bot/broken.md" %}',  # a named template that does not compile
+    ],
+)
+def test_only_the_text_tells_some_prompts(tmp_path, source):
+    write(tmp_path, "Bot/main.md", source)
+    write(tmp_path, "Bot/broken.md", "{% if %}")
+    assert version(PromptRenderer(tmp_path)) is None
+
+
+def test_templates_that_name_each_other_have_no_version(tmp_path):
+    write(tmp_path, "Bot/main.md", '{% include "Bot/main.md" %}')
+    assert version(PromptRenderer(tmp_path)) is None
