@@ -23,11 +23,12 @@ import string
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import jinja2
 from jinja2 import (
     Environment,
     FileSystemLoader,
@@ -63,42 +64,50 @@ _PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
 
 
 @dataclass(frozen=True)
-class Version:
+class TemplateVersion:
     """What tells a prompt's text without rendering it: with the values of the variables it `reads`, `digest` (of
-    its templates' sources and the bound on its size) renders one text only."""
+    its templates' sources, the bound on its size and Jinja's release) renders one text only."""
 
     digest: str
-    reads: frozenset[str]  # the variables its templates read (each name they use and do not set themselves)
+    reads: tuple[str, ...]  # the variables its templates read (each name they use and do not set), sorted
 
 
 class SourcedTemplate(Template):
     """A template that knows what it was compiled from (set by `_RootedLoader.load` from the very source it
-    compiled): its own `Version`, unless the same variables may render another text (the `random` filter), and
-    the templates it names (None when a name is computed at render time)."""
+    compiled), so the response cache can key on it instead of on its output."""
 
-    own: Version | None = None
-    references: tuple[str, ...] | None = None
+    own: TemplateVersion | None = None  # None when the same variables may render another text
+    references: tuple[str, ...] | None = None  # the templates it names; None when a name is computed at render time
 
-    def describe(self, environment: Environment, source: str) -> None:
-        ast = environment.parse(source)
+    def describe(self, source: str, max_chars: int) -> None:
+        """Its own version and the templates it names, from the source it was compiled from."""
+        ast = self.environment.parse(source)
         names = tuple(meta.find_referenced_templates(ast))
         self.references = None if None in names else tuple(name for name in names if name is not None)
-        # A literal "random" anywhere (`| random`, `| map("random")`) is taken for the filter.
-        if any(node.name == "random" for node in ast.find_all(nodes.Filter)) or any(
-            node.value == "random" for node in ast.find_all(nodes.Const)
-        ):
+        if not _repeatable(ast):
             return
-        bound = getattr(environment, "max_chars", "")
-        digest = hashlib.sha256(f"{bound}\x00{source}".encode("utf-8", "surrogatepass")).hexdigest()
-        self.own = Version(digest, frozenset(meta.find_undeclared_variables(ast)))
+        stamp = f"{jinja2.__version__}\x00{max_chars}\x00{source}"
+        digest = hashlib.sha256(stamp.encode("utf-8", "surrogatepass")).hexdigest()
+        self.own = TemplateVersion(digest, tuple(sorted(meta.find_undeclared_variables(ast))))
+
+
+def _repeatable(ast: nodes.Template) -> bool:
+    """Whether the same variables always render the same text: not with the `random` filter, nor with a filter
+    `map` applies by a name computed at render time (`map(name)`, `map("ran" ~ "dom")`). A literal "random"
+    anywhere is taken for the filter."""
+    for node in ast.find_all(nodes.Filter):
+        if node.name == "random" or (node.name == "map" and node.args and not isinstance(node.args[0], nodes.Const)):
+            return False
+    return not any(node.value == "random" for node in ast.find_all(nodes.Const))
 
 
 class _RootedLoader(FileSystemLoader):
     """A loader that refuses files whose real path (symlinks followed) leaves the prompts directory, and
     empty files: a template is never empty on purpose, but is while an editor rewrites it in place."""
 
-    def __init__(self, searchpath: str) -> None:
+    def __init__(self, searchpath: str, max_chars: int) -> None:
         super().__init__(searchpath)
+        self.max_chars = max_chars
         self._loading = threading.local()  # the source `load` is compiling, as `get_source` read it
 
     def get_source(self, environment, template):
@@ -110,10 +119,13 @@ class _RootedLoader(FileSystemLoader):
         self._loading.source = source
         return source, filename, uptodate
 
-    def load(self, environment, name, globals=None):
+    def load(
+        self, environment: Environment, name: str, globals: MutableMapping[str, Any] | None = None
+    ) -> Template:
         template = super().load(environment, name, globals)
-        if isinstance(template, SourcedTemplate):  # described from what it compiled, not the file as it is now
-            template.describe(environment, self._loading.source)
+        source = self._loading.__dict__.pop("source")
+        # Described from what it compiled, not the file as it is now (`BoundedSandbox.template_class`).
+        cast(SourcedTemplate, template).describe(source, self.max_chars)
         return template
 
 
@@ -333,11 +345,11 @@ _MOST_NESTED = 16  # templates named within templates a version follows, deeper 
 
 
 @dataclass(frozen=True)
-class Prompt:
+class PromptFile:
     """A prompt file, resolved to the template that renders it."""
 
     rel: str  # prompts/<component>/<prompt_file>, as errors name it
-    template: Template
+    compiled: Template
 
 
 class PromptRenderer:
@@ -351,7 +363,7 @@ class PromptRenderer:
         # Immutable: templates cannot modify the cached context they are handed.
         self.env = BoundedSandbox(
             max_chars,
-            loader=_RootedLoader(str(self.prompts_dir)),
+            loader=_RootedLoader(str(self.prompts_dir), max_chars),
             undefined=StrictUndefined,
             autoescape=False,
             auto_reload=True,
@@ -366,9 +378,9 @@ class PromptRenderer:
 
     def render(self, component: str, prompt_file: str, variables: dict[str, Any]) -> str:
         """The rendered prompt; `NotFound`, `MissingVariable` or `TemplateFailure` otherwise."""
-        return self.render_prompt(self.prompt(component, prompt_file), variables)
+        return self.render_file(self.resolve(component, prompt_file), variables)
 
-    def prompt(self, component: str, prompt_file: str) -> Prompt:
+    def resolve(self, component: str, prompt_file: str) -> PromptFile:
         """The template of a prompt file (its last version that compiled, while the file does not); `NotFound` or
         `TemplateFailure` otherwise."""
         name = f"{component}/{prompt_file}"
@@ -388,15 +400,18 @@ class PromptRenderer:
         else:
             if self._last_good.get(name) is not template:
                 self._last_good[name] = template
-        return Prompt(rel, template)
+        return PromptFile(rel, template)
 
-    def version(self, prompt: Prompt) -> Version | None:
+    def version(self, prompt: PromptFile) -> TemplateVersion | None:
         """What tells this prompt's text from the values of the variables it reads: the template's own version and
         those of the templates it names, as they are now (an absent one as absent). None when only the rendered
         text can tell: a name computed at render time, the `random` filter, a named template that fails to load."""
-        return self._version(prompt.template, 0)
+        return self._version(prompt.compiled, 0, {})
 
-    def _version(self, template: Template, depth: int) -> Version | None:
+    def _version(
+        self, template: Template, depth: int, seen: dict[str, TemplateVersion | None]
+    ) -> TemplateVersion | None:
+        """`seen`: the named templates' versions already found in this walk (a partial named twice is walked once)."""
         if not isinstance(template, SourcedTemplate) or template.own is None or template.references is None:
             return None
         if not template.references:
@@ -405,23 +420,24 @@ class PromptRenderer:
             return None
         digests, reads = [template.own.digest], set(template.own.reads)
         for name in template.references:
-            try:
-                named = self.env.get_template(name)
-            except TemplateNotFound:
-                digests.append(f"{name} absent")
-                continue
-            except TemplateError:
-                return None
-            version = self._version(named, depth + 1)
+            if name not in seen:
+                try:
+                    seen[name] = self._version(self.env.get_template(name), depth + 1, seen)
+                except TemplateNotFound:
+                    digests.append(f"{name} absent")
+                    continue
+                except TemplateError:
+                    return None
+            version = seen[name]
             if version is None:
                 return None
             digests.append(version.digest)
-            reads |= version.reads
-        return Version(hashlib.sha256("\x00".join(digests).encode()).hexdigest(), frozenset(reads))
+            reads.update(version.reads)
+        return TemplateVersion(hashlib.sha256("\x00".join(digests).encode()).hexdigest(), tuple(sorted(reads)))
 
-    def render_prompt(self, prompt: Prompt, variables: dict[str, Any]) -> str:
+    def render_file(self, prompt: PromptFile, variables: dict[str, Any]) -> str:
         """`prompt` rendered with `variables`; `MissingVariable`, `RenderLimit` or `TemplateFailure` otherwise."""
-        rel, template = prompt.rel, prompt.template
+        rel, template = prompt.rel, prompt.compiled
         try:
             _watchdog.arm(self.timeout)
             try:

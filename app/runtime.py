@@ -6,9 +6,10 @@ It knows nothing of HTTP: `app.web` turns requests into `ChatRequest`s and answe
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import Any
 
@@ -23,7 +24,7 @@ from app.guardrails import Guard, Guardrails
 from app.lock import ProjectLock
 from app.memory import Retrieval, SearchResult, open_memory
 from app.observability import RuntimeMetrics
-from app.prompts import Prompt, PromptRenderer, TemplateData, system_message
+from app.prompts import PromptFile, PromptRenderer, TemplateData, system_message
 from app.providers import build_classifier, build_embedder, build_provider, structured
 from app.providers.base import Choice, Generation, GenerationParams, TokenStream, ToolCall, Turn, Usage
 from app.routing import ModelChain, ModelRouter, chain_of
@@ -45,7 +46,7 @@ class Prepared:
     context: dict[str, Any]
     results: list[SearchResult]
     request: ChatRequest  # as the guardrails passed it (personal data redacted)
-    template: Prompt
+    template: PromptFile
     variables: dict[str, Any]
     degraded: str = ""  # why memory searched keywords only, when it had to
     chain: ModelChain | None = None  # the context's models, when its file names them (`model:`)
@@ -68,6 +69,9 @@ class Rendered(Prepared):
     """A prepared request and the prompt it produced."""
 
     prompt: str = field(kw_only=True)
+
+
+_PREPARED = operator.attrgetter(*(f.name for f in fields(Prepared)))  # a Rendered's fields but its prompt, in order
 
 
 @dataclass(frozen=True)
@@ -206,16 +210,16 @@ class Runtime:
             # True when the model gets the history as turns, so a template need not repeat it.
             "history_in_turns": self._history_in_turns(chain),
         }
-        template = self.prompts.prompt(request.component, request.prompt_file)
+        template = self.prompts.resolve(request.component, request.prompt_file)
         degraded, mode = retrieval.degraded, retrieval.mode
         return Prepared(context, results, request, template, variables, degraded, chain, guard, mode)
 
     def _rendered(self, prepared: Prepared) -> Rendered:
         started = time.perf_counter()
-        prompt = self.prompts.render_prompt(prepared.template, prepared.variables)
+        prompt = self.prompts.render_file(prepared.template, prepared.variables)
         component = prepared.request.component
         self.metrics.child(self.metrics.prompt_render, component).observe(time.perf_counter() - started)
-        return Rendered(**prepared.__dict__, prompt=prompt)
+        return Rendered(*_PREPARED(prepared), prompt=prompt)
 
     def _history_in_turns(self, chain: ModelChain | None) -> bool:
         if chain and self.router:
@@ -304,7 +308,7 @@ class Runtime:
             rendered = self._rendered(prepared)
             return StreamedAnswer(
                 TokenStream(iter([rendered.prompt]), model=None),
-                _sources(rendered),
+                rendered.sources(),
                 rendered.degraded,
                 as_passed=rendered.as_passed,
             )
@@ -332,34 +336,41 @@ class Runtime:
         stream = _checked(rendered, stream)
         served = stream.model if chain else None
         if lookup:
-            stream = self.cache.recording(lookup, stream, _sources(rendered), served)
+            stream = self.cache.recording(lookup, stream, rendered.sources(), served)
         degraded = rendered.degraded if run is None else _degraded(rendered, run)
         cache = lookup.result if lookup else ""
         tools = run.calls if run else None
-        return StreamedAnswer(stream, _sources(rendered), degraded, served, tools, cache, rendered.as_passed)
+        return StreamedAnswer(stream, rendered.sources(), degraded, served, tools, cache, rendered.as_passed)
 
     def _cached(
         self, request: ChatRequest, prepared: Prepared, params: GenerationParams
     ) -> tuple[Lookup | None, Rendered | None]:
         """The response cache's verdict for a request about to reach a model (None: its context has no cache), and
-        the request rendered when only the prompt's text tells it apart. A template's version with the values of
-        the variables it reads tells the text as well (`PromptRenderer.version`): then a hit renders nothing."""
-        if not self.cache.caches(prepared.context):
+        the request rendered unless the cache answered it. A template's version with the values of the variables it
+        reads tells the prompt's text (`PromptRenderer.version`), so an exact hit renders nothing; the text is the
+        key when only it tells, and a context that reuses answers to similar questions renders first (a request
+        whose render fails, a variable missing, must fail, not get a similar question's answer)."""
+        context = prepared.context
+        if not self.cache.caches(context):
             return None, None
         version = self.prompts.version(prepared.template)
-        rendered: Rendered | None = None
+        rendered = self._rendered(prepared) if version is None or self.cache.similar(context) else None
         if version is None:
-            rendered = self._rendered(prepared)
-            prompt, shown = rendered.prompt, None
+            prompt, shown = rendered.prompt if rendered else "", None
         else:
             variables = prepared.variables
             prompt = version.digest
-            shown = {name: variables[name] for name in version.reads - _IN_KEY if name in variables}
+            shown = {name: variables[name] for name in version.reads if name in variables and name not in _IN_KEY}
         chain = prepared.chain
         model = repr(chain.entries) if chain else self.provider.model_id if self.provider else ""
         policy = prepared.guard.policy.fingerprint if prepared.guard else ""
-        args = (request, prepared.context, prompt, prepared.results, params, model, policy, shown)
-        return self.cache.lookup(*args), rendered
+        lookup = self.cache.lookup(request, context, prompt, prepared.results, params, model, policy, shown)
+        if lookup is None or lookup.found or rendered is not None:
+            return lookup, rendered
+        rendered = self._rendered(prepared)
+        if self.prompts.version(prepared.template) != version:  # a template it names changed as it rendered
+            lookup.stale = True
+        return lookup, rendered
 
     def _tool_run(self, rendered: Rendered, request: ChatRequest, request_id: str) -> ToolRun | None:
         """The tool loop of a context with tools (None without: the request pays nothing more); its memory
@@ -399,10 +410,6 @@ def _replayed(found: CachedAnswer, result: str, prepared: Prepared) -> Answer:
         cache=result,
         as_passed=prepared.as_passed,
     )
-
-
-def _sources(rendered: Rendered) -> list[dict[str, Any]]:
-    return rendered.sources()
 
 
 def _inference_inputs(

@@ -21,6 +21,16 @@ def enable_cache(project: Path, **section: object) -> None:
     path.write_text(yaml.safe_dump({**context, "cache": {"ttl": 3600, **section}}))
 
 
+def include_tone(project: Path) -> Path:
+    """Make SupportBot's template include `SupportBot/tone.md` ("Be brief."); returns that file."""
+    prompts = project / "prompts" / CONTEXT
+    tone = prompts / "tone.md"
+    tone.write_text("Be brief.\n")
+    template = prompts / "agent_response.md"
+    template.write_text('{% include "SupportBot/tone.md" %}' + template.read_text())
+    return tone
+
+
 def numbered() -> Reply:
     """A chat model whose every answer is new ("answer 1", "answer 2", ...), so a hit shows as an old one."""
     counter = itertools.count(1)

@@ -17,12 +17,13 @@ import requests
 import yaml
 from fake_hf import FakeHF, Reply, Stream, ToolModel, chat_events, completion
 from helpers import GUIDE_BODY, MODEL, TOKEN, Server, ToolBackend, free_port, metric, run, sse_events
-from helpers_cache import CONTEXT, USAGE, ask, enable_cache, numbered, openai
+from helpers_cache import CONTEXT, USAGE, ask, enable_cache, include_tone, numbered, openai
 
 from app import create_app
 from app.cache.memory import MemoryCache
 from app.cache.sqlite import TOUCH_SECONDS, SqliteCache
 from app.cache.store import Entry, pack
+from app.web.runtime import RUNTIME_KEY
 
 
 def test_a_second_identical_request_is_a_hit_on_both_apis(cached):
@@ -98,15 +99,12 @@ def renders(app) -> float:
 def test_a_hit_renders_nothing_and_an_edit_of_what_the_template_includes_is_a_miss(cached, project):
     _, app = cached()
     client = app.test_client()
-    prompts = project / "prompts" / "SupportBot"
-    (prompts / "tone.md").write_text("Be brief.\n")
-    template = prompts / "agent_response.md"
-    template.write_text('{% include "SupportBot/tone.md" %}' + template.read_text())
+    tone = include_tone(project)
     assert ask(client).headers["X-Contexis-Cache"] == "miss"
     assert ask(client).headers["X-Contexis-Cache"] == "hit"
     assert renders(app) == 1  # the template's version and variables told the prompt: the hit rendered nothing
-    (prompts / "tone.md").write_text("Be brief and warm.\n")
-    os.utime(prompts / "tone.md", (time.time() + 5, time.time() + 5))  # a new mtime, however coarse the clock
+    tone.write_text("Be brief and warm.\n")
+    os.utime(tone, (time.time() + 5, time.time() + 5))  # a new mtime, however coarse the clock
     after = ask(client)
     assert (after.headers["X-Contexis-Cache"], after.json["rendered"]) == ("miss", "answer 2")
     assert ask(client).headers["X-Contexis-Cache"] == "hit"
@@ -132,6 +130,38 @@ def test_a_template_that_only_its_text_tells_is_rendered_and_keyed_on_the_text(c
     template.write_text('Greeting: {{ ["Hello"] | random }}\n' + template.read_text())  # one choice: one text
     assert [ask(client).headers["X-Contexis-Cache"] for _ in range(2)] == ["miss", "hit"]
     assert renders(app) == 2
+
+
+def test_a_mapping_in_another_order_is_another_prompt(cached, project):
+    _, app = cached()
+    client = app.test_client()
+    template = project / "prompts" / "SupportBot" / "agent_response.md"
+    template.write_text("{% for k, v in profile.items() %}{{ k }}={{ v }} {% endfor %}\n" + template.read_text())
+    one, two = ({"plan": "free", "tier": "gold"}, {"tier": "gold", "plan": "free"})
+    answers = [ask(client, data={"user_input": "hello", "profile": profile}) for profile in (one, two, one)]
+    assert [a.headers["X-Contexis-Cache"] for a in answers] == ["miss", "miss", "hit"]
+
+
+def test_a_template_changed_while_it_rendered_is_answered_but_not_kept(cached, project, monkeypatch):
+    _, app = cached()
+    client = app.test_client()
+    tone = include_tone(project)
+    renderer = app.extensions[RUNTIME_KEY].prompts
+    render_file = renderer.render_file
+
+    def edited_meanwhile(prompt, variables):
+        text = render_file(prompt, variables)
+        tone.write_text("Be warm.\n")  # after the key was made, before the answer is kept
+        os.utime(tone, (time.time() + 10, time.time() + 10))
+        return text
+
+    monkeypatch.setattr(renderer, "render_file", edited_meanwhile)
+    assert ask(client).json["rendered"] == "answer 1"
+    monkeypatch.undo()
+    tone.write_text("Be brief.\n")  # back to what the first key was made of
+    os.utime(tone, (time.time() + 60, time.time() + 60))
+    again = ask(client)  # the first answer came from "Be warm." and must not be served under "Be brief."'s key
+    assert (again.headers["X-Contexis-Cache"], again.json["rendered"]) == ("miss", "answer 2")
 
 
 def test_no_hit_across_tenants_or_histories(cached):
@@ -220,6 +250,19 @@ def test_semantic_hit_and_near_miss(cached):
     body = {"data": {"user_input": "Can I get my money back?"}, "messages": [{"role": "user", "content": "hi"}]}
     assert ask(client, {**GUIDE_BODY, **body}).headers["X-Contexis-Cache"] == "miss"
     assert metric(app, "cmp_cache_requests_total", context=CONTEXT, result="semantic-hit") == 1
+
+
+def test_a_request_whose_render_fails_gets_its_error_not_a_similar_question_s_answer(cached, project):
+    _, app = cached(embed=True, section={"semantic": 0.9})
+    client = app.test_client()
+    template = project / "prompts" / "SupportBot" / "agent_response.md"
+    template.write_text("Customer: {{ name }}\n" + template.read_text())
+    body = {**GUIDE_BODY, "data": {"user_input": "How do I get a refund?", "name": "Ann"}}
+    assert ask(client, body).headers["X-Contexis-Cache"] == "miss"
+    similar = {**GUIDE_BODY, "data": {"user_input": "Can I get my money back?"}}  # no `name`: a 422 before the cache
+    refused = ask(client, similar)
+    assert refused.status_code == 422 and "name" in refused.json["error"]["message"]
+    assert metric(app, "cmp_cache_requests_total", context=CONTEXT, result="semantic-hit") == 0
 
 
 def test_semantic_degrades_to_exact_when_the_embedder_fails(cached, hf_settings):

@@ -68,6 +68,17 @@ def test_numbers_json_does_not_have_are_400(client, route, constant):
     assert f"{constant.lstrip('-')} is not valid JSON" in response.get_json()["error"]["message"]
 
 
+@pytest.mark.parametrize("route", ["/api/v1/chat", "/v1/chat/completions"])
+@pytest.mark.parametrize("number", ["1e400", "-1e400"])
+def test_numbers_past_a_float_s_range_are_400(client, route, number):
+    # They would read as infinity: as null to JSON writers (the cache key too), as inf in a template.
+    raw = '{"context": "SupportBot", "model": "SupportBot", "messages": [{"role": "user", "content": "hi"}], '
+    raw += f'"data": {{"user_input": "hi", "limit": {number}}}}}'
+    response = client.post(route, data=raw, content_type="application/json")
+    assert_error(response, 400, "invalid_json")
+    assert f"{number} is out of range" in response.get_json()["error"]["message"]
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -4,6 +4,7 @@ can tell."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -11,18 +12,21 @@ import pytest
 
 from app.prompts import PromptRenderer
 
+_STAMPS = itertools.count(1)
+
 
 def write(root: Path, name: str, text: str) -> Path:
+    """Write a template with an mtime later than any before it, so `auto_reload` sees every write."""
     path = root / "prompts" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-    stamp = path.stat().st_mtime + 1 + sum(1 for _ in root.rglob("*"))  # a new mtime each write: auto_reload sees it
+    stamp = 1_700_000_000 + next(_STAMPS)
     os.utime(path, (stamp, stamp))
     return path
 
 
 def version(renderer: PromptRenderer, name: str = "Bot/main.md"):
-    return renderer.version(renderer.prompt(*name.split("/")))
+    return renderer.version(renderer.resolve(*name.split("/")))
 
 
 def test_the_version_is_the_template_s_source_and_the_variables_it_reads(tmp_path):
@@ -33,11 +37,11 @@ def test_the_version_is_the_template_s_source_and_the_variables_it_reads(tmp_pat
     )
     renderer = PromptRenderer(tmp_path)
     first = version(renderer)
-    assert first is not None and first.reads == {"user_input", "results"}
+    assert first is not None and first.reads == ("results", "user_input")
     assert version(renderer) == first  # unchanged while the file is
     write(tmp_path, "Bot/main.md", "{{ user_input }}!")
     edited = version(renderer)
-    assert edited is not None and edited.digest != first.digest and edited.reads == {"user_input"}
+    assert edited is not None and edited.digest != first.digest and edited.reads == ("user_input",)
     # The same source under a smaller bound may fail where it passed: another version.
     assert version(PromptRenderer(tmp_path, max_chars=10)).digest != edited.digest
 
@@ -47,10 +51,10 @@ def test_a_named_template_is_part_of_the_version_and_of_what_it_reads(tmp_path):
     write(tmp_path, "Bot/part.md", "{{ b }}")
     renderer = PromptRenderer(tmp_path)
     first = version(renderer)
-    assert first is not None and first.reads == {"a", "b"}
+    assert first is not None and first.reads == ("a", "b")
     write(tmp_path, "Bot/part.md", "{{ b }} and {{ c }}")
     edited = version(renderer)
-    assert edited is not None and edited.digest != first.digest and edited.reads == {"a", "b", "c"}
+    assert edited is not None and edited.digest != first.digest and edited.reads == ("a", "b", "c")
     write(tmp_path, "Bot/later.md", "{{ d }}")  # absent until now
     created = version(renderer)
     assert created is not None and created.digest != edited.digest and "d" in created.reads
@@ -61,6 +65,8 @@ def test_a_named_template_is_part_of_the_version_and_of_what_it_reads(tmp_path):
     [
         "{{ [1, 2, 3] | random }}",  # another text from the same variables
         '{{ items | map("random") | list }}',
+        '{{ items | map("ran" ~ "dom") | first }}',  # a filter named at render time
+        "{{ items | map(pick) | first }}",
         "{% include name %}",  # a name only the render knows
         '{% include "Bot/broken.md" %}',  # a named template that does not compile
     ],
@@ -69,6 +75,25 @@ def test_only_the_text_tells_some_prompts(tmp_path, source):
     write(tmp_path, "Bot/main.md", source)
     write(tmp_path, "Bot/broken.md", "{% if %}")
     assert version(PromptRenderer(tmp_path)) is None
+
+
+def test_what_a_template_extends_or_imports_is_part_of_its_version(tmp_path):
+    write(tmp_path, "Bot/base.md", "{% block body %}{% endblock %} {{ footer }}")
+    write(tmp_path, "Bot/macros.md", "{% macro shout(x) %}{{ x | upper }}{{ suffix }}{% endmacro %}")
+    write(
+        tmp_path,
+        "Bot/main.md",
+        '{% extends "Bot/base.md" %}{% import "Bot/macros.md" as m with context %}'
+        "{% block body %}{{ m.shout(user_input) }}{% endblock %}",
+    )
+    renderer = PromptRenderer(tmp_path)
+    first = version(renderer)
+    assert first is not None and {"footer", "suffix", "user_input"} <= set(first.reads)
+    write(tmp_path, "Bot/macros.md", "{% macro shout(x) %}{{ x | lower }}{{ suffix }}{% endmacro %}")
+    assert version(renderer).digest != first.digest
+    # A map by a literal filter name is as repeatable as the filter.
+    write(tmp_path, "Bot/main.md", '{{ items | map("upper") | join }}')
+    assert version(renderer) is not None
 
 
 def test_templates_that_name_each_other_have_no_version(tmp_path):

@@ -149,10 +149,11 @@ class Lookup:
     scope: str = ""
     vector: bytes = b""
     ttl: float = 0.0
+    stale: bool = False  # the prompt changed while it was rendered: the answer is given, not kept under this key
 
     @property
     def storable(self) -> bool:
-        return self.result == MISS
+        return self.result == MISS and not self.stale
 
 
 class ResponseCache:
@@ -178,6 +179,11 @@ class ResponseCache:
     def caches(self, context: dict[str, Any]) -> bool:
         """Whether requests to `context` may be answered from the cache (its file has `cache.ttl`)."""
         return self._version(context).policy is not None
+
+    def similar(self, context: dict[str, Any]) -> bool:
+        """Whether a request to `context` may get the answer of a similar question (`cache.semantic`, an embedder)."""
+        policy = self._version(context).policy
+        return bool(policy and policy.semantic and self.embedder)
 
     def lookup(
         self,
@@ -372,12 +378,12 @@ def _directives(cache_control: str) -> frozenset[str]:
 
 
 def _canonical(value: Any) -> str:
-    """`value` as one JSON text whatever its key order; the standard library writes what orjson refuses (a lone
-    surrogate a client sent)."""
+    """`value` as one JSON text, its keys in their order (a template shows a mapping in its order: another order is
+    another prompt); the standard library writes what orjson refuses (a lone surrogate a client sent)."""
     try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str).decode()
+        return orjson.dumps(value, default=str).decode()
     except orjson.JSONEncodeError:
-        return json.dumps(value, sort_keys=True, default=str)
+        return json.dumps(value, default=str)
 
 
 def _digest(parts: Sequence[str]) -> str:

@@ -9,6 +9,7 @@ answer, every streamed event), and there orjson's output is the same JSON, UTF-8
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -36,8 +37,16 @@ def _not_json(constant: str) -> Any:
     raise BadRequest(f"{constant} is not valid JSON: numbers must be finite", code="invalid_json")
 
 
+def _finite(text: str) -> float:
+    """A number past a float's range (`1e400`) reads as infinity, which JSON has not either."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadRequest(f"{text[:32]} is out of range: numbers must be finite", code="invalid_json")
+    return value
+
+
 # One decoder for every body: json.loads with an option builds a decoder per call.
-_DECODER = json.JSONDecoder(parse_constant=_not_json)
+_DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 # Where a lone surrogate can come from: an escape of U+D800 to U+DFFF, or one passed through from the bytes.
 # A pair is joined into one character by the decoder; what is left alone is no text.
 _SURROGATE = re.compile(r"[\ud800-\udfff]|\\u[dD][89a-fA-F]")
