@@ -92,13 +92,16 @@ class SourcedTemplate(Template):
 
 
 def _repeatable(ast: nodes.Template) -> bool:
-    """Whether the same variables always render the same text: not with the `random` filter, nor with a filter
-    `map` applies by a name computed at render time (`map(name)`, `map("ran" ~ "dom")`). A literal "random"
-    anywhere is taken for the filter."""
+    """Whether the same variables always render the same text: not with the `random` filter, nor with a `map` whose
+    filter name may be computed at render time (any argument but a literal: `map(name)`, `map(*names)`,
+    `map("map", "ran" ~ "dom")`). A literal holding "random" in any case anywhere is taken for the filter."""
     for node in ast.find_all(nodes.Filter):
-        if node.name == "random" or (node.name == "map" and node.args and not isinstance(node.args[0], nodes.Const)):
+        if node.name == "random":
             return False
-    return not any(node.value == "random" for node in ast.find_all(nodes.Const))
+        literal = all(isinstance(arg, nodes.Const) for arg in node.args)
+        if node.name == "map" and (not literal or node.dyn_args is not None or node.dyn_kwargs is not None):
+            return False
+    return not any(isinstance(node.value, str) and "random" in node.value.lower() for node in ast.find_all(nodes.Const))
 
 
 class _RootedLoader(FileSystemLoader):
@@ -122,8 +125,10 @@ class _RootedLoader(FileSystemLoader):
     def load(
         self, environment: Environment, name: str, globals: MutableMapping[str, Any] | None = None
     ) -> Template:
-        template = super().load(environment, name, globals)
-        source = self._loading.__dict__.pop("source")
+        try:
+            template = super().load(environment, name, globals)
+        finally:
+            source = self._loading.__dict__.pop("source", "")  # not kept past the load, compiled or not
         # Described from what it compiled, not the file as it is now (`BoundedSandbox.template_class`).
         cast(SourcedTemplate, template).describe(source, self.max_chars)
         return template

@@ -354,10 +354,13 @@ class Runtime:
         if not self.cache.caches(context):
             return None, None
         version = self.prompts.version(prepared.template)
-        rendered = self._rendered(prepared) if version is None or self.cache.similar(context) else None
+        rendered: Rendered | None
+        shown: dict[str, Any] | None
         if version is None:
-            prompt, shown = rendered.prompt if rendered else "", None
+            rendered = self._rendered(prepared)
+            prompt, shown = rendered.prompt, None
         else:
+            rendered = self._rendered(prepared) if self.cache.similar(context, request) else None
             variables = prepared.variables
             prompt = version.digest
             shown = {name: variables[name] for name in version.reads if name in variables and name not in _IN_KEY}
@@ -365,11 +368,11 @@ class Runtime:
         model = repr(chain.entries) if chain else self.provider.model_id if self.provider else ""
         policy = prepared.guard.policy.fingerprint if prepared.guard else ""
         lookup = self.cache.lookup(request, context, prompt, prepared.results, params, model, policy, shown)
-        if lookup is None or lookup.found or rendered is not None:
+        if lookup is None or lookup.found:
             return lookup, rendered
-        rendered = self._rendered(prepared)
-        if self.prompts.version(prepared.template) != version:  # a template it names changed as it rendered
-            lookup.stale = True
+        rendered = rendered or self._rendered(prepared)
+        if version is not None and self.prompts.version(prepared.template) != version:
+            lookup.stale = True  # a template it names changed between the key and the render: answered, not kept
         return lookup, rendered
 
     def _tool_run(self, rendered: Rendered, request: ChatRequest, request_id: str) -> ToolRun | None:

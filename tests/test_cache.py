@@ -142,26 +142,40 @@ def test_a_mapping_in_another_order_is_another_prompt(cached, project):
     assert [a.headers["X-Contexis-Cache"] for a in answers] == ["miss", "miss", "hit"]
 
 
-def test_a_template_changed_while_it_rendered_is_answered_but_not_kept(cached, project, monkeypatch):
-    _, app = cached()
+@pytest.mark.parametrize("section", [{}, {"semantic": 0.9}])
+def test_a_template_changed_between_key_and_render_is_answered_but_not_kept(cached, project, monkeypatch, section):
+    _, app = cached(embed=bool(section), section=section)
     client = app.test_client()
     tone = include_tone(project)
     renderer = app.extensions[RUNTIME_KEY].prompts
     render_file = renderer.render_file
 
-    def edited_meanwhile(prompt, variables):
-        text = render_file(prompt, variables)
-        tone.write_text("Be warm.\n")  # after the key was made, before the answer is kept
+    def edited_first(prompt, variables):
+        tone.write_text("Be warm.\n")  # the key was made of "Be brief."; the render reads "Be warm."
         os.utime(tone, (time.time() + 10, time.time() + 10))
-        return text
+        return render_file(prompt, variables)
 
-    monkeypatch.setattr(renderer, "render_file", edited_meanwhile)
+    monkeypatch.setattr(renderer, "render_file", edited_first)
     assert ask(client).json["rendered"] == "answer 1"
     monkeypatch.undo()
     tone.write_text("Be brief.\n")  # back to what the first key was made of
     os.utime(tone, (time.time() + 60, time.time() + 60))
     again = ask(client)  # the first answer came from "Be warm." and must not be served under "Be brief."'s key
     assert (again.headers["X-Contexis-Cache"], again.json["rendered"]) == ("miss", "answer 2")
+    assert ask(client).headers["X-Contexis-Cache"] == "hit"
+
+
+def test_a_template_edit_is_a_miss_for_similar_questions_too(cached, project):
+    _, app = cached(embed=True, section={"semantic": 0.9})
+    client = app.test_client()
+    assert openai(client, "How do I get a refund?").headers["X-Contexis-Cache"] == "miss"
+    template = project / "prompts" / "SupportBot" / "agent_response.md"
+    template.write_text(template.read_text() + "\nAnswer in one sentence.\n")
+    similar = openai(client, "Can I get my money back?")
+    assert (similar.headers["X-Contexis-Cache"], similar.json["choices"][0]["message"]["content"]) == (
+        "miss",
+        "answer 2",
+    )
 
 
 def test_no_hit_across_tenants_or_histories(cached):

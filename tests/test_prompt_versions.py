@@ -67,6 +67,9 @@ def test_a_named_template_is_part_of_the_version_and_of_what_it_reads(tmp_path):
         '{{ items | map("random") | list }}',
         '{{ items | map("ran" ~ "dom") | first }}',  # a filter named at render time
         "{{ items | map(pick) | first }}",
+        "{{ items | map(*pick) | first }}",
+        '{{ items | map("map", "ran" ~ "dom") | first }}',
+        '{% set f = "RANDOM" | lower %}{{ items | map(*[f]) | first }}',
         "{% include name %}",  # a name only the render knows
         '{% include "Bot/broken.md" %}',  # a named template that does not compile
     ],
@@ -94,6 +97,27 @@ def test_what_a_template_extends_or_imports_is_part_of_its_version(tmp_path):
     # A map by a literal filter name is as repeatable as the filter.
     write(tmp_path, "Bot/main.md", '{{ items | map("upper") | join }}')
     assert version(renderer) is not None
+
+
+def test_a_partial_named_on_many_paths_is_walked_once(tmp_path):
+    # Ten layers of two templates each naming both of the next: 2**10 paths, 20 templates.
+    for layer in range(10):
+        for side in "ab":
+            names = "".join(f'{{% include "Bot/{layer + 1}{other}.md" %}}' for other in "ab") if layer < 9 else ""
+            write(tmp_path, f"Bot/{layer}{side}.md", names + f"{{{{ v{layer} }}}}")
+    renderer = PromptRenderer(tmp_path)
+    renderer.env.get_template("Bot/0a.md")
+    calls = 0
+    get_template = renderer.env.get_template
+
+    def counted(name):
+        nonlocal calls
+        calls += 1
+        return get_template(name)
+
+    renderer.env.get_template = counted
+    found = renderer.version(renderer.resolve("Bot", "0a.md"))
+    assert calls <= 20 and found is not None and found.reads == tuple(sorted(f"v{n}" for n in range(10)))
 
 
 def test_templates_that_name_each_other_have_no_version(tmp_path):

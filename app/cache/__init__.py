@@ -1,8 +1,9 @@
 """The response cache: an answer paid for once is served again to the same question, per tenant and context version.
 
 A context opts in (`cache: {ttl, semantic, max_temperature}`, [cache.md](../../docs/cache.md)). The runtime asks
-`ResponseCache.lookup` once the prompt is rendered (the key holds the rendered prompt and memory's results, so a
-template, memory or context change is a miss by construction) and before the model chain; `keep` (or a stream
+`ResponseCache.lookup` once memory is searched, before the prompt is rendered (the key holds what renders the prompt
+— its templates' version and the variables they read, or its text when only that tells — and memory's results, so
+a template, memory or context change is a miss by construction) and before the model chain; `keep` (or a stream
 `recording`) stores what the model answered when it may be reused. A context without `cache:` costs one dict read.
 
 Where answers live is `CMP_CACHE_URL`: SQLite under the state directory by default (`sqlite.py`), `redis://` for
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 HIT, MISS, SEMANTIC_HIT, BYPASS = "hit", "miss", "semantic-hit", "bypass"
 DEFAULT_MAX_TEMPERATURE = 0.5
 OFF = "off"  # CMP_CACHE_URL=off: no store, every caching context's requests are bypasses
-KEY_VERSION = "3"  # bumped when what a key holds changes, so old answers are never read as new ones
+KEY_VERSION = "4"  # bumped when what a key holds changes, so old answers are never read as new ones
 
 # Every field of the sampling and OpenAI parameters is in the key, read shallowly (asdict's deep copy costs a hit
 # more than its render).
@@ -180,10 +181,10 @@ class ResponseCache:
         """Whether requests to `context` may be answered from the cache (its file has `cache.ttl`)."""
         return self._version(context).policy is not None
 
-    def similar(self, context: dict[str, Any]) -> bool:
-        """Whether a request to `context` may get the answer of a similar question (`cache.semantic`, an embedder)."""
+    def similar(self, context: dict[str, Any], request: ChatRequest) -> bool:
+        """Whether `request` may get the answer of a similar question: `cache.semantic`, an embedder, a single turn."""
         policy = self._version(context).policy
-        return bool(policy and policy.semantic and self.embedder)
+        return bool(policy and policy.semantic and self.embedder and _question(request))
 
     def lookup(
         self,
@@ -223,9 +224,10 @@ class ResponseCache:
         parts = [KEY_VERSION, request.tenant_id, name, self.lock_hash, held.digest, request.component]
         # The chat system message is the context's (in its version); the prompt and history are the request's.
         parts += [request.prompt_file, _canonical(_params_of(params)), model, guardrails]
-        single_turn = not request.messages and not request.after
-        question = request.query or str(request.data.get("user_input", "")) if single_turn else ""
-        scope = _digest([*parts, "semantic"]) if policy.semantic and self.embedder and question else ""
+        question = _question(request)
+        # A template's version is in the scope too: an edited template is a miss for similar questions as well.
+        semantic = [*parts, prompt] if shown is not None else parts
+        scope = _digest([*semantic, "semantic"]) if policy.semantic and self.embedder and question else ""
         found_in = [(r.id, r.source, r.content, r.score) for r in results]  # all a template may show of them
         exact = [*parts, prompt, _canonical((found_in, request.messages, request.after, shown))]
         lookup = Lookup(MISS, None, request.tenant_id, name, _digest(exact), scope, b"", policy.ttl)
@@ -327,7 +329,8 @@ class ResponseCache:
         if held is not None and held.context is context:
             return held
         policy = CachePolicy.of(context)
-        held = _Version(context, policy, _digest([_canonical(context)]) if policy else "")
+        # The standard library's JSON, once per loaded context: it writes .inf and .nan, which orjson writes as null.
+        held = _Version(context, policy, _digest([json.dumps(context, default=str)]) if policy else "")
         if len(self._versions) > 1024:
             self._versions.clear()
         self._versions[id(context)] = held
@@ -370,6 +373,13 @@ class _Version:
     context: dict[str, Any]  # held, so its id is not another's while it is known
     policy: CachePolicy | None
     digest: str
+
+
+def _question(request: ChatRequest) -> str:
+    """What a semantic lookup compares: the question of a single-turn request ("" for a conversation)."""
+    if request.messages or request.after:
+        return ""
+    return request.query or str(request.data.get("user_input", ""))
 
 
 def _directives(cache_control: str) -> frozenset[str]:

@@ -41,7 +41,8 @@ def _finite(text: str) -> float:
     """A number past a float's range (`1e400`) reads as infinity, which JSON has not either."""
     value = float(text)
     if not math.isfinite(value):
-        raise BadRequest(f"{text[:32]} is out of range: numbers must be finite", code="invalid_json")
+        shown = text if len(text) <= 32 else f"{text[:32]}…"
+        raise BadRequest(f"{shown} is out of range: numbers must be finite", code="invalid_json")
     return value
 
 
@@ -78,7 +79,7 @@ class JSONProvider(DefaultJSONProvider):
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         try:
             if kwargs:
-                return super().loads(s, parse_constant=_not_json, **kwargs)
+                return super().loads(s, parse_constant=_not_json, parse_float=_finite, **kwargs)
             if isinstance(s, bytes | bytearray):  # as json.loads reads bytes
                 s = s.decode(json.detect_encoding(s), "surrogatepass")
             value = _DECODER.decode(s)
