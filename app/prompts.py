@@ -381,10 +381,6 @@ class PromptRenderer:
         # moment, and requests meanwhile get the version before (a rename is atomic and needs none of this).
         self._last_good: dict[str, Template] = {}
 
-    def render(self, component: str, prompt_file: str, variables: dict[str, Any]) -> str:
-        """The rendered prompt; `NotFound`, `MissingVariable` or `TemplateFailure` otherwise."""
-        return self.render_file(self.resolve(component, prompt_file), variables)
-
     def resolve(self, component: str, prompt_file: str) -> PromptFile:
         """The template of a prompt file (its last version that compiled, while the file does not); `NotFound` or
         `TemplateFailure` otherwise."""
