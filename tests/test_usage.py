@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from helpers_cache import enable_cache
 
 from app import create_app
 from app.config import Settings
-from app.usage.ledger import COLUMNS, Row, row_values
+from app.usage.ledger import COLUMNS, Row
 from app.usage.sqlite import SQLiteLedger
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": 5}
@@ -833,12 +832,12 @@ def test_a_batch_of_any_size_is_written_whole_within_sqlites_parameter_limit(tmp
         rows += batch
     with sqlite3.connect(tmp_path / "usage.db") as conn:
         stored = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM usage_calls ORDER BY id").fetchall()  # noqa: S608
-    assert stored == [row_values(row) for row in rows]  # bools as 1/0, None as NULL, as executemany bound them
+    assert stored == rows  # bools as 1/0, None as NULL, as they were bound
 
 
 def test_a_row_that_adds_nothing_keeps_no_owner_and_a_written_one_waits_for_nothing(tmp_path):
     ledger = SQLiteLedger(tmp_path, 2.0)
-    ledger.record(replace(_row(1, "cache_hit", tokens=0), tenant="cached-only"))
+    ledger.record(_row(1, "cache_hit", tokens=0)._replace(tenant="cached-only"))
     ledger.record(_row(2))
     assert ledger.flush()
     assert ledger.own("tenant", "cached-only") is None

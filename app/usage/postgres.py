@@ -16,7 +16,7 @@ import psycopg
 
 from app.config import describe_url
 from app.errors import UsageUnavailable
-from app.usage.ledger import COLUMNS, GROUPS, REPORT_SELECT, Ledger, Row, daily_totals, report_rows, row_values
+from app.usage.ledger import COLUMNS, GROUPS, REPORT_SELECT, Ledger, Row, daily_totals, report_rows
 
 SCHEMA_VERSION = 2
 # MIGRATIONS[n] brings the schema from version n to n + 1; released entries never change.
@@ -99,7 +99,7 @@ class PostgresLedger(Ledger):
         conn = self._writer_conn
         try:
             with conn.transaction(), conn.cursor() as cursor:
-                cursor.executemany(_INSERT, [row_values(row) for row in rows])
+                cursor.executemany(_INSERT, rows)
                 # One order for every writer's upserts: two replicas' batches never deadlock on the same days.
                 days = sorted(daily_totals(rows).items())
                 cursor.executemany(_ADD_DAY, [(*key, int(t), u) for key, (t, u) in days])

@@ -9,15 +9,13 @@ still records for whom it ran. Nothing here holds a key, only its id.
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from app.usage import Meter
 
 
-@dataclass(frozen=True)
-class Caller:
+class Caller(NamedTuple):
     """What the HTTP layer knows of a request: its id, the id of the key it came with, the route it called."""
 
     request_id: str
@@ -25,9 +23,9 @@ class Caller:
     route: str
 
 
-@dataclass(frozen=True)
-class CallScope:
-    """Everything a model call's ledger row and budget check need besides the call itself."""
+class CallScope(NamedTuple):
+    """Everything a model call's ledger row and budget check need besides the call itself (tuples, as both are
+    made on every metered request: a frozen dataclass takes three times as long to build)."""
 
     meter: Meter
     request_id: str

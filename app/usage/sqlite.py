@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from app.errors import SettingsError, UsageUnavailable
 from app.sqlite_files import Schema, connect, is_busy, transaction
-from app.usage.ledger import COLUMNS, GROUPS, REPORT_SELECT, Ledger, Row, daily_totals, report_rows, row_values
+from app.usage.ledger import COLUMNS, GROUPS, REPORT_SELECT, Ledger, Row, daily_totals, report_rows
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class SQLiteLedger(Ledger):
             while start < len(rows):
                 count = 1 << (min(most, len(rows) - start).bit_length() - 1)  # the largest 2**n that fits
                 chunk = rows[start : start + count]
-                conn.execute(_INSERTS[count], [value for row in chunk for value in row_values(row)])
+                conn.execute(_INSERTS[count], list(chain.from_iterable(chunk)))
                 start += count
             conn.executemany(_ADD_DAY, [(*key, int(t), u) for key, (t, u) in daily_totals(rows).items()])
 
