@@ -337,24 +337,28 @@ def alternated_runs(
     seconds: int = max(DURATION // ROUNDS, 2),
     rounds: int = ROUNDS,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Each target's wrk runs, round by round, the targets in turn within a round.
+    """Each target's wrk runs, round by round, the targets in turn within a round, in the reverse order every other
+    round (so no target always runs first, or last, after the others).
 
     Alternating rounds mean a burst of other load on the machine hits every target alike. `authorization`
     holds the header some targets need, by name.
     """
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
-    for _ in range(rounds):
-        for name, (server, url, body) in targets.items():
+    for turn in range(rounds):
+        for name, (server, url, body) in list(targets.items())[:: -1 if turn % 2 else 1]:
             header = (authorization or {}).get(name, "")
             runs[name].append(balanced_wrk(server, url, connections, seconds, body, header))
     return runs
 
 
 def paired_ratio(runs: list[dict[str, Any]], against: list[dict[str, Any]], field: str) -> float:
-    """The median, over rounds, of `field` of a run over that of the run beside it in the same round: what the
+    """The median, over rounds, of `field` of a run over that of the other target's run in the same round: what the
     machine did during one round (another tenant's burst, a slower minute) touches both runs of a pair, so a
-    ratio near 1 is told apart from noise with fewer rounds than the ratio of the two medians needs."""
-    return round(statistics.median(a[field] / b[field] for a, b in zip(runs, against, strict=True) if b[field]), 3)
+    ratio near 1 is told apart from noise with fewer rounds than the ratio of the two medians needs. 0.0 when no
+    round has both figures (a run answered nothing)."""
+    pairs = [(a.get(field), b.get(field)) for a, b in zip(runs, against, strict=True)]
+    found = [a / b for a, b in pairs if a and b]
+    return round(statistics.median(found), 3) if found else 0.0
 
 
 def balanced_wrk(
@@ -483,7 +487,8 @@ def bench_cached(settings: tuple[int, int]) -> dict[str, Any]:
     """(8) The guide's request answered from the response cache (a copy of the example whose SupportBot caches,
     in front of the instant model) against the same request rendered only (no model): a hit resolves the context
     and searches memory as the render-only answer does, then reads the shared SQLite cache instead of rendering,
-    and should cost no more. The same hits with the usage ledger off say what a hit's ledger row costs."""
+    and should cost no more. The same hits with the usage ledger off (`CMP_USAGE_URL=off`) say what metering costs a
+    hit: its call scope and the ledger's row of it."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp, instant_model() as ng:
@@ -501,10 +506,10 @@ def bench_cached(settings: tuple[int, int]) -> dict[str, Any]:
                 first = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)
                 hit = requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=10)
                 assert (first.headers.get("X-Contexis-Cache"), hit.headers.get("X-Contexis-Cache")) == ("miss", "hit")
-            targets = {
+            targets = {  # render-only in the middle: beside each of the others in every round
                 "cached": (cached, f"{cached.url}/api/v1/chat", GUIDE_BODY),
-                "cached_no_ledger": (no_ledger, f"{no_ledger.url}/api/v1/chat", GUIDE_BODY),
                 "render": (render, f"{render.url}/api/v1/chat", GUIDE_BODY),
+                "cached_no_ledger": (no_ledger, f"{no_ledger.url}/api/v1/chat", GUIDE_BODY),
             }
             for _, url, body in targets.values():
                 wrk(url, CONCURRENCIES[0], 3, body)  # warm up
@@ -516,7 +521,7 @@ def bench_cached(settings: tuple[int, int]) -> dict[str, Any]:
         "loaded": {name: median_run(found) for name, found in runs.items()},
         "ratio": paired_ratio(runs["cached"], runs["render"], "rps"),
         "cpu_ratio": paired_ratio(runs["render"], runs["cached"], "cpu_ms_per_request"),
-        # What a hit's ledger row costs (the row the usage ledger keeps of every answer): the same hits unmetered.
+        # What metering costs a hit (its call scope and the ledger's row of it): the same hits unmetered.
         "no_ledger_ratio": paired_ratio(runs["cached_no_ledger"], runs["render"], "rps"),
         "no_ledger_cpu_ratio": paired_ratio(runs["render"], runs["cached_no_ledger"], "cpu_ms_per_request"),
     }
@@ -872,7 +877,7 @@ def table(results: dict[str, Any]) -> str:
         rows.append(("", "hit/render-only", ratios))
         if "no_ledger_ratio" in c:
             rows.append(("", "hit, CMP_USAGE_URL=off", _ms(c["loaded"]["cached_no_ledger"])))
-            unmetered = f"req/s {c['no_ledger_ratio']:.2f}, CPU per request {c['no_ledger_cpu_ratio']:.2f}x"
+            unmetered = f"req/s {c['no_ledger_ratio']:.2f}, CPU per request {c['no_ledger_cpu_ratio']:.2f}x (likewise)"
             rows.append(("", "hit without ledger/render-only", unmetered))
     guardrails = results.get("guardrails", {})
     for i, (name, g) in enumerate(guardrails.get("variants", {}).items()):
