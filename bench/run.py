@@ -317,16 +317,8 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**merged, "connections": runs[0]["connections"], "rounds": len(runs)}
 
 
-def alternate(
-    targets: dict[str, tuple[Server, str, dict[str, Any]]],
-    connections: int,
-    authorization: dict[str, str] | None = None,
-    seconds: int = max(DURATION // ROUNDS, 2),
-    rounds: int = ROUNDS,
-) -> dict[str, dict[str, Any]]:
-    """Each target in turn for `rounds` short wrk runs of `seconds` (DURATION in all at ROUNDS), and the median of its
-    runs (`alternated_runs`)."""
-    runs = alternated_runs(targets, connections, authorization, seconds, rounds)
+def medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each target's median run (`median_run`) of its rounds (`alternated_runs`)."""
     return {name: median_run(found) for name, found in runs.items()}
 
 
@@ -417,7 +409,7 @@ def bench_render(settings: tuple[int, int]) -> dict[str, Any]:
                 wrk(url, CONCURRENCIES[0], 3, body)  # warm up
             runs = []
             for c in CONCURRENCIES:
-                alternated = alternate(chat, c)
+                alternated = medians(alternated_runs(chat, c))
                 a, b = alternated["runtime"], alternated["bare"]
                 runs.append(
                     {
@@ -457,8 +449,8 @@ def bench_model(settings: tuple[int, int]) -> dict[str, Any]:
                 wrk(url, 8, 3, request_body)  # warm up
             servers = {"nginx": ng, "runtime": rt, "runtime_no_ledger": off, "bare": base}
             with_server = {name: (servers[name], url, b) for name, (url, b) in targets.items()}
-            loaded = alternate(with_server, MODEL_CONCURRENCY)
-            single = alternate(with_server, 1)
+            loaded = medians(alternated_runs(with_server, MODEL_CONCURRENCY))
+            single = medians(alternated_runs(with_server, 1))
     added = {
         f"{p}_ms_vs_{ref}": round(single["runtime"][f"{p}_ms"] - single[ref][f"{p}_ms"], 2)
         for p in ("p50", "p99")
@@ -518,7 +510,7 @@ def bench_cached(settings: tuple[int, int]) -> dict[str, Any]:
         "workers": settings[0],
         "threads": settings[1],
         "connections": CONCURRENCIES[0],
-        "loaded": {name: median_run(found) for name, found in runs.items()},
+        "loaded": medians(runs),
         "ratio": paired_ratio(runs["cached"], runs["render"], "rps"),
         "cpu_ratio": paired_ratio(runs["render"], runs["cached"], "cpu_ms_per_request"),
         # What metering costs a hit (its call scope and the ledger's row of it): the same hits unmetered.
@@ -547,7 +539,7 @@ def bench_stream(settings: tuple[int, int]) -> dict[str, Any]:
             }
             for _, url, request_body in targets.values():
                 wrk(url, 8, 3, request_body)  # warm up
-            loaded = alternate(targets, MODEL_CONCURRENCY)
+            loaded = medians(alternated_runs(targets, MODEL_CONCURRENCY))
     per_event = {name: round(loaded[name]["cpu_ms_per_request"] * 1000 / events[name], 2) for name in loaded}
     return {
         "workers": settings[0],
