@@ -8,7 +8,8 @@ thread with the head already read. The body is read by the thread as before (an 
 requests covers slow bodies; see the README).
 
 gunicorn answers what it cannot parse (a request line or headers too long or malformed) itself, with an
-HTML page; here those answers are JSON in the API's error shape.
+HTML page; here those answers, and the worker's own 408 and 503, are JSON in the error shape of the API the
+request's path names (OpenAI's under `/v1/`), as the app's answers are.
 
 Busy is not dead: a request whose head is read waits here, not in the thread pool's queue, when every
 thread is taken. One that waits longer than `GUNICORN_QUEUE_TIMEOUT` gets a JSON 503 with `Retry-After`
@@ -23,10 +24,12 @@ import contextlib
 import json
 import selectors
 import socket
+import threading
 import time
 from collections import deque
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 from gunicorn import util
 from gunicorn.http2 import negotiation
@@ -34,11 +37,23 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from app.config import Settings
 
+# The path of the head a pool thread is handling: gunicorn's write_error, called there, is given only the socket.
+_handling = threading.local()
 
-def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str, extra: str = "") -> None:
-    """gunicorn's own error answer, as `{"error": {"code", "message"}}` instead of its HTML page."""
-    body = json.dumps({"error": {"code": reason.lower().replace(" ", "_"), "message": mesg or reason}}).encode()
-    write_json(sock, status_int, reason, body, extra)
+
+def write_json_error(
+    sock: socket.socket, status_int: int, reason: str, mesg: str, extra: str = "", path: str | None = None
+) -> None:
+    """gunicorn's own error answer in the shape of `path`'s API (the thread's request by default), not HTML."""
+    from app.web.errors import error_body_at  # loaded with the app, in this worker, by now
+
+    shaped = error_body_at(
+        getattr(_handling, "path", "") if path is None else path,
+        status_int,
+        reason.lower().replace(" ", "_"),
+        mesg or reason,
+    )
+    write_json(sock, status_int, reason, json.dumps(shaped).encode(), extra)
 
 
 def write_json(sock: socket.socket, status_int: int, reason: str, body: bytes, extra: str = "") -> None:
@@ -50,12 +65,23 @@ def write_json(sock: socket.socket, status_int: int, reason: str, body: bytes, e
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
-def _probe(head: bytes) -> bytes:
-    """`/healthz` or `/readyz` when `head` is a GET of one of them (what probes send), else b""."""
-    line = head[: head.find(b"\r\n")]
-    method, _, rest = line.partition(b" ")
-    path = rest.partition(b" ")[0].partition(b"?")[0]
-    return path if method == b"GET" and path in (b"/healthz", b"/readyz") else b""
+def _target_path(head: bytes) -> str:
+    """The path of a request head's target (absolute-form too) as far as it arrived; "" when it has none."""
+    end = head.find(b"\r\n")
+    parts = (head if end < 0 else head[:end]).split(b" ", 2)
+    target = parts[1].decode("latin-1") if len(parts) > 1 else ""
+    if not target.startswith("/"):
+        try:
+            target = urlsplit(target).path
+        except ValueError:  # not a URL at all: no API's path
+            return ""
+    return target.partition("?")[0]
+
+
+def _probe(head: bytes) -> str:
+    """`/healthz` or `/readyz` when `head` is a GET of one of them (what probes send), else ""."""
+    path = _target_path(head)
+    return path if head.startswith(b"GET ") and path in ("/healthz", "/readyz") else ""
 
 
 class HeaderTimeoutWorker(ThreadWorker):
@@ -163,7 +189,7 @@ class HeaderTimeoutWorker(ThreadWorker):
         probe = _probe(conn.head or b"")
         if not probe:
             return False
-        if probe == b"/healthz":
+        if probe == "/healthz":
             status, reason, body = 200, "OK", b'{"status":"ok"}'
         else:
             from app.web.health import last_verdict  # loaded with the app, in this worker, by now
@@ -179,6 +205,7 @@ class HeaderTimeoutWorker(ThreadWorker):
     def handle(self, conn: Any) -> Any:
         """Serve a connection whose head the poller read: the parser starts from those bytes."""
         head, conn.head = getattr(conn, "head", None), None
+        _handling.path = _target_path(head) if head else ""
         if head:
             conn.init()  # gthread's handle sets the socket blocking again
             conn.parser.unreader.unread(head)
@@ -197,7 +224,8 @@ class HeaderTimeoutWorker(ThreadWorker):
             shed += 1
             with contextlib.suppress(OSError):
                 if getattr(conn, "plain_http1", False):  # TLS and HTTP/2 are closed without a plain-text answer
-                    write_json_error(conn.sock, 503, "Service Unavailable", message, "Retry-After: 1\r\n")
+                    path = _target_path(getattr(conn, "head", None) or b"")
+                    write_json_error(conn.sock, 503, "Service Unavailable", message, "Retry-After: 1\r\n", path)
             conn.close()
         if shed:  # at most one line a second (the loop's pace), whatever the load
             self.log.warning("503 to %d request(s): %s (%d still waiting)", shed, message, len(self.waiting_for_thread))
@@ -207,5 +235,5 @@ class HeaderTimeoutWorker(ThreadWorker):
             self.nr_conns -= 1
             message = f"the request head did not arrive within GUNICORN_HEADER_TIMEOUT={self.header_timeout:g}s"
             with contextlib.suppress(OSError):  # the client is gone or not reading: closing is all that is left
-                write_json_error(conn.sock, 408, "Request Timeout", message)
+                write_json_error(conn.sock, 408, "Request Timeout", message, path=_target_path(conn.head or b""))
             conn.close()

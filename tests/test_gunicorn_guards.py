@@ -10,10 +10,11 @@ import socket
 import threading
 import time
 
+import openai
 import pytest
 import requests
 from fake_hf import FakeHF, Stream, chat_events
-from helpers import EXAMPLE, GUIDE_BODY, MODEL, TOKEN, Server, sse_events
+from helpers import EXAMPLE, GUIDE_BODY, MODEL, TOKEN, Server, sdk, sse_events
 
 HEADER_TIMEOUT = 2.0
 
@@ -104,6 +105,36 @@ def test_what_gunicorn_cannot_parse_is_answered_as_json(server, raw, status, cod
     error = json.loads(body)["error"]
     assert error["code"] == code
     assert error["message"]
+
+
+def test_under_v1_what_gunicorn_cannot_parse_is_answered_in_openais_shape(server):
+    client = sdk(server)
+    with pytest.raises(openai.APIStatusError) as long_uri:
+        client.models.retrieve("a" * 9000)
+    with pytest.raises(openai.APIStatusError) as huge_header:
+        client.with_options(default_headers={"X-Big": "v" * 9000}).models.list()
+    got = [(e.value.status_code, e.value.type, e.value.code, e.value.param) for e in (long_uri, huge_header)]
+    assert got == [
+        (414, "invalid_request_error", "uri_too_long", None),
+        (431, "invalid_request_error", "request_header_fields_too_large", None),
+    ]
+    assert "message" in long_uri.value.body and "param" in long_uri.value.body  # every field OpenAI's shape has
+    status, _, body = exchange(server, b"GET http://x/v1/models/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    # the absolute form, as a proxy sends it
+    assert (status, json.loads(body)["error"]["type"]) == (414, "invalid_request_error")
+
+
+def test_a_late_head_under_v1_gets_its_408_in_openais_shape(server):
+    status, _, body = exchange(server, b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: x\r\n")
+    error = json.loads(body)["error"]
+    assert status == 408
+    assert error == {
+        "message": error["message"],
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "request_timeout",
+    }
+    assert "GUNICORN_HEADER_TIMEOUT=2s" in error["message"]
 
 
 def test_a_render_past_its_time_ends_and_the_worker_goes_on(server):

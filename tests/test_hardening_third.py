@@ -16,10 +16,11 @@ import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import openai
 import pytest
 import requests
 from fake_hf import STREAM_HEAD, FakeHF, RawHF, Reply, chat_events, http_chunk, raw
-from helpers import EXAMPLE, GUIDE_BODY, KEYS_JSON, METRICS_KEY, MODEL, SEARCH_BODY, TOKEN, Server, bearer, metric
+from helpers import EXAMPLE, GUIDE_BODY, KEYS_JSON, METRICS_KEY, MODEL, SEARCH_BODY, TOKEN, Server, bearer, metric, sdk
 
 from app import create_app
 from app.config import Settings
@@ -296,6 +297,11 @@ def test_with_every_thread_busy_probes_answer_and_a_queued_request_gets_a_503_wi
                 assert queued.json()["error"]["code"] == "service_unavailable"
                 assert "GUNICORN_QUEUE_TIMEOUT=1s" in queued.json()["error"]["message"]
                 assert 0.9 < waited < 3
+                with pytest.raises(openai.APIStatusError) as queued_v1:  # OpenAI's frontends read their own shape
+                    hi = [{"role": "user", "content": "hi"}]
+                    sdk(server).chat.completions.create(model="SupportBot", messages=hi)
+                assert (queued_v1.value.status_code, queued_v1.value.type) == (503, "server_error")
+                assert queued_v1.value.code == "service_unavailable" and queued_v1.value.param is None
                 assert [future.result().status_code for future in slow] == [200, 200]
             assert requests.post(f"{server.url}/api/v1/chat", json=GUIDE_BODY, timeout=20).status_code == 200
         finally:

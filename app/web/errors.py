@@ -31,10 +31,15 @@ def register_error_shape(prefix: str, shape: ErrorShape) -> None:
     _SHAPES[prefix.rstrip("/") + "/"] = shape
 
 
+def error_body_at(path: str, status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """The error body in `path`'s shape; gunicorn's worker asks with the path it read, before Flask has a request."""
+    shape = next((shape for prefix, shape in _SHAPES.items() if path.startswith(prefix)), native_error)
+    return shape(status, code, message, param)
+
+
 def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
     """The error body in the current path's shape."""
-    shape = next((shape for prefix, shape in _SHAPES.items() if request.path.startswith(prefix)), native_error)
-    return shape(status, code, message, param)
+    return error_body_at(request.path, status, code, message, param)
 
 
 def error_response(status: int, code: str, message: str, param: str | None = None) -> tuple[Response, int]:
