@@ -377,7 +377,8 @@ class Runtime:
 
     def _tool_run(self, rendered: Rendered, request: ChatRequest, request_id: str) -> ToolRun | None:
         """The tool loop of a context with tools (None without: the request pays nothing more); its memory
-        search is the request's own component and tenant, as retrieval's."""
+        search is the request's own component and tenant, as retrieval's, and its results pass the request's
+        guardrails before the model reads them, as retrieved chunks do."""
         toolset = self.tools.of(rendered.context)
         if toolset is None:
             return None
@@ -387,7 +388,9 @@ class Runtime:
             found = self.search(replace(request, query=query, top_k=top_k), component)
             return [result.as_dict() for result in found.results]
 
-        return ToolRun.start(toolset, request_id, request.tenant_id, self.settings.hf_deadline, search)
+        guard = rendered.guard
+        screen = guard.check_tool_result if guard and guard.policy.checks_tool_results else None
+        return ToolRun.start(toolset, request_id, request.tenant_id, self.settings.hf_deadline, search, screen)
 
 
 def _checked(rendered: Rendered, stream: TokenStream) -> TokenStream:

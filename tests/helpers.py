@@ -201,6 +201,14 @@ def access_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
     return [line for line in json_lines(capsys.readouterr().err) if line.get("logger") == "contexis.access"]
 
 
+def audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The guardrails' audit lines caught so far, as the JSON formatter writes them."""
+    from app.observability import JsonFormatter
+
+    formatter = JsonFormatter()
+    return [json.loads(formatter.format(r)) for r in caplog.records if r.name == "contexis.audit"]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -29,6 +29,7 @@ from helpers import (
     SEARCH_BODY,
     SSN,
     TOKEN,
+    audit_lines,
     chat,
     leaks,
     metric,
@@ -66,11 +67,6 @@ def ask(text: str, **extra: Any) -> dict[str, Any]:
 
 def openai_body(text: str, **extra: Any) -> dict[str, Any]:
     return {"model": "SupportBot", "messages": [{"role": "user", "content": text}], **extra}
-
-
-def audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    formatter = JsonFormatter()
-    return [json.loads(formatter.format(r)) for r in caplog.records if r.name == "contexis.audit"]
 
 
 # -- personal data ---------------------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
-"""The guardrails of one request: its input before the prompt is built, its retrieved chunks, and the
-model's answer (whole or streamed) before it leaves."""
+"""The guardrails of one request: its input before the prompt is built, its retrieved chunks and its context
+tools' results, and the model's answer (whole or streamed) before it leaves."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
+
+import orjson
 
 from app.errors import GuardrailBlocked, GuardrailRefusal
 from app.guardrails.audit import Audit, Decision, entity_counts
@@ -91,6 +93,11 @@ def _texts(value: Any, walk: Callable[[Any, Callable[[str], str]], Any]) -> list
 
 def _listed(counts: dict[str, int]) -> str:
     return ", ".join(f"{name}: {count}" for name, count in counts.items())
+
+
+def _withheld(guardrail: str, why: str) -> str:
+    """What the model reads instead of a tool's result the guardrails kept from it: an error, as a failed call's."""
+    return orjson.dumps({"error": f"the result was withheld by the {guardrail} guardrail: {why}"}).decode()
 
 
 class Guard:
@@ -211,6 +218,23 @@ class Guard:
             )
         self.sources = [r.source for r in results]
         return results
+
+    def check_tool_result(self, content: str) -> str:
+        """A context tool's result before it goes back to the model, judged as a retrieved chunk is: its personal
+        data redacted (under `pii: block` the result withheld), then, one carrying an injection withheld (an API's
+        answer or a searched document must not steer the model); the classifier never sees the values either."""
+        findings = self.detector.find(content) if self.policy.pii != "off" else []
+        if findings:
+            counts = entity_counts([f.entity for f in findings])
+            if self.policy.pii == "block":
+                self.audit.record(Decision("pii", "block", "in", counts, "tool_result"))
+                return _withheld("pii", f"it holds personal data ({_listed(counts)})")
+            self.audit.record(Decision("pii", "redact", "in", counts, "tool_result"))
+            content = redact(content, findings)
+        if self.policy.prompt_injection != "off" and any(self._injected([content], "in")):
+            self.audit.record(Decision("prompt_injection", "drop", "in", {"tool_results": 1}, "tool_result"))
+            return _withheld("prompt_injection", "it holds instructions to the assistant")
+        return content
 
     # -- out ------------------------------------------------------------------------------------------------
 

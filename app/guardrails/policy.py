@@ -31,6 +31,10 @@ class Policy:
         return self.pii != "off" or self.prompt_injection != "off" or self.require_citation or bool(self.deny_output)
 
     @property
+    def checks_tool_results(self) -> bool:
+        return self.pii != "off" or self.prompt_injection != "off"
+
+    @property
     def checks_output(self) -> bool:
         return self.pii != "off" or self.require_citation or bool(self.deny_output)
 

@@ -10,7 +10,7 @@ steps: each model call is paid for.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,6 +33,8 @@ from app.providers.huggingface.transport import deadline_at
 from app.tools.base import CallContext, Search
 from app.tools.toolset import Offer, Ran, Toolset
 
+Screen = Callable[[str], str]  # a tool result's content -> what the model may read of it
+
 
 @dataclass(frozen=True)
 class Inputs:
@@ -51,14 +53,23 @@ class ToolRun:
 
     toolset: Toolset
     context: CallContext
+    screen: Screen | None = None  # the request's guardrails over each result before the model reads it
     ran: list[Ran] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)  # each call's record, appended as it ends
     degraded: str = ""
 
     @classmethod
-    def start(cls, toolset: Toolset, request_id: str, tenant_id: str, seconds: float, search: Search | None) -> ToolRun:
+    def start(
+        cls,
+        toolset: Toolset,
+        request_id: str,
+        tenant_id: str,
+        seconds: float,
+        search: Search | None,
+        screen: Screen | None = None,
+    ) -> ToolRun:
         # `seconds` from now, or sooner when the block the request runs in ends sooner (a `ctx test` run's).
-        return cls(toolset, CallContext(request_id, tenant_id, deadline_at(seconds), search))
+        return cls(toolset, CallContext(request_id, tenant_id, deadline_at(seconds), search), screen)
 
     def _offer(self, inputs: Inputs) -> tuple[Offer, Inputs, set[str]]:
         """The context's tools now, the inputs offering them after the client's, and the client's tools' names
@@ -81,8 +92,10 @@ class ToolRun:
             yield ran
         turns.append({"role": "assistant", "content": text or None, "tool_calls": [dict(call) for call in calls]})
         for call in calls:
-            result = finished[id(call)].result
-            turns.append({"role": "tool", "tool_call_id": call.get("id", ""), "content": result.content})
+            content = finished[id(call)].result.content
+            if self.screen is not None:
+                content = self.screen(content)
+            turns.append({"role": "tool", "tool_call_id": call.get("id", ""), "content": content})
 
     def _exceeded(self) -> ToolStepsExceeded:
         called = ", ".join(dict.fromkeys(ran.name for ran in self.ran))
