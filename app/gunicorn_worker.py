@@ -37,7 +37,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from app.config import Settings
 
-# The path of the head a pool thread is handling: gunicorn's write_error, called there, is given only the socket.
+# The head a pool thread is handling: gunicorn's write_error, called there, is given only the socket.
 _handling = threading.local()
 
 
@@ -48,7 +48,7 @@ def write_json_error(
     from app.web.errors import error_body_at  # loaded with the app, in this worker, by now
 
     shaped = error_body_at(
-        getattr(_handling, "path", "") if path is None else path,
+        _target_path(getattr(_handling, "head", b"")) if path is None else path,
         status_int,
         reason.lower().replace(" ", "_"),
         mesg or reason,
@@ -205,7 +205,8 @@ class HeaderTimeoutWorker(ThreadWorker):
     def handle(self, conn: Any) -> Any:
         """Serve a connection whose head the poller read: the parser starts from those bytes."""
         head, conn.head = getattr(conn, "head", None), None
-        _handling.path = _target_path(head) if head else ""
+        # Read only if gunicorn answers an error: this head, or what a pipelined request left in the parser's buffer.
+        _handling.head = head or (conn.parser.unreader.buf.getvalue() if conn.parser is not None else b"")
         if head:
             conn.init()  # gthread's handle sets the socket blocking again
             conn.parser.unreader.unread(head)

@@ -389,7 +389,7 @@ class Runtime:
             return [result.as_dict() for result in found.results]
 
         guard = rendered.guard
-        screen = guard.check_tool_result if guard and guard.policy.checks_tool_results else None
+        screen = guard.check_tool_results if guard and guard.policy.checks_tool_results else None
         return ToolRun.start(toolset, request_id, request.tenant_id, self.settings.hf_deadline, search, screen)
 
 

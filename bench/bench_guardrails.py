@@ -3,9 +3,10 @@ cost a request when it turns none on.
 
 In-process and deterministic: the quick start (its documents ingested, keywords only) with SupportBot's
 guardrails set to each variant, a typical request (a 300-character question without personal data, and with
-it), a typical answer (about 250 characters) and a 200-token stream. Per variant it times, as the median of
-`--rounds` rounds of `--iterations` calls on one thread: `Runtime.render` (context, guardrails in, memory,
-prompt), the whole answer's check and the stream's (a stream relayed unchecked is the baseline). "off" adds
+it), a typical answer (about 250 characters), a 200-token stream and a context tool's JSON result (an order
+record). Per variant it times, as the fastest of `--rounds` rounds of `--iterations` calls on one thread:
+`Runtime.render` (context, guardrails in, memory, prompt), the whole answer's check, the stream's (a stream relayed
+unchecked is the baseline) and the tool result's (0 where the policy leaves tool results alone). "off" adds
 `Guardrails.guard` itself, which is all a request of a context without guardrails pays. Run from the repository
 root:
 
@@ -45,6 +46,18 @@ ANSWER = (
     "Thanks for your patience! Standard delivery takes 3 to 5 business days [1]. If your parcel has not arrived "
     "by Friday, you can ask for a full refund from your account page [2]. Devices carry a two-year warranty "
     "against defects [3]. Anything else I can help with?"
+)
+# What an HTTP tool answers: an order record, as the model reads it back.
+TOOL_RESULT = json.dumps(
+    {
+        "order": "20240315",
+        "status": "in transit",
+        "carrier": "DHL",
+        "left_warehouse": "2026-03-16",
+        "eta": "Friday",
+        "items": [{"sku": "RT-2000", "name": "Wi-Fi router", "quantity": 1, "price": 129.0}],
+        "note": "Delayed at the regional hub.\nThe customer was told on Monday.",
+    }
 )
 # The answer as a model streams it, a word (and its space) a delta, to 200 deltas.
 _WORDS = [f" {word}" for word in ANSWER.split()]
@@ -93,7 +106,7 @@ def measure(root: Path, original: dict[str, Any], guardrails: dict[str, Any], it
     }
     guard = runtime.guardrails.guard(resolved, clean)
     if guard is None:
-        results |= {"in_us": 0.0, "in_with_pii_us": 0.0, "answer_us": 0.0}
+        results |= {"in_us": 0.0, "in_with_pii_us": 0.0, "answer_us": 0.0, "tool_result_us": 0.0}
         results["stream_us"] = best_us(lambda: relay(TokenStream(iter(STREAM), None)), iterations, rounds)
         return results
 
@@ -110,6 +123,10 @@ def measure(root: Path, original: dict[str, Any], guardrails: dict[str, Any], it
     results["answer_us"] = best_us(lambda: guard.check_answer(ANSWER), iterations, rounds)
     results["stream_us"] = best_us(
         lambda: relay(guard.check_stream(TokenStream(iter(STREAM), None))), iterations, rounds
+    )
+    screens = guard.policy.checks_tool_results
+    results["tool_result_us"] = (
+        best_us(lambda: guard.check_tool_results([TOOL_RESULT]), iterations, rounds) if screens else 0.0
     )
     return results
 

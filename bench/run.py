@@ -876,7 +876,8 @@ def table(results: dict[str, Any]) -> str:
         pii = f", with personal data {g['in_with_pii_us']:.0f} µs" if g.get("in_with_pii_us") else ""
         figures = (
             f"lookup {g['guard_us']:.2f} µs; in {g['in_us']:.0f} µs{pii}; answer {g['answer_us']:.0f} µs; "
-            f"200-delta stream +{g['stream_added_us']:.0f} µs (render {g['render_us']:.0f} µs)"
+            f"200-delta stream +{g['stream_added_us']:.0f} µs; tool result {g.get('tool_result_us', 0.0):.0f} µs "
+            f"(render {g['render_us']:.0f} µs)"
         )
         rows.append(("9 guardrails, CPU per request" if i == 0 else "", name, figures))
     if guardrails and not guardrails.get("available"):

@@ -124,6 +124,16 @@ def test_under_v1_what_gunicorn_cannot_parse_is_answered_in_openais_shape(server
     assert (status, json.loads(body)["error"]["type"]) == (414, "invalid_request_error")
 
 
+def test_a_pipelined_request_under_v1_gets_openais_shape_too(server):
+    pipelined = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nBad\r\n\r\n"
+    status, _, rest = exchange(server, pipelined)
+    assert status == 200
+    second = rest[rest.index(b"HTTP/1.1 ") :]  # the answer to the request sent behind the first
+    assert second.startswith(b"HTTP/1.1 400 ")
+    error = json.loads(second.partition(b"\r\n\r\n")[2])["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "bad_request", None)
+
+
 def test_a_late_head_under_v1_gets_its_408_in_openais_shape(server):
     status, _, body = exchange(server, b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: x\r\n")
     error = json.loads(body)["error"]

@@ -1,5 +1,6 @@
-"""Guardrails that act: personal data (in and out), prompt injection (the request and its retrieved chunks),
-citations and denied output, each per context with the environment as the default (docs/security.md).
+"""Guardrails that act: personal data (in, context tools' results included, and out), prompt injection (the
+request, its retrieved chunks and its context tools' results), citations and denied output, each per context
+with the environment as the default (docs/security.md).
 
 pii.py         personal data found with maintained checks (python-stdnum, phonenumbers) and redacted
 injection.py   injection phrasings, and the optional classifier model (`CMP_PI_MODEL`)

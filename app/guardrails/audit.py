@@ -28,7 +28,7 @@ _tracer = trace.get_tracer(__name__)
 @dataclass(frozen=True)
 class Decision:
     """One guardrail acting once: `entities` counts the personal data types found; `reason` says more where
-    the action alone does not (`retrieved_chunk`, `classifier_unavailable`, `no_sources`)."""
+    the action alone does not (`retrieved_chunk`, `tool_result`, `classifier_unavailable`, `no_sources`)."""
 
     guardrail: str
     action: str

@@ -95,6 +95,33 @@ def _listed(counts: dict[str, int]) -> str:
     return ", ".join(f"{name}: {count}" for name, count in counts.items())
 
 
+def _tool_value(content: str) -> Any:
+    """A tool result as its values read: a JSON object or array parsed (escapes decoded), any other text as it is."""
+    if content.lstrip()[:1] not in ("{", "["):
+        return content
+    try:
+        value = orjson.loads(content)
+    except orjson.JSONDecodeError:  # not JSON after all (or a number past 64 bits): judged as text
+        return content
+    return value if isinstance(value, dict | list) else content
+
+
+def _each_scalar(value: Any, change: Callable[[str], str]) -> Any:
+    """A tool result's value with `change` applied to its text: keys, strings and numbers as written (a card number
+    may come as a JSON number); a number `change` alters becomes the text it made."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, dict):
+        return {change(key): _each_scalar(item, change) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_each_scalar(item, change) for item in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        written = str(value)
+        changed = change(written)
+        return value if changed == written else changed
+    return value
+
+
 def _withheld(guardrail: str, why: str) -> str:
     """What the model reads instead of a tool's result the guardrails kept from it: an error, as a failed call's."""
     return orjson.dumps({"error": f"the result was withheld by the {guardrail} guardrail: {why}"}).decode()
@@ -219,22 +246,57 @@ class Guard:
         self.sources = [r.source for r in results]
         return results
 
-    def check_tool_result(self, content: str) -> str:
-        """A context tool's result before it goes back to the model, judged as a retrieved chunk is: its personal
-        data redacted (under `pii: block` the result withheld), then, one carrying an injection withheld (an API's
-        answer or a searched document must not steer the model); the classifier never sees the values either."""
-        findings = self.detector.find(content) if self.policy.pii != "off" else []
-        if findings:
-            counts = entity_counts([f.entity for f in findings])
-            if self.policy.pii == "block":
-                self.audit.record(Decision("pii", "block", "in", counts, "tool_result"))
-                return _withheld("pii", f"it holds personal data ({_listed(counts)})")
-            self.audit.record(Decision("pii", "redact", "in", counts, "tool_result"))
-            content = redact(content, findings)
-        if self.policy.prompt_injection != "off" and any(self._injected([content], "in")):
-            self.audit.record(Decision("prompt_injection", "drop", "in", {"tool_results": 1}, "tool_result"))
-            return _withheld("prompt_injection", "it holds instructions to the assistant")
-        return content
+    def check_tool_results(self, contents: Sequence[str]) -> list[str]:
+        """One step's results of the context's own tools before the model reads them, judged as retrieved chunks are
+        (an API's answer or a searched document must not steer the model, nor hand it personal data): personal data
+        redacted, under `pii: block` the result withheld; then each result carrying an injection withheld, the
+        classifier asked once for the step and never shown the values. A JSON result is judged by its values, so an
+        escaped newline hides nothing and a redacted result stays JSON."""
+        values = [_tool_value(content) for content in contents]
+        out = list(contents)
+        withheld: set[int] = set()
+        if self.policy.pii != "off":
+            for i, value in enumerate(values):
+                redacted, found = self._redacted(value)
+                if not found:
+                    continue
+                counts = entity_counts(found)
+                if self.policy.pii == "block":
+                    self.audit.record(Decision("pii", "drop", "in", counts, "tool_result"))
+                    out[i] = _withheld("pii", f"it holds personal data ({_listed(counts)})")
+                    withheld.add(i)
+                else:
+                    self.audit.record(Decision("pii", "redact", "in", counts, "tool_result"))
+                    values[i] = redacted
+                    out[i] = redacted if isinstance(redacted, str) else orjson.dumps(redacted).decode()
+        if self.policy.prompt_injection != "off":
+            judged = [i for i in range(len(values)) if i not in withheld]
+            texts = ["\n".join(_texts(values[i], _each_scalar)) for i in judged]
+            verdicts = self._injected(texts, "in") if texts else []
+            flagged = [i for i, bad in zip(judged, verdicts, strict=True) if bad]
+            if flagged:
+                dropped = {"tool_results": len(flagged)}
+                self.audit.record(Decision("prompt_injection", "drop", "in", dropped, "tool_result"))
+                for i in flagged:
+                    out[i] = _withheld("prompt_injection", "it holds instructions to the assistant")
+        return out
+
+    def _redacted(self, value: Any) -> tuple[Any, list[str]]:
+        """A tool result's value with its personal data replaced, and the types found."""
+        found: list[str] = []
+        # One look at the whole result first (nearly every result holds none): its texts apart, as no finding
+        # crosses a line with a bar on it (none reads across a newline, and no phone number across a `|`).
+        if not self.detector.find("\n|\n".join(_texts(value, _each_scalar))):
+            return value, found
+
+        def screened(text: str) -> str:
+            findings = self.detector.find(text)
+            if not findings:
+                return text
+            found.extend(f.entity for f in findings)
+            return redact(text, findings)
+
+        return _each_scalar(value, screened), found
 
     # -- out ------------------------------------------------------------------------------------------------
 

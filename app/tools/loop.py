@@ -33,7 +33,7 @@ from app.providers.huggingface.transport import deadline_at
 from app.tools.base import CallContext, Search
 from app.tools.toolset import Offer, Ran, Toolset
 
-Screen = Callable[[str], str]  # a tool result's content -> what the model may read of it
+Screen = Callable[[Sequence[str]], list[str]]  # a step's tool results -> what the model may read of each
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class ToolRun:
 
     toolset: Toolset
     context: CallContext
-    screen: Screen | None = None  # the request's guardrails over each result before the model reads it
+    screen: Screen | None = None  # the request's guardrails over each step's results before the model reads them
     ran: list[Ran] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)  # each call's record, appended as it ends
     degraded: str = ""
@@ -91,10 +91,10 @@ class ToolRun:
             self.calls.append(ran.record())
             yield ran
         turns.append({"role": "assistant", "content": text or None, "tool_calls": [dict(call) for call in calls]})
-        for call in calls:
-            content = finished[id(call)].result.content
-            if self.screen is not None:
-                content = self.screen(content)
+        contents = [finished[id(call)].result.content for call in calls]
+        if self.screen is not None:
+            contents = self.screen(contents)
+        for call, content in zip(calls, contents, strict=True):
             turns.append({"role": "tool", "tool_call_id": call.get("id", ""), "content": content})
 
     def _exceeded(self) -> ToolStepsExceeded:
