@@ -37,7 +37,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from app.config import Settings
 
-# The head a pool thread is handling: gunicorn's write_error, called there, is given only the socket.
+# The request line a pool thread is handling: gunicorn's write_error, called there, is given only the socket.
 _handling = threading.local()
 
 
@@ -48,7 +48,7 @@ def write_json_error(
     from app.web.errors import error_body_at  # loaded with the app, in this worker, by now
 
     shaped = error_body_at(
-        _target_path(getattr(_handling, "head", b"")) if path is None else path,
+        _target_path(getattr(_handling, "line", b"")) if path is None else path,
         status_int,
         reason.lower().replace(" ", "_"),
         mesg or reason,
@@ -65,10 +65,15 @@ def write_json(sock: socket.socket, status_int: int, reason: str, body: bytes, e
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
+def _request_line(head: bytes) -> bytes:
+    """A head's request line, as far as it arrived (the headers, a key among them, are not kept)."""
+    end = head.find(b"\r\n")
+    return head if end < 0 else head[:end]
+
+
 def _target_path(head: bytes) -> str:
     """The path of a request head's target (absolute-form too) as far as it arrived; "" when it has none."""
-    end = head.find(b"\r\n")
-    parts = (head if end < 0 else head[:end]).split(b" ", 2)
+    parts = _request_line(head).split(b" ", 2)
     target = parts[1].decode("latin-1") if len(parts) > 1 else ""
     if not target.startswith("/"):
         try:
@@ -205,8 +210,11 @@ class HeaderTimeoutWorker(ThreadWorker):
     def handle(self, conn: Any) -> Any:
         """Serve a connection whose head the poller read: the parser starts from those bytes."""
         head, conn.head = getattr(conn, "head", None), None
-        # Read only if gunicorn answers an error: this head, or what a pipelined request left in the parser's buffer.
-        _handling.head = head or (conn.parser.unreader.buf.getvalue() if conn.parser is not None else b"")
+        # Read only if gunicorn answers an error: this head's, or that of what a pipelined request left in the
+        # parser's buffer.
+        _handling.line = _request_line(
+            head or (conn.parser.unreader.buf.getvalue() if conn.parser is not None else b"")
+        )
         if head:
             conn.init()  # gthread's handle sets the socket blocking again
             conn.parser.unreader.unread(head)

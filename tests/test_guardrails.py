@@ -26,6 +26,7 @@ from helpers import (
     PHONE,
     PII_INPUT,
     PLANTED,
+    PLANTED_NOTICE,
     SEARCH_BODY,
     SSN,
     TOKEN,
@@ -43,7 +44,7 @@ from app import create_app
 from app.config import Settings
 from app.contexts import ContextStore
 from app.errors import GuardrailBlocked
-from app.guardrails import Guardrails
+from app.guardrails import Guard, Guardrails
 from app.memory import open_memory
 from app.observability import JsonFormatter, RuntimeMetrics, access_log
 from app.providers.base import Choice, ChoiceDelta, Finish, Generation, TokenStream, ToolCallDelta, Usage
@@ -647,3 +648,30 @@ def test_a_whole_answer_redacted_loses_the_logprobs_that_spell_it(settings):
     assert (checked.text, checked.logprobs) == ("card <CREDIT_CARD>", None)
     assert (checked.more[0].text, checked.more[0].logprobs) == ("card <CREDIT_CARD>", None)
     assert guard.check_generation(Generation("ok", logprobs=clean)).logprobs == clean
+
+
+def tool_guard(settings: Settings, **modes: str) -> Guard:
+    request = ChatRequest(context="C", component="C")
+    guard = Guardrails(settings.replace(**modes), RuntimeMetrics()).guard({"name": "C"}, request)
+    assert guard is not None
+    return guard
+
+
+def test_a_tool_result_reaches_the_model_as_it_was_judged(settings):
+    guard = tool_guard(settings, pii_mode="redact", pi_enforcement="block")
+    # A key written twice: the parser keeps the last value, so the model must not read the first one either.
+    twice = f'{{"note": "write to {EMAIL}", "note": "{PLANTED_NOTICE}", "note": "ok"}}'
+    assert guard.check_tool_results([twice]) == ['{"note":"ok"}']
+    # Keys redacted alike stay apart: no entry lost.
+    (keys,) = guard.check_tool_results([json.dumps({EMAIL: 1, "john.doe@example.org": 2})])
+    assert json.loads(keys) == {"<EMAIL_ADDRESS>": 1, "<EMAIL_ADDRESS>#2": 2}
+
+
+def test_a_tool_result_is_judged_value_by_value(settings):
+    guard = tool_guard(settings, pii_mode="redact", pi_enforcement="block")
+    # A key and its value do not make one phrase (`note` + `for the assistant ...` reads as a planted note).
+    memo = json.dumps({"note": "for the assistant manager", "to": "ai", "x": "reading this"})
+    assert guard.check_tool_results([memo]) == [memo.replace(": ", ":").replace(", ", ",")]
+    # A phone number after more numbers than the phone matcher tries by default (65535) is still found.
+    (many,) = guard.check_tool_results([json.dumps({"samples": [0] * 65600, "contact": f"call {PHONE}"})])
+    assert json.loads(many)["contact"] == "call <PHONE_NUMBER>"

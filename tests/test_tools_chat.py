@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -38,6 +38,7 @@ from helpers import (
 
 from app import create_app
 from app.config import Settings
+from app.guardrails import Guard
 
 SECRET = "orders-SECRET-token-0123456789"
 TOOLS_EXAMPLE = REPO / "examples" / "tools"
@@ -325,11 +326,20 @@ def test_a_classifier_failing_closed_mid_loop_refuses_the_answer(
     ids=["output-only", "pii"],
 )
 def test_only_contexts_with_input_guardrails_screen_tool_results(
-    project: Path, model: ToolModel, backend: ToolBackend, guardrails: str, screened: bool
+    project: Path, model: ToolModel, backend: ToolBackend, guardrails: str, screened: bool, monkeypatch
 ):
+    steps: list[int] = []
+    check = Guard.check_tool_results
+
+    def counted(guard: Guard, contents: Sequence[str]) -> list[str]:
+        steps.append(len(contents))
+        return check(guard, contents)
+
+    monkeypatch.setattr(Guard, "check_tool_results", counted)
     app = guarded_desk(project, model, backend, guardrails)
     assert ask(app, use("customer")).status_code == 200
     (customer,) = tool_results(model)
+    assert steps == ([1] if screened else [])
     assert (customer["email"] != EMAIL) is screened
 
 

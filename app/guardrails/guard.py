@@ -3,7 +3,7 @@ tools' results, and the model's answer (whole or streamed) before it leaves."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
@@ -35,15 +35,35 @@ C = TypeVar("C", bound=Chunk)
 _C = TypeVar("_C", Choice, Generation)
 
 
-def _mapped(value: Any, change: Callable[[str], str]) -> Any:
-    """`data` with `change` applied to every string in it."""
+def _mapped(value: Any, change: Callable[[str], str], every: bool = False) -> Any:
+    """`data` with `change` applied to every string in it; with `every` (a tool's result) to its keys and numbers
+    as written too (a card number may come as a JSON number), a number `change` alters becoming the text it made."""
     if isinstance(value, str):
         return change(value)
     if isinstance(value, dict):
+        if every:
+            return _distinct((change(key), _mapped(item, change, every)) for key, item in value.items())
         return {key: _mapped(item, change) for key, item in value.items()}
     if isinstance(value, list):
-        return [_mapped(item, change) for item in value]
+        return [_mapped(item, change, every) for item in value]
+    if every and isinstance(value, int | float) and not isinstance(value, bool):
+        written = str(value)
+        changed = change(written)
+        return value if changed == written else changed
     return value
+
+
+def _distinct(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """An object from `pairs` whose keys may have been made equal (two addresses, each now `<EMAIL_ADDRESS>`):
+    a repeated key is numbered (`<EMAIL_ADDRESS>#2`), so no entry is lost."""
+    out: dict[str, Any] = {}
+    for key, item in pairs:
+        named, n = key, 1
+        while named in out:
+            n += 1
+            named = f"{key}#{n}"
+        out[named] = item
+    return out
 
 
 def _content(content: Any, change: Callable[[str], str]) -> Any:
@@ -80,7 +100,7 @@ def _call(call: Any, change: Callable[[str], str]) -> Any:
 
 
 def _texts(value: Any, walk: Callable[[Any, Callable[[str], str]], Any]) -> list[str]:
-    """The strings `walk` (`_mapped` or `_content`) would change in `value`."""
+    """The strings `walk` (`_mapped`, `_content` or `_each_scalar`) would change in `value`."""
     found: list[str] = []
 
     def keep(text: str) -> str:
@@ -96,7 +116,9 @@ def _listed(counts: dict[str, int]) -> str:
 
 
 def _tool_value(content: str) -> Any:
-    """A tool result as its values read: a JSON object or array parsed (escapes decoded), any other text as it is."""
+    """A tool result as its values read: a JSON object or array parsed (escapes decoded), any other text as it is.
+    The model then reads the parsed value dumped again, which is what was judged (a key written twice is kept
+    once by the parser: its other value must not reach the model unjudged)."""
     if content.lstrip()[:1] not in ("{", "["):
         return content
     try:
@@ -107,19 +129,18 @@ def _tool_value(content: str) -> Any:
 
 
 def _each_scalar(value: Any, change: Callable[[str], str]) -> Any:
-    """A tool result's value with `change` applied to its text: keys, strings and numbers as written (a card number
-    may come as a JSON number); a number `change` alters becomes the text it made."""
-    if isinstance(value, str):
-        return change(value)
-    if isinstance(value, dict):
-        return {change(key): _each_scalar(item, change) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_each_scalar(item, change) for item in value]
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        written = str(value)
-        changed = change(written)
-        return value if changed == written else changed
-    return value
+    """A tool result's value with `change` applied to its keys, strings and numbers."""
+    return _mapped(value, change, every=True)
+
+
+def _joined(value: Any) -> str:
+    """A tool result's texts as one, each on lines of its own between bars: no finding and no injection phrasing
+    reads across a bar (whitespace runs span newlines, a phone number may span `-`, never a `|` between two)."""
+    return "\n|\n".join(_texts(value, _each_scalar))
+
+
+def _dumped(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def _withheld(guardrail: str, why: str) -> str:
@@ -166,8 +187,7 @@ class Guard:
             return text
         passed = self._passed.get(text)
         if passed is None:  # a text the request carried in other pieces (parts the model got joined)
-            findings = self.detector.find(text)
-            passed = redact(text, findings) if findings else text
+            passed = self.detector.redacted(text)[0]
         return passed
 
     def _personal_data_in(self, request: ChatRequest) -> ChatRequest:
@@ -178,10 +198,8 @@ class Guard:
         def screened(text: str) -> str:
             if text in seen:
                 return seen[text]
-            findings = self.detector.find(text)
-            if findings:
-                found.extend(f.entity for f in findings)
-            seen[text] = redact(text, findings) if findings else text
+            seen[text], entities = self.detector.redacted(text)
+            found.extend(entities)
             return seen[text]
 
         data = _mapped(request.data, screened)
@@ -250,10 +268,10 @@ class Guard:
         """One step's results of the context's own tools before the model reads them, judged as retrieved chunks are
         (an API's answer or a searched document must not steer the model, nor hand it personal data): personal data
         redacted, under `pii: block` the result withheld; then each result carrying an injection withheld, the
-        classifier asked once for the step and never shown the values. A JSON result is judged by its values, so an
-        escaped newline hides nothing and a redacted result stays JSON."""
+        classifier asked once for the step (shown the values as redacted when `pii` is on). A JSON result is judged
+        by its values, so an escaped newline hides nothing and a redacted result stays JSON."""
         values = [_tool_value(content) for content in contents]
-        out = list(contents)
+        out = [_dumped(value) for value in values]
         withheld: set[int] = set()
         if self.policy.pii != "off":
             for i, value in enumerate(values):
@@ -268,10 +286,10 @@ class Guard:
                 else:
                     self.audit.record(Decision("pii", "redact", "in", counts, "tool_result"))
                     values[i] = redacted
-                    out[i] = redacted if isinstance(redacted, str) else orjson.dumps(redacted).decode()
+                    out[i] = _dumped(redacted)
         if self.policy.prompt_injection != "off":
             judged = [i for i in range(len(values)) if i not in withheld]
-            texts = ["\n".join(_texts(values[i], _each_scalar)) for i in judged]
+            texts = [_joined(values[i]) for i in judged]
             verdicts = self._injected(texts, "in") if texts else []
             flagged = [i for i, bad in zip(judged, verdicts, strict=True) if bad]
             if flagged:
@@ -284,17 +302,13 @@ class Guard:
     def _redacted(self, value: Any) -> tuple[Any, list[str]]:
         """A tool result's value with its personal data replaced, and the types found."""
         found: list[str] = []
-        # One look at the whole result first (nearly every result holds none): its texts apart, as no finding
-        # crosses a line with a bar on it (none reads across a newline, and no phone number across a `|`).
-        if not self.detector.find("\n|\n".join(_texts(value, _each_scalar))):
+        if not self.detector.find(_joined(value)):  # one look at the whole result first: nearly every one holds none
             return value, found
 
         def screened(text: str) -> str:
-            findings = self.detector.find(text)
-            if not findings:
-                return text
-            found.extend(f.entity for f in findings)
-            return redact(text, findings)
+            text, entities = self.detector.redacted(text)
+            found.extend(entities)
+            return text
 
         return _each_scalar(value, screened), found
 

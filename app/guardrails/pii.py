@@ -94,13 +94,23 @@ class Detector:
         for finder in self._finders:
             found.extend(f for f in finder(text) if not _overlaps(f, found))
         if self._phones and any(c.isdigit() for c in text):
-            matcher = phonenumbers.PhoneNumberMatcher(text, self.region, leniency=phonenumbers.Leniency.VALID)
+            # The matcher gives up after `max_tries` candidates (65535 by default), and a long text of numbers
+            # (a tool's result) holds more: sized to the text, which has fewer than one per character.
+            tries = max(65535, len(text))
+            matcher = phonenumbers.PhoneNumberMatcher(text, self.region, phonenumbers.Leniency.VALID, tries)
             for match in matcher:
                 finding = Finding("PHONE_NUMBER", match.start, match.end)
                 before = text[match.start - 1] if match.start else " "
                 if not (before.isalnum() or before in _GLUE) and not _overlaps(finding, found):
                     found.append(finding)
         return sorted(found, key=lambda f: f.start)
+
+    def redacted(self, text: str) -> tuple[str, list[str]]:
+        """`text` with its findings replaced, and the type of each finding."""
+        findings = self.find(text)
+        if not findings:
+            return text, []
+        return redact(text, findings), [f.entity for f in findings]
 
 
 def _overlaps(finding: Finding, others: list[Finding]) -> bool:
