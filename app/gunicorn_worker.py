@@ -37,7 +37,8 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from app.config import Settings
 
-# The request line a pool thread is handling: gunicorn's write_error, called there, is given only the socket.
+# The path a pool thread is handling (no query, no header: a key may be in either): gunicorn's write_error, called
+# there, is given only the socket.
 _handling = threading.local()
 
 
@@ -48,7 +49,7 @@ def write_json_error(
     from app.web.errors import error_body_at  # loaded with the app, in this worker, by now
 
     shaped = error_body_at(
-        _target_path(getattr(_handling, "line", b"")) if path is None else path,
+        getattr(_handling, "path", "") if path is None else path,
         status_int,
         reason.lower().replace(" ", "_"),
         mesg or reason,
@@ -65,15 +66,10 @@ def write_json(sock: socket.socket, status_int: int, reason: str, body: bytes, e
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
-def _request_line(head: bytes) -> bytes:
-    """A head's request line, as far as it arrived (the headers, a key among them, are not kept)."""
-    end = head.find(b"\r\n")
-    return head if end < 0 else head[:end]
-
-
 def _target_path(head: bytes) -> str:
     """The path of a request head's target (absolute-form too) as far as it arrived; "" when it has none."""
-    parts = _request_line(head).split(b" ", 2)
+    end = head.find(b"\r\n")
+    parts = (head if end < 0 else head[:end]).split(b" ", 2)
     target = parts[1].decode("latin-1") if len(parts) > 1 else ""
     if not target.startswith("/"):
         try:
@@ -210,11 +206,10 @@ class HeaderTimeoutWorker(ThreadWorker):
     def handle(self, conn: Any) -> Any:
         """Serve a connection whose head the poller read: the parser starts from those bytes."""
         head, conn.head = getattr(conn, "head", None), None
-        # Read only if gunicorn answers an error: this head's, or that of what a pipelined request left in the
-        # parser's buffer.
-        _handling.line = _request_line(
-            head or (conn.parser.unreader.buf.getvalue() if conn.parser is not None else b"")
-        )
+        # The path gunicorn's error answer (if any) is shaped by: this head's, or that of what a pipelined request
+        # left in the parser's buffer.
+        buffered = conn.parser.unreader.buf.getvalue() if conn.parser is not None else b""
+        _handling.path = _target_path(head or buffered)
         if head:
             conn.init()  # gthread's handle sets the socket blocking again
             conn.parser.unreader.unread(head)

@@ -203,12 +203,15 @@ def test_a_template_rewritten_in_place_never_gives_an_empty_or_broken_prompt(pro
     stop = threading.Event()
     writer = threading.Thread(target=rewrite_in_place, args=(template, versions, stop))
     writer.start()
+    rendered: list[tuple[int, str]] = []
     try:
-        answers = [client.post("/api/v1/chat", json={**GUIDE_BODY, "prompt_file": "edited.md"}) for _ in range(400)]
+        # At least 400 requests, and on until both versions were served (the writer's pace is the scheduler's).
+        while len(rendered) < 400 or (len({prompt for _, prompt in rendered}) < 2 and len(rendered) < 10_000):
+            answer = client.post("/api/v1/chat", json={**GUIDE_BODY, "prompt_file": "edited.md"})
+            rendered.append((answer.status_code, answer.get_json().get("rendered", str(answer.get_json()))))
     finally:
         stop.set()
         writer.join()
-    rendered = [(answer.status_code, answer.get_json().get("rendered", str(answer.get_json()))) for answer in answers]
     assert all(status == 200 for status, _ in rendered), [r for r in rendered if r[0] != 200][:3]
     assert {prompt for _, prompt in rendered} <= {"Version one: hello", "Version two: hello"}
     assert len({prompt for _, prompt in rendered}) == 2  # edits are still picked up

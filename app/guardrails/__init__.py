@@ -8,6 +8,7 @@ citations.py   whether an answer cites a retrieved source
 deny.py        `deny_output` patterns
 policy.py      a context's policy, its fields defaulting to CMP_PII_MODE, CMP_PI_ENFORCEMENT, CMP_REQUIRE_CITATION
 guard.py       one request's checks, in and out
+values.py      values as the checks read them: `data`'s strings, a tool's result parsed (and sent as judged)
 stream.py      the hold-back window of a streamed answer
 audit.py       the audit line, the metric and the span event of each decision
 

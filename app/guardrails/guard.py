@@ -3,7 +3,7 @@ tools' results, and the model's answer (whole or streamed) before it leaves."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
@@ -17,6 +17,7 @@ from app.guardrails.injection import ClassifierUnavailable, InjectionDetector
 from app.guardrails.pii import Detector, redact
 from app.guardrails.policy import Policy
 from app.guardrails.stream import HOLD_BACK, held_back
+from app.guardrails.values import dumped, each_scalar, mapped, read, texts, tool_value, unescaped
 from app.providers.base import Choice, Generation, TokenStream
 from app.validation import ChatRequest
 
@@ -33,37 +34,6 @@ class Chunk(Protocol):
 
 C = TypeVar("C", bound=Chunk)
 _C = TypeVar("_C", Choice, Generation)
-
-
-def _mapped(value: Any, change: Callable[[str], str], every: bool = False) -> Any:
-    """`data` with `change` applied to every string in it; with `every` (a tool's result) to its keys and numbers
-    as written too (a card number may come as a JSON number), a number `change` alters becoming the text it made."""
-    if isinstance(value, str):
-        return change(value)
-    if isinstance(value, dict):
-        if every:
-            return _distinct((change(key), _mapped(item, change, every)) for key, item in value.items())
-        return {key: _mapped(item, change) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_mapped(item, change, every) for item in value]
-    if every and isinstance(value, int | float) and not isinstance(value, bool):
-        written = str(value)
-        changed = change(written)
-        return value if changed == written else changed
-    return value
-
-
-def _distinct(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
-    """An object from `pairs` whose keys may have been made equal (two addresses, each now `<EMAIL_ADDRESS>`):
-    a repeated key is numbered (`<EMAIL_ADDRESS>#2`), so no entry is lost."""
-    out: dict[str, Any] = {}
-    for key, item in pairs:
-        named, n = key, 1
-        while named in out:
-            n += 1
-            named = f"{key}#{n}"
-        out[named] = item
-    return out
 
 
 def _content(content: Any, change: Callable[[str], str]) -> Any:
@@ -99,48 +69,8 @@ def _call(call: Any, change: Callable[[str], str]) -> Any:
     return call
 
 
-def _texts(value: Any, walk: Callable[[Any, Callable[[str], str]], Any]) -> list[str]:
-    """The strings `walk` (`_mapped`, `_content` or `_each_scalar`) would change in `value`."""
-    found: list[str] = []
-
-    def keep(text: str) -> str:
-        found.append(text)
-        return text
-
-    walk(value, keep)
-    return found
-
-
 def _listed(counts: dict[str, int]) -> str:
     return ", ".join(f"{name}: {count}" for name, count in counts.items())
-
-
-def _tool_value(content: str) -> Any:
-    """A tool result as its values read: a JSON object or array parsed (escapes decoded), any other text as it is.
-    The model then reads the parsed value dumped again, which is what was judged (a key written twice is kept
-    once by the parser: its other value must not reach the model unjudged)."""
-    if content.lstrip()[:1] not in ("{", "["):
-        return content
-    try:
-        value = orjson.loads(content)
-    except orjson.JSONDecodeError:  # not JSON after all (or a number past 64 bits): judged as text
-        return content
-    return value if isinstance(value, dict | list) else content
-
-
-def _each_scalar(value: Any, change: Callable[[str], str]) -> Any:
-    """A tool result's value with `change` applied to its keys, strings and numbers."""
-    return _mapped(value, change, every=True)
-
-
-def _joined(value: Any) -> str:
-    """A tool result's texts as one, each on lines of its own between bars: no finding and no injection phrasing
-    reads across a bar (whitespace runs span newlines, a phone number may span `-`, never a `|` between two)."""
-    return "\n|\n".join(_texts(value, _each_scalar))
-
-
-def _dumped(value: Any) -> str:
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def _withheld(guardrail: str, why: str) -> str:
@@ -173,9 +103,9 @@ class Guard:
         if self.policy.prompt_injection != "off":
             # Each text once: an OpenAI request's input is both `user_input` and the query.
             turns = (*request.messages, *request.after)  # the turns after the input reach the model too
-            history = [text for m in turns for text in _texts(m.get("content"), _content)]
-            texts = [request.query, *_texts(request.data, _mapped), *history]
-            if any(self._injected(list(dict.fromkeys(texts)), "in")):
+            history = [text for m in turns for text in texts(m.get("content"), _content)]
+            said = [request.query, *texts(request.data, mapped), *history]
+            if any(self._injected(list(dict.fromkeys(said)), "in")):
                 self._injection_found("in")
         return request
 
@@ -202,7 +132,7 @@ class Guard:
             found.extend(entities)
             return seen[text]
 
-        data = _mapped(request.data, screened)
+        data = mapped(request.data, screened)
         query = screened(request.query)
         # The turns after the input (a tool's result, an assistant prefill) reach the model as well.
         messages = tuple(_turn(m, screened) for m in request.messages)
@@ -269,28 +199,21 @@ class Guard:
         (an API's answer or a searched document must not steer the model, nor hand it personal data): personal data
         redacted, under `pii: block` the result withheld; then each result carrying an injection withheld, the
         classifier asked once for the step (shown the values as redacted when `pii` is on). A JSON result is judged
-        by its values, so an escaped newline hides nothing and a redacted result stays JSON."""
-        values = [_tool_value(content) for content in contents]
-        out = [_dumped(value) for value in values]
-        withheld: set[int] = set()
-        if self.policy.pii != "off":
-            for i, value in enumerate(values):
-                redacted, found = self._redacted(value)
-                if not found:
-                    continue
-                counts = entity_counts(found)
-                if self.policy.pii == "block":
-                    self.audit.record(Decision("pii", "drop", "in", counts, "tool_result"))
-                    out[i] = _withheld("pii", f"it holds personal data ({_listed(counts)})")
-                    withheld.add(i)
-                else:
-                    self.audit.record(Decision("pii", "redact", "in", counts, "tool_result"))
-                    values[i] = redacted
-                    out[i] = _dumped(redacted)
-        if self.policy.prompt_injection != "off":
-            judged = [i for i in range(len(values)) if i not in withheld]
-            texts = [_joined(values[i]) for i in judged]
-            verdicts = self._injected(texts, "in") if texts else []
+        by its values (`values.tool_value`), so an escape hides nothing and a redacted result stays JSON."""
+        out: list[str] = []
+        judged: dict[int, str] = {}  # each result not withheld -> the text its injection check reads
+        for i, content in enumerate(contents):
+            try:
+                sent, reads = self._tool_result(content)
+            except RecursionError:  # deeper than anything the guardrails can walk: never passed on unread
+                guardrail = "pii" if self.policy.pii != "off" else "prompt_injection"
+                self.audit.record(Decision(guardrail, "drop", "in", {"tool_results": 1}, "tool_result"))
+                sent, reads = _withheld(guardrail, "it is nested too deeply to be checked"), None
+            out.append(sent)
+            if reads is not None:
+                judged[i] = reads
+        if self.policy.prompt_injection != "off" and judged:
+            verdicts = self._injected(list(judged.values()), "in")
             flagged = [i for i, bad in zip(judged, verdicts, strict=True) if bad]
             if flagged:
                 dropped = {"tool_results": len(flagged)}
@@ -299,18 +222,46 @@ class Guard:
                     out[i] = _withheld("prompt_injection", "it holds instructions to the assistant")
         return out
 
+    def _tool_result(self, content: str) -> tuple[str, str | None]:
+        """A result as the model is to read it, its personal data seen to, and the text its injection check reads
+        (None: withheld)."""
+        value, parsed = tool_value(content)
+        if parsed:
+            found: list[str] = []
+            if self.policy.pii != "off":
+                value, found = self._redacted(value)
+            sent, reads = dumped(value), read(value)
+        else:
+            reads = unescaped(content)  # what a model may read in it
+            sent, found = self.detector.redacted(content) if self.policy.pii != "off" else (content, [])
+            if self.policy.pii != "off" and reads != content:
+                hidden = self.detector.redacted(reads)[1]
+                if len(hidden) > len(found):  # personal data behind escapes: no redaction of the text reaches it
+                    counts = entity_counts(hidden)
+                    self.audit.record(Decision("pii", "drop", "in", counts, "tool_result"))
+                    return _withheld("pii", f"it holds personal data ({_listed(counts)})"), None
+        if not found:
+            return sent, reads
+        counts = entity_counts(found)
+        if self.policy.pii == "block":
+            self.audit.record(Decision("pii", "drop", "in", counts, "tool_result"))
+            return _withheld("pii", f"it holds personal data ({_listed(counts)})"), None
+        self.audit.record(Decision("pii", "redact", "in", counts, "tool_result"))
+        return sent, reads
+
     def _redacted(self, value: Any) -> tuple[Any, list[str]]:
-        """A tool result's value with its personal data replaced, and the types found."""
-        found: list[str] = []
-        if not self.detector.find(_joined(value)):  # one look at the whole result first: nearly every one holds none
+        """A parsed tool result with its personal data replaced, and the types found."""
+        each = self.detector.find_each(texts(value, each_scalar))
+        found = [finding.entity for findings in each for finding in findings]
+        if not found:  # nearly every result
             return value, found
+        at = iter(each)  # the walk meets the texts in the order `texts` listed them
 
         def screened(text: str) -> str:
-            text, entities = self.detector.redacted(text)
-            found.extend(entities)
-            return text
+            findings = next(at)
+            return redact(text, findings) if findings else text
 
-        return _each_scalar(value, screened), found
+        return each_scalar(value, screened), found
 
     # -- out ------------------------------------------------------------------------------------------------
 

@@ -11,8 +11,10 @@ address" with a dotted domain. Nothing loads a model: every check is local and d
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import phonenumbers
 from stdnum import iban, luhn
@@ -21,6 +23,9 @@ from stdnum.us import ssn
 from app.contexts import PII_ENTITIES
 
 ENTITIES = PII_ENTITIES
+# Between texts judged at once: no finding reads across a bar on a line of its own (none spans a newline's `|`),
+# nor does an injection phrasing (whitespace runs span newlines, not a `|`).
+BAR = "\n|\n"
 # Payment cards are 13-19 digits (ISO/IEC 7812), grouped by spaces or dashes as people write them, and not the
 # tail of a longer group of digits; the first digit (the major industry identifier) is 2-6 for the networks in
 # use: Mastercard, Amex/Diners/JCB, Visa, Mastercard, Discover/UnionPay.
@@ -90,9 +95,10 @@ class Detector:
 
     def find(self, text: str) -> list[Finding]:
         """The findings in `text`, in order, none overlapping another."""
-        found: list[Finding] = []
+        found: list[Finding] = []  # by start, none overlapping another
         for finder in self._finders:
-            found.extend(f for f in finder(text) if not _overlaps(f, found))
+            for finding in finder(text):
+                _add(finding, found)
         if self._phones and any(c.isdigit() for c in text):
             # The matcher gives up after `max_tries` candidates (65535 by default), and a long text of numbers
             # (a tool's result) holds more: sized to the text, which has fewer than one per character.
@@ -101,9 +107,26 @@ class Detector:
             for match in matcher:
                 finding = Finding("PHONE_NUMBER", match.start, match.end)
                 before = text[match.start - 1] if match.start else " "
-                if not (before.isalnum() or before in _GLUE) and not _overlaps(finding, found):
-                    found.append(finding)
-        return sorted(found, key=lambda f: f.start)
+                if not (before.isalnum() or before in _GLUE):
+                    _add(finding, found)
+        return found
+
+    def find_each(self, texts: Sequence[str]) -> list[list[Finding]]:
+        """The findings in each of `texts`, looked for in one pass over them all (a tool's result has thousands,
+        and a matcher for each costs more than the pass); a text a finding reaches out of is looked at alone."""
+        each: list[list[Finding]] = [[] for _ in texts]
+        starts = list(accumulate((len(text) + len(BAR) for text in texts[:-1]), initial=0))
+        alone: set[int] = set()
+        for finding in self.find(BAR.join(texts)):
+            k = bisect_right(starts, finding.start) - 1
+            start, end = finding.start - starts[k], finding.end - starts[k]
+            if end <= len(texts[k]):
+                each[k].append(Finding(finding.entity, start, end))
+            else:
+                alone.update(range(k, bisect_right(starts, finding.end - 1)))
+        for k in alone:
+            each[k] = self.find(texts[k])
+        return each
 
     def redacted(self, text: str) -> tuple[str, list[str]]:
         """`text` with its findings replaced, and the type of each finding."""
@@ -113,8 +136,17 @@ class Detector:
         return redact(text, findings), [f.entity for f in findings]
 
 
-def _overlaps(finding: Finding, others: list[Finding]) -> bool:
-    return any(finding.start < other.end and other.start < finding.end for other in others)
+def _add(finding: Finding, found: list[Finding]) -> None:
+    """`finding` into `found` (ordered by start) unless it overlaps one found before it: a look at two neighbours,
+    as a tool's result may hold thousands."""
+    i = bisect_right(found, finding.start, key=_start)
+    if (i and found[i - 1].end > finding.start) or (i < len(found) and found[i].start < finding.end):
+        return
+    found.insert(i, finding)
+
+
+def _start(finding: Finding) -> int:
+    return finding.start
 
 
 def redact(text: str, findings: list[Finding]) -> str:
