@@ -225,29 +225,32 @@ class Guard:
     def _tool_result(self, content: str) -> tuple[str, str | None]:
         """A result as the model is to read it, its personal data seen to, and the text its injection check reads
         (None: withheld)."""
+        pii = self.policy.pii != "off"
         value, parsed = tool_value(content)
+        found: list[str] = []
         if parsed:
-            found: list[str] = []
-            if self.policy.pii != "off":
+            if pii:
                 value, found = self._redacted(value)
             sent, reads = dumped(value), read(value)
         else:
-            reads = unescaped(content)  # what a model may read in it
-            sent, found = self.detector.redacted(content) if self.policy.pii != "off" else (content, [])
-            if self.policy.pii != "off" and reads != content:
-                hidden = self.detector.redacted(reads)[1]
-                if len(hidden) > len(found):  # personal data behind escapes: no redaction of the text reaches it
-                    counts = entity_counts(hidden)
-                    self.audit.record(Decision("pii", "drop", "in", counts, "tool_result"))
-                    return _withheld("pii", f"it holds personal data ({_listed(counts)})"), None
+            sent, found = self.detector.redacted(content) if pii else (content, [])
+            reads = sent
+        # Escapes a model may read through: in text, or a second level inside a JSON string (JSON sent as a string).
+        decoded = unescaped(reads)
+        if pii and decoded != reads:
+            hidden = [finding.entity for finding in self.detector.find(decoded)]  # a placeholder is never one
+            if hidden:  # no redaction of what was sent reaches them
+                counts = entity_counts(found + hidden)
+                self.audit.record(Decision("pii", "drop", "in", counts, "tool_result"))
+                return _withheld("pii", f"it holds personal data ({_listed(counts)})"), None
         if not found:
-            return sent, reads
+            return sent, decoded
         counts = entity_counts(found)
         if self.policy.pii == "block":
             self.audit.record(Decision("pii", "drop", "in", counts, "tool_result"))
             return _withheld("pii", f"it holds personal data ({_listed(counts)})"), None
         self.audit.record(Decision("pii", "redact", "in", counts, "tool_result"))
-        return sent, reads
+        return sent, decoded
 
     def _redacted(self, value: Any) -> tuple[Any, list[str]]:
         """A parsed tool result with its personal data replaced, and the types found."""

@@ -40,6 +40,8 @@ _EMAIL = re.compile(
 )
 # ISO 13616: a country code, two check digits and up to 30 letters or digits, printed in groups of four.
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
+# The fewest digits of a phone number in any region (libphonenumber's possible lengths: Niue's, Saint Helena's).
+_SHORTEST_PHONE = 4
 _SSN = re.compile(r"(?<![\d-])\d{3}([- ])\d{2}\1\d{4}(?![\d-])")
 
 
@@ -101,9 +103,13 @@ class Detector:
                 _add(finding, found)
         if self._phones and any(c.isdigit() for c in text):
             # The matcher gives up after `max_tries` candidates (65535 by default), and a long text of numbers
-            # (a tool's result) holds more: sized to the text, which has fewer than one per character.
+            # (a tool's result) holds more: sized to the text, which has fewer than one per character. Candidates
+            # shorter than any region's shortest number (4 digits, libphonenumber's metadata) are passed over
+            # untried, so a text of small numbers costs its scan only.
             tries = max(65535, len(text))
-            matcher = phonenumbers.PhoneNumberMatcher(text, self.region, phonenumbers.Leniency.VALID, tries)
+            matcher = phonenumbers.PhoneNumberMatcher(
+                text, self.region, phonenumbers.Leniency.VALID, tries, min_candidate_length=_SHORTEST_PHONE
+            )
             for match in matcher:
                 finding = Finding("PHONE_NUMBER", match.start, match.end)
                 before = text[match.start - 1] if match.start else " "

@@ -5,6 +5,7 @@ judged."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -58,15 +59,27 @@ def _distinct(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
 
 def tool_value(content: str) -> tuple[Any, bool]:
     """A tool result as its values read, and whether it is JSON: an object, an array or a string parsed (escapes
-    decoded, numbers exact however long), else the text as it is. The model then reads the parsed value dumped
-    again (`dumped`), which is what was judged: a key written twice is kept once by the parser, and its other value
-    must not reach the model unjudged. A result nested past the interpreter's depth raises RecursionError."""
+    decoded, integers exact, decimals as doubles), else the text as it is. The model then reads the parsed value
+    dumped again (`dumped`), which is what was judged: a key written twice is kept once by the parser, and its other
+    value must not reach the model unjudged. A result nested past the interpreter's depth raises RecursionError."""
     if content.lstrip()[:1] not in ("{", "[", '"'):
         return content, False
     try:
-        return json.loads(content), True
-    except ValueError:  # not JSON after all (text that starts with a bracket, lines of JSON)
+        return json.loads(content, parse_float=_finite, parse_constant=_no_constant), True
+    except ValueError:  # not JSON after all (text that starts with a bracket, lines of JSON, NaN, 1e400)
         return content, False
+
+
+def _finite(written: str) -> float:
+    """A decimal a dump writes back as JSON: `1e400` is infinite, which JSON cannot write."""
+    number = float(written)
+    if math.isinf(number):
+        raise ValueError(written)
+    return number
+
+
+def _no_constant(written: str) -> float:
+    raise ValueError(written)  # NaN and Infinity are not JSON
 
 
 def dumped(value: Any) -> str:
@@ -104,8 +117,9 @@ def read(value: Any) -> str:
 
 
 def unescaped(text: str) -> str:
-    """A result that is not JSON with the JSON escapes in it decoded, as a model reading it may (`\\u0040` is `@`,
-    `\\n` a new line); a surrogate decoded alone is U+FFFD. Judged beside the text, never sent in its place."""
+    """`text` with the JSON escapes in it decoded, as a model reading it may (`\\u0040` is `@`, `\\n` a new line):
+    a result that is not JSON, or the strings of one that hold JSON of their own. Every surrogate, paired or not,
+    becomes U+FFFD (what the checks read has no emoji to find). Judged, never sent in the text's place."""
     if "\\" not in text:
         return text
 
