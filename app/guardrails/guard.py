@@ -17,7 +17,7 @@ from app.guardrails.injection import ClassifierUnavailable, InjectionDetector
 from app.guardrails.pii import Detector, redact
 from app.guardrails.policy import Policy
 from app.guardrails.stream import HOLD_BACK, held_back
-from app.guardrails.values import dumped, each_scalar, mapped, read, texts, tool_value, unescaped
+from app.guardrails.values import TooDeep, dumped, each_scalar, mapped, read, texts, tool_value, unescaped
 from app.providers.base import Choice, Generation, TokenStream
 from app.validation import ChatRequest
 
@@ -205,7 +205,7 @@ class Guard:
         for i, content in enumerate(contents):
             try:
                 sent, reads = self._tool_result(content)
-            except RecursionError:  # deeper than anything the guardrails can walk: never passed on unread
+            except (RecursionError, TooDeep):  # deeper than the guardrails walk: never passed on unread
                 guardrail = "pii" if self.policy.pii != "off" else "prompt_injection"
                 self.audit.record(Decision(guardrail, "drop", "in", {"tool_results": 1}, "tool_result"))
                 sent, reads = _withheld(guardrail, "it is nested too deeply to be checked"), None

@@ -13,6 +13,7 @@ from typing import Any
 from app.guardrails.pii import BAR
 
 _ESCAPE = re.compile(r'\\(?:u([0-9a-fA-F]{4})|(["\\/bfnrt]))')
+_ESCAPE_LEVELS = 3
 _SIMPLE = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 
@@ -116,17 +117,29 @@ def read(value: Any) -> str:
     return "" if value is None or isinstance(value, bool) else str(value)
 
 
+class TooDeep(Exception):
+    """A result the guardrails cannot read to the end: nested, or escaped, past what they walk."""
+
+
 def unescaped(text: str) -> str:
     """`text` with the JSON escapes in it decoded, as a model reading it may (`\\u0040` is `@`, `\\n` a new line):
-    a result that is not JSON, or the strings of one that hold JSON of their own. Every surrogate, paired or not,
-    becomes U+FFFD (what the checks read has no emoji to find). Judged, never sent in the text's place."""
-    if "\\" not in text:
-        return text
+    a result that is not JSON, or the strings of one that hold JSON of their own, to `_ESCAPE_LEVELS` levels (JSON
+    in a string in a string); `TooDeep` past them. Every surrogate, paired or not, becomes U+FFFD (what the checks
+    read has no emoji to find). Judged, never sent in the text's place."""
+    for _ in range(_ESCAPE_LEVELS):
+        if "\\" not in text:
+            return text
+        decoded = _ESCAPE.sub(_decoded, text)
+        if decoded == text:
+            return text
+        text = decoded
+    if "\\" in text and _ESCAPE.search(text):
+        raise TooDeep
+    return text
 
-    def decoded(match: re.Match[str]) -> str:
-        if match[2]:
-            return _SIMPLE[match[2]]
-        code = int(match[1], 16)
-        return "\ufffd" if 0xD800 <= code <= 0xDFFF else chr(code)
 
-    return _ESCAPE.sub(decoded, text)
+def _decoded(match: re.Match[str]) -> str:
+    if match[2]:
+        return _SIMPLE[match[2]]
+    code = int(match[1], 16)
+    return "\ufffd" if 0xD800 <= code <= 0xDFFF else chr(code)
