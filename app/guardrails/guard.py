@@ -199,7 +199,8 @@ class Guard:
         (an API's answer or a searched document must not steer the model, nor hand it personal data): personal data
         redacted, under `pii: block` the result withheld; then each result carrying an injection withheld, the
         classifier asked once for the step (shown the values as redacted when `pii` is on). A JSON result is judged
-        by its values (`values.tool_value`), so an escape hides nothing and a redacted result stays JSON."""
+        by its values (`values.tool_value`), and what escapes are left is decoded too, so an escape hides nothing; a
+        redacted result stays JSON."""
         out: list[str] = []
         judged: dict[int, str] = {}  # each result not withheld -> the text its injection check reads
         for i, content in enumerate(contents):
@@ -235,7 +236,7 @@ class Guard:
         else:
             sent, found = self.detector.redacted(content) if pii else (content, [])
             reads = sent
-        # Escapes a model may read through: in text, or a second level inside a JSON string (JSON sent as a string).
+        # Escapes a model may read through: in text, or inside a JSON string (JSON sent as a string), three levels deep.
         decoded = unescaped(reads)
         if pii and decoded != reads:
             hidden = [finding.entity for finding in self.detector.find(decoded)]  # a placeholder is never one
