@@ -241,17 +241,19 @@ class Guard:
         if pii and decoded != reads:
             hidden = [finding.entity for finding in self.detector.find(decoded)]  # a placeholder is never one
             if hidden:  # no redaction of what was sent reaches them
-                counts = entity_counts(found + hidden)
-                self.audit.record(Decision("pii", "drop", "in", counts, "tool_result"))
-                return _withheld("pii", f"it holds personal data ({_listed(counts)})"), None
+                return self._dropped_for_personal_data(found + hidden), None
         if not found:
             return sent, decoded
-        counts = entity_counts(found)
         if self.policy.pii == "block":
-            self.audit.record(Decision("pii", "drop", "in", counts, "tool_result"))
-            return _withheld("pii", f"it holds personal data ({_listed(counts)})"), None
-        self.audit.record(Decision("pii", "redact", "in", counts, "tool_result"))
+            return self._dropped_for_personal_data(found), None
+        self.audit.record(Decision("pii", "redact", "in", entity_counts(found), "tool_result"))
         return sent, decoded
+
+    def _dropped_for_personal_data(self, found: list[str]) -> str:
+        """What the model reads of a tool result withheld for the personal data in it; the decision recorded."""
+        counts = entity_counts(found)
+        self.audit.record(Decision("pii", "drop", "in", counts, "tool_result"))
+        return _withheld("pii", f"it holds personal data ({_listed(counts)})")
 
     def _redacted(self, value: Any) -> tuple[Any, list[str]]:
         """A parsed tool result with its personal data replaced, and the types found."""
